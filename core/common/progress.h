@@ -1,0 +1,47 @@
+#pragma once
+// The seam between the engine and its front ends (CLI, desktop). Plain C++,
+// no Qt: the engine calls these hooks from whatever thread it runs on; front
+// ends marshal them to their own thread.
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "core/common/error.h"
+
+namespace lrq {
+
+enum class LogLevel { Debug, Info, Warning, Error };
+
+class ProgressObserver {
+public:
+  virtual ~ProgressObserver() = default;
+  // A task (e.g. "perplexity", "load") started; total is in its own units
+  // (tokens, bytes, blocks), 0 when unknown.
+  virtual void started(const std::string & /*task*/, int64_t /*total*/) {}
+  virtual void progress(int64_t /*done*/, int64_t /*total*/, const std::string & /*detail*/) {}
+  virtual void blockStarted(int /*block*/, int /*blockCount*/) {}
+  virtual void iterationLoss(int /*block*/, int /*iteration*/, double /*loss*/) {}
+  virtual void blockFinished(int /*block*/, double /*initialLoss*/, double /*finalLoss*/,
+                             double /*seconds*/) {}
+  virtual void metric(const std::string & /*name*/, double /*value*/) {}
+  virtual void log(LogLevel /*level*/, const std::string & /*message*/) {}
+  virtual void finished() {}
+  virtual void failed(const std::string & /*message*/) {}
+};
+
+// Shared flag checked by long loops between units of work.
+class CancelToken {
+public:
+  void cancel() { flag_.store(true, std::memory_order_relaxed); }
+  void reset() { flag_.store(false, std::memory_order_relaxed); }
+  bool cancelled() const { return flag_.load(std::memory_order_relaxed); }
+  void throwIfCancelled() const {
+    if (cancelled())
+      throw Cancelled();
+  }
+
+private:
+  std::atomic<bool> flag_{false};
+};
+
+} // namespace lrq

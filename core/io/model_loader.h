@@ -1,0 +1,43 @@
+#pragma once
+// Loads a model from a GGUF file, a safetensors file (with config.json and
+// tokenizer files beside it) or an HF directory (sharded checkpoints via
+// model.safetensors.index.json). Tensors come out in HF naming and layout,
+// float32 on the CPU.
+#include <ATen/ATen.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/common/progress.h"
+#include "core/model/config.h"
+#include "core/tokenizer/tokenizer.h"
+
+namespace lrq {
+
+struct TensorSource {
+  std::string name;           // HF name ("model.layers.0.self_attn.q_proj.weight")
+  std::string sourceName;     // name in the file ("blk.0.attn_q.weight" for GGUF)
+  std::string sourceType;     // storage type in the file: "F32", "F16", "BF16", "Q4_1", ...
+  std::vector<int64_t> shape; // HF shape ([out, in] for linears)
+};
+
+struct LoadedModel {
+  std::string path;   // the file or directory given
+  std::string format; // "gguf" or "safetensors"
+  ModelConfig config;
+  std::map<std::string, at::Tensor> tensors; // HF names, float32, CPU
+  std::vector<TensorSource> sources;         // in file order
+  std::unique_ptr<Tokenizer> tokenizer;      // null when the files have none
+  // How the full-precision reference was obtained, shown wherever the baseline
+  // is: e.g. "dequantized from Q4_1" for a quantized GGUF, "" for F32/F16/BF16.
+  std::string baselineNote;
+};
+
+// Throws lrq::FileError naming the file and the problem. Reports bytes or
+// tensors read through observer->progress and checks cancel between tensors.
+LoadedModel loadModel(const std::string &path, ProgressObserver *observer = nullptr,
+                      const CancelToken *cancel = nullptr);
+
+} // namespace lrq

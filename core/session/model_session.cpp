@@ -1,0 +1,283 @@
+#include "core/session/model_session.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <mutex>
+#include <thread>
+
+#include "core/analysis/tensor_analysis.h"
+#include "core/common/error.h"
+#include "core/data/default_assets.h"
+#include "core/eval/generate.h"
+#include "core/eval/perplexity.h"
+#include "core/io/model_loader.h"
+#include "core/model/decoder.h"
+
+namespace lrq {
+namespace {
+
+std::mutex runtimeMutex;
+std::string runtimeDevice = "cpu";
+
+at::Device currentDevice() {
+  std::lock_guard<std::mutex> lock(runtimeMutex);
+  return runtimeDevice == "cuda" ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+}
+
+std::string architectureName(const ModelConfig &config) {
+  if (!config.architectureName.empty())
+    return config.architectureName;
+  return config.arch == Architecture::Opt ? "OPTForCausalLM" : "LlamaForCausalLM";
+}
+
+std::string blockPrefix(const ModelConfig &config, int block) {
+  return (config.arch == Architecture::Opt ? "model.decoder.layers." : "model.layers.") +
+         std::to_string(block) + ".";
+}
+
+bool endsWith(const std::string &text, const std::string &suffix) {
+  return text.size() >= suffix.size() &&
+         text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Length of the longest prefix of text that ends on a UTF-8 character boundary.
+size_t completeUtf8Prefix(const std::string &text) {
+  size_t end = text.size();
+  size_t back = 0;
+  while (back < 4 && back < end &&
+         (static_cast<unsigned char>(text[end - 1 - back]) & 0xC0) == 0x80)
+    ++back;
+  if (back >= end)
+    return end;
+  unsigned char lead = static_cast<unsigned char>(text[end - 1 - back]);
+  size_t need = lead < 0x80           ? 1
+                : (lead >> 5) == 0x6  ? 2
+                : (lead >> 4) == 0xE  ? 3
+                : (lead >> 3) == 0x1E ? 4
+                                      : 1;
+  return back + 1 >= need ? end : end - 1 - back;
+}
+
+} // namespace
+
+void applyRuntimeOptions(const RuntimeOptions &options) {
+  int threads =
+      options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency());
+  at::set_num_threads(std::max(1, threads));
+  if (options.device != "cpu" && options.device != "cuda")
+    throw Error("device '" + options.device + "' is not supported (use cpu or cuda)");
+  if (options.device == "cuda" && !at::hasCUDA())
+    throw Error("--device cuda: this LibTorch build has no CUDA support or no GPU is visible; "
+                "build against a CUDA LibTorch (pass Torch_DIR) or use --device cpu");
+  std::lock_guard<std::mutex> lock(runtimeMutex);
+  runtimeDevice = options.device;
+}
+
+int runtimeThreads() {
+  return at::get_num_threads();
+}
+
+struct ModelSession::Impl {
+  LoadedModel loaded;
+  std::unique_ptr<DecoderModel> model;
+  ModelSummary summary;
+
+  const at::Tensor &tensor(const std::string &name) const {
+    auto it = loaded.tensors.find(name);
+    if (it == loaded.tensors.end())
+      throw Error("no tensor named '" + name + "' in " + loaded.path +
+                  " (see 'lrq info' for the names)");
+    return it->second;
+  }
+
+  const Tokenizer &tokenizer() const {
+    if (!loaded.tokenizer)
+      throw FileError(loaded.path, "the model files contain no tokenizer");
+    return *loaded.tokenizer;
+  }
+
+  void buildSummary() {
+    const ModelConfig &c = loaded.config;
+    ModelSummary &s = summary;
+    s.path = loaded.path;
+    s.format = loaded.format;
+    s.architecture = architectureName(c);
+    s.baselineNote = loaded.baselineNote;
+    s.numLayers = c.numLayers;
+    s.hiddenSize = c.hiddenSize;
+    s.intermediateSize = c.intermediateSize;
+    s.numHeads = c.numHeads;
+    s.numKvHeads = c.numKvHeads;
+    s.headDim = c.headDim;
+    s.vocabSize = c.vocabSize;
+    s.maxPositions = c.maxPositions;
+    s.ropeTheta = c.ropeTheta;
+    s.tieEmbeddings = c.tieEmbeddings;
+    s.hasTokenizer = loaded.tokenizer != nullptr;
+    for (const TensorSource &src : loaded.sources) {
+      TensorSummary t;
+      t.name = src.name;
+      t.sourceName = src.sourceName;
+      t.dtype = src.sourceType;
+      t.shape = src.shape;
+      t.numel = 1;
+      for (int64_t d : src.shape)
+        t.numel *= d;
+      s.parameters += t.numel;
+      s.tensors.push_back(std::move(t));
+    }
+    for (int b = 0; b < static_cast<int>(c.numLayers); ++b) {
+      BlockSummary block;
+      block.index = b;
+      const std::string prefix = blockPrefix(c, b);
+      for (const TensorSummary &t : s.tensors)
+        if (t.name.rfind(prefix, 0) == 0)
+          block.parameters += t.numel;
+      for (const auto &[role, linear] : blockLinears(c, model->weights().blocks[b])) {
+        (void)linear;
+        for (const TensorSummary &t : s.tensors) {
+          if (t.name.rfind(prefix, 0) == 0 && endsWith(t.name, "." + role + ".weight") &&
+              t.shape.size() == 2) {
+            LinearSummary l;
+            l.role = role;
+            l.tensor = t.name;
+            l.outFeatures = t.shape[0];
+            l.inFeatures = t.shape[1];
+            l.dtype = t.dtype;
+            l.parameters = t.numel;
+            block.linears.push_back(l);
+            break;
+          }
+        }
+      }
+      s.blocks.push_back(std::move(block));
+    }
+  }
+};
+
+ModelSession::ModelSession(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ModelSession::~ModelSession() = default;
+
+std::unique_ptr<ModelSession> ModelSession::open(const std::string &pathOrDefault,
+                                                 ProgressObserver *observer,
+                                                 const CancelToken *cancel) {
+  std::string path = pathOrDefault == "default" ? ensureDefaultModel(observer) : pathOrDefault;
+  auto start = std::chrono::steady_clock::now();
+  auto impl = std::make_unique<Impl>();
+  impl->loaded = loadModel(path, observer, cancel);
+  impl->model = std::make_unique<DecoderModel>(
+      impl->loaded.config, ModelWeights::fromHfTensors(impl->loaded.config, impl->loaded.tensors));
+  const at::Device device = currentDevice();
+  if (device.type() != at::kCPU)
+    impl->model->to(device);
+  impl->buildSummary();
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  spdlog::info("loaded {} ({}, {} parameters{}) in {:.2f} s", path, impl->summary.architecture,
+               impl->summary.parameters,
+               impl->summary.baselineNote.empty() ? "" : ", " + impl->summary.baselineNote,
+               seconds);
+  return std::unique_ptr<ModelSession>(new ModelSession(std::move(impl)));
+}
+
+const ModelSummary &ModelSession::summary() const {
+  return impl_->summary;
+}
+
+TensorStatistics ModelSession::statistics(const std::string &tensor) const {
+  c10::InferenceMode guard;
+  TensorStats s = tensorStatistics(impl_->tensor(tensor));
+  TensorStatistics out;
+  out.numel = s.numel;
+  out.min = s.min;
+  out.max = s.max;
+  out.mean = s.mean;
+  out.std = s.std;
+  out.absMax = s.absMax;
+  out.kurtosis = s.kurtosis;
+  return out;
+}
+
+Histogram ModelSession::histogram(const std::string &tensor, int bins) const {
+  if (bins < 1)
+    throw Error("histogram needs at least one bin");
+  c10::InferenceMode guard;
+  TensorHistogram h = tensorHistogram(impl_->tensor(tensor), bins);
+  Histogram out;
+  out.lo = h.lo;
+  out.hi = h.hi;
+  out.counts = std::move(h.counts);
+  return out;
+}
+
+std::vector<double> ModelSession::singularValues(const std::string &tensor) const {
+  const at::Tensor &t = impl_->tensor(tensor);
+  if (t.dim() != 2)
+    throw Error("tensor '" + tensor + "' has " + std::to_string(t.dim()) +
+                " dimensions; singular values need a matrix");
+  c10::InferenceMode guard;
+  return lrq::singularValues(t);
+}
+
+std::vector<int32_t> ModelSession::tokenize(const std::string &text, bool addBos) const {
+  return impl_->tokenizer().encode(text, addBos);
+}
+
+std::string ModelSession::detokenize(const std::vector<int32_t> &ids) const {
+  return impl_->tokenizer().decode(ids);
+}
+
+PerplexityReport ModelSession::perplexity(const std::string &text, int64_t seqLen,
+                                          ProgressObserver *observer, const CancelToken *cancel,
+                                          int64_t maxWindows) const {
+  if (observer)
+    observer->log(LogLevel::Info, "Tokenizing " + std::to_string(text.size()) + " bytes of text");
+  std::vector<int32_t> tokens = impl_->tokenizer().encode(text, true);
+  PerplexityResult r =
+      evaluatePerplexity(*impl_->model, tokens, seqLen, observer, cancel, maxWindows);
+  PerplexityReport out;
+  out.perplexity = r.perplexity;
+  out.meanNll = r.meanNll;
+  out.tokens = r.tokens;
+  out.windows = r.windows;
+  out.seqLen = r.seqLen;
+  out.seconds = r.seconds;
+  out.tokensPerSecond = r.tokensPerSecond;
+  return out;
+}
+
+std::string ModelSession::generate(const std::string &prompt, const GenerationOptions &options,
+                                   const std::function<void(const std::string &)> &onText,
+                                   const CancelToken *cancel) const {
+  const Tokenizer &tokenizer = impl_->tokenizer();
+  std::vector<int32_t> promptIds = tokenizer.encode(prompt, true);
+  if (promptIds.empty())
+    throw Error("generate: the prompt is empty and the tokenizer adds no BOS token");
+  SamplingOptions sampling;
+  sampling.maxNewTokens = options.maxNewTokens;
+  sampling.temperature = options.temperature;
+  sampling.topK = options.topK;
+  sampling.topP = options.topP;
+  sampling.seed = options.seed;
+  sampling.eosId = tokenizer.eosId();
+  std::vector<int32_t> produced;
+  size_t emitted = 0;
+  std::string text;
+  auto onToken = [&](int32_t id) {
+    produced.push_back(id);
+    text = tokenizer.decode(produced);
+    size_t complete = completeUtf8Prefix(text);
+    if (onText && complete > emitted) {
+      onText(text.substr(emitted, complete - emitted));
+      emitted = complete;
+    }
+  };
+  generateTokens(*impl_->model, promptIds, sampling, onToken, cancel);
+  if (onText && text.size() > emitted)
+    onText(text.substr(emitted));
+  return text;
+}
+
+} // namespace lrq

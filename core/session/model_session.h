@@ -1,0 +1,131 @@
+#pragma once
+// The engine's light public face: no LibTorch types, so the desktop app and
+// the command line include it without paying for ATen's headers.
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/common/progress.h"
+
+namespace lrq {
+
+struct TensorSummary {
+  std::string name;       // HF name
+  std::string sourceName; // name in the file
+  std::string dtype;      // storage type in the file ("Q4_1", "F32", ...)
+  std::vector<int64_t> shape;
+  int64_t numel = 0;
+};
+
+struct LinearSummary {
+  std::string role;   // "q_proj", "k_proj", ..., "down_proj" (OPT: "fc1", "fc2")
+  std::string tensor; // HF tensor name of its weight
+  int64_t outFeatures = 0;
+  int64_t inFeatures = 0;
+  std::string dtype;
+  int64_t parameters = 0;
+};
+
+struct BlockSummary {
+  int index = 0;
+  std::vector<LinearSummary> linears;
+  int64_t parameters = 0; // all tensors of the block (norms included)
+};
+
+struct ModelSummary {
+  std::string path;
+  std::string format;       // "gguf" / "safetensors"
+  std::string architecture; // "LlamaForCausalLM"
+  std::string baselineNote; // e.g. "dequantized from Q4_1"; "" when the file is float
+  int64_t parameters = 0;   // unique parameters (tied embeddings counted once)
+  int64_t numLayers = 0, hiddenSize = 0, intermediateSize = 0, numHeads = 0, numKvHeads = 0,
+          headDim = 0, vocabSize = 0, maxPositions = 0;
+  double ropeTheta = 0;
+  bool tieEmbeddings = false;
+  bool hasTokenizer = false;
+  std::vector<BlockSummary> blocks;
+  std::vector<TensorSummary> tensors; // every tensor, file order
+};
+
+struct TensorStatistics {
+  int64_t numel = 0;
+  double min = 0, max = 0, mean = 0, std = 0, absMax = 0;
+  double kurtosis = 0; // excess kurtosis: outlier indicator
+};
+
+struct Histogram {
+  double lo = 0, hi = 0;      // range of the bins
+  std::vector<double> counts; // equal-width bins over [lo, hi]
+};
+
+struct PerplexityReport {
+  double perplexity = 0;
+  double meanNll = 0;
+  int64_t tokens = 0;
+  int64_t windows = 0;
+  int64_t seqLen = 0;
+  double seconds = 0;
+  double tokensPerSecond = 0;
+};
+
+struct GenerationOptions {
+  int64_t maxNewTokens = 64;
+  double temperature = 0.0;
+  int64_t topK = 0;
+  double topP = 1.0;
+  uint64_t seed = 0;
+};
+
+struct RuntimeOptions {
+  int threads = 0;            // 0: all hardware threads
+  std::string device = "cpu"; // "cpu" or "cuda"
+};
+
+// Applies threads and device choice; throws lrq::Error for an unavailable
+// device ("cuda requested but this LibTorch build has no CUDA" etc.).
+void applyRuntimeOptions(const RuntimeOptions &options);
+// Threads LibTorch uses for intra-op parallelism now.
+int runtimeThreads();
+
+class ModelSession {
+public:
+  // pathOrDefault: a .gguf/.safetensors file, an HF directory, or "default"
+  // (the bundled SmolLM2-135M-Instruct, fetched into the cache on first use).
+  static std::unique_ptr<ModelSession> open(const std::string &pathOrDefault,
+                                            ProgressObserver *observer = nullptr,
+                                            const CancelToken *cancel = nullptr);
+  ~ModelSession();
+  ModelSession(const ModelSession &) = delete;
+  ModelSession &operator=(const ModelSession &) = delete;
+
+  const ModelSummary &summary() const;
+
+  // Full-precision tensor analysis (weights as used by the model, float32).
+  TensorStatistics statistics(const std::string &tensor) const;
+  Histogram histogram(const std::string &tensor, int bins) const;
+  // Singular values, descending. 1-D tensors: throws lrq::Error.
+  std::vector<double> singularValues(const std::string &tensor) const;
+
+  std::vector<int32_t> tokenize(const std::string &text, bool addBos = true) const;
+  std::string detokenize(const std::vector<int32_t> &ids) const;
+
+  // Perplexity over non-overlapping windows of seqLen tokens of text
+  // (shared/ALGORITHMS.md). maxWindows 0: all.
+  PerplexityReport perplexity(const std::string &text, int64_t seqLen,
+                              ProgressObserver *observer = nullptr,
+                              const CancelToken *cancel = nullptr, int64_t maxWindows = 0) const;
+
+  // Continues prompt; onText receives decoded text pieces as they are produced.
+  std::string generate(const std::string &prompt, const GenerationOptions &options,
+                       const std::function<void(const std::string &)> &onText = {},
+                       const CancelToken *cancel = nullptr) const;
+
+private:
+  struct Impl;
+  explicit ModelSession(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+} // namespace lrq

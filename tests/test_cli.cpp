@@ -1,0 +1,169 @@
+// End-to-end checks of the `lrq` executable as a user runs it.
+#include <QJsonArray>
+#include <QJsonDocument>
+#include <QJsonObject>
+#include <QProcess>
+#include <QtTest>
+
+#include "test_support.h"
+
+namespace {
+
+struct Result {
+  int exitCode = -1;
+  QByteArray out;
+  QString err;
+};
+
+Result runLrq(const QStringList &args, int timeoutMs = 300000) {
+  QProcess proc;
+  proc.start(QDir(QStringLiteral(LRQ_BINARY_DIR)).filePath("app/lrq"), args);
+  Result r;
+  if (!proc.waitForFinished(timeoutMs)) {
+    proc.kill();
+    r.err = "timed out";
+    return r;
+  }
+  r.exitCode = proc.exitStatus() == QProcess::NormalExit ? proc.exitCode() : -1;
+  r.out = proc.readAllStandardOutput();
+  r.err = QString::fromUtf8(proc.readAllStandardError());
+  return r;
+}
+
+QJsonObject parseJson(const Result &r) {
+  QJsonParseError error{};
+  QJsonDocument doc = QJsonDocument::fromJson(r.out, &error);
+  if (error.error != QJsonParseError::NoError)
+    qWarning() << "not JSON:" << r.out.left(400) << r.err.left(400);
+  return doc.object();
+}
+
+} // namespace
+
+class TestCli : public QObject {
+  Q_OBJECT
+
+private slots:
+  void initTestCase() { lrq::test::defaultModelPath(); }
+
+  void versionAndHelp() {
+    Result v = runLrq({"--version"});
+    QCOMPARE(v.exitCode, 0);
+    QVERIFY(v.out.startsWith("lrq "));
+    Result h = runLrq({"--help"});
+    QCOMPARE(h.exitCode, 0);
+    QVERIFY(h.out.contains("dequantized from Q4_1"));
+  }
+
+  void usageErrorsExitTwo() {
+    for (const QStringList &args :
+         {QStringList{"eval"}, QStringList{"--bogus"}, QStringList{"frobnicate", "x"},
+          QStringList{"eval", "default", "--seq-len", "abc"}, QStringList{"generate", "default"},
+          QStringList{"spectrum", "default"}, QStringList{"eval", "default", "--device", "tpu"}}) {
+      Result r = runLrq(args);
+      QVERIFY2(r.exitCode == 2, qPrintable(args.join(' ') + " -> " + QString::number(r.exitCode)));
+      QVERIFY2(r.err.startsWith("lrq: "), qPrintable(r.err));
+      QCOMPARE(r.err.count('\n'), 1);
+    }
+    Result none = runLrq({});
+    QCOMPARE(none.exitCode, 2);
+    QVERIFY(none.err.startsWith("usage: lrq"));
+  }
+
+  void infoJsonDescribesDefaultModel() {
+    Result r = runLrq({"info", "default", "--json", "--quiet"});
+    QCOMPARE(r.exitCode, 0);
+    QJsonObject j = parseJson(r);
+    QCOMPARE(j["architecture"].toString(), QString("LlamaForCausalLM"));
+    QCOMPARE(j["layers"].toInt(), 30);
+    QCOMPARE(j["hidden_size"].toInt(), 576);
+    QCOMPARE(j["kv_heads"].toInt(), 3);
+    QVERIFY(j["full_precision_reference"].toString().contains("dequantized from Q4_1"));
+    QJsonArray tensors = j["tensors"].toArray();
+    QCOMPARE(tensors.size(), 272); // the GGUF's tensor count (tied head: no output.weight)
+    qint64 total = 0;
+    for (const auto &t : tensors)
+      total += t.toObject()["numel"].toInteger();
+    QCOMPARE(j["parameters"].toInteger(), total);
+    // SmolLM2-135M: ~134.5M parameters with the tied embedding counted once.
+    QVERIFY(total > 130000000 && total < 140000000);
+  }
+
+  void missingAndCorruptFilesGiveOneLineErrors() {
+    Result missing = runLrq({"info", "/nonexistent/model.gguf"});
+    QCOMPARE(missing.exitCode, 1);
+    QVERIFY2(missing.err.startsWith("lrq: error: "), qPrintable(missing.err));
+    QVERIFY(missing.err.contains("/nonexistent/model.gguf"));
+
+    QTemporaryDir dir;
+    const QString bad = dir.filePath("corrupt.gguf");
+    QFile f(bad);
+    QVERIFY(f.open(QIODevice::WriteOnly));
+    f.write("NOPE this is not a gguf file at all, just some bytes.");
+    f.close();
+    Result corrupt = runLrq({"info", bad});
+    QCOMPARE(corrupt.exitCode, 1);
+    QVERIFY2(corrupt.err.contains("corrupt.gguf"), qPrintable(corrupt.err));
+    QCOMPARE(corrupt.err.count('\n'), 1);
+  }
+
+  void evalJsonReportsPerplexity() {
+    Result r = runLrq(
+        {"eval", "default", "--seq-len", "128", "--max-windows", "2", "--json", "--threads", "2"});
+    QVERIFY2(r.exitCode == 0, qPrintable(r.err));
+    QJsonObject j = parseJson(r);
+    QCOMPARE(j["windows"].toInt(), 2);
+    QCOMPARE(j["seq_len"].toInt(), 128);
+    QVERIFY(j["tokens"].toInt() >= 2 * 127 && j["tokens"].toInt() <= 2 * 128);
+    double ppl = j["perplexity"].toDouble();
+    QVERIFY2(ppl > 1.0 && ppl < 1000.0, qPrintable(QString::number(ppl)));
+    QVERIFY(std::abs(std::log(ppl) - j["mean_nll"].toDouble()) < 1e-6);
+    QCOMPARE(j["threads"].toInt(), 2);
+    QVERIFY(j["full_precision_reference"].toString().contains("dequantized from Q4_1"));
+  }
+
+  void evalRejectsBadText() {
+    QTemporaryDir dir;
+    Result r = runLrq({"eval", "default", "--text", dir.filePath("none.txt")});
+    QCOMPARE(r.exitCode, 1);
+    QVERIFY(r.err.contains("none.txt"));
+  }
+
+  void generateContinuesSensibly() {
+    Result r = runLrq({"generate", "default", "--prompt", "The capital of France is",
+                       "--max-new-tokens", "8", "--json"});
+    QVERIFY2(r.exitCode == 0, qPrintable(r.err));
+    QJsonObject j = parseJson(r);
+    QVERIFY2(j["completion"].toString().contains("Paris"), qPrintable(j["completion"].toString()));
+  }
+
+  void spectrumIsDescendingCsv() {
+    Result r = runLrq(
+        {"spectrum", "default", "--tensor", "model.layers.0.self_attn.k_proj.weight", "--quiet"});
+    QVERIFY2(r.exitCode == 0, qPrintable(r.err));
+    QList<QByteArray> lines = r.out.trimmed().split('\n');
+    QCOMPARE(lines.first(), QByteArray("index,singular_value"));
+    QCOMPARE(lines.size(), 1 + 192); // k_proj is [192, 576]
+    double previous = 1e300;
+    for (int i = 1; i < lines.size(); ++i) {
+      double value = lines[i].split(',')[1].toDouble();
+      QVERIFY(value <= previous + 1e-9);
+      QVERIFY(value >= 0);
+      previous = value;
+    }
+    Result bad = runLrq({"spectrum", "default", "--tensor", "no.such.tensor", "--quiet"});
+    QCOMPARE(bad.exitCode, 1);
+    QVERIFY(bad.err.contains("no.such.tensor"));
+  }
+
+  void cudaRequestOnCpuBuildIsAClearError() {
+    if (qEnvironmentVariableIsSet("LRQ_TEST_HAS_CUDA"))
+      return; // exercised on GPU machines by the device tests instead
+    Result r = runLrq({"info", "default", "--device", "cuda"});
+    QCOMPARE(r.exitCode, 1);
+    QVERIFY2(r.err.contains("cuda", Qt::CaseInsensitive), qPrintable(r.err));
+  }
+};
+
+QTEST_GUILESS_MAIN(TestCli)
+#include "test_cli.moc"
