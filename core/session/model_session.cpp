@@ -188,7 +188,7 @@ const ModelSummary &ModelSession::summary() const {
 
 TensorStatistics ModelSession::statistics(const std::string &tensor) const {
   c10::InferenceMode guard;
-  TensorStats s = tensorStatistics(impl_->tensor(tensor));
+  analysis::Statistics s = analysis::tensorStatistics(impl_->tensor(tensor));
   TensorStatistics out;
   out.numel = s.numel;
   out.min = s.min;
@@ -204,7 +204,7 @@ Histogram ModelSession::histogram(const std::string &tensor, int bins) const {
   if (bins < 1)
     throw Error("histogram needs at least one bin");
   c10::InferenceMode guard;
-  TensorHistogram h = tensorHistogram(impl_->tensor(tensor), bins);
+  analysis::HistogramBins h = analysis::tensorHistogram(impl_->tensor(tensor), bins);
   Histogram out;
   out.lo = h.lo;
   out.hi = h.hi;
@@ -218,7 +218,7 @@ std::vector<double> ModelSession::singularValues(const std::string &tensor) cons
     throw Error("tensor '" + tensor + "' has " + std::to_string(t.dim()) +
                 " dimensions; singular values need a matrix");
   c10::InferenceMode guard;
-  return lrq::singularValues(t);
+  return analysis::singularValues(t).values;
 }
 
 std::vector<int32_t> ModelSession::tokenize(const std::string &text, bool addBos) const {
