@@ -1,0 +1,310 @@
+#include "core/io/safetensors.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "core/common/error.h"
+#include "core/io/file_util.h"
+#include "core/io/ggml_quants.h"
+
+namespace lrq {
+
+namespace {
+
+using json = nlohmann::json;
+using ordered_json = nlohmann::ordered_json;
+
+// The reference implementation refuses headers above 100 MB; so do we, before
+// the JSON parser allocates anything.
+constexpr uint64_t kMaxHeaderBytes = 100ull * 1000 * 1000;
+
+int dtypeSize(const std::string &dtype) {
+  static const std::pair<const char *, int> kSizes[] = {
+      {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1},
+      {"I16", 2},  {"U16", 2}, {"F16", 2}, {"BF16", 2},    {"I32", 4},
+      {"U32", 4},  {"F32", 4}, {"I64", 8}, {"U64", 8},     {"F64", 8},
+  };
+  for (const auto &s : kSizes)
+    if (dtype == s.first)
+      return s.second;
+  return 0;
+}
+
+std::string shapeText(const std::vector<int64_t> &shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i)
+    s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+std::string jsonErrorText(const std::exception &e) {
+  std::string what = e.what();
+  const size_t close = what.find("] ");
+  return close == std::string::npos ? what : what.substr(close + 2);
+}
+
+} // namespace
+
+int64_t SafetensorsTensorInfo::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape)
+    n *= d;
+  return n;
+}
+
+void SafetensorsReader::fail(const std::string &problem) const {
+  throw FileError(path(), problem);
+}
+
+SafetensorsReader::SafetensorsReader(const std::string &path) : file_(path) {
+  const uint64_t size = file_.size();
+  if (size < 8)
+    fail("not a safetensors file: " + std::to_string(size) +
+         " bytes, too short for the header length");
+  uint64_t headerLen = 0;
+  std::memcpy(&headerLen, file_.data(), sizeof headerLen);
+  if (headerLen > size - 8)
+    fail("header length " + std::to_string(headerLen) + " runs past the end of the file (size " +
+         std::to_string(size) + ")");
+  if (headerLen > kMaxHeaderBytes)
+    fail("header length " + std::to_string(headerLen) + " exceeds the 100 MB limit");
+  if (headerLen < 2)
+    fail("header of " + std::to_string(headerLen) + " bytes cannot hold a JSON object");
+  dataOffset_ = 8 + headerLen;
+  const uint64_t dataSize = size - dataOffset_;
+
+  json header;
+  try {
+    header = json::parse(file_.data() + 8, file_.data() + 8 + headerLen);
+  } catch (const json::exception &e) {
+    fail("header is not valid JSON: " + jsonErrorText(e));
+  }
+  if (!header.is_object())
+    fail("header is not a JSON object");
+
+  for (auto it = header.begin(); it != header.end(); ++it) {
+    const std::string &name = it.key();
+    const json &v = it.value();
+    if (name == "__metadata__") {
+      if (!v.is_object())
+        fail("header: __metadata__ is not an object");
+      for (auto m = v.begin(); m != v.end(); ++m) {
+        if (!m.value().is_string())
+          fail("header: __metadata__ value of '" + m.key() + "' is not a string");
+        metadata_[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    const std::string what = "tensor " + name;
+    if (!v.is_object())
+      fail(what + ": header entry is not an object");
+    SafetensorsTensorInfo info;
+    info.name = name;
+    auto dt = v.find("dtype");
+    if (dt == v.end() || !dt->is_string())
+      fail(what + ": missing or non-string dtype");
+    info.dtype = dt->get<std::string>();
+    const int elemSize = dtypeSize(info.dtype);
+    if (elemSize == 0)
+      fail(what + ": unknown dtype '" + info.dtype + "'");
+    auto sh = v.find("shape");
+    if (sh == v.end() || !sh->is_array())
+      fail(what + ": missing or non-list shape");
+    if (sh->size() > 8)
+      fail(what + ": " + std::to_string(sh->size()) + " dimensions are too many");
+    uint64_t numel = 1;
+    for (const json &d : *sh) {
+      if (!d.is_number_integer() || d.get<int64_t>() < 0)
+        fail(what + ": shape entries must be non-negative integers");
+      const auto dim = d.get<uint64_t>();
+      if (__builtin_mul_overflow(numel, dim, &numel) ||
+          numel > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+        fail(what + ": shape overflows the element count");
+      info.shape.push_back(static_cast<int64_t>(dim));
+    }
+    auto off = v.find("data_offsets");
+    if (off == v.end() || !off->is_array() || off->size() != 2 || !(*off)[0].is_number_integer() ||
+        !(*off)[1].is_number_integer() || (*off)[0].get<int64_t>() < 0 ||
+        (*off)[1].get<int64_t>() < 0)
+      fail(what + ": data_offsets must be two non-negative integers");
+    info.begin = (*off)[0].get<uint64_t>();
+    info.end = (*off)[1].get<uint64_t>();
+    if (info.begin > info.end)
+      fail(what + ": data_offsets [" + std::to_string(info.begin) + ", " +
+           std::to_string(info.end) + ") end before they begin");
+    if (info.end > dataSize)
+      fail(what + ": data_offsets [" + std::to_string(info.begin) + ", " +
+           std::to_string(info.end) + ") lie past the end of the file (data section of " +
+           std::to_string(dataSize) + " bytes)");
+    uint64_t bytes = 0;
+    if (__builtin_mul_overflow(numel, static_cast<uint64_t>(elemSize), &bytes) ||
+        bytes != info.end - info.begin)
+      fail(what + ": shape " + shapeText(info.shape) + " of " + info.dtype + " needs " +
+           std::to_string(numel) + " x " + std::to_string(elemSize) +
+           " bytes but data_offsets span " + std::to_string(info.end - info.begin));
+    tensors_.push_back(std::move(info));
+  }
+
+  std::stable_sort(tensors_.begin(), tensors_.end(),
+                   [](const SafetensorsTensorInfo &a, const SafetensorsTensorInfo &b) {
+                     return a.begin < b.begin;
+                   });
+  for (size_t i = 1; i < tensors_.size(); ++i)
+    if (tensors_[i - 1].end > tensors_[i].begin)
+      fail("tensors " + tensors_[i - 1].name + " and " + tensors_[i].name +
+           " overlap in the data section");
+  for (size_t i = 0; i < tensors_.size(); ++i)
+    index_.emplace(tensors_[i].name, i);
+}
+
+const SafetensorsTensorInfo *SafetensorsReader::find(const std::string &name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? nullptr : &tensors_[it->second];
+}
+
+at::Tensor SafetensorsReader::load(const SafetensorsTensorInfo &info) const {
+  const uint8_t *src = file_.data() + dataOffset_ + info.begin;
+  at::Tensor out = at::empty(info.shape, at::TensorOptions().dtype(at::kFloat));
+  const int64_t n = out.numel();
+  float *dst = out.data_ptr<float>();
+  if (info.dtype == "F32") {
+    if (n > 0)
+      std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+  } else if (info.dtype == "F16" || info.dtype == "BF16") {
+    const bool half = info.dtype == "F16";
+    at::parallel_for(0, n, 1 << 16, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        uint16_t bits;
+        std::memcpy(&bits, src + 2 * i, sizeof bits);
+        dst[i] = half ? halfBitsToFloat(bits) : bf16BitsToFloat(bits);
+      }
+    });
+  } else {
+    fail("tensor " + info.name + " has dtype " + info.dtype +
+         ", which cannot be loaded as float (supported: F32, F16, BF16)");
+  }
+  return out;
+}
+
+at::Tensor SafetensorsReader::load(const std::string &name) const {
+  const SafetensorsTensorInfo *info = find(name);
+  if (!info)
+    fail("no tensor named " + name);
+  return load(*info);
+}
+
+void SafetensorsReader::releasePages(const SafetensorsTensorInfo &info) const {
+  file_.adviseDontNeed(static_cast<size_t>(dataOffset_ + info.begin),
+                       static_cast<size_t>(info.end - info.begin));
+}
+
+SafetensorsIndex readSafetensorsIndex(const std::string &path) {
+  const std::string text = readWholeFile(path);
+  json root;
+  try {
+    root = json::parse(text);
+  } catch (const json::exception &e) {
+    throw FileError(path, "is not valid JSON: " + jsonErrorText(e));
+  }
+  if (!root.is_object())
+    throw FileError(path, "is not a JSON object");
+  auto wm = root.find("weight_map");
+  if (wm == root.end() || !wm->is_object())
+    throw FileError(path, "missing key 'weight_map' (an object of tensor -> file)");
+  SafetensorsIndex index;
+  index.path = path;
+  std::set<std::string> seen;
+  for (auto it = wm->begin(); it != wm->end(); ++it) {
+    if (!it.value().is_string())
+      throw FileError(path, "weight_map entry '" + it.key() + "' is not a file name");
+    const std::string shard = it.value().get<std::string>();
+    if (shard.empty() || shard.find('/') != std::string::npos || shard == "." || shard == "..")
+      throw FileError(path, "weight_map entry '" + it.key() + "' names '" + shard +
+                                "', which is not a file in the same directory");
+    index.weightMap[it.key()] = shard;
+    if (seen.insert(shard).second)
+      index.shards.push_back(shard);
+  }
+  if (index.weightMap.empty())
+    throw FileError(path, "weight_map is empty");
+  std::sort(index.shards.begin(), index.shards.end());
+  return index;
+}
+
+void writeSafetensorsIndex(const std::string &path, const SafetensorsIndex &index,
+                           uint64_t totalSize) {
+  ordered_json root;
+  root["metadata"] = {{"total_size", totalSize}};
+  ordered_json wm = ordered_json::object();
+  for (const auto &kv : index.weightMap)
+    wm[kv.first] = kv.second;
+  root["weight_map"] = wm;
+  AtomicFileWriter out(path);
+  out.write(root.dump(2) + "\n");
+  out.commit();
+}
+
+void writeSafetensors(const std::string &path,
+                      const std::vector<std::pair<std::string, at::Tensor>> &tensors,
+                      const std::map<std::string, std::string> &metadata) {
+  ordered_json header = ordered_json::object();
+  if (!metadata.empty()) {
+    ordered_json meta = ordered_json::object();
+    for (const auto &kv : metadata)
+      meta[kv.first] = kv.second;
+    header["__metadata__"] = meta;
+  }
+  std::set<std::string> names;
+  uint64_t offset = 0;
+  for (const auto &[name, tensor] : tensors) {
+    if (name.empty() || name == "__metadata__")
+      throw Error("safetensors: '" + name + "' cannot be a tensor name");
+    if (!names.insert(name).second)
+      throw Error("safetensors: duplicate tensor name " + name);
+    if (!tensor.defined())
+      throw Error("safetensors: tensor " + name + " is undefined");
+    const char *dtype = nullptr;
+    switch (tensor.scalar_type()) {
+    case at::kFloat:
+      dtype = "F32";
+      break;
+    case at::kHalf:
+      dtype = "F16";
+      break;
+    case at::kBFloat16:
+      dtype = "BF16";
+      break;
+    default:
+      throw Error("safetensors: tensor " + name + " has dtype " +
+                  std::string(c10::toString(tensor.scalar_type())) +
+                  "; only float32, float16 and bfloat16 can be written");
+    }
+    const auto bytes = static_cast<uint64_t>(tensor.numel()) * tensor.element_size();
+    header[name] = {{"dtype", dtype},
+                    {"shape", tensor.sizes().vec()},
+                    {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  std::string text = header.dump();
+  // Pad with spaces so the data section starts 8-byte aligned.
+  text.append((8 - text.size() % 8) % 8, ' ');
+  const uint64_t headerLen = text.size();
+
+  AtomicFileWriter out(path);
+  out.write(&headerLen, sizeof headerLen);
+  out.write(text);
+  // One tensor at a time, so device or strided tensors cost one copy each.
+  for (const auto &entry : tensors) {
+    const at::Tensor t = entry.second.detach().to(at::kCPU).contiguous();
+    out.write(t.data_ptr(), static_cast<size_t>(t.numel()) * t.element_size());
+  }
+  out.commit();
+}
+
+} // namespace lrq
