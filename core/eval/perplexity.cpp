@@ -1,0 +1,98 @@
+#include "core/eval/perplexity.h"
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <string>
+
+#include "core/common/error.h"
+
+namespace lrq {
+namespace {
+
+// Rows of logits materialised at once: the LM head is applied to this many
+// positions, their log-probabilities taken and reduced, so a window never
+// holds [seqLen, vocab] log-probabilities (nor logits) in full.
+constexpr int64_t kHeadChunk = 128;
+
+// Summed NLL (natural log) of targets[i] given hidden state i, on the model's
+// device; the caller reads it back once per window.
+at::Tensor summedNll(const DecoderModel &model, const at::Tensor &hidden,
+                     const at::Tensor &targets) {
+  const int64_t positions = targets.size(0);
+  at::Tensor total = at::zeros({}, hidden.options().dtype(at::kDouble));
+  for (int64_t s = 0; s < positions; s += kHeadChunk) {
+    const int64_t n = std::min(kHeadChunk, positions - s);
+    at::Tensor logits = model.head(hidden.narrow(1, s, n)).reshape({n, -1});
+    at::Tensor logProbs = at::log_softmax(logits, -1, at::kFloat);
+    at::Tensor picked = logProbs.gather(1, targets.narrow(0, s, n).unsqueeze(1));
+    total.sub_(picked.sum(at::kDouble));
+  }
+  return total;
+}
+
+} // namespace
+
+PerplexityResult evaluatePerplexity(const DecoderModel &model, const std::vector<int32_t> &tokens,
+                                    int64_t seqLen, ProgressObserver *observer,
+                                    const CancelToken *cancel, int64_t maxWindows) {
+  if (seqLen < 2)
+    throw Error("perplexity: window length must be at least 2 tokens, got " +
+                std::to_string(seqLen));
+  int64_t windows = int64_t(tokens.size()) / seqLen;
+  if (maxWindows > 0)
+    windows = std::min(windows, maxWindows);
+  if (windows == 0)
+    throw Error("perplexity: " + std::to_string(tokens.size()) +
+                " tokens do not fill one window of " + std::to_string(seqLen));
+
+  c10::InferenceMode guard;
+  const auto t0 = std::chrono::steady_clock::now();
+  const at::Tensor all =
+      at::from_blob(const_cast<int32_t *>(tokens.data()), {windows * seqLen}, at::kInt)
+          .to(model.device(), at::kLong);
+  if (observer)
+    observer->started("perplexity", windows * seqLen);
+
+  double nllSum = 0;
+  const int64_t predictedPerWindow = seqLen - 1;
+  for (int64_t w = 0; w < windows; ++w) {
+    if (cancel)
+      cancel->throwIfCancelled();
+    const at::Tensor ids = all.narrow(0, w * seqLen, seqLen);
+    at::Tensor h = model.embed(ids.unsqueeze(0), 0);
+    for (int64_t b = 0; b < model.numBlocks(); ++b)
+      h = model.runBlock(b, h, 0);
+    // Position i predicts token i+1; the last position predicts nothing.
+    nllSum +=
+        summedNll(model, h.narrow(1, 0, predictedPerWindow), ids.narrow(0, 1, predictedPerWindow))
+            .item<double>();
+    if (observer) {
+      const double running = std::exp(nllSum / double((w + 1) * predictedPerWindow));
+      char detail[96];
+      std::snprintf(detail, sizeof detail, "window %lld/%lld, perplexity so far %.4g",
+                    static_cast<long long>(w + 1), static_cast<long long>(windows), running);
+      observer->progress((w + 1) * seqLen, windows * seqLen, detail);
+    }
+  }
+
+  PerplexityResult r;
+  r.windows = windows;
+  r.seqLen = seqLen;
+  r.tokens = windows * predictedPerWindow;
+  r.meanNll = nllSum / double(r.tokens);
+  r.perplexity = std::exp(r.meanNll);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.tokensPerSecond = r.seconds > 0 ? double(windows * seqLen) / r.seconds : 0.0;
+  if (observer) {
+    observer->metric("perplexity", r.perplexity);
+    observer->metric("mean_nll", r.meanNll);
+    observer->metric("tokens_per_second", r.tokensPerSecond);
+    observer->finished();
+  }
+  return r;
+}
+
+} // namespace lrq
