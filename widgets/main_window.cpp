@@ -1,0 +1,374 @@
+#include "widgets/main_window.h"
+
+#include <QAction>
+#include <QApplication>
+#include <QCloseEvent>
+#include <QDockWidget>
+#include <QDragEnterEvent>
+#include <QDropEvent>
+#include <QFile>
+#include <QFileDialog>
+#include <QFileInfo>
+#include <QLabel>
+#include <QMenuBar>
+#include <QMessageBox>
+#include <QMimeData>
+#include <QProgressBar>
+#include <QSettings>
+#include <QStatusBar>
+#include <QToolButton>
+
+#include <spdlog/spdlog.h>
+
+#include "widgets/app_icon.h"
+#include "widgets/architecture_view.h"
+#include "widgets/generation_panel.h"
+#include "widgets/log_panel.h"
+#include "widgets/log_sink.h"
+#include "widgets/perplexity_panel.h"
+#include "widgets/session_controller.h"
+#include "widgets/tensor_inspector.h"
+#include "widgets/version.h"
+
+namespace lrq::ui {
+namespace {
+
+const QString kRecentKey = QStringLiteral("recentFiles");
+const QString kGeometryKey = QStringLiteral("mainWindow/geometry");
+const QString kStateKey = QStringLiteral("mainWindow/state");
+const QString kDefaultSource = QStringLiteral("default");
+
+QDockWidget *makeDock(const QString &title, const QString &name, QWidget *content,
+                      QMainWindow *window) {
+  auto *dock = new QDockWidget(title, window);
+  dock->setObjectName(name); // saveState() keys docks by object name
+  dock->setWidget(content);
+  dock->setFeatures(QDockWidget::DockWidgetMovable | QDockWidget::DockWidgetFloatable |
+                    QDockWidget::DockWidgetClosable);
+  return dock;
+}
+
+QString localPathOf(const QMimeData *mime) {
+  if (!mime || !mime->hasUrls())
+    return {};
+  for (const QUrl &url : mime->urls())
+    if (url.isLocalFile())
+      return url.toLocalFile();
+  return {};
+}
+
+} // namespace
+
+MainWindow::MainWindow(QWidget *parent) : QMainWindow(parent) {
+  setObjectName(QStringLiteral("mainWindow"));
+  setWindowTitle(tr("LRQ Workbench"));
+  setWindowIcon(appIcon());
+  setAcceptDrops(true);
+  setDockNestingEnabled(true);
+  ensureResources();
+  QFile style(QStringLiteral(":/style/light.qss"));
+  if (style.open(QIODevice::ReadOnly))
+    setStyleSheet(QString::fromUtf8(style.readAll()));
+
+  controller_ = new SessionController(this);
+  architecture_ = new ArchitectureView(this);
+  inspector_ = new TensorInspector(controller_, this);
+  perplexity_ = new PerplexityPanel(controller_, this);
+  generation_ = new GenerationPanel(controller_, this);
+  log_ = new LogPanel(this);
+
+  setCentralWidget(inspector_);
+  auto *archDock =
+      makeDock(tr("Architecture"), QStringLiteral("architectureDock"), architecture_, this);
+  auto *pplDock = makeDock(tr("Perplexity"), QStringLiteral("perplexityDock"), perplexity_, this);
+  auto *genDock = makeDock(tr("Generate"), QStringLiteral("generationDock"), generation_, this);
+  auto *logDock = makeDock(tr("Log"), QStringLiteral("logDock"), log_, this);
+  addDockWidget(Qt::LeftDockWidgetArea, archDock);
+  addDockWidget(Qt::RightDockWidgetArea, pplDock);
+  tabifyDockWidget(pplDock, genDock);
+  pplDock->raise();
+  addDockWidget(Qt::BottomDockWidgetArea, logDock);
+  resizeDocks({archDock, pplDock}, {430, 340}, Qt::Horizontal);
+  resizeDocks({logDock}, {130}, Qt::Vertical);
+
+  // The log panel sees every spdlog line, from any thread, as a queued call.
+  logSink_ = installLogSink();
+  connect(logSink_->emitter(), &LogEmitter::lineLogged, log_, &LogPanel::appendLine,
+          Qt::QueuedConnection);
+
+  connect(architecture_, &ArchitectureView::tensorSelected, inspector_,
+          &TensorInspector::showTensor);
+  connect(controller_, &SessionController::loadStarted, this, [this](quint64, const QString &path) {
+    setBusy(tr("Loading %1…").arg(path == kDefaultSource ? tr("the default model") : path), true);
+  });
+  connect(controller_, &SessionController::loadProgress, this,
+          [this](quint64, qint64 done, qint64 total, const QString &detail) {
+            if (total > 0) {
+              loadProgress_->setRange(0, 1000);
+              loadProgress_->setValue(static_cast<int>(1000.0 * done / total));
+            }
+            if (!detail.isEmpty())
+              statusLabel_->setText(detail);
+          });
+  connect(controller_, &SessionController::modelLoaded, this, &MainWindow::onModelLoaded);
+  connect(controller_, &SessionController::loadFailed, this, &MainWindow::onLoadFailed);
+  connect(controller_, &SessionController::loadCancelled, this,
+          [this](const QString &) { setBusy(tr("Loading cancelled."), false); });
+  connect(controller_, &SessionController::spectrumStarted, this, [this](const QString &tensor) {
+    if (!controller_->isLoading())
+      statusLabel_->setText(tr("Computing singular values of %1…").arg(tensor));
+  });
+  connect(controller_, &SessionController::spectrumReady, this, [this] {
+    if (!controller_->isLoading())
+      statusLabel_->setText(tr("Ready."));
+  });
+
+  createMenus();
+  createStatusBar();
+  resize(1440, 900);
+  restoreWindowState();
+}
+
+MainWindow::~MainWindow() {
+  // Workers first (they may log), then the sink, before the panels go away.
+  controller_->shutdown();
+  uninstallLogSink(logSink_);
+}
+
+void MainWindow::createMenus() {
+  QMenu *file = menuBar()->addMenu(tr("&File"));
+  QAction *open = file->addAction(tr("&Open Model File…"), this, [this] {
+    const QString path = QFileDialog::getOpenFileName(
+        this, tr("Open model"), QString(),
+        tr("Models (*.gguf *.safetensors);;GGUF (*.gguf);;safetensors (*.safetensors);;All "
+           "files (*)"));
+    if (!path.isEmpty())
+      openModel(path);
+  });
+  open->setShortcut(QKeySequence::Open);
+  QAction *openDir = file->addAction(tr("Open Model &Directory…"), this, [this] {
+    const QString dir = QFileDialog::getExistingDirectory(
+        this, tr("Open a Hugging Face model directory (config.json + *.safetensors)"));
+    if (!dir.isEmpty())
+      openModel(dir);
+  });
+  openDir->setShortcut(QKeySequence(tr("Ctrl+Shift+O")));
+  QAction *openDefault =
+      file->addAction(tr("Open &Default Model"), this, &MainWindow::openDefaultModel);
+  openDefault->setShortcut(QKeySequence(tr("Ctrl+D")));
+  openDefault->setToolTip(tr("SmolLM2-135M-Instruct (Q4_1 GGUF), fetched on first use"));
+  recentMenu_ = file->addMenu(tr("&Recent Models"));
+  rebuildRecentMenu();
+  file->addSeparator();
+  QAction *shot = file->addAction(tr("Save &Screenshot…"), this, [this] {
+    const QString path = QFileDialog::getSaveFileName(
+        this, tr("Save screenshot"), QStringLiteral("lrq-workbench.png"), tr("PNG images (*.png)"));
+    if (!path.isEmpty() && !saveScreenshot(path))
+      showError(tr("Could not save screenshot"), tr("%1: cannot write the image").arg(path));
+  });
+  shot->setShortcut(QKeySequence(tr("Ctrl+Shift+S")));
+  file->addSeparator();
+  QAction *quit = file->addAction(tr("&Quit"), this, &QWidget::close);
+  quit->setShortcut(QKeySequence::Quit);
+
+  QMenu *analysis = menuBar()->addMenu(tr("&Evaluate"));
+  QAction *run = analysis->addAction(tr("&Run Perplexity"), perplexity_, &PerplexityPanel::run);
+  run->setShortcut(QKeySequence(Qt::Key_F5));
+  QAction *cancel =
+      analysis->addAction(tr("&Cancel Perplexity"), perplexity_, &PerplexityPanel::cancel);
+  cancel->setShortcut(QKeySequence(Qt::SHIFT | Qt::Key_F5));
+  QAction *gen = analysis->addAction(tr("&Generate"), generation_, &GenerationPanel::generate);
+  gen->setShortcut(QKeySequence(tr("Ctrl+G")));
+
+  QMenu *view = menuBar()->addMenu(tr("&View"));
+  int key = Qt::Key_1;
+  for (QDockWidget *dock : findChildren<QDockWidget *>()) {
+    QAction *toggle = dock->toggleViewAction();
+    toggle->setShortcut(QKeySequence(Qt::ALT | static_cast<Qt::Key>(key++)));
+    view->addAction(toggle);
+  }
+  view->addSeparator();
+  QAction *clearLog = view->addAction(tr("C&lear Log"), log_, &LogPanel::clear);
+  clearLog->setShortcut(QKeySequence(tr("Ctrl+L")));
+
+  QMenu *help = menuBar()->addMenu(tr("&Help"));
+  QAction *about = help->addAction(tr("&About LRQ Workbench"), this, &MainWindow::showAbout);
+  about->setShortcut(QKeySequence::HelpContents);
+  help->addAction(tr("About &Qt"), qApp, &QApplication::aboutQt);
+}
+
+void MainWindow::createStatusBar() {
+  statusLabel_ =
+      new QLabel(tr("No model loaded. File › Open Default Model (Ctrl+D) to start."), this);
+  loadProgress_ = new QProgressBar(this);
+  loadProgress_->setMaximumWidth(220);
+  loadProgress_->setTextVisible(false);
+  loadProgress_->hide();
+  cancelLoad_ = new QToolButton(this);
+  cancelLoad_->setText(tr("Cancel"));
+  cancelLoad_->setToolTip(tr("Stop loading this model"));
+  cancelLoad_->hide();
+  connect(cancelLoad_, &QToolButton::clicked, controller_, &SessionController::cancelLoad);
+  runtimeLabel_ = new QLabel(this);
+  runtimeLabel_->setText(tr("threads: %1").arg(lrq::runtimeThreads()));
+  statusBar()->addWidget(statusLabel_, 1);
+  statusBar()->addPermanentWidget(loadProgress_);
+  statusBar()->addPermanentWidget(cancelLoad_);
+  statusBar()->addPermanentWidget(runtimeLabel_);
+}
+
+void MainWindow::setBusy(const QString &message, bool busy) {
+  statusLabel_->setText(message);
+  loadProgress_->setVisible(busy);
+  cancelLoad_->setVisible(busy);
+  if (busy)
+    loadProgress_->setRange(0, 0); // indeterminate until the engine reports a total
+}
+
+void MainWindow::openModel(const QString &pathOrDefault) {
+  if (pathOrDefault.trimmed().isEmpty())
+    return;
+  controller_->openModel(pathOrDefault.trimmed());
+}
+
+void MainWindow::openDefaultModel() {
+  openModel(kDefaultSource);
+}
+
+void MainWindow::onModelLoaded(const QString &path) {
+  const lrq::ModelSummary *s = controller_->summary();
+  if (!s)
+    return;
+  QString name = QFileInfo(QString::fromStdString(s->path)).fileName();
+  if (name.isEmpty())
+    name = QString::fromStdString(s->path);
+  if (path == kDefaultSource)
+    name += tr(" (default model)");
+  inspector_->clear();
+  architecture_->setModel(*s, name);
+  setWindowTitle(tr("%1 — LRQ Workbench").arg(name));
+  setBusy(tr("Loaded %1: %2 tensors").arg(name).arg(s->tensors.size()), false);
+  if (path != kDefaultSource)
+    addRecentFile(QFileInfo(path).absoluteFilePath());
+  lastError_.clear();
+  // Start on the first linear so the inspector is never an empty page.
+  if (!s->blocks.empty() && !s->blocks.front().linears.empty())
+    architecture_->selectTensor(QString::fromStdString(s->blocks.front().linears.front().tensor));
+  emit modelShown(path);
+}
+
+void MainWindow::onLoadFailed(const QString &path, const QString &message) {
+  lastError_ = message;
+  setBusy(controller_->hasModel()
+              ? tr("Could not open %1; the previous model stays loaded.").arg(path)
+              : tr("Could not open %1.").arg(path),
+          false);
+  showError(tr("Could not open model"), message);
+}
+
+void MainWindow::showError(const QString &title, const QString &message) {
+  // Window-modal but not blocking: workers and tests keep running meanwhile.
+  auto *box = new QMessageBox(QMessageBox::Critical, title, message, QMessageBox::Ok, this);
+  box->setObjectName(QStringLiteral("errorBox"));
+  box->setAttribute(Qt::WA_DeleteOnClose);
+  box->setWindowModality(Qt::WindowModal);
+  box->show();
+}
+
+QStringList MainWindow::recentFiles() const {
+  return QSettings().value(kRecentKey).toStringList();
+}
+
+void MainWindow::addRecentFile(const QString &path) {
+  QSettings settings;
+  QStringList files = settings.value(kRecentKey).toStringList();
+  files.removeAll(path);
+  files.prepend(path);
+  while (files.size() > kMaxRecentFiles)
+    files.removeLast();
+  settings.setValue(kRecentKey, files);
+  rebuildRecentMenu();
+}
+
+void MainWindow::rebuildRecentMenu() {
+  recentMenu_->clear();
+  const QStringList files = recentFiles();
+  int index = 1;
+  for (const QString &path : files) {
+    QAction *action =
+        recentMenu_->addAction(QStringLiteral("&%1  %2").arg(index).arg(QFileInfo(path).fileName()),
+                               this, [this, path] { openModel(path); });
+    action->setToolTip(path);
+    action->setStatusTip(path);
+    action->setEnabled(QFileInfo::exists(path));
+    if (index < 10)
+      action->setShortcut(QKeySequence(QStringLiteral("Ctrl+Alt+%1").arg(index)));
+    ++index;
+  }
+  if (files.isEmpty()) {
+    recentMenu_->addAction(tr("(none yet)"))->setEnabled(false);
+  } else {
+    recentMenu_->addSeparator();
+    recentMenu_->addAction(tr("Clear Recent Models"), this, [this] {
+      QSettings().remove(kRecentKey);
+      rebuildRecentMenu();
+    });
+  }
+}
+
+void MainWindow::restoreWindowState() {
+  QSettings settings;
+  const QByteArray geometry = settings.value(kGeometryKey).toByteArray();
+  if (!geometry.isEmpty())
+    restoreGeometry(geometry);
+  const QByteArray state = settings.value(kStateKey).toByteArray();
+  if (!state.isEmpty())
+    restoreState(state);
+}
+
+void MainWindow::saveWindowState() {
+  QSettings settings;
+  settings.setValue(kGeometryKey, saveGeometry());
+  settings.setValue(kStateKey, saveState());
+}
+
+void MainWindow::closeEvent(QCloseEvent *event) {
+  saveWindowState();
+  QMainWindow::closeEvent(event);
+}
+
+void MainWindow::dragEnterEvent(QDragEnterEvent *event) {
+  if (!localPathOf(event->mimeData()).isEmpty())
+    event->acceptProposedAction();
+}
+
+void MainWindow::dropEvent(QDropEvent *event) {
+  const QString path = localPathOf(event->mimeData());
+  if (path.isEmpty())
+    return;
+  event->acceptProposedAction();
+  openModel(path);
+}
+
+bool MainWindow::saveScreenshot(const QString &path) {
+  inspector_->replotNow();
+  return grab().save(path, "PNG");
+}
+
+void MainWindow::showAbout() {
+  QMessageBox::about(
+      this, tr("About LRQ Workbench"),
+      tr("<h3>LRQ Workbench %1</h3>"
+         "<p>A desktop workbench for post-training quantization of large language models: "
+         "load a GGUF or safetensors model, inspect its weights and spectra, quantize, and "
+         "measure what quantization costs.</p>"
+         "<p><b>Methods:</b> RTN (round-to-nearest), GPTQ, SmoothQuant, FlexRound, "
+         "LRQ (low-rank quantization), LQER / L²QER (low-rank error reconstruction) and "
+         "LR-QAT (low-rank quantization-aware training).</p>"
+         "<p><b>Evaluation:</b> perplexity, KL divergence against the reference model, "
+         "zero-shot multiple choice, generation.</p>"
+         "<p>Built with Qt %2, QCustomPlot and LibTorch.</p>")
+          .arg(applicationVersion(), QString::fromLatin1(qVersion())));
+}
+
+} // namespace lrq::ui

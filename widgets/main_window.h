@@ -1,0 +1,86 @@
+#pragma once
+// The desktop shell: architecture tree (left), tensor inspector (centre),
+// perplexity and generation (right), log (bottom). Everything the engine
+// does runs in SessionController's workers; this window only wires views.
+#include <QMainWindow>
+#include <QStringList>
+
+#include <memory>
+
+class QLabel;
+class QMenu;
+class QProgressBar;
+class QToolButton;
+
+namespace lrq::ui {
+
+class ArchitectureView;
+class GenerationPanel;
+class LogPanel;
+class PerplexityPanel;
+class QtSignalSink;
+class SessionController;
+class TensorInspector;
+
+class MainWindow : public QMainWindow {
+  Q_OBJECT
+public:
+  static constexpr int kMaxRecentFiles = 8;
+
+  explicit MainWindow(QWidget *parent = nullptr);
+  ~MainWindow() override;
+
+  SessionController *controller() const { return controller_; }
+  ArchitectureView *architectureView() const { return architecture_; }
+  TensorInspector *inspector() const { return inspector_; }
+  PerplexityPanel *perplexityPanel() const { return perplexity_; }
+  GenerationPanel *generationPanel() const { return generation_; }
+  LogPanel *logPanel() const { return log_; }
+
+  QString lastError() const { return lastError_; }
+  QStringList recentFiles() const;
+  bool saveScreenshot(const QString &path);
+  void saveWindowState();
+
+public slots:
+  // A .gguf/.safetensors file, an HF directory, or "default".
+  void openModel(const QString &pathOrDefault);
+  void openDefaultModel();
+
+signals:
+  // The model is loaded and shown in the tree.
+  void modelShown(const QString &path);
+
+protected:
+  void closeEvent(QCloseEvent *event) override;
+  void dragEnterEvent(QDragEnterEvent *event) override;
+  void dropEvent(QDropEvent *event) override;
+
+private:
+  void createMenus();
+  void createStatusBar();
+  void restoreWindowState();
+  void rebuildRecentMenu();
+  void addRecentFile(const QString &path);
+  void onModelLoaded(const QString &path);
+  void onLoadFailed(const QString &path, const QString &message);
+  void showError(const QString &title, const QString &message);
+  void setBusy(const QString &message, bool busy);
+  void showAbout();
+
+  SessionController *controller_ = nullptr;
+  ArchitectureView *architecture_ = nullptr;
+  TensorInspector *inspector_ = nullptr;
+  PerplexityPanel *perplexity_ = nullptr;
+  GenerationPanel *generation_ = nullptr;
+  LogPanel *log_ = nullptr;
+  QMenu *recentMenu_ = nullptr;
+  QLabel *statusLabel_ = nullptr;
+  QLabel *runtimeLabel_ = nullptr;
+  QProgressBar *loadProgress_ = nullptr;
+  QToolButton *cancelLoad_ = nullptr;
+  std::shared_ptr<QtSignalSink> logSink_;
+  QString lastError_;
+};
+
+} // namespace lrq::ui

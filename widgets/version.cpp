@@ -1,0 +1,7 @@
+#include "widgets/version.h"
+
+namespace lrq::ui {
+QString applicationVersion() {
+  return QStringLiteral(LRQ_VERSION);
+}
+} // namespace lrq::ui
