@@ -1,6 +1,7 @@
 #include "app/cli.h"
 
 #include <nlohmann/json.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -424,6 +425,12 @@ int run(int argc, char **argv, std::ostream &out, std::ostream &err) {
     if (runtime.device != "cpu" && runtime.device != "cuda")
       throw UsageError("--device must be cpu or cuda, got '" + runtime.device + "'");
     applyRuntimeOptions(runtime);
+    // stdout carries results (and JSON); every log line goes to stderr.
+    if (!spdlog::get("lrq")) {
+      auto logger = spdlog::stderr_color_mt("lrq");
+      logger->set_pattern("[%H:%M:%S] %^%l%$: %v");
+      spdlog::set_default_logger(logger);
+    }
     spdlog::set_level(has(args, "quiet") ? spdlog::level::warn : spdlog::level::info);
 
     TerminalProgress progress(err, !has(args, "quiet"));
