@@ -1,0 +1,88 @@
+#include "core/runs/run_recorder.h"
+
+namespace lrq {
+
+RunRecorder::RunRecorder(RunStore &store, std::string runId, ProgressObserver *forward)
+    : store_(store), runId_(std::move(runId)), forward_(forward),
+      start_(std::chrono::steady_clock::now()) {}
+
+double RunRecorder::elapsedSeconds() const {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+}
+
+template <typename Fn> void RunRecorder::store(Fn &&fn) {
+  try {
+    fn();
+  } catch (const Error &e) {
+    storageError_ = e.what();
+    if (forward_)
+      forward_->log(LogLevel::Warning, std::string("run record not saved: ") + e.what());
+  }
+}
+
+void RunRecorder::started(const std::string &task, int64_t total) {
+  if (forward_)
+    forward_->started(task, total);
+}
+
+void RunRecorder::progress(int64_t done, int64_t total, const std::string &detail) {
+  if (forward_)
+    forward_->progress(done, total, detail);
+}
+
+void RunRecorder::blockStarted(int block, int blockCount) {
+  curveBlock_ = block;
+  curve_.clear();
+  if (forward_)
+    forward_->blockStarted(block, blockCount);
+}
+
+void RunRecorder::iterationLoss(int block, int iteration, double loss) {
+  if (block != curveBlock_) { // no blockStarted: start the curve here
+    curveBlock_ = block;
+    curve_.clear();
+  }
+  curve_.push_back({iteration, static_cast<float>(loss)});
+  if (forward_)
+    forward_->iterationLoss(block, iteration, loss);
+}
+
+void RunRecorder::blockFinished(int block, double initialLoss, double finalLoss, double seconds) {
+  BlockRecord record{block, initialLoss, finalLoss, seconds, {}};
+  if (block == curveBlock_)
+    record.curve.swap(curve_);
+  curveBlock_ = -1;
+  curve_.clear();
+  store([&] { store_.appendBlock(runId_, record); });
+  if (forward_)
+    forward_->blockFinished(block, initialLoss, finalLoss, seconds);
+}
+
+void RunRecorder::metric(const std::string &name, double value) {
+  store([&] { store_.setMetric(runId_, name, value); });
+  if (forward_)
+    forward_->metric(name, value);
+}
+
+void RunRecorder::log(LogLevel level, const std::string &message) {
+  if (forward_)
+    forward_->log(level, message);
+}
+
+void RunRecorder::finished() {
+  store([&] { store_.finishRun(runId_, RunStatus::Finished, {}, elapsedSeconds()); });
+  if (forward_)
+    forward_->finished();
+}
+
+void RunRecorder::failed(const std::string &message) {
+  store([&] { store_.finishRun(runId_, RunStatus::Failed, message, elapsedSeconds()); });
+  if (forward_)
+    forward_->failed(message);
+}
+
+void RunRecorder::cancelled() {
+  store([&] { store_.finishRun(runId_, RunStatus::Cancelled, "cancelled", elapsedSeconds()); });
+}
+
+} // namespace lrq

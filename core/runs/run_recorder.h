@@ -1,0 +1,50 @@
+#pragma once
+// Records a run as it happens: an observer that turns the engine's progress
+// events into run-store rows (block curves, metrics, final status) and passes
+// every event on to another observer (the terminal or the desktop).
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "core/common/progress.h"
+#include "core/runs/run_store.h"
+
+namespace lrq {
+
+class RunRecorder : public ProgressObserver {
+public:
+  // runId must exist in store (createRun). forward may be null.
+  RunRecorder(RunStore &store, std::string runId, ProgressObserver *forward = nullptr);
+
+  const std::string &runId() const { return runId_; }
+  // The last storage failure, empty if none. A failing store never stops the
+  // run: the failure is logged (Warning) to the forwarded observer instead.
+  const std::string &storageError() const { return storageError_; }
+
+  // Marks the run cancelled (there is no observer event for it).
+  void cancelled();
+
+  void started(const std::string &task, int64_t total) override;
+  void progress(int64_t done, int64_t total, const std::string &detail) override;
+  void blockStarted(int block, int blockCount) override;
+  void iterationLoss(int block, int iteration, double loss) override;
+  void blockFinished(int block, double initialLoss, double finalLoss, double seconds) override;
+  void metric(const std::string &name, double value) override;
+  void log(LogLevel level, const std::string &message) override;
+  void finished() override;
+  void failed(const std::string &message) override;
+
+private:
+  template <typename Fn> void store(Fn &&fn);
+  double elapsedSeconds() const;
+
+  RunStore &store_;
+  std::string runId_;
+  ProgressObserver *forward_;
+  std::chrono::steady_clock::time_point start_;
+  int curveBlock_ = -1;
+  std::vector<LossPoint> curve_;
+  std::string storageError_;
+};
+
+} // namespace lrq
