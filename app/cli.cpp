@@ -35,6 +35,8 @@ Commands:
   generate MODEL --prompt TEXT   continue a prompt
       [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
   spectrum MODEL --tensor NAME   singular values of a weight (CSV: index,value)
+  text [--part evaluation|calibration]
+                                 print the default text's held-out or calibration part
 
 MODEL is a .gguf file, a .safetensors file (config.json and tokenizer.json
 beside it), a Hugging Face model directory, or `default`: SmolLM2-135M-Instruct
@@ -66,7 +68,7 @@ const std::map<std::string, bool> &knownOptions() {
       {"threads", true},     {"device", true},   {"json", false},          {"quiet", false},
       {"help", false},       {"version", false}, {"text", true},           {"seq-len", true},
       {"max-windows", true}, {"prompt", true},   {"max-new-tokens", true}, {"temperature", true},
-      {"top-k", true},       {"top-p", true},    {"seed", true},           {"tensor", true}};
+      {"top-k", true},       {"top-p", true},    {"seed", true},           {"tensor", true},    {"part", true}};
   return options;
 }
 
@@ -405,6 +407,17 @@ int commandSpectrum(const Arguments &args, std::ostream &out, TerminalProgress &
   return 0;
 }
 
+int commandText(const Arguments &args, std::ostream &out) {
+  if (!args.positional.empty())
+    throw UsageError("'text' takes no arguments besides --part");
+  const std::string part = stringOption(args, "part", "evaluation");
+  if (part != "evaluation" && part != "calibration")
+    throw UsageError("--part must be evaluation or calibration, got '" + part + "'");
+  TextSplit split = defaultText();
+  out << (part == "evaluation" ? split.evaluation : split.calibration);
+  return 0;
+}
+
 } // namespace
 
 int run(int argc, char **argv, std::ostream &out, std::ostream &err) {
@@ -442,6 +455,8 @@ int run(int argc, char **argv, std::ostream &out, std::ostream &err) {
       return commandGenerate(args, out, progress);
     if (args.command == "spectrum")
       return commandSpectrum(args, out, progress);
+    if (args.command == "text")
+      return commandText(args, out);
     throw UsageError("unknown command '" + args.command + "'");
   } catch (const UsageError &e) {
     err << "lrq: " << e.what() << " (see lrq --help)\n";

@@ -122,6 +122,36 @@ private slots:
     QVERIFY(j["full_precision_reference"].toString().contains("dequantized from Q4_1"));
   }
 
+  void evalMatchesIndependentReference() {
+    // The same windows of the default held-out text, tokenized by HF tokenizers
+    // and run through a numpy forward of the dequantized GGUF.
+    QTemporaryDir dir;
+    Result text = runLrq({"text", "--part", "evaluation"});
+    QCOMPARE(text.exitCode, 0);
+    const QString textPath = dir.filePath("eval.txt");
+    QFile f(textPath);
+    QVERIFY(f.open(QIODevice::WriteOnly));
+    f.write(text.out);
+    f.close();
+    Result ours = runLrq({"eval", "default", "--text", textPath, "--seq-len", "256",
+                          "--max-windows", "3", "--json", "--quiet"});
+    QVERIFY2(ours.exitCode == 0, qPrintable(ours.err));
+    QJsonObject o = parseJson(ours);
+    QString error;
+    QByteArray ref = lrq::test::runReference(
+        "eval_reference.py",
+        {QString::fromStdString(lrq::test::defaultModelPath()), textPath, "256", "3"}, &error);
+    QVERIFY2(!ref.isEmpty(), qPrintable(error));
+    QJsonObject r = QJsonDocument::fromJson(ref).object();
+    QCOMPARE(o["tokens"].toInt(), r["tokens"].toInt());
+    QCOMPARE(o["windows"].toInt(), 3);
+    const double relative =
+        std::abs(o["perplexity"].toDouble() - r["perplexity"].toDouble()) / r["perplexity"].toDouble();
+    qInfo("perplexity ours %.5f, reference %.5f, relative difference %.2e",
+          o["perplexity"].toDouble(), r["perplexity"].toDouble(), relative);
+    QVERIFY(relative < 1e-3);
+  }
+
   void evalRejectsBadText() {
     QTemporaryDir dir;
     Result r = runLrq({"eval", "default", "--text", dir.filePath("none.txt")});

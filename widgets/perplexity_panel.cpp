@@ -21,7 +21,7 @@ PerplexityPanel::PerplexityPanel(SessionController *controller, QWidget *parent)
     : QWidget(parent), controller_(controller) {
   auto *textBox = new QGroupBox(tr("Text"), this);
   defaultText_ =
-      new QRadioButton(tr("Default held-out text (Jargon File, every 10th paragraph)"), textBox);
+      new QRadioButton(tr("Default held-out text (Jargon File, every 20th paragraph)"), textBox);
   defaultText_->setChecked(true);
   fileText_ = new QRadioButton(tr("Text file:"), textBox);
   auto *group = new QButtonGroup(this);

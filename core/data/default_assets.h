@@ -27,7 +27,7 @@ struct TextSplit {
 };
 
 // English prose (the Jargon File from Debian's jargon-text package), cleaned to
-// plain paragraphs and split deterministically: every 10th paragraph is held out
+// plain paragraphs and split deterministically: every 20th paragraph is held out
 // for evaluation, the rest is calibration text. Throws lrq::Error if absent.
 TextSplit defaultText();
 // Reads a user's UTF-8 text file (throws lrq::FileError on missing/invalid UTF-8).

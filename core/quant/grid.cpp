@@ -1,0 +1,225 @@
+// Conventions: see grid.h.
+#include "core/quant/grid.h"
+
+#include <ATen/ATen.h>
+
+#include "core/common/error.h"
+
+namespace lrq::quant {
+
+namespace {
+
+// [units, elements]: one quantization unit per row.
+at::Tensor unitsView(const at::Tensor &weight, const GridSpec &spec) {
+  const int64_t out = weight.size(0), in = weight.size(1);
+  switch (spec.granularity) {
+  case Granularity::PerTensor:
+    return weight.reshape({1, out * in});
+  case Granularity::PerChannel:
+    return weight;
+  case Granularity::PerGroup:
+    return weight.reshape({out * (in / spec.groupSize), spec.groupSize});
+  }
+  return weight;
+}
+
+// [units, 1] parameters back to [rows, groups].
+at::Tensor paramShape(const at::Tensor &unitParam, const GridSpec &spec, int64_t out, int64_t in) {
+  switch (spec.granularity) {
+  case Granularity::PerTensor:
+    return unitParam.reshape({1, 1});
+  case Granularity::PerChannel:
+    return unitParam.reshape({out, 1});
+  case Granularity::PerGroup:
+    return unitParam.reshape({out, in / spec.groupSize});
+  }
+  return unitParam;
+}
+
+// [rows, groups] parameters to [units, 1].
+at::Tensor unitParam(const at::Tensor &param) {
+  return param.reshape({-1, 1});
+}
+
+struct Range {
+  at::Tensor lo, hi; // [units, 1], lo <= 0 <= hi
+};
+
+Range unitRange(const at::Tensor &units) {
+  return {units.amin(1, true).clamp_max(0.0), units.amax(1, true).clamp_min(0.0)};
+}
+
+// Step and zero point of each unit for the range scaled by fraction.
+std::pair<at::Tensor, at::Tensor> paramsFromRange(const Range &range, const GridSpec &spec,
+                                                  float fraction) {
+  if (!spec.symmetric)
+    return asymmetricStep(range.lo * fraction, range.hi * fraction, spec.levels());
+  const at::Tensor absMax = at::maximum(range.lo.neg(), range.hi) * fraction;
+  at::Tensor scale = absMax / (double(spec.levels()) / 2.0 - 1.0);
+  scale = at::where(scale > 0, scale, at::ones_like(scale));
+  at::Tensor zero = at::zeros_like(scale);
+  return {scale, zero};
+}
+
+// |e|^p in double as exp(p log|e|): vectorised, unlike pow with a general
+// exponent, and accurate to ~1e-14 relative (|e| = 0 gives exp(-inf) = 0).
+at::Tensor lpPower(const at::Tensor &e, double p) {
+  return (e.abs().to(at::kDouble).log() * p).exp();
+}
+
+at::Tensor asFloat(const at::Tensor &weight) {
+  return weight.scalar_type() == at::kFloat ? weight : weight.to(at::kFloat);
+}
+
+} // namespace
+
+at::Tensor roundSte(const at::Tensor &x) {
+  if (!x.requires_grad())
+    return at::round(x);
+  return x + (at::round(x) - x).detach();
+}
+
+void checkWeightForGrid(const at::Tensor &weight, const GridSpec &spec) {
+  spec.validate();
+  if (!weight.defined() || weight.dim() != 2)
+    throw Error("weight grid: expected a 2-D weight [out, in]");
+  if (!at::isFloatingType(weight.scalar_type()))
+    throw Error("weight grid: expected a floating-point weight");
+  if (weight.size(0) < 1 || weight.size(1) < 1)
+    throw Error("weight grid: empty weight");
+  if (spec.granularity == Granularity::PerGroup && weight.size(1) % spec.groupSize != 0)
+    throw Error("weight grid: group size " + std::to_string(spec.groupSize) +
+                " does not divide the row length " + std::to_string(weight.size(1)));
+}
+
+GridParams gridParamsForFraction(const at::Tensor &weight, const GridSpec &spec, double fraction) {
+  checkWeightForGrid(weight, spec);
+  if (!(fraction > 0.0 && fraction <= 1.0))
+    throw Error("weight grid: clipping fraction must be in (0, 1], got " +
+                std::to_string(fraction));
+  at::NoGradGuard noGrad;
+  const at::Tensor w = asFloat(weight.detach());
+  const auto [scale, zero] = paramsFromRange(unitRange(unitsView(w, spec)), spec, float(fraction));
+  const int64_t out = w.size(0), in = w.size(1);
+  GridParams p;
+  p.scale = paramShape(scale, spec, out, in);
+  p.zeroPoint = paramShape(zero, spec, out, in);
+  return p;
+}
+
+GridParams computeGridParams(const at::Tensor &weight, const GridSpec &spec) {
+  if (spec.init == StepInit::MinMax)
+    return gridParamsForFraction(weight, spec, 1.0);
+
+  checkWeightForGrid(weight, spec);
+  at::NoGradGuard noGrad;
+  const at::Tensor w = asFloat(weight.detach()).contiguous();
+  const at::Tensor units = unitsView(w, spec);
+  const Range range = unitRange(units);
+  // One pass over the whole weight per candidate fraction, every unit at once;
+  // a strictly smaller error replaces, so ties keep the larger fraction.
+  at::Tensor bestError, bestScale, bestZero, bestFraction;
+  for (int k = spec.clipSteps; k >= 1; --k) {
+    const float fraction = float(double(k) / double(spec.clipSteps));
+    const auto [scale, zero] = paramsFromRange(range, spec, fraction);
+    // fakeQuantizeElementwise's arithmetic, in place on temporaries of our own.
+    at::Tensor e = units / scale;
+    e.round_().add_(zero).clamp_(double(spec.qmin()), double(spec.qmax()));
+    e.sub_(zero).mul_(scale).sub_(units).abs_();
+    at::Tensor ed = e.to(at::kDouble);
+    const at::Tensor error = ed.log_().mul_(spec.clipNorm).exp_().sum(1, true);
+    if (!bestError.defined()) {
+      bestError = error;
+      bestScale = scale;
+      bestZero = zero;
+      bestFraction = at::full_like(scale, fraction);
+      continue;
+    }
+    const at::Tensor better = error < bestError;
+    bestError = at::where(better, error, bestError);
+    bestScale = at::where(better, scale, bestScale);
+    bestZero = at::where(better, zero, bestZero);
+    bestFraction = at::where(better, at::full_like(scale, fraction), bestFraction);
+  }
+  const int64_t out = w.size(0), in = w.size(1);
+  GridParams p;
+  p.scale = paramShape(bestScale, spec, out, in);
+  p.zeroPoint = paramShape(bestZero, spec, out, in);
+  p.clipFraction = paramShape(bestFraction, spec, out, in);
+  return p;
+}
+
+at::Tensor expandToWeight(const at::Tensor &param, const GridSpec &spec, int64_t in) {
+  if (spec.granularity != Granularity::PerGroup)
+    return param;
+  const int64_t out = param.size(0), groups = param.size(1);
+  if (groups * spec.groupSize != in)
+    throw Error("weight grid: parameter shape does not match the row length " + std::to_string(in));
+  return param.unsqueeze(2).expand({out, groups, spec.groupSize}).reshape({out, in});
+}
+
+std::pair<at::Tensor, at::Tensor> asymmetricStep(const at::Tensor &lo, const at::Tensor &hi,
+                                                 int64_t levels) {
+  at::NoGradGuard noGrad;
+  at::Tensor scale = (hi - lo) / double(levels - 1);
+  scale = at::where(scale > 0, scale, at::ones_like(scale));
+  const at::Tensor zero = at::round(lo.neg() / scale).clamp(0.0, double(levels - 1));
+  return {scale, zero};
+}
+
+at::Tensor fakeQuantizeClamped(const at::Tensor &x, const at::Tensor &scale,
+                               const at::Tensor &zeroPoint, int64_t qmin, int64_t qmax) {
+  const at::Tensor q = (roundSte(x / scale) + zeroPoint).clamp(double(qmin), double(qmax));
+  return (q - zeroPoint) * scale;
+}
+
+at::Tensor quantizeElementwise(const at::Tensor &x, const at::Tensor &scale,
+                               const at::Tensor &zeroPoint, const GridSpec &spec) {
+  at::NoGradGuard noGrad;
+  return (at::round(x / scale) + zeroPoint).clamp(double(spec.qmin()), double(spec.qmax()));
+}
+
+at::Tensor fakeQuantizeElementwise(const at::Tensor &x, const at::Tensor &scale,
+                                   const at::Tensor &zeroPoint, const GridSpec &spec) {
+  return fakeQuantizeClamped(x, scale, zeroPoint, spec.qmin(), spec.qmax());
+}
+
+at::Tensor quantizeWeight(const at::Tensor &weight, const GridParams &params,
+                          const GridSpec &spec) {
+  checkWeightForGrid(weight, spec);
+  at::NoGradGuard noGrad;
+  const at::Tensor w = asFloat(weight.detach());
+  const at::Tensor codes = quantizeElementwise(unitsView(w, spec), unitParam(params.scale),
+                                               unitParam(params.zeroPoint), spec);
+  return codes.reshape(w.sizes()).to(at::kInt);
+}
+
+at::Tensor dequantizeWeight(const at::Tensor &codes, const GridParams &params,
+                            const GridSpec &spec) {
+  const at::Tensor q = codes.to(at::kFloat);
+  checkWeightForGrid(q, spec);
+  return ((unitsView(q, spec) - unitParam(params.zeroPoint)) * unitParam(params.scale))
+      .reshape(q.sizes());
+}
+
+at::Tensor fakeQuantizeWeight(const at::Tensor &weight, const GridParams &params,
+                              const GridSpec &spec) {
+  checkWeightForGrid(weight, spec);
+  const at::Tensor units = unitsView(weight, spec);
+  return fakeQuantizeElementwise(units, unitParam(params.scale), unitParam(params.zeroPoint), spec)
+      .reshape(weight.sizes());
+}
+
+at::Tensor roundToNearest(const at::Tensor &weight, const GridSpec &spec) {
+  at::NoGradGuard noGrad;
+  const at::Tensor w = asFloat(weight.detach());
+  return fakeQuantizeWeight(w, computeGridParams(w, spec), spec);
+}
+
+at::Tensor unitLpError(const at::Tensor &a, const at::Tensor &b, const GridSpec &spec, double p) {
+  checkWeightForGrid(a, spec);
+  at::NoGradGuard noGrad;
+  return lpPower(unitsView((a - b).detach(), spec), p).sum(1);
+}
+
+} // namespace lrq::quant

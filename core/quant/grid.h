@@ -1,0 +1,100 @@
+#pragma once
+// Uniform weight grids (ALGORITHMS.md, "Uniform grid"): step and zero-point
+// initialisation, integer codes, dequantization and fake quantization that
+// autograd can differentiate (straight-through round, clamp with zero gradient
+// outside the grid). Internal to core: includes ATen.
+//
+// Conventions, n = 2^bits levels:
+//  - Asymmetric: the range [lo, hi] = [min(min W, 0), max(max W, 0)] of each unit
+//    (tensor, row or group) always contains 0, so 0 is exactly representable.
+//    s = (f hi - f lo) / (n - 1), z = round(-f lo / s) (an integer in [0, n-1]),
+//    q = clamp(round(x / s) + z, 0, n - 1), x^ = s (q - z).
+//  - Symmetric: a = max |W| of the unit, s = f a / (n/2 - 1), z = 0,
+//    q = clamp(round(x / s), -n/2, n/2 - 1), x^ = s q. The step maps +-a onto
+//    +-(n/2 - 1) exactly (no half-way tie at the extremes); the extra level -n/2
+//    is reached by values clipped by the search.
+//  - f is the clipping fraction: 1 for MinMax; for ClippingSearch the value of
+//    k / clipSteps (k = clipSteps..1) minimising sum |W - Q(W)|^clipNorm over the
+//    unit, the largest fraction winning ties.
+//  - round is at::round: halves to even.
+//  - A unit whose range is zero (all zeros) gets s = 1 (then q = z and x^ = 0).
+// All step arithmetic is float32, so an independent float32 implementation
+// (tests/reference/quant_reference.py) reproduces codes bit for bit.
+#include <ATen/ATen.h>
+
+#include <utility>
+
+#include "core/quant/quant_spec.h"
+
+namespace lrq::quant {
+
+// Steps and zero points of one weight [out, in], shaped [rows, groups]:
+// per-tensor [1, 1], per-channel [out, 1], per-group [out, in / groupSize].
+// The zero point is a float tensor holding integers (0 for symmetric grids),
+// so that the same formula x^ = s (q - z) serves both grids and autograd.
+struct GridParams {
+  at::Tensor scale;
+  at::Tensor zeroPoint;
+  // ClippingSearch only: the range fraction kept for each step, same shape;
+  // undefined for MinMax.
+  at::Tensor clipFraction;
+};
+
+// x + (round(x) - x).detach(): the forward value of round, the gradient of the
+// identity. Without autograd (x needs no grad) it is plain at::round.
+// at::round rounds halves to even.
+at::Tensor roundSte(const at::Tensor &x);
+
+// Validates spec, and weight against it: 2-D floating [out, in], group size
+// dividing in. Throws lrq::Error naming the problem.
+void checkWeightForGrid(const at::Tensor &weight, const GridSpec &spec);
+
+// Steps and zero points for weight [out, in] by spec.init. Computed without
+// gradient. Zero ranges (constant zero rows) get step 1, so nothing divides by
+// zero. See grid.cpp for the exact conventions.
+GridParams computeGridParams(const at::Tensor &weight, const GridSpec &spec);
+
+// Steps and zero points for the min/max range scaled by fraction (in (0, 1]);
+// fraction 1 is MinMax. Every quantization unit uses the same fraction.
+GridParams gridParamsForFraction(const at::Tensor &weight, const GridSpec &spec, double fraction);
+
+// Expands a [rows, groups] parameter to a tensor broadcastable against the
+// weight [out, in] (per-tensor [1,1], per-channel [out,1], per-group [out,in]).
+// Differentiable (no in-place ops).
+at::Tensor expandToWeight(const at::Tensor &param, const GridSpec &spec, int64_t in);
+
+// Elementwise grid math on tensors that broadcast together; the lowest level,
+// for methods that build their own divisor (FlexRound, LRQ, LR-QAT).
+//   codes:       clamp(round(x / s) + z, qmin, qmax)   (no gradient, float tensor)
+//   fake-quant:  s (clamp(roundSte(x / s) + z, qmin, qmax) - z)
+// The same with explicit bounds, for grids outside GridSpec (activations up to 16 bits).
+at::Tensor fakeQuantizeClamped(const at::Tensor &x, const at::Tensor &scale,
+                               const at::Tensor &zeroPoint, int64_t qmin, int64_t qmax);
+// Asymmetric step and zero point for [lo, hi] (lo <= 0 <= hi, broadcastable float
+// tensors) on `levels` levels: s = (hi - lo) / (levels - 1) (1 where that is 0),
+// z = round(-lo / s).
+std::pair<at::Tensor, at::Tensor> asymmetricStep(const at::Tensor &lo, const at::Tensor &hi,
+                                                 int64_t levels);
+at::Tensor quantizeElementwise(const at::Tensor &x, const at::Tensor &scale,
+                               const at::Tensor &zeroPoint, const GridSpec &spec);
+at::Tensor fakeQuantizeElementwise(const at::Tensor &x, const at::Tensor &scale,
+                                   const at::Tensor &zeroPoint, const GridSpec &spec);
+
+// Integer codes of weight [out, in] (int32, within [qmin, qmax]).
+at::Tensor quantizeWeight(const at::Tensor &weight, const GridParams &params, const GridSpec &spec);
+// s (q - z) back to float32 [out, in].
+at::Tensor dequantizeWeight(const at::Tensor &codes, const GridParams &params,
+                            const GridSpec &spec);
+// Dequantize(quantize(W)) in one differentiable expression: gradients reach
+// weight through the straight-through round and params.scale when they
+// require grad.
+at::Tensor fakeQuantizeWeight(const at::Tensor &weight, const GridParams &params,
+                              const GridSpec &spec);
+// computeGridParams + fakeQuantizeWeight: round-to-nearest Ŵ.
+at::Tensor roundToNearest(const at::Tensor &weight, const GridSpec &spec);
+
+// sum |a - b|^p over each quantization unit of spec (rows of the [units, elems]
+// view), in double: what the clipping search minimises. Shape [units].
+at::Tensor unitLpError(const at::Tensor &a, const at::Tensor &b, const GridSpec &spec, double p);
+
+} // namespace lrq::quant

@@ -1,0 +1,64 @@
+#pragma once
+// Plain descriptions of weight grids and activation quantizers: no LibTorch,
+// so front ends can edit schemes without the heavy headers. The tensor math
+// lives in grid.h and activation_quantizer.h.
+#include <cstdint>
+#include <string>
+
+namespace lrq::quant {
+
+enum class Granularity {
+  PerTensor,  // one step (and zero point) for the whole weight
+  PerChannel, // one per output row
+  PerGroup,   // one per groupSize consecutive input elements of a row
+};
+
+enum class StepInit {
+  MinMax,         // the range of the values
+  ClippingSearch, // the range fraction minimising sum |W - Q(W)|^clipNorm (ALGORITHMS.md)
+};
+
+// A uniform weight grid with n = 2^bits levels.
+//   asymmetric: q = clamp(round(x/s) + z, 0, n-1),     x^ = s (q - z)
+//   symmetric:  q = clamp(round(x/s), -n/2, n/2 - 1),  x^ = s q
+struct GridSpec {
+  int bits = 4;
+  bool symmetric = false;
+  Granularity granularity = Granularity::PerChannel;
+  int64_t groupSize = 0; // PerGroup only; must divide the row length
+  StepInit init = StepInit::MinMax;
+  int clipSteps = 100;   // ClippingSearch tries fractions k/clipSteps, k = clipSteps..1
+  double clipNorm = 2.4; // exponent of the clipping-search error
+
+  int64_t levels() const { return int64_t(1) << bits; }
+  int64_t qmin() const { return symmetric ? -(levels() / 2) : 0; }
+  int64_t qmax() const { return symmetric ? levels() / 2 - 1 : levels() - 1; }
+  // Throws lrq::Error naming the bad field (bits outside 2..8, group size < 1, ...).
+  void validate() const;
+  // "W4 asym per-channel", "W3 sym g128 clip" ...
+  std::string describe() const;
+};
+
+enum class ActivationMode {
+  None,            // activations stay full precision
+  PerTokenDynamic, // asymmetric, min/max of each token's row, recomputed every call
+  PerTensorStatic, // asymmetric, one step and zero point calibrated on calibration data
+};
+
+struct ActivationSpec {
+  ActivationMode mode = ActivationMode::None;
+  int bits = 8;
+  void validate() const; // bits in 2..16
+};
+
+// Stable names used in scheme JSON and on the command line.
+const char *granularityName(Granularity g); // "per-tensor", "per-channel", "per-group"
+const char *stepInitName(StepInit s);       // "minmax", "clip-search"
+const char *
+activationModeName(ActivationMode m); // "none", "per-token-dynamic", "per-tensor-static"
+// Parse the names above; return false for anything else.
+bool parseGranularity(const std::string &name, Granularity *out);
+bool parseStepInit(const std::string &name, StepInit *out);
+bool parseActivationMode(const std::string &name, ActivationMode *out);
+
+} // namespace lrq::quant

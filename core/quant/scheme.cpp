@@ -1,0 +1,276 @@
+#include "core/quant/scheme.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <initializer_list>
+#include <limits>
+#include <string>
+
+#include "core/common/error.h"
+
+namespace lrq::quant {
+
+using nlohmann::json;
+
+namespace {
+
+[[noreturn]] void fail(const std::string &key, const std::string &problem) {
+  throw Error("scheme JSON: " + key + ": " + problem);
+}
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(),
+                 [](unsigned char c) { return char(std::tolower(c)); });
+  return s;
+}
+
+void checkKeys(const json &object, const std::string &where,
+               std::initializer_list<const char *> allowed) {
+  if (!object.is_object())
+    fail(where.empty() ? "(top level)" : where, "expected an object");
+  for (auto it = object.begin(); it != object.end(); ++it) {
+    const bool known =
+        std::any_of(allowed.begin(), allowed.end(), [&](const char *k) { return it.key() == k; });
+    if (!known)
+      throw Error("scheme JSON: unknown key '" + (where.empty() ? "" : where + ".") + it.key() +
+                  "'");
+  }
+}
+
+int64_t readInt(const json &v, const std::string &key, int64_t lo, int64_t hi) {
+  if (!v.is_number_integer())
+    fail(key, "expected an integer, got " + v.dump());
+  const int64_t x = v.get<int64_t>();
+  if (x < lo || x > hi)
+    fail(key, "must be in " + std::to_string(lo) + ".." + std::to_string(hi) + ", got " +
+                  std::to_string(x));
+  return x;
+}
+
+bool readBool(const json &v, const std::string &key) {
+  if (!v.is_boolean())
+    fail(key, "expected true or false, got " + v.dump());
+  return v.get<bool>();
+}
+
+std::string readString(const json &v, const std::string &key) {
+  if (!v.is_string())
+    fail(key, "expected a string, got " + v.dump());
+  return v.get<std::string>();
+}
+
+GridSpec readWeight(const json &j) {
+  checkKeys(j, "weight",
+            {"bits", "symmetric", "granularity", "group_size", "init", "clip_steps", "clip_norm"});
+  GridSpec g;
+  if (j.contains("bits"))
+    g.bits = int(readInt(j.at("bits"), "weight.bits", 2, 8));
+  if (j.contains("symmetric"))
+    g.symmetric = readBool(j.at("symmetric"), "weight.symmetric");
+  if (j.contains("granularity")) {
+    const std::string s = readString(j.at("granularity"), "weight.granularity");
+    if (!parseGranularity(s, &g.granularity))
+      fail("weight.granularity",
+           "expected per-tensor, per-channel or per-group, got \"" + s + "\"");
+  }
+  if (j.contains("group_size"))
+    g.groupSize =
+        readInt(j.at("group_size"), "weight.group_size", 0, std::numeric_limits<int32_t>::max());
+  if (j.contains("init")) {
+    const std::string s = readString(j.at("init"), "weight.init");
+    if (!parseStepInit(s, &g.init))
+      fail("weight.init", "expected minmax or clip-search, got \"" + s + "\"");
+  }
+  if (j.contains("clip_steps"))
+    g.clipSteps = int(readInt(j.at("clip_steps"), "weight.clip_steps", 1, 100000));
+  if (j.contains("clip_norm")) {
+    const json &v = j.at("clip_norm");
+    if (!v.is_number() || !(v.get<double>() > 0.0))
+      fail("weight.clip_norm", "expected a positive number, got " + v.dump());
+    g.clipNorm = v.get<double>();
+  }
+  if (g.granularity == Granularity::PerGroup && g.groupSize < 1)
+    fail("weight.group_size", "per-group quantization needs a group size >= 1");
+  return g;
+}
+
+ActivationSpec readActivation(const json &j) {
+  checkKeys(j, "activation", {"mode", "bits"});
+  ActivationSpec a;
+  if (j.contains("mode")) {
+    const std::string s = readString(j.at("mode"), "activation.mode");
+    if (!parseActivationMode(s, &a.mode))
+      fail("activation.mode",
+           "expected none, per-token-dynamic or per-tensor-static, got \"" + s + "\"");
+  }
+  if (j.contains("bits"))
+    a.bits = int(readInt(j.at("bits"), "activation.bits", 2, 16));
+  return a;
+}
+
+LayerSelection readLayers(const json &j) {
+  checkKeys(j, "layers", {"blocks", "linears", "embeddings", "lm_head"});
+  LayerSelection l;
+  if (j.contains("blocks")) {
+    const json &v = j.at("blocks");
+    if (v.is_string()) {
+      if (v.get<std::string>() != "all")
+        fail("layers.blocks", "expected \"all\" or a list of block indices, got " + v.dump());
+    } else if (v.is_array()) {
+      for (const json &b : v)
+        l.blocks.push_back(readInt(b, "layers.blocks", 0, std::numeric_limits<int32_t>::max()));
+    } else {
+      fail("layers.blocks", "expected \"all\" or a list of block indices, got " + v.dump());
+    }
+  }
+  if (j.contains("linears")) {
+    const json &v = j.at("linears");
+    if (v.is_string()) {
+      if (v.get<std::string>() != "all")
+        fail("layers.linears", "expected \"all\" or a list of linear names, got " + v.dump());
+    } else if (v.is_array()) {
+      for (const json &n : v) {
+        const std::string name = readString(n, "layers.linears");
+        const auto &known = knownLinearNames();
+        if (std::find(known.begin(), known.end(), name) == known.end())
+          fail("layers.linears", "unknown linear \"" + name + "\"");
+        l.linears.push_back(name);
+      }
+    } else {
+      fail("layers.linears", "expected \"all\" or a list of linear names, got " + v.dump());
+    }
+  }
+  if (j.contains("embeddings"))
+    l.embeddings = readBool(j.at("embeddings"), "layers.embeddings");
+  if (j.contains("lm_head"))
+    l.lmHead = readBool(j.at("lm_head"), "layers.lm_head");
+  return l;
+}
+
+QuantScheme makePreset(const char *name, int wbits, int64_t group, ActivationMode act, bool kv8) {
+  QuantScheme s;
+  s.name = name;
+  s.weight.bits = wbits;
+  s.weight.symmetric = false;
+  s.weight.granularity = group > 0 ? Granularity::PerGroup : Granularity::PerChannel;
+  s.weight.groupSize = group;
+  s.weight.init = StepInit::MinMax;
+  s.activation.mode = act;
+  s.activation.bits = 8;
+  s.kv8 = kv8;
+  return s;
+}
+
+std::vector<QuantScheme> presets() {
+  return {
+      makePreset("W8A8", 8, 0, ActivationMode::PerTensorStatic, false),
+      makePreset("W4A8-KV8", 4, 0, ActivationMode::PerTokenDynamic, true),
+      makePreset("W4A16", 4, 0, ActivationMode::None, false),
+      makePreset("W3A16", 3, 0, ActivationMode::None, false),
+      makePreset("W4A16-g128", 4, 128, ActivationMode::None, false),
+      makePreset("W3A16-g128", 3, 128, ActivationMode::None, false),
+      makePreset("W2A16-g64", 2, 64, ActivationMode::None, false),
+  };
+}
+
+} // namespace
+
+bool LayerSelection::selectsBlock(int64_t block) const {
+  return blocks.empty() || std::find(blocks.begin(), blocks.end(), block) != blocks.end();
+}
+
+bool LayerSelection::selectsLinear(const std::string &role) const {
+  return linears.empty() || std::find(linears.begin(), linears.end(), role) != linears.end();
+}
+
+const std::vector<std::string> &knownLinearNames() {
+  static const std::vector<std::string> names{"q_proj",    "k_proj",  "v_proj",    "o_proj",
+                                              "gate_proj", "up_proj", "down_proj", "out_proj",
+                                              "fc1",       "fc2"};
+  return names;
+}
+
+void QuantScheme::validate() const {
+  weight.validate();
+  activation.validate();
+  for (const std::string &n : layers.linears) {
+    const auto &known = knownLinearNames();
+    if (std::find(known.begin(), known.end(), n) == known.end())
+      throw Error("scheme: unknown linear \"" + n + "\"");
+  }
+  for (int64_t b : layers.blocks)
+    if (b < 0)
+      throw Error("scheme: negative block index " + std::to_string(b));
+}
+
+std::string QuantScheme::describe() const {
+  std::string s = name + ": " + weight.describe();
+  if (activation.mode == ActivationMode::None)
+    s += ", A16";
+  else
+    s += ", A" + std::to_string(activation.bits) + " " + activationModeName(activation.mode);
+  if (kv8)
+    s += ", KV8";
+  return s;
+}
+
+std::string QuantScheme::toJson(int indent) const {
+  json w{{"bits", weight.bits},
+         {"symmetric", weight.symmetric},
+         {"granularity", granularityName(weight.granularity)},
+         {"group_size", weight.groupSize},
+         {"init", stepInitName(weight.init)},
+         {"clip_steps", weight.clipSteps},
+         {"clip_norm", weight.clipNorm}};
+  json a{{"mode", activationModeName(activation.mode)}, {"bits", activation.bits}};
+  json l{{"blocks", layers.blocks.empty() ? json("all") : json(layers.blocks)},
+         {"linears", layers.linears.empty() ? json("all") : json(layers.linears)},
+         {"embeddings", layers.embeddings},
+         {"lm_head", layers.lmHead}};
+  json j{{"name", name}, {"weight", w}, {"activation", a}, {"kv8", kv8}, {"layers", l}};
+  return j.dump(indent);
+}
+
+QuantScheme QuantScheme::fromJson(const std::string &text) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception &e) {
+    throw Error(std::string("scheme JSON: not valid JSON: ") + e.what());
+  }
+  checkKeys(j, "", {"name", "weight", "activation", "kv8", "layers"});
+  QuantScheme s;
+  if (j.contains("name"))
+    s.name = readString(j.at("name"), "name");
+  if (j.contains("weight"))
+    s.weight = readWeight(j.at("weight"));
+  if (j.contains("activation"))
+    s.activation = readActivation(j.at("activation"));
+  if (j.contains("kv8"))
+    s.kv8 = readBool(j.at("kv8"), "kv8");
+  if (j.contains("layers"))
+    s.layers = readLayers(j.at("layers"));
+  s.validate();
+  return s;
+}
+
+std::vector<std::string> presetNames() {
+  std::vector<std::string> names;
+  for (const QuantScheme &s : presets())
+    names.push_back(s.name);
+  return names;
+}
+
+QuantScheme presetScheme(const std::string &name) {
+  std::string known;
+  for (const QuantScheme &s : presets()) {
+    if (lower(s.name) == lower(name))
+      return s;
+    known += (known.empty() ? "" : ", ") + s.name;
+  }
+  throw Error("unknown quantization scheme \"" + name + "\" (known: " + known + ")");
+}
+
+} // namespace lrq::quant

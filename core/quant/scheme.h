@@ -1,0 +1,63 @@
+#pragma once
+// A quantization scheme as data: the weight grid, the activation quantizer,
+// KV8, and which layers are quantized. Saved with every run as JSON. No
+// LibTorch here, so front ends can show and edit schemes.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/quant/quant_spec.h"
+
+namespace lrq::quant {
+
+struct LayerSelection {
+  // Blocks to quantize; empty: every block.
+  std::vector<int64_t> blocks;
+  // HF role names of the block linears to quantize ("q_proj", ..., "down_proj";
+  // OPT: "out_proj", "fc1", "fc2"); empty: every linear of the block
+  // (lrq::blockLinears: seven for LLaMA, six for OPT).
+  std::vector<std::string> linears;
+  // Full precision unless asked. Norms always stay full precision.
+  bool embeddings = false;
+  bool lmHead = false;
+
+  bool selectsBlock(int64_t block) const;
+  bool selectsLinear(const std::string &role) const;
+};
+
+struct QuantScheme {
+  std::string name = "custom"; // preset name, or "custom"
+  GridSpec weight;
+  ActivationSpec activation;
+  bool kv8 = false; // k_proj / v_proj outputs quantized per token to 8 bits
+  LayerSelection layers;
+
+  // Throws lrq::Error naming the bad field.
+  void validate() const;
+  // "W4A8-KV8: W4 asym per-channel, A8 per-token-dynamic, KV8"
+  std::string describe() const;
+
+  // Compact JSON (see schemeFromJson for the layout).
+  std::string toJson(int indent = -1) const;
+  // {"name": "...",
+  //  "weight": {"bits", "symmetric", "granularity": "per-tensor|per-channel|per-group",
+  //             "group_size", "init": "minmax|clip-search", "clip_steps", "clip_norm"},
+  //  "activation": {"mode": "none|per-token-dynamic|per-tensor-static", "bits"},
+  //  "kv8": bool,
+  //  "layers": {"blocks": "all" | [int], "linears": "all" | [string],
+  //             "embeddings": bool, "lm_head": bool}}
+  // Missing keys keep their defaults; unknown keys, wrong types and bad values
+  // throw lrq::Error naming the key ("scheme JSON: weight.bits: ...").
+  static QuantScheme fromJson(const std::string &json);
+};
+
+// The named presets, in display order: W8A8, W4A8-KV8, W4A16, W3A16,
+// W4A16-g128, W3A16-g128, W2A16-g64.
+std::vector<std::string> presetNames();
+// Case-insensitive; throws lrq::Error listing the known names.
+QuantScheme presetScheme(const std::string &name);
+
+// Every linear role name blockLinears knows (LLaMA and OPT).
+const std::vector<std::string> &knownLinearNames();
+
+} // namespace lrq::quant
