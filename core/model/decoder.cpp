@@ -28,9 +28,13 @@ at::ScalarType computeType(at::ScalarType t) {
 }
 
 at::Tensor linear(const at::Tensor &x2d, const Linear &l) {
-  if (l.bias.defined())
-    return at::addmm(l.bias, x2d, l.weight.t());
-  return at::mm(x2d, l.weight.t());
+  const at::Tensor x = l.inputTransform ? l.inputTransform->apply(x2d) : x2d;
+  at::Tensor y = l.bias.defined() ? at::addmm(l.bias, x, l.weight.t()) : at::mm(x, l.weight.t());
+  if (l.lowRankA.defined()) {
+    const at::Tensor xa = at::mm(x, l.lowRankA);
+    y = recordsGraph() ? at::addmm(y, xa, l.lowRankB) : y.addmm_(xa, l.lowRankB);
+  }
+  return l.outputTransform ? l.outputTransform->apply(y) : y;
 }
 
 at::Tensor rmsNorm(const at::Tensor &x, const at::Tensor &weight, double eps) {
@@ -215,6 +219,8 @@ void DecoderModel::to(at::Device device, at::ScalarType dtype) {
   auto moveLinear = [&](Linear &l) {
     move(l.weight);
     move(l.bias);
+    move(l.lowRankA);
+    move(l.lowRankB);
   };
   auto moveNorm = [&](NormWeights &n) {
     move(n.weight);

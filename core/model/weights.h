@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -11,9 +12,25 @@
 
 namespace lrq {
 
+// An activation transform a quantization scheme installs on a linear: fake
+// quantization of its input (A8) or of its output (KV8 on k_proj / v_proj).
+// Implementations live in core/quant; the decoder only calls apply().
+class TensorTransform {
+public:
+  virtual ~TensorTransform() = default;
+  virtual at::Tensor apply(const at::Tensor &x) const = 0;
+  virtual std::string describe() const = 0;
+};
+
 struct Linear {
   at::Tensor weight; // [out, in]
   at::Tensor bias;   // [out] or undefined
+  // Installed by quantization methods; empty for a full-precision model.
+  // y = T_out( T_in(x) W^T + b + (T_in(x) A) B )
+  std::shared_ptr<const TensorTransform> inputTransform;
+  std::shared_ptr<const TensorTransform> outputTransform;
+  at::Tensor lowRankA; // [in, k] (LQER error reconstruction), or undefined
+  at::Tensor lowRankB; // [k, out]
 };
 
 struct NormWeights {

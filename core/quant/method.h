@@ -1,0 +1,81 @@
+#pragma once
+// The one small interface every quantization method implements (RTN, GPTQ,
+// FlexRound, LRQ, LQER, L²QER, LR-QAT). A method is one file: a class deriving
+// from QuantMethod plus one line in method_registry.cpp. Internal to core/.
+#include <ATen/ATen.h>
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/common/progress.h"
+#include "core/model/decoder.h"
+#include "core/quant/rtn.h"
+#include "core/quant/scheme.h"
+
+namespace lrq::quant {
+
+// Calibration token windows, [samples, seqLen] int64 on the CPU.
+struct CalibrationSet {
+  at::Tensor tokens;
+  std::string source; // where the text came from, for the run record
+};
+
+// `samples` windows of seqLen tokens drawn without overlap from the token
+// stream, at positions chosen by a generator seeded with `seed` (sorted, so the
+// same arguments always give the same set). Throws lrq::Error when the stream
+// is too short.
+CalibrationSet makeCalibrationSet(const std::vector<int32_t> &tokens, int64_t samples,
+                                  int64_t seqLen, uint64_t seed, std::string source = "");
+
+struct MethodContext {
+  DecoderModel &model;       // quantized in place: weights replaced by Ŵ, transforms installed
+  const QuantScheme &scheme; // what to quantize and on which grids
+  const CalibrationSet &calibration;
+  nlohmann::json hyper; // the method's defaults() overlaid with the user's values
+  uint64_t seed = 0;
+  ProgressObserver *observer = nullptr; // blockStarted / iterationLoss / blockFinished / log ...
+  const CancelToken *cancel = nullptr;
+  std::string workDir; // per-run folder for caches and checkpoints ("" = none)
+};
+
+// Per-layer outcome; LayerErrorStats (rtn.h) plus what the method learned.
+struct LayerReport {
+  LayerErrorStats error;       // W vs Ŵ (the effective weight, low-rank terms included)
+  int64_t learnableParams = 0; // 0 for methods that learn nothing (RTN, GPTQ, LQER)
+};
+
+struct MethodReport {
+  std::vector<LayerReport> layers;
+  nlohmann::json extra = nlohmann::json::object(); // method-specific figures for the run record
+};
+
+class QuantMethod {
+public:
+  virtual ~QuantMethod() = default;
+  virtual std::string
+  name() const = 0; // "rtn", "gptq", "flexround", "lrq", "lqer", "l2qer", "lrqat"
+  // One paragraph for --help: what it learns, from which paper.
+  virtual std::string help() const = 0;
+  // Hyperparameters with their defaults, e.g. {"rank": 0, "iters": 500, "lr": 9e-4}.
+  virtual nlohmann::json defaults() const = 0;
+  // Quantizes ctx.model according to ctx.scheme. Must check ctx.cancel between
+  // units of work (throwing lrq::Cancelled) and report progress.
+  virtual MethodReport run(MethodContext &ctx) = 0;
+};
+
+using MethodFactory = std::function<std::unique_ptr<QuantMethod>()>;
+
+// Known method names, in display order.
+std::vector<std::string> methodNames();
+// Throws lrq::Error listing the known names.
+std::unique_ptr<QuantMethod> createMethod(const std::string &name);
+// Overlays user values on defaults; unknown keys or wrong types throw lrq::Error
+// naming the key and the method.
+nlohmann::json mergeHyperparameters(const QuantMethod &method, const nlohmann::json &user);
+
+} // namespace lrq::quant
