@@ -7,4 +7,4 @@ packaging/build.sh
 export LRQ_PYTHON="${LRQ_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/lrq-workbench}/venv/bin/python"
 # The default model is fetched (and its SHA-256 checked) before the tests use it.
 build/app/lrq info default --quiet >/dev/null
-cd build && ctest --output-on-failure --timeout 900
+cd build && ctest --output-on-failure

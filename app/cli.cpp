@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include "app/cli_quantize.h"
+#include "app/cli_support.h"
 #include "core/common/error.h"
 #include "core/data/default_assets.h"
 #include "core/session/model_session.h"
@@ -32,11 +34,22 @@ Commands:
   info MODEL                     architecture, parameter counts, per-tensor table
   eval MODEL                     perplexity on held-out text
       [--text FILE] [--seq-len N] [--max-windows N]
+      [--reference REF]          also KL divergence and top-1 agreement against REF
   generate MODEL --prompt TEXT   continue a prompt
       [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
   spectrum MODEL --tensor NAME   singular values of a weight (CSV: index,value)
   text [--part evaluation|calibration]
                                  print the default text's held-out or calibration part
+  quantize MODEL --method M --scheme S
+      [--rank R] [--iters N] [--lr X] [--hyper JSON] [--preset demo|thorough]
+      [--calib FILE] [--nsamples N] [--seq-len N] [--seed S] [--smoothquant [--alpha A]]
+      [--text FILE] [--eval-seq-len N] [--eval-windows N] [--no-eval]
+      [--out DIR] [--packed FILE.safetensors] [--store FILE] [--work-dir DIR]
+                                 quantize, evaluate and record a run; prints the run id
+  runs list [--model M] [--method M] [--limit N] | show ID | compare ID ID... | delete ID
+      [--store FILE] [--differences]
+                                 the recorded runs (default store: ~/.local/share/lrq-workbench)
+  methods                        the quantization methods, their hyperparameters, the schemes
 
 MODEL is a .gguf file, a .safetensors file (config.json and tokenizer.json
 beside it), a Hugging Face model directory, or `default`: SmolLM2-135M-Instruct
@@ -50,194 +63,6 @@ Global options:
   --quiet            no progress on stderr
   --help, --version
 )";
-
-class UsageError : public std::runtime_error {
-public:
-  using std::runtime_error::runtime_error;
-};
-
-struct Arguments {
-  std::string command;
-  std::vector<std::string> positional;
-  std::map<std::string, std::string> options; // --name -> value ("" for flags)
-};
-
-const std::map<std::string, bool> &knownOptions() {
-  // name -> takes a value
-  static const std::map<std::string, bool> options = {
-      {"threads", true},     {"device", true},   {"json", false},          {"quiet", false},
-      {"help", false},       {"version", false}, {"text", true},           {"seq-len", true},
-      {"max-windows", true}, {"prompt", true},   {"max-new-tokens", true}, {"temperature", true},
-      {"top-k", true},       {"top-p", true},    {"seed", true},           {"tensor", true},    {"part", true}};
-  return options;
-}
-
-Arguments parseArguments(int argc, char **argv) {
-  Arguments args;
-  for (int i = 1; i < argc; ++i) {
-    std::string word = argv[i];
-    if (word.rfind("--", 0) == 0 && word.size() > 2) {
-      std::string name = word.substr(2), value;
-      size_t eq = name.find('=');
-      bool inlineValue = eq != std::string::npos;
-      if (inlineValue) {
-        value = name.substr(eq + 1);
-        name = name.substr(0, eq);
-      }
-      auto known = knownOptions().find(name);
-      if (known == knownOptions().end())
-        throw UsageError("unknown option --" + name);
-      if (known->second && !inlineValue) {
-        if (i + 1 >= argc)
-          throw UsageError("option --" + name + " needs a value");
-        value = argv[++i];
-      } else if (!known->second && inlineValue) {
-        throw UsageError("option --" + name + " takes no value");
-      }
-      args.options[name] = value;
-    } else if (args.command.empty()) {
-      args.command = word;
-    } else {
-      args.positional.push_back(word);
-    }
-  }
-  return args;
-}
-
-bool has(const Arguments &args, const std::string &name) {
-  return args.options.count(name) > 0;
-}
-
-std::string stringOption(const Arguments &args, const std::string &name,
-                         const std::string &fallback) {
-  auto it = args.options.find(name);
-  return it == args.options.end() ? fallback : it->second;
-}
-
-long long intOption(const Arguments &args, const std::string &name, long long fallback,
-                    long long minimum, long long maximum) {
-  auto it = args.options.find(name);
-  if (it == args.options.end())
-    return fallback;
-  try {
-    size_t used = 0;
-    long long value = std::stoll(it->second, &used);
-    if (used != it->second.size())
-      throw std::invalid_argument("trailing characters");
-    if (value < minimum || value > maximum)
-      throw UsageError("--" + name + " must be between " + std::to_string(minimum) + " and " +
-                       std::to_string(maximum) + ", got " + it->second);
-    return value;
-  } catch (const std::invalid_argument &) {
-    throw UsageError("--" + name + " expects an integer, got '" + it->second + "'");
-  } catch (const std::out_of_range &) {
-    throw UsageError("--" + name + " is out of range: " + it->second);
-  }
-}
-
-double doubleOption(const Arguments &args, const std::string &name, double fallback, double minimum,
-                    double maximum) {
-  auto it = args.options.find(name);
-  if (it == args.options.end())
-    return fallback;
-  try {
-    size_t used = 0;
-    double value = std::stod(it->second, &used);
-    if (used != it->second.size() || !std::isfinite(value))
-      throw std::invalid_argument("bad number");
-    if (value < minimum || value > maximum)
-      throw UsageError("--" + name + " must be between " + std::to_string(minimum) + " and " +
-                       std::to_string(maximum) + ", got " + it->second);
-    return value;
-  } catch (const std::invalid_argument &) {
-    throw UsageError("--" + name + " expects a number, got '" + it->second + "'");
-  } catch (const std::out_of_range &) {
-    throw UsageError("--" + name + " is out of range: " + it->second);
-  }
-}
-
-std::string requireModel(const Arguments &args) {
-  if (args.positional.empty())
-    throw UsageError("'" + args.command +
-                     "' needs a MODEL argument (a file, a directory or 'default')");
-  if (args.positional.size() > 1)
-    throw UsageError("unexpected argument '" + args.positional[1] + "'");
-  return args.positional[0];
-}
-
-std::string formatSeconds(double seconds) {
-  std::ostringstream s;
-  if (seconds < 60)
-    s << std::fixed << std::setprecision(seconds < 10 ? 1 : 0) << seconds << "s";
-  else
-    s << int(seconds) / 60 << "m" << std::setw(2) << std::setfill('0') << int(seconds) % 60 << "s";
-  return s.str();
-}
-
-// Draws a progress bar on stderr: redrawn in place on a terminal, a line per
-// 10% otherwise (logs, CI).
-class TerminalProgress : public ProgressObserver {
-public:
-  TerminalProgress(std::ostream &err, bool enabled)
-      : err_(err), enabled_(enabled), tty_(isatty(STDERR_FILENO) != 0) {}
-
-  void started(const std::string &task, int64_t total) override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    task_ = task;
-    total_ = total;
-    start_ = Clock::now();
-    lastDraw_ = {};
-    lastDecile_ = -1;
-  }
-  void progress(int64_t done, int64_t total, const std::string &detail) override {
-    if (!enabled_)
-      return;
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto now = Clock::now();
-    double fraction = total > 0 ? double(done) / double(total) : 0.0;
-    double elapsed = std::chrono::duration<double>(now - start_).count();
-    std::ostringstream line;
-    line << task_ << " [";
-    const int width = 30;
-    int filled = int(fraction * width);
-    for (int i = 0; i < width; ++i)
-      line << (i < filled ? '#' : '.');
-    line << "] " << std::setw(3) << int(fraction * 100) << "% " << done << "/" << total;
-    if (!detail.empty())
-      line << "  " << detail;
-    if (done > 0 && done < total)
-      line << "  ETA " << formatSeconds(elapsed * double(total - done) / double(done));
-    if (tty_) {
-      if (done < total && now - lastDraw_ < std::chrono::milliseconds(100))
-        return;
-      lastDraw_ = now;
-      err_ << "\r" << line.str() << "\033[K" << (done >= total ? "\n" : "") << std::flush;
-    } else {
-      int decile = int(fraction * 10);
-      if (decile == lastDecile_ && done < total)
-        return;
-      lastDecile_ = decile;
-      err_ << line.str() << "\n" << std::flush;
-    }
-  }
-  void log(LogLevel level, const std::string &message) override {
-    if (!enabled_ && level < LogLevel::Warning)
-      return;
-    std::lock_guard<std::mutex> lock(mutex_);
-    err_ << message << "\n" << std::flush;
-  }
-
-private:
-  using Clock = std::chrono::steady_clock;
-  std::ostream &err_;
-  bool enabled_;
-  bool tty_;
-  std::mutex mutex_;
-  std::string task_;
-  int64_t total_ = 0;
-  Clock::time_point start_{}, lastDraw_{};
-  int lastDecile_ = -1;
-};
 
 std::string shapeText(const std::vector<int64_t> &shape) {
   std::string text = "[";
@@ -311,6 +136,40 @@ int commandInfo(const Arguments &args, std::ostream &out, TerminalProgress &prog
   return 0;
 }
 
+int evalAgainstReference(const Arguments &args, std::ostream &out, TerminalProgress &progress,
+                         const ModelSession &session, const std::string &text,
+                         const std::string &textSource, long long seqLen, long long maxWindows) {
+  auto reference = ModelSession::open(stringOption(args, "reference", ""), &progress);
+  ComparisonReport c = session.compare(*reference, text, seqLen, &progress, nullptr, maxWindows);
+  const ModelSummary &s = session.summary();
+  const ModelSummary &ref = reference->summary();
+  if (has(args, "json")) {
+    nlohmann::json j = {{"model", s.path},
+                        {"reference", ref.path},
+                        {"reference_note", baselineLine(ref)},
+                        {"text", textSource},
+                        {"perplexity", c.model.perplexity},
+                        {"reference_perplexity", c.referencePerplexity},
+                        {"kl", c.meanKl},
+                        {"max_kl", c.maxKl},
+                        {"top1", c.top1Agreement},
+                        {"tokens", c.model.tokens},
+                        {"windows", c.model.windows},
+                        {"seq_len", c.model.seqLen},
+                        {"seconds", c.model.seconds}};
+    out << j.dump() << "\n";
+    return 0;
+  }
+  out << std::fixed << std::setprecision(4) << "perplexity " << c.model.perplexity
+      << "  (reference " << c.referencePerplexity << ")\n"
+      << "KL " << c.meanKl << " nats/token (max " << c.maxKl << "), top-1 agreement "
+      << c.top1Agreement << "\n"
+      << std::setprecision(1) << "tokens " << c.model.tokens << " in " << c.model.windows
+      << " windows of " << c.model.seqLen << ", " << c.model.seconds << " s\n"
+      << "reference " << ref.path << " (full precision = " << baselineLine(ref) << ")\n";
+  return 0;
+}
+
 int commandEval(const Arguments &args, std::ostream &out, TerminalProgress &progress) {
   const std::string model = requireModel(args);
   const long long seqLen = intOption(args, "seq-len", 512, 2, 1 << 20);
@@ -328,6 +187,9 @@ int commandEval(const Arguments &args, std::ostream &out, TerminalProgress &prog
   if (seqLen > session->summary().maxPositions)
     throw UsageError("--seq-len " + std::to_string(seqLen) + " exceeds the model's context of " +
                      std::to_string(session->summary().maxPositions) + " tokens");
+  if (has(args, "reference"))
+    return evalAgainstReference(args, out, progress, *session, text, textSource, seqLen,
+                                maxWindows);
   PerplexityReport r = session->perplexity(text, seqLen, &progress, nullptr, maxWindows);
   const ModelSummary &s = session->summary();
   if (has(args, "json")) {
@@ -457,6 +319,12 @@ int run(int argc, char **argv, std::ostream &out, std::ostream &err) {
       return commandSpectrum(args, out, progress);
     if (args.command == "text")
       return commandText(args, out);
+    if (args.command == "quantize")
+      return commandQuantize(args, out, progress);
+    if (args.command == "runs")
+      return commandRuns(args, out);
+    if (args.command == "methods")
+      return commandMethods(args, out);
     throw UsageError("unknown command '" + args.command + "'");
   } catch (const UsageError &e) {
     err << "lrq: " << e.what() << " (see lrq --help)\n";

@@ -92,20 +92,19 @@ int main(int argc, char **argv) {
   // GEMM figure at the evaluation's shapes: [seqLen, hidden] x [ffn, hidden]^T.
   const double gemmSquare = gemmGflops(1024, 1024, 1024);
   const double gemmModel = gemmGflops(seqLen, c.hiddenSize, c.intermediateSize);
-  std::printf("GEMM             %.1f GFLOP/s (1024^3), %.1f GFLOP/s (%lldx%lldx%lld)\n",
-              gemmSquare, gemmModel, (long long)seqLen, (long long)c.hiddenSize,
-              (long long)c.intermediateSize);
+  std::printf("GEMM             %.1f GFLOP/s (1024^3), %.1f GFLOP/s (%lldx%lldx%lld)\n", gemmSquare,
+              gemmModel, (long long)seqLen, (long long)c.hiddenSize, (long long)c.intermediateSize);
 
   // Perplexity on the held-out default text.
   lrq::TextSplit text = lrq::defaultText();
   std::vector<int32_t> tokens = loaded.tokenizer->encode(text.evaluation, true);
-  lrq::PerplexityResult r = lrq::evaluatePerplexity(decoder, tokens, seqLen, nullptr, nullptr, windows);
+  lrq::PerplexityResult r =
+      lrq::evaluatePerplexity(decoder, tokens, seqLen, nullptr, nullptr, windows);
   // FLOPs per window: linears (2 * params * tokens), attention (QK^T and AV,
   // causal: half the square), LM head.
-  const double linearParams =
-      double(c.numLayers) *
-      (double(c.hiddenSize) * c.headDim * (c.numHeads * 2 + c.numKvHeads * 2) +
-       3.0 * c.hiddenSize * c.intermediateSize);
+  const double linearParams = double(c.numLayers) * (double(c.hiddenSize) * c.headDim *
+                                                         (c.numHeads * 2 + c.numKvHeads * 2) +
+                                                     3.0 * c.hiddenSize * c.intermediateSize);
   const double headParams = double(c.vocabSize) * c.hiddenSize;
   const double attention = double(c.numLayers) * 2.0 * 2.0 * c.numHeads * c.headDim *
                            double(seqLen) * double(seqLen) / 2.0;

@@ -2,43 +2,13 @@
 #include <QJsonArray>
 #include <QJsonDocument>
 #include <QJsonObject>
-#include <QProcess>
 #include <QtTest>
 
 #include "test_support.h"
 
-namespace {
-
-struct Result {
-  int exitCode = -1;
-  QByteArray out;
-  QString err;
-};
-
-Result runLrq(const QStringList &args, int timeoutMs = 300000) {
-  QProcess proc;
-  proc.start(QDir(QStringLiteral(LRQ_BINARY_DIR)).filePath("app/lrq"), args);
-  Result r;
-  if (!proc.waitForFinished(timeoutMs)) {
-    proc.kill();
-    r.err = "timed out";
-    return r;
-  }
-  r.exitCode = proc.exitStatus() == QProcess::NormalExit ? proc.exitCode() : -1;
-  r.out = proc.readAllStandardOutput();
-  r.err = QString::fromUtf8(proc.readAllStandardError());
-  return r;
-}
-
-QJsonObject parseJson(const Result &r) {
-  QJsonParseError error{};
-  QJsonDocument doc = QJsonDocument::fromJson(r.out, &error);
-  if (error.error != QJsonParseError::NoError)
-    qWarning() << "not JSON:" << r.out.left(400) << r.err.left(400);
-  return doc.object();
-}
-
-} // namespace
+using lrq::test::parseJson;
+using lrq::test::Result;
+using lrq::test::runLrq;
 
 class TestCli : public QObject {
   Q_OBJECT
@@ -145,8 +115,8 @@ private slots:
     QJsonObject r = QJsonDocument::fromJson(ref).object();
     QCOMPARE(o["tokens"].toInt(), r["tokens"].toInt());
     QCOMPARE(o["windows"].toInt(), 3);
-    const double relative =
-        std::abs(o["perplexity"].toDouble() - r["perplexity"].toDouble()) / r["perplexity"].toDouble();
+    const double relative = std::abs(o["perplexity"].toDouble() - r["perplexity"].toDouble()) /
+                            r["perplexity"].toDouble();
     qInfo("perplexity ours %.5f, reference %.5f, relative difference %.2e",
           o["perplexity"].toDouble(), r["perplexity"].toDouble(), relative);
     QVERIFY(relative < 1e-3);

@@ -654,9 +654,9 @@ private slots:
       QCOMPARE(kept.layers.size(), size_t{210});
     }
     for (const char *t : tables) {
-      QVERIFY2(raw.count(std::string("SELECT count(*) FROM ") + t + " WHERE run_seq = " + goneSeq) ==
-                   0,
-               t);
+      QVERIFY2(
+          raw.count(std::string("SELECT count(*) FROM ") + t + " WHERE run_seq = " + goneSeq) == 0,
+          t);
       QCOMPARE(raw.count(std::string("SELECT count(*) FROM ") + t +
                          " WHERE run_seq NOT IN (SELECT seq FROM runs)"),
                int64_t{0});

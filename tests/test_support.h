@@ -1,6 +1,8 @@
 #pragma once
 // Helpers shared by the Qt Test executables.
 #include <QDir>
+#include <QJsonDocument>
+#include <QJsonObject>
 #include <QProcess>
 #include <QString>
 #include <QStringList>
@@ -47,6 +49,37 @@ inline QByteArray runReference(const QString &script, const QStringList &args, Q
     return {};
   }
   return proc.readAllStandardOutput();
+}
+
+// Result of running the built `lrq` executable.
+struct Result {
+  int exitCode = -1;
+  QByteArray out;
+  QString err;
+};
+
+inline Result runLrq(const QStringList &args, int timeoutMs = 600000) {
+  QProcess proc;
+  proc.start(QDir(QStringLiteral(LRQ_BINARY_DIR)).filePath("app/lrq"), args);
+  Result r;
+  if (!proc.waitForFinished(timeoutMs)) {
+    proc.kill();
+    proc.waitForFinished();
+    r.err = "timed out";
+    return r;
+  }
+  r.exitCode = proc.exitStatus() == QProcess::NormalExit ? proc.exitCode() : -1;
+  r.out = proc.readAllStandardOutput();
+  r.err = QString::fromUtf8(proc.readAllStandardError());
+  return r;
+}
+
+inline QJsonObject parseJson(const Result &r) {
+  QJsonParseError error{};
+  QJsonDocument doc = QJsonDocument::fromJson(r.out, &error);
+  if (error.error != QJsonParseError::NoError)
+    qWarning() << "not JSON:" << r.out.left(400) << r.err.left(400);
+  return doc.object();
 }
 
 } // namespace lrq::test

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "core/common/error.h"
+#include "core/io/export.h"
 #include "core/io/file_util.h"
 #include "core/io/gguf.h"
 #include "core/io/gguf_model.h"
@@ -400,6 +401,8 @@ LoadedModel loadModel(const std::string &path, ProgressObserver *observer,
     return loadGguf(path, observer, cancel); // reports the bad magic
   if (endsWith(path, ".index.json"))
     return loadSafetensorsIndex(path, path, observer, cancel);
+  if (endsWith(path, ".safetensors") && isPackedModelFile(path)) // LRQ packed export
+    return std::move(loadPackedModel(path, observer, cancel, /*foldLowRank=*/true).model);
   if (endsWith(path, ".safetensors"))
     return loadSafetensors(path, parentDirectory(path), {path}, nullptr, observer, cancel);
   if (endsWith(path, "config.json"))

@@ -9,6 +9,23 @@ namespace lrq::quant {
 
 namespace {
 
+int64_t groupCount(const GridSpec &spec, int64_t in) {
+  return (in + spec.groupSize - 1) / spec.groupSize;
+}
+
+// Per-group with a ragged last group: the row padded with zeros up to a whole
+// number of groups. The padding changes nothing: every range contains 0, 0 is
+// exactly representable on every grid (it maps to x^ = 0, error 0), so steps,
+// zero points, clipping-search errors and the real elements' codes are those of
+// the shorter last group on its own. Differentiable.
+at::Tensor padToGroups(const at::Tensor &weight, const GridSpec &spec) {
+  const int64_t in = weight.size(1);
+  const int64_t padded = groupCount(spec, in) * spec.groupSize;
+  if (padded == in)
+    return weight;
+  return at::constant_pad_nd(weight, {0, padded - in}, 0.0);
+}
+
 // [units, elements]: one quantization unit per row.
 at::Tensor unitsView(const at::Tensor &weight, const GridSpec &spec) {
   const int64_t out = weight.size(0), in = weight.size(1);
@@ -18,9 +35,18 @@ at::Tensor unitsView(const at::Tensor &weight, const GridSpec &spec) {
   case Granularity::PerChannel:
     return weight;
   case Granularity::PerGroup:
-    return weight.reshape({out * (in / spec.groupSize), spec.groupSize});
+    return padToGroups(weight, spec).reshape({out * groupCount(spec, in), spec.groupSize});
   }
   return weight;
+}
+
+// The inverse of unitsView for a tensor of the same [units, elements] shape:
+// back to [out, in], dropping a ragged last group's padding.
+at::Tensor fromUnits(const at::Tensor &units, const GridSpec &spec, int64_t out, int64_t in) {
+  if (spec.granularity != Granularity::PerGroup)
+    return units.reshape({out, in});
+  const at::Tensor rows = units.reshape({out, groupCount(spec, in) * spec.groupSize});
+  return rows.size(1) == in ? rows : rows.narrow(1, 0, in).contiguous();
 }
 
 // [units, 1] parameters back to [rows, groups].
@@ -31,7 +57,7 @@ at::Tensor paramShape(const at::Tensor &unitParam, const GridSpec &spec, int64_t
   case Granularity::PerChannel:
     return unitParam.reshape({out, 1});
   case Granularity::PerGroup:
-    return unitParam.reshape({out, in / spec.groupSize});
+    return unitParam.reshape({out, groupCount(spec, in)});
   }
   return unitParam;
 }
@@ -87,9 +113,6 @@ void checkWeightForGrid(const at::Tensor &weight, const GridSpec &spec) {
     throw Error("weight grid: expected a floating-point weight");
   if (weight.size(0) < 1 || weight.size(1) < 1)
     throw Error("weight grid: empty weight");
-  if (spec.granularity == Granularity::PerGroup && weight.size(1) % spec.groupSize != 0)
-    throw Error("weight grid: group size " + std::to_string(spec.groupSize) +
-                " does not divide the row length " + std::to_string(weight.size(1)));
 }
 
 GridParams gridParamsForFraction(const at::Tensor &weight, const GridSpec &spec, double fraction) {
@@ -153,9 +176,12 @@ at::Tensor expandToWeight(const at::Tensor &param, const GridSpec &spec, int64_t
   if (spec.granularity != Granularity::PerGroup)
     return param;
   const int64_t out = param.size(0), groups = param.size(1);
-  if (groups * spec.groupSize != in)
+  if (groups != groupCount(spec, in))
     throw Error("weight grid: parameter shape does not match the row length " + std::to_string(in));
-  return param.unsqueeze(2).expand({out, groups, spec.groupSize}).reshape({out, in});
+  const at::Tensor full = param.unsqueeze(2)
+                              .expand({out, groups, spec.groupSize})
+                              .reshape({out, groups * spec.groupSize});
+  return full.size(1) == in ? full : full.narrow(1, 0, in);
 }
 
 std::pair<at::Tensor, at::Tensor> asymmetricStep(const at::Tensor &lo, const at::Tensor &hi,
@@ -191,23 +217,25 @@ at::Tensor quantizeWeight(const at::Tensor &weight, const GridParams &params,
   const at::Tensor w = asFloat(weight.detach());
   const at::Tensor codes = quantizeElementwise(unitsView(w, spec), unitParam(params.scale),
                                                unitParam(params.zeroPoint), spec);
-  return codes.reshape(w.sizes()).to(at::kInt);
+  return fromUnits(codes, spec, w.size(0), w.size(1)).to(at::kInt).contiguous();
 }
 
 at::Tensor dequantizeWeight(const at::Tensor &codes, const GridParams &params,
                             const GridSpec &spec) {
   const at::Tensor q = codes.to(at::kFloat);
   checkWeightForGrid(q, spec);
-  return ((unitsView(q, spec) - unitParam(params.zeroPoint)) * unitParam(params.scale))
-      .reshape(q.sizes());
+  return fromUnits((unitsView(q, spec) - unitParam(params.zeroPoint)) * unitParam(params.scale),
+                   spec, q.size(0), q.size(1))
+      .contiguous();
 }
 
 at::Tensor fakeQuantizeWeight(const at::Tensor &weight, const GridParams &params,
                               const GridSpec &spec) {
   checkWeightForGrid(weight, spec);
   const at::Tensor units = unitsView(weight, spec);
-  return fakeQuantizeElementwise(units, unitParam(params.scale), unitParam(params.zeroPoint), spec)
-      .reshape(weight.sizes());
+  const at::Tensor q =
+      fakeQuantizeElementwise(units, unitParam(params.scale), unitParam(params.zeroPoint), spec);
+  return fromUnits(q, spec, weight.size(0), weight.size(1));
 }
 
 at::Tensor roundToNearest(const at::Tensor &weight, const GridSpec &spec) {

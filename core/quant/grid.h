@@ -18,6 +18,9 @@
 //    unit, the largest fraction winning ties.
 //  - round is at::round: halves to even.
 //  - A unit whose range is zero (all zeros) gets s = 1 (then q = z and x^ = 0).
+//  - Per-group with a group size g that does not divide the row length: the
+//    last group of each row is shorter (576 with g = 128: 128,128,128,128,64),
+//    as GPTQ implementations do; there are ceil(in / g) groups per row.
 // All step arithmetic is float32, so an independent float32 implementation
 // (tests/reference/quant_reference.py) reproduces codes bit for bit.
 #include <ATen/ATen.h>
@@ -29,7 +32,8 @@
 namespace lrq::quant {
 
 // Steps and zero points of one weight [out, in], shaped [rows, groups]:
-// per-tensor [1, 1], per-channel [out, 1], per-group [out, in / groupSize].
+// per-tensor [1, 1], per-channel [out, 1], per-group [out, ceil(in / groupSize)]
+// (a ragged last group when groupSize does not divide in).
 // The zero point is a float tensor holding integers (0 for symmetric grids),
 // so that the same formula x^ = s (q - z) serves both grids and autograd.
 struct GridParams {
@@ -45,8 +49,9 @@ struct GridParams {
 // at::round rounds halves to even.
 at::Tensor roundSte(const at::Tensor &x);
 
-// Validates spec, and weight against it: 2-D floating [out, in], group size
-// dividing in. Throws lrq::Error naming the problem.
+// Validates spec, and weight against it: 2-D floating non-empty [out, in]
+// (any group size fits: the last group may be shorter). Throws lrq::Error
+// naming the problem.
 void checkWeightForGrid(const at::Tensor &weight, const GridSpec &spec);
 
 // Steps and zero points for weight [out, in] by spec.init. Computed without
@@ -59,7 +64,8 @@ GridParams computeGridParams(const at::Tensor &weight, const GridSpec &spec);
 GridParams gridParamsForFraction(const at::Tensor &weight, const GridSpec &spec, double fraction);
 
 // Expands a [rows, groups] parameter to a tensor broadcastable against the
-// weight [out, in] (per-tensor [1,1], per-channel [out,1], per-group [out,in]).
+// weight [out, in] (per-tensor [1,1], per-channel [out,1], per-group [out,in];
+// a ragged last group's parameter covers its shorter span).
 // Differentiable (no in-place ops).
 at::Tensor expandToWeight(const at::Tensor &param, const GridSpec &spec, int64_t in);
 

@@ -8,12 +8,14 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "core/common/progress.h"
 #include "core/model/decoder.h"
+#include "core/quant/grid.h"
 #include "core/quant/rtn.h"
 #include "core/quant/scheme.h"
 
@@ -52,6 +54,9 @@ struct LayerReport {
 struct MethodReport {
   std::vector<LayerReport> layers;
   nlohmann::json extra = nlohmann::json::object(); // method-specific figures for the run record
+  // Steps a method learned, by layer prefix ("model.layers.0.self_attn.q_proj"), so the
+  // packed export can put Ŵ on its own grid; layers absent use computeGridParams(W).
+  std::map<std::string, GridParams> grids;
 };
 
 class QuantMethod {

@@ -9,12 +9,26 @@ namespace lrq::quant {
 
 // Each method file defines its factory; adding a method adds one line below.
 std::unique_ptr<QuantMethod> makeRtnMethod();
+std::unique_ptr<QuantMethod> makeGptqMethod(); // gptq.cpp
+std::unique_ptr<QuantMethod> makeFlexRoundMethod();
+std::unique_ptr<QuantMethod> makeLrqMethod();
+std::unique_ptr<QuantMethod> makeLearnedStepMethod();
+std::unique_ptr<QuantMethod> makeLrqatMethod(); // lrqat.cpp
+std::unique_ptr<QuantMethod> makeLqerMethod();  // lqer.cpp
+std::unique_ptr<QuantMethod> makeL2qerMethod(); // lqer.cpp
 
 namespace {
 
 const std::vector<std::pair<std::string, MethodFactory>> &registry() {
   static const std::vector<std::pair<std::string, MethodFactory>> methods = {
       {"rtn", makeRtnMethod},
+      {"gptq", makeGptqMethod},
+      {"flexround", makeFlexRoundMethod},
+      {"lrq", makeLrqMethod},
+      {"rtn-learned-step", makeLearnedStepMethod},
+      {"lrqat", makeLrqatMethod},
+      {"lqer", makeLqerMethod},
+      {"l2qer", makeL2qerMethod},
   };
   return methods;
 }

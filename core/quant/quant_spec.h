@@ -25,7 +25,7 @@ struct GridSpec {
   int bits = 4;
   bool symmetric = false;
   Granularity granularity = Granularity::PerChannel;
-  int64_t groupSize = 0; // PerGroup only; must divide the row length
+  int64_t groupSize = 0; // PerGroup only; a row's last group is shorter when it does not divide
   StepInit init = StepInit::MinMax;
   int clipSteps = 100;   // ClippingSearch tries fractions k/clipSteps, k = clipSteps..1
   double clipNorm = 2.4; // exponent of the clipping-search error

@@ -28,7 +28,7 @@ LayerErrorStats weightErrorStats(const at::Tensor &weight, const at::Tensor &app
 // Replaces every selected Linear::weight (and, when the scheme asks, the token
 // embedding and LM head) by its round-to-nearest Ŵ in float32. Returns one entry
 // per quantized tensor, in block order. Throws lrq::Error naming the block and
-// layer when the grid does not fit a weight (a group size not dividing its row).
+// layer when the grid does not fit a weight (e.g. a weight that is not 2-D).
 // A tied LM head quantized without the embeddings is untied first.
 std::vector<LayerErrorStats> quantizeModelRtn(ModelWeights &weights, const ModelConfig &config,
                                               const QuantScheme &scheme,

@@ -11,6 +11,7 @@
 #include "core/analysis/tensor_analysis.h"
 #include "core/common/error.h"
 #include "core/data/default_assets.h"
+#include "core/eval/compare.h"
 #include "core/eval/generate.h"
 #include "core/eval/perplexity.h"
 #include "core/io/model_loader.h"
@@ -245,6 +246,40 @@ PerplexityReport ModelSession::perplexity(const std::string &text, int64_t seqLe
   out.seqLen = r.seqLen;
   out.seconds = r.seconds;
   out.tokensPerSecond = r.tokensPerSecond;
+  return out;
+}
+
+ComparisonReport ModelSession::compare(const ModelSession &reference, const std::string &text,
+                                       int64_t seqLen, ProgressObserver *observer,
+                                       const CancelToken *cancel, int64_t maxWindows) const {
+  const ModelSummary &a = impl_->summary;
+  const ModelSummary &b = reference.impl_->summary;
+  if (a.vocabSize != b.vocabSize)
+    throw Error("cannot compare " + a.path + " with " + b.path + ": vocabularies differ (" +
+                std::to_string(a.vocabSize) + " vs " + std::to_string(b.vocabSize) + " tokens)");
+  if (observer)
+    observer->log(LogLevel::Info, "Tokenizing " + std::to_string(text.size()) + " bytes of text");
+  const std::vector<int32_t> tokens = impl_->tokenizer().encode(text, true);
+  if (reference.impl_->loaded.tokenizer &&
+      reference.impl_->tokenizer().encode(text.substr(0, 2000), true) !=
+          impl_->tokenizer().encode(text.substr(0, 2000), true))
+    throw Error("cannot compare " + a.path + " with " + b.path +
+                ": their tokenizers split the text differently");
+  c10::InferenceMode guard;
+  CompareResult c = compareToReference(*impl_->model, *reference.impl_->model, tokens, seqLen,
+                                       observer, cancel, maxWindows);
+  ComparisonReport out;
+  out.model.perplexity = c.perplexity;
+  out.model.meanNll = c.meanNll;
+  out.model.tokens = c.tokens;
+  out.model.windows = c.windows;
+  out.model.seqLen = c.seqLen;
+  out.model.seconds = c.seconds;
+  out.model.tokensPerSecond = c.seconds > 0 ? double(c.windows * c.seqLen) / c.seconds : 0;
+  out.referencePerplexity = c.referencePerplexity;
+  out.meanKl = c.meanKl;
+  out.maxKl = c.maxKl;
+  out.top1Agreement = c.top1Agreement;
   return out;
 }
 

@@ -70,6 +70,14 @@ struct PerplexityReport {
   double tokensPerSecond = 0;
 };
 
+struct ComparisonReport {
+  PerplexityReport model; // this model on the windows
+  double referencePerplexity = 0;
+  double meanKl = 0; // KL(P_reference || P_model) per predicted token, nats
+  double maxKl = 0;
+  double top1Agreement = 0; // fraction of positions whose argmax agree
+};
+
 struct GenerationOptions {
   int64_t maxNewTokens = 64;
   double temperature = 0.0;
@@ -116,6 +124,12 @@ public:
   PerplexityReport perplexity(const std::string &text, int64_t seqLen,
                               ProgressObserver *observer = nullptr,
                               const CancelToken *cancel = nullptr, int64_t maxWindows = 0) const;
+
+  // Perplexity of this model plus KL divergence and top-1 agreement against a
+  // reference model (same tokenizer and vocabulary) on the same windows.
+  ComparisonReport compare(const ModelSession &reference, const std::string &text, int64_t seqLen,
+                           ProgressObserver *observer = nullptr,
+                           const CancelToken *cancel = nullptr, int64_t maxWindows = 0) const;
 
   // Continues prompt; onText receives decoded text pieces as they are produced.
   std::string generate(const std::string &prompt, const GenerationOptions &options,

@@ -4,7 +4,8 @@
 Written from shared/ALGORITHMS.md ("Uniform grid") and the conventions stated
 there and in the test, without reference to the C++ code:
   n = 2**bits levels; a quantization unit is the whole tensor, one output row,
-  or g consecutive elements of a row.
+  or g consecutive elements of a row (the last group of a row is shorter when g
+  does not divide the row length, as GPTQ implementations do).
   asymmetric: lo = min(min(unit), 0), hi = max(max(unit), 0), both times the
               clipping fraction f; s = (hi - lo) / (n - 1) (1 if 0);
               z = round(-lo / s); q = clip(round(w / s) + z, 0, n - 1); w^ = s (q - z)
@@ -50,18 +51,43 @@ def read_matrix(path, rows, cols):
     return data.reshape(rows, cols)
 
 
-def as_units(w, granularity, group):
-    """[out, in] -> [out, groups, g] (per-tensor: [1, 1, out * in])."""
+def as_unit_blocks(w, granularity, group):
+    """[out, in] -> list of unit blocks [A, B, G] that together tile w column-wise.
+
+    per-tensor: one block [1, 1, out * in]; per-channel: one block [out, 1, in];
+    per-group: [out, in // g, g] for the whole groups, plus [out, 1, in % g] for
+    a shorter last group when g does not divide in (as GPTQ implementations do).
+    Units are numbered row by row: row r's groups, left to right.
+    """
     out, cols = w.shape
     if granularity == "per-tensor":
-        return w.reshape(1, 1, out * cols)
+        return [w.reshape(1, 1, out * cols)]
     if granularity == "per-channel":
-        return w.reshape(out, 1, cols)
+        return [w.reshape(out, 1, cols)]
     if granularity == "per-group":
+        full = cols // group
+        blocks = []
+        if full:
+            blocks.append(w[:, :full * group].reshape(out, full, group))
         if cols % group:
-            raise SystemExit(f"group {group} does not divide {cols}")
-        return w.reshape(out, cols // group, group)
+            blocks.append(w[:, full * group:].reshape(out, 1, cols % group))
+        return blocks
     raise SystemExit(f"unknown granularity {granularity}")
+
+
+def join_units(blocks, rows, cols, granularity):
+    """Per-element blocks [A, B, G] back to [rows, cols]."""
+    if granularity != "per-group":
+        return blocks[0].reshape(rows, cols)
+    return np.concatenate([b.reshape(rows, -1) for b in blocks], axis=1)
+
+
+def join_params(blocks, rows, granularity):
+    """Per-unit blocks [A, B, ...] to [units, ...] in unit order (row by row)."""
+    if granularity != "per-group":
+        return blocks[0].reshape(-1, *blocks[0].shape[2:])
+    tail = blocks[0].shape[2:]
+    return np.concatenate([b.reshape(rows, -1, *tail) for b in blocks], axis=1).reshape(-1, *tail)
 
 
 def grid_params(units, bits, symmetric, fraction):
@@ -101,19 +127,12 @@ def cmd_round(args):
     print(json.dumps({"rounded": [float(np.round(np.float64(v))) for v in vals]}))
 
 
-def cmd_grid(args):
-    (path, rows, cols, bits, sym, gran, group, init, steps, norm, prefix) = args
-    rows, cols, bits, group, steps = int(rows), int(cols), int(bits), int(group), int(steps)
-    symmetric = sym in ("1", "true")
-    p = float(norm)
-    w = read_matrix(path, rows, cols)
-    units = as_units(w, gran, group)
-
+def grid_block(units, bits, symmetric, init, steps, p):
+    """Grid of one unit block [A, B, G]: (s, z, frac, q, v, err, err_mm, losses)."""
     s_mm, z_mm = grid_params(units, bits, symmetric, 1.0)
     _, v_mm = apply_grid(units, s_mm, z_mm, bits, symmetric)
     err_mm = unit_error(units, v_mm, p)
-
-    result = {}
+    losses = None
     if init == "minmax":
         s, z = s_mm, z_mm
         frac = np.ones(s.shape, dtype=f32)
@@ -137,12 +156,28 @@ def cmd_grid(args):
             z[idx] = z_f[0, 0]
             frac[idx] = f32(f)
         err = np.take_along_axis(losses, best[..., None], axis=-1)[..., 0]
-        losses.reshape(-1, steps).astype("<f8").tofile(prefix + ".losses")
     else:
         raise SystemExit(f"unknown init {init}")
-
     q, v = apply_grid(units, s, z, bits, symmetric)
-    tie = near_tie(units, s)
+    return s, z, frac, q, v, err, err_mm, losses, near_tie(units, s)
+
+
+def cmd_grid(args):
+    (path, rows, cols, bits, sym, gran, group, init, steps, norm, prefix) = args
+    rows, cols, bits, group, steps = int(rows), int(cols), int(bits), int(group), int(steps)
+    symmetric = sym in ("1", "true")
+    p = float(norm)
+    w = read_matrix(path, rows, cols)
+    parts = [grid_block(u, bits, symmetric, init, steps, p)
+             for u in as_unit_blocks(w, gran, group)]
+    s, z, frac = (join_params([b[i] for b in parts], rows, gran) for i in range(3))
+    q, v, tie = (join_units([b[i] for b in parts], rows, cols, gran) for i in (3, 4, 8))
+    err = sum(float(b[5].sum()) for b in parts)
+    err_mm = sum(float(b[6].sum()) for b in parts)
+    if init == "clip-search":
+        join_params([b[7] for b in parts], rows, gran).astype("<f8").tofile(prefix + ".losses")
+
+    result = {}
     q.astype("<i4").reshape(rows, cols).tofile(prefix + ".codes")
     v.astype("<f4").reshape(rows, cols).tofile(prefix + ".values")
     s.astype("<f4").reshape(-1).tofile(prefix + ".scale")
@@ -154,8 +189,8 @@ def cmd_grid(args):
     signal, noise = float((w64 ** 2).sum()), float((e64 ** 2).sum())
     result.update({
         "units": int(s.size),
-        "minmax_error": float(err_mm.sum()),
-        "chosen_error": float(err.sum()),
+        "minmax_error": err_mm,
+        "chosen_error": err,
         "mse": noise / w.size,
         "sqnr_db": 10 * np.log10(signal / noise) if noise > 0 else None,
         "ties": int(tie.sum()),

@@ -1,0 +1,357 @@
+// lrq quantize / runs / methods / schemes.
+#include "app/cli_quantize.h"
+
+#include <nlohmann/json.hpp>
+
+#include <iomanip>
+#include <mutex>
+#include <ostream>
+
+#include "core/common/error.h"
+#include "core/runs/run_store.h"
+#include "core/session/quantize_job.h"
+
+namespace lrq::cli {
+namespace {
+
+// Prints every engine event as one JSON object per line on stdout and
+// forwards it to the terminal progress.
+class JsonLinesObserver : public ProgressObserver {
+public:
+  JsonLinesObserver(std::ostream &out, ProgressObserver &forward) : out_(out), forward_(forward) {}
+
+  void started(const std::string &task, int64_t total) override {
+    emit({{"event", "started"}, {"task", task}, {"total", total}});
+    forward_.started(task, total);
+  }
+  void progress(int64_t done, int64_t total, const std::string &detail) override {
+    forward_.progress(done, total, detail);
+  }
+  void blockStarted(int block, int blockCount) override {
+    emit({{"event", "block_started"}, {"block", block}, {"blocks", blockCount}});
+    forward_.blockStarted(block, blockCount);
+  }
+  void iterationLoss(int block, int iteration, double loss) override {
+    emit({{"event", "iteration"}, {"block", block}, {"iteration", iteration}, {"loss", loss}});
+    forward_.iterationLoss(block, iteration, loss);
+  }
+  void blockFinished(int block, double initialLoss, double finalLoss, double seconds) override {
+    emit({{"event", "block_finished"},
+          {"block", block},
+          {"initial_loss", initialLoss},
+          {"final_loss", finalLoss},
+          {"seconds", seconds}});
+    forward_.blockFinished(block, initialLoss, finalLoss, seconds);
+  }
+  void metric(const std::string &name, double value) override {
+    emit({{"event", "metric"}, {"name", name}, {"value", value}});
+    forward_.metric(name, value);
+  }
+  void log(LogLevel level, const std::string &message) override { forward_.log(level, message); }
+  void emit(const nlohmann::json &event) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    out_ << event.dump() << "\n" << std::flush;
+  }
+
+private:
+  std::ostream &out_;
+  ProgressObserver &forward_;
+  std::mutex mutex_;
+};
+
+// Presets of run size: a demo that finishes in minutes on 2 cores, and a
+// thorough one closer to the papers' settings.
+void applyPreset(const Arguments &args, QuantizeRequest &request, nlohmann::json &hyper,
+                 const nlohmann::json &defaults) {
+  // Values the user gave explicitly win over the preset's.
+  const std::string preset = stringOption(args, "preset", "");
+  auto setRequest = [&](const char *option, int64_t &field, int64_t value) {
+    if (!has(args, option))
+      field = value;
+  };
+  auto set = [&](const char *key, const nlohmann::json &value) {
+    if (defaults.contains(key) && !hyper.contains(key))
+      hyper[key] = value;
+  };
+  if (preset == "demo") {
+    // LRQ on the default model: 30 blocks x 50 iterations of 2 x 128 tokens.
+    setRequest("nsamples", request.samples, 16);
+    setRequest("seq-len", request.seqLen, 128);
+    set("iters", 50);
+    set("steps", 30);
+  } else if (preset == "thorough") {
+    setRequest("nsamples", request.samples, 128);
+    setRequest("seq-len", request.seqLen, 1024);
+    setRequest("eval-seq-len", request.evalSeqLen, 1024);
+    set("iters", 2000);
+    set("steps", 1000);
+  } else {
+    throw UsageError("--preset must be demo or thorough, got '" + preset + "'");
+  }
+}
+
+std::string storePathOf(const Arguments &args) {
+  return has(args, "store") ? stringOption(args, "store", "") : RunStore::defaultPath();
+}
+
+std::string metricText(const std::map<std::string, double> &metrics) {
+  std::ostringstream s;
+  s << std::setprecision(6);
+  bool first = true;
+  for (const auto &[name, value] : metrics) {
+    s << (first ? "" : ", ") << name << " " << value;
+    first = false;
+  }
+  return s.str();
+}
+
+nlohmann::json runInfoJson(const RunInfo &r) {
+  return {{"id", r.id},
+          {"created", r.created},
+          {"status", runStatusName(r.status)},
+          {"model", r.model.path},
+          {"model_digest", r.model.digest},
+          {"method", r.method},
+          {"scheme", nlohmann::json::parse(r.schemeJson.empty() ? "{}" : r.schemeJson)},
+          {"hyperparameters",
+           nlohmann::json::parse(r.hyperparametersJson.empty() ? "{}" : r.hyperparametersJson)},
+          {"engine_version", r.engineVersion},
+          {"seconds", r.totalSeconds},
+          {"metrics", r.metrics},
+          {"error", r.error},
+          {"notes", r.notes},
+          {"blocks", r.blockCount}};
+}
+
+std::string schemeName(const std::string &schemeJson) {
+  try {
+    return nlohmann::json::parse(schemeJson).value("name", std::string("custom"));
+  } catch (const nlohmann::json::exception &) {
+    return "?";
+  }
+}
+
+} // namespace
+
+int commandQuantize(const Arguments &args, std::ostream &out, TerminalProgress &progress) {
+  QuantizeRequest request;
+  request.model = requireModel(args);
+  request.method = stringOption(args, "method", "rtn");
+  request.scheme = stringOption(args, "scheme", "W4A16");
+  request.calibrationText = stringOption(args, "calib", "");
+  request.samples = intOption(args, "nsamples", request.samples, 1, 1 << 20);
+  request.seqLen = intOption(args, "seq-len", request.seqLen, 2, 1 << 20);
+  request.seed = static_cast<uint64_t>(intOption(args, "seed", 0, 0, 1LL << 62));
+  request.smoothQuant = has(args, "smoothquant");
+  request.smoothQuantAlpha = doubleOption(args, "alpha", 0.5, 0.0, 1.0);
+  request.evaluate = !has(args, "no-eval");
+  request.evaluationText = stringOption(args, "text", "");
+  request.evalSeqLen = intOption(args, "eval-seq-len", request.evalSeqLen, 2, 1 << 20);
+  request.evalMaxWindows = intOption(args, "eval-windows", 0, 0, 1LL << 40);
+  request.exportDir = stringOption(args, "out", "");
+  request.packedPath = stringOption(args, "packed", "");
+  request.storePath = stringOption(args, "store", "");
+  request.workDir = stringOption(args, "work-dir", "");
+
+  nlohmann::json hyper = nlohmann::json::object();
+  if (has(args, "hyper")) {
+    try {
+      hyper = nlohmann::json::parse(stringOption(args, "hyper", "{}"));
+    } catch (const nlohmann::json::exception &) {
+      throw UsageError("--hyper expects a JSON object, e.g. '{\"rank\": 64}'");
+    }
+    if (!hyper.is_object())
+      throw UsageError("--hyper expects a JSON object, e.g. '{\"rank\": 64}'");
+  }
+  const nlohmann::json defaults = nlohmann::json::parse(methodDefaultsJson(request.method));
+  auto shortcut = [&](const char *option, const char *key, bool integer) {
+    if (!has(args, option))
+      return;
+    if (!defaults.contains(key))
+      throw UsageError("method '" + request.method + "' has no hyperparameter '" + key + "' (--" +
+                       option + "); its hyperparameters: " + defaults.dump());
+    if (integer)
+      hyper[key] = intOption(args, option, 0, 0, 1LL << 40);
+    else
+      hyper[key] = doubleOption(args, option, 0, 0, 1e6);
+  };
+  shortcut("rank", "rank", true);
+  shortcut("iters", "iters", true);
+  shortcut("lr", "lr", false);
+  if (has(args, "preset"))
+    applyPreset(args, request, hyper, defaults);
+  request.hyperparametersJson = hyper.dump();
+  if (hyper.contains("iters") && hyper["iters"].is_number_integer())
+    progress.setIterationsPerBlock(hyper["iters"].get<int64_t>());
+  else if (defaults.contains("iters") && defaults["iters"].is_number_integer())
+    progress.setIterationsPerBlock(defaults["iters"].get<int64_t>());
+
+  const bool json = has(args, "json");
+  JsonLinesObserver jsonObserver(out, progress);
+  ProgressObserver *observer = json ? static_cast<ProgressObserver *>(&jsonObserver) : &progress;
+  QuantizeOutcome outcome = runQuantizeJob(request, observer);
+  if (json) {
+    jsonObserver.emit({{"event", "finished"},
+                       {"run_id", outcome.runId},
+                       {"store", outcome.storePath},
+                       {"metrics", outcome.metrics},
+                       {"seconds", outcome.seconds},
+                       {"export", outcome.exportDir},
+                       {"packed", outcome.packedPath}});
+    return 0;
+  }
+  out << "run " << outcome.runId << " finished in " << formatSeconds(outcome.seconds) << "\n";
+  if (!outcome.metrics.empty())
+    out << metricText(outcome.metrics) << "\n";
+  if (!outcome.exportDir.empty())
+    out << "exported to " << outcome.exportDir << "  (lrq eval " << outcome.exportDir << ")\n";
+  if (!outcome.packedPath.empty())
+    out << "packed export " << outcome.packedPath << "\n";
+  out << "store " << outcome.storePath << "  (lrq runs show " << outcome.runId << ")\n";
+  return 0;
+}
+
+int commandRuns(const Arguments &args, std::ostream &out) {
+  if (args.positional.empty())
+    throw UsageError("'runs' needs a subcommand: list, show ID, compare ID ID..., delete ID");
+  const std::string sub = args.positional[0];
+  const bool json = has(args, "json");
+  RunStore store = RunStore::open(storePathOf(args));
+  if (sub == "list") {
+    RunFilter filter;
+    filter.model = stringOption(args, "model", "");
+    filter.method = stringOption(args, "method", "");
+    filter.limit = int(intOption(args, "limit", 0, 0, 1 << 30));
+    std::vector<RunInfo> runs = store.listRuns(filter);
+    if (json) {
+      nlohmann::json list = nlohmann::json::array();
+      for (const RunInfo &r : runs)
+        list.push_back(runInfoJson(r));
+      out << nlohmann::json{{"store", store.path()}, {"runs", list}}.dump() << "\n";
+      return 0;
+    }
+    if (runs.empty()) {
+      out << "no runs in " << store.path() << "\n";
+      return 0;
+    }
+    out << std::left << std::setw(22) << "id" << std::setw(11) << "status" << std::setw(11)
+        << "method" << std::setw(13) << "scheme" << std::setw(9) << "seconds"
+        << "metrics\n";
+    for (const RunInfo &r : runs)
+      out << std::left << std::setw(22) << r.id << std::setw(11) << runStatusName(r.status)
+          << std::setw(11) << r.method << std::setw(13) << schemeName(r.schemeJson) << std::setw(9)
+          << std::fixed << std::setprecision(1) << r.totalSeconds << std::defaultfloat
+          << metricText(r.metrics) << "\n";
+    return 0;
+  }
+  if (sub == "show") {
+    if (args.positional.size() != 2)
+      throw UsageError("'runs show' needs one run id");
+    RunRecord r = store.getRun(store.resolveId(args.positional[1]));
+    if (json) {
+      nlohmann::json j = runInfoJson(r);
+      nlohmann::json blocks = nlohmann::json::array();
+      for (const BlockRecord &b : r.blocks) {
+        nlohmann::json curve = nlohmann::json::array();
+        for (const LossPoint &p : b.curve)
+          curve.push_back({p.iteration, p.loss});
+        blocks.push_back({{"block", b.index},
+                          {"initial_loss", b.initialLoss},
+                          {"final_loss", b.finalLoss},
+                          {"seconds", b.seconds},
+                          {"curve", curve}});
+      }
+      j["block_records"] = blocks;
+      nlohmann::json layers = nlohmann::json::array();
+      for (const LayerStats &l : r.layers)
+        layers.push_back({{"block", l.block},
+                          {"layer", l.role},
+                          {"mse", l.mse},
+                          {"sqnr_db", l.sqnrDb},
+                          {"learnable_params", l.learnableParams}});
+      j["layers"] = layers;
+      out << j.dump() << "\n";
+      return 0;
+    }
+    out << "run       " << r.id << " (" << runStatusName(r.status) << ")\n"
+        << "created   " << r.created << "\n"
+        << "model     " << r.model.path << "\n"
+        << "method    " << r.method << "  " << r.hyperparametersJson << "\n"
+        << "scheme    " << r.schemeJson << "\n"
+        << "engine    " << r.engineVersion << ", " << std::fixed << std::setprecision(1)
+        << r.totalSeconds << " s" << std::defaultfloat << "\n";
+    if (!r.notes.empty())
+      out << "notes     " << r.notes << "\n";
+    if (!r.error.empty())
+      out << "error     " << r.error << "\n";
+    if (!r.metrics.empty())
+      out << "metrics   " << metricText(r.metrics) << "\n";
+    if (!r.blocks.empty()) {
+      out << "\nblock  initial loss    final loss   seconds  iterations\n";
+      for (const BlockRecord &b : r.blocks)
+        out << std::right << std::setw(5) << b.index << std::setw(14) << std::setprecision(5)
+            << b.initialLoss << std::setw(14) << b.finalLoss << std::setw(10) << std::fixed
+            << std::setprecision(1) << b.seconds << std::defaultfloat << std::setw(12)
+            << b.curve.size() << "\n";
+    }
+    if (!r.layers.empty()) {
+      out << "\nblock  layer        MSE           SQNR dB   learnable\n";
+      for (const LayerStats &l : r.layers)
+        out << std::right << std::setw(5) << l.block << "  " << std::left << std::setw(11) << l.role
+            << std::right << std::setw(13) << std::setprecision(4) << l.mse << std::setw(10)
+            << std::fixed << std::setprecision(2) << l.sqnrDb << std::defaultfloat << std::setw(12)
+            << l.learnableParams << "\n";
+    }
+    return 0;
+  }
+  if (sub == "compare") {
+    if (args.positional.size() < 3)
+      throw UsageError("'runs compare' needs at least two run ids");
+    std::vector<std::string> ids;
+    for (size_t i = 1; i < args.positional.size(); ++i)
+      ids.push_back(store.resolveId(args.positional[i]));
+    RunComparison c = store.compareRuns(ids);
+    if (json) {
+      nlohmann::json rows = nlohmann::json::array();
+      for (const ComparisonRow &row : c.rows)
+        rows.push_back({{"group", row.group},
+                        {"name", row.name},
+                        {"cells", row.cells},
+                        {"differs", row.differs}});
+      out << nlohmann::json{{"runs", c.runIds}, {"rows", rows}}.dump() << "\n";
+      return 0;
+    }
+    out << formatComparison(c, has(args, "differences"));
+    return 0;
+  }
+  if (sub == "delete") {
+    if (args.positional.size() != 2)
+      throw UsageError("'runs delete' needs one run id");
+    const std::string id = store.resolveId(args.positional[1]);
+    store.deleteRun(id);
+    out << "deleted run " << id << "\n";
+    return 0;
+  }
+  throw UsageError("unknown 'runs' subcommand '" + sub + "' (list, show, compare, delete)");
+}
+
+int commandMethods(const Arguments &args, std::ostream &out) {
+  if (has(args, "json")) {
+    nlohmann::json list = nlohmann::json::array();
+    for (const auto &[name, help] : quantizationMethods())
+      list.push_back({{"name", name},
+                      {"help", help},
+                      {"defaults", nlohmann::json::parse(methodDefaultsJson(name))}});
+    out << nlohmann::json{{"methods", list}, {"schemes", schemePresets()}}.dump() << "\n";
+    return 0;
+  }
+  for (const auto &[name, help] : quantizationMethods())
+    out << name << "\n  " << help << "\n  hyperparameters: " << methodDefaultsJson(name) << "\n\n";
+  out << "schemes:";
+  for (const std::string &s : schemePresets())
+    out << " " << s;
+  out << "\n";
+  return 0;
+}
+
+} // namespace lrq::cli

@@ -1,0 +1,139 @@
+#include "core/eval/compare.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <string>
+
+#include "core/common/error.h"
+
+namespace lrq {
+namespace {
+
+// Positions whose logits are materialised at once (as in perplexity.cpp).
+constexpr int64_t kHeadChunk = 128;
+
+at::Tensor finalHidden(const DecoderModel &model, const at::Tensor &ids) {
+  at::Tensor h = model.embed(ids.unsqueeze(0), 0);
+  for (int64_t b = 0; b < model.numBlocks(); ++b)
+    h = model.runBlock(b, h, 0);
+  return h;
+}
+
+struct WindowSums {
+  double nll = 0, refNll = 0, kl = 0, maxKl = 0;
+  int64_t agree = 0;
+};
+
+WindowSums compareWindow(const DecoderModel &model, const DecoderModel &reference,
+                         const at::Tensor &ids) {
+  const int64_t predicted = ids.size(0) - 1;
+  const at::Tensor h = finalHidden(model, ids).narrow(1, 0, predicted);
+  const at::Tensor hRef = finalHidden(reference, ids).narrow(1, 0, predicted);
+  const at::Tensor targets = ids.narrow(0, 1, predicted);
+  const auto dopt = h.options().dtype(at::kDouble);
+  at::Tensor nll = at::zeros({}, dopt), refNll = at::zeros({}, dopt), kl = at::zeros({}, dopt);
+  at::Tensor maxKl = at::zeros({}, dopt);
+  at::Tensor agree = at::zeros({}, h.options().dtype(at::kLong));
+  for (int64_t s = 0; s < predicted; s += kHeadChunk) {
+    const int64_t n = std::min(kHeadChunk, predicted - s);
+    const at::Tensor logits = model.head(h.narrow(1, s, n)).reshape({n, -1});
+    const at::Tensor refLogits = reference.head(hRef.narrow(1, s, n)).reshape({n, -1});
+    const at::Tensor lp = at::log_softmax(logits, -1, at::kFloat);
+    const at::Tensor lpRef = at::log_softmax(refLogits, -1, at::kFloat);
+    const at::Tensor t = targets.narrow(0, s, n).unsqueeze(1);
+    nll.sub_(lp.gather(1, t).sum(at::kDouble));
+    refNll.sub_(lpRef.gather(1, t).sum(at::kDouble));
+    // KL per position: sum_v p_ref (log p_ref - log p), summed over the vocab in float64.
+    const at::Tensor klRows = (lpRef.exp() * (lpRef - lp)).sum(-1, false, at::kDouble);
+    kl.add_(klRows.sum());
+    maxKl = at::maximum(maxKl, klRows.max());
+    agree.add_(logits.argmax(-1).eq(refLogits.argmax(-1)).sum());
+  }
+  WindowSums w;
+  w.nll = nll.item<double>();
+  w.refNll = refNll.item<double>();
+  w.kl = kl.item<double>();
+  w.maxKl = maxKl.item<double>();
+  w.agree = agree.item<int64_t>();
+  return w;
+}
+
+} // namespace
+
+CompareResult compareToReference(const DecoderModel &model, const DecoderModel &reference,
+                                 const std::vector<int32_t> &tokens, int64_t seqLen,
+                                 ProgressObserver *observer, const CancelToken *cancel,
+                                 int64_t maxWindows) {
+  if (seqLen < 2)
+    throw Error("comparison: window length must be at least 2 tokens, got " +
+                std::to_string(seqLen));
+  if (model.config().vocabSize != reference.config().vocabSize)
+    throw Error("comparison: the model has " + std::to_string(model.config().vocabSize) +
+                " tokens but the reference has " + std::to_string(reference.config().vocabSize));
+  if (model.device() != reference.device())
+    throw Error("comparison: the model and the reference are on different devices");
+  int64_t windows = int64_t(tokens.size()) / seqLen;
+  if (maxWindows > 0)
+    windows = std::min(windows, maxWindows);
+  if (windows == 0)
+    throw Error("comparison: " + std::to_string(tokens.size()) +
+                " tokens do not fill one window of " + std::to_string(seqLen));
+
+  c10::InferenceMode guard;
+  const auto t0 = std::chrono::steady_clock::now();
+  const at::Tensor all =
+      at::from_blob(const_cast<int32_t *>(tokens.data()), {windows * seqLen}, at::kInt)
+          .to(model.device(), at::kLong);
+  if (observer)
+    observer->started("compare", windows * seqLen);
+
+  double nll = 0, refNll = 0, kl = 0, maxKl = 0;
+  int64_t agree = 0;
+  const int64_t predictedPerWindow = seqLen - 1;
+  for (int64_t w = 0; w < windows; ++w) {
+    if (cancel)
+      cancel->throwIfCancelled();
+    const WindowSums s = compareWindow(model, reference, all.narrow(0, w * seqLen, seqLen));
+    nll += s.nll;
+    refNll += s.refNll;
+    kl += s.kl;
+    maxKl = std::max(maxKl, s.maxKl);
+    agree += s.agree;
+    if (observer) {
+      const double done = double((w + 1) * predictedPerWindow);
+      char detail[128];
+      std::snprintf(detail, sizeof detail, "window %lld/%lld, KL so far %.4g, top-1 %.4f",
+                    static_cast<long long>(w + 1), static_cast<long long>(windows), kl / done,
+                    double(agree) / done);
+      observer->progress((w + 1) * seqLen, windows * seqLen, detail);
+    }
+  }
+
+  CompareResult r;
+  r.windows = windows;
+  r.seqLen = seqLen;
+  r.tokens = windows * predictedPerWindow;
+  r.meanNll = nll / double(r.tokens);
+  r.referenceMeanNll = refNll / double(r.tokens);
+  r.perplexity = std::exp(r.meanNll);
+  r.referencePerplexity = std::exp(r.referenceMeanNll);
+  // Rounding can make a per-position sum a hair negative for identical models.
+  r.meanKl = kl / double(r.tokens);
+  r.maxKl = maxKl;
+  r.top1Agreement = double(agree) / double(r.tokens);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (observer) {
+    observer->metric("perplexity", r.perplexity);
+    observer->metric("reference_perplexity", r.referencePerplexity);
+    observer->metric("mean_kl", r.meanKl);
+    observer->metric("top1_agreement", r.top1Agreement);
+    observer->finished();
+  }
+  return r;
+}
+
+} // namespace lrq

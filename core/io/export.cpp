@@ -1,0 +1,941 @@
+#include "core/io/export.h"
+
+#include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <set>
+
+#include "core/common/error.h"
+#include "core/io/file_util.h"
+#include "core/io/hf_config.h"
+#include "core/io/mapped_file.h"
+#include "core/io/safetensors.h"
+#include "core/tokenizer/pre_tokenizers.h"
+#include "core/tokenizer/tokenizer_json.h"
+
+namespace lrq {
+namespace {
+
+using json = nlohmann::json;
+using ordered_json = nlohmann::ordered_json;
+namespace fs = std::filesystem;
+
+using Clock = std::chrono::steady_clock;
+
+double secondsSince(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// --- streaming safetensors writer ---------------------------------------------------
+
+struct StTensor {
+  std::string name;
+  at::Tensor source;     // any dtype/device; converted when written
+  at::ScalarType target; // kFloat, kHalf, kBFloat16, kByte
+};
+
+const char *stDtypeName(at::ScalarType t) {
+  switch (t) {
+  case at::kFloat:
+    return "F32";
+  case at::kHalf:
+    return "F16";
+  case at::kBFloat16:
+    return "BF16";
+  case at::kByte:
+    return "U8";
+  default:
+    throw Error("export: unsupported storage type " + std::string(c10::toString(t)));
+  }
+}
+
+// Writes tensors one at a time after a header computed from their shapes, so
+// that cancellation and progress can happen between tensors.
+uint64_t writeSafetensorsStreaming(const std::string &path, const std::vector<StTensor> &tensors,
+                                   const std::map<std::string, std::string> &metadata,
+                                   const ExportOptions &options, ProgressObserver *observer,
+                                   const CancelToken *cancel, int64_t *progressDone,
+                                   int64_t progressTotal) {
+  ordered_json header = ordered_json::object();
+  if (!metadata.empty()) {
+    ordered_json meta = ordered_json::object();
+    for (const auto &[k, v] : metadata)
+      meta[k] = v;
+    header["__metadata__"] = meta;
+  }
+  uint64_t offset = 0;
+  std::set<std::string> names;
+  for (const StTensor &t : tensors) {
+    if (!names.insert(t.name).second)
+      throw Error("export: tensor " + t.name + " appears twice");
+    const uint64_t bytes = uint64_t(t.source.numel()) * c10::elementSize(t.target);
+    header[t.name] = {{"dtype", stDtypeName(t.target)},
+                      {"shape", t.source.sizes().vec()},
+                      {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  std::string text = header.dump();
+  // The data section starts 8-byte aligned: the header is padded with spaces.
+  text.append((8 - (8 + text.size()) % 8) % 8, ' ');
+  const uint64_t headerLen = text.size();
+
+  AtomicFileWriter out(path);
+  out.write(&headerLen, sizeof headerLen);
+  out.write(text);
+  for (const StTensor &t : tensors) {
+    if (cancel)
+      cancel->throwIfCancelled();
+    if (options.beforeStep)
+      options.beforeStep(t.name);
+    const at::Tensor data = t.source.to(at::kCPU, t.target).contiguous();
+    out.write(data.data_ptr(), size_t(data.numel()) * data.element_size());
+    if (observer && progressDone)
+      observer->progress(++*progressDone, progressTotal, t.name);
+  }
+  out.commit();
+  return 8 + headerLen + offset;
+}
+
+// --- atomic directories -----------------------------------------------------------------
+
+// A temporary sibling of the target, removed unless committed.
+class TempDirectory {
+public:
+  explicit TempDirectory(const std::string &target) : target_(target) {
+    fs::path t(target);
+    while (t.has_filename() == false && t.has_parent_path() && t != t.parent_path())
+      t = t.parent_path(); // "dir/" -> "dir"
+    target_ = t.string();
+    const std::string parent = parentDirectory(target_);
+    if (!directoryExists(parent))
+      throw FileError(target_, "parent directory does not exist");
+    std::string tmpl = joinPath(parent, "." + t.filename().string() + ".lrq-tmp-XXXXXX");
+    std::vector<char> buf(tmpl.begin(), tmpl.end());
+    buf.push_back('\0');
+    if (!::mkdtemp(buf.data()))
+      throw FileError(target_, "cannot create a temporary directory beside it: " +
+                                   std::string(std::strerror(errno)));
+    path_ = buf.data();
+  }
+  ~TempDirectory() {
+    if (!committed_) {
+      std::error_code ec;
+      fs::remove_all(path_, ec);
+    }
+  }
+  TempDirectory(const TempDirectory &) = delete;
+  TempDirectory &operator=(const TempDirectory &) = delete;
+
+  const std::string &path() const { return path_; }
+  const std::string &target() const { return target_; }
+
+  void commit(bool overwrite) {
+    std::error_code ec;
+    std::string old;
+    if (fs::exists(target_, ec)) {
+      if (!overwrite)
+        throw FileError(target_, "already exists (choose another name or allow overwriting)");
+      old = path_ + ".old";
+      fs::rename(target_, old, ec);
+      if (ec)
+        throw FileError(target_, "cannot move the existing export aside: " + ec.message());
+    }
+    fs::rename(path_, target_, ec);
+    if (ec) {
+      if (!old.empty())
+        fs::rename(old, target_, ec);
+      throw FileError(target_, "cannot rename the finished export into place: " + ec.message());
+    }
+    committed_ = true;
+    if (!old.empty())
+      fs::remove_all(old, ec);
+  }
+
+private:
+  std::string target_;
+  std::string path_;
+  bool committed_ = false;
+};
+
+void writeTextFile(const std::string &path, const std::string &text) {
+  AtomicFileWriter out(path);
+  out.write(text);
+  out.commit();
+}
+
+uint64_t fileSize(const std::string &path) {
+  std::error_code ec;
+  const auto n = fs::file_size(path, ec);
+  return ec ? 0 : uint64_t(n);
+}
+
+bool sameStorage(const at::Tensor &a, const at::Tensor &b) {
+  return a.defined() && b.defined() &&
+         (a.is_same(b) || (a.data_ptr() == b.data_ptr() && a.sizes() == b.sizes()));
+}
+
+// W + (A B)^T when the linear carries low-rank factors.
+at::Tensor effectiveWeight(const Linear &l) {
+  if (!l.lowRankA.defined() || !l.lowRankB.defined())
+    return l.weight;
+  return l.weight.to(at::kFloat) +
+         at::matmul(l.lowRankA.to(at::kFloat), l.lowRankB.to(at::kFloat)).t();
+}
+
+// --- tokenizer reconstruction -------------------------------------------------------------
+
+std::vector<std::string> specRegexes(const TokenizerSpec &spec) {
+  if (!spec.preTokenizerRegexes.empty())
+    return spec.preTokenizerRegexes;
+  PreTokenizerRecipe recipe;
+  if (!preTokenizerRecipe(spec.preTokenizer, recipe))
+    preTokenizerRecipe("default", recipe);
+  return recipe.regexes;
+}
+
+std::string tokenTextOr(const TokenizerSpec &spec, int32_t id) {
+  return id >= 0 && size_t(id) < spec.tokens.size() ? spec.tokens[size_t(id)] : std::string();
+}
+
+} // namespace
+
+// --- tokenizer files -----------------------------------------------------------------------
+
+std::string tokenizerJsonFromSpec(const TokenizerSpec &spec) {
+  const bool byteLevel = spec.kind == TokenizerKind::ByteLevelBpe;
+  if (!byteLevel && spec.merges.empty())
+    throw Error("export: a SentencePiece tokenizer without merges (scores only) cannot be "
+                "written as tokenizer.json");
+  json root = json::object();
+  root["version"] = "1.0";
+  root["truncation"] = nullptr;
+  root["padding"] = nullptr;
+  json added = json::array();
+  for (size_t i = 0; i < spec.tokens.size(); ++i) {
+    const TokenType type = i < spec.tokenTypes.size() ? spec.tokenTypes[i] : TokenType::Normal;
+    if (type != TokenType::Control && type != TokenType::UserDefined)
+      continue;
+    added.push_back({{"id", int64_t(i)},
+                     {"content", spec.tokens[i]},
+                     {"single_word", false},
+                     {"lstrip", false},
+                     {"rstrip", false},
+                     {"normalized", false},
+                     {"special", type == TokenType::Control}});
+  }
+  root["added_tokens"] = added;
+
+  if (byteLevel) {
+    root["normalizer"] = nullptr;
+    json steps = json::array();
+    bool byteLevelRegex = false;
+    for (const std::string &re : specRegexes(spec)) {
+      if (re == kGpt2Pattern && !byteLevelRegex) {
+        steps.push_back({{"type", "ByteLevel"},
+                         {"add_prefix_space", false},
+                         {"trim_offsets", true},
+                         {"use_regex", true}});
+        byteLevelRegex = true;
+      } else if (re == R"(\p{N})" || re == R"(\p{N}+)") {
+        steps.push_back({{"type", "Digits"}, {"individual_digits", re == R"(\p{N})"}});
+      } else if (re == "(?s).+") {
+        // no splitting
+      } else {
+        steps.push_back({{"type", "Split"},
+                         {"pattern", {{"Regex", re}}},
+                         {"behavior", "Isolated"},
+                         {"invert", false}});
+      }
+    }
+    if (!byteLevelRegex)
+      steps.push_back({{"type", "ByteLevel"},
+                       {"add_prefix_space", false},
+                       {"trim_offsets", true},
+                       {"use_regex", false}});
+    root["pre_tokenizer"] = {{"type", "Sequence"}, {"pretokenizers", steps}};
+  } else {
+    json norm = json::array();
+    if (spec.addSpacePrefix)
+      norm.push_back({{"type", "Prepend"}, {"prepend", "\xE2\x96\x81"}});
+    norm.push_back(
+        {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\xE2\x96\x81"}});
+    root["normalizer"] = {{"type", "Sequence"}, {"normalizers", norm}};
+    root["pre_tokenizer"] = nullptr;
+  }
+
+  if (spec.addBos && spec.bosId >= 0) {
+    const std::string bos = tokenTextOr(spec, spec.bosId);
+    json bosItem = {{"SpecialToken", {{"id", bos}, {"type_id", 0}}}};
+    root["post_processor"] = {
+        {"type", "TemplateProcessing"},
+        {"single", {bosItem, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+        {"pair",
+         {bosItem,
+          {{"Sequence", {{"id", "A"}, {"type_id", 0}}}},
+          {{"SpecialToken", {{"id", bos}, {"type_id", 1}}}},
+          {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}}},
+        {"special_tokens", {{bos, {{"id", bos}, {"ids", {spec.bosId}}, {"tokens", {bos}}}}}}};
+  } else {
+    root["post_processor"] = nullptr;
+  }
+
+  if (byteLevel) {
+    root["decoder"] = {{"type", "ByteLevel"},
+                       {"add_prefix_space", true},
+                       {"trim_offsets", true},
+                       {"use_regex", true}};
+  } else {
+    json dec = json::array();
+    dec.push_back(
+        {{"type", "Replace"}, {"pattern", {{"String", "\xE2\x96\x81"}}}, {"content", " "}});
+    dec.push_back({{"type", "ByteFallback"}});
+    dec.push_back({{"type", "Fuse"}});
+    if (spec.addSpacePrefix)
+      dec.push_back({{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}});
+    root["decoder"] = {{"type", "Sequence"}, {"decoders", dec}};
+  }
+
+  json model = json::object();
+  model["type"] = "BPE";
+  model["dropout"] = nullptr;
+  if (spec.unkId >= 0)
+    model["unk_token"] = tokenTextOr(spec, spec.unkId);
+  else
+    model["unk_token"] = nullptr;
+  model["fuse_unk"] = !byteLevel;
+  model["byte_fallback"] = !byteLevel;
+  model["ignore_merges"] = spec.ignoreMerges;
+  // json looks keys up linearly: keep the seen set aside.
+  json vocab = json::object();
+  std::set<std::string> seen;
+  for (size_t i = 0; i < spec.tokens.size(); ++i)
+    if (seen.insert(spec.tokens[i]).second)
+      vocab.emplace(spec.tokens[i], int64_t(i));
+  model["vocab"] = std::move(vocab);
+  json merges = json::array();
+  for (const std::string &m : spec.merges) {
+    const size_t space = m.find(' ', 1);
+    if (space == std::string::npos)
+      throw Error("export: merge '" + m + "' is not \"a b\"");
+    merges.push_back({m.substr(0, space), m.substr(space + 1)});
+  }
+  model["merges"] = std::move(merges);
+  root["model"] = std::move(model);
+  return root.dump(2);
+}
+
+std::string tokenizerConfigJsonFromSpec(const TokenizerSpec &spec) {
+  ordered_json c = ordered_json::object();
+  c["add_bos_token"] = spec.addBos;
+  c["add_eos_token"] = false;
+  const std::pair<const char *, int32_t> named[] = {{"bos_token", spec.bosId},
+                                                    {"eos_token", spec.eosId},
+                                                    {"unk_token", spec.unkId},
+                                                    {"pad_token", spec.padId}};
+  for (const auto &[key, id] : named)
+    if (id >= 0 && size_t(id) < spec.tokens.size())
+      c[key] = spec.tokens[size_t(id)];
+  c["clean_up_tokenization_spaces"] = false;
+  c["tokenizer_class"] = "PreTrainedTokenizerFast";
+  return c.dump(2);
+}
+
+ExportTokenizer exportTokenizerFor(const LoadedModel &model) {
+  ExportTokenizer t;
+  if (model.format == "safetensors") {
+    const std::string dir = directoryExists(model.path) ? model.path : parentDirectory(model.path);
+    const std::string tj = joinPath(dir, "tokenizer.json");
+    if (fileExists(tj)) {
+      t.tokenizerJsonPath = tj;
+      const std::string tc = joinPath(dir, "tokenizer_config.json");
+      if (fileExists(tc))
+        t.tokenizerConfigPath = tc;
+      return t;
+    }
+  }
+  if (model.tokenizer)
+    t.spec = &model.tokenizer->spec();
+  return t;
+}
+
+// --- HF names -------------------------------------------------------------------------------
+
+std::vector<std::pair<std::string, const Linear *>> hfLinearsFromWeights(const ModelConfig &config,
+                                                                         const ModelWeights &w) {
+  std::vector<std::pair<std::string, const Linear *>> out;
+  const bool opt = config.arch == Architecture::Opt;
+  const std::string d = opt ? "model.decoder." : "model.";
+  if (opt) {
+    if (w.projectIn.weight.defined())
+      out.emplace_back(d + "project_in", &w.projectIn);
+    if (w.projectOut.weight.defined())
+      out.emplace_back(d + "project_out", &w.projectOut);
+  }
+  for (size_t i = 0; i < w.blocks.size(); ++i) {
+    const BlockWeights &b = w.blocks[i];
+    const std::string p = d + "layers." + std::to_string(i) + ".";
+    out.emplace_back(p + "self_attn.q_proj", &b.q);
+    out.emplace_back(p + "self_attn.k_proj", &b.k);
+    out.emplace_back(p + "self_attn.v_proj", &b.v);
+    if (opt) {
+      out.emplace_back(p + "self_attn.out_proj", &b.o);
+      out.emplace_back(p + "fc1", &b.up);
+      out.emplace_back(p + "fc2", &b.down);
+    } else {
+      out.emplace_back(p + "self_attn.o_proj", &b.o);
+      out.emplace_back(p + "mlp.gate_proj", &b.gate);
+      out.emplace_back(p + "mlp.up_proj", &b.up);
+      out.emplace_back(p + "mlp.down_proj", &b.down);
+    }
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, at::Tensor>>
+hfTensorsFromWeights(const ModelConfig &config, const ModelWeights &w, bool *tied) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  const bool opt = config.arch == Architecture::Opt;
+  auto linear = [&](const std::string &prefix, const Linear &l) {
+    if (!l.weight.defined())
+      return;
+    out.emplace_back(prefix + ".weight", l.weight);
+    if (l.bias.defined())
+      out.emplace_back(prefix + ".bias", l.bias);
+  };
+  auto norm = [&](const std::string &prefix, const NormWeights &n) {
+    if (n.weight.defined())
+      out.emplace_back(prefix + ".weight", n.weight);
+    if (n.bias.defined())
+      out.emplace_back(prefix + ".bias", n.bias);
+  };
+  if (opt) {
+    const std::string d = "model.decoder.";
+    out.emplace_back(d + "embed_tokens.weight", w.tokenEmbedding);
+    out.emplace_back(d + "embed_positions.weight", w.positionEmbedding);
+    linear(d + "project_in", w.projectIn);
+    linear(d + "project_out", w.projectOut);
+    for (size_t i = 0; i < w.blocks.size(); ++i) {
+      const BlockWeights &b = w.blocks[i];
+      const std::string p = d + "layers." + std::to_string(i) + ".";
+      linear(p + "self_attn.q_proj", b.q);
+      linear(p + "self_attn.k_proj", b.k);
+      linear(p + "self_attn.v_proj", b.v);
+      linear(p + "self_attn.out_proj", b.o);
+      norm(p + "self_attn_layer_norm", b.attnNorm);
+      linear(p + "fc1", b.up);
+      linear(p + "fc2", b.down);
+      norm(p + "final_layer_norm", b.mlpNorm);
+    }
+    norm(d + "final_layer_norm", w.finalNorm);
+  } else {
+    out.emplace_back("model.embed_tokens.weight", w.tokenEmbedding);
+    for (size_t i = 0; i < w.blocks.size(); ++i) {
+      const BlockWeights &b = w.blocks[i];
+      const std::string p = "model.layers." + std::to_string(i) + ".";
+      norm(p + "input_layernorm", b.attnNorm);
+      linear(p + "self_attn.q_proj", b.q);
+      linear(p + "self_attn.k_proj", b.k);
+      linear(p + "self_attn.v_proj", b.v);
+      linear(p + "self_attn.o_proj", b.o);
+      norm(p + "post_attention_layernorm", b.mlpNorm);
+      linear(p + "mlp.gate_proj", b.gate);
+      linear(p + "mlp.up_proj", b.up);
+      linear(p + "mlp.down_proj", b.down);
+    }
+    norm("model.norm", w.finalNorm);
+  }
+  const bool isTied = !w.lmHead.defined() || sameStorage(w.lmHead, w.tokenEmbedding);
+  if (!isTied)
+    out.emplace_back("lm_head.weight", w.lmHead);
+  if (tied)
+    *tied = isTied;
+  return out;
+}
+
+// --- HF directory ----------------------------------------------------------------------------
+
+ExportResult exportHfDirectory(const std::string &dir, const ModelConfig &config,
+                               const ModelWeights &weights, const ExportTokenizer &tokenizer,
+                               const std::string &metadataJson, const ExportOptions &options,
+                               ProgressObserver *observer, const CancelToken *cancel) {
+  const auto t0 = Clock::now();
+  json meta;
+  try {
+    meta = metadataJson.empty() ? json::object() : json::parse(metadataJson);
+  } catch (const json::exception &e) {
+    throw Error(std::string("export: metadata is not valid JSON: ") + e.what());
+  }
+  if (!meta.is_object())
+    throw Error("export: metadata must be a JSON object");
+  const char *dtypeName = options.dtype == at::kFloat      ? "float32"
+                          : options.dtype == at::kHalf     ? "float16"
+                          : options.dtype == at::kBFloat16 ? "bfloat16"
+                                                           : nullptr;
+  if (!dtypeName)
+    throw Error("export: the HF export stores float32, float16 or bfloat16");
+  if (cancel)
+    cancel->throwIfCancelled();
+  if (!options.overwrite && fs::exists(dir))
+    throw FileError(dir, "already exists (choose another name or allow overwriting)");
+
+  bool tied = false;
+  auto named = hfTensorsFromWeights(config, weights, &tied);
+  // Fold low-rank corrections into the weights; list what cannot be expressed.
+  json notExported = json::array();
+  int64_t folded = 0;
+  std::map<std::string, const Linear *> linearByWeight;
+  for (const auto &[prefix, l] : hfLinearsFromWeights(config, weights)) {
+    linearByWeight[prefix + ".weight"] = l;
+    if (l->inputTransform)
+      notExported.push_back(prefix + ": input " + l->inputTransform->describe());
+    if (l->outputTransform)
+      notExported.push_back(prefix + ": output " + l->outputTransform->describe());
+  }
+  std::vector<StTensor> tensors;
+  for (auto &[name, t] : named) {
+    at::Tensor value = t;
+    auto it = linearByWeight.find(name);
+    if (it != linearByWeight.end() && it->second->lowRankA.defined()) {
+      value = effectiveWeight(*it->second);
+      ++folded;
+    }
+    tensors.push_back({name, value, options.dtype});
+  }
+  ModelConfig outConfig = config;
+  outConfig.tieEmbeddings = tied;
+  meta["lrq_export"] = {{"kind", "hf-directory"},
+                        {"dtype", dtypeName},
+                        {"low_rank_folded", folded},
+                        {"not_exported", notExported}};
+
+  TempDirectory tmp(dir);
+  const int64_t total = int64_t(tensors.size()) + 4;
+  int64_t done = 0;
+  if (observer)
+    observer->started("export", total);
+  auto step = [&](const std::string &what) {
+    if (cancel)
+      cancel->throwIfCancelled();
+    if (options.beforeStep)
+      options.beforeStep(what);
+  };
+  auto stepDone = [&](const std::string &what) {
+    if (observer)
+      observer->progress(++done, total, what);
+  };
+
+  step("config.json");
+  writeHfConfig(joinPath(tmp.path(), "config.json"), outConfig, dtypeName);
+  stepDone("config.json");
+
+  step("tokenizer");
+  if (!tokenizer.tokenizerJsonPath.empty()) {
+    writeTextFile(joinPath(tmp.path(), "tokenizer.json"),
+                  readWholeFile(tokenizer.tokenizerJsonPath));
+    if (!tokenizer.tokenizerConfigPath.empty())
+      writeTextFile(joinPath(tmp.path(), "tokenizer_config.json"),
+                    readWholeFile(tokenizer.tokenizerConfigPath));
+  } else if (tokenizer.spec) {
+    writeTextFile(joinPath(tmp.path(), "tokenizer.json"), tokenizerJsonFromSpec(*tokenizer.spec));
+    writeTextFile(joinPath(tmp.path(), "tokenizer_config.json"),
+                  tokenizerConfigJsonFromSpec(*tokenizer.spec));
+  }
+  stepDone("tokenizer");
+
+  const std::string st = joinPath(tmp.path(), "model.safetensors");
+  ExportResult r;
+  r.weightsBytes = writeSafetensorsStreaming(st, tensors, {{"format", "pt"}}, options, observer,
+                                             cancel, &done, total);
+  r.tensors = int64_t(tensors.size());
+
+  step("lrq_metadata.json");
+  writeTextFile(joinPath(tmp.path(), "lrq_metadata.json"), meta.dump(2) + "\n");
+  stepDone("lrq_metadata.json");
+
+  step("commit");
+  for (const auto &e : fs::directory_iterator(tmp.path()))
+    r.bytes += fileSize(e.path().string());
+  tmp.commit(options.overwrite);
+  stepDone("commit");
+  r.path = tmp.target();
+  r.seconds = secondsSince(t0);
+  if (observer)
+    observer->finished();
+  return r;
+}
+
+// --- packing ------------------------------------------------------------------------------------
+
+at::Tensor packCodes(const at::Tensor &codes, int bits, int64_t qmin) {
+  if (bits < 1 || bits > 8)
+    throw Error("pack: bits must be 1..8, got " + std::to_string(bits));
+  if (codes.dim() != 2 || codes.is_floating_point())
+    throw Error("pack: codes must be a 2-D integer tensor");
+  const at::Tensor u = (codes.to(at::kCPU, at::kLong) - qmin).contiguous();
+  const int64_t maxCode = (int64_t(1) << bits) - 1;
+  if (u.numel() > 0 && (u.min().item<int64_t>() < 0 || u.max().item<int64_t>() > maxCode))
+    throw Error("pack: codes outside [" + std::to_string(qmin) + ", " +
+                std::to_string(qmin + maxCode) + "] for " + std::to_string(bits) + " bits");
+  const int64_t rows = u.size(0), cols = u.size(1);
+  const int64_t rowBytes = (cols * bits + 7) / 8;
+  at::Tensor out = at::zeros({rows, rowBytes}, at::kByte);
+  const int64_t *src = u.data_ptr<int64_t>();
+  uint8_t *dst = out.data_ptr<uint8_t>();
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t *row = src + r * cols;
+      uint8_t *o = dst + r * rowBytes;
+      for (int64_t j = 0; j < cols; ++j) {
+        const uint32_t v = uint32_t(row[j]);
+        const int64_t bit = j * bits;
+        const int64_t byte = bit >> 3;
+        const int off = int(bit & 7);
+        o[byte] = uint8_t(o[byte] | ((v << off) & 0xFF));
+        if (off + bits > 8)
+          o[byte + 1] = uint8_t(o[byte + 1] | (v >> (8 - off)));
+      }
+    }
+  });
+  return out;
+}
+
+at::Tensor unpackCodes(const at::Tensor &packed, int bits, int64_t qmin, int64_t cols) {
+  if (bits < 1 || bits > 8)
+    throw Error("unpack: bits must be 1..8, got " + std::to_string(bits));
+  const int64_t rowBytes = (cols * bits + 7) / 8;
+  if (packed.dim() != 2 || packed.scalar_type() != at::kByte || packed.size(1) != rowBytes)
+    throw Error("unpack: expected uint8 [rows, " + std::to_string(rowBytes) + "]");
+  const at::Tensor p = packed.to(at::kCPU).contiguous();
+  const int64_t rows = p.size(0);
+  at::Tensor out = at::empty({rows, cols}, at::kInt);
+  const uint8_t *src = p.data_ptr<uint8_t>();
+  int32_t *dst = out.data_ptr<int32_t>();
+  const uint32_t mask = (uint32_t(1) << bits) - 1;
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const uint8_t *in = src + r * rowBytes;
+      int32_t *o = dst + r * cols;
+      for (int64_t j = 0; j < cols; ++j) {
+        const int64_t bit = j * bits;
+        const int64_t byte = bit >> 3;
+        const int off = int(bit & 7);
+        uint32_t v = uint32_t(in[byte]) >> off;
+        if (off + bits > 8)
+          v |= uint32_t(in[byte + 1]) << (8 - off);
+        o[j] = int32_t(v & mask) + int32_t(qmin);
+      }
+    }
+  });
+  return out;
+}
+
+at::Tensor dequantizeCodes(const at::Tensor &codes, const at::Tensor &scales,
+                           const at::Tensor &zeroPoints, int64_t groupSize) {
+  const int64_t cols = codes.size(1);
+  at::Tensor s = scales.to(at::kFloat), z = zeroPoints.to(at::kFloat);
+  if (s.dim() != 2 || z.sizes() != s.sizes() || (s.size(0) != 1 && s.size(0) != codes.size(0)))
+    throw Error("dequantize: scales/zero points do not match the codes");
+  if (s.size(1) != 1) {
+    if (groupSize <= 0 || (cols + groupSize - 1) / groupSize != s.size(1))
+      throw Error("dequantize: " + std::to_string(s.size(1)) + " groups do not cover " +
+                  std::to_string(cols) + " columns in groups of " + std::to_string(groupSize));
+    const at::Tensor group = at::arange(cols, at::kLong).div(groupSize, "floor");
+    s = s.index_select(1, group);
+    z = z.index_select(1, group);
+  }
+  return s * (codes.to(at::kFloat) - z);
+}
+
+// --- packed file
+// ----------------------------------------------------------------------------------
+
+ExportResult writePackedModel(const std::string &path, const PackedModelContents &c,
+                              const ExportOptions &options, ProgressObserver *observer,
+                              const CancelToken *cancel) {
+  const auto t0 = Clock::now();
+  if (!options.overwrite && fs::exists(path))
+    throw FileError(path, "already exists (choose another name or allow overwriting)");
+  if (!directoryExists(parentDirectory(path)))
+    throw FileError(path, "parent directory does not exist");
+  std::vector<StTensor> tensors;
+  json layers = json::object();
+  for (const auto &[name, t] : c.tensors)
+    tensors.push_back({name, t, at::kFloat});
+  for (const PackedTensor &p : c.quantized) {
+    if (cancel)
+      cancel->throwIfCancelled();
+    if (p.codes.dim() != 2)
+      throw Error("export: codes of " + p.name + " are not 2-D");
+    const int64_t out = p.codes.size(0), in = p.codes.size(1);
+    if (p.scales.dim() != 2 || p.zeroPoints.sizes() != p.scales.sizes())
+      throw Error("export: scales/zero points of " + p.name + " are not [rows, groups]");
+    tensors.push_back({p.name + ".qweight", packCodes(p.codes, p.bits, p.qmin), at::kByte});
+    tensors.push_back({p.name + ".scales", p.scales, at::kFloat});
+    tensors.push_back({p.name + ".zero_points", p.zeroPoints, at::kFloat});
+    json layer = {{"bits", p.bits},
+                  {"qmin", p.qmin},
+                  {"group_size", p.scales.size(1) == 1 ? int64_t(0) : p.groupSize},
+                  {"shape", {out, in}},
+                  {"low_rank", int64_t(0)}};
+    if (p.lowRankA.defined() && p.lowRankB.defined()) {
+      if (p.lowRankA.dim() != 2 || p.lowRankB.dim() != 2 || p.lowRankA.size(0) != in ||
+          p.lowRankB.size(1) != out || p.lowRankA.size(1) != p.lowRankB.size(0))
+        throw Error("export: low-rank factors of " + p.name + " do not fit its weight");
+      tensors.push_back({p.name + ".low_rank_a", p.lowRankA, at::kFloat});
+      tensors.push_back({p.name + ".low_rank_b", p.lowRankB, at::kFloat});
+      layer["low_rank"] = p.lowRankA.size(1);
+    }
+    layers[p.name] = layer;
+  }
+  std::map<std::string, std::string> meta;
+  meta["format"] = kPackedFormatName;
+  meta["format_version"] = std::to_string(kPackedFormatVersion);
+  meta["config"] = hfConfigJson(c.config, "float32");
+  meta["scheme"] = c.schemeJson;
+  meta["method"] = c.method;
+  meta["layers"] = layers.dump();
+  meta["metadata"] = c.extraMetadataJson.empty() ? "{}" : c.extraMetadataJson;
+  if (!c.tokenizerJson.empty())
+    meta["tokenizer"] = c.tokenizerJson;
+  if (!c.tokenizerConfigJson.empty())
+    meta["tokenizer_config"] = c.tokenizerConfigJson;
+
+  const int64_t total = int64_t(tensors.size());
+  int64_t done = 0;
+  if (observer)
+    observer->started("export", total);
+  ExportResult r;
+  r.weightsBytes =
+      writeSafetensorsStreaming(path, tensors, meta, options, observer, cancel, &done, total);
+  r.bytes = r.weightsBytes;
+  r.tensors = total;
+  r.path = path;
+  r.seconds = secondsSince(t0);
+  if (observer)
+    observer->finished();
+  return r;
+}
+
+bool isPackedModelFile(const std::string &path) {
+  std::FILE *f = std::fopen(path.c_str(), "rb");
+  if (!f)
+    return false;
+  uint64_t len = 0;
+  bool packed = false;
+  if (std::fread(&len, sizeof len, 1, f) == 1 && len >= 2 && len < 100ull * 1000 * 1000) {
+    std::string text(size_t(len), '\0');
+    if (std::fread(text.data(), 1, text.size(), f) == text.size() &&
+        text.find(kPackedFormatName) != std::string::npos) {
+      const json header = json::parse(text, nullptr, false);
+      if (header.is_object() && header.contains("__metadata__")) {
+        const json &m = header["__metadata__"];
+        packed = m.is_object() && m.contains("format") && m["format"] == kPackedFormatName;
+      }
+    }
+  }
+  std::fclose(f);
+  return packed;
+}
+
+PackedModel loadPackedModel(const std::string &path, ProgressObserver *observer,
+                            const CancelToken *cancel, bool foldLowRank) {
+  SafetensorsReader reader(path);
+  const auto &meta = reader.metadata();
+  auto metaValue = [&](const std::string &key) -> const std::string & {
+    auto it = meta.find(key);
+    if (it == meta.end())
+      throw FileError(path, "__metadata__ has no '" + key + "' (not an LRQ packed export)");
+    return it->second;
+  };
+  if (metaValue("format") != kPackedFormatName)
+    throw FileError(path, "__metadata__ format is '" + metaValue("format") + "', not '" +
+                              kPackedFormatName + "'");
+  PackedModel pm;
+  try {
+    pm.formatVersion = std::stoi(metaValue("format_version"));
+  } catch (const std::logic_error &) {
+    throw FileError(path, "format_version '" + metaValue("format_version") + "' is not a number");
+  }
+  if (pm.formatVersion < 1 || pm.formatVersion > kPackedFormatVersion)
+    throw FileError(path, "packed format version " + std::to_string(pm.formatVersion) +
+                              " is not supported (this program reads 1.." +
+                              std::to_string(kPackedFormatVersion) + ")");
+  pm.schemeJson = metaValue("scheme");
+  pm.method = metaValue("method");
+  if (auto it = meta.find("metadata"); it != meta.end())
+    pm.extraMetadataJson = it->second;
+  LoadedModel &m = pm.model;
+  m.path = path;
+  m.format = "lrq-packed";
+  m.config = modelConfigFromHfConfigJson(metaValue("config"), path + " (__metadata__ config)");
+  const json layers = json::parse(metaValue("layers"), nullptr, false);
+  if (!layers.is_object())
+    throw FileError(path, "__metadata__ layers is not a JSON object");
+
+  MappedFile raw(path);
+  std::set<std::string> partNames;
+  std::vector<std::pair<std::string, json>> packedLayers;
+  for (auto it = layers.begin(); it != layers.end(); ++it) {
+    for (const char *suffix : {".qweight", ".scales", ".zero_points", ".low_rank_a", ".low_rank_b"})
+      partNames.insert(it.key() + suffix);
+    packedLayers.emplace_back(it.key(), it.value());
+  }
+  const int64_t total = int64_t(reader.tensors().size());
+  int64_t done = 0;
+  if (observer)
+    observer->started("load", total);
+  for (const SafetensorsTensorInfo &info : reader.tensors()) {
+    if (partNames.count(info.name))
+      continue;
+    if (cancel)
+      cancel->throwIfCancelled();
+    m.tensors[info.name] = reader.load(info);
+    m.sources.push_back({info.name, info.name, info.dtype, info.shape});
+    if (observer)
+      observer->progress(++done, total, info.name);
+  }
+  std::map<int, int64_t> bitsCount;
+  for (const auto &[name, layer] : packedLayers) {
+    if (cancel)
+      cancel->throwIfCancelled();
+    auto need = [&](const std::string &suffix) -> const SafetensorsTensorInfo & {
+      const SafetensorsTensorInfo *info = reader.find(name + suffix);
+      if (!info)
+        throw FileError(path, "missing tensor " + name + suffix);
+      return *info;
+    };
+    int bits = 0;
+    int64_t qmin = 0, groupSize = 0, out = 0, in = 0;
+    try {
+      bits = layer.at("bits").get<int>();
+      qmin = layer.at("qmin").get<int64_t>();
+      groupSize = layer.at("group_size").get<int64_t>();
+      out = layer.at("shape").at(0).get<int64_t>();
+      in = layer.at("shape").at(1).get<int64_t>();
+    } catch (const json::exception &) {
+      throw FileError(path,
+                      "__metadata__ layers entry of " + name + " lacks bits/qmin/group_size/shape");
+    }
+    if (bits < 1 || bits > 8 || out <= 0 || in <= 0)
+      throw FileError(path, "__metadata__ layers entry of " + name + " is out of range");
+    const SafetensorsTensorInfo &q = need(".qweight");
+    const int64_t rowBytes = (in * bits + 7) / 8;
+    if (q.dtype != "U8" || q.shape != std::vector<int64_t>{out, rowBytes} ||
+        q.end - q.begin != uint64_t(out * rowBytes))
+      throw FileError(path, "tensor " + name + ".qweight is not U8 [" + std::to_string(out) + ", " +
+                                std::to_string(rowBytes) + "]");
+    const at::Tensor packed =
+        at::from_blob(const_cast<uint8_t *>(raw.data() + reader.dataOffset() + q.begin),
+                      {out, rowBytes}, at::kByte)
+            .clone();
+    const at::Tensor scales = reader.load(need(".scales"));
+    const at::Tensor zeros = reader.load(need(".zero_points"));
+    at::Tensor w;
+    try {
+      w = dequantizeCodes(unpackCodes(packed, bits, qmin, in), scales, zeros, groupSize);
+    } catch (const Error &e) {
+      throw FileError(path, name + ": " + e.what());
+    }
+    const SafetensorsTensorInfo *a = reader.find(name + ".low_rank_a");
+    const SafetensorsTensorInfo *b = reader.find(name + ".low_rank_b");
+    if ((a == nullptr) != (b == nullptr))
+      throw FileError(path, name + " has only one of low_rank_a / low_rank_b");
+    if (a) {
+      const at::Tensor la = reader.load(*a), lb = reader.load(*b);
+      if (la.dim() != 2 || lb.dim() != 2 || la.size(0) != in || lb.size(1) != out ||
+          la.size(1) != lb.size(0))
+        throw FileError(path, "low-rank factors of " + name + " do not fit its weight");
+      if (foldLowRank)
+        w = w + at::matmul(la, lb).t();
+      else
+        pm.lowRank[name] = {la, lb};
+    }
+    const std::string weightName = name + ".weight";
+    m.tensors[weightName] = w;
+    m.sources.push_back({weightName,
+                         name + ".qweight",
+                         "W" + std::to_string(bits) + (qmin < 0 ? " sym" : " asym") +
+                             (groupSize > 0 ? " g" + std::to_string(groupSize) : "") + " packed",
+                         {out, in}});
+    pm.quantizedNames.push_back(name);
+    bitsCount[bits] += out * in;
+    done += a ? 5 : 3;
+    if (observer)
+      observer->progress(done, total, weightName);
+  }
+  if (!bitsCount.empty()) {
+    std::string note = "dequantized from packed";
+    for (const auto &[bits, n] : bitsCount)
+      note += " W" + std::to_string(bits);
+    note += " codes (" + pm.method + ")";
+    m.baselineNote = note;
+  }
+
+  // The embedded tokenizer: the reader takes files, so it goes through a temporary directory.
+  if (auto it = meta.find("tokenizer"); it != meta.end()) {
+    std::string tmpl = (fs::temp_directory_path() / "lrq-tokenizer-XXXXXX").string();
+    std::vector<char> buf(tmpl.begin(), tmpl.end());
+    buf.push_back('\0');
+    if (!::mkdtemp(buf.data()))
+      throw FileError(path, "cannot create a temporary directory for the embedded tokenizer");
+    const std::string dir = buf.data();
+    try {
+      const std::string tj = joinPath(dir, "tokenizer.json");
+      writeTextFile(tj, it->second);
+      std::string tc;
+      if (auto ct = meta.find("tokenizer_config"); ct != meta.end()) {
+        tc = joinPath(dir, "tokenizer_config.json");
+        writeTextFile(tc, ct->second);
+      }
+      TokenizerSpec spec = tokenizerSpecFromJsonFiles(tj, tc);
+      spec.source = path + " (embedded tokenizer.json)";
+      m.tokenizer = Tokenizer::create(spec);
+    } catch (...) {
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+      throw;
+    }
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+    if (m.tokenizer && m.tokenizer->vocabSize() > m.config.vocabSize)
+      throw FileError(path, "embedded tokenizer has more tokens than the embedding has rows");
+  }
+  if (observer)
+    observer->finished();
+  return pm;
+}
+
+void installLowRank(const ModelConfig &config, ModelWeights &weights,
+                    const std::map<std::string, std::pair<at::Tensor, at::Tensor>> &lowRank) {
+  for (const auto &[prefix, l] : hfLinearsFromWeights(config, weights)) {
+    auto it = lowRank.find(prefix);
+    if (it == lowRank.end())
+      continue;
+    Linear *linear = const_cast<Linear *>(l);
+    linear->lowRankA = it->second.first;
+    linear->lowRankB = it->second.second;
+  }
+}
+
+} // namespace lrq
+
+namespace lrq {
+void embedTokenizer(PackedModelContents &contents, const ExportTokenizer &tokenizer) {
+  if (!tokenizer.tokenizerJsonPath.empty()) {
+    contents.tokenizerJson = readWholeFile(tokenizer.tokenizerJsonPath);
+    contents.tokenizerConfigJson = tokenizer.tokenizerConfigPath.empty()
+                                       ? std::string()
+                                       : readWholeFile(tokenizer.tokenizerConfigPath);
+  } else if (tokenizer.spec) {
+    contents.tokenizerJson = tokenizerJsonFromSpec(*tokenizer.spec);
+    contents.tokenizerConfigJson = tokenizerConfigJsonFromSpec(*tokenizer.spec);
+  }
+}
+} // namespace lrq

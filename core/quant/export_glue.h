@@ -1,0 +1,37 @@
+#pragma once
+// From a quantized model to the packed export of core/io/export.h: integer
+// codes, steps and zero points of every quantized linear on the scheme's grid.
+#include <ATen/ATen.h>
+
+#include <map>
+#include <string>
+
+#include "core/io/export.h"
+#include "core/model/config.h"
+#include "core/model/weights.h"
+#include "core/quant/grid.h"
+#include "core/quant/scheme.h"
+
+namespace lrq::quant {
+
+struct PackStats {
+  int64_t layers = 0;      // quantized tensors packed
+  double maxDeviation = 0; // max |s (q - z) - Ŵ| over all of them
+};
+
+// Packs the linears the scheme selects (and the embeddings / LM head when it
+// asks). Each Ŵ = quantized's weight is put on the grid of its original
+// weight: computeGridParams(original, scheme.weight) as RTN uses, or
+// params[prefix] ("model.layers.0.self_attn.q_proj", "model.embed_tokens",
+// "lm_head") when a method learned its own steps. The codes are
+// quantizeWeight(Ŵ, params); they must dequantize back to Ŵ (max deviation
+// within 1e-6 of max |Ŵ|), else lrq::Error names the layer: its Ŵ is not on
+// that grid. Low-rank factors are carried along. Tokenizer and metadata are
+// left for the caller (embedTokenizer).
+PackedModelContents packQuantizedModel(const ModelConfig &config, const ModelWeights &quantized,
+                                       const ModelWeights &original, const QuantScheme &scheme,
+                                       const std::string &method,
+                                       const std::map<std::string, GridParams> *params = nullptr,
+                                       PackStats *stats = nullptr);
+
+} // namespace lrq::quant

@@ -1,0 +1,81 @@
+#pragma once
+// What FlexRound, LRQ and the learned-step ablation share (ALGORITHMS.md):
+//   Ŵ = s1 · (clamp(round(W / (s1 · exp(E))) + z, qmin, qmax) - z)
+// with the zero point z frozen at its round-to-nearest value, round with a
+// straight-through gradient and clamp with zero gradient outside the grid.
+// s1 has the shape of the grid's steps ([out,1] per channel, [out,groups] per
+// group, [1,1] per tensor) and is learned as log s1 = log s0 + δ, δ starting at
+// 0, where s0 is the round-to-nearest step: s0 · exp(0) is s0 exactly, so with
+// E = 0 the layer's Ŵ is the RTN weight bit for bit. Each method defines the
+// scale exponent E and its parameters. Internal to core/.
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/quant/grid.h"
+#include "core/quant/method.h"
+#include "core/recon/block_reconstructor.h"
+
+namespace lrq::quant {
+
+class LearnedRoundingLayer : public recon::LearnableLayer {
+public:
+  // Steps and zero point by computeGridParams(weight, spec), exactly as RTN.
+  LearnedRoundingLayer(const at::Tensor &weight, const GridSpec &spec);
+
+  // "log_s1" (δ, shape of the steps) followed by exponentParameters().
+  std::vector<std::pair<std::string, at::Tensor>> parameters() const override;
+  at::Tensor weight() const override;
+
+  // E, broadcastable to [out, in], or an undefined tensor for E = 0.
+  virtual at::Tensor exponent() const = 0;
+  // The method's own learnable tensors (leaves requiring grad).
+  virtual std::vector<std::pair<std::string, at::Tensor>> exponentParameters() const = 0;
+  // The learned scale exponent in the form the spectra compare (FlexRound's
+  // S2, LRQ's L2·U2), [out, in], without gradient; undefined when there is none.
+  virtual at::Tensor scaleExponentMatrix() const { return at::Tensor(); }
+
+  const at::Tensor &fpWeight() const { return w_; }
+  const GridSpec &spec() const { return spec_; }
+  int64_t rows() const { return w_.size(0); }
+  int64_t cols() const { return w_.size(1); }
+
+protected:
+  at::Tensor w_; // full-precision weight, float32, frozen
+  GridSpec spec_;
+  at::Tensor step0_;   // RTN steps [rows, groups]
+  at::Tensor zero_;    // frozen zero point expanded to the weight's broadcast shape
+  at::Tensor logStep_; // δ: log s1 - log s0, learnable
+};
+
+// The per-layer quantizers of the methods (declared here for tests and tools).
+std::unique_ptr<LearnedRoundingLayer> makeFlexRoundLayer(const at::Tensor &weight,
+                                                         const GridSpec &spec);
+// rank <= 0: defaultLrqRank; ranks above min(out, in) are reduced to it. U2 is
+// drawn kaiming-uniform(a = √5) from a generator seeded with `seed`.
+std::unique_ptr<LearnedRoundingLayer> makeLrqLayer(const at::Tensor &weight, const GridSpec &spec,
+                                                   int64_t rank, uint64_t seed);
+std::unique_ptr<LearnedRoundingLayer> makeLearnedStepLayer(const at::Tensor &weight,
+                                                           const GridSpec &spec);
+// ≈ min(out, in) / 4, at least 1.
+int64_t defaultLrqRank(int64_t rows, int64_t cols);
+
+// Hyperparameters every reconstruction method has, with `lr` as the default rate:
+// {"iters", "lr", "batch_size", "cache_mb", "resume"}.
+nlohmann::json reconstructionDefaults(double lr);
+
+// Block-wise reconstruction of ctx.model's selected linears with the layers
+// makeLayer builds (layerSeed differs per block and linear); the scheme's
+// embeddings / LM head, when selected, get round-to-nearest. Fills one
+// LayerReport per quantized tensor and a per-block summary in extra.
+using LayerMaker = std::function<std::unique_ptr<LearnedRoundingLayer>(
+    const at::Tensor &weight, const GridSpec &spec, uint64_t layerSeed)>;
+MethodReport runReconstructionMethod(MethodContext &ctx, const std::string &methodName,
+                                     const LayerMaker &makeLayer);
+
+} // namespace lrq::quant

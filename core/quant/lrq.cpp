@@ -1,0 +1,92 @@
+// LRQ (Lee et al., arXiv 2407.11534; ALGORITHMS.md "LRQ"): FlexRound with the
+// per-weight scale matrix replaced by a low-rank product plus row and column
+// vectors, so far fewer scales are learned.
+//   Ŵ = s1 · clamp(round(W / (s1 · exp(L2·U2 + r3 + c3))), grid)
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+
+#include "core/quant/learned_rounding.h"
+
+namespace lrq::quant {
+namespace {
+
+class LrqLayer : public LearnedRoundingLayer {
+public:
+  LrqLayer(const at::Tensor &weight, const GridSpec &spec, int64_t rank, uint64_t seed)
+      : LearnedRoundingLayer(weight, spec) {
+    const int64_t out = w_.size(0), in = w_.size(1);
+    const int64_t r = rank <= 0 ? defaultLrqRank(out, in) : std::min(rank, std::min(out, in));
+    l2_ = at::zeros({out, r}, w_.options()).requires_grad_(true);
+    // LoRA's A init: kaiming-uniform with a = √5 on [r, in], i.e. U(-1/√in, 1/√in).
+    at::Generator gen = at::detail::createCPUGenerator(seed);
+    const double bound = 1.0 / std::sqrt(double(in));
+    u2_ = at::empty({r, in}, at::kFloat)
+              .uniform_(-bound, bound, gen)
+              .to(w_.device())
+              .requires_grad_(true);
+    r3_ = at::zeros({out, 1}, w_.options()).requires_grad_(true);
+    c3_ = at::zeros({1, in}, w_.options()).requires_grad_(true);
+  }
+  at::Tensor exponent() const override { return at::mm(l2_, u2_) + r3_ + c3_; }
+  std::vector<std::pair<std::string, at::Tensor>> exponentParameters() const override {
+    return {{"L2", l2_}, {"U2", u2_}, {"r3", r3_}, {"c3", c3_}};
+  }
+  at::Tensor scaleExponentMatrix() const override {
+    at::NoGradGuard noGrad;
+    return at::mm(l2_, u2_);
+  }
+
+private:
+  at::Tensor l2_; // [out, r], zeros
+  at::Tensor u2_; // [r, in], kaiming-uniform
+  at::Tensor r3_; // [out, 1]
+  at::Tensor c3_; // [1, in]
+};
+
+class LrqMethod : public QuantMethod {
+public:
+  std::string name() const override { return "lrq"; }
+  std::string help() const override {
+    return "LRQ, low-rank quantization (Lee et al., arXiv 2407.11534): FlexRound's block-wise "
+           "reconstruction with the per-weight scale matrix replaced by a rank-r product L2·U2 "
+           "plus row and column vectors r3, c3, and a learned per-channel step s1. Far fewer "
+           "learnable scales than FlexRound. rank 0 = min(out, in) / 4. Starts from RTN.";
+  }
+  nlohmann::json defaults() const override {
+    nlohmann::json d = reconstructionDefaults(9e-4);
+    d["rank"] = 0;
+    return d;
+  }
+  MethodReport run(MethodContext &ctx) override {
+    const int64_t rank = ctx.hyper.at("rank").get<int64_t>();
+    if (rank < 0)
+      throw Error("lrq: rank must be >= 0 (0 = min(out, in) / 4)");
+    MethodReport report = runReconstructionMethod(
+        ctx, name(), [rank](const at::Tensor &w, const GridSpec &spec, uint64_t seed) {
+          return makeLrqLayer(w, spec, rank, seed);
+        });
+    nlohmann::json ranks = nlohmann::json::object();
+    if (ctx.model.numBlocks() > 0)
+      for (const auto &[role, linear] :
+           blockLinears(ctx.model.config(), ctx.model.weights().blocks.front())) {
+        const int64_t out = linear->weight.size(0), in = linear->weight.size(1);
+        ranks[role] = rank == 0 ? defaultLrqRank(out, in) : std::min(rank, std::min(out, in));
+      }
+    report.extra["ranks"] = ranks;
+    return report;
+  }
+};
+
+} // namespace
+
+std::unique_ptr<LearnedRoundingLayer> makeLrqLayer(const at::Tensor &weight, const GridSpec &spec,
+                                                   int64_t rank, uint64_t seed) {
+  return std::make_unique<LrqLayer>(weight, spec, rank, seed);
+}
+
+std::unique_ptr<QuantMethod> makeLrqMethod() {
+  return std::make_unique<LrqMethod>();
+}
+
+} // namespace lrq::quant

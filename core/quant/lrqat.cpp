@@ -1,0 +1,410 @@
+// LR-QAT (Bondarenko, Del Chiaro, Nagel, arXiv 2406.06385; ALGORITHMS.md
+// "LR-QAT"): low-rank adapters A B on the frozen, downcast integer-grid weights
+// Φ0 of every selected linear, trained together with the steps s by next-token
+// cross-entropy through the whole model, then merged into plain integer codes.
+// Per-layer math in lrqat_layer.h.
+//
+// Memory and speed: each step the fake-quantized Ŵ of every linear is computed
+// without a graph (one fused pass, lrqatForward) and handed to the decoder as a
+// leaf requiring grad; after the model's backward, dL/dŴ is turned into the
+// straight-through gradients of A, B and s in closed form (lrqatBackward,
+// checked against autograd in the tests), one layer at a time. No elementwise
+// graph of the weights is kept: the resident extra is Ŵ, dL/dŴ and the int16
+// codes of every linear plus the activations of one batch.
+#include <ATen/ATen.h>
+
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/common/error.h"
+#include "core/quant/grid.h"
+#include "core/quant/lrqat_layer.h"
+#include "core/quant/method.h"
+
+namespace lrq::quant {
+namespace {
+
+struct Target {
+  int64_t block;
+  std::string role;
+  Linear *linear;
+  at::Tensor original; // W0, restored if the run fails or is cancelled
+};
+
+std::string where(const Target &t) {
+  return "block " + std::to_string(t.block) + " " + t.role;
+}
+
+// AdamW with decoupled weight decay (Loshchilov & Hutter), one tensor.
+struct AdamState {
+  at::Tensor m, v;
+};
+
+void adamwStep(at::Tensor &param, const at::Tensor &g, AdamState &st, double lr, double beta1,
+               double beta2, double eps, double weightDecay, int64_t t) {
+  at::NoGradGuard noGrad;
+  if (!st.m.defined()) {
+    st.m = at::zeros_like(param);
+    st.v = at::zeros_like(param);
+  }
+  if (weightDecay != 0.0)
+    param.mul_(1.0 - lr * weightDecay);
+  st.m.mul_(beta1).add_(g, 1.0 - beta1);
+  st.v.mul_(beta2).addcmul_(g, g, 1.0 - beta2);
+  const double c1 = 1.0 - std::pow(beta1, double(t));
+  const double c2 = 1.0 - std::pow(beta2, double(t));
+  const at::Tensor denom = (st.v / c2).sqrt_().add_(eps);
+  param.addcdiv_(st.m, denom, -lr / c1);
+}
+
+bool allFinite(const at::Tensor &t) {
+  return at::isfinite(t).all().item<bool>();
+}
+
+double peakRssMb() {
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  return double(usage.ru_maxrss) / 1024.0; // kilobytes on Linux
+}
+
+std::string fmt(const char *format, double value) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, format, value);
+  return buf;
+}
+
+// Puts the original weights back unless dismissed: a failed or cancelled run
+// leaves the full-precision model, never a half-trained one.
+class RestoreGuard {
+public:
+  explicit RestoreGuard(std::vector<Target> &targets) : targets_(targets) {}
+  ~RestoreGuard() {
+    if (armed_)
+      for (Target &t : targets_)
+        t.linear->weight = t.original;
+  }
+  void dismiss() { armed_ = false; }
+  RestoreGuard(const RestoreGuard &) = delete;
+  RestoreGuard &operator=(const RestoreGuard &) = delete;
+
+private:
+  std::vector<Target> &targets_;
+  bool armed_ = true;
+};
+
+class LrqatMethod : public QuantMethod {
+public:
+  std::string name() const override { return "lrqat"; }
+  std::string help() const override {
+    return "LR-QAT (Bondarenko et al., 2024, arXiv 2406.06385): quantization-aware training "
+           "with low-rank adapters. Each selected linear keeps its grid-scaled weight "
+           "Phi0 = W0/s0 frozen as int8 fixed point (8 - bits fractional bits) and learns "
+           "rank-r factors A (zero-initialised) and B plus the per-unit steps s, with "
+           "W^ = s * clamp(round_STE(Phi0 + (alpha/r) A B)), by next-token cross-entropy "
+           "through the whole model on the calibration windows (AdamW, beta2 0.95, warmup "
+           "then linear decay; embeddings, norms and head stay full precision). At the end "
+           "round(Phi0 + (alpha/r) A B) is merged into plain integer codes: no adapters "
+           "remain at inference.";
+  }
+  nlohmann::json defaults() const override {
+    return {{"rank", 16},
+            {"alpha", 16.0},
+            {"steps", 40},
+            {"batch_size", 1},
+            {"lr", 1e-3},
+            {"lr_scale", 1e-5},
+            {"warmup_fraction", 0.1},
+            {"weight_decay", 0.0},
+            {"beta1", 0.9},
+            {"beta2", 0.95},
+            {"seed", -1}};
+  }
+  MethodReport run(MethodContext &ctx) override;
+};
+
+MethodReport LrqatMethod::run(MethodContext &ctx) {
+  const nlohmann::json &h = ctx.hyper;
+  auto num = [&](const char *key) {
+    const nlohmann::json d = defaults();
+    return h.contains(key) ? h.at(key).get<double>() : d.at(key).get<double>();
+  };
+  auto integer = [&](const char *key) {
+    const nlohmann::json d = defaults();
+    return h.contains(key) ? h.at(key).get<int64_t>() : d.at(key).get<int64_t>();
+  };
+  const int64_t rank = integer("rank"), steps = integer("steps"), batch = integer("batch_size");
+  const double alpha = num("alpha"), lrAb = num("lr"), lrScale = num("lr_scale");
+  const double warmupFraction = num("warmup_fraction"), weightDecay = num("weight_decay");
+  const double beta1 = num("beta1"), beta2 = num("beta2");
+  const int64_t seedHyper = integer("seed");
+  const uint64_t seed = seedHyper >= 0 ? uint64_t(seedHyper) : ctx.seed;
+  if (rank < 1)
+    throw Error("lrqat: rank must be at least 1");
+  if (steps < 1)
+    throw Error("lrqat: steps must be at least 1");
+  if (batch < 1)
+    throw Error("lrqat: batch_size must be at least 1");
+  if (!(lrAb >= 0.0) || !(lrScale >= 0.0) || !(warmupFraction >= 0.0 && warmupFraction <= 1.0))
+    throw Error("lrqat: lr and lr_scale must be >= 0 and warmup_fraction in [0, 1]");
+  if (!(beta1 >= 0.0 && beta1 < 1.0) || !(beta2 >= 0.0 && beta2 < 1.0))
+    throw Error("lrqat: beta1 and beta2 must be in [0, 1)");
+
+  const QuantScheme &scheme = ctx.scheme;
+  scheme.validate();
+  const LayerSelection &sel = scheme.layers;
+  if (sel.embeddings || sel.lmHead)
+    throw Error("lrqat: the embeddings and the LM head stay full precision in LR-QAT; use a "
+                "scheme that does not select them");
+  ModelWeights &weights = ctx.model.weights();
+  const int64_t blockCount = int64_t(weights.blocks.size());
+  for (int64_t b : sel.blocks)
+    if (b < 0 || b >= blockCount)
+      throw Error("scheme selects block " + std::to_string(b) + " but the model has " +
+                  std::to_string(blockCount) + " blocks");
+  if (!weights.blocks.empty()) {
+    std::set<std::string> roles;
+    for (const auto &entry : blockLinears(ctx.model.config(), weights.blocks.front()))
+      roles.insert(entry.first);
+    for (const std::string &name : sel.linears)
+      if (!roles.count(name))
+        throw Error("scheme selects linear " + name + ", which this model's blocks do not have");
+  }
+
+  const at::Tensor &calib = ctx.calibration.tokens;
+  if (!calib.defined() || calib.dim() != 2 || calib.size(0) < 1 || calib.size(1) < 2)
+    throw Error("lrqat: needs calibration windows [samples, seqLen >= 2]");
+  const int64_t samples = calib.size(0);
+  if (batch > samples)
+    throw Error("lrqat: batch_size " + std::to_string(batch) + " exceeds the " +
+                std::to_string(samples) + " calibration samples");
+
+  std::vector<Target> targets;
+  for (int64_t b = 0; b < blockCount; ++b) {
+    if (!sel.selectsBlock(b))
+      continue;
+    for (auto &[role, linear] : blockLinears(ctx.model.config(), weights.blocks[size_t(b)]))
+      if (sel.selectsLinear(role) && linear->weight.defined())
+        targets.push_back({b, role, linear, linear->weight});
+  }
+  for (const Target &t : targets) {
+    try {
+      checkWeightForGrid(t.original, scheme.weight);
+    } catch (const Error &e) {
+      throw Error(where(t) + ": " + e.what());
+    }
+  }
+  if (targets.empty())
+    throw Error("lrqat: the scheme selects no linear of this model");
+
+  ProgressObserver *obs = ctx.observer;
+  auto log = [&](LogLevel level, const std::string &message) {
+    if (obs)
+      obs->log(level, message);
+  };
+
+  // State of every layer: Φ0 downcast, A = 0, B seeded, s = s0.
+  std::vector<LrqatLayer> layers;
+  layers.reserve(targets.size());
+  int64_t learnable = 0;
+  for (size_t i = 0; i < targets.size(); ++i) {
+    try {
+      layers.push_back(initLrqatLayer(targets[i].original, scheme.weight, rank, alpha,
+                                      seed * 1000003ULL + uint64_t(i)));
+    } catch (const Error &e) {
+      throw Error(where(targets[i]) + ": " + e.what());
+    }
+    learnable += layers.back().learnableParams();
+  }
+  // Codes of the initial state (RTN on the downcast grid), to report how many moved.
+  std::vector<at::Tensor> initialCodes;
+  for (const LrqatLayer &l : layers)
+    initialCodes.push_back(lrqatMergedCodes(l).to(at::kChar));
+
+  RestoreGuard restore(targets);
+  std::vector<AdamState> adam(layers.size() * 3);
+  std::vector<at::Tensor> codes(layers.size()); // unclamped codes of this step's forward
+  const int64_t warmup = int64_t(std::llround(warmupFraction * double(steps)));
+  auto lrFactor = [&](int64_t step) { // step counts from 0
+    if (step < warmup)
+      return double(step + 1) / double(warmup);
+    return double(steps - step) / double(std::max<int64_t>(1, steps - warmup));
+  };
+
+  // Window order: a seeded shuffle, redrawn every pass over the windows.
+  std::mt19937_64 rng(seed ^ 0x5eedULL);
+  std::vector<int64_t> order(static_cast<size_t>(samples));
+  size_t cursor = order.size();
+  auto nextBatch = [&]() {
+    std::vector<int64_t> picked;
+    for (int64_t k = 0; k < batch; ++k) {
+      if (cursor == order.size()) {
+        for (int64_t i = 0; i < samples; ++i)
+          order[size_t(i)] = i;
+        std::shuffle(order.begin(), order.end(), rng);
+        cursor = 0;
+      }
+      picked.push_back(order[cursor++]);
+    }
+    return calib.index_select(0, at::tensor(picked, at::kLong));
+  };
+
+  log(LogLevel::Info,
+      "lrqat: " + std::to_string(targets.size()) + " linears, rank " + std::to_string(rank) + ", " +
+          std::to_string(learnable) + " learnable parameters, Phi0 as int8 with " +
+          std::to_string(lrqatFractionalBits(scheme.weight)) + " fractional bits; " +
+          std::to_string(steps) + " steps of " + std::to_string(batch) + " x " +
+          std::to_string(calib.size(1)) + " tokens");
+  if (obs) {
+    obs->started("lrqat", steps);
+    obs->blockStarted(0, 1); // the whole model is trained as one unit
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<double> losses;
+  losses.reserve(size_t(steps));
+  const at::Device device = ctx.model.device();
+  const int64_t logEvery = std::max<int64_t>(1, steps / 10);
+  using Clock = std::chrono::steady_clock;
+  auto since = [](Clock::time_point t) {
+    return std::chrono::duration<double>(Clock::now() - t).count();
+  };
+  double secWeights = 0.0, secModel = 0.0, secLayers = 0.0; // where a step's time goes
+  for (int64_t step = 0; step < steps; ++step) {
+    if (ctx.cancel)
+      ctx.cancel->throwIfCancelled();
+    const double factor = lrFactor(step);
+    auto phase = Clock::now();
+    // Ŵ of every linear, as leaves the model's backward fills with dL/dŴ;
+    // the codes stay for the backward.
+    for (size_t i = 0; i < layers.size(); ++i) {
+      LrqatForward f = lrqatForward(layers[i]);
+      const at::ScalarType type = targets[i].original.scalar_type(); // half models stay half
+      targets[i].linear->weight =
+          (type == at::kFloat ? f.weight : f.weight.to(type)).requires_grad_(true);
+      codes[i] = std::move(f.codes);
+    }
+    secWeights += since(phase);
+    phase = Clock::now();
+    const at::Tensor tokens = nextBatch().to(device);
+    double lossValue = 0.0;
+    {
+      at::AutoGradMode grad(true);
+      const at::Tensor logits = ctx.model.forward(tokens);
+      const int64_t vocab = logits.size(-1), T = tokens.size(1);
+      const at::Tensor predicted = logits.narrow(1, 0, T - 1).reshape({-1, vocab});
+      const at::Tensor target = tokens.narrow(1, 1, T - 1).reshape({-1});
+      const at::Tensor loss = at::nll_loss(at::log_softmax(predicted.to(at::kFloat), -1), target);
+      lossValue = loss.item<double>();
+      if (!std::isfinite(lossValue))
+        throw Error("lrqat: step " + std::to_string(step + 1) + ": the loss is " +
+                    (std::isnan(lossValue) ? "NaN" : "infinite") +
+                    " (try a smaller lr or lr_scale)");
+      loss.backward();
+    }
+    secModel += since(phase);
+    phase = Clock::now();
+    // Per layer: dL/dŴ through Ŵ(A, B, s), then AdamW on A, B, s.
+    for (size_t i = 0; i < layers.size(); ++i) {
+      LrqatLayer &l = layers[i];
+      at::Tensor gradW = targets[i].linear->weight.grad();
+      targets[i].linear->weight = at::Tensor();
+      if (!gradW.defined())
+        continue; // a linear the loss does not reach
+      const LrqatGradients g = lrqatBackward(l, codes[i], gradW);
+      gradW = at::Tensor();
+      codes[i] = at::Tensor();
+      adamwStep(l.a, g.a, adam[3 * i], lrAb * factor, beta1, beta2, 1e-8, weightDecay, step + 1);
+      adamwStep(l.b, g.b, adam[3 * i + 1], lrAb * factor, beta1, beta2, 1e-8, weightDecay,
+                step + 1);
+      adamwStep(l.scale, g.scale, adam[3 * i + 2], lrScale * factor, beta1, beta2, 1e-8,
+                weightDecay, step + 1);
+      if (!allFinite(l.a) || !allFinite(l.b) || !allFinite(l.scale))
+        throw Error("lrqat: step " + std::to_string(step + 1) + ": " + where(targets[i]) +
+                    ": A, B or s became NaN/Inf (try a smaller lr or lr_scale)");
+    }
+    secLayers += since(phase);
+    losses.push_back(lossValue);
+    if (obs) {
+      obs->iterationLoss(0, int(step), lossValue);
+      obs->progress(step + 1, steps, "step " + std::to_string(step + 1));
+    }
+    if ((step + 1) % logEvery == 0 || step + 1 == steps)
+      log(LogLevel::Info, "lrqat: step " + std::to_string(step + 1) + "/" + std::to_string(steps) +
+                              ": loss " + fmt("%.4f", lossValue) + ", lr " +
+                              fmt("%.3g", lrAb * factor));
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  // Merge: plain integer codes and steps, dequantized into Linear::weight.
+  MethodReport report;
+  int64_t moved = 0, total = 0;
+  {
+    at::NoGradGuard noGrad;
+    for (size_t i = 0; i < layers.size(); ++i) {
+      const LrqatLayer &l = layers[i];
+      const at::Tensor codes = lrqatMergedCodes(l);
+      moved += (codes.to(at::kChar) != initialCodes[i]).sum().item<int64_t>();
+      total += codes.numel();
+      at::Tensor merged = lrqatMergedWeight(l).to(targets[i].original.scalar_type());
+      Linear &lin = *targets[i].linear;
+      lin.weight = merged;
+      lin.lowRankA = at::Tensor();
+      lin.lowRankB = at::Tensor();
+      LayerReport lr;
+      lr.error = weightErrorStats(targets[i].original, merged);
+      lr.error.block = targets[i].block;
+      lr.error.layer = targets[i].role;
+      lr.learnableParams = l.learnableParams();
+      report.layers.push_back(lr);
+    }
+  }
+  restore.dismiss();
+
+  const double perStep = seconds / double(steps);
+  report.extra = {{"steps", steps},
+                  {"seconds", seconds},
+                  {"seconds_per_step", perStep},
+                  {"loss_start", losses.front()},
+                  {"loss_end", losses.back()},
+                  {"losses", losses},
+                  {"learnable_params", learnable},
+                  {"codes_changed_fraction", total ? double(moved) / double(total) : 0.0},
+                  {"phi0_storage", "int8 fixed point, " +
+                                       std::to_string(lrqatFractionalBits(scheme.weight)) +
+                                       " fractional bits"},
+                  {"peak_rss_mb", peakRssMb()},
+                  {"seconds_per_step_weights", secWeights / double(steps)},
+                  {"seconds_per_step_model", secModel / double(steps)},
+                  {"seconds_per_step_layer_backward", secLayers / double(steps)}};
+  if (obs) {
+    obs->blockFinished(0, losses.front(), losses.back(), seconds);
+    obs->metric("lrqat_seconds_per_step", perStep);
+    obs->metric("lrqat_codes_changed_fraction",
+                report.extra["codes_changed_fraction"].get<double>());
+    obs->finished();
+  }
+  log(LogLevel::Info,
+      "lrqat: loss " + fmt("%.4f", losses.front()) + " -> " + fmt("%.4f", losses.back()) + " in " +
+          fmt("%.1f", seconds) + " s (" + fmt("%.2f", perStep) + " s/step: Phi0 + AB to W^ " +
+          fmt("%.2f", secWeights / double(steps)) + " s, model forward/backward " +
+          fmt("%.2f", secModel / double(steps)) + " s, A/B/s gradients and AdamW " +
+          fmt("%.2f", secLayers / double(steps)) + " s); " +
+          fmt("%.3f", 100.0 * report.extra["codes_changed_fraction"].get<double>()) +
+          "% of codes moved from their initial rounding");
+  return report;
+}
+
+} // namespace
+
+std::unique_ptr<QuantMethod> makeLrqatMethod() {
+  return std::make_unique<LrqatMethod>();
+}
+
+} // namespace lrq::quant

@@ -1,0 +1,306 @@
+// LR-QAT per-linear math; conventions in lrqat_layer.h.
+#include "core/quant/lrqat_layer.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/common/error.h"
+
+namespace lrq::quant {
+
+namespace {
+
+// Integer offset c: 0 for symmetric grids, n/2 for asymmetric ones.
+double storageOffset(const GridSpec &spec) {
+  return double(spec.qmin() + spec.levels() / 2);
+}
+
+// SplitMix64: decorrelates nearby seeds.
+uint64_t mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+// U(-bound, bound) from a seeded 64-bit stream (24 random bits per value), so
+// the same seed gives the same B on every platform and LibTorch version.
+at::Tensor seededUniform(int64_t rows, int64_t cols, double bound, uint64_t seed) {
+  at::Tensor t = at::empty({rows, cols}, at::kFloat);
+  float *p = t.data_ptr<float>();
+  uint64_t state = mix(seed);
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    state = mix(state);
+    const double u = double(state >> 40) / double(uint64_t(1) << 24); // [0, 1)
+    p[i] = float((2.0 * u - 1.0) * bound);
+  }
+  return t;
+}
+
+} // namespace
+
+int lrqatFractionalBits(const GridSpec &spec) {
+  return 8 - spec.bits;
+}
+
+at::Tensor lrqatDowncastPhi(const at::Tensor &phi, const at::Tensor &zeroExpanded,
+                            const GridSpec &spec) {
+  at::NoGradGuard noGrad;
+  const double unit = std::ldexp(1.0, lrqatFractionalBits(spec)); // 2^f, exact
+  // round(Φ0 · 2^f) first (multiplying by a power of two is exact), then the
+  // integer shift (z − c) · 2^f, so the rounding never depends on the shift.
+  at::Tensor v = at::round(phi.to(at::kFloat) * unit);
+  if (!spec.symmetric)
+    v = v + (zeroExpanded - storageOffset(spec)) * unit;
+  return v.clamp(-128.0, 127.0).to(at::kChar);
+}
+
+at::Tensor lrqatUpcastPhi(const at::Tensor &stored, const at::Tensor &zeroExpanded,
+                          const GridSpec &spec) {
+  at::NoGradGuard noGrad;
+  const double unit = std::ldexp(1.0, lrqatFractionalBits(spec));
+  at::Tensor phi = stored.to(at::kFloat).mul_(1.0 / unit);
+  if (!spec.symmetric)
+    phi = phi - (zeroExpanded - storageOffset(spec));
+  return phi;
+}
+
+LrqatLayer initLrqatLayer(const at::Tensor &weight, const GridSpec &spec, int64_t rank,
+                          double alpha, uint64_t seed) {
+  checkWeightForGrid(weight, spec);
+  if (rank < 1)
+    throw Error("lrqat: rank must be at least 1, got " + std::to_string(rank));
+  if (!(alpha > 0.0) || !std::isfinite(alpha))
+    throw Error("lrqat: alpha must be a positive number");
+  at::NoGradGuard noGrad;
+  const at::Tensor w = weight.detach().to(at::kFloat);
+  const int64_t out = w.size(0), in = w.size(1);
+  const GridParams p = computeGridParams(w, spec);
+  LrqatLayer layer;
+  layer.spec = spec;
+  layer.rank = rank;
+  layer.scaling = alpha / double(rank);
+  layer.zeroPoint = p.zeroPoint.clone();
+  const at::Tensor zExp = expandToWeight(layer.zeroPoint, spec, in);
+  const at::Tensor phi = w / expandToWeight(p.scale, spec, in); // the grid's own division
+  layer.phi0 = lrqatDowncastPhi(phi, zExp, spec).contiguous();
+  layer.scale = p.scale.clone().set_requires_grad(true);
+  layer.a = at::zeros({out, rank}, w.options()).set_requires_grad(true);
+  layer.b = seededUniform(rank, in, 1.0 / std::sqrt(double(in)), seed)
+                .to(w.device())
+                .set_requires_grad(true);
+  return layer;
+}
+
+at::Tensor lrqatPhi(const LrqatLayer &layer) {
+  return lrqatUpcastPhi(layer.phi0, expandToWeight(layer.zeroPoint, layer.spec, layer.cols()),
+                        layer.spec);
+}
+
+at::Tensor lrqatLatent(const LrqatLayer &layer) {
+  return lrqatPhi(layer) + at::mm(layer.a * layer.scaling, layer.b);
+}
+
+at::Tensor lrqatFakeWeight(const LrqatLayer &layer) {
+  const GridSpec &spec = layer.spec;
+  const int64_t in = layer.cols();
+  const at::Tensor s = expandToWeight(layer.scale, spec, in);
+  const at::Tensor rounded = roundSte(lrqatLatent(layer));
+  if (spec.symmetric) // z = 0
+    return rounded.clamp(double(spec.qmin()), double(spec.qmax())) * s;
+  const at::Tensor z = expandToWeight(layer.zeroPoint, spec, in);
+  return ((rounded + z).clamp(double(spec.qmin()), double(spec.qmax())) - z) * s;
+}
+
+at::Tensor lrqatMergedCodes(const LrqatLayer &layer) {
+  at::NoGradGuard noGrad;
+  const GridSpec &spec = layer.spec;
+  at::Tensor q = lrqatLatent(layer).round_();
+  if (!spec.symmetric)
+    q.add_(expandToWeight(layer.zeroPoint, spec, layer.cols()));
+  return q.clamp_(double(spec.qmin()), double(spec.qmax())).to(at::kInt);
+}
+
+at::Tensor lrqatMergedWeight(const LrqatLayer &layer) {
+  at::NoGradGuard noGrad;
+  const GridSpec &spec = layer.spec;
+  const int64_t in = layer.cols();
+  at::Tensor q = lrqatMergedCodes(layer).to(at::kFloat);
+  if (!spec.symmetric)
+    q = q - expandToWeight(layer.zeroPoint, spec, in);
+  return (q * expandToWeight(layer.scale.detach(), spec, in)).contiguous();
+}
+
+namespace {
+
+// Index of the quantization unit of element (row, col) in the [rows, groups]
+// parameter tensors (a ragged last group has index col / g like the others).
+struct UnitIndex {
+  Granularity granularity;
+  int64_t groups, groupSize;
+  int64_t operator()(int64_t row, int64_t col) const {
+    switch (granularity) {
+    case Granularity::PerTensor:
+      return 0;
+    case Granularity::PerChannel:
+      return row;
+    case Granularity::PerGroup:
+      return row * groups + col / groupSize;
+    }
+    return 0;
+  }
+};
+
+UnitIndex unitIndex(const LrqatLayer &l) {
+  return {l.spec.granularity, l.scale.size(1), l.spec.groupSize};
+}
+
+// The fused loops serve float32 CPU tensors; anything else takes tensor ops.
+bool fusable(const LrqatLayer &l) {
+  return l.phi0.device().is_cpu() && l.scale.scalar_type() == at::kFloat &&
+         l.zeroPoint.scalar_type() == at::kFloat && l.a.scalar_type() == at::kFloat;
+}
+
+// Sums P [out, in] over each quantization unit: [rows, groups].
+at::Tensor sumUnits(const at::Tensor &p, const GridSpec &spec) {
+  const int64_t out = p.size(0), in = p.size(1);
+  switch (spec.granularity) {
+  case Granularity::PerTensor:
+    return p.sum().view({1, 1});
+  case Granularity::PerChannel:
+    return p.sum(1, true);
+  case Granularity::PerGroup:
+    break;
+  }
+  const int64_t g = spec.groupSize, full = in / g, tail = in - full * g;
+  std::vector<at::Tensor> parts;
+  if (full > 0)
+    parts.push_back(p.narrow(1, 0, full * g).reshape({out, full, g}).sum(2));
+  if (tail > 0)
+    parts.push_back(p.narrow(1, full * g, tail).sum(1, true));
+  return parts.size() == 1 ? parts[0] : at::cat(parts, 1);
+}
+
+} // namespace
+
+LrqatForward lrqatForward(const LrqatLayer &layer) {
+  at::NoGradGuard noGrad;
+  const GridSpec &spec = layer.spec;
+  const int64_t out = layer.rows(), in = layer.cols();
+  const float qmin = float(spec.qmin()), qmax = float(spec.qmax());
+  LrqatForward f;
+  if (!fusable(layer)) {
+    const at::Tensor z = expandToWeight(layer.zeroPoint, spec, in);
+    at::Tensor q = lrqatLatent(layer).round_();
+    if (!spec.symmetric)
+      q.add_(z);
+    f.codes = q.clamp(-32768.0, 32767.0).to(at::kShort);
+    at::Tensor qc = q.clamp_(qmin, qmax);
+    if (!spec.symmetric)
+      qc = qc - z;
+    f.weight = qc * expandToWeight(layer.scale.detach(), spec, in);
+    return f;
+  }
+  // One pass: Φ0_d from its byte, + (α/r) A B, round, codes, Ŵ; the same float
+  // operations in the same order as lrqatFakeWeight, so the same bits.
+  const at::Tensor ab = at::mm(layer.a.detach() * layer.scaling, layer.b.detach()).contiguous();
+  const at::Tensor phi0 = layer.phi0.contiguous();
+  const at::Tensor scale = layer.scale.detach().contiguous();
+  const at::Tensor zero = layer.zeroPoint.contiguous();
+  f.weight = at::empty({out, in}, ab.options());
+  f.codes = at::empty({out, in}, ab.options().dtype(at::kShort));
+  const int8_t *v = phi0.data_ptr<int8_t>();
+  const float *abp = ab.data_ptr<float>(), *sp = scale.data_ptr<float>();
+  const float *zp = zero.data_ptr<float>();
+  float *w = f.weight.data_ptr<float>();
+  int16_t *codes = f.codes.data_ptr<int16_t>();
+  const float inv = float(1.0 / std::ldexp(1.0, lrqatFractionalBits(spec)));
+  const float offset = float(storageOffset(spec));
+  const bool sym = spec.symmetric;
+  const UnitIndex unit = unitIndex(layer);
+  at::parallel_for(0, out, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = 0; c < in; ++c) {
+        const int64_t k = r * in + c, u = unit(r, c);
+        float phi = float(v[k]) * inv;
+        if (!sym)
+          phi = phi - (zp[u] - offset);
+        float q = std::nearbyint(phi + abp[k]); // halves to even, as at::round
+        if (!sym)
+          q = q + zp[u];
+        codes[k] =
+            std::isfinite(q) ? int16_t(std::min(std::max(q, -32768.0f), 32767.0f)) : int16_t(0);
+        const float qc = std::min(std::max(q, qmin), qmax);
+        w[k] = sym ? qc * sp[u] : (qc - zp[u]) * sp[u];
+      }
+  });
+  return f;
+}
+
+LrqatGradients lrqatBackward(const LrqatLayer &layer, const at::Tensor &codes,
+                             const at::Tensor &gradWeightAnyType) {
+  at::NoGradGuard noGrad;
+  const at::Tensor gradWeight = gradWeightAnyType.to(at::kFloat);
+  const GridSpec &spec = layer.spec;
+  const int64_t out = layer.rows(), in = layer.cols();
+  const float qmin = float(spec.qmin()), qmax = float(spec.qmax());
+  at::Tensor du, ds;
+  if (!fusable(layer)) {
+    const at::Tensor q = codes.to(gradWeight.scalar_type());
+    const at::Tensor inside = (q >= qmin).logical_and_(q <= qmax);
+    const at::Tensor s = expandToWeight(layer.scale.detach(), spec, in);
+    du = gradWeight * s * inside.to(gradWeight.scalar_type());
+    at::Tensor qc = q.clamp(qmin, qmax);
+    if (!spec.symmetric)
+      qc = qc - expandToWeight(layer.zeroPoint, spec, in);
+    ds = sumUnits(gradWeight * qc, spec);
+  } else {
+    const at::Tensor g = gradWeight.contiguous(), q = codes.contiguous();
+    const at::Tensor scale = layer.scale.detach().contiguous();
+    const at::Tensor zero = layer.zeroPoint.contiguous();
+    du = at::empty({out, in}, g.options());
+    const bool perGroup = spec.granularity == Granularity::PerGroup;
+    const int64_t groups = perGroup ? scale.size(1) : 1;
+    at::Tensor partial = at::zeros({out, groups}, g.options().dtype(at::kDouble));
+    const float *gp = g.data_ptr<float>(), *sp = scale.data_ptr<float>();
+    const float *zp = zero.data_ptr<float>();
+    const int16_t *qp = q.data_ptr<int16_t>();
+    float *dup = du.data_ptr<float>();
+    double *pp = partial.data_ptr<double>();
+    const bool sym = spec.symmetric;
+    const UnitIndex unit = unitIndex(layer);
+    at::parallel_for(0, out, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = 0; c < in; ++c) {
+          const int64_t k = r * in + c, u = unit(r, c);
+          const float qv = float(qp[k]);
+          const bool inside = qv >= qmin && qv <= qmax;
+          dup[k] = inside ? gp[k] * sp[u] : 0.0f;
+          const float qc = std::min(std::max(qv, qmin), qmax);
+          pp[r * groups + (perGroup ? c / spec.groupSize : 0)] +=
+              double(gp[k]) * double(sym ? qc : qc - zp[u]);
+        }
+    });
+    switch (spec.granularity) {
+    case Granularity::PerTensor:
+      ds = partial.sum().view({1, 1});
+      break;
+    case Granularity::PerChannel:
+    case Granularity::PerGroup:
+      ds = partial;
+      break;
+    }
+    ds = ds.to(at::kFloat);
+  }
+  LrqatGradients grads;
+  grads.a = at::mm(du, layer.b.detach().t()).mul_(layer.scaling);
+  grads.b = at::mm(layer.a.detach().t(), du).mul_(layer.scaling);
+  grads.scale = ds.view_as(layer.scale);
+  return grads;
+}
+
+} // namespace lrq::quant

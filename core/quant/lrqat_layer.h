@@ -1,0 +1,94 @@
+#pragma once
+// The per-linear state of LR-QAT (ALGORITHMS.md "LR-QAT", Bondarenko et al.,
+// arXiv 2406.06385) and its weight math; the training loop is lrqat.cpp.
+// Internal to core: includes ATen.
+//
+//   Ŵ = s · (clamp(round_STE(Φ0 + (α/r)·A·B) + z, qmin, qmax) − z)
+//
+// Φ0 = W0 / s0 is frozen and kept downcast as int8 fixed point with
+// f = 8 − bits fractional bits (b = 4: 4 fractional bits), which is what the
+// paper stores instead of the full-precision weight. The stored byte is
+//   v = clamp(round(Φ0 · 2^f) + (z − c) · 2^f, −128, 127),  c = qmin + n/2,
+// i.e. Φ0 rounded to a multiple of 2^−f. c is 0 for symmetric grids (the
+// paper's case: plain int8 of Φ0, range [−2^(b−1), 2^(b−1) − 2^−f]); for
+// asymmetric grids (z ∈ [0, n−1]) the byte holds Φ0 + z − n/2, the same bits as
+// a uint8 of Φ0 + z, so that the whole grid range fits. Upcast:
+//   Φ0_d = v / 2^f − (z − c)   (exact in float32).
+// z is the frozen zero point of the grid (0 when symmetric); s starts at s0.
+// A [out, r] starts at zero, B [r, in] kaiming-uniform (LoRA's a = √5:
+// bound 1/√in), so Ŵ at initialisation is round-to-nearest of Φ0_d: the same
+// codes as plain RTN except, possibly, where Φ0_d is exactly half-way between
+// two integers while Φ0 was not (double rounding, a difference of one code).
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+#include "core/quant/grid.h"
+
+namespace lrq::quant {
+
+// f = 8 − bits: fractional bits of the int8 fixed-point Φ0.
+int lrqatFractionalBits(const GridSpec &spec);
+
+// Downcast of Φ0 [out, in] (float) to the int8 fixed point described above;
+// zeroExpanded is the zero point broadcastable against Φ0 (expandToWeight).
+at::Tensor lrqatDowncastPhi(const at::Tensor &phi, const at::Tensor &zeroExpanded,
+                            const GridSpec &spec);
+// Φ0_d from the int8 storage, float32.
+at::Tensor lrqatUpcastPhi(const at::Tensor &stored, const at::Tensor &zeroExpanded,
+                          const GridSpec &spec);
+
+struct LrqatLayer {
+  GridSpec spec;
+  int64_t rank = 0;
+  double scaling = 1.0; // α / r
+  at::Tensor phi0;      // int8 [out, in], frozen
+  at::Tensor zeroPoint; // [rows, groups] float holding integers, frozen
+  at::Tensor scale;     // [rows, groups], trained (starts at the grid's s0)
+  at::Tensor a;         // [out, r], trained, starts at 0
+  at::Tensor b;         // [r, in], trained, kaiming-uniform
+
+  int64_t rows() const { return phi0.size(0); }
+  int64_t cols() const { return phi0.size(1); }
+  // A, B and s: what LR-QAT learns for this linear.
+  int64_t learnableParams() const { return a.numel() + b.numel() + scale.numel(); }
+};
+
+// Builds the state for weight W0 [out, in]: s0 and z by computeGridParams,
+// Φ0 = W0 / s0 downcast, A = 0, B ~ U(−1/√in, 1/√in) from a generator seeded
+// with `seed` (same seed, same B). a, b and scale are created requiring grad.
+LrqatLayer initLrqatLayer(const at::Tensor &weight, const GridSpec &spec, int64_t rank,
+                          double alpha, uint64_t seed);
+
+// Φ0_d as float32 [out, in].
+at::Tensor lrqatPhi(const LrqatLayer &layer);
+// Φ0_d + (α/r) A B: differentiable in A and B.
+at::Tensor lrqatLatent(const LrqatLayer &layer);
+// s (clamp(roundSte(latent) + z, qmin, qmax) − z): gradients reach A and B
+// through the straight-through round (zero where clamped) and s directly.
+at::Tensor lrqatFakeWeight(const LrqatLayer &layer);
+// The merged integer codes clamp(round(Φ0_d + (α/r) A B) + z, qmin, qmax), int32.
+at::Tensor lrqatMergedCodes(const LrqatLayer &layer);
+// s (codes − z) as float32 [out, in]: the plain dequantized weight, no low-rank terms.
+at::Tensor lrqatMergedWeight(const LrqatLayer &layer);
+
+// Training without a graph through the weights (lrqat.cpp). The forward gives
+// Ŵ (bit for bit lrqatFakeWeight's value) and the unclamped codes
+// round(Φ0_d + (α/r) A B) + z as int16, which is all the backward needs.
+struct LrqatForward {
+  at::Tensor weight; // float32 [out, in]
+  at::Tensor codes;  // int16 [out, in], before clamping to [qmin, qmax]
+};
+LrqatForward lrqatForward(const LrqatLayer &layer);
+
+// The straight-through gradients autograd takes through lrqatFakeWeight, in
+// closed form, from dL/dŴ (gradWeight [out, in]) and the forward's codes q:
+//   du = dŴ ⊙ s ⊙ [qmin <= q <= qmax],  dA = (α/r) du Bᵀ,  dB = (α/r) Aᵀ du,
+//   ds = Σ over each unit of dŴ ⊙ (clamp(q, qmin, qmax) − z).
+struct LrqatGradients {
+  at::Tensor a, b, scale;
+};
+LrqatGradients lrqatBackward(const LrqatLayer &layer, const at::Tensor &codes,
+                             const at::Tensor &gradWeight);
+
+} // namespace lrq::quant

@@ -1,0 +1,274 @@
+#include "core/session/quantize_job.h"
+
+#include <ATen/ATen.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/common/error.h"
+#include "core/data/default_assets.h"
+#include "core/eval/compare.h"
+#include "core/io/export.h"
+#include "core/io/model_loader.h"
+#include "core/model/decoder.h"
+#include "core/quant/activation_install.h"
+#include "core/quant/export_glue.h"
+#include "core/quant/method.h"
+#include "core/quant/scheme.h"
+#include "core/quant/smoothquant.h"
+#include "core/runs/run_recorder.h"
+#include "core/runs/run_store.h"
+
+namespace fs = std::filesystem;
+
+namespace lrq {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double secondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// A deep copy: methods replace and (SmoothQuant) rescale tensors, and the
+// full-precision reference must stay untouched.
+ModelWeights cloneWeights(const ModelWeights &w) {
+  auto copy = [](const at::Tensor &t) { return t.defined() ? t.clone() : t; };
+  auto copyLinear = [&](const Linear &l) {
+    Linear out = l;
+    out.weight = copy(l.weight);
+    out.bias = copy(l.bias);
+    out.lowRankA = copy(l.lowRankA);
+    out.lowRankB = copy(l.lowRankB);
+    return out;
+  };
+  auto copyNorm = [&](const NormWeights &n) { return NormWeights{copy(n.weight), copy(n.bias)}; };
+  ModelWeights out;
+  out.tokenEmbedding = copy(w.tokenEmbedding);
+  out.positionEmbedding = copy(w.positionEmbedding);
+  out.projectIn = copyLinear(w.projectIn);
+  out.projectOut = copyLinear(w.projectOut);
+  for (const BlockWeights &b : w.blocks) {
+    BlockWeights nb;
+    nb.attnNorm = copyNorm(b.attnNorm);
+    nb.mlpNorm = copyNorm(b.mlpNorm);
+    nb.q = copyLinear(b.q);
+    nb.k = copyLinear(b.k);
+    nb.v = copyLinear(b.v);
+    nb.o = copyLinear(b.o);
+    nb.gate = copyLinear(b.gate);
+    nb.up = copyLinear(b.up);
+    nb.down = copyLinear(b.down);
+    out.blocks.push_back(std::move(nb));
+  }
+  out.finalNorm = copyNorm(w.finalNorm);
+  out.lmHead = w.lmHead.is_same(w.tokenEmbedding) ? out.tokenEmbedding : copy(w.lmHead);
+  return out;
+}
+
+std::string readFile(const std::string &path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    throw FileError(path, "cannot open");
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+} // namespace
+
+std::vector<std::pair<std::string, std::string>> quantizationMethods() {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const std::string &name : quant::methodNames())
+    out.emplace_back(name, quant::createMethod(name)->help());
+  return out;
+}
+
+std::string methodDefaultsJson(const std::string &method) {
+  return quant::createMethod(method)->defaults().dump();
+}
+
+std::vector<std::string> schemePresets() {
+  return quant::presetNames();
+}
+
+std::string resolveSchemeJson(const std::string &presetOrPath) {
+  quant::QuantScheme scheme;
+  if (fs::exists(presetOrPath) && fs::is_regular_file(presetOrPath)) {
+    try {
+      scheme = quant::QuantScheme::fromJson(readFile(presetOrPath));
+    } catch (const FileError &) {
+      throw;
+    } catch (const Error &e) {
+      throw FileError(presetOrPath, e.what());
+    }
+  } else {
+    scheme = quant::presetScheme(presetOrPath);
+  }
+  scheme.validate();
+  return scheme.toJson();
+}
+
+QuantizeOutcome runQuantizeJob(const QuantizeRequest &request, ProgressObserver *observer,
+                               const CancelToken *cancel) {
+  const auto start = Clock::now();
+  auto say = [&](const std::string &message) {
+    if (observer)
+      observer->log(LogLevel::Info, message);
+    else
+      spdlog::info("{}", message);
+  };
+
+  // Everything that can be checked before any work is checked first.
+  std::unique_ptr<quant::QuantMethod> method = quant::createMethod(request.method);
+  nlohmann::json userHyper;
+  try {
+    userHyper = nlohmann::json::parse(
+        request.hyperparametersJson.empty() ? std::string("{}") : request.hyperparametersJson);
+  } catch (const nlohmann::json::exception &e) {
+    throw Error("hyperparameters are not valid JSON: " + std::string(e.what()));
+  }
+  const nlohmann::json hyper = quant::mergeHyperparameters(*method, userHyper);
+  const quant::QuantScheme scheme = quant::QuantScheme::fromJson(resolveSchemeJson(request.scheme));
+  if (request.samples < 1 || request.seqLen < 2)
+    throw Error("calibration needs --nsamples >= 1 and --seq-len >= 2");
+
+  const std::string modelPath =
+      request.model == "default" ? ensureDefaultModel(observer) : request.model;
+  LoadedModel loaded = loadModel(modelPath, observer, cancel);
+  if (!loaded.tokenizer)
+    throw FileError(modelPath, "the model files contain no tokenizer; calibration needs one");
+  ModelWeights fpWeights = ModelWeights::fromHfTensors(loaded.config, loaded.tensors);
+  DecoderModel reference(loaded.config, fpWeights);
+  DecoderModel model(loaded.config, cloneWeights(fpWeights));
+
+  std::string calibrationSource;
+  std::string calibrationText;
+  TextSplit split;
+  const bool needDefaultText =
+      request.calibrationText.empty() || (request.evaluate && request.evaluationText.empty());
+  if (needDefaultText)
+    split = defaultText();
+  if (request.calibrationText.empty()) {
+    calibrationText = split.calibration;
+    calibrationSource = split.source + ", calibration part";
+  } else {
+    calibrationText = readTextFile(request.calibrationText);
+    calibrationSource = request.calibrationText;
+  }
+  const std::vector<int32_t> calibrationTokens = loaded.tokenizer->encode(calibrationText, true);
+  const quant::CalibrationSet calibration = quant::makeCalibrationSet(
+      calibrationTokens, request.samples, request.seqLen, request.seed, calibrationSource);
+
+  RunStore store =
+      RunStore::open(request.storePath.empty() ? RunStore::defaultPath() : request.storePath);
+  RunInfo info;
+  info.model = identifyModel(modelPath, false);
+  info.method = method->name();
+  info.schemeJson = scheme.toJson();
+  nlohmann::json recordedHyper = hyper;
+  recordedHyper["samples"] = request.samples;
+  recordedHyper["seq_len"] = request.seqLen;
+  recordedHyper["seed"] = request.seed;
+  recordedHyper["calibration"] = calibrationSource;
+  info.hyperparametersJson = recordedHyper.dump();
+  if (!loaded.baselineNote.empty())
+    info.notes = "full-precision reference: " + loaded.baselineNote;
+  QuantizeOutcome outcome;
+  outcome.runId = store.createRun(info);
+  outcome.storePath = store.path();
+  RunRecorder recorder(store, outcome.runId, observer);
+  say("run " + outcome.runId + ": " + method->name() + " with " + scheme.describe() + " on " +
+      modelPath);
+
+  try {
+    std::string workDir = request.workDir;
+    if (workDir.empty())
+      workDir = cacheDirectory() + "/runs/" + outcome.runId;
+    if (request.smoothQuant) {
+      quant::SmoothQuantReport sq = quant::applySmoothQuant(
+          model, calibration, request.smoothQuantAlpha, scheme.layers, observer, cancel);
+      say("SmoothQuant (alpha " + std::to_string(request.smoothQuantAlpha) + ") applied to " +
+          std::to_string(sq.groups.size()) + " norm-fed groups");
+    }
+    quant::MethodContext ctx{model,        scheme,    calibration, hyper,
+                             request.seed, &recorder, cancel,      workDir};
+    quant::MethodReport report = method->run(ctx);
+    // Activation quantizers (A8, KV8) go on after the weights are final; static
+    // steps are calibrated on the quantized model's own activations.
+    if (scheme.activation.mode != quant::ActivationMode::None || scheme.kv8) {
+      quant::ActivationInstallReport a =
+          quant::installActivationQuantizers(model, scheme, calibration, observer, cancel);
+      say("activation quantizers: " + std::to_string(a.inputTransforms) + " linear inputs, " +
+          std::to_string(a.outputTransforms) + " KV outputs");
+    }
+    std::vector<LayerStats> layers;
+    for (const quant::LayerReport &l : report.layers)
+      layers.push_back(
+          {int(l.error.block), l.error.layer, l.error.mse, l.error.sqnrDb, l.learnableParams});
+    store.appendLayerStats(outcome.runId, layers);
+    if (!report.extra.empty())
+      store.setNotes(outcome.runId, info.notes + (info.notes.empty() ? "" : "; ") +
+                                        "method: " + report.extra.dump());
+
+    if (request.evaluate) {
+      const std::string text =
+          request.evaluationText.empty() ? split.evaluation : readTextFile(request.evaluationText);
+      const std::vector<int32_t> tokens = loaded.tokenizer->encode(text, true);
+      c10::InferenceMode inference;
+      say("evaluating against the full-precision reference (" +
+          (loaded.baselineNote.empty() ? std::string("weights as stored") : loaded.baselineNote) +
+          ")");
+      CompareResult c = compareToReference(model, reference, tokens, request.evalSeqLen, observer,
+                                           cancel, request.evalMaxWindows);
+      outcome.metrics["perplexity"] = c.perplexity;
+      outcome.metrics["reference_perplexity"] = c.referencePerplexity;
+      outcome.metrics["kl"] = c.meanKl;
+      outcome.metrics["max_kl"] = c.maxKl;
+      outcome.metrics["top1"] = c.top1Agreement;
+      outcome.metrics["eval_tokens"] = double(c.tokens);
+      outcome.metrics["eval_seconds"] = c.seconds;
+    }
+    const std::string metadata = nlohmann::json{
+        {"method", method->name()},
+        {"hyperparameters", recordedHyper},
+        {"scheme", nlohmann::json::parse(scheme.toJson())},
+        {"run_id", outcome.runId},
+        {"source", modelPath},
+        {"full_precision_reference",
+         loaded.baselineNote}}.dump();
+    if (!request.exportDir.empty()) {
+      ExportResult e =
+          exportHfDirectory(request.exportDir, loaded.config, model.weights(),
+                            exportTokenizerFor(loaded), metadata, {}, observer, cancel);
+      outcome.exportDir = e.path;
+      say("exported " + std::to_string(e.tensors) + " tensors to " + e.path);
+    }
+    if (!request.packedPath.empty()) {
+      PackedModelContents packed =
+          quant::packQuantizedModel(loaded.config, model.weights(), fpWeights, scheme,
+                                    method->name(), report.grids.empty() ? nullptr : &report.grids);
+      embedTokenizer(packed, exportTokenizerFor(loaded));
+      packed.extraMetadataJson = metadata;
+      ExportResult e = writePackedModel(request.packedPath, packed, {}, observer, cancel);
+      outcome.packedPath = e.path;
+      say("packed export: " + e.path);
+    }
+    for (const auto &[name, value] : outcome.metrics)
+      store.setMetric(outcome.runId, name, value);
+    outcome.seconds = secondsSince(start);
+    store.finishRun(outcome.runId, RunStatus::Finished, {}, outcome.seconds);
+  } catch (const Cancelled &) {
+    recorder.cancelled();
+    throw;
+  } catch (const std::exception &e) {
+    store.finishRun(outcome.runId, RunStatus::Failed, e.what(), secondsSince(start));
+    throw;
+  }
+  return outcome;
+}
+
+} // namespace lrq

@@ -1,0 +1,670 @@
+// LR-QAT (core/quant/lrqat.cpp, lrqat_layer.h): the int8 fixed-point Φ0 and
+// the initial codes against the numpy reference tests/reference/lrqat_reference.py
+// and a hand computation; straight-through gradients against their closed form;
+// training on a tiny model and on SmolLM2-135M; merging; reproducibility.
+#include <ATen/ATen.h>
+
+#include <QElapsedTimer>
+#include <QFile>
+#include <QJsonDocument>
+#include <QJsonObject>
+#include <QTemporaryDir>
+#include <QtTest>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/common/error.h"
+#include "core/eval/perplexity.h"
+#include "core/io/model_loader.h"
+#include "core/model/decoder.h"
+#include "core/quant/grid.h"
+#include "core/quant/lrqat_layer.h"
+#include "core/quant/method.h"
+#include "core/quant/rtn.h"
+#include "core/quant/scheme.h"
+#include "decoder_test_models.h"
+#include "test_support.h"
+
+using namespace lrq;
+using namespace lrq::quant;
+
+namespace {
+
+GridSpec makeSpec(int bits, bool symmetric, Granularity g, int64_t group = 0) {
+  GridSpec s;
+  s.bits = bits;
+  s.symmetric = symmetric;
+  s.granularity = g;
+  s.groupSize = group;
+  return s;
+}
+
+QuantScheme schemeFor(const GridSpec &spec) {
+  QuantScheme s;
+  s.name = "custom";
+  s.weight = spec;
+  return s;
+}
+
+// Heavy-tailed test weights with a few outliers per row (seeded).
+at::Tensor testMatrix(int64_t rows, int64_t cols, uint64_t seed) {
+  at::Generator gen = at::detail::createCPUGenerator(seed);
+  at::Tensor w = at::randn({rows, cols}, gen, at::kFloat) * 0.02;
+  at::Tensor spikes = at::rand({rows, cols}, gen, at::kFloat) < 0.01;
+  return at::where(spikes, w * 8.0, w).contiguous();
+}
+
+at::Tensor readRaw(const QString &path, at::ScalarType type, int64_t rows, int64_t cols) {
+  QFile f(path);
+  if (!f.open(QIODevice::ReadOnly))
+    return {};
+  const QByteArray data = f.readAll();
+  at::Tensor t = at::empty({rows, cols}, type);
+  if (size_t(data.size()) != size_t(t.nbytes()))
+    return {};
+  std::memcpy(t.data_ptr(), data.constData(), size_t(data.size()));
+  return t;
+}
+
+bool writeRaw(const QString &path, const at::Tensor &t) {
+  const at::Tensor c = t.to(at::kFloat).contiguous();
+  QFile f(path);
+  if (!f.open(QIODevice::WriteOnly))
+    return false;
+  return f.write(reinterpret_cast<const char *>(c.data_ptr<float>()),
+                 qint64(c.numel() * sizeof(float))) == qint64(c.numel() * sizeof(float));
+}
+
+double peakRssMb() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmHWM:", 0) == 0)
+      return std::stod(line.substr(6)) / 1024.0;
+  return 0.0;
+}
+
+struct LossRecorder : ProgressObserver {
+  std::vector<double> losses;
+  std::vector<int> blocks;
+  std::vector<std::string> logs;
+  void iterationLoss(int block, int, double loss) override {
+    losses.push_back(loss);
+    blocks.push_back(block);
+  }
+  bool echo = false;
+  void log(LogLevel, const std::string &m) override {
+    logs.push_back(m);
+    if (echo)
+      qInfo("%s", m.c_str());
+  }
+};
+
+// Mean next-token NLL of the model over windows [N, T] (what LR-QAT minimises).
+double meanLoss(const DecoderModel &model, const at::Tensor &windows) {
+  at::NoGradGuard noGrad;
+  double sum = 0.0;
+  for (int64_t i = 0; i < windows.size(0); ++i) { // one window at a time: logits stay small
+    const at::Tensor w = windows.narrow(0, i, 1);
+    const at::Tensor logits = model.forward(w);
+    const int64_t T = w.size(1), V = logits.size(-1);
+    const at::Tensor lp = at::log_softmax(logits.narrow(1, 0, T - 1).reshape({-1, V}), -1);
+    sum += at::nll_loss(lp, w.narrow(1, 1, T - 1).reshape({-1})).item<double>();
+  }
+  return sum / double(windows.size(0));
+}
+
+std::map<std::string, at::Tensor> cloneTensors(const std::map<std::string, at::Tensor> &t) {
+  std::map<std::string, at::Tensor> out;
+  for (const auto &[k, v] : t)
+    out[k] = v.clone();
+  return out;
+}
+
+} // namespace
+
+class TestLrqat : public QObject {
+  Q_OBJECT
+
+  QTemporaryDir dir_;
+  test::TinyModel tiny_;
+  std::unique_ptr<LoadedModel> real_;
+
+  QString tmp(const QString &name) const { return dir_.filePath(name); }
+
+  std::unique_ptr<DecoderModel> tinyModel() const {
+    return std::make_unique<DecoderModel>(
+        tiny_.config, ModelWeights::fromHfTensors(tiny_.config, cloneTensors(tiny_.tensors)));
+  }
+
+  const LoadedModel &real() {
+    if (!real_)
+      real_ = std::make_unique<LoadedModel>(loadModel(test::defaultModelPath()));
+    return *real_;
+  }
+
+  MethodReport runLrqat(DecoderModel &model, const QuantScheme &scheme, const CalibrationSet &calib,
+                        const nlohmann::json &user, ProgressObserver *obs = nullptr,
+                        const CancelToken *cancel = nullptr, uint64_t seed = 7) {
+    std::unique_ptr<QuantMethod> m = createMethod("lrqat");
+    MethodContext ctx{model, scheme, calib, mergeHyperparameters(*m, user), seed, obs, cancel, ""};
+    return m->run(ctx);
+  }
+
+private slots:
+  void initTestCase() {
+    QVERIFY(dir_.isValid());
+    QString error;
+    const QStringList names = test::writeTinyModels(dir_.path(), &error);
+    QVERIFY2(names.contains("llama_gqa"), qPrintable(error));
+    tiny_ = test::readTinyModel(dir_.path(), "llama_gqa");
+    QVERIFY(tiny_.longTokens.defined());
+  }
+
+  void registered() {
+    QVERIFY(methodNames().size() >= 2);
+    std::unique_ptr<QuantMethod> m = createMethod("LRQAT");
+    QCOMPARE(m->name(), std::string("lrqat"));
+    QVERIFY(QString::fromStdString(m->help()).contains("2406.06385"));
+    const nlohmann::json d = m->defaults();
+    QCOMPARE(d.at("rank").get<int>(), 16);
+    QCOMPARE(d.at("lr").get<double>(), 1e-3);
+    QCOMPARE(d.at("lr_scale").get<double>(), 1e-5);
+    QCOMPARE(d.at("beta2").get<double>(), 0.95);
+    QVERIFY_THROWS_EXCEPTION(Error, mergeHyperparameters(*m, {{"ranks", 4}}));
+  }
+
+  // Φ0 = W0/s0 to int8 with 8 - b fractional bits, by hand. W4 symmetric,
+  // one row whose largest |w| is 7/8, so s0 = 1/8 exactly and Φ0 = 8 w.
+  void downcastByHand() {
+    const std::vector<float> row = {0.875f,         0.2f,    -0.3f, 0.0f,
+                                    0.0625f / 8.0f, -0.875f, 0.19f, 0.5f / 8.0f * 2.5f};
+    const at::Tensor w = at::tensor(row, at::kFloat).view({1, -1});
+    const GridSpec spec = makeSpec(4, true, Granularity::PerChannel);
+    QCOMPARE(lrqatFractionalBits(spec), 4);
+    const LrqatLayer l = initLrqatLayer(w, spec, 2, 2.0, 1);
+    QCOMPARE(l.scale.item<float>(), 0.125f);
+    // Φ0 = [7, 1.6, -2.4, 0, 0.0625, -7, 1.52, 1.25]; times 16 rounded (halves to even):
+    // [112, 25.6->26, -38.4->-38, 0, 1, -112, 24.32->24, 20]
+    const std::vector<int> expectStored = {112, 26, -38, 0, 1, -112, 24, 20};
+    QCOMPARE(l.phi0.scalar_type(), at::kChar);
+    for (size_t i = 0; i < row.size(); ++i)
+      QCOMPARE(int(l.phi0[0][int64_t(i)].item<int8_t>()), expectStored[i]);
+    // Φ0_d = stored / 16 = [7, 1.625, -2.375, 0, 0.0625, -7, 1.5, 1.25]; codes:
+    // round -> [7, 2, -2, 0, 0, -7, 2 (1.5 half to even), 1]; plain RTN of Φ0 gives
+    // 1.52 -> 2 as well.
+    const std::vector<int> expectCodes = {7, 2, -2, 0, 0, -7, 2, 1};
+    const at::Tensor codes = lrqatMergedCodes(l);
+    for (size_t i = 0; i < row.size(); ++i)
+      QCOMPARE(codes[0][int64_t(i)].item<int>(), expectCodes[i]);
+    // Asymmetric W3: the byte holds Φ0 + z - 4 with 5 fractional bits.
+    const at::Tensor w2 =
+        at::tensor(std::vector<float>{-0.25f, 0.625f, 0.1f, 0.0f}, at::kFloat).view({1, -1});
+    // lo = -0.25, hi = 0.625, s = 0.875 / 7 = 0.125, z = round(2) = 2;
+    // Φ0 = [-2, 5, 0.8, 0]; stored = round(32 Φ0) + (2 - 4) * 32 = [-128, 96, -38, -64].
+    const GridSpec a3 = makeSpec(3, false, Granularity::PerChannel);
+    const LrqatLayer l2 = initLrqatLayer(w2, a3, 1, 1.0, 1);
+    QCOMPARE(lrqatFractionalBits(a3), 5);
+    QCOMPARE(l2.zeroPoint.item<float>(), 2.0f);
+    const std::vector<int> expect2 = {-128, 96, -38, -64};
+    for (size_t i = 0; i < expect2.size(); ++i)
+      QCOMPARE(int(l2.phi0[0][int64_t(i)].item<int8_t>()), expect2[i]);
+    // Φ0_d = stored / 32 + 2 = [-2, 5, 0.8125, 0]; codes round + z = [0, 7, 3, 2].
+    const at::Tensor phiD = lrqatPhi(l2);
+    QCOMPARE(phiD[0][2].item<float>(), 0.8125f);
+    const std::vector<int> expectCodes2 = {0, 7, 3, 2};
+    const at::Tensor codes2 = lrqatMergedCodes(l2);
+    for (size_t i = 0; i < expectCodes2.size(); ++i)
+      QCOMPARE(codes2[0][int64_t(i)].item<int>(), expectCodes2[i]);
+  }
+
+  void downcastAndInitialCodesMatchNumpy_data() {
+    QTest::addColumn<int>("bits");
+    QTest::addColumn<bool>("symmetric");
+    QTest::addColumn<int>("granularity");
+    QTest::addColumn<int>("group");
+    QTest::newRow("W4 sym per-channel") << 4 << true << int(Granularity::PerChannel) << 0;
+    QTest::newRow("W4 asym per-channel") << 4 << false << int(Granularity::PerChannel) << 0;
+    QTest::newRow("W3 asym per-channel") << 3 << false << int(Granularity::PerChannel) << 0;
+    QTest::newRow("W3 sym g64") << 3 << true << int(Granularity::PerGroup) << 64;
+    QTest::newRow("W2 asym g64") << 2 << false << int(Granularity::PerGroup) << 64;
+    QTest::newRow("W8 asym per-tensor") << 8 << false << int(Granularity::PerTensor) << 0;
+    QTest::newRow("W4 sym g96 (ragged)") << 4 << true << int(Granularity::PerGroup) << 96;
+  }
+  // Initial state vs numpy: the stored bytes, the codes (= RTN of the downcast
+  // Φ0) and Ŵ bit for bit; the fixed-point precision; the provable relation to
+  // plain RTN: codes differ only where Φ0_d is exactly half-way and Φ0 is not,
+  // by one level.
+  void downcastAndInitialCodesMatchNumpy() {
+    QFETCH(int, bits);
+    QFETCH(bool, symmetric);
+    QFETCH(int, granularity);
+    QFETCH(int, group);
+    const GridSpec spec = makeSpec(bits, symmetric, Granularity(granularity), group);
+    const int64_t rows = 48, cols = 256;
+    const at::Tensor w = testMatrix(rows, cols, 100 + uint64_t(bits));
+    QVERIFY(writeRaw(tmp("w.bin"), w));
+    QString error;
+    const QByteArray out = test::runReference(
+        "lrqat_reference.py",
+        {"downcast", tmp("w.bin"), QString::number(rows), QString::number(cols),
+         QString::number(bits), symmetric ? "1" : "0",
+         QString::fromUtf8(granularityName(spec.granularity)), QString::number(group), tmp("ref")},
+        &error);
+    QVERIFY2(!out.isEmpty(), qPrintable(error));
+    const QJsonObject ref = QJsonDocument::fromJson(out).object();
+
+    const LrqatLayer l = initLrqatLayer(w, spec, 4, 4.0, 11);
+    const int f = lrqatFractionalBits(spec);
+    QCOMPARE(ref.value("frac_bits").toInt(), f);
+    const at::Tensor stored = readRaw(tmp("ref.stored"), at::kChar, rows, cols);
+    const at::Tensor codesRef = readRaw(tmp("ref.codes"), at::kInt, rows, cols);
+    const at::Tensor rtnRef = readRaw(tmp("ref.rtn"), at::kInt, rows, cols);
+    const at::Tensor valuesRef = readRaw(tmp("ref.values"), at::kFloat, rows, cols);
+    QVERIFY(stored.defined() && codesRef.defined() && rtnRef.defined() && valuesRef.defined());
+    QVERIFY(at::equal(l.phi0, stored));
+    QVERIFY(at::all(l.a == 0).item<bool>());
+    const at::Tensor codes = lrqatMergedCodes(l);
+    QVERIFY(at::equal(codes, codesRef));
+    QVERIFY(at::equal(lrqatMergedWeight(l), valuesRef));
+    // The training-time Ŵ at A = 0 is the same tensor.
+    {
+      at::NoGradGuard noGrad;
+      QVERIFY(at::equal(lrqatFakeWeight(l), valuesRef));
+    }
+    // Fixed-point precision: multiples of 2^-f, within half a unit of Φ0 unless
+    // clamped to the int8 range.
+    const double maxErr = ref.value("max_downcast_error").toDouble();
+    QVERIFY2(maxErr <= std::ldexp(1.0, -(f + 1)) + 1e-7, qPrintable(QString::number(maxErr)));
+    const at::Tensor phiD = lrqatPhi(l);
+    QVERIFY(at::equal((phiD * std::ldexp(1.0, f)).round(), phiD * std::ldexp(1.0, f)));
+    const GridParams p = computeGridParams(w, spec);
+    const at::Tensor phi = w / expandToWeight(p.scale, spec, cols);
+
+    // Relation to plain RTN (grid.h's roundToNearest).
+    const at::Tensor rtnCodes = quantizeWeight(w, p, spec);
+    QVERIFY(at::equal(rtnCodes, rtnRef));
+    const at::Tensor differ = codes != rtnCodes;
+    const at::Tensor halfway = (phiD - phiD.floor()) == 0.5;
+    QVERIFY(
+        at::all(halfway.logical_and(phi != phiD).logical_or(differ.logical_not())).item<bool>());
+    QVERIFY((codes - rtnCodes).abs().max().item<int>() <= 1);
+    const int64_t nDiffer = differ.sum().item<int64_t>();
+    QCOMPARE(nDiffer, int64_t(ref.value("codes_differing_from_rtn").toInt()));
+    qInfo("%s: %lld of %lld codes differ from plain RTN (double rounding at Phi0_d = k + 1/2), "
+          "max |Phi0 - Phi0_d| %.5f, %d clamped",
+          qPrintable(QString::fromStdString(spec.describe())), (long long)nDiffer,
+          (long long)(rows * cols), maxErr, ref.value("clamped").toInt());
+    // Where the codes agree, Ŵ equals RTN's Ŵ exactly.
+    const at::Tensor rtnW = roundToNearest(w, spec);
+    QVERIFY(at::equal(at::where(differ, rtnW, lrqatMergedWeight(l)), rtnW));
+  }
+
+  // When Φ0 is already a multiple of 2^-f the downcast is lossless and the
+  // initial LR-QAT weights are exactly plain RTN (halves included).
+  void losslessDowncastGivesPlainRtn() {
+    for (bool symmetric : {true, false}) {
+      for (int bits : {3, 4}) {
+        const GridSpec spec = makeSpec(bits, symmetric, Granularity::PerChannel);
+        const int64_t n = int64_t(1) << bits, rows = 16, cols = 128;
+        const int f = 8 - bits;
+        at::Generator gen = at::detail::createCPUGenerator(5 + uint64_t(bits));
+        // Per row a power-of-two step and values k 2^-f steps within the grid.
+        const int64_t lo = symmetric ? -(n / 2 - 1) : -3, hi = symmetric ? n / 2 - 1 : n - 4;
+        const int64_t unit = int64_t(1) << f;
+        at::Tensor k = at::randint(lo * unit, hi * unit + 1, {rows, cols}, gen, at::kFloat);
+        k.select(1, 0).fill_(double(hi * unit)); // the range ends pin s0 to the step
+        k.select(1, 1).fill_(double(lo * unit));
+        const at::Tensor step = at::pow(2.0, at::randint(-8, -3, {rows, 1}, gen, at::kFloat));
+        const at::Tensor w = k * std::ldexp(1.0, -f) * step;
+        const GridParams p = computeGridParams(w, spec);
+        QVERIFY(at::equal(p.scale, step));
+        const LrqatLayer l = initLrqatLayer(w, spec, 2, 2.0, 3);
+        QVERIFY(at::equal(lrqatPhi(l), w / step));
+        QVERIFY(at::equal(lrqatMergedCodes(l), quantizeWeight(w, p, spec)));
+        QVERIFY(at::equal(lrqatMergedWeight(l), roundToNearest(w, spec)));
+        // Half-way values were present, so the equality covered the tie rule.
+        QVERIFY(at::any(((w / step) - (w / step).floor()) == 0.5).item<bool>());
+      }
+    }
+  }
+
+  // Straight-through gradients of Ŵ = s (clamp(round(Φ0 + c A B) + z) - z): autograd
+  // through lrqatFakeWeight against their closed form (written out here) at A = 0
+  // (LoRA-style: dA != 0, dB == 0) and at A != 0; the trainer's fused forward and
+  // closed-form backward (lrqatForward / lrqatBackward) against both.
+  void steGradientsReachABAndS_data() {
+    QTest::addColumn<int>("bits");
+    QTest::addColumn<bool>("symmetric");
+    QTest::addColumn<int>("granularity");
+    QTest::addColumn<int>("group");
+    QTest::newRow("W3 sym g32") << 3 << true << int(Granularity::PerGroup) << 32;
+    QTest::newRow("W3 asym g32") << 3 << false << int(Granularity::PerGroup) << 32;
+    QTest::newRow("W4 asym per-channel") << 4 << false << int(Granularity::PerChannel) << 0;
+    QTest::newRow("W4 sym per-tensor") << 4 << true << int(Granularity::PerTensor) << 0;
+    QTest::newRow("W2 asym g40 (ragged)") << 2 << false << int(Granularity::PerGroup) << 40;
+  }
+  void steGradientsReachABAndS() {
+    QFETCH(int, bits);
+    QFETCH(bool, symmetric);
+    QFETCH(int, granularity);
+    QFETCH(int, group);
+    const GridSpec spec = makeSpec(bits, symmetric, Granularity(granularity), group);
+    const int64_t rows = 24, cols = 96;
+    LrqatLayer l = initLrqatLayer(testMatrix(rows, cols, 9), spec, 4, 8.0, 21);
+    at::Generator gen = at::detail::createCPUGenerator(77);
+    const at::Tensor G = at::randn({rows, cols}, gen, at::kFloat);
+    for (int round = 0; round < 2; ++round) {
+      if (round == 1) {
+        at::NoGradGuard noGrad;
+        l.a.copy_(at::randn({rows, 4}, gen, at::kFloat) * 0.3);
+      }
+      for (at::Tensor *p : {&l.a, &l.b, &l.scale})
+        p->mutable_grad() = at::Tensor();
+      lrqatFakeWeight(l).backward(G);
+      at::NoGradGuard noGrad;
+      QVERIFY(l.a.grad().defined() && l.b.grad().defined() && l.scale.grad().defined());
+      QVERIFY(l.a.grad().abs().max().item<float>() > 0);
+      QVERIFY(l.scale.grad().abs().max().item<float>() > 0);
+      if (round == 0)
+        QVERIFY(at::all(l.b.grad() == 0).item<bool>()); // A = 0 blocks B's gradient
+      else
+        QVERIFY(l.b.grad().abs().max().item<float>() > 0);
+
+      // Closed form: u = Φ0_d + c A B; inside = qmin <= round(u) + z <= qmax.
+      const double c = l.scaling;
+      QCOMPARE(c, 2.0);
+      const at::Tensor u = lrqatPhi(l) + c * at::mm(l.a, l.b);
+      const at::Tensor z = expandToWeight(l.zeroPoint, spec, cols);
+      const at::Tensor q = at::round(u) + z;
+      const at::Tensor inside = (q >= double(spec.qmin())) & (q <= double(spec.qmax()));
+      const at::Tensor s = expandToWeight(l.scale, spec, cols);
+      const at::Tensor du = G * s * inside.to(at::kFloat);
+      QVERIFY(at::allclose(l.a.grad(), c * at::mm(du, l.b.t()), 1e-4, 1e-5));
+      QVERIFY(at::allclose(l.b.grad(), c * at::mm(l.a.t(), du), 1e-4, 1e-5));
+      const at::Tensor dsFull = G * (q.clamp(double(spec.qmin()), double(spec.qmax())) - z);
+      at::Tensor ds = at::zeros_like(l.scale);
+      for (int64_t r = 0; r < rows; ++r) // unit by unit, by hand
+        for (int64_t col = 0; col < cols; ++col) {
+          const int64_t gi = spec.granularity == Granularity::PerGroup ? col / group : 0;
+          const int64_t ri = spec.granularity == Granularity::PerTensor ? 0 : r;
+          ds[ri][gi] += dsFull[r][col];
+        }
+      QVERIFY(at::allclose(l.scale.grad(), ds, 1e-4, 1e-4));
+
+      // The trainer's path: the same Ŵ bit for bit, the same gradients.
+      const LrqatForward f = lrqatForward(l);
+      QVERIFY(at::equal(f.weight, lrqatFakeWeight(l)));
+      QVERIFY(at::equal(f.codes.to(at::kFloat), q));
+      const LrqatGradients g = lrqatBackward(l, f.codes, G);
+      QVERIFY(at::allclose(g.a, l.a.grad(), 1e-5, 1e-6));
+      QVERIFY(at::allclose(g.b, l.b.grad(), 1e-5, 1e-6));
+      QVERIFY(at::allclose(g.scale, l.scale.grad(), 1e-5, 1e-5));
+      if (round == 0)
+        QVERIFY(at::all(g.b == 0).item<bool>());
+    }
+  }
+
+  // Through the whole (tiny) model: the decoder's backward delivers dL/dŴ to
+  // every linear and from there gradients reach A and s of all of them, B none.
+  void gradientsThroughTheModel() {
+    std::unique_ptr<DecoderModel> model = tinyModel();
+    const GridSpec spec = makeSpec(4, true, Granularity::PerChannel);
+    std::vector<LrqatLayer> layers;
+    std::vector<Linear *> linears;
+    for (auto &b : model->weights().blocks)
+      for (auto &[role, lin] : blockLinears(model->config(), b)) {
+        (void)role;
+        layers.push_back(initLrqatLayer(lin->weight, spec, 4, 4.0, layers.size()));
+        linears.push_back(lin);
+      }
+    QCOMPARE(int(layers.size()), int(model->numBlocks() * 7));
+    for (size_t i = 0; i < layers.size(); ++i) {
+      at::NoGradGuard noGrad;
+      linears[i]->weight = lrqatFakeWeight(layers[i]).requires_grad_(true);
+    }
+    const at::Tensor tokens = tiny_.longTokens.narrow(1, 0, 32);
+    const at::Tensor logits = model->forward(tokens);
+    const at::Tensor loss =
+        at::nll_loss(at::log_softmax(logits.narrow(1, 0, 31).reshape({31, -1}), -1),
+                     tokens.narrow(1, 1, 31).reshape({-1}));
+    loss.backward();
+    for (size_t i = 0; i < layers.size(); ++i) {
+      const at::Tensor g = linears[i]->weight.grad();
+      QVERIFY(g.defined() && g.abs().max().item<float>() > 0);
+      lrqatFakeWeight(layers[i]).backward(g);
+      QVERIFY(layers[i].a.grad().abs().max().item<float>() > 0);
+      QVERIFY(at::all(layers[i].b.grad() == 0).item<bool>());
+      QVERIFY(layers[i].scale.grad().abs().max().item<float>() > 0);
+    }
+  }
+
+  // Training on the tiny model: the loss on the training windows falls, events
+  // arrive, the merge leaves plain weights on the grid, same seed -> same bits.
+  void trainsMergesAndReproducesOnTinyModel() {
+    std::vector<int32_t> stream;
+    for (int64_t i = 0; i < tiny_.longTokens.size(1); ++i)
+      stream.push_back(int32_t(tiny_.longTokens[0][i].item<int64_t>()));
+    const CalibrationSet calib = makeCalibrationSet(stream, 4, 32, 1, "tiny");
+    for (bool symmetric : {true, false}) {
+      const GridSpec spec = makeSpec(3, symmetric, Granularity::PerChannel);
+      const QuantScheme scheme = schemeFor(spec);
+      // lr 0: nothing moves, the model is the initial state (RTN on the downcast grid).
+      std::unique_ptr<DecoderModel> init = tinyModel();
+      runLrqat(*init, scheme, calib, {{"steps", 1}, {"lr", 0.0}, {"lr_scale", 0.0}});
+      const double before = meanLoss(*init, calib.tokens);
+
+      const nlohmann::json hyper = {{"steps", 60},           {"batch_size", 2}, {"lr", 1e-2},
+                                    {"lr_scale", 1e-3},      {"rank", 4},       {"alpha", 4.0},
+                                    {"warmup_fraction", 0.1}};
+      std::unique_ptr<DecoderModel> m1 = tinyModel();
+      const at::Tensor q0 = m1->weights().blocks[0].q.weight;
+      LossRecorder rec;
+      const MethodReport r1 = runLrqat(*m1, scheme, calib, hyper, &rec);
+      const double after = meanLoss(*m1, calib.tokens);
+      qInfo("tiny model %s: loss on the training windows %.4f -> %.4f; step losses %.4f -> "
+            "%.4f; %.2f%% codes moved",
+            qPrintable(QString::fromStdString(spec.describe())), before, after, rec.losses.front(),
+            rec.losses.back(), 100.0 * r1.extra.at("codes_changed_fraction").get<double>());
+      QVERIFY2(after < before - 0.01, qPrintable(QString("%1 -> %2").arg(before).arg(after)));
+      QCOMPARE(int(rec.losses.size()), 60);
+      QVERIFY(std::all_of(rec.blocks.begin(), rec.blocks.end(), [](int b) { return b == 0; }));
+      QVERIFY(!rec.logs.empty());
+      qInfo("%s", rec.logs.back().c_str());
+      QCOMPARE(r1.extra.at("loss_start").get<double>(), rec.losses.front());
+      QVERIFY(r1.extra.at("codes_changed_fraction").get<double>() > 0);
+
+      // Report: every linear, with A + B + s counted.
+      QCOMPARE(int64_t(r1.layers.size()), m1->numBlocks() * 7);
+      const ModelConfig &c = m1->config();
+      const LayerReport &qr = r1.layers[0];
+      QCOMPARE(qr.error.layer, std::string("q_proj"));
+      const int64_t qOut = c.numHeads * c.headDim, qIn = c.hiddenSize;
+      QCOMPARE(qr.learnableParams, qOut * 4 + 4 * qIn + qOut);
+      // Merged: a plain float weight (no adapters, no graph) whose rows hold at
+      // most 2^bits levels that are integer multiples of one step.
+      for (auto &b : m1->weights().blocks)
+        for (auto &[role, lin] : blockLinears(c, b)) {
+          QVERIFY2(!lin->lowRankA.defined() && !lin->lowRankB.defined(), role.c_str());
+          QVERIFY(!lin->weight.requires_grad());
+          QCOMPARE(lin->weight.scalar_type(), at::kFloat);
+          for (int64_t r = 0; r < 4; ++r) {
+            const at::Tensor levels = std::get<0>(at::_unique(lin->weight[r]));
+            QVERIFY(levels.size(0) <= 8);
+          }
+        }
+      QVERIFY(!m1->weights().blocks[0].q.weight.is_same(q0));
+
+      // Same seed: identical losses and weights; another seed: different.
+      std::unique_ptr<DecoderModel> m2 = tinyModel();
+      LossRecorder rec2;
+      runLrqat(*m2, scheme, calib, hyper, &rec2);
+      QVERIFY(rec2.losses == rec.losses);
+      for (int64_t b = 0; b < m1->numBlocks(); ++b)
+        for (const auto &[a, bb] : {std::make_pair(&m1->weights().blocks[size_t(b)].down,
+                                                   &m2->weights().blocks[size_t(b)].down),
+                                    std::make_pair(&m1->weights().blocks[size_t(b)].q,
+                                                   &m2->weights().blocks[size_t(b)].q)})
+          QVERIFY(at::equal(a->weight, bb->weight));
+      std::unique_ptr<DecoderModel> m3 = tinyModel();
+      LossRecorder rec3;
+      runLrqat(*m3, scheme, calib, hyper, &rec3, nullptr, 8);
+      QVERIFY(rec3.losses != rec.losses);
+    }
+  }
+
+  // Merged codes: the integer codes are within the grid and reproduce the weight.
+  void mergedCodesWithinGrid() {
+    for (bool symmetric : {true, false}) {
+      const GridSpec spec = makeSpec(4, symmetric, Granularity::PerGroup, 64);
+      LrqatLayer l = initLrqatLayer(testMatrix(32, 128, 4), spec, 8, 8.0, 2);
+      {
+        at::NoGradGuard noGrad;
+        at::Generator gen = at::detail::createCPUGenerator(3);
+        l.a.copy_(at::randn({32, 8}, gen, at::kFloat) * 4.0); // push many codes past the ends
+        l.scale.mul_(1.1);
+      }
+      const at::Tensor codes = lrqatMergedCodes(l);
+      QCOMPARE(codes.scalar_type(), at::kInt);
+      QVERIFY(codes.min().item<int>() >= spec.qmin() && codes.max().item<int>() <= spec.qmax());
+      QVERIFY(codes.min().item<int>() == spec.qmin() && codes.max().item<int>() == spec.qmax());
+      const GridParams p{l.scale.detach(), l.zeroPoint, {}};
+      QVERIFY(at::equal(lrqatMergedWeight(l), dequantizeWeight(codes, p, spec)));
+      at::NoGradGuard noGrad;
+      QVERIFY(at::equal(lrqatMergedWeight(l), lrqatFakeWeight(l)));
+    }
+  }
+
+  void cancelAndNanLeaveTheModelIntact() {
+    std::vector<int32_t> stream;
+    for (int64_t i = 0; i < tiny_.longTokens.size(1); ++i)
+      stream.push_back(int32_t(tiny_.longTokens[0][i].item<int64_t>()));
+    const CalibrationSet calib = makeCalibrationSet(stream, 2, 32, 1, "tiny");
+    const QuantScheme scheme = schemeFor(makeSpec(4, true, Granularity::PerChannel));
+    std::unique_ptr<DecoderModel> m = tinyModel();
+    const at::Tensor q = m->weights().blocks[1].q.weight;
+    CancelToken cancel;
+    cancel.cancel();
+    QVERIFY_THROWS_EXCEPTION(Cancelled,
+                             runLrqat(*m, scheme, calib, {{"steps", 3}}, nullptr, &cancel));
+    QVERIFY(m->weights().blocks[1].q.weight.is_same(q));
+    m->weights().blocks[0].attnNorm.weight[0] = std::nan("");
+    try {
+      runLrqat(*m, scheme, calib, {{"steps", 3}});
+      QFAIL("expected lrq::Error");
+    } catch (const Cancelled &) {
+      QFAIL("not a cancellation");
+    } catch (const Error &e) {
+      const QString msg = QString::fromUtf8(e.what());
+      QVERIFY2(msg.contains("lrqat: step 1") && msg.contains("NaN"), qPrintable(msg));
+      QVERIFY(!msg.contains('\n'));
+    }
+    QVERIFY(m->weights().blocks[1].q.weight.is_same(q));
+    QuantScheme withHead = scheme;
+    withHead.layers.lmHead = true;
+    QVERIFY_THROWS_EXCEPTION(Error, runLrqat(*m, withHead, calib, {{"steps", 1}}));
+  }
+
+  // SmolLM2-135M: a few steps on real text at W4 and W3 per-channel (the
+  // presets' asymmetric grids, and the paper's symmetric W4): the loss on the
+  // training windows falls; held-out perplexity of FP, RTN and LR-QAT reported.
+  // For figures: LRQ_LRQAT_STEPS / _SAMPLES / _SEQ lengthen the run, _ALL=1 adds
+  // the FP perplexity and symmetric grids, _LR / _LR_SCALE / _CASE for ablations.
+  void defaultModel() {
+    const LoadedModel &lm = real();
+    QVERIFY(lm.tokenizer);
+    const TextSplit text = defaultText();
+    const std::vector<int32_t> calibTokens = lm.tokenizer->encode(text.calibration, false);
+    const std::vector<int32_t> evalTokens = lm.tokenizer->encode(text.evaluation, false);
+    const int64_t seqLen = 128; // held-out windows
+    const int64_t trainLen = qEnvironmentVariableIntValue("LRQ_LRQAT_SEQ") > 0
+                                 ? qEnvironmentVariableIntValue("LRQ_LRQAT_SEQ")
+                                 : 64;
+    const int64_t steps = qEnvironmentVariableIntValue("LRQ_LRQAT_STEPS") > 0
+                              ? qEnvironmentVariableIntValue("LRQ_LRQAT_STEPS")
+                              : 4;
+    const int64_t samples = qEnvironmentVariableIntValue("LRQ_LRQAT_SAMPLES") > 0
+                                ? qEnvironmentVariableIntValue("LRQ_LRQAT_SAMPLES")
+                                : 2;
+    const int64_t evalWindows = 8;
+    const bool all = qEnvironmentVariableIntValue("LRQ_LRQAT_ALL") > 0;
+    const double lr = qEnvironmentVariableIsSet("LRQ_LRQAT_LR")
+                          ? qEnvironmentVariable("LRQ_LRQAT_LR").toDouble()
+                          : 1e-3;
+    const double lrScale = qEnvironmentVariableIsSet("LRQ_LRQAT_LR_SCALE")
+                               ? qEnvironmentVariable("LRQ_LRQAT_LR_SCALE").toDouble()
+                               : 1e-5;
+    const CalibrationSet calib = makeCalibrationSet(calibTokens, samples, trainLen, 3, "jargon");
+    if (all) {
+      DecoderModel fp(lm.config, ModelWeights::fromHfTensors(lm.config, lm.tensors));
+      const PerplexityResult r =
+          evaluatePerplexity(fp, evalTokens, seqLen, nullptr, nullptr, evalWindows);
+      qInfo("SmolLM2-135M FP: held-out perplexity %.3f (%lld windows of %lld)", r.perplexity,
+            (long long)r.windows, (long long)seqLen);
+    }
+    struct Case {
+      const char *name;
+      GridSpec spec;
+    };
+    std::vector<Case> cases = {
+        {"W4A16 (asym per-channel)", presetScheme("W4A16").weight},
+        {"W3A16 (asym per-channel)", presetScheme("W3A16").weight},
+    };
+    if (all) {
+      cases.push_back({"W4 sym per-channel (paper)", makeSpec(4, true, Granularity::PerChannel)});
+      cases.push_back({"W3 sym per-channel", makeSpec(3, true, Granularity::PerChannel)});
+    }
+    if (qEnvironmentVariableIsSet("LRQ_LRQAT_CASE")) // one case only, for ablations
+      cases = {cases.at(size_t(qEnvironmentVariableIntValue("LRQ_LRQAT_CASE")))};
+    for (const Case &c : cases) {
+      const QuantScheme scheme = schemeFor(c.spec);
+      DecoderModel rtn(lm.config, ModelWeights::fromHfTensors(lm.config, lm.tensors));
+      quantizeModelRtn(rtn.weights(), rtn.config(), scheme);
+      const double rtnPpl =
+          evaluatePerplexity(rtn, evalTokens, seqLen, nullptr, nullptr, evalWindows).perplexity;
+      const double rtnTrainLoss = meanLoss(rtn, calib.tokens);
+
+      DecoderModel model(lm.config, ModelWeights::fromHfTensors(lm.config, lm.tensors));
+      LossRecorder rec;
+      rec.echo = all;
+      QElapsedTimer timer;
+      timer.start();
+      const MethodReport r =
+          runLrqat(model, scheme, calib,
+                   {{"steps", steps}, {"batch_size", 1}, {"lr", lr}, {"lr_scale", lrScale}}, &rec);
+      const double seconds = double(timer.elapsed()) / 1000.0;
+      const double trainLoss = meanLoss(model, calib.tokens);
+      const double ppl =
+          evaluatePerplexity(model, evalTokens, seqLen, nullptr, nullptr, evalWindows).perplexity;
+      int64_t learnable = 0;
+      for (const LayerReport &l : r.layers)
+        learnable += l.learnableParams;
+      qInfo("%s: %lld steps of 1 x %lld tokens (%lld windows) in %.1f s (%.2f s/step, method's own "
+            "%.2f), "
+            "step loss %.4f -> %.4f; loss on the training windows RTN %.4f -> LR-QAT %.4f; "
+            "held-out perplexity RTN %.3f, LR-QAT %.3f; %.3f%% codes moved; %lld learnable "
+            "parameters (q_proj %lld); peak RSS %.0f MB",
+            c.name, (long long)steps, (long long)trainLen, (long long)samples, seconds,
+            seconds / double(steps), r.extra.at("seconds_per_step").get<double>(),
+            rec.losses.front(), rec.losses.back(), rtnTrainLoss, trainLoss, rtnPpl, ppl,
+            100.0 * r.extra.at("codes_changed_fraction").get<double>(), (long long)learnable,
+            (long long)r.layers[0].learnableParams, peakRssMb());
+      qInfo("%s", rec.logs.back().c_str());
+      QCOMPARE(int64_t(r.layers.size()), lm.config.numLayers * 7);
+      QCOMPARE(r.layers[0].learnableParams, int64_t(576 * 16 + 16 * 576 + 576));
+      QVERIFY(std::isfinite(ppl));
+      QVERIFY2(trainLoss < rtnTrainLoss,
+               qPrintable(QString("%1 -> %2").arg(rtnTrainLoss).arg(trainLoss)));
+    }
+  }
+};
+
+QTEST_GUILESS_MAIN(TestLrqat)
+#include "test_lrqat.moc"

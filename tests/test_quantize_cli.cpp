@@ -1,0 +1,176 @@
+// End-to-end: `lrq quantize` runs, records, evaluates and exports; `lrq runs`
+// lists, shows, compares and deletes; `lrq eval --reference` measures KL.
+#include <QJsonArray>
+#include <QJsonDocument>
+#include <QJsonObject>
+#include <QtTest>
+
+#include "test_support.h"
+
+using lrq::test::Result;
+using lrq::test::runLrq;
+
+namespace {
+
+// The JSON-lines events of a quantize run; the last is "finished".
+QList<QJsonObject> events(const Result &r) {
+  QList<QJsonObject> out;
+  for (const QByteArray &line : r.out.split('\n'))
+    if (!line.trimmed().isEmpty())
+      out << QJsonDocument::fromJson(line).object();
+  return out;
+}
+
+} // namespace
+
+class TestQuantizeCli : public QObject {
+  Q_OBJECT
+
+  QTemporaryDir dir_;
+  QString store_;
+  QString rtnRun_, lqerRun_;
+
+  // A small, fast run: few calibration windows, one evaluation window.
+  QStringList quick(const QString &method, const QString &scheme) const {
+    return {"quantize",       "default", "--method",  method, "--scheme",       scheme,
+            "--nsamples",     "4",       "--seq-len", "64",   "--eval-seq-len", "128",
+            "--eval-windows", "2",       "--store",   store_, "--json",         "--quiet",
+            "--threads",      "2"};
+  }
+
+private slots:
+  void initTestCase() {
+    QVERIFY(dir_.isValid());
+    store_ = dir_.filePath("runs.sqlite");
+    lrq::test::defaultModelPath();
+  }
+
+  void rtnRunIsRecordedWithMetrics() {
+    QStringList args = quick("rtn", "W4A16");
+    args << "--out" << dir_.filePath("rtn-export");
+    Result r = runLrq(args);
+    QVERIFY2(r.exitCode == 0, qPrintable(r.err));
+    QList<QJsonObject> ev = events(r);
+    QVERIFY(!ev.isEmpty());
+    QJsonObject done = ev.last();
+    QCOMPARE(done["event"].toString(), QString("finished"));
+    rtnRun_ = done["run_id"].toString();
+    QVERIFY(!rtnRun_.isEmpty());
+    QJsonObject m = done["metrics"].toObject();
+    const double ppl = m["perplexity"].toDouble(), ref = m["reference_perplexity"].toDouble();
+    qInfo("RTN W4A16: perplexity %.3f (reference %.3f), KL %.4f, top-1 %.4f", ppl, ref,
+          m["kl"].toDouble(), m["top1"].toDouble());
+    QVERIFY(ppl > ref); // 4-bit rounding costs something on these windows
+    QVERIFY(m["kl"].toDouble() > 0);
+    QVERIFY(m["top1"].toDouble() > 0.2 && m["top1"].toDouble() < 1.0);
+
+    // The HF export loads in `lrq eval` and reproduces the run's perplexity on the same windows.
+    Result e = runLrq({"eval", dir_.filePath("rtn-export"), "--seq-len", "128", "--max-windows",
+                       "2", "--json", "--quiet"});
+    QVERIFY2(e.exitCode == 0, qPrintable(e.err));
+    const double exported = lrq::test::parseJson(e)["perplexity"].toDouble();
+    QVERIFY2(std::abs(exported - ppl) / ppl < 1e-4,
+             qPrintable(QString("%1 vs %2").arg(exported).arg(ppl)));
+
+    // `eval --reference` measures the same KL as the run did.
+    Result k = runLrq({"eval", dir_.filePath("rtn-export"), "--reference", "default", "--seq-len",
+                       "128", "--max-windows", "2", "--json", "--quiet"});
+    QVERIFY2(k.exitCode == 0, qPrintable(k.err));
+    QJsonObject kj = lrq::test::parseJson(k);
+    QVERIFY(std::abs(kj["kl"].toDouble() - m["kl"].toDouble()) < 1e-4);
+    QVERIFY(std::abs(kj["top1"].toDouble() - m["top1"].toDouble()) < 1e-9);
+  }
+
+  void lqerRunOnSchemeFile() {
+    // A scheme file selecting the first three blocks keeps the run short and
+    // exercises custom schemes.
+    const QString schemePath = dir_.filePath("w4-first-blocks.json");
+    QFile f(schemePath);
+    QVERIFY(f.open(QIODevice::WriteOnly));
+    f.write("{\"name\": \"W4 blocks 0-2\", \"weight\": {\"bits\": 4, \"granularity\": "
+            "\"per-channel\"}, \"layers\": {\"blocks\": [0, 1, 2]}}");
+    f.close();
+    QStringList args = quick("lqer", schemePath);
+    args << "--rank"
+         << "32";
+    Result r = runLrq(args);
+    QVERIFY2(r.exitCode == 0, qPrintable(r.err));
+    QJsonObject done = events(r).last();
+    lqerRun_ = done["run_id"].toString();
+    qInfo("LQER W4 rank 32 on blocks 0-2: perplexity %.3f, KL %.4f",
+          done["metrics"].toObject()["perplexity"].toDouble(),
+          done["metrics"].toObject()["kl"].toDouble());
+    QVERIFY(!lqerRun_.isEmpty());
+    Result show = runLrq({"runs", "show", lqerRun_, "--store", store_, "--json"});
+    QCOMPARE(show.exitCode, 0);
+    QCOMPARE(lrq::test::parseJson(show)["layers"].toArray().size(), 21); // 3 blocks x 7
+  }
+
+  void runsListShowCompareDelete() {
+    QVERIFY(!rtnRun_.isEmpty() && !lqerRun_.isEmpty());
+    Result list = runLrq({"runs", "list", "--store", store_, "--json"});
+    QCOMPARE(list.exitCode, 0);
+    QJsonArray runs = lrq::test::parseJson(list)["runs"].toArray();
+    QCOMPARE(runs.size(), 2);
+    QCOMPARE(runs[0].toObject()["id"].toString(), lqerRun_); // newest first
+    QCOMPARE(runs[1].toObject()["status"].toString(), QString("finished"));
+
+    Result show = runLrq({"runs", "show", rtnRun_, "--store", store_, "--json"});
+    QCOMPARE(show.exitCode, 0);
+    QJsonObject s = lrq::test::parseJson(show);
+    QCOMPARE(s["method"].toString(), QString("rtn"));
+    QCOMPARE(s["layers"].toArray().size(), 210); // 30 blocks x 7 linears
+    QCOMPARE(s["scheme"].toObject()["name"].toString(), QString("W4A16"));
+
+    Result text = runLrq({"runs", "show", rtnRun_, "--store", store_});
+    QCOMPARE(text.exitCode, 0);
+    QVERIFY(text.out.contains("q_proj"));
+
+    Result cmp = runLrq({"runs", "compare", rtnRun_, lqerRun_, "--store", store_});
+    QCOMPARE(cmp.exitCode, 0);
+    QVERIFY(cmp.out.contains("perplexity"));
+    QVERIFY(cmp.out.contains("lqer"));
+
+    Result del = runLrq({"runs", "delete", rtnRun_, "--store", store_});
+    QCOMPARE(del.exitCode, 0);
+    Result gone = runLrq({"runs", "show", rtnRun_, "--store", store_});
+    QCOMPARE(gone.exitCode, 1);
+    QVERIFY(gone.err.contains(rtnRun_));
+  }
+
+  void badRequestsGiveClearErrors() {
+    Result method = runLrq(quick("nosuch", "W4A16"));
+    QCOMPARE(method.exitCode, 1);
+    QVERIFY2(method.err.contains("nosuch") && method.err.contains("rtn"), qPrintable(method.err));
+    Result scheme = runLrq(quick("rtn", "W5A5"));
+    QCOMPARE(scheme.exitCode, 1);
+    QVERIFY2(scheme.err.contains("W5A5"), qPrintable(scheme.err));
+    Result rank = runLrq(quick("rtn", "W4A16") << "--rank"
+                                               << "8");
+    QCOMPARE(rank.exitCode, 2);
+    QVERIFY2(rank.err.contains("rank"), qPrintable(rank.err));
+    Result hyper = runLrq(quick("lqer", "W4A16") << "--hyper"
+                                                 << "{\"rnk\": 3}");
+    QCOMPARE(hyper.exitCode, 1);
+    QVERIFY2(hyper.err.contains("rnk"), qPrintable(hyper.err));
+    Result samples = runLrq({"quantize", "default", "--method", "rtn", "--nsamples", "100000",
+                             "--store", store_, "--quiet"});
+    QCOMPARE(samples.exitCode, 1);
+    QVERIFY2(samples.err.contains("calibration"), qPrintable(samples.err));
+  }
+
+  void methodsListsEveryRegisteredMethod() {
+    Result r = runLrq({"methods", "--json"});
+    QCOMPARE(r.exitCode, 0);
+    QJsonObject j = lrq::test::parseJson(r);
+    QStringList names;
+    for (const auto &m : j["methods"].toArray())
+      names << m.toObject()["name"].toString();
+    for (const char *expected : {"rtn", "lqer", "l2qer"})
+      QVERIFY2(names.contains(expected), expected);
+    QVERIFY(j["schemes"].toArray().size() == 7);
+  }
+};
+
+QTEST_GUILESS_MAIN(TestQuantizeCli)
+#include "test_quantize_cli.moc"
