@@ -30,6 +30,7 @@
 #include "core/quant/rtn.h"
 #include "core/quant/scheme.h"
 #include "decoder_test_models.h"
+#include "tensor_files.h"
 #include "test_support.h"
 
 using namespace lrq;
@@ -62,15 +63,7 @@ at::Tensor testMatrix(int64_t rows, int64_t cols, uint64_t seed) {
 }
 
 at::Tensor readRaw(const QString &path, at::ScalarType type, int64_t rows, int64_t cols) {
-  QFile f(path);
-  if (!f.open(QIODevice::ReadOnly))
-    return {};
-  const QByteArray data = f.readAll();
-  at::Tensor t = at::empty({rows, cols}, type);
-  if (size_t(data.size()) != size_t(t.nbytes()))
-    return {};
-  std::memcpy(t.data_ptr(), data.constData(), size_t(data.size()));
-  return t;
+  return lrq::test::readRaw(path, type, {rows, cols});
 }
 
 bool writeRaw(const QString &path, const at::Tensor &t) {

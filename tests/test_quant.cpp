@@ -22,6 +22,7 @@
 #include "core/quant/grid.h"
 #include "core/quant/rtn.h"
 #include "core/quant/scheme.h"
+#include "tensor_files.h"
 #include "test_support.h"
 
 using namespace lrq;
@@ -29,26 +30,8 @@ using namespace lrq::quant;
 
 namespace {
 
-void writeRaw(const QString &path, const at::Tensor &t) {
-  const at::Tensor c = t.to(at::kFloat).contiguous();
-  QFile f(path);
-  QVERIFY(f.open(QIODevice::WriteOnly));
-  const qint64 bytes = qint64(c.numel() * sizeof(float));
-  QCOMPARE(f.write(reinterpret_cast<const char *>(c.data_ptr<float>()), bytes), bytes);
-}
-
-// Raw little-endian file as a tensor of the given type and shape.
-at::Tensor readRaw(const QString &path, at::ScalarType type, std::vector<int64_t> shape) {
-  QFile f(path);
-  if (!f.open(QIODevice::ReadOnly))
-    return {};
-  const QByteArray bytes = f.readAll();
-  at::Tensor t = at::empty(shape, type);
-  if (qint64(t.numel() * t.element_size()) != bytes.size())
-    return {};
-  std::memcpy(t.data_ptr(), bytes.constData(), size_t(bytes.size()));
-  return t;
-}
+using lrq::test::readRaw;
+using lrq::test::writeRaw;
 
 QJsonObject runRef(const QStringList &args) {
   QString error;

@@ -1,4 +1,5 @@
 #include "core/eval/compare.h"
+#include "core/eval/token_windows.h"
 
 #include <ATen/ATen.h>
 
@@ -76,18 +77,11 @@ CompareResult compareToReference(const DecoderModel &model, const DecoderModel &
                 " tokens but the reference has " + std::to_string(reference.config().vocabSize));
   if (model.device() != reference.device())
     throw Error("comparison: the model and the reference are on different devices");
-  int64_t windows = int64_t(tokens.size()) / seqLen;
-  if (maxWindows > 0)
-    windows = std::min(windows, maxWindows);
-  if (windows == 0)
-    throw Error("comparison: " + std::to_string(tokens.size()) +
-                " tokens do not fill one window of " + std::to_string(seqLen));
-
   c10::InferenceMode guard;
   const auto t0 = std::chrono::steady_clock::now();
-  const at::Tensor all =
-      at::from_blob(const_cast<int32_t *>(tokens.data()), {windows * seqLen}, at::kInt)
-          .to(model.device(), at::kLong);
+  const TokenWindows split = tokenWindows(tokens, seqLen, maxWindows, model.device(), "comparison");
+  const int64_t windows = split.count;
+  const at::Tensor &all = split.tokens;
   if (observer)
     observer->started("compare", windows * seqLen);
 

@@ -1,4 +1,5 @@
 #include "core/eval/perplexity.h"
+#include "core/eval/token_windows.h"
 
 #include <ATen/ATen.h>
 
@@ -38,21 +39,11 @@ at::Tensor summedNll(const DecoderModel &model, const at::Tensor &hidden,
 PerplexityResult evaluatePerplexity(const DecoderModel &model, const std::vector<int32_t> &tokens,
                                     int64_t seqLen, ProgressObserver *observer,
                                     const CancelToken *cancel, int64_t maxWindows) {
-  if (seqLen < 2)
-    throw Error("perplexity: window length must be at least 2 tokens, got " +
-                std::to_string(seqLen));
-  int64_t windows = int64_t(tokens.size()) / seqLen;
-  if (maxWindows > 0)
-    windows = std::min(windows, maxWindows);
-  if (windows == 0)
-    throw Error("perplexity: " + std::to_string(tokens.size()) +
-                " tokens do not fill one window of " + std::to_string(seqLen));
-
   c10::InferenceMode guard;
   const auto t0 = std::chrono::steady_clock::now();
-  const at::Tensor all =
-      at::from_blob(const_cast<int32_t *>(tokens.data()), {windows * seqLen}, at::kInt)
-          .to(model.device(), at::kLong);
+  const TokenWindows split = tokenWindows(tokens, seqLen, maxWindows, model.device(), "perplexity");
+  const int64_t windows = split.count;
+  const at::Tensor &all = split.tokens;
   if (observer)
     observer->started("perplexity", windows * seqLen);
 
