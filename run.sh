@@ -10,6 +10,8 @@ if [ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ] && [ -z "${LRQ_HEADLESS:-}" ]; then
   exec build/app/lrq-workbench default
 fi
 echo "== no display: headless run on the default model"
-build/app/lrq info default | head -12
+info=$(mktemp)
+build/app/lrq info default > "$info"
+head -12 "$info" && rm -f "$info"
 build/app/lrq eval default --seq-len 512
 build/app/lrq generate default --prompt "The capital of France is" --max-new-tokens 24
