@@ -140,7 +140,8 @@ int evalAgainstReference(const Arguments &args, std::ostream &out, TerminalProgr
                          const ModelSession &session, const std::string &text,
                          const std::string &textSource, long long seqLen, long long maxWindows) {
   auto reference = ModelSession::open(stringOption(args, "reference", ""), &progress);
-  ComparisonReport c = session.compare(*reference, text, seqLen, &progress, nullptr, maxWindows);
+  ComparisonReport c =
+      session.compare(*reference, text, seqLen, &progress, &interruptToken(), maxWindows);
   const ModelSummary &s = session.summary();
   const ModelSummary &ref = reference->summary();
   if (has(args, "json")) {
@@ -190,7 +191,7 @@ int commandEval(const Arguments &args, std::ostream &out, TerminalProgress &prog
   if (has(args, "reference"))
     return evalAgainstReference(args, out, progress, *session, text, textSource, seqLen,
                                 maxWindows);
-  PerplexityReport r = session->perplexity(text, seqLen, &progress, nullptr, maxWindows);
+  PerplexityReport r = session->perplexity(text, seqLen, &progress, &interruptToken(), maxWindows);
   const ModelSummary &s = session->summary();
   if (has(args, "json")) {
     nlohmann::json j = {{"model", s.path},
@@ -233,10 +234,13 @@ int commandGenerate(const Arguments &args, std::ostream &out, TerminalProgress &
   if (!json)
     out << prompt << std::flush;
   auto start = std::chrono::steady_clock::now();
-  std::string completion = session->generate(prompt, options, [&](const std::string &piece) {
-    if (!json)
-      out << piece << std::flush;
-  });
+  std::string completion = session->generate(
+      prompt, options,
+      [&](const std::string &piece) {
+        if (!json)
+          out << piece << std::flush;
+      },
+      &interruptToken());
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (json) {
     nlohmann::json j = {{"model", session->summary().path},
@@ -300,6 +304,7 @@ int run(int argc, char **argv, std::ostream &out, std::ostream &err) {
     if (runtime.device != "cpu" && runtime.device != "cuda")
       throw UsageError("--device must be cpu or cuda, got '" + runtime.device + "'");
     applyRuntimeOptions(runtime);
+    installInterruptHandler();
     // stdout carries results (and JSON); every log line goes to stderr.
     if (!spdlog::get("lrq")) {
       auto logger = spdlog::stderr_color_mt("lrq");

@@ -189,7 +189,7 @@ int commandQuantize(const Arguments &args, std::ostream &out, TerminalProgress &
   const bool json = has(args, "json");
   JsonLinesObserver jsonObserver(out, progress);
   ProgressObserver *observer = json ? static_cast<ProgressObserver *>(&jsonObserver) : &progress;
-  QuantizeOutcome outcome = runQuantizeJob(request, observer);
+  QuantizeOutcome outcome = runQuantizeJob(request, observer, &interruptToken());
   if (json) {
     jsonObserver.emit({{"event", "finished"},
                        {"run_id", outcome.runId},

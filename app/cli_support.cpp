@@ -1,6 +1,7 @@
 #include "app/cli_support.h"
 
 #include <cmath>
+#include <csignal>
 #include <iomanip>
 #include <sstream>
 
@@ -155,6 +156,24 @@ std::string formatSeconds(double seconds) {
   else
     s << int(seconds) / 60 << "m" << std::setw(2) << std::setfill('0') << int(seconds) % 60 << "s";
   return s.str();
+}
+
+CancelToken &interruptToken() {
+  static CancelToken token;
+  return token;
+}
+
+namespace {
+extern "C" void onInterrupt(int) {
+  // A second Ctrl-C ends the process at once.
+  std::signal(SIGINT, SIG_DFL);
+  interruptToken().cancel(); // a lock-free atomic store: safe in a signal handler
+}
+} // namespace
+
+void installInterruptHandler() {
+  interruptToken();
+  std::signal(SIGINT, onInterrupt);
 }
 
 } // namespace lrq::cli

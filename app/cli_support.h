@@ -40,6 +40,11 @@ double doubleOption(const Arguments &args, const std::string &name, double fallb
 std::string requireModel(const Arguments &args);
 std::string formatSeconds(double seconds);
 
+// Cancelled by Ctrl-C (SIGINT) once installInterruptHandler() ran: long work
+// stops between units (windows, iterations, blocks) and records what it has.
+CancelToken &interruptToken();
+void installInterruptHandler();
+
 // Draws a progress bar on stderr: redrawn in place on a terminal, a line per
 // 10% otherwise (logs, CI).
 class TerminalProgress : public ProgressObserver {
