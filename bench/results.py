@@ -5,6 +5,8 @@ method under every named scheme on the default model, by running `lrq quantize`.
 usage: bench/results.py [--lrq build/app/lrq] [--methods rtn,gptq,...]
                         [--schemes W4A16,...] [--preset demo] [--eval-windows N]
                         [--out docs/RESULTS.md] [--store FILE]
+Rows are kept in docs/RESULTS.json beside the table: a run of a subset of methods or
+schemes replaces those rows and keeps the others, so the table can be filled in steps.
 Every run is also recorded in the run store (see `lrq runs list`).
 """
 import argparse
@@ -78,6 +80,27 @@ def main():
                          metrics.get("perplexity"), metrics.get("kl"), metrics.get("top1"), secs,
                          err))
             print(f"{scheme} {method}: {metrics} ({secs:.0f} s) {err}", file=sys.stderr)
+
+    # Merge with the rows of earlier invocations (same evaluation settings only).
+    sidecar = os.path.splitext(args.out)[0] + ".json"
+    settings = {"preset": args.preset, "eval_windows": args.eval_windows,
+                "eval_seq_len": args.eval_seq_len}
+    merged = {}
+    if os.path.exists(sidecar):
+        with open(sidecar, encoding="utf-8") as f:
+            old = json.load(f)
+        if old.get("settings") == settings:
+            for row in old.get("rows", []):
+                merged[(row[0], row[1])] = tuple(row)
+    for row in rows:
+        merged[(row[0], row[1])] = row
+    order = {s: i for i, s in enumerate(SCHEMES)}
+    base = {m: i for i, m in enumerate(METHODS)}
+    rows = sorted(merged.values(),
+                  key=lambda r: (r[1] != "-", order.get(r[1], 99),
+                                 base.get(r[0].split(" ")[0], 99)))
+    with open(sidecar, "w", encoding="utf-8") as f:
+        json.dump({"settings": settings, "rows": [list(r) for r in rows]}, f, indent=1)
 
     def fmt(v, digits):
         return "-" if v is None else f"{v:.{digits}f}"
