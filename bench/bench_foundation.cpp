@@ -5,7 +5,6 @@
 // usage: bench_foundation [--threads N] [--seq-len N] [--windows N] [MODEL]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <sys/resource.h>
 
 #include <chrono>
 #include <cstdio>
@@ -14,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/common/memory.h"
 #include "core/data/default_assets.h"
 #include "core/eval/perplexity.h"
 #include "core/io/model_loader.h"
@@ -25,12 +25,6 @@ using Clock = std::chrono::steady_clock;
 
 double secondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-double peakRssMiB() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return double(usage.ru_maxrss) / 1024.0; // ru_maxrss is in KiB on Linux
 }
 
 // Best of several runs of C = A·Bᵀ with the shapes the model's linears see.
@@ -74,13 +68,13 @@ int main(int argc, char **argv) {
   const std::string path = model == "default" ? lrq::ensureDefaultModel() : model;
 
   // Load first, so the peak RSS below is the load's own.
-  const double rssBefore = peakRssMiB();
+  const double rssBefore = lrq::peakRssMiB();
   auto loadStart = Clock::now();
   lrq::LoadedModel loaded = lrq::loadModel(path);
   lrq::DecoderModel decoder(loaded.config,
                             lrq::ModelWeights::fromHfTensors(loaded.config, loaded.tensors));
   const double loadSeconds = secondsSince(loadStart);
-  const double rssAfterLoad = peakRssMiB();
+  const double rssAfterLoad = lrq::peakRssMiB();
 
   const lrq::ModelConfig &c = loaded.config;
   std::printf("model            %s (%s)\n", path.c_str(),
@@ -116,6 +110,6 @@ int main(int argc, char **argv) {
               "%.0f%% of GEMM (1024^3)\n",
               r.tokensPerSecond, achieved, 100.0 * achieved / gemmModel,
               100.0 * achieved / gemmSquare);
-  std::printf("peak RSS         %.0f MiB at the end\n", peakRssMiB());
+  std::printf("peak RSS         %.0f MiB at the end\n", lrq::peakRssMiB());
   return 0;
 }

@@ -65,7 +65,7 @@ def main():
                           str(args.eval_seq_len)] +
                          (["--max-windows", str(args.eval_windows)] if args.eval_windows else []))
     fp = json.loads(out) if out else {}
-    rows.append(("full precision", "-", fp.get("perplexity"), 0.0, 1.0, secs, err))
+    rows.append(("full precision", "-", fp.get("perplexity"), 0.0, 1.0, secs, None, err))
     print(f"full precision: {fp.get('perplexity')}", file=sys.stderr)
 
     for scheme in args.schemes.split(","):
@@ -78,7 +78,7 @@ def main():
             metrics = final_event(out).get("metrics", {}) if out else {}
             rows.append((method + (" + SmoothQuant" if scheme in SMOOTHQUANT else ""), scheme,
                          metrics.get("perplexity"), metrics.get("kl"), metrics.get("top1"), secs,
-                         err))
+                         metrics.get("peak_rss_mib"), err))
             print(f"{scheme} {method}: {metrics} ({secs:.0f} s) {err}", file=sys.stderr)
 
     # Merge with the rows of earlier invocations (same evaluation settings only).
@@ -91,6 +91,8 @@ def main():
             old = json.load(f)
         if old.get("settings") == settings:
             for row in old.get("rows", []):
+                if len(row) == 7:  # written before peak RSS was recorded
+                    row = row[:6] + [None] + row[6:]
                 merged[(row[0], row[1])] = tuple(row)
     for row in rows:
         merged[(row[0], row[1])] = row
@@ -121,12 +123,12 @@ def main():
         "File; every 20th paragraph). KL is KL(P_reference || P_quantized) per predicted "
         "token in nats; top-1 is the fraction of positions where both models' argmax agree.",
         "",
-        "| method | scheme | perplexity | KL | top-1 | seconds | note |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| method | scheme | perplexity | KL | top-1 | seconds | peak RSS MiB | note |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
-    for method, scheme, ppl, kl, top1, secs, err in rows:
+    for method, scheme, ppl, kl, top1, secs, rss, err in rows:
         lines.append(f"| {method} | {scheme} | {fmt(ppl, 3)} | {fmt(kl, 4)} | {fmt(top1, 4)} | "
-                     f"{secs:.0f} | {err} |")
+                     f"{secs:.0f} | {fmt(rss, 0)} | {err} |")
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)

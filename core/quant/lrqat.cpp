@@ -13,8 +13,6 @@
 // codes of every linear plus the activations of one batch.
 #include <ATen/ATen.h>
 
-#include <sys/resource.h>
-
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -24,6 +22,7 @@
 #include <vector>
 
 #include "core/common/error.h"
+#include "core/common/memory.h"
 #include "core/quant/grid.h"
 #include "core/quant/lrqat_layer.h"
 #include "core/quant/method.h"
@@ -66,12 +65,6 @@ void adamwStep(at::Tensor &param, const at::Tensor &g, AdamState &st, double lr,
 
 bool allFinite(const at::Tensor &t) {
   return at::isfinite(t).all().item<bool>();
-}
-
-double peakRssMb() {
-  struct rusage usage {};
-  getrusage(RUSAGE_SELF, &usage);
-  return double(usage.ru_maxrss) / 1024.0; // kilobytes on Linux
 }
 
 std::string fmt(const char *format, double value) {
@@ -379,7 +372,7 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
                   {"phi0_storage", "int8 fixed point, " +
                                        std::to_string(lrqatFractionalBits(scheme.weight)) +
                                        " fractional bits"},
-                  {"peak_rss_mb", peakRssMb()},
+                  {"peak_rss_mb", peakRssMiB()},
                   {"seconds_per_step_weights", secWeights / double(steps)},
                   {"seconds_per_step_model", secModel / double(steps)},
                   {"seconds_per_step_layer_backward", secLayers / double(steps)}};

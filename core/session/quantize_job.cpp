@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "core/common/error.h"
+#include "core/common/memory.h"
 #include "core/data/default_assets.h"
 #include "core/eval/compare.h"
 #include "core/io/export.h"
@@ -257,6 +258,9 @@ QuantizeOutcome runQuantizeJob(const QuantizeRequest &request, ProgressObserver 
       outcome.packedPath = e.path;
       say("packed export: " + e.path);
     }
+    // The whole process's peak: loading, both models, calibration caches,
+    // the method's working set, evaluation and export.
+    outcome.metrics["peak_rss_mib"] = peakRssMiB();
     for (const auto &[name, value] : outcome.metrics)
       store.setMetric(outcome.runId, name, value);
     outcome.seconds = secondsSince(start);
