@@ -8,6 +8,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <map>
@@ -42,13 +44,19 @@ Commands:
                                  print the default text's held-out or calibration part
   quantize MODEL --method M --scheme S
       [--rank R] [--iters N] [--lr X] [--hyper JSON] [--preset demo|thorough]
-      [--calib FILE] [--nsamples N] [--seq-len N] [--seed S] [--smoothquant [--alpha A]]
-      [--text FILE] [--eval-seq-len N] [--eval-windows N] [--no-eval]
+      [--calib FILE] [--nsamples N] [--seq-len N] [--seed S]
+      [--smoothquant [--alpha A] [--smooth-groups all|norm]]
+      [--text FILE] [--eval-seq-len N] [--eval-windows N] [--no-eval] [--no-spectra]
       [--out DIR] [--packed FILE.safetensors] [--store FILE] [--work-dir DIR]
                                  quantize, evaluate and record a run; prints the run id
-  runs list [--model M] [--method M] [--limit N] | show ID | compare ID ID... | delete ID
-      [--store FILE] [--differences]
-                                 the recorded runs (default store: ~/.local/share/lrq-workbench)
+  quantize --resume RUN_ID [--store FILE] [--work-dir DIR]
+                                 resume an interrupted flexround / lrq / rtn-learned-step
+                                 run from its checkpoint, with its settings, into that run
+  runs list [--model M] [--method M] [--limit N] | show ID [--spectra] | compare ID ID...
+      | delete ID [--store FILE] [--differences]
+                                 the recorded runs (default store: ~/.local/share/lrq-workbench);
+                                 show --spectra: per-layer singular values (W, E = W - Ŵ,
+                                 scaled_E, scale_exponent), in full with --json
   methods                        the quantization methods, their hyperparameters, the schemes
 
 MODEL is a .gguf file, a .safetensors file (config.json and tokenizer.json
@@ -136,6 +144,37 @@ int commandInfo(const Arguments &args, std::ostream &out, TerminalProgress &prog
   return 0;
 }
 
+// What an lrq HF export could not hold, from its lrq_metadata.json: the run's
+// activation and KV quantizers (the export has the quantized weights only).
+// Empty for any other model.
+std::vector<std::string> notExportedOf(const std::string &model) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path dir;
+  if (fs::is_directory(model, ec))
+    dir = model;
+  else if (fs::path(model).extension() == ".safetensors")
+    dir = fs::path(model).parent_path();
+  else
+    return {};
+  std::ifstream in(dir / "lrq_metadata.json");
+  if (!in)
+    return {};
+  try {
+    const nlohmann::json meta = nlohmann::json::parse(in);
+    return meta.at("lrq_export").at("not_exported").get<std::vector<std::string>>();
+  } catch (const nlohmann::json::exception &) {
+    return {};
+  }
+}
+
+// Said on stderr (also with --quiet) and in the output when notExportedOf is not empty.
+std::string notExportedNote(const std::vector<std::string> &missing) {
+  return "this export holds the quantized weights only: " + std::to_string(missing.size()) +
+         " activation/KV quantizers of its run (e.g. " + missing.front() +
+         ") are not applied, so the figures are those of the weights alone, not the run's";
+}
+
 int evalAgainstReference(const Arguments &args, std::ostream &out, TerminalProgress &progress,
                          const ModelSession &session, const std::string &text,
                          const std::string &textSource, long long seqLen, long long maxWindows) {
@@ -157,7 +196,8 @@ int evalAgainstReference(const Arguments &args, std::ostream &out, TerminalProgr
                         {"tokens", c.model.tokens},
                         {"windows", c.model.windows},
                         {"seq_len", c.model.seqLen},
-                        {"seconds", c.model.seconds}};
+                        {"seconds", c.model.seconds},
+                        {"not_exported", notExportedOf(s.path)}};
     out << j.dump() << "\n";
     return 0;
   }
@@ -188,6 +228,9 @@ int commandEval(const Arguments &args, std::ostream &out, TerminalProgress &prog
   if (seqLen > session->summary().maxPositions)
     throw UsageError("--seq-len " + std::to_string(seqLen) + " exceeds the model's context of " +
                      std::to_string(session->summary().maxPositions) + " tokens");
+  const std::vector<std::string> missing = notExportedOf(model);
+  if (!missing.empty())
+    spdlog::warn("{}", notExportedNote(missing));
   if (has(args, "reference"))
     return evalAgainstReference(args, out, progress, *session, text, textSource, seqLen,
                                 maxWindows);
@@ -204,7 +247,10 @@ int commandEval(const Arguments &args, std::ostream &out, TerminalProgress &prog
                         {"seq_len", r.seqLen},
                         {"seconds", r.seconds},
                         {"tokens_per_second", r.tokensPerSecond},
-                        {"threads", runtimeThreads()}};
+                        {"threads", runtimeThreads()},
+                        {"not_exported", missing}};
+    if (!missing.empty())
+      j["note"] = notExportedNote(missing);
     out << j.dump() << "\n";
     return 0;
   }
@@ -215,6 +261,8 @@ int commandEval(const Arguments &args, std::ostream &out, TerminalProgress &prog
       << runtimeThreads() << " threads\n"
       << "model " << s.path << " (full precision = " << baselineLine(s) << ")\n"
       << "text " << textSource << "\n";
+  if (!missing.empty())
+    out << "note " << notExportedNote(missing) << "\n";
   return 0;
 }
 

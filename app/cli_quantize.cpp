@@ -3,6 +3,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <iomanip>
 #include <mutex>
 #include <ostream>
@@ -123,6 +124,51 @@ nlohmann::json runInfoJson(const RunInfo &r) {
           {"blocks", r.blockCount}};
 }
 
+// Effective rank of a spectrum (Roy & Vetterli): exp of the entropy of the
+// normalised singular values p_i = s_i / sum s; 0 for an all-zero spectrum.
+double effectiveRank(const std::vector<double> &values) {
+  double sum = 0;
+  for (double v : values)
+    sum += std::abs(v);
+  if (!(sum > 0))
+    return 0;
+  double entropy = 0;
+  for (double v : values) {
+    const double p = std::abs(v) / sum;
+    if (p > 0)
+      entropy -= p * std::log(p);
+  }
+  return std::exp(entropy);
+}
+
+nlohmann::json spectraJson(const std::vector<SpectrumRecord> &spectra) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const SpectrumRecord &s : spectra)
+    list.push_back({{"block", s.block},
+                    {"layer", s.role},
+                    {"kind", s.kind},
+                    {"count", s.values.size()},
+                    {"effective_rank", effectiveRank(s.values)},
+                    {"values", s.values}});
+  return list;
+}
+
+// One line per recorded spectrum: its size, effective rank and largest values.
+void printSpectra(std::ostream &out, const std::vector<SpectrumRecord> &spectra) {
+  constexpr size_t shown = 4;
+  out << "\nspectra: singular values (count, effective rank exp(H(s / sum s)), the largest "
+      << shown << ")\nblock  layer        kind            count  eff. rank  largest\n";
+  for (const SpectrumRecord &s : spectra) {
+    out << std::right << std::setw(5) << s.block << "  " << std::left << std::setw(11) << s.role
+        << "  " << std::setw(14) << s.kind << std::right << std::setw(6) << s.values.size()
+        << std::setw(11) << std::fixed << std::setprecision(1) << effectiveRank(s.values)
+        << std::defaultfloat << std::setprecision(4) << " ";
+    for (size_t i = 0; i < s.values.size() && i < shown; ++i)
+      out << " " << s.values[i];
+    out << "\n";
+  }
+}
+
 std::string schemeName(const std::string &schemeJson) {
   try {
     return nlohmann::json::parse(schemeJson).value("name", std::string("custom"));
@@ -131,11 +177,45 @@ std::string schemeName(const std::string &schemeJson) {
   }
 }
 
+// `--resume RUN_ID` without MODEL takes every setting from the run: none may be given.
+void refuseSettingsWithResume(const Arguments &args) {
+  for (const char *option :
+       {"method",       "scheme",     "calib",         "nsamples", "seq-len", "seed",
+        "smoothquant",  "alpha",      "smooth-groups", "no-eval",  "text",    "eval-seq-len",
+        "eval-windows", "no-spectra", "out",           "packed",   "hyper",   "rank",
+        "iters",        "lr",         "preset"})
+    if (has(args, option))
+      throw UsageError(std::string("--resume RUN_ID alone takes the run's settings; --") + option +
+                       " may only come with the whole original command");
+}
+
+// `--resume RUN_ID`: the run's saved request. Given with the whole original
+// command (MODEL and options), the command's settings must be the run's.
+QuantizeRequest resumedRequest(const Arguments &args, const QuantizeRequest &given) {
+  QuantizeRequest saved =
+      resumeRequest(stringOption(args, "resume", ""), stringOption(args, "store", ""),
+                    stringOption(args, "work-dir", ""));
+  if (args.positional.empty())
+    return saved;
+  const std::vector<std::string> differences = requestDifferences(saved, given);
+  if (!differences.empty()) {
+    std::string list;
+    for (const std::string &d : differences)
+      list += (list.empty() ? "" : ", ") + d;
+    throw Error("cannot resume run " + saved.resumeRunId + ": settings differ from the run's: " +
+                list + " (give --resume " + saved.resumeRunId + " alone to use the run's)");
+  }
+  return saved;
+}
+
 } // namespace
 
 int commandQuantize(const Arguments &args, std::ostream &out, TerminalProgress &progress) {
   QuantizeRequest request;
-  request.model = requireModel(args);
+  const bool resumeAlone = has(args, "resume") && args.positional.empty();
+  if (resumeAlone)
+    refuseSettingsWithResume(args);
+  request.model = resumeAlone ? "" : requireModel(args);
   request.method = stringOption(args, "method", "rtn");
   request.scheme = stringOption(args, "scheme", "W4A16");
   request.calibrationText = stringOption(args, "calib", "");
@@ -144,7 +224,12 @@ int commandQuantize(const Arguments &args, std::ostream &out, TerminalProgress &
   request.seed = static_cast<uint64_t>(intOption(args, "seed", 0, 0, 1LL << 62));
   request.smoothQuant = has(args, "smoothquant");
   request.smoothQuantAlpha = doubleOption(args, "alpha", 0.5, 0.0, 1.0);
+  request.smoothQuantGroups = stringOption(args, "smooth-groups", request.smoothQuantGroups);
+  if (request.smoothQuantGroups != "norm" && request.smoothQuantGroups != "all")
+    throw UsageError("--smooth-groups must be norm or all, got '" + request.smoothQuantGroups +
+                     "'");
   request.evaluate = !has(args, "no-eval");
+  request.spectra = !has(args, "no-spectra");
   request.evaluationText = stringOption(args, "text", "");
   request.evalSeqLen = intOption(args, "eval-seq-len", request.evalSeqLen, 2, 1 << 20);
   request.evalMaxWindows = intOption(args, "eval-windows", 0, 0, 1LL << 40);
@@ -181,6 +266,11 @@ int commandQuantize(const Arguments &args, std::ostream &out, TerminalProgress &
   if (has(args, "preset"))
     applyPreset(args, request, hyper, defaults);
   request.hyperparametersJson = hyper.dump();
+  if (has(args, "resume")) {
+    request = resumedRequest(args, request);
+    hyper = nlohmann::json::parse(methodDefaultsJson(request.method));
+    hyper.update(nlohmann::json::parse(request.hyperparametersJson));
+  }
   if (hyper.contains("iters") && hyper["iters"].is_number_integer())
     progress.setIterationsPerBlock(hyper["iters"].get<int64_t>());
   else if (defaults.contains("iters") && defaults["iters"].is_number_integer())
@@ -270,6 +360,8 @@ int commandRuns(const Arguments &args, std::ostream &out) {
                           {"sqnr_db", l.sqnrDb},
                           {"learnable_params", l.learnableParams}});
       j["layers"] = layers;
+      if (has(args, "spectra"))
+        j["spectra"] = spectraJson(r.spectra);
       out << j.dump() << "\n";
       return 0;
     }
@@ -302,6 +394,10 @@ int commandRuns(const Arguments &args, std::ostream &out) {
             << std::fixed << std::setprecision(2) << l.sqnrDb << std::defaultfloat << std::setw(12)
             << l.learnableParams << "\n";
     }
+    if (has(args, "spectra"))
+      printSpectra(out, r.spectra);
+    else if (!r.spectra.empty())
+      out << "\n" << r.spectra.size() << " spectra recorded (--spectra shows them)\n";
     return 0;
   }
   if (sub == "compare") {

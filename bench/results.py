@@ -71,7 +71,7 @@ def main():
     for scheme in args.schemes.split(","):
         for method in args.methods.split(","):
             cmd = [args.lrq, "quantize", "default", "--method", method, "--scheme", scheme,
-                   "--preset", args.preset, "--json", "--quiet"] + evalopts + store
+                   "--preset", args.preset, "--json", "--quiet", "--no-spectra"] + evalopts + store
             if scheme in SMOOTHQUANT:
                 cmd.append("--smoothquant")
             out, secs, err = run(cmd)
@@ -121,7 +121,10 @@ def main():
         "Q4_1** (the only published form we can fetch), so \"full precision\" below means "
         "those dequantized weights. Text: the held-out part of the default text (the Jargon "
         "File; every 20th paragraph). KL is KL(P_reference || P_quantized) per predicted "
-        "token in nats; top-1 is the fraction of positions where both models' argmax agree.",
+        "token in nats; top-1 is the fraction of positions where both models' argmax agree. "
+        "W8A8 rows use SmoothQuant (alpha 0.5, all groups). Seconds are the whole `lrq "
+        "quantize` run (load, calibration, method, evaluation) without per-layer spectra "
+        "(`--no-spectra`; recording them adds about 7 s); peak RSS is the process's.",
         "",
         "| method | scheme | perplexity | KL | top-1 | seconds | peak RSS MiB | note |",
         "|---|---|---:|---:|---:|---:|---:|---|",

@@ -168,6 +168,31 @@ private slots:
   void singularValuesNeedAMatrix() {
     QVERIFY_THROWS_EXCEPTION(Error, analysis::singularValues(at::ones({5})));
     QVERIFY_THROWS_EXCEPTION(Error, analysis::singularValues(at::ones({2, 3, 4})));
+    QVERIFY_THROWS_EXCEPTION(Error, analysis::gramSingularValues(at::ones({5})));
+    QVERIFY_THROWS_EXCEPTION(Error, analysis::gramSingularValues(at::ones({0, 3})));
+  }
+
+  // The Gram route: U diag(s) V^T again, tall and wide, down to where float64's
+  // √epsilon lets it resolve values (4 decades below the largest here).
+  void gramSingularValuesOfConstructedMatrix() {
+    at::manual_seed(12);
+    const at::Tensor u = std::get<0>(at::linalg_qr(at::randn({70, 25}, at::kDouble)));
+    const at::Tensor v = std::get<0>(at::linalg_qr(at::randn({40, 25}, at::kDouble)));
+    std::vector<double> sv;
+    for (int i = 0; i < 25; ++i)
+      sv.push_back(std::pow(0.7, i) * 3.0); // 3 down to 5e-4
+    const at::Tensor a = at::matmul(u * at::tensor(sv, at::kDouble), v.t());
+    for (const at::Tensor &m : {a, a.t().contiguous(), a.to(at::kFloat).to(at::kDouble)}) {
+      const analysis::Spectrum s = analysis::gramSingularValues(m);
+      QCOMPARE(s.values.size(), size_t(40));
+      for (size_t i = 0; i < 25; ++i)
+        QVERIFY2(std::abs(s.values[i] - sv[i]) <= 1e-6 * sv[0],
+                 qPrintable(QString("%1 vs %2").arg(s.values[i]).arg(sv[i])));
+      for (size_t i = 25; i < 40; ++i)
+        QVERIFY2(s.values[i] >= 0 && s.values[i] < 1e-6 * sv[0], qPrintable(QString::number(i)));
+      for (size_t i = 1; i < 40; ++i)
+        QVERIFY(s.values[i] <= s.values[i - 1]);
+    }
   }
 };
 

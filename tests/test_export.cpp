@@ -24,6 +24,8 @@
 #include "core/io/model_loader.h"
 #include "core/model/decoder.h"
 #include "core/quant/export_glue.h"
+#include "core/quant/learned_rounding.h"
+#include "core/quant/method.h"
 #include "core/quant/rtn.h"
 #include "core/quant/scheme.h"
 #include "decoder_test_models.h"
@@ -342,6 +344,224 @@ private slots:
     off.blocks[3].v.weight = off.blocks[3].v.weight + 1e-3;
     QVERIFY_THROWS_EXCEPTION(
         Error, quant::packQuantizedModel(source_->config, off, original_, scheme_, "rtn"));
+  }
+
+  // Every registered method, with tiny settings on blocks 0 and 1 of the default
+  // model, W4 per group of 128 (ragged 576 = 4 x 128 + 64): the grids it reports
+  // put its Ŵ exactly on integer codes; the packed file, loaded back, holds the
+  // in-memory Ŵ (and low-rank factors) and gives the in-memory model's logits; an
+  // independent look at the loaded weights finds at most 2^bits distinct values
+  // per row and group, and numpy's own dequantization of a layer equals Ŵ.
+  void everyMethodPacksExactly() {
+    const ModelConfig &config = source_->config;
+    quant::QuantScheme scheme = quant::presetScheme("W4A16-g128");
+    scheme.layers.blocks = {0, 1};
+    const int64_t group = scheme.weight.groupSize;
+    const quant::CalibrationSet calib =
+        quant::makeCalibrationSet(evalTokens_, 2, 32, 7, "test-export");
+    std::vector<int64_t> probeIds(evalTokens_.begin() + 500, evalTokens_.begin() + 548);
+    const at::Tensor probe = at::tensor(probeIds, at::kLong).reshape({1, 48});
+    const std::map<std::string, nlohmann::json> tiny = {
+        {"gptq", {{"block_size", 64}}},
+        {"flexround", {{"iters", 2}, {"batch_size", 1}}},
+        {"lrq", {{"iters", 2}, {"batch_size", 1}}},
+        {"rtn-learned-step", {{"iters", 3}, {"batch_size", 1}}},
+        {"lrqat", {{"steps", 2}, {"rank", 4}, {"lr", 1e-2}, {"lr_scale", 1e-3}}},
+        {"lqer", {{"rank", 8}}},
+        {"l2qer", {{"rank", 8}, {"batch_size", 2}}}};
+    const std::vector<std::string> names = quant::methodNames();
+    QVERIFY(names.size() >= 8);
+    for (const std::string &name : names) {
+      // A deep copy: every method starts from the full-precision weights.
+      std::map<std::string, at::Tensor> fp;
+      for (const auto &[n, t] : hfTensorsFromWeights(config, original_))
+        fp[n] = t.clone();
+      DecoderModel model(config, ModelWeights::fromHfTensors(config, fp));
+      std::unique_ptr<quant::QuantMethod> method = quant::createMethod(name);
+      const auto it = tiny.find(name);
+      quant::MethodContext ctx{model,
+                               scheme,
+                               calib,
+                               quant::mergeHyperparameters(*method, it == tiny.end()
+                                                                        ? nlohmann::json::object()
+                                                                        : it->second),
+                               3,
+                               nullptr,
+                               nullptr,
+                               ""};
+      const quant::MethodReport report = method->run(ctx);
+      QVERIFY2(report.grids.size() == 14, name.c_str());
+
+      quant::PackStats stats;
+      PackedModelContents contents = quant::packQuantizedModel(config, model.weights(), original_,
+                                                               scheme, name, &report.grids, &stats);
+      QCOMPARE(stats.layers, int64_t(14));
+      QVERIFY2(stats.maxDeviation == 0.0, name.c_str());
+      for (const PackedTensor &t : contents.quantized) {
+        QVERIFY(t.codes.min().item<int64_t>() >= scheme.weight.qmin());
+        QVERIFY(t.codes.max().item<int64_t>() <= scheme.weight.qmax());
+      }
+      const QString path = work_.filePath(QString::fromStdString("every-" + name + ".safetensors"));
+      const ExportResult r = writePackedModel(path.toStdString(), contents);
+
+      // Unfolded: the very tensors, low-rank factors apart.
+      const PackedModel pm = loadPackedModel(path.toStdString());
+      QCOMPARE(pm.method, name);
+      ModelWeights back = ModelWeights::fromHfTensors(pm.model.config, pm.model.tensors);
+      installLowRank(pm.model.config, back, pm.lowRank);
+      const auto want = hfLinearsFromWeights(config, model.weights());
+      const auto got = hfLinearsFromWeights(config, back);
+      QCOMPARE(got.size(), want.size());
+      double maxDiff = 0;
+      int64_t lowRank = 0;
+      for (size_t i = 0; i < want.size(); ++i) {
+        const Linear &a = *want[i].second, &b = *got[i].second;
+        maxDiff =
+            std::max(maxDiff, (a.weight.to(at::kFloat) - b.weight).abs().max().item<double>());
+        QCOMPARE(a.lowRankA.defined(), b.lowRankA.defined());
+        if (a.lowRankA.defined()) {
+          ++lowRank;
+          QVERIFY(at::equal(a.lowRankA.to(at::kFloat), b.lowRankA));
+          QVERIFY(at::equal(a.lowRankB.to(at::kFloat), b.lowRankB));
+        }
+      }
+      QVERIFY2(maxDiff == 0.0, name.c_str());
+      QCOMPARE(lowRank, (name == "lqer" || name == "l2qer") ? int64_t(14) : int64_t(0));
+
+      // Independent of the grids: each row's group of 128 (64 for the last)
+      // holds at most 2^bits distinct values.
+      int64_t maxLevels = 0;
+      for (const PackedTensor &t : contents.quantized) {
+        const at::Tensor &w = pm.model.tensors.at(t.name + ".weight");
+        for (int64_t c = 0; c < w.size(1); c += group) {
+          const at::Tensor sorted =
+              std::get<0>(w.narrow(1, c, std::min(group, w.size(1) - c)).sort(1));
+          const at::Tensor levels =
+              (sorted.narrow(1, 1, sorted.size(1) - 1) != sorted.narrow(1, 0, sorted.size(1) - 1))
+                  .sum(1) +
+              1;
+          maxLevels = std::max(maxLevels, levels.max().item<int64_t>());
+        }
+      }
+      QVERIFY2(maxLevels <= 16 && maxLevels >= 8, qPrintable(QString::number(maxLevels)));
+
+      // Logits of the reloaded model: unfolded (factors on the linears) and as
+      // lrq eval loads it (factors folded into the weights).
+      const DecoderModel unfolded(pm.model.config, back);
+      const LoadedModel foldedFile = loadModel(path.toStdString());
+      const DecoderModel folded(foldedFile.config,
+                                ModelWeights::fromHfTensors(foldedFile.config, foldedFile.tensors));
+      at::Tensor ref, a, b;
+      {
+        at::NoGradGuard noGrad;
+        ref = model.forward(probe);
+        a = unfolded.forward(probe);
+        b = folded.forward(probe);
+      }
+      const double scale = ref.abs().max().item<double>();
+      const double dUnfolded = (a - ref).abs().max().item<double>();
+      const double dFolded = (b - ref).abs().max().item<double>();
+      qInfo().noquote() << QStringLiteral("%1: packed %2 MB, max levels per group %3, logits max "
+                                          "|diff| unfolded %4, folded %5 (of %6)")
+                               .arg(QString::fromStdString(name))
+                               .arg(double(r.bytes) / 1e6, 0, 'f', 2)
+                               .arg(maxLevels)
+                               .arg(dUnfolded, 0, 'g', 3)
+                               .arg(dFolded, 0, 'g', 3)
+                               .arg(scale, 0, 'g', 3);
+      QVERIFY2(dUnfolded <= 1e-5 * scale, name.c_str());
+      QVERIFY2(dFolded <= 1e-4 * scale, name.c_str());
+
+      // numpy reads one layer by the documented layout.
+      const std::string layer = "model.layers.1.mlp.down_proj";
+      QString error;
+      const QString out = work_.filePath("numpy_every.bin");
+      const QByteArray json = lrq::test::runReference(
+          "pack_reference.py", {"dequant", path, QString::fromStdString(layer), out}, &error);
+      QVERIFY2(!json.isEmpty(), qPrintable(error));
+      const at::Tensor expected = model.weights().blocks[1].down.weight.to(at::kFloat);
+      const QByteArray bytes = readAll(out);
+      QCOMPARE(bytes.size(), int(expected.numel() * 4));
+      const at::Tensor numpyW =
+          at::from_blob(const_cast<char *>(bytes.constData()), expected.sizes(), at::kFloat);
+      QVERIFY2(at::equal(numpyW, expected), name.c_str());
+      QVERIFY(QFile::remove(path));
+    }
+
+    // GPTQ with act-order on a per-group grid has no [rows, groups] grid (its
+    // groups run over permuted columns): the export is refused, naming the layer.
+    std::map<std::string, at::Tensor> fp;
+    for (const auto &[n, t] : hfTensorsFromWeights(config, original_))
+      fp[n] = t.clone();
+    DecoderModel model(config, ModelWeights::fromHfTensors(config, fp));
+    quant::QuantScheme one = scheme;
+    one.layers.blocks = {0};
+    auto gptq = quant::createMethod("gptq");
+    quant::MethodContext ctx{
+        model, one,     calib,   quant::mergeHyperparameters(*gptq, {{"act_order", true}}),
+        3,     nullptr, nullptr, ""};
+    const quant::MethodReport report = gptq->run(ctx);
+    QVERIFY(report.grids.empty());
+    try {
+      quant::packQuantizedModel(config, model.weights(), original_, one, "gptq", &report.grids);
+      QFAIL("packing GPTQ act-order per-group codes should fail");
+    } catch (const Error &e) {
+      QVERIFY2(QString(e.what()).contains("model.layers.0.self_attn.q_proj"), e.what());
+    }
+    // A reported grid Ŵ is not on is refused too.
+    quant::QuantScheme rtnScheme = one;
+    ModelWeights q = original_;
+    std::map<std::string, quant::GridParams> grids;
+    quant::quantizeModelRtn(q, config, rtnScheme, nullptr, nullptr, &grids);
+    QCOMPARE(int(grids.size()), 7);
+    quant::packQuantizedModel(config, q, original_, rtnScheme, "rtn", &grids);
+    grids.at("model.layers.0.mlp.up_proj").scale *= 1.01;
+    QVERIFY_THROWS_EXCEPTION(
+        Error, quant::packQuantizedModel(config, q, original_, rtnScheme, "rtn", &grids));
+  }
+
+  // recoverLearnedGrid (for reconstruction blocks restored from a checkpoint)
+  // finds, from Ŵ alone, a grid whose codes give Ŵ back exactly, for learned
+  // steps and exponents far from their initial values; a Ŵ off every grid gets none.
+  void recoveredLearnedGridsAreExact() {
+    const at::Tensor w = original_.blocks[2].up.weight;
+    for (const bool perGroup : {true, false}) {
+      quant::GridSpec spec = quant::presetScheme("W4A16-g128").weight;
+      if (!perGroup) {
+        spec.granularity = quant::Granularity::PerChannel;
+        spec.groupSize = 0;
+        spec.bits = 3;
+      }
+      at::manual_seed(5);
+      for (int kind = 0; kind < 3; ++kind) {
+        auto layer = kind == 0   ? quant::makeLrqLayer(w, spec, 8, 11)
+                     : kind == 1 ? quant::makeFlexRoundLayer(w, spec)
+                                 : quant::makeLearnedStepLayer(w, spec);
+        {
+          at::NoGradGuard noGrad;
+          for (auto &[pname, p] : layer->parameters())
+            p.add_(at::randn_like(p) * (pname == "log_s1" ? 0.3 : 0.1));
+        }
+        at::Tensor wq;
+        {
+          at::NoGradGuard noGrad;
+          wq = layer->weight().detach();
+        }
+        const quant::GridParams g = quant::recoverLearnedGrid(w, wq, spec);
+        QVERIFY(g.scale.defined());
+        QVERIFY(at::equal(g.zeroPoint, layer->grid().zeroPoint));
+        const at::Tensor codes = quant::quantizeWeight(wq, g, spec);
+        QVERIFY(codes.min().item<int64_t>() >= spec.qmin());
+        QVERIFY(codes.max().item<int64_t>() <= spec.qmax());
+        QVERIFY(at::equal(quant::dequantizeWeight(codes, g, spec), wq));
+        // The layer's own grid is exact too (what a run that did not resume reports).
+        QVERIFY(at::equal(quant::dequantizeWeight(quant::quantizeWeight(wq, layer->grid(), spec),
+                                                  layer->grid(), spec),
+                          wq));
+        QVERIFY(
+            !quant::recoverLearnedGrid(w, wq + 1e-3 * at::randn_like(wq), spec).scale.defined());
+      }
+    }
   }
 
   void cancelledOrFailedExportLeavesNothing() {

@@ -15,8 +15,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -259,6 +261,191 @@ private slots:
     QVERIFY_THROWS_EXCEPTION(Error, applySmoothQuant(*decoder, calib, 1.5));
   }
 
+  // SmoothQuant on all groups (norm-fed and the linear-fed pairs v -> o,
+  // up -> down) with a random alpha: the identity in full precision (GQA,
+  // biases, OPT with ReLU), the pairs' scales against numpy, and the
+  // re-measured maxima of the smoothed inputs equal to max|X| / s.
+  void smoothQuantAllPairsTiny_data() {
+    QTest::addColumn<QString>("model");
+    QTest::addColumn<double>("alpha");
+    std::mt19937 rng(20251123);
+    std::uniform_real_distribution<double> pick(0.15, 0.85);
+    for (const char *model : {"llama_gqa", "llama_bias", "opt_pre"})
+      QTest::newRow(model) << model << pick(rng);
+  }
+  void smoothQuantAllPairsTiny() {
+    QFETCH(QString, model);
+    QFETCH(double, alpha);
+    const lrq::test::TinyModel tiny = lrq::test::readTinyModel(tinyDir_, model);
+    auto decoder = tinyDecoder(tiny);
+    const ModelConfig &c = decoder->config();
+    const bool llama = c.arch == Architecture::Llama;
+    if (model == "llama_gqa")
+      QVERIFY(c.numKvHeads < c.numHeads);
+    const CalibrationSet calib{tiny.tokens, ""};
+    const ModelWeights before = ModelWeights::fromHfTensors(tiny.config, tiny.tensors);
+    const std::vector<NormInputMax> statsBefore = collectNormInputAbsMax(*decoder, calib, 1);
+    at::NoGradGuard g;
+    const at::Tensor fp = decoder->forward(tiny.tokens);
+    SmoothQuantOptions options;
+    options.alpha = alpha;
+    options.groups = SmoothGroups::All;
+    const SmoothQuantReport rep = applySmoothQuant(*decoder, calib, options);
+    const int64_t L = c.numLayers;
+    QCOMPARE(int64_t(rep.groups.size()), 4 * L);
+    const at::Tensor smoothed = decoder->forward(tiny.tokens);
+    QVERIFY2(at::allclose(smoothed, fp, 1e-4, 1e-4),
+             qPrintable(QString::number((smoothed - fp).abs().max().item<double>())));
+
+    at::Tensor ref;
+    if (llama) {
+      const QString out = tmp_.filePath("sqscales.bin");
+      QVERIFY(
+          !runRef({"sqscales", tinyDir_, model, QString::number(alpha, 'g', 17), out}).isEmpty());
+      ref = readFloats(out, {L, c.numKvHeads * c.headDim + c.intermediateSize}).to(at::kDouble);
+      QVERIFY(ref.defined());
+    }
+    const std::vector<NormInputMax> statsAfter = collectNormInputAbsMax(*decoder, calib, 1);
+    const int64_t groups = c.numHeads / c.numKvHeads, d = c.headDim, kv = c.numKvHeads * d;
+    for (int64_t b = 0; b < L; ++b) {
+      const BlockWeights &o = before.blocks[size_t(b)];
+      const BlockWeights &n = decoder->weights().blocks[size_t(b)];
+      // The scales as applied: v's rows divided (its columns also carry the
+      // attention norm's scale), o's columns multiplied; likewise up/down.
+      auto rowScale = [](const at::Tensor &before, const at::Tensor &after,
+                         const at::Tensor &columnScale) {
+        const at::Tensor r = (before * columnScale.unsqueeze(0) / after).to(at::kDouble);
+        const at::Tensor s = r.mean(1);
+        return at::allclose(r, s.unsqueeze(1).expand_as(r), 1e-4) ? s : at::Tensor();
+      };
+      const at::Tensor sV = rowScale(o.v.weight, n.v.weight, o.attnNorm.weight / n.attnNorm.weight);
+      QVERIFY(sV.defined());
+      const at::Tensor sO = (n.o.weight.abs().amax(0) / o.o.weight.abs().amax(0)).to(at::kDouble);
+      // o_proj column (kvHead * groups + g) * d + e reads v channel kvHead * d + e.
+      const at::Tensor expectedO =
+          sV.reshape({c.numKvHeads, 1, d}).expand({c.numKvHeads, groups, d}).reshape({-1});
+      QVERIFY(at::allclose(sO, expectedO, 1e-4));
+      if (o.v.bias.defined())
+        QVERIFY(at::allclose((o.v.bias / n.v.bias).to(at::kDouble), sV, 1e-4));
+      const at::Tensor sU = rowScale(o.up.weight, n.up.weight, o.mlpNorm.weight / n.mlpNorm.weight);
+      QVERIFY(sU.defined());
+      const at::Tensor sD =
+          (n.down.weight.abs().amax(0) / o.down.weight.abs().amax(0)).to(at::kDouble);
+      QVERIFY(at::allclose(sU, sD, 1e-4));
+      if (llama) {
+        QVERIFY2(
+            at::allclose(sV, ref[b].narrow(0, 0, kv), 1e-4),
+            qPrintable(QString::number((sV - ref[b].narrow(0, 0, kv)).abs().max().item<double>())));
+        QVERIFY(at::allclose(sU, ref[b].narrow(0, kv, c.intermediateSize), 1e-4));
+      }
+      // Re-measured on the smoothed model: max|X_j| / s_j at both inputs.
+      const auto &sb = statsBefore[size_t(b)], &sa = statsAfter[size_t(b)];
+      QVERIFY(at::allclose(sa.mlpProduct.to(at::kDouble), sb.mlpProduct.to(at::kDouble) / sD, 1e-4,
+                           1e-6));
+      QVERIFY(at::allclose(sa.attentionOutput.to(at::kDouble),
+                           sb.attentionOutput.to(at::kDouble) / sO, 1e-4, 1e-6));
+      // And the scales are not trivial: smoothing did move something.
+      QVERIFY((sD - 1).abs().max().item<double>() > 1e-2);
+    }
+    QCOMPARE(std::string(smoothGroupsName(SmoothGroups::All)), std::string("all"));
+    SmoothGroups parsed = SmoothGroups::All;
+    QVERIFY(parseSmoothGroups("norm", &parsed) && parsed == SmoothGroups::Norm);
+    QVERIFY(!parseSmoothGroups("everything", &parsed));
+  }
+
+  // Per-tensor static with the clipping search: the fraction chosen from the
+  // histogram against a brute-force search over the raw values (independent
+  // formula), MinMax unchanged, and the scheme field round trip.
+  void staticClipSearch() {
+    at::manual_seed(7);
+    std::vector<at::Tensor> batches;
+    for (int i = 0; i < 3; ++i)
+      batches.push_back(at::randn({64, 48}) + 0.3);
+    batches[1][5][7] = 60.0; // a few outliers set the min/max range
+    batches[2][9][3] = -21.0;
+    batches[0][0][0] = 35.0;
+    ActivationSpec spec;
+    spec.mode = ActivationMode::PerTensorStatic;
+    spec.init = StepInit::ClippingSearch;
+    spec.bits = 4; // coarse enough that clipping the outliers pays off
+    spec.clipSteps = 80;
+    spec.clipNorm = 2.0;
+    ActivationQuantizer q(spec);
+    for (const at::Tensor &x : batches)
+      q.observe(x);
+    QVERIFY(q.needsClipSearchPass());
+    QVERIFY_THROWS_EXCEPTION(Error, ActivationQuantizer(q).freeze());
+    for (const at::Tensor &x : batches)
+      q.observeForClipSearch(x);
+    q.freeze();
+    QVERIFY(!q.needsClipSearchPass());
+
+    // Brute force on the values themselves, float64 throughout.
+    const at::Tensor all = at::cat(batches).to(at::kDouble).reshape({-1});
+    const double lo = std::min(all.min().item<double>(), 0.0);
+    const double hi = std::max(all.max().item<double>(), 0.0);
+    auto error = [&](double f) {
+      const double s = (f * hi - f * lo) / 15.0, z = std::round(-f * lo / s);
+      const at::Tensor r = ((all / s).round() + z).clamp(0, 15).sub(z).mul(s);
+      return (all - r).pow(2).sum().item<double>();
+    };
+    double best = std::numeric_limits<double>::infinity(), bestF = 1;
+    for (int k = spec.clipSteps; k >= 1; --k)
+      if (error(double(k) / spec.clipSteps) < best) {
+        best = error(double(k) / spec.clipSteps);
+        bestF = double(k) / spec.clipSteps;
+      }
+    QVERIFY(bestF < 0.5); // outliers of ~50 sigma: the search must clip
+    QVERIFY2(error(q.clipFraction()) <= best * (1 + 1e-3),
+             qPrintable(QString("fraction %1 (error %2) vs brute force %3 (error %4)")
+                            .arg(q.clipFraction())
+                            .arg(error(q.clipFraction()))
+                            .arg(bestF)
+                            .arg(best)));
+    QVERIFY(std::abs(q.scale() - q.clipFraction() * (hi - lo) / 15.0) <= 1e-5 * q.scale());
+    // The quantizer does what its step says: clipped values saturate.
+    const at::Tensor y = q(batches[1]);
+    QVERIFY(y.max().item<double>() < 0.6 * 60.0);
+
+    ActivationSpec minmax = spec;
+    minmax.init = StepInit::MinMax;
+    ActivationQuantizer m(minmax);
+    for (const at::Tensor &x : batches)
+      m.observe(x);
+    m.freeze();
+    QCOMPARE(m.clipFraction(), 1.0);
+    QVERIFY(std::abs(m.scale() - (hi - lo) / 15.0) <= 1e-6 * m.scale());
+
+    // Scheme JSON: default minmax, the field read and written back.
+    QuantScheme w8a8 = presetScheme("W8A8");
+    QCOMPARE(w8a8.activation.init, StepInit::MinMax);
+    w8a8.activation.init = StepInit::ClippingSearch;
+    w8a8.activation.clipSteps = 40;
+    const QuantScheme back = QuantScheme::fromJson(w8a8.toJson());
+    QCOMPARE(back.activation.init, StepInit::ClippingSearch);
+    QCOMPARE(back.activation.clipSteps, 40);
+    QCOMPARE(back.activation.clipNorm, 2.0);
+    QVERIFY_THROWS_EXCEPTION(Error,
+                             QuantScheme::fromJson(R"({"activation": {"init": "percentile"}})"));
+
+    // Installed on a tiny model: block 0 sees the same inputs as with MinMax,
+    // so its clipped steps can only be smaller or equal.
+    const lrq::test::TinyModel tiny = lrq::test::readTinyModel(tinyDir_, "llama_gqa");
+    QuantScheme scheme = presetScheme("W8A8");
+    const CalibrationSet calib{tiny.tokens, ""};
+    auto plain = tinyDecoder(tiny);
+    const ActivationInstallReport r0 = installActivationQuantizers(*plain, scheme, calib);
+    scheme.activation.init = StepInit::ClippingSearch;
+    auto clipped = tinyDecoder(tiny);
+    const ActivationInstallReport r1 = installActivationQuantizers(*clipped, scheme, calib);
+    QCOMPARE(r1.staticSteps.size(), r0.staticSteps.size());
+    for (size_t i = 0; i < r0.staticSteps.size(); ++i)
+      if (r0.staticSteps[i].block == 0)
+        QVERIFY(r1.staticSteps[i].scale <= r0.staticSteps[i].scale * (1 + 1e-6));
+    at::NoGradGuard g;
+    QVERIFY(at::isfinite(clipped->forward(tiny.tokens)).all().item<bool>());
+  }
+
   // Per-tensor static calibration is deterministic: the same steps twice.
   void staticCalibrationDeterministic() {
     const lrq::test::TinyModel tiny = lrq::test::readTinyModel(tinyDir_, "llama_gqa");
@@ -387,6 +574,61 @@ private slots:
     QVERIFY(rtnPpl.perplexity > w8Ppl.perplexity);
     QVERIFY(sqPpl.perplexity < rtnPpl.perplexity);
     QVERIFY(rtnPpl.perplexity < 3 * fpPpl_.perplexity);
+  }
+
+  // SmoothQuant on all groups on the default model (GQA: 9 query heads on 3
+  // kv heads): FP logits unchanged for a random alpha, the down_proj input
+  // maxima re-measured equal max|X| / s, and W8A8 RTN perplexity against
+  // norm-only smoothing (alpha 0.5).
+  void smoothQuantAllDefaultModel() {
+    std::mt19937 rng(1123);
+    const double alpha = std::uniform_real_distribution<double>(0.3, 0.7)(rng);
+    auto fpModel = defaultDecoder();
+    QVERIFY(fpModel->config().numKvHeads < fpModel->config().numHeads);
+    auto model = defaultDecoder();
+    const at::Tensor probe = calib_.tokens.narrow(0, 0, 1).narrow(1, 0, 64);
+    // Two calibration windows keep the three statistics passes short.
+    const CalibrationSet calib{calib_.tokens.narrow(0, 0, 2), calib_.source};
+    const std::vector<NormInputMax> before = collectNormInputAbsMax(*model, calib, 4);
+    SmoothQuantOptions options;
+    options.alpha = alpha;
+    options.groups = SmoothGroups::All;
+    const SmoothQuantReport rep = applySmoothQuant(*model, calib, options);
+    QCOMPARE(int64_t(rep.groups.size()), loaded_->config.numLayers * 4);
+    at::Tensor fpLogits, sqLogits;
+    {
+      at::NoGradGuard g;
+      fpLogits = fpModel->forward(probe);
+      sqLogits = model->forward(probe);
+    }
+    const double logitDiff = (sqLogits - fpLogits).abs().max().item<double>();
+    const double logitScale = fpLogits.abs().max().item<double>();
+    QVERIFY2(logitDiff < 1e-3 * logitScale, qPrintable(QString::number(logitDiff)));
+    const std::vector<NormInputMax> after = collectNormInputAbsMax(*model, calib, 4);
+    double worstDown = 0, ratioBefore = 0, ratioAfter = 0;
+    for (int64_t b = 0; b < model->numBlocks(); ++b) {
+      const BlockWeights &o = fpModel->weights().blocks[size_t(b)];
+      const BlockWeights &n = model->weights().blocks[size_t(b)];
+      const at::Tensor s =
+          (n.down.weight.abs().amax(0) / o.down.weight.abs().amax(0)).to(at::kDouble);
+      const at::Tensor predicted = before[size_t(b)].mlpProduct.to(at::kDouble) / s;
+      const at::Tensor measured = after[size_t(b)].mlpProduct.to(at::kDouble);
+      QVERIFY(at::allclose(measured, predicted, 2e-3, 1e-5 * predicted.max().item<double>()));
+      worstDown = std::max(worstDown, before[size_t(b)].mlpProduct.max().item<double>());
+    }
+    for (const auto &g : rep.groups)
+      if (g.norm == "up_proj") {
+        ratioBefore = std::max(ratioBefore, g.activationRatioBefore);
+        ratioAfter = std::max(ratioAfter, g.activationRatioAfter);
+      }
+    QVERIFY(ratioAfter < ratioBefore);
+    qInfo().noquote() << QString("SmoothQuant all groups a=%1: FP logits max diff %2; down_proj "
+                                 "input max %3, worst max/median %4 -> %5")
+                             .arg(alpha, 0, 'f', 3)
+                             .arg(logitDiff, 0, 'g', 3)
+                             .arg(worstDown, 0, 'f', 1)
+                             .arg(ratioBefore, 0, 'f', 1)
+                             .arg(ratioAfter, 0, 'f', 1);
   }
 
   // W4A8-KV8: per-token dynamic A8 and KV8 on W4 RTN cost little beyond W4A16.

@@ -24,6 +24,7 @@
 #include "core/data/default_assets.h"
 #include "core/io/model_loader.h"
 #include "core/model/decoder.h"
+#include "core/quant/export_glue.h"
 #include "core/quant/grid.h"
 #include "core/quant/learned_rounding.h"
 #include "core/quant/method.h"
@@ -551,6 +552,14 @@ private slots:
       QCOMPARE(report.extra.at("resumed_blocks").get<int>(), 1);
       QVERIFY2(sameWeights(linearWeights(straight), linearWeights(resumed)), name);
       QCOMPARE(int(report.layers.size()), 14);
+      // The restored block's grids are recovered from its Ŵ: the packed export
+      // of the resumed run reproduces every Ŵ exactly.
+      QCOMPARE(int(report.grids.size()), 14);
+      PackStats packStats;
+      packQuantizedModel(resumed.config(), resumed.weights(), tinyModel().weights(), scheme, name,
+                         &report.grids, &packStats);
+      QCOMPARE(packStats.layers, int64_t(14));
+      QCOMPARE(packStats.maxDeviation, 0.0);
       // The restored block's curve is replayed, so the events are complete.
       QCOMPARE(int(rec2.curves.size()), 2);
       QCOMPARE(int(rec2.curves[0].size()), 12);

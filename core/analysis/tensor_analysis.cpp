@@ -91,12 +91,32 @@ HistogramBins tensorHistogram(const at::Tensor &t, int bins, double lo, double h
   return h;
 }
 
-Spectrum singularValues(const at::Tensor &t) {
+namespace {
+
+void checkMatrix(const at::Tensor &t) {
   if (!t.defined() || t.dim() != 2)
     throw Error("tensor analysis: singular values need a matrix, the tensor has shape " +
                 (t.defined() ? shapeString(t.sizes()) : std::string("(none)")));
   if (t.numel() == 0)
     throw Error("tensor analysis: singular values of an empty matrix");
+}
+
+} // namespace
+
+Spectrum gramSingularValues(const at::Tensor &t) {
+  checkMatrix(t);
+  c10::InferenceMode guard;
+  const at::Tensor m = t.detach().to(at::kCPU, at::kDouble);
+  const at::Tensor gram = m.size(0) <= m.size(1) ? at::mm(m, m.t()) : at::mm(m.t(), m);
+  // Ascending eigenvalues; rounding can leave the smallest slightly negative.
+  const at::Tensor values = at::linalg_eigvalsh(gram).clamp_min(0).sqrt().flip(0).contiguous();
+  Spectrum s;
+  s.values.assign(values.data_ptr<double>(), values.data_ptr<double>() + values.numel());
+  return s;
+}
+
+Spectrum singularValues(const at::Tensor &t) {
+  checkMatrix(t);
   c10::InferenceMode guard;
   Spectrum s;
   s.float64 = std::min(t.size(0), t.size(1)) <= 2048 && t.numel() <= (int64_t(32) << 20);

@@ -148,6 +148,18 @@ ActivationInstallReport installActivationQuantizers(DecoderModel &model, const Q
       }
       states.runBlock(b, false, cancel);
     }
+    if (spec.init == StepInit::ClippingSearch) {
+      // Second pass over the same inputs (the block's own quantizers are not
+      // installed yet) for the clipping search's histograms.
+      std::vector<ScopedCapture> captures;
+      captures.reserve(targets.size());
+      for (size_t i = 0; i < targets.size(); ++i) {
+        ActivationQuantizer *q = &quantizers[i];
+        captures.emplace_back(*targets[i].second,
+                              [q](const at::Tensor &x) { q->observeForClipSearch(x); });
+      }
+      states.runBlock(b, false, cancel);
+    }
     for (size_t i = 0; i < targets.size(); ++i) {
       ActivationQuantizer &q = quantizers[i];
       q.freeze();

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <tuple>
 
@@ -72,14 +73,76 @@ void ActivationQuantizer::observe(const at::Tensor &x) {
   observed_ = true;
 }
 
+bool ActivationQuantizer::needsClipSearchPass() const {
+  return spec_.mode == ActivationMode::PerTensorStatic && spec_.init == StepInit::ClippingSearch &&
+         !frozen_;
+}
+
+void ActivationQuantizer::observeForClipSearch(const at::Tensor &x) {
+  if (!needsClipSearchPass())
+    return;
+  if (!observed_)
+    throw Error("activation quantizer: clipping-search pass before the range was observed");
+  if (!x.defined() || x.numel() == 0)
+    return;
+  at::NoGradGuard noGrad;
+  const double lo = std::min(min_, 0.0), hi = std::max(max_, 0.0);
+  if (!(hi > lo))
+    return; // all zeros: nothing to search
+  if (!histogram_.defined())
+    histogram_ = at::zeros({kClipBins}, at::TensorOptions().dtype(at::kDouble));
+  const at::Tensor v = x.detach().to(at::kCPU, at::kFloat).reshape({-1}).clamp(lo, hi);
+  histogram_ += at::histc(v, kClipBins, lo, hi).to(at::kDouble);
+}
+
+namespace {
+
+// The fraction k / steps of [lo, hi] (k = steps..1) whose asymmetric grid
+// minimises sum count * |c - Q(c)|^p over the histogram's non-empty bins.
+double searchClipFraction(const at::Tensor &histogram, double lo, double hi, int64_t levels,
+                          int steps, double p) {
+  const int64_t bins = histogram.size(0);
+  const at::Tensor nonEmpty = histogram.gt(0).nonzero().reshape({-1});
+  const at::Tensor counts = histogram.index_select(0, nonEmpty);
+  const at::Tensor centres = (nonEmpty.to(at::kDouble) + 0.5) * ((hi - lo) / double(bins)) + lo;
+  double bestFraction = 1.0, bestError = std::numeric_limits<double>::infinity();
+  for (int k = steps; k >= 1; --k) {
+    const double f = double(k) / double(steps);
+    // The step arithmetic of freeze(): float32, as the quantizer will run.
+    const auto [scale, zero] = asymmetricStep(at::scalar_tensor(f * lo, at::kFloat),
+                                              at::scalar_tensor(f * hi, at::kFloat), levels);
+    const double s = scale.item<double>(), z = zero.item<double>();
+    const at::Tensor q = (centres / s).round_().add_(z).clamp_(0.0, double(levels - 1));
+    const double error =
+        (q.sub_(z).mul_(s).sub_(centres).abs_().pow_(p) * counts).sum().item<double>();
+    if (error < bestError) {
+      bestError = error;
+      bestFraction = f;
+    }
+  }
+  return bestFraction;
+}
+
+} // namespace
+
 void ActivationQuantizer::freeze() {
   if (spec_.mode != ActivationMode::PerTensorStatic)
     return;
   if (!observed_)
     throw Error("activation quantizer: freeze() before any calibration batch was observed");
-  const at::Tensor lo = at::scalar_tensor(std::min(min_, 0.0), at::kFloat);
-  const at::Tensor hi = at::scalar_tensor(std::max(max_, 0.0), at::kFloat);
-  std::tie(scale_, zero_) = asymmetricStep(lo, hi, levels(spec_.bits));
+  const double lo = std::min(min_, 0.0), hi = std::max(max_, 0.0);
+  fraction_ = 1.0;
+  if (spec_.init == StepInit::ClippingSearch && hi > lo) {
+    if (!histogram_.defined())
+      throw Error("activation quantizer: clipping search needs the second calibration pass "
+                  "(observeForClipSearch) before freeze()");
+    fraction_ =
+        searchClipFraction(histogram_, lo, hi, levels(spec_.bits), spec_.clipSteps, spec_.clipNorm);
+    histogram_ = at::Tensor();
+  }
+  const at::Tensor loT = at::scalar_tensor(fraction_ * lo, at::kFloat);
+  const at::Tensor hiT = at::scalar_tensor(fraction_ * hi, at::kFloat);
+  std::tie(scale_, zero_) = asymmetricStep(loT, hiT, levels(spec_.bits));
   frozen_ = true;
 }
 

@@ -30,9 +30,25 @@ public:
   // Per-tensor static: widens the observed range by x's min and max. Throws
   // lrq::Error after freeze(); does nothing for the other modes.
   void observe(const at::Tensor &x);
-  // Per-tensor static: fixes step and zero point from the observed range.
-  // Throws lrq::Error when nothing was observed.
+  // Per-tensor static with init ClippingSearch: a second pass over the same
+  // calibration batches, after all observe() calls. The first call fixes the
+  // observed range; the values (clamped into it) are counted in a histogram of
+  // kClipBins bins over it, and freeze() picks the fraction k / clipSteps of
+  // the range minimising sum over bins of count * |c - Q_k(c)|^clipNorm (c:
+  // the bin centre; bins are far narrower than the smallest step tried, so
+  // this is the error over the values up to rounding within a bin), the
+  // largest fraction winning ties. Does nothing for other modes and inits.
+  void observeForClipSearch(const at::Tensor &x);
+  // Per-tensor static with init ClippingSearch and not frozen yet.
+  bool needsClipSearchPass() const;
+  static constexpr int64_t kClipBins = int64_t(1) << 18;
+
+  // Per-tensor static: fixes step and zero point from the observed range
+  // (scaled by the searched fraction for ClippingSearch). Throws lrq::Error
+  // when nothing was observed, or for ClippingSearch without the second pass.
   void freeze();
+  // The fraction of the observed range kept (1 for MinMax); after freeze().
+  double clipFraction() const { return fraction_; }
   // Per-tensor static: sets step and zero point directly (a saved calibration).
   void setStatic(double scale, double zeroPoint);
   bool frozen() const { return frozen_; }
@@ -50,6 +66,8 @@ private:
   bool observed_ = false;
   bool frozen_ = false;
   double min_ = 0.0, max_ = 0.0;
+  double fraction_ = 1.0;
+  at::Tensor histogram_;    // ClippingSearch second pass: float64 [kClipBins]
   at::Tensor scale_, zero_; // 0-dim float32 once frozen
 };
 

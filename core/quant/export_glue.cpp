@@ -1,15 +1,24 @@
 #include "core/quant/export_glue.h"
 
 #include <set>
+#include <vector>
 
 #include "core/common/error.h"
+#include "core/quant/method.h"
 
 namespace lrq::quant {
-namespace {
 
-std::string linearPrefix(const ModelConfig &config, int64_t block, const std::string &role) {
+std::string gridKey(const ModelConfig &config, int64_t block, const std::string &role) {
+  const bool opt = config.arch == Architecture::Opt;
+  if (block < 0) {
+    if (role == "embeddings")
+      return opt ? "model.decoder.embed_tokens" : "model.embed_tokens";
+    if (role == "lm_head")
+      return "lm_head";
+    throw Error("grid key: no block-less tensor named " + role);
+  }
   const std::string i = std::to_string(block);
-  if (config.arch == Architecture::Opt) {
+  if (opt) {
     if (role == "fc1" || role == "fc2")
       return "model.decoder.layers." + i + "." + role;
     return "model.decoder.layers." + i + ".self_attn." + role;
@@ -17,6 +26,21 @@ std::string linearPrefix(const ModelConfig &config, int64_t block, const std::st
   if (role == "gate_proj" || role == "up_proj" || role == "down_proj")
     return "model.layers." + i + ".mlp." + role;
   return "model.layers." + i + ".self_attn." + role;
+}
+
+namespace {
+
+// The [rows, groups] shape grid.h lays steps out in for weight [out, in].
+std::vector<int64_t> gridShape(const GridSpec &spec, int64_t out, int64_t in) {
+  switch (spec.granularity) {
+  case Granularity::PerTensor:
+    return {1, 1};
+  case Granularity::PerChannel:
+    return {out, 1};
+  case Granularity::PerGroup:
+    return {out, (in + spec.groupSize - 1) / spec.groupSize};
+  }
+  return {};
 }
 
 } // namespace
@@ -39,28 +63,47 @@ PackedModelContents packQuantizedModel(const ModelConfig &config, const ModelWei
     c10::InferenceMode guard;
     const at::Tensor w = what.to(at::kCPU, at::kFloat);
     GridParams p;
-    if (params && params->count(prefix)) {
+    const bool reported = params && params->count(prefix);
+    if (reported) {
       p = params->at(prefix);
     } else {
       if (!orig.defined() || orig.sizes() != what.sizes())
         throw Error("pack " + prefix + ": no original weight of the same shape to take steps from");
       p = computeGridParams(orig.to(at::kCPU, at::kFloat), spec);
     }
+    const std::vector<int64_t> shape = gridShape(spec, w.size(0), w.size(1));
+    if (!p.scale.defined() || !p.zeroPoint.defined() || p.scale.sizes() != shape ||
+        p.zeroPoint.sizes() != shape)
+      throw Error("pack " + prefix + ": the method's grid does not have the [rows, groups] shape " +
+                  "of " + spec.describe());
     PackedTensor t;
     t.name = prefix;
-    t.codes = quantizeWeight(w, p, spec);
     t.scales = p.scale.to(at::kCPU, at::kFloat).contiguous();
     t.zeroPoints = p.zeroPoint.to(at::kCPU, at::kFloat).contiguous();
+    if (!at::isfinite(t.scales).all().item<bool>() || !(t.scales != 0).all().item<bool>())
+      throw Error("pack " + prefix + ": a step of the grid is zero or not finite");
+    if (!at::equal(t.zeroPoints, at::round(t.zeroPoints)) ||
+        (t.zeroPoints < double(spec.qmin())).any().item<bool>() ||
+        (t.zeroPoints > double(spec.qmax())).any().item<bool>())
+      throw Error("pack " + prefix + ": a zero point is not an integer within [" +
+                  std::to_string(spec.qmin()) + ", " + std::to_string(spec.qmax()) + "]");
+    t.codes = quantizeWeight(w, {t.scales, t.zeroPoints, at::Tensor()}, spec);
     t.bits = spec.bits;
     t.qmin = spec.qmin();
     t.groupSize = spec.granularity == Granularity::PerGroup ? spec.groupSize : 0;
+    // The codes must give Ŵ back: within 1e-6 of the element's step (float
+    // rounding; a Ŵ on the grid comes back exactly).
     const at::Tensor back = dequantizeCodes(t.codes, t.scales, t.zeroPoints, t.groupSize);
-    const double dev = (back - w).abs().max().item<double>();
-    const double tol = 1e-6 * std::max(w.abs().max().item<double>(), 1e-30);
-    if (dev > tol)
-      throw Error("pack " + prefix + ": the quantized weight is not on the grid of " +
-                  spec.describe() + " (max deviation " + std::to_string(dev) +
-                  "); the method must supply its steps");
+    const at::Tensor step = expandToWeight(t.scales, spec, w.size(1)).abs();
+    const at::Tensor diff = (back - w).abs();
+    const double dev = diff.max().item<double>();
+    const double rel = (diff / step).max().item<double>();
+    if (!(rel <= 1e-6))
+      throw Error(
+          "pack " + prefix + ": the quantized weight is not on the " +
+          (reported ? "grid the method reported" : "round-to-nearest grid of its original") + " (" +
+          spec.describe() + "; max deviation " + std::to_string(dev) + ", " + std::to_string(rel) +
+          " steps)" + (reported ? "" : "; the method must report its grid in MethodReport::grids"));
     local.maxDeviation = std::max(local.maxDeviation, dev);
     ++local.layers;
     if (linear && linear->lowRankA.defined() && linear->lowRankB.defined()) {
@@ -83,7 +126,7 @@ PackedModelContents packQuantizedModel(const ModelConfig &config, const ModelWei
     for (size_t i = 0; i < ql.size(); ++i) {
       if (!scheme.layers.selectsLinear(ql[i].first))
         continue;
-      const std::string prefix = linearPrefix(config, int64_t(b), ql[i].first);
+      const std::string prefix = gridKey(config, int64_t(b), ql[i].first);
       pack(prefix, ql[i].second->weight, ol[i].second->weight, ql[i].second);
       packedWeights.insert(prefix + ".weight");
     }

@@ -16,18 +16,20 @@ namespace lrq::quant {
 
 struct PackStats {
   int64_t layers = 0;      // quantized tensors packed
-  double maxDeviation = 0; // max |s (q - z) - Ŵ| over all of them
+  double maxDeviation = 0; // max |s (q - z) - Ŵ| over all of them (0: Ŵ exactly on its grid)
 };
 
 // Packs the linears the scheme selects (and the embeddings / LM head when it
-// asks). Each Ŵ = quantized's weight is put on the grid of its original
-// weight: computeGridParams(original, scheme.weight) as RTN uses, or
-// params[prefix] ("model.layers.0.self_attn.q_proj", "model.embed_tokens",
-// "lm_head") when a method learned its own steps. The codes are
-// quantizeWeight(Ŵ, params); they must dequantize back to Ŵ (max deviation
-// within 1e-6 of max |Ŵ|), else lrq::Error names the layer: its Ŵ is not on
-// that grid. Low-rank factors are carried along. Tokenizer and metadata are
-// left for the caller (embedTokenizer).
+// asks). Each Ŵ = quantized's weight is put on its grid: params[prefix]
+// ("model.layers.0.self_attn.q_proj", "model.embed_tokens", "lm_head"; see
+// gridKey in method.h), the grid the method reports Ŵ lies on, or else
+// computeGridParams(original, scheme.weight) as RTN uses. The grid must have
+// the [rows, groups] shape of scheme.weight, non-zero finite steps and integer
+// zero points within [qmin, qmax]. The codes are quantizeWeight(Ŵ, grid),
+// within [qmin, qmax]; they must dequantize back to Ŵ within 1e-6 of each
+// element's step, else lrq::Error names the layer: its Ŵ is not on that grid,
+// and no file is written from it. Low-rank factors are carried along.
+// Tokenizer and metadata are left for the caller (embedTokenizer).
 PackedModelContents packQuantizedModel(const ModelConfig &config, const ModelWeights &quantized,
                                        const ModelWeights &original, const QuantScheme &scheme,
                                        const std::string &method,

@@ -343,6 +343,10 @@ public:
                                  {"output_error_gptq", eGptq},
                                  {"gptq_loss", r.loss}});
           linear->weight = r.weight.to(original.scalar_type());
+          // Undefined only for per-group steps with act-order (groups over
+          // permuted columns), which [rows, groups] cannot express.
+          if (r.params.scale.defined())
+            report.grids[gridKey(model.config(), b, role)] = r.params;
         }
       }
       if (b < lastSelected)
@@ -375,7 +379,9 @@ private:
         w.lmHead.defined() && w.tokenEmbedding.defined() && w.lmHead.is_same(w.tokenEmbedding);
     auto rtn = [&](at::Tensor &t, const char *name) {
       const at::Tensor original = t.to(at::kFloat);
-      const at::Tensor q = roundToNearest(original, ctx.scheme.weight).contiguous();
+      const GridParams params = computeGridParams(original, ctx.scheme.weight);
+      const at::Tensor q = fakeQuantizeWeight(original, params, ctx.scheme.weight).contiguous();
+      report.grids[gridKey(ctx.model.config(), -1, name)] = params;
       LayerErrorStats s = weightErrorStats(original, q);
       s.layer = name;
       report.layers.push_back({s, 0});

@@ -4,8 +4,12 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <limits>
+#include <map>
 #include <set>
+#include <vector>
 
+#include "core/analysis/tensor_analysis.h"
 #include "core/common/error.h"
 #include "core/quant/rtn.h"
 
@@ -36,6 +40,7 @@ LearnedRoundingLayer::LearnedRoundingLayer(const at::Tensor &weight, const GridS
   w_ = weight.detach().to(at::kFloat).contiguous();
   const GridParams p = computeGridParams(w_, spec_);
   step0_ = p.scale;
+  zeroParam_ = p.zeroPoint;
   zero_ = expandToWeight(p.zeroPoint, spec_, w_.size(1)).contiguous();
   logStep_ = at::zeros_like(step0_).requires_grad_(true);
 }
@@ -47,6 +52,14 @@ std::vector<std::pair<std::string, at::Tensor>> LearnedRoundingLayer::parameters
   return all;
 }
 
+GridParams LearnedRoundingLayer::grid() const {
+  at::NoGradGuard noGrad;
+  GridParams p;
+  p.scale = (step0_ * at::exp(logStep_)).detach().clone();
+  p.zeroPoint = zeroParam_.clone();
+  return p;
+}
+
 at::Tensor LearnedRoundingLayer::weight() const {
   const at::Tensor s1 = expandToWeight(step0_ * at::exp(logStep_), spec_, w_.size(1));
   const at::Tensor e = exponent();
@@ -54,6 +67,72 @@ at::Tensor LearnedRoundingLayer::weight() const {
   const at::Tensor q =
       (roundSte(w_ / divisor) + zero_).clamp(double(spec_.qmin()), double(spec_.qmax()));
   return (q - zero_) * s1;
+}
+
+GridParams recoverLearnedGrid(const at::Tensor &fpWeight, const at::Tensor &quantized,
+                              const GridSpec &spec) {
+  at::NoGradGuard noGrad;
+  const at::Tensor fp = fpWeight.detach().to(at::kCPU, at::kFloat).contiguous();
+  const at::Tensor wq = quantized.detach().to(at::kCPU, at::kFloat).contiguous();
+  checkWeightForGrid(fp, spec);
+  if (wq.sizes() != fp.sizes())
+    throw Error("recover grid: the quantized weight's shape differs from the original's");
+  const GridParams rtn = computeGridParams(fp, spec);
+  const int64_t out = fp.size(0), in = fp.size(1);
+  // Units as [units, elements] chunks with their s0 and z as [units, 1].
+  struct Chunk {
+    at::Tensor w, s0, z;
+  };
+  std::vector<Chunk> chunks;
+  if (spec.granularity == Granularity::PerTensor) {
+    chunks.push_back({wq.reshape({1, out * in}), rtn.scale, rtn.zeroPoint});
+  } else if (spec.granularity == Granularity::PerChannel) {
+    chunks.push_back({wq, rtn.scale, rtn.zeroPoint});
+  } else {
+    for (int64_t g = 0; g * spec.groupSize < in; ++g)
+      chunks.push_back(
+          {wq.narrow(1, g * spec.groupSize, std::min(spec.groupSize, in - g * spec.groupSize)),
+           rtn.scale.narrow(1, g, 1), rtn.zeroPoint.narrow(1, g, 1)});
+  }
+  const double qmin = double(spec.qmin()), qmax = double(spec.qmax());
+  std::vector<at::Tensor> scales;
+  for (const Chunk &c : chunks) {
+    // |Ŵ|'s largest element is s1 |k| for an integer 1 <= |k| <= n - 1: try
+    // every k, keep the step that reproduces the whole unit and lies closest
+    // to s0 (an all-zero unit keeps s0).
+    const at::Tensor peak = c.w.abs().amax(1, true);
+    at::Tensor best = c.s0.clone();
+    at::Tensor bestDistance = at::full_like(c.s0, std::numeric_limits<float>::infinity());
+    bestDistance.masked_fill_(peak == 0, 0.0);
+    for (int64_t k = 1; k < spec.levels(); ++k) {
+      // s1 k rounded, divided by k and rounded: within two ulps of s1.
+      at::Tensor down = peak / double(k), up = down.clone();
+      for (int nudge = 0; nudge <= 2; ++nudge) {
+        for (const at::Tensor &s :
+             nudge == 0 ? std::vector<at::Tensor>{down} : std::vector<at::Tensor>{down, up}) {
+          const at::Tensor safe = at::where(s > 0, s, c.s0);
+          const at::Tensor codes = (at::round(c.w / safe) + c.z).clamp(qmin, qmax);
+          const at::Tensor fits = ((codes - c.z) * safe).eq(c.w).all(1, true);
+          const at::Tensor distance = (safe / c.s0).log().abs();
+          const at::Tensor better = fits.logical_and(s > 0).logical_and(distance < bestDistance);
+          best = at::where(better, safe, best);
+          bestDistance = at::where(better, distance, bestDistance);
+        }
+        down = at::nextafter(down, at::zeros_like(down));
+        up = at::nextafter(up, at::full_like(up, std::numeric_limits<float>::infinity()));
+      }
+    }
+    if (!at::isfinite(bestDistance).all().item<bool>())
+      return {}; // some unit is on no grid with this zero point
+    scales.push_back(best);
+  }
+  GridParams p;
+  p.zeroPoint = rtn.zeroPoint;
+  if (spec.granularity == Granularity::PerGroup)
+    p.scale = at::cat(scales, 1).contiguous();
+  else
+    p.scale = scales.front().reshape(rtn.scale.sizes()).contiguous();
+  return p;
 }
 
 int64_t defaultLrqRank(int64_t rows, int64_t cols) {
@@ -123,12 +202,17 @@ MethodReport runReconstructionMethod(MethodContext &ctx, const std::string &meth
   MethodReport report;
   nlohmann::json blocksJson = nlohmann::json::array();
   int64_t totalParams = 0;
+  // The current block's layers (alive until its onBlock returns): their grids.
+  std::map<std::string, const LearnedRoundingLayer *> live;
   recon::LayerFactory factory =
       [&](int64_t block, const std::string &role,
           const at::Tensor &weight) -> std::unique_ptr<recon::LearnableLayer> {
     if (!sel.selectsBlock(block) || !sel.selectsLinear(role))
       return nullptr;
-    return makeLayer(weight, scheme.weight, mixSeed(ctx.seed, block, role));
+    std::unique_ptr<LearnedRoundingLayer> layer =
+        makeLayer(weight, scheme.weight, mixSeed(ctx.seed, block, role));
+    live[role] = layer.get();
+    return layer;
   };
   auto onBlock = [&](const recon::BlockOutcome &o) {
     int64_t blockParams = 0;
@@ -138,7 +222,23 @@ MethodReport runReconstructionMethod(MethodContext &ctx, const std::string &meth
       s.layer = l.role;
       report.layers.push_back({s, l.learnableParams});
       blockParams += l.learnableParams;
+      const auto it = live.find(l.role);
+      if (!o.restored && it != live.end()) {
+        report.grids[gridKey(config, o.block, l.role)] = it->second->grid();
+      } else if (o.restored) {
+        // Restored from a checkpoint: no layer to ask, the steps come from Ŵ.
+        GridParams g = recoverLearnedGrid(l.fpWeight, l.weight, scheme.weight);
+        if (g.scale.defined())
+          report.grids[gridKey(config, o.block, l.role)] = std::move(g);
+      }
+      if (ctx.spectra && !o.restored && it != live.end()) {
+        const at::Tensor exponent = it->second->scaleExponentMatrix();
+        if (exponent.defined())
+          report.layers.back().spectra.emplace_back("scale_exponent",
+                                                    analysis::gramSingularValues(exponent).values);
+      }
     }
+    live.clear();
     totalParams += blockParams;
     blocksJson.push_back({{"block", o.block},
                           {"initial_loss", o.initialLoss},
@@ -167,7 +267,9 @@ MethodReport runReconstructionMethod(MethodContext &ctx, const std::string &meth
       throw Error(name + ": " + e.what());
     }
     const at::Tensor original = t.to(at::kFloat);
-    const at::Tensor quantized = roundToNearest(original, scheme.weight).contiguous();
+    const GridParams params = computeGridParams(original, scheme.weight);
+    const at::Tensor quantized = fakeQuantizeWeight(original, params, scheme.weight).contiguous();
+    report.grids[gridKey(config, -1, name)] = params;
     LayerErrorStats s = weightErrorStats(original, quantized);
     s.layer = name;
     report.layers.push_back({s, 0});

@@ -40,6 +40,12 @@ public:
   // S2, LRQ's L2·U2), [out, in], without gradient; undefined when there is none.
   virtual at::Tensor scaleExponentMatrix() const { return at::Tensor(); }
 
+  // The grid Ŵ lies on, without gradient: the learned step s1 = s0 · exp(δ)
+  // and the frozen zero point, [rows, groups] as grid.h lays them out.
+  // Ŵ = s1 · (q − z) with the same float32 s1, so the packed export of these
+  // codes and steps dequantizes to Ŵ bit for bit.
+  GridParams grid() const;
+
   const at::Tensor &fpWeight() const { return w_; }
   const GridSpec &spec() const { return spec_; }
   int64_t rows() const { return w_.size(0); }
@@ -48,9 +54,10 @@ public:
 protected:
   at::Tensor w_; // full-precision weight, float32, frozen
   GridSpec spec_;
-  at::Tensor step0_;   // RTN steps [rows, groups]
-  at::Tensor zero_;    // frozen zero point expanded to the weight's broadcast shape
-  at::Tensor logStep_; // δ: log s1 - log s0, learnable
+  at::Tensor step0_;     // RTN steps [rows, groups]
+  at::Tensor zeroParam_; // frozen zero point [rows, groups]
+  at::Tensor zero_;      // the same expanded to the weight's broadcast shape
+  at::Tensor logStep_;   // δ: log s1 - log s0, learnable
 };
 
 // The per-layer quantizers of the methods (declared here for tests and tools).
@@ -62,6 +69,16 @@ std::unique_ptr<LearnedRoundingLayer> makeLrqLayer(const at::Tensor &weight, con
                                                    int64_t rank, uint64_t seed);
 std::unique_ptr<LearnedRoundingLayer> makeLearnedStepLayer(const at::Tensor &weight,
                                                            const GridSpec &spec);
+// The grid of a Ŵ = s1 · (q − z) whose layer is gone (a block restored from a
+// checkpoint): z and s0 by computeGridParams(fpWeight), and for each unit the
+// step s that reproduces every element of the unit exactly as s (q − z), searched
+// within two ulps of max|Ŵ| / k for k = 1 .. n−1 (where s1 lies), the one
+// closest to s0 when several do (an all-zero unit keeps s0). Any such step serves the packed
+// export: its codes give Ŵ back. An undefined scale when some unit fits no step (Ŵ is on no grid
+// with z).
+GridParams recoverLearnedGrid(const at::Tensor &fpWeight, const at::Tensor &quantized,
+                              const GridSpec &spec);
+
 // ≈ min(out, in) / 4, at least 1.
 int64_t defaultLrqRank(int64_t rows, int64_t cols);
 
@@ -72,7 +89,11 @@ nlohmann::json reconstructionDefaults(double lr);
 // Block-wise reconstruction of ctx.model's selected linears with the layers
 // makeLayer builds (layerSeed differs per block and linear); the scheme's
 // embeddings / LM head, when selected, get round-to-nearest. Fills one
-// LayerReport per quantized tensor and a per-block summary in extra.
+// LayerReport per quantized tensor, the grid of each (layer.grid(); RTN's for
+// the embeddings / LM head) in grids, and a per-block summary in extra.
+// Blocks restored from a checkpoint (resume) have no layer to ask: their
+// grids come from recoverLearnedGrid (none when it finds none: the packed
+// export of that layer is then refused).
 using LayerMaker = std::function<std::unique_ptr<LearnedRoundingLayer>(
     const at::Tensor &weight, const GridSpec &spec, uint64_t layerSeed)>;
 MethodReport runReconstructionMethod(MethodContext &ctx, const std::string &methodName,

@@ -185,7 +185,9 @@ public:
         Linear &linear = *t.linear;
         const at::ScalarType dtype = linear.weight.scalar_type();
         const at::Tensor w = linear.weight.detach().to(at::kFloat);
-        const at::Tensor q = roundToNearest(w, scheme.weight);
+        const GridParams grid = computeGridParams(w, scheme.weight);
+        const at::Tensor q = fakeQuantizeWeight(w, grid, scheme.weight);
+        report.grids[gridKey(ctx.model.config(), t.block, t.layer)] = grid;
         const at::Tensor e = w - q;
         if (scaled_ && (stats[i].block != t.block || stats[i].layer != t.layer))
           throw Error(name() + ": activation statistics out of order at block " +
@@ -209,6 +211,12 @@ public:
         es.layer = t.layer;
         const LayerErrorStats rtn = weightErrorStats(w, q);
         report.layers.push_back({es, 0});
+        if (ctx.spectra) {
+          const at::Tensor sv = f.singularValues.contiguous();
+          report.layers.back().spectra.emplace_back(
+              "scaled_E",
+              std::vector<double>(sv.data_ptr<double>(), sv.data_ptr<double>() + sv.numel()));
+        }
 
         const int64_t params = f.a.numel() + f.b.numel();
         factorParams += params;
@@ -249,7 +257,9 @@ public:
                       weights.lmHead.is_same(weights.tokenEmbedding);
     auto roundTensor = [&](at::Tensor &tensor, const std::string &layer) {
       const at::Tensor w = tensor.detach().to(at::kFloat);
-      const at::Tensor q = roundToNearest(w, scheme.weight);
+      const GridParams grid = computeGridParams(w, scheme.weight);
+      const at::Tensor q = fakeQuantizeWeight(w, grid, scheme.weight);
+      report.grids[gridKey(ctx.model.config(), -1, layer)] = grid;
       LayerErrorStats es = weightErrorStats(w, q);
       es.layer = layer;
       report.layers.push_back({es, 0});

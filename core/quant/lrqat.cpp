@@ -350,6 +350,11 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
       lin.weight = merged;
       lin.lowRankA = at::Tensor();
       lin.lowRankB = at::Tensor();
+      // Ŵ = s (codes − z) on the trained steps: the grid of the packed export.
+      GridParams grid;
+      grid.scale = l.scale.detach().clone();
+      grid.zeroPoint = l.zeroPoint.detach().clone();
+      report.grids[gridKey(ctx.model.config(), targets[i].block, targets[i].role)] = grid;
       LayerReport lr;
       lr.error = weightErrorStats(targets[i].original, merged);
       lr.error.block = targets[i].block;

@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/common/progress.h"
@@ -43,21 +44,35 @@ struct MethodContext {
   ProgressObserver *observer = nullptr; // blockStarted / iterationLoss / blockFinished / log ...
   const CancelToken *cancel = nullptr;
   std::string workDir; // per-run folder for caches and checkpoints ("" = none)
+  bool spectra = true; // fill LayerReport::spectra (the run store's per-layer spectra)
 };
 
 // Per-layer outcome; LayerErrorStats (rtn.h) plus what the method learned.
 struct LayerReport {
   LayerErrorStats error;       // W vs Ŵ (the effective weight, low-rank terms included)
   int64_t learnableParams = 0; // 0 for methods that learn nothing (RTN, GPTQ, LQER)
+  // Spectra only the method can compute, by kind: "scaled_E" (LQER / L²QER: diag(s)·Eᵀ of
+  // the rounding error before the correction), "scale_exponent" (FlexRound's S2, LRQ's
+  // L2·U2, as learned). All singular values, descending. Empty when ctx.spectra is false.
+  std::vector<std::pair<std::string, std::vector<double>>> spectra = {};
 };
 
 struct MethodReport {
   std::vector<LayerReport> layers;
   nlohmann::json extra = nlohmann::json::object(); // method-specific figures for the run record
-  // Steps a method learned, by layer prefix ("model.layers.0.self_attn.q_proj"), so the
-  // packed export can put Ŵ on its own grid; layers absent use computeGridParams(W).
+  // The grid each quantized tensor's Ŵ lies on, by layer prefix (gridKey:
+  // "model.layers.0.self_attn.q_proj"), so that the packed export's codes
+  // q = round(Ŵ / s) + z give Ŵ back exactly as s (q - z). Every method fills it
+  // for every tensor it quantizes (GPTQ with act-order on a per-group grid
+  // cannot); the export takes computeGridParams(W) for layers absent.
   std::map<std::string, GridParams> grids;
 };
+
+// Key of MethodReport::grids and of the packed export for linear `role` of
+// `block` ("model.layers.0.self_attn.q_proj", OPT: "model.decoder.layers.0.fc1");
+// block -1 with role "embeddings" or "lm_head" names the token embedding
+// ("model.embed_tokens") or the LM head ("lm_head").
+std::string gridKey(const ModelConfig &config, int64_t block, const std::string &role);
 
 class QuantMethod {
 public:

@@ -37,6 +37,11 @@ std::string GridSpec::describe() const {
 void ActivationSpec::validate() const {
   if (mode != ActivationMode::None && (bits < 2 || bits > 16))
     throw Error("activation quantizer: bits must be in 2..16, got " + std::to_string(bits));
+  if (clipSteps < 1)
+    throw Error("activation quantizer: clip_steps must be >= 1, got " + std::to_string(clipSteps));
+  if (!(clipNorm > 0.0))
+    throw Error("activation quantizer: clip_norm must be positive, got " +
+                std::to_string(clipNorm));
 }
 
 const char *granularityName(Granularity g) {

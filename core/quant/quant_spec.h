@@ -48,7 +48,15 @@ enum class ActivationMode {
 struct ActivationSpec {
   ActivationMode mode = ActivationMode::None;
   int bits = 8;
-  void validate() const; // bits in 2..16
+  // Per-tensor static only: the calibrated range is the observed [min, max]
+  // (MinMax), or that range scaled by the fraction k / clipSteps (k =
+  // clipSteps..1) minimising sum |x - Q(x)|^clipNorm over the calibration
+  // activations (ClippingSearch: the weight grid's search applied to the
+  // tensor; clipNorm 2 = mean squared error).
+  StepInit init = StepInit::MinMax;
+  int clipSteps = 100;
+  double clipNorm = 2.0;
+  void validate() const; // bits in 2..16, clipSteps >= 1, clipNorm > 0
 };
 
 // Stable names used in scheme JSON and on the command line.

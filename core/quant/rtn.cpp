@@ -9,6 +9,7 @@
 
 #include "core/common/error.h"
 #include "core/quant/grid.h"
+#include "core/quant/method.h"
 
 namespace lrq::quant {
 
@@ -45,7 +46,8 @@ LayerErrorStats weightErrorStats(const at::Tensor &weight, const at::Tensor &app
 
 std::vector<LayerErrorStats> quantizeModelRtn(ModelWeights &weights, const ModelConfig &config,
                                               const QuantScheme &scheme, ProgressObserver *observer,
-                                              const CancelToken *cancel) {
+                                              const CancelToken *cancel,
+                                              std::map<std::string, GridParams> *grids) {
   scheme.validate();
   const LayerSelection &sel = scheme.layers;
   const int64_t blockCount = int64_t(weights.blocks.size());
@@ -103,7 +105,11 @@ std::vector<LayerErrorStats> quantizeModelRtn(ModelWeights &weights, const Model
       cancel->throwIfCancelled();
     const Target &t = targets[i];
     const at::Tensor original = t.weight->to(at::kFloat);
-    const at::Tensor quantized = roundToNearest(original, scheme.weight).contiguous();
+    // roundToNearest, keeping the grid.
+    const GridParams params = computeGridParams(original, scheme.weight);
+    const at::Tensor quantized = fakeQuantizeWeight(original, params, scheme.weight).contiguous();
+    if (grids)
+      (*grids)[gridKey(config, t.block, t.layer)] = params;
     LayerErrorStats s = weightErrorStats(original, quantized);
     s.block = t.block;
     s.layer = t.layer;

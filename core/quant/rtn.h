@@ -4,12 +4,14 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "core/common/progress.h"
 #include "core/model/config.h"
 #include "core/model/weights.h"
+#include "core/quant/grid.h"
 #include "core/quant/scheme.h"
 
 namespace lrq::quant {
@@ -29,10 +31,13 @@ LayerErrorStats weightErrorStats(const at::Tensor &weight, const at::Tensor &app
 // embedding and LM head) by its round-to-nearest Ŵ in float32. Returns one entry
 // per quantized tensor, in block order. Throws lrq::Error naming the block and
 // layer when the grid does not fit a weight (e.g. a weight that is not 2-D).
-// A tied LM head quantized without the embeddings is untied first.
+// A tied LM head quantized without the embeddings is untied first. With grids,
+// each tensor's grid (computeGridParams of its original) is stored under its
+// gridKey (method.h).
 std::vector<LayerErrorStats> quantizeModelRtn(ModelWeights &weights, const ModelConfig &config,
                                               const QuantScheme &scheme,
                                               ProgressObserver *observer = nullptr,
-                                              const CancelToken *cancel = nullptr);
+                                              const CancelToken *cancel = nullptr,
+                                              std::map<std::string, GridParams> *grids = nullptr);
 
 } // namespace lrq::quant

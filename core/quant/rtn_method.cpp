@@ -15,8 +15,9 @@ public:
   nlohmann::json defaults() const override { return nlohmann::json::object(); }
   MethodReport run(MethodContext &ctx) override {
     MethodReport report;
-    for (const LayerErrorStats &s : quantizeModelRtn(ctx.model.weights(), ctx.model.config(),
-                                                     ctx.scheme, ctx.observer, ctx.cancel))
+    for (const LayerErrorStats &s :
+         quantizeModelRtn(ctx.model.weights(), ctx.model.config(), ctx.scheme, ctx.observer,
+                          ctx.cancel, &report.grids))
       report.layers.push_back({s, 0});
     return report;
   }

@@ -97,7 +97,7 @@ GridSpec readWeight(const json &j) {
 }
 
 ActivationSpec readActivation(const json &j) {
-  checkKeys(j, "activation", {"mode", "bits"});
+  checkKeys(j, "activation", {"mode", "bits", "init", "clip_steps", "clip_norm"});
   ActivationSpec a;
   if (j.contains("mode")) {
     const std::string s = readString(j.at("mode"), "activation.mode");
@@ -107,6 +107,19 @@ ActivationSpec readActivation(const json &j) {
   }
   if (j.contains("bits"))
     a.bits = int(readInt(j.at("bits"), "activation.bits", 2, 16));
+  if (j.contains("init")) {
+    const std::string s = readString(j.at("init"), "activation.init");
+    if (!parseStepInit(s, &a.init))
+      fail("activation.init", "expected minmax or clip-search, got \"" + s + "\"");
+  }
+  if (j.contains("clip_steps"))
+    a.clipSteps = int(readInt(j.at("clip_steps"), "activation.clip_steps", 1, 100000));
+  if (j.contains("clip_norm")) {
+    const json &v = j.at("clip_norm");
+    if (!v.is_number() || !(v.get<double>() > 0.0))
+      fail("activation.clip_norm", "expected a positive number, got " + v.dump());
+    a.clipNorm = v.get<double>();
+  }
   return a;
 }
 
@@ -211,6 +224,9 @@ std::string QuantScheme::describe() const {
     s += ", A16";
   else
     s += ", A" + std::to_string(activation.bits) + " " + activationModeName(activation.mode);
+  if (activation.mode == ActivationMode::PerTensorStatic &&
+      activation.init == StepInit::ClippingSearch)
+    s += " clip-search";
   if (kv8)
     s += ", KV8";
   return s;
@@ -224,7 +240,11 @@ std::string QuantScheme::toJson(int indent) const {
          {"init", stepInitName(weight.init)},
          {"clip_steps", weight.clipSteps},
          {"clip_norm", weight.clipNorm}};
-  json a{{"mode", activationModeName(activation.mode)}, {"bits", activation.bits}};
+  json a{{"mode", activationModeName(activation.mode)},
+         {"bits", activation.bits},
+         {"init", stepInitName(activation.init)},
+         {"clip_steps", activation.clipSteps},
+         {"clip_norm", activation.clipNorm}};
   json l{{"blocks", layers.blocks.empty() ? json("all") : json(layers.blocks)},
          {"linears", layers.linears.empty() ? json("all") : json(layers.linears)},
          {"embeddings", layers.embeddings},

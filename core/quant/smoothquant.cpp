@@ -1,13 +1,20 @@
 // SmoothQuant, written from the paper and ALGORITHMS.md.
 //
-// Which layers are smoothed: only the linears fed by a norm (q/k/v after
-// input_layernorm, gate/up after post_attention_layernorm; OPT: q/k/v and
-// fc1). The authors' reference code for LLaMA-family models does the same:
-// o_proj (its input is the attention output, mixed over heads by softmax
-// weights) and down_proj (its input is the SwiGLU product) have no per-channel
-// scale in front of them that could absorb 1/s exactly, so they are left as
-// they are. (For v_proj -> o_proj a per-head scale could be folded into v's
-// rows, but the reference does not do it, and neither do we.)
+// Which layers are smoothed (SmoothGroups): by default only the linears fed
+// by a norm (q/k/v after input_layernorm, gate/up after
+// post_attention_layernorm; OPT: q/k/v and fc1), as the authors' reference
+// code does for LLaMA-family models. With SmoothGroups::All the two inputs fed
+// by a previous linear are smoothed too, the scale folded into that linear's
+// output rows (ALGORITHMS.md allows either):
+//  - down_proj reads SiLU(gate(x)) * up(x), linear in up's output channel by
+//    channel: up's rows (and bias) / s, down's columns * s is exact. (OPT:
+//    fc2 reads ReLU(fc1(x)), and ReLU(y / s) = ReLU(y) / s for s > 0.)
+//  - o_proj reads softmax(QK^T) V, linear in v's output channel by channel:
+//    v's rows (and bias) / s, o's columns * s is exact. With grouped-query
+//    attention, v channel (kvHead, e) is read by the o_proj column
+//    (kvHead * groups + g) * headDim + e of every query head g of its group
+//    (the decoder's head layout), so those columns share one s: the
+//    statistics (activation and weight maxima) are maxed over them.
 #include "core/quant/smoothquant.h"
 
 #include <ATen/ATen.h>
@@ -31,10 +38,82 @@ double maxOverMedian(const at::Tensor &v) {
   return median > 0 ? d.max().item<double>() / median : std::numeric_limits<double>::infinity();
 }
 
+// [heads * d] per o_proj column -> [kvHeads * d] per v channel: the max over
+// the query heads sharing each kv head.
+at::Tensor perKvChannel(const at::Tensor &perColumn, const ModelConfig &c) {
+  const int64_t kvH = c.numKvHeads, groups = c.numHeads / c.numKvHeads, d = c.headDim;
+  return perColumn.reshape({kvH, groups, d}).amax(1).reshape({kvH * d});
+}
+
+// [kvHeads * d] per v channel -> [heads * d] per o_proj column.
+at::Tensor perOColumn(const at::Tensor &perKv, const ModelConfig &c) {
+  const int64_t kvH = c.numKvHeads, groups = c.numHeads / c.numKvHeads, d = c.headDim;
+  return perKv.reshape({kvH, 1, d}).expand({kvH, groups, d}).reshape({kvH * groups * d});
+}
+
+at::Tensor smoothingScale(const at::Tensor &actMax, const at::Tensor &weightMax, double alpha) {
+  return (actMax.to(at::kDouble).pow(alpha) /
+          weightMax.to(at::kDouble).clamp_min(1e-5).pow(1.0 - alpha))
+      .clamp_min(1e-5);
+}
+
+at::Tensor like(const at::Tensor &scale, const at::Tensor &t) {
+  return scale.to(t.device(), t.scalar_type());
+}
+
 void checkPreNorm(const ModelConfig &config) {
   if (config.arch == Architecture::Opt && !config.doLayerNormBefore)
     throw Error("SmoothQuant: post-LayerNorm OPT blocks have no norm in front of their linears to "
                 "absorb the smoothing scales");
+}
+
+// The linear-fed pairs of block b (SmoothGroups::All): v -> o, up -> down.
+void smoothLinearPairs(DecoderModel &model, int64_t b, const NormInputMax &stats, double alpha,
+                       SmoothQuantReport &report) {
+  const ModelConfig &c = model.config();
+  const bool llama = c.arch == Architecture::Llama;
+  BlockWeights &w = model.weights().blocks[size_t(b)];
+  auto divideRows = [](Linear &producer, const at::Tensor &scale) {
+    producer.weight = producer.weight / like(scale, producer.weight).unsqueeze(1);
+    if (producer.bias.defined())
+      producer.bias = producer.bias / like(scale, producer.bias);
+  };
+  auto multiplyColumns = [](Linear &consumer, const at::Tensor &scale) {
+    consumer.weight = consumer.weight * like(scale, consumer.weight).unsqueeze(0);
+  };
+  auto record = [&](const char *producer, const char *consumer, const at::Tensor &scale,
+                    const at::Tensor &act, const at::Tensor &columnScale) {
+    SmoothQuantReport::Group g;
+    g.block = b;
+    g.norm = producer;
+    g.linears = {consumer};
+    g.scaleMin = scale.min().item<double>();
+    g.scaleMax = scale.max().item<double>();
+    g.activationRatioBefore = maxOverMedian(act);
+    g.activationRatioAfter = maxOverMedian(act.to(at::kDouble) / columnScale);
+    report.groups.push_back(g);
+  };
+
+  // v_proj -> o_proj: one scale per v channel, shared by the o columns it feeds.
+  {
+    const at::Tensor act = stats.attentionOutput;
+    const at::Tensor weightMax = w.o.weight.detach().abs().amax(0).to(at::kCPU, at::kDouble);
+    const at::Tensor scale =
+        smoothingScale(perKvChannel(act.to(at::kDouble), c), perKvChannel(weightMax, c), alpha);
+    const at::Tensor columnScale = perOColumn(scale, c);
+    divideRows(w.v, scale);
+    multiplyColumns(w.o, columnScale);
+    record("v_proj", llama ? "o_proj" : "out_proj", scale, act, columnScale);
+  }
+  // up_proj -> down_proj (OPT: fc1 -> fc2 under ReLU only).
+  if (llama || c.activation != "gelu") {
+    const at::Tensor act = stats.mlpProduct;
+    const at::Tensor weightMax = w.down.weight.detach().abs().amax(0).to(at::kCPU, at::kDouble);
+    const at::Tensor scale = smoothingScale(act, weightMax, alpha);
+    divideRows(w.up, scale);
+    multiplyColumns(w.down, scale);
+    record(llama ? "up_proj" : "fc1", llama ? "down_proj" : "fc2", scale, act, scale);
+  }
 }
 
 } // namespace
@@ -60,16 +139,44 @@ std::vector<NormInputMax> collectNormInputAbsMax(DecoderModel &model,
       // q_proj sees the attention norm's output, up_proj (fc1) the MLP norm's.
       ScopedCapture attention(w.q, observeInto(&out[size_t(b)].attention), false);
       ScopedCapture mlp(w.up, observeInto(&out[size_t(b)].mlp), false);
+      ScopedCapture attentionOutput(w.o, observeInto(&out[size_t(b)].attentionOutput), false);
+      ScopedCapture mlpProduct(w.down, observeInto(&out[size_t(b)].mlpProduct), false);
       states.runBlock(b, b + 1 < blocks, cancel);
     }
   }
   return out;
 }
 
+const char *smoothGroupsName(SmoothGroups g) {
+  return g == SmoothGroups::All ? "all" : "norm";
+}
+
+bool parseSmoothGroups(const std::string &name, SmoothGroups *out) {
+  if (name == "norm")
+    *out = SmoothGroups::Norm;
+  else if (name == "all")
+    *out = SmoothGroups::All;
+  else
+    return false;
+  return true;
+}
+
 SmoothQuantReport applySmoothQuant(DecoderModel &model, const CalibrationSet &calibration,
                                    double alpha, const LayerSelection &selection,
                                    ProgressObserver *observer, const CancelToken *cancel,
                                    int64_t batchSize) {
+  SmoothQuantOptions options;
+  options.alpha = alpha;
+  options.batchSize = batchSize;
+  return applySmoothQuant(model, calibration, options, selection, observer, cancel);
+}
+
+SmoothQuantReport applySmoothQuant(DecoderModel &model, const CalibrationSet &calibration,
+                                   const SmoothQuantOptions &options,
+                                   const LayerSelection &selection, ProgressObserver *observer,
+                                   const CancelToken *cancel) {
+  const double alpha = options.alpha;
+  const int64_t batchSize = options.batchSize;
   if (!(alpha >= 0.0 && alpha <= 1.0))
     throw Error("SmoothQuant: alpha must be in [0, 1], got " + std::to_string(alpha));
   const ModelConfig &config = model.config();
@@ -146,6 +253,8 @@ SmoothQuantReport applySmoothQuant(DecoderModel &model, const CalibrationSet &ca
       g.activationRatioAfter = maxOverMedian(act / scale);
       report.groups.push_back(g);
     }
+    if (options.groups == SmoothGroups::All)
+      smoothLinearPairs(model, b, stats[size_t(b)], alpha, report);
     if (observer)
       observer->progress(b + 1, model.numBlocks(), "block " + std::to_string(b));
   }

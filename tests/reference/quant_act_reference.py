@@ -27,6 +27,14 @@ Commands (print one JSON object on stdout):
       Per block, max |x| of every channel of the q_proj input and of the
       gate_proj input of the full-precision model on its tokens, float32
       [blocks, 2, hidden].
+  sqscales DIR NAME ALPHA OUT.bin
+      SmoothQuant scales of the two linear-fed pairs of a LLaMA tiny model, per
+      block: v_proj -> o_proj, s per v channel (kv head c, element e) from the
+      o_proj input maxima and o_proj column maxima of all query heads that read
+      kv head c (max over them), then up_proj -> down_proj from the down_proj
+      input maxima and down_proj column maxima; s = max|X|^a / max(max|W|,
+      1e-5)^(1-a), clamped >= 1e-5. float32 [blocks, kv_heads*head_dim +
+      intermediate].
 """
 import json
 import os
@@ -140,10 +148,46 @@ def cmd_normmax(args):
     print(json.dumps({"blocks": cfg["num_layers"], "hidden": hidden}))
 
 
+def cmd_sqscales(args):
+    directory, name, alpha, out = args
+    alpha = float(alpha)
+    cfg, tensors, tokens = load_tiny(directory, name)
+    H, KV, d = cfg["num_heads"], cfg["num_kv_heads"], cfg["head_dim"]
+    layers = cfg["num_layers"]
+    o_in = np.zeros((layers, H * d))
+    down_in = [None] * layers
+
+    def hook(layer, role, x, w, b, lin):
+        m = np.abs(x).reshape(-1, x.shape[-1]).max(axis=0)
+        if role == 3:
+            o_in[layer] = np.maximum(o_in[layer], m)
+        elif role == 6:
+            down_in[layer] = m if down_in[layer] is None else np.maximum(down_in[layer], m)
+        return lin(x, w, b)
+
+    run(cfg, tensors, tokens, hook)
+
+    def scale(act, wmax):
+        return np.maximum(act ** alpha / np.maximum(wmax, 1e-5) ** (1 - alpha), 1e-5)
+
+    rows = []
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        wo = np.abs(tensors[p + "self_attn.o_proj.weight"].astype(np.float64)).max(axis=0)
+        # query head h reads kv head h // (H // KV)
+        act_kv = o_in[i].reshape(KV, H // KV, d).max(axis=1).reshape(-1)
+        w_kv = wo.reshape(KV, H // KV, d).max(axis=1).reshape(-1)
+        wd = np.abs(tensors[p + "mlp.down_proj.weight"].astype(np.float64)).max(axis=0)
+        rows.append(np.concatenate([scale(act_kv, w_kv), scale(down_in[i], wd)]))
+    result = np.stack(rows)
+    result.astype("<f4").tofile(out)
+    print(json.dumps({"blocks": layers, "width": int(result.shape[1])}))
+
+
 def main():
     if len(sys.argv) < 2:
         raise SystemExit(__doc__)
-    {"forward": cmd_forward, "normmax": cmd_normmax}[sys.argv[1]](sys.argv[2:])
+    {"forward": cmd_forward, "normmax": cmd_normmax, "sqscales": cmd_sqscales}[sys.argv[1]](sys.argv[2:])
 
 
 if __name__ == "__main__":
