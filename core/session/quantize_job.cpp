@@ -173,15 +173,6 @@ std::vector<SpectrumRecord> layerSpectra(const quant::MethodReport &report,
   return out;
 }
 
-std::string readFile(const std::string &path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    throw FileError(path, "cannot open");
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 } // namespace
 
 std::vector<std::pair<std::string, std::string>> quantizationMethods() {
@@ -203,7 +194,7 @@ std::string resolveSchemeJson(const std::string &presetOrPath) {
   quant::QuantScheme scheme;
   if (fs::exists(presetOrPath) && fs::is_regular_file(presetOrPath)) {
     try {
-      scheme = quant::QuantScheme::fromJson(readFile(presetOrPath));
+      scheme = quant::QuantScheme::fromJson(readTextFile(presetOrPath));
     } catch (const FileError &) {
       throw;
     } catch (const Error &e) {

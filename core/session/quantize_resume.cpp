@@ -51,15 +51,6 @@ nlohmann::json hyperOf(const std::string &text, const std::string &source) {
   return h;
 }
 
-std::string readText(const std::string &path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    throw FileError(path, "cannot open");
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 } // namespace
 
 std::string defaultWorkDir(const std::string &runId) {
@@ -147,7 +138,7 @@ QuantizeRequest resumeRequest(const std::string &runId, const std::string &store
                 "--work-dir)");
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(readText(path));
+    j = nlohmann::json::parse(readTextFile(path));
     QuantizeRequest r;
     if (j.at("run_id").get<std::string>() != id)
       throw FileError(path, "belongs to run " + j.at("run_id").get<std::string>() + ", not " + id);
