@@ -24,11 +24,30 @@
 #include "core/common/error.h"
 #include "core/data/default_assets.h"
 #include "core/session/model_session.h"
+#include "core/session/quantize_request.h"
 
 namespace lrq::cli {
 namespace {
 
 constexpr const char *kVersion = "0.1.0";
+
+constexpr const char *kRunsUsage = R"(usage: lrq runs SUBCOMMAND [options]
+
+Subcommands:
+  list                 every run, newest first
+      [--model M] [--method M] [--limit N]
+  show ID              settings, per-block curves, per-layer MSE/SQNR, metrics
+      [--spectra]      also the per-layer singular values (W, E = W - Ŵ, scaled_E,
+                       scale_exponent); in full with --json
+  compare ID ID...     metrics and settings side by side
+      [--differences]  only the rows that differ
+  delete ID            remove the run and everything recorded for it
+
+Options:
+  --store FILE         the run store (default: ~/.local/share/lrq-workbench/runs.sqlite)
+  --json               one JSON object on stdout
+ID is a run id or a unique prefix of one.
+)";
 
 constexpr const char *kUsage = R"(usage: lrq [global options] COMMAND [options]
 
@@ -42,21 +61,13 @@ Commands:
   spectrum MODEL --tensor NAME   singular values of a weight (CSV: index,value)
   text [--part evaluation|calibration]
                                  print the default text's held-out or calibration part
-  quantize MODEL --method M --scheme S
-      [--rank R] [--iters N] [--lr X] [--hyper JSON] [--preset demo|thorough]
-      [--calib FILE] [--nsamples N] [--seq-len N] [--seed S]
-      [--smoothquant [--alpha A] [--smooth-groups all|norm]]
-      [--text FILE] [--eval-seq-len N] [--eval-windows N] [--no-eval] [--no-spectra]
-      [--out DIR] [--packed FILE.safetensors] [--store FILE] [--work-dir DIR]
+  quantize MODEL --method M --scheme S [--preset demo|thorough] [options]
                                  quantize, evaluate and record a run; prints the run id
-  quantize --resume RUN_ID [--store FILE] [--work-dir DIR]
-                                 resume an interrupted flexround / lrq / rtn-learned-step
-                                 run from its checkpoint, with its settings, into that run
-  runs list [--model M] [--method M] [--limit N] | show ID [--spectra] | compare ID ID...
-      | delete ID [--store FILE] [--differences]
-                                 the recorded runs (default store: ~/.local/share/lrq-workbench);
-                                 show --spectra: per-layer singular values (W, E = W - Ŵ,
-                                 scaled_E, scale_exponent), in full with --json
+                                 (lrq quantize --help lists every option)
+  quantize --resume RUN_ID       go on with an interrupted flexround / lrq / rtn-learned-step
+                                 run from its checkpoint, with its settings
+  runs list | show ID | compare ID ID... | delete ID
+                                 the recorded runs (lrq runs --help)
   methods                        the quantization methods, their hyperparameters, the schemes
 
 MODEL is a .gguf file, a .safetensors file (config.json and tokenizer.json
@@ -340,6 +351,16 @@ int run(int argc, char **argv, std::ostream &out, std::ostream &err) {
     args = parseArguments(argc, argv);
     if (has(args, "version")) {
       out << "lrq " << kVersion << "\n";
+      return 0;
+    }
+    if (has(args, "help") && args.command == "quantize") {
+      out << quantizeUsage()
+          << "\n  --dry-run                   check the request and print it as JSON; run "
+             "nothing\n";
+      return 0;
+    }
+    if (has(args, "help") && args.command == "runs") {
+      out << kRunsUsage;
       return 0;
     }
     if (has(args, "help") || args.command.empty() || args.command == "help") {

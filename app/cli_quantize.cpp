@@ -3,6 +3,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <iomanip>
 #include <mutex>
@@ -27,6 +28,15 @@ public:
   }
   void progress(int64_t done, int64_t total, const std::string &detail) override {
     forward_.progress(done, total, detail);
+  }
+  void runStarted(const std::string &runId, const std::string &storePath) override {
+    emit({{"event", "run_started"}, {"run_id", runId}, {"store", storePath}});
+    forward_.runStarted(runId, storePath);
+  }
+  void layerFinished(int block, const std::string &role, double mse, double sqnrDb) override {
+    emit(
+        {{"event", "layer"}, {"block", block}, {"layer", role}, {"mse", mse}, {"sqnr_db", sqnrDb}});
+    forward_.layerFinished(block, role, mse, sqnrDb);
   }
   void blockStarted(int block, int blockCount) override {
     emit({{"event", "block_started"}, {"block", block}, {"blocks", blockCount}});
@@ -59,42 +69,6 @@ private:
   ProgressObserver &forward_;
   std::mutex mutex_;
 };
-
-// Presets of run size: a demo that finishes in minutes on 2 cores, and a
-// thorough one closer to the papers' settings.
-void applyPreset(const Arguments &args, QuantizeRequest &request, nlohmann::json &hyper,
-                 const nlohmann::json &defaults) {
-  // Values the user gave explicitly win over the preset's.
-  const std::string preset = stringOption(args, "preset", "");
-  auto setRequest = [&](const char *option, int64_t &field, int64_t value) {
-    if (!has(args, option))
-      field = value;
-  };
-  auto set = [&](const char *key, const nlohmann::json &value) {
-    if (defaults.contains(key) && !hyper.contains(key))
-      hyper[key] = value;
-  };
-  if (preset == "demo") {
-    // LRQ on the default model: 30 blocks x 50 iterations of 2 x 128 tokens.
-    setRequest("nsamples", request.samples, 16);
-    setRequest("seq-len", request.seqLen, 128);
-    set("iters", 50);
-    set("steps", 30);
-    // LRQ's paper rate (9e-4) is for 5000 iterations. L2 starts at zero, so in 50
-    // iterations L2·U2 barely moves at that rate: W3A16-g128 perplexity 161 at 9e-4
-    // against 116 at 3e-3, FlexRound's rate (98.4).
-    if (request.method == "lrq")
-      set("lr", 3e-3);
-  } else if (preset == "thorough") {
-    setRequest("nsamples", request.samples, 128);
-    setRequest("seq-len", request.seqLen, 1024);
-    setRequest("eval-seq-len", request.evalSeqLen, 1024);
-    set("iters", 2000);
-    set("steps", 1000);
-  } else {
-    throw UsageError("--preset must be demo or thorough, got '" + preset + "'");
-  }
-}
 
 std::string storePathOf(const Arguments &args) {
   return has(args, "store") ? stringOption(args, "store", "") : RunStore::defaultPath();
@@ -182,104 +156,102 @@ std::string schemeName(const std::string &schemeJson) {
   }
 }
 
-// `--resume RUN_ID` without MODEL takes every setting from the run: none may be given.
-void refuseSettingsWithResume(const Arguments &args) {
-  for (const char *option :
-       {"method",       "scheme",     "calib",         "nsamples", "seq-len", "seed",
-        "smoothquant",  "alpha",      "smooth-groups", "no-eval",  "text",    "eval-seq-len",
-        "eval-windows", "no-spectra", "out",           "packed",   "hyper",   "rank",
-        "iters",        "lr",         "preset"})
-    if (has(args, option))
-      throw UsageError(std::string("--resume RUN_ID alone takes the run's settings; --") + option +
+// The request option key a flag sets ("hyperparameters.rank" for --rank).
+std::string givenKey(const RequestOption &o) {
+  return o.key.empty() ? "hyperparameters." + o.hyperparameter : o.key;
+}
+
+// The flag to name for a request key in a message.
+std::string flagOf(const std::string &key) {
+  if (key.rfind("hyperparameters.", 0) == 0) {
+    const RequestOption *shortcut = findRequestOption(key.substr(16));
+    return shortcut && !shortcut->hyperparameter.empty() ? "--" + shortcut->flag : "--hyper";
+  }
+  const RequestOption *o = findRequestOption(key);
+  return o == nullptr ? key : o->flag.empty() ? "MODEL" : "--" + o->flag;
+}
+
+// The request the command line describes, every option read through the table.
+// `given` receives the keys the user set explicitly.
+QuantizeRequest requestFromArguments(const Arguments &args, bool resumeAlone,
+                                     std::vector<std::string> &given) {
+  QuantizeRequest request;
+  if (!resumeAlone)
+    request.model = requireModel(args);
+  for (const RequestOption &o : quantizeRequestOptions()) {
+    if (o.flag.empty() || !has(args, o.flag))
+      continue;
+    if (resumeAlone && o.setting && !o.mayChangeOnResume)
+      throw UsageError("--resume RUN_ID alone takes the run's settings; --" + o.flag +
                        " may only come with the whole original command");
+    try {
+      if (o.type == ValueType::Flag)
+        o.set(request, !o.negated); // present: on, or off for --no-...
+      else
+        setRequestOption(request, o, stringOption(args, o.flag, ""));
+    } catch (const OptionError &e) {
+      throw UsageError("--" + o.flag + ": " + e.what());
+    }
+    given.push_back(givenKey(o));
+    if (o.type == ValueType::Hyperparams)
+      for (const auto &entry : request.hyperparameters)
+        given.push_back("hyperparameters." + entry.first);
+  }
+  return request;
 }
 
 // `--resume RUN_ID`: the run's saved request. Given with the whole original
-// command (MODEL and options), the command's settings must be the run's.
-QuantizeRequest resumedRequest(const Arguments &args, const QuantizeRequest &given) {
-  QuantizeRequest saved =
-      resumeRequest(stringOption(args, "resume", ""), stringOption(args, "store", ""),
-                    stringOption(args, "work-dir", ""));
-  if (args.positional.empty())
-    return saved;
-  const std::vector<std::string> differences = requestDifferences(saved, given);
-  if (!differences.empty()) {
-    std::string list;
-    for (const std::string &d : differences)
-      list += (list.empty() ? "" : ", ") + d;
-    throw Error("cannot resume run " + saved.resumeRunId + ": settings differ from the run's: " +
-                list + " (give --resume " + saved.resumeRunId + " alone to use the run's)");
+// command (MODEL and options), the command's settings must be the run's;
+// options that may change on resume (evaluation, outputs) are taken from the
+// command.
+QuantizeRequest resumedRequest(const Arguments &args, const QuantizeRequest &given,
+                               const std::vector<std::string> &givenKeys) {
+  QuantizeRequest saved = resumeRequest(given.resumeRunId, given.storePath, given.workDir);
+  const bool alone = args.positional.empty();
+  if (!alone) {
+    const std::vector<RequestDifference> differences = requestDifferences(saved, given);
+    if (!differences.empty()) {
+      std::string list;
+      for (const RequestDifference &d : differences)
+        list += (list.empty() ? "" : ", ") + flagOf(d.option->key) + " (" + d.first + " vs " +
+                d.second + ")";
+      throw Error("cannot resume run " + saved.resumeRunId + ": settings differ from the run's: " +
+                  list + " (give --resume " + saved.resumeRunId + " alone to use the run's)");
+    }
   }
+  for (const RequestOption &o : quantizeRequestOptions())
+    if (o.setting && o.mayChangeOnResume && !o.key.empty() &&
+        (!alone || std::find(givenKeys.begin(), givenKeys.end(), o.key) != givenKeys.end()))
+      o.set(saved, o.get(given));
   return saved;
 }
 
 } // namespace
 
 int commandQuantize(const Arguments &args, std::ostream &out, TerminalProgress &progress) {
-  QuantizeRequest request;
   const bool resumeAlone = has(args, "resume") && args.positional.empty();
-  if (resumeAlone)
-    refuseSettingsWithResume(args);
-  request.model = resumeAlone ? "" : requireModel(args);
-  request.method = stringOption(args, "method", "rtn");
-  request.scheme = stringOption(args, "scheme", "W4A16");
-  request.calibrationText = stringOption(args, "calib", "");
-  request.samples = intOption(args, "nsamples", request.samples, 1, 1 << 20);
-  request.seqLen = intOption(args, "seq-len", request.seqLen, 2, 1 << 20);
-  request.seed = static_cast<uint64_t>(intOption(args, "seed", 0, 0, 1LL << 62));
-  request.smoothQuant = has(args, "smoothquant");
-  request.smoothQuantAlpha = doubleOption(args, "alpha", 0.5, 0.0, 1.0);
-  request.smoothQuantGroups = stringOption(args, "smooth-groups", request.smoothQuantGroups);
-  if (request.smoothQuantGroups != "norm" && request.smoothQuantGroups != "all")
-    throw UsageError("--smooth-groups must be norm or all, got '" + request.smoothQuantGroups +
-                     "'");
-  request.evaluate = !has(args, "no-eval");
-  request.spectra = !has(args, "no-spectra");
-  request.evaluationText = stringOption(args, "text", "");
-  request.evalSeqLen = intOption(args, "eval-seq-len", request.evalSeqLen, 2, 1 << 20);
-  request.evalMaxWindows = intOption(args, "eval-windows", 0, 0, 1LL << 40);
-  request.exportDir = stringOption(args, "out", "");
-  request.packedPath = stringOption(args, "packed", "");
-  request.storePath = stringOption(args, "store", "");
-  request.workDir = stringOption(args, "work-dir", "");
-
-  nlohmann::json hyper = nlohmann::json::object();
-  if (has(args, "hyper")) {
-    try {
-      hyper = nlohmann::json::parse(stringOption(args, "hyper", "{}"));
-    } catch (const nlohmann::json::exception &) {
-      throw UsageError("--hyper expects a JSON object, e.g. '{\"rank\": 64}'");
-    }
-    if (!hyper.is_object())
-      throw UsageError("--hyper expects a JSON object, e.g. '{\"rank\": 64}'");
+  std::vector<std::string> given;
+  QuantizeRequest request = requestFromArguments(args, resumeAlone, given);
+  try {
+    applyPreset(request, given);
+    if (has(args, "resume"))
+      request = resumedRequest(args, request, given);
+    validateRequest(request);
+  } catch (const OptionError &e) {
+    throw UsageError(flagOf(e.key()) + ": " + e.what());
   }
-  const nlohmann::json defaults = nlohmann::json::parse(methodDefaultsJson(request.method));
-  auto shortcut = [&](const char *option, const char *key, bool integer) {
-    if (!has(args, option))
-      return;
-    if (!defaults.contains(key))
-      throw UsageError("method '" + request.method + "' has no hyperparameter '" + key + "' (--" +
-                       option + "); its hyperparameters: " + defaults.dump());
-    if (integer)
-      hyper[key] = intOption(args, option, 0, 0, 1LL << 40);
-    else
-      hyper[key] = doubleOption(args, option, 0, 0, 1e6);
-  };
-  shortcut("rank", "rank", true);
-  shortcut("iters", "iters", true);
-  shortcut("lr", "lr", false);
-  if (has(args, "preset"))
-    applyPreset(args, request, hyper, defaults);
-  request.hyperparametersJson = hyper.dump();
-  if (has(args, "resume")) {
-    request = resumedRequest(args, request);
-    hyper = nlohmann::json::parse(methodDefaultsJson(request.method));
-    hyper.update(nlohmann::json::parse(request.hyperparametersJson));
+  if (has(args, "dry-run")) {
+    out << requestToJson(request) << "\n";
+    return 0;
   }
-  if (hyper.contains("iters") && hyper["iters"].is_number_integer())
-    progress.setIterationsPerBlock(hyper["iters"].get<int64_t>());
-  else if (defaults.contains("iters") && defaults["iters"].is_number_integer())
-    progress.setIterationsPerBlock(defaults["iters"].get<int64_t>());
+  const MethodInfo &method = methodInfo(request.method);
+  const HyperparameterSpec *iters = method.hyperparameter("iters");
+  if (iters) {
+    auto it = request.hyperparameters.find("iters");
+    progress.setIterationsPerBlock(it != request.hyperparameters.end()
+                                       ? std::get<int64_t>(it->second)
+                                       : std::get<int64_t>(iters->defaultValue));
+  }
 
   const bool json = has(args, "json");
   JsonLinesObserver jsonObserver(out, progress);
@@ -439,15 +411,43 @@ int commandRuns(const Arguments &args, std::ostream &out) {
 int commandMethods(const Arguments &args, std::ostream &out) {
   if (has(args, "json")) {
     nlohmann::json list = nlohmann::json::array();
-    for (const auto &[name, help] : quantizationMethods())
-      list.push_back({{"name", name},
-                      {"help", help},
-                      {"defaults", nlohmann::json::parse(methodDefaultsJson(name))}});
+    for (const MethodInfo &m : methodCatalog()) {
+      nlohmann::json hyper = nlohmann::json::array(), defaults = nlohmann::json::object(),
+                     presets = nlohmann::json::object();
+      for (const HyperparameterSpec &h : m.hyperparameters) {
+        defaults[h.name] =
+            nlohmann::json::parse(hyperparametersToJson({{h.name, h.defaultValue}}))[h.name];
+        hyper.push_back({{"name", h.name},
+                         {"default", defaults[h.name]},
+                         {"minimum", h.minimum},
+                         {"maximum", h.maximum},
+                         {"help", h.help}});
+      }
+      for (const MethodPreset &p : m.presets)
+        presets[p.name] = {
+            {"hyperparameters", nlohmann::json::parse(hyperparametersToJson(p.hyperparameters))},
+            {"samples", p.samples},
+            {"seq_len", p.seqLen},
+            {"eval_seq_len", p.evalSeqLen}};
+      list.push_back({{"name", m.name},
+                      {"title", m.title},
+                      {"help", m.summary},
+                      {"can_resume", m.canResume},
+                      {"trains_blocks", m.trainsBlocks},
+                      {"defaults", defaults},
+                      {"hyperparameters", hyper},
+                      {"presets", presets}});
+    }
     out << nlohmann::json{{"methods", list}, {"schemes", schemePresets()}}.dump() << "\n";
     return 0;
   }
-  for (const auto &[name, help] : quantizationMethods())
-    out << name << "\n  " << help << "\n  hyperparameters: " << methodDefaultsJson(name) << "\n\n";
+  for (const MethodInfo &m : methodCatalog()) {
+    out << m.name << ": " << m.title << (m.canResume ? " (resumable)" : "") << "\n  " << m.summary
+        << "\n";
+    for (const HyperparameterSpec &h : m.hyperparameters)
+      out << "  " << h.name << " = " << optionValueText(h.defaultValue) << "  " << h.help << "\n";
+    out << "\n";
+  }
   out << "schemes:";
   for (const std::string &s : schemePresets())
     out << " " << s;

@@ -1,5 +1,7 @@
 #include "app/cli_support.h"
 
+#include "core/session/quantize_request.h"
+
 #include <cmath>
 #include <csignal>
 #include <iomanip>
@@ -9,52 +11,24 @@ namespace lrq::cli {
 
 namespace {
 
+// name -> takes a value. The quantization request's options come from its
+// table (core/session/quantize_request.h); the rest belong to other commands.
 const std::map<std::string, bool> &knownOptions() {
-  // name -> takes a value
-  static const std::map<std::string, bool> options = {{"threads", true},
-                                                      {"device", true},
-                                                      {"json", false},
-                                                      {"quiet", false},
-                                                      {"help", false},
-                                                      {"version", false},
-                                                      {"text", true},
-                                                      {"seq-len", true},
-                                                      {"max-windows", true},
-                                                      {"prompt", true},
-                                                      {"max-new-tokens", true},
-                                                      {"temperature", true},
-                                                      {"top-k", true},
-                                                      {"top-p", true},
-                                                      {"seed", true},
-                                                      {"tensor", true},
-                                                      {"part", true},
-                                                      // quantize / runs
-                                                      {"method", true},
-                                                      {"scheme", true},
-                                                      {"rank", true},
-                                                      {"iters", true},
-                                                      {"lr", true},
-                                                      {"calib", true},
-                                                      {"nsamples", true},
-                                                      {"out", true},
-                                                      {"hyper", true},
-                                                      {"smoothquant", false},
-                                                      {"alpha", true},
-                                                      {"smooth-groups", true},
-                                                      {"eval-seq-len", true},
-                                                      {"eval-windows", true},
-                                                      {"no-eval", false},
-                                                      {"no-spectra", false},
-                                                      {"spectra", false},
-                                                      {"preset", true},
-                                                      {"store", true},
-                                                      {"work-dir", true},
-                                                      {"resume", true},
-                                                      {"reference", true},
-                                                      {"model", true},
-                                                      {"limit", true},
-                                                      {"differences", false},
-                                                      {"packed", true}};
+  static const std::map<std::string, bool> options = [] {
+    std::map<std::string, bool> o = {
+        {"threads", true},      {"device", true},         {"json", false},
+        {"quiet", false},       {"help", false},          {"version", false},
+        {"text", true},         {"seq-len", true},        {"max-windows", true},
+        {"prompt", true},       {"max-new-tokens", true}, {"temperature", true},
+        {"top-k", true},        {"top-p", true},          {"seed", true},
+        {"tensor", true},       {"part", true},           {"spectra", false},
+        {"reference", true},    {"model", true},          {"limit", true},
+        {"differences", false}, {"store", true},          {"dry-run", false}};
+    for (const RequestOption &r : quantizeRequestOptions())
+      if (!r.flag.empty())
+        o[r.flag] = r.type != ValueType::Flag;
+    return o;
+  }();
   return options;
 }
 

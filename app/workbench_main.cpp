@@ -73,7 +73,11 @@ int main(int argc, char **argv) {
       QStringLiteral("Tensor to select once the model is loaded (HF name, e.g. "
                      "model.layers.0.mlp.down_proj.weight)."),
       QStringLiteral("NAME"));
-  parser.addOptions({threadsOption, deviceOption, screenshotOption, tensorOption});
+  const QCommandLineOption viewOption(
+      QStringLiteral("view"),
+      QStringLiteral("The view to show first: model, quantize, runs, compare or learn."),
+      QStringLiteral("NAME"), QStringLiteral("model"));
+  parser.addOptions({threadsOption, deviceOption, screenshotOption, tensorOption, viewOption});
   parser.addPositionalArgument(QStringLiteral("model"),
                                QStringLiteral("A .gguf/.safetensors file, an HF model directory, "
                                               "or \"default\"."),
@@ -106,6 +110,10 @@ int main(int argc, char **argv) {
   const QString tensor = parser.value(tensorOption);
 
   lrq::ui::MainWindow window;
+  const QString view = parser.value(viewOption);
+  if (!window.showView(view))
+    return fail(QStringLiteral("--view: expected one of %1, got \"%2\"")
+                    .arg(window.viewNames().join(QStringLiteral(", ")), view));
   if (!screenshot.isEmpty())
     window.resize(1440, 900);
   window.show();

@@ -492,8 +492,12 @@ private slots:
     scheme.layers.blocks = {0};
     const CalibrationSet calib = makeCalibrationSet(calibTokens_, 2, 32, 3, "test");
     const at::Tensor q0 = model.weights().blocks[0].q.weight;
+    // Out of the declared range: refused when merged, before any work.
+    QVERIFY_THROWS_EXCEPTION(Error, mergeHyperparameters(*lqer, {{"rank", 0}}));
     {
-      MethodContext ctx = context(model, scheme, calib, mergeHyperparameters(*lqer, {{"rank", 0}}));
+      nlohmann::json hyper = mergeHyperparameters(*lqer, nullptr);
+      hyper["rank"] = 0; // past the merge: the method itself refuses it too
+      MethodContext ctx = context(model, scheme, calib, hyper);
       QVERIFY_THROWS_EXCEPTION(Error, lqer->run(ctx));
     }
     {

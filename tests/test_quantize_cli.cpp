@@ -139,11 +139,14 @@ private slots:
   }
 
   void badRequestsGiveClearErrors() {
+    // A bad value of an option is a usage error (exit 2) naming the flag.
     Result method = runLrq(quick("nosuch", "W4A16"));
-    QCOMPARE(method.exitCode, 1);
+    QCOMPARE(method.exitCode, 2);
+    QVERIFY2(method.err.contains("--method"), qPrintable(method.err));
     QVERIFY2(method.err.contains("nosuch") && method.err.contains("rtn"), qPrintable(method.err));
     Result scheme = runLrq(quick("rtn", "W5A5"));
-    QCOMPARE(scheme.exitCode, 1);
+    QCOMPARE(scheme.exitCode, 2);
+    QVERIFY2(scheme.err.contains("--scheme"), qPrintable(scheme.err));
     QVERIFY2(scheme.err.contains("W5A5"), qPrintable(scheme.err));
     Result rank = runLrq(quick("rtn", "W4A16") << "--rank"
                                                << "8");
@@ -151,7 +154,7 @@ private slots:
     QVERIFY2(rank.err.contains("rank"), qPrintable(rank.err));
     Result hyper = runLrq(quick("lqer", "W4A16") << "--hyper"
                                                  << "{\"rnk\": 3}");
-    QCOMPARE(hyper.exitCode, 1);
+    QCOMPARE(hyper.exitCode, 2);
     QVERIFY2(hyper.err.contains("rnk"), qPrintable(hyper.err));
     Result samples = runLrq({"quantize", "default", "--method", "rtn", "--nsamples", "100000",
                              "--store", store_, "--quiet"});

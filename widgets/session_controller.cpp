@@ -14,25 +14,12 @@
 namespace lrq::ui {
 namespace {
 
-struct LoadOutcome {
-  std::shared_ptr<lrq::ModelSession> session;
-  QString error;
-  bool cancelled = false;
-};
-
 struct AnalysisOutcome {
   lrq::TensorStatistics statistics;
   lrq::Histogram histogram;
   QVector<double> singularValues;
   QString error;
   bool skipped = false;
-};
-
-struct EvalOutcome {
-  lrq::PerplexityReport report;
-  QString text;
-  QString error;
-  bool cancelled = false;
 };
 
 QString messageOf(const std::exception &e) {
@@ -62,11 +49,8 @@ template <typename T, typename Done> void watch(QObject *owner, QFuture<T> futur
 
 SessionController::SessionController(QObject *parent) : QObject(parent) {
   registerEngineMetaTypes();
-  // Two loads may overlap briefly (a superseded one winding down).
-  loadPool_.setMaxThreadCount(2);
   statsPool_.setMaxThreadCount(1);
   svdPool_.setMaxThreadCount(1);
-  evalPool_.setMaxThreadCount(1);
 }
 
 SessionController::~SessionController() {
@@ -74,16 +58,12 @@ SessionController::~SessionController() {
 }
 
 void SessionController::shutdown() {
-  if (loadCancel_)
-    loadCancel_->cancel();
-  if (evalCancel_)
-    evalCancel_->cancel();
   latestAnalysisTicket_ = 0;
   latestSpectrumTicket_ = 0;
-  loadPool_.waitForDone();
+  load_.shutdown();
+  eval_.shutdown();
   statsPool_.waitForDone();
   svdPool_.waitForDone();
-  evalPool_.waitForDone();
 }
 
 const lrq::ModelSummary *SessionController::summary() const {
@@ -103,65 +83,52 @@ const lrq::TensorSummary *SessionController::tensor(const QString &name) const {
 // ---------------------------------------------------------------- loading
 
 quint64 SessionController::openModel(const QString &pathOrDefault) {
-  const quint64 job = ++lastLoadJob_;
-  if (loadCancel_)
-    loadCancel_->cancel(); // the superseded load may stop early; its result is dropped anyway
-  auto cancel = std::make_shared<lrq::CancelToken>();
-  loadCancel_ = cancel;
-  loadingJob_ = job;
-
   auto *relay = new ProgressRelay(this);
-  connect(relay, &ProgressRelay::progressed, this,
-          [this, job](qint64 done, qint64 total, const QString &detail) {
-            if (job == lastLoadJob_)
-              emit loadProgress(job, done, total, detail);
-          });
-
   const std::string path = pathOrDefault.toStdString();
   spdlog::info("opening model {}", path);
-  auto future = QtConcurrent::run(&loadPool_, [path, relay, cancel]() {
-    LoadOutcome out;
-    try {
-      out.session = lrq::ModelSession::open(path, relay, cancel.get());
-    } catch (const lrq::Cancelled &) {
-      out.cancelled = true;
-    } catch (const std::exception &e) {
-      out.error = messageOf(e);
-    }
-    return out;
-  });
-  watch(this, future, [this, job, relay, pathOrDefault](const LoadOutcome &out) {
+  using Session = std::shared_ptr<lrq::ModelSession>;
+  BackgroundJob::Handlers<Session> handlers;
+  handlers.done = [this, relay, pathOrDefault](Session session) {
     relay->deleteLater();
-    if (job != lastLoadJob_) {
-      spdlog::debug("dropping superseded load job {} ({})", job, pathOrDefault.toStdString());
-      emit loadDropped(job);
-      return;
-    }
-    loadingJob_ = 0;
-    if (out.cancelled) {
-      spdlog::info("loading {} cancelled", pathOrDefault.toStdString());
-      emit loadCancelled(pathOrDefault);
-    } else if (!out.session) {
-      spdlog::error("{}", out.error.toStdString());
-      emit loadFailed(pathOrDefault, out.error);
-    } else {
-      adoptSession(out.session, pathOrDefault);
-    }
-  });
+    adoptSession(std::move(session), pathOrDefault);
+  };
+  handlers.failed = [this, relay, pathOrDefault](const QString &error) {
+    relay->deleteLater();
+    spdlog::error("{}", error.toStdString());
+    emit loadFailed(pathOrDefault, error);
+  };
+  handlers.cancelled = [this, relay, pathOrDefault] {
+    relay->deleteLater();
+    spdlog::info("loading {} cancelled", pathOrDefault.toStdString());
+    emit loadCancelled(pathOrDefault);
+  };
+  handlers.dropped = [this, relay, pathOrDefault](quint64 job) {
+    relay->deleteLater();
+    spdlog::debug("dropping superseded load job {} ({})", job, pathOrDefault.toStdString());
+    emit loadDropped(job);
+  };
+  const quint64 job = load_.start<Session>(
+      [path, relay](const lrq::CancelToken &cancel) {
+        return Session(lrq::ModelSession::open(path, relay, &cancel));
+      },
+      handlers);
+  connect(relay, &ProgressRelay::progressed, this,
+          [this, job](qint64 done, qint64 total, const QString &detail) {
+            if (job == load_.runningJob())
+              emit loadProgress(job, done, total, detail);
+          });
   emit loadStarted(job, pathOrDefault);
   return job;
 }
 
 void SessionController::cancelLoad() {
-  if (loadingJob_ != 0 && loadCancel_)
-    loadCancel_->cancel();
+  load_.cancel();
 }
 
 void SessionController::adoptSession(std::shared_ptr<lrq::ModelSession> session,
                                      const QString &source) {
   // Work on the old model is moot now; its workers keep it alive until they end.
-  if (evalCancel_)
-    evalCancel_->cancel();
+  eval_.cancel();
   session_ = std::move(session);
   modelSource_ = source;
   ++generation_;
@@ -292,117 +259,95 @@ void SessionController::requestSpectrum(const QString &tensor) {
 // ---------------------------------------------------------------- evaluation
 
 bool SessionController::runPerplexity(const PerplexityRequest &request) {
-  if (!session_ || perplexityJob_ != 0 || generationJob_ != 0)
+  if (!session_ || eval_.isRunning())
     return false;
-  const quint64 job = ++lastEvalJob_;
-  perplexityJob_ = job;
-  evalCancel_ = std::make_shared<lrq::CancelToken>();
-  auto cancel = evalCancel_;
+  evalKind_ = EvalKind::Perplexity;
   auto session = session_;
-
   auto *relay = new ProgressRelay(this);
-  connect(relay, &ProgressRelay::progressed, this,
-          [this, job](qint64 done, qint64 total, const QString &detail) {
-            if (job == perplexityJob_)
-              emit perplexityProgress(done, total, detail);
-          });
-
   const std::string textFile = request.textFile.toStdString();
   const int64_t seqLen = request.seqLen;
   const int64_t maxWindows = request.maxWindows;
   spdlog::info("perplexity: seq_len {}, max windows {}, text {}", seqLen, maxWindows,
                textFile.empty() ? std::string("default held-out") : textFile);
-  auto future =
-      QtConcurrent::run(&evalPool_, [session, relay, cancel, textFile, seqLen, maxWindows]() {
-        EvalOutcome out;
-        try {
-          const std::string text =
-              textFile.empty() ? defaultEvaluationText() : lrq::readTextFile(textFile);
-          cancel->throwIfCancelled();
-          out.report = session->perplexity(text, seqLen, relay, cancel.get(), maxWindows);
-        } catch (const lrq::Cancelled &) {
-          out.cancelled = true;
-        } catch (const std::exception &e) {
-          out.error = messageOf(e);
-        }
-        return out;
-      });
-  watch(this, future, [this, job, relay](const EvalOutcome &out) {
+  BackgroundJob::Handlers<lrq::PerplexityReport> handlers;
+  handlers.done = [this, relay](const lrq::PerplexityReport &report) {
     relay->deleteLater();
-    if (job != perplexityJob_)
-      return;
-    perplexityJob_ = 0;
-    if (out.cancelled) {
-      spdlog::info("perplexity cancelled");
-      emit perplexityCancelled();
-    } else if (!out.error.isEmpty()) {
-      spdlog::error("perplexity failed: {}", out.error.toStdString());
-      emit perplexityFailed(out.error);
-    } else {
-      spdlog::info("perplexity {:.4f} over {} tokens in {:.2f} s", out.report.perplexity,
-                   out.report.tokens, out.report.seconds);
-      emit perplexityFinished(out.report);
-    }
-  });
+    spdlog::info("perplexity {:.4f} over {} tokens in {:.2f} s", report.perplexity, report.tokens,
+                 report.seconds);
+    emit perplexityFinished(report);
+  };
+  handlers.failed = [this, relay](const QString &error) {
+    relay->deleteLater();
+    spdlog::error("perplexity failed: {}", error.toStdString());
+    emit perplexityFailed(error);
+  };
+  handlers.cancelled = [this, relay] {
+    relay->deleteLater();
+    spdlog::info("perplexity cancelled");
+    emit perplexityCancelled();
+  };
+  handlers.dropped = [relay](quint64) { relay->deleteLater(); };
+  const quint64 job = eval_.start<lrq::PerplexityReport>(
+      [session, relay, textFile, seqLen, maxWindows](const lrq::CancelToken &cancel) {
+        const std::string text =
+            textFile.empty() ? defaultEvaluationText() : lrq::readTextFile(textFile);
+        cancel.throwIfCancelled();
+        return session->perplexity(text, seqLen, relay, &cancel, maxWindows);
+      },
+      handlers);
+  connect(relay, &ProgressRelay::progressed, this,
+          [this, job](qint64 done, qint64 total, const QString &detail) {
+            if (job == eval_.runningJob())
+              emit perplexityProgress(done, total, detail);
+          });
   emit perplexityStarted();
   return true;
 }
 
 void SessionController::cancelPerplexity() {
-  if (perplexityJob_ != 0 && evalCancel_)
-    evalCancel_->cancel();
+  if (isPerplexityRunning())
+    eval_.cancel();
 }
 
 bool SessionController::generate(const QString &prompt, const lrq::GenerationOptions &options) {
-  if (!session_ || perplexityJob_ != 0 || generationJob_ != 0)
+  if (!session_ || eval_.isRunning())
     return false;
-  const quint64 job = ++lastEvalJob_;
-  generationJob_ = job;
-  evalCancel_ = std::make_shared<lrq::CancelToken>();
-  auto cancel = evalCancel_;
+  evalKind_ = EvalKind::Generation;
   auto session = session_;
   const std::string text = prompt.toStdString();
+  const quint64 job = eval_.nextJob();
   auto onText = [this, job](const std::string &piece) {
     const QString qpiece = QString::fromStdString(piece);
     QMetaObject::invokeMethod(
         this,
         [this, job, qpiece] {
-          if (job == generationJob_)
+          if (job == eval_.runningJob())
             emit generationText(qpiece);
         },
         Qt::QueuedConnection);
   };
-  auto future = QtConcurrent::run(&evalPool_, [session, cancel, text, options, onText]() {
-    EvalOutcome out;
-    try {
-      out.text = QString::fromStdString(session->generate(text, options, onText, cancel.get()));
-      if (cancel->cancelled())
-        out.cancelled = true;
-    } catch (const lrq::Cancelled &) {
-      out.cancelled = true;
-    } catch (const std::exception &e) {
-      out.error = messageOf(e);
-    }
-    return out;
-  });
-  watch(this, future, [this, job](const EvalOutcome &out) {
-    if (job != generationJob_)
-      return;
-    generationJob_ = 0;
-    if (out.cancelled)
-      emit generationCancelled();
-    else if (!out.error.isEmpty())
-      emit generationFailed(out.error);
-    else
-      emit generationFinished(out.text);
-  });
+  BackgroundJob::Handlers<QString> handlers;
+  handlers.done = [this](const QString &completion) { emit generationFinished(completion); };
+  handlers.failed = [this](const QString &error) {
+    spdlog::error("generation failed: {}", error.toStdString());
+    emit generationFailed(error);
+  };
+  handlers.cancelled = [this] { emit generationCancelled(); };
+  eval_.start<QString>(
+      [session, text, options, onText](const lrq::CancelToken &cancel) {
+        QString completion =
+            QString::fromStdString(session->generate(text, options, onText, &cancel));
+        cancel.throwIfCancelled(); // stopped early: a cancel, not a result
+        return completion;
+      },
+      handlers);
   emit generationStarted();
   return true;
 }
 
 void SessionController::cancelGeneration() {
-  if (generationJob_ != 0 && evalCancel_)
-    evalCancel_->cancel();
+  if (isGenerating())
+    eval_.cancel();
 }
 
 } // namespace lrq::ui

@@ -14,6 +14,7 @@
 #include <memory>
 
 #include "core/session/model_session.h"
+#include "widgets/background_job.h"
 #include "widgets/engine_types.h"
 
 namespace lrq::ui {
@@ -43,8 +44,8 @@ public:
 
   // Loading. Returns the job id; only the latest job's result is kept.
   quint64 openModel(const QString &pathOrDefault);
-  bool isLoading() const { return loadingJob_ != 0; }
-  quint64 latestLoadJob() const { return lastLoadJob_; }
+  bool isLoading() const { return load_.isRunning(); }
+  quint64 latestLoadJob() const { return load_.lastJob(); }
   void cancelLoad();
 
   // Tensor analysis; cached per tensor for the current model.
@@ -56,12 +57,14 @@ public:
   // Perplexity (one run at a time).
   bool runPerplexity(const PerplexityRequest &request);
   void cancelPerplexity();
-  bool isPerplexityRunning() const { return perplexityJob_ != 0; }
+  bool isPerplexityRunning() const {
+    return eval_.isRunning() && evalKind_ == EvalKind::Perplexity;
+  }
 
   // Greedy/sampled continuation (one at a time, shares the evaluation pool).
   bool generate(const QString &prompt, const lrq::GenerationOptions &options);
   void cancelGeneration();
-  bool isGenerating() const { return generationJob_ != 0; }
+  bool isGenerating() const { return eval_.isRunning() && evalKind_ == EvalKind::Generation; }
 
   // Cancels what can be cancelled and waits for every worker to finish.
   void shutdown();
@@ -106,11 +109,13 @@ private:
   QString modelSource_;
   quint64 generation_ = 0; // bumps whenever session_ changes
 
-  QThreadPool loadPool_, statsPool_, svdPool_, evalPool_;
-
-  quint64 lastLoadJob_ = 0;
-  quint64 loadingJob_ = 0;
-  std::shared_ptr<lrq::CancelToken> loadCancel_;
+  // Two loads may overlap briefly (a superseded one winding down).
+  BackgroundJob load_{this, 2};
+  // Perplexity and generation share one worker: one of them at a time.
+  enum class EvalKind { Perplexity, Generation };
+  BackgroundJob eval_{this, 1};
+  EvalKind evalKind_ = EvalKind::Perplexity;
+  QThreadPool statsPool_, svdPool_;
 
   QHash<QString, Analysis> analyses_;
   QHash<QString, QVector<double>> spectra_;
@@ -121,11 +126,6 @@ private:
   // their work: clicking through the tree never builds a backlog.
   std::atomic<quint64> latestAnalysisTicket_{0};
   std::atomic<quint64> latestSpectrumTicket_{0};
-
-  quint64 lastEvalJob_ = 0;
-  quint64 perplexityJob_ = 0;
-  quint64 generationJob_ = 0;
-  std::shared_ptr<lrq::CancelToken> evalCancel_;
 };
 
 } // namespace lrq::ui

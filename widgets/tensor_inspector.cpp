@@ -13,48 +13,10 @@
 #include <algorithm>
 #include <cmath>
 
+#include "widgets/plot_style.h"
 #include "widgets/session_controller.h"
 
 namespace lrq::ui {
-namespace {
-
-const QColor kBarColor(0x3d, 0x7a, 0xb8);
-const QColor kLineColor(0x1f, 0x5f, 0x9e);
-const QColor kAccent(0xd9, 0x8c, 0x1f);
-
-void stylePlot(QCustomPlot *plot, const QString &title) {
-  plot->setBackground(Qt::white);
-  plot->setAntialiasedElements(QCP::aePlottables | QCP::aeItems);
-  plot->plotLayout()->insertRow(0);
-  auto *text = new QCPTextElement(plot, title, QFont(plot->font().family(), 10, QFont::DemiBold));
-  text->setObjectName(QStringLiteral("title"));
-  plot->plotLayout()->addElement(0, 0, text);
-  for (QCPAxis *axis : {plot->xAxis, plot->yAxis}) {
-    axis->setBasePen(QPen(QColor(0x70, 0x70, 0x70)));
-    axis->setTickPen(QPen(QColor(0x70, 0x70, 0x70)));
-    axis->setSubTickPen(QPen(QColor(0xa0, 0xa0, 0xa0)));
-    axis->setTickLabelColor(QColor(0x40, 0x40, 0x40));
-    axis->setLabelColor(QColor(0x30, 0x30, 0x30));
-    axis->grid()->setPen(QPen(QColor(0xe4, 0xe4, 0xe4)));
-  }
-  plot->setMinimumHeight(180);
-}
-
-QCPTextElement *plotTitle(QCustomPlot *plot) {
-  return qobject_cast<QCPTextElement *>(plot->plotLayout()->element(0, 0));
-}
-
-QCPItemText *addMessage(QCustomPlot *plot) {
-  auto *item = new QCPItemText(plot);
-  item->position->setType(QCPItemPosition::ptAxisRectRatio);
-  item->position->setCoords(0.5, 0.5);
-  item->setPositionAlignment(Qt::AlignCenter);
-  item->setColor(QColor(0x80, 0x80, 0x80));
-  item->setClipToAxisRect(false);
-  return item;
-}
-
-} // namespace
 
 TensorInspector::TensorInspector(SessionController *controller, QWidget *parent)
     : QWidget(parent), controller_(controller) {
@@ -150,9 +112,14 @@ TensorInspector::TensorInspector(SessionController *controller, QWidget *parent)
   spectrumPlot_->axisRect()->setRangeDrag(Qt::Horizontal);
   connect(spectrumPlot_, &QCustomPlot::mouseMove, this, &TensorInspector::onSpectrumHover);
   connect(spectrumPlot_, &QCustomPlot::mouseDoubleClick, this, [this] {
-    spectrumPlot_->rescaleAxes();
+    // Back to the framing the spectrum first appeared with.
+    spectrumPlot_->xAxis->setRange(homeX_[0], homeX_[1]);
+    spectrumPlot_->yAxis->setRange(homeY_[0], homeY_[1]);
     spectrumPlot_->replot();
   });
+  spectrumPlot_->setToolTip(tr("Wheel: zoom · drag: pan · double-click: reset the view"));
+  connect(spectrumPlot_->xAxis, qOverload<const QCPRange &>(&QCPAxis::rangeChanged), this,
+          [this](const QCPRange &range) { placeEnergyLabel(range); });
 
   readout_ = new QLabel(this);
   readout_->setObjectName(QStringLiteral("spectrumReadout"));
@@ -223,16 +190,12 @@ void TensorInspector::applyHistogramScale() {
   const double peak = histogramPeak_ > 0 ? histogramPeak_ : 1.0;
   if (logCounts_->isChecked()) {
     // Empty bins have no place on a log axis; QCustomPlot draws them off-rect.
-    y->setScaleType(QCPAxis::stLogarithmic);
-    y->setTicker(QSharedPointer<QCPAxisTickerLog>(new QCPAxisTickerLog));
-    y->setNumberFormat(QStringLiteral("eb"));
-    y->setNumberPrecision(0);
-    y->setRange(0.5, peak * 3.0);
+    setLogAxis(y);
+    // At least two decades: on a shorter range (an empty or loading histogram)
+    // the log ticker repeats labels such as 3·10⁰.
+    y->setRange(0.5, std::max(peak * 3.0, 50.0));
   } else {
-    y->setScaleType(QCPAxis::stLinear);
-    y->setTicker(QSharedPointer<QCPAxisTicker>(new QCPAxisTicker));
-    y->setNumberFormat(QStringLiteral("gb"));
-    y->setNumberPrecision(6);
+    setLinearAxis(y);
     y->setRange(0, peak * 1.08);
   }
   QString title = histogramBins_ > 0 ? tr("Weight histogram (%1 bins)").arg(histogramBins_)
@@ -354,8 +317,12 @@ void TensorInspector::onSpectrumReady(const QString &tensor, const QVector<doubl
   }
   spectrumGraph_->setData(keys, shown, true);
   tracer_->setGraph(spectrumGraph_);
-  spectrumPlot_->xAxis->setRange(0, n + 1);
-  spectrumPlot_->yAxis->setRange(drawFloor / 1.5, (top > 0 ? top : 1.0) * 1.5);
+  homeX_[0] = 0;
+  homeX_[1] = n + 1;
+  homeY_[0] = drawFloor / 1.5;
+  homeY_[1] = (top > 0 ? top : 1.0) * 1.5;
+  spectrumPlot_->xAxis->setRange(homeX_[0], homeX_[1]);
+  spectrumPlot_->yAxis->setRange(homeY_[0], homeY_[1]);
 
   // Where 90 % of the Frobenius energy is reached, and the entropy-based
   // effective rank: both say how "low-rank" the weight is.
@@ -383,6 +350,8 @@ void TensorInspector::onSpectrumReady(const QString &tensor, const QVector<doubl
     energyLabel_->setText(tr("90 % energy: %1").arg(rank90));
     energyLabel_->setVisible(true);
   }
+  rank90_ = rank90;
+  placeEnergyLabel(spectrumPlot_->xAxis->range());
   plotTitle(spectrumPlot_)->setText(tr("Singular-value spectrum (%1 values)").arg(n));
   const double cond = (n > 0 && values.back() > 0) ? top / values.back() : 0.0;
   spectrumSummary_->setText(tr("σ₁ %1 · σ_min %2 · cond. %3 · eff. rank %4 / %5")
@@ -423,10 +392,26 @@ void TensorInspector::onSpectrumHover(QMouseEvent *event) {
   spectrumPlot_->replot(QCustomPlot::rpQueuedReplot);
 }
 
+void TensorInspector::placeEnergyLabel(const QCPRange &range) {
+  // Zoomed in or out, the label stays inside the plot: beside the line on the
+  // side with room, hidden while the line is out of view.
+  if (rank90_ <= 0) {
+    energyLabel_->setVisible(false);
+    return;
+  }
+  const bool inView = range.contains(rank90_);
+  energyLabel_->setVisible(inView);
+  if (!inView)
+    return;
+  const bool rightHalf = rank90_ > range.lower + 0.6 * range.size();
+  energyLabel_->setPositionAlignment((rightHalf ? Qt::AlignRight : Qt::AlignLeft) | Qt::AlignTop);
+}
+
 void TensorInspector::hideHover() {
   tracer_->setVisible(false);
   tracerLabel_->setVisible(false);
-  readout_->setText(spectrum_.isEmpty() ? QString() : tr("hover the curve for values"));
+  readout_->setText(
+      spectrum_.isEmpty() ? QString() : tr("hover for values · wheel zooms · double-click resets"));
   spectrumPlot_->replot(QCustomPlot::rpQueuedReplot);
 }
 

@@ -9,6 +9,7 @@
 
 class QCustomPlot;
 class QCPBars;
+class QCPRange;
 class QCPGraph;
 class QCPItemStraightLine;
 class QCPItemText;
@@ -54,6 +55,7 @@ private:
   void onSpectrumReady(const QString &tensor, const QVector<double> &values);
   void onSpectrumHover(QMouseEvent *event);
   void hideHover();
+  void placeEnergyLabel(const QCPRange &range);
   void setPlotMessage(QCPItemText *item, QCustomPlot *plot, const QString &message);
   void setStatistic(const QString &key, const QString &value);
   void applyHistogramScale();
@@ -79,6 +81,8 @@ private:
   QCPItemText *tracerLabel_ = nullptr;
   QCPItemStraightLine *energyLine_ = nullptr;
   QCPItemText *energyLabel_ = nullptr;
+  int rank90_ = 0;
+  double homeX_[2] = {0, 1}, homeY_[2] = {0.01, 10}; // the spectrum's first framing
   QCPItemText *spectrumMessage_ = nullptr;
   QLabel *readout_ = nullptr;
   QLabel *spectrumSummary_ = nullptr;

@@ -19,10 +19,15 @@ public:
   // (tokens, bytes, blocks), 0 when unknown.
   virtual void started(const std::string & /*task*/, int64_t /*total*/) {}
   virtual void progress(int64_t /*done*/, int64_t /*total*/, const std::string & /*detail*/) {}
+  // A run was recorded (or reopened, on resume) in the run store at storePath.
+  virtual void runStarted(const std::string & /*runId*/, const std::string & /*storePath*/) {}
   virtual void blockStarted(int /*block*/, int /*blockCount*/) {}
   virtual void iterationLoss(int /*block*/, int /*iteration*/, double /*loss*/) {}
   virtual void blockFinished(int /*block*/, double /*initialLoss*/, double /*finalLoss*/,
                              double /*seconds*/) {}
+  // A layer's quantization error, once its Ŵ is final (role: "q_proj", ...).
+  virtual void layerFinished(int /*block*/, const std::string & /*role*/, double /*mse*/,
+                             double /*sqnrDb*/) {}
   virtual void metric(const std::string & /*name*/, double /*value*/) {}
   virtual void log(LogLevel /*level*/, const std::string & /*message*/) {}
   virtual void finished() {}

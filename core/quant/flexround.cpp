@@ -24,7 +24,7 @@ private:
   at::Tensor r3_; // [out, 1]
 };
 
-class FlexRoundMethod : public QuantMethod {
+class FlexRoundMethod : public ReconstructionMethod {
 public:
   std::string name() const override { return "flexround"; }
   std::string help() const override {
@@ -33,7 +33,14 @@ public:
            "weight; trained with Adam to reproduce each full-precision block's output on the "
            "calibration set. Starts from RTN.";
   }
-  nlohmann::json defaults() const override { return reconstructionDefaults(3e-3); }
+  std::string title() const override { return "FlexRound: learned element-wise division"; }
+  std::vector<HyperparameterSpec> hyperparameters() const override {
+    return reconstructionHyperparameters(3e-3);
+  }
+  // s1 and r3 per row, S2 per weight.
+  int64_t learnableParameters(int64_t out, int64_t in, const nlohmann::json &) const override {
+    return out * in + 2 * out;
+  }
   MethodReport run(MethodContext &ctx) override {
     return runReconstructionMethod(ctx, name(),
                                    [](const at::Tensor &w, const GridSpec &spec, uint64_t) {

@@ -250,8 +250,13 @@ public:
            "act-order). Blocks are processed in order on the inputs produced by the "
            "already-quantized blocks. Learns nothing beyond the rounding decisions.";
   }
-  nlohmann::json defaults() const override {
-    return {{"damp", 0.01}, {"block_size", 128}, {"act_order", false}};
+  std::string title() const override { return "GPTQ: error-compensating rounding (baseline)"; }
+  std::vector<HyperparameterSpec> hyperparameters() const override {
+    return {{"damp", ValueType::Number, 0.01, 0.0, 10.0,
+             "dampening added to the Hessian's diagonal, times its mean"},
+            {"block_size", ValueType::Integer, int64_t(128), 1, 1 << 20, "columns per lazy batch"},
+            {"act_order", ValueType::Flag, false, 0, 0,
+             "quantize columns in order of decreasing Hessian diagonal"}};
   }
 
   MethodReport run(MethodContext &ctx) override {
@@ -337,6 +342,7 @@ public:
           s.block = b;
           s.layer = role;
           report.layers.push_back({s, 0});
+          reportLayer(ctx.observer, s);
           layerErrors.push_back({{"block", b},
                                  {"layer", role},
                                  {"output_error_rtn", eRtn},
@@ -385,6 +391,7 @@ private:
       LayerErrorStats s = weightErrorStats(original, q);
       s.layer = name;
       report.layers.push_back({s, 0});
+      reportLayer(ctx.observer, s);
       t = q.to(t.scalar_type());
     };
     if (sel.embeddings && w.tokenEmbedding.defined()) {

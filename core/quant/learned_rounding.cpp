@@ -139,8 +139,14 @@ int64_t defaultLrqRank(int64_t rows, int64_t cols) {
   return std::max<int64_t>(1, std::min(rows, cols) / 4);
 }
 
-nlohmann::json reconstructionDefaults(double lr) {
-  return {{"iters", 200}, {"lr", lr}, {"batch_size", 2}, {"cache_mb", 2048}, {"resume", false}};
+std::vector<HyperparameterSpec> reconstructionHyperparameters(double lr) {
+  return {
+      {"iters", ValueType::Integer, int64_t(200), 1, 1e7, "Adam iterations per block"},
+      {"lr", ValueType::Number, lr, 1e-8, 1.0, "Adam learning rate (cosine decay to 0)"},
+      {"batch_size", ValueType::Integer, int64_t(2), 1, 4096, "calibration windows per iteration"},
+      {"cache_mb", ValueType::Integer, int64_t(2048), 0, 1 << 24,
+       "MiB of block inputs and targets kept in memory; the rest spills to the work folder"},
+  };
 }
 
 MethodReport runReconstructionMethod(MethodContext &ctx, const std::string &methodName,
@@ -188,7 +194,7 @@ MethodReport runReconstructionMethod(MethodContext &ctx, const std::string &meth
   options.lr = hyper.at("lr").get<double>();
   options.batchSize = hyper.at("batch_size").get<int64_t>();
   options.cacheMb = hyper.at("cache_mb").get<int64_t>();
-  options.resume = hyper.at("resume").get<bool>();
+  options.resume = hyper.value("resume", false);
   options.seed = ctx.seed;
   options.blocks = sel.blocks;
   options.workDir = ctx.workDir;
@@ -221,6 +227,7 @@ MethodReport runReconstructionMethod(MethodContext &ctx, const std::string &meth
       s.block = o.block;
       s.layer = l.role;
       report.layers.push_back({s, l.learnableParams});
+      reportLayer(ctx.observer, s);
       blockParams += l.learnableParams;
       const auto it = live.find(l.role);
       if (!o.restored && it != live.end()) {

@@ -83,8 +83,14 @@ GridParams recoverLearnedGrid(const at::Tensor &fpWeight, const at::Tensor &quan
 int64_t defaultLrqRank(int64_t rows, int64_t cols);
 
 // Hyperparameters every reconstruction method has, with `lr` as the default rate:
-// {"iters", "lr", "batch_size", "cache_mb", "resume"}.
-nlohmann::json reconstructionDefaults(double lr);
+// iters, lr, batch_size, cache_mb. (A resumed run's job adds "resume": true.)
+std::vector<HyperparameterSpec> reconstructionHyperparameters(double lr);
+// FlexRound, LRQ and the learned-step ablation: resumable, a loss curve per block.
+class ReconstructionMethod : public QuantMethod {
+public:
+  bool canResume() const override { return true; }
+  bool trainsBlocks() const override { return true; }
+};
 
 // Block-wise reconstruction of ctx.model's selected linears with the layers
 // makeLayer builds (layerSeed differs per block and linear); the scheme's

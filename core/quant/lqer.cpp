@@ -98,12 +98,21 @@ public:
            "(s = 1, no calibration needed). Learns nothing by training; the factors cost "
            "k (in + out) parameters per linear, kept full precision or 8-bit (factor_bits).";
   }
-  nlohmann::json defaults() const override {
-    nlohmann::json d = {{"rank", 32}, {"factor_bits", 0}};
-    if (scaled_)
-      d["batch_size"] = 4; // calibration windows per statistics batch
-    return d;
+  std::string title() const override {
+    return scaled_ ? "L²QER: activation-scaled low-rank error correction"
+                   : "LQER: low-rank error correction by SVD";
   }
+  std::vector<HyperparameterSpec> hyperparameters() const override {
+    std::vector<HyperparameterSpec> h = {
+        {"rank", ValueType::Integer, int64_t(32), 1, 1 << 20, "rank k of the correction A·B"},
+        {"factor_bits", ValueType::Integer, int64_t(0), 0, 8,
+         "bits of the factors A and B: 0 = full precision, else 2..8"}};
+    if (scaled_)
+      h.push_back({"batch_size", ValueType::Integer, int64_t(4), 1, 4096,
+                   "calibration windows per statistics batch"});
+    return h;
+  }
+  bool needsCalibration() const override { return scaled_; }
 
   MethodReport run(MethodContext &ctx) override {
     const QuantScheme &scheme = ctx.scheme;
@@ -211,6 +220,7 @@ public:
         es.layer = t.layer;
         const LayerErrorStats rtn = weightErrorStats(w, q);
         report.layers.push_back({es, 0});
+        reportLayer(ctx.observer, es);
         if (ctx.spectra) {
           const at::Tensor sv = f.singularValues.contiguous();
           report.layers.back().spectra.emplace_back(
@@ -263,6 +273,7 @@ public:
       LayerErrorStats es = weightErrorStats(w, q);
       es.layer = layer;
       report.layers.push_back({es, 0});
+      reportLayer(ctx.observer, es);
       tensor = q.to(tensor.scalar_type()).contiguous();
     };
     if (sel.embeddings && weights.tokenEmbedding.defined())

@@ -106,18 +106,27 @@ public:
            "round(Phi0 + (alpha/r) A B) is merged into plain integer codes: no adapters "
            "remain at inference.";
   }
-  nlohmann::json defaults() const override {
-    return {{"rank", 16},
-            {"alpha", 16.0},
-            {"steps", 40},
-            {"batch_size", 1},
-            {"lr", 1e-3},
-            {"lr_scale", 1e-5},
-            {"warmup_fraction", 0.1},
-            {"weight_decay", 0.0},
-            {"beta1", 0.9},
-            {"beta2", 0.95},
-            {"seed", -1}};
+  std::string title() const override { return "LR-QAT: low-rank quantization-aware training"; }
+  std::vector<HyperparameterSpec> hyperparameters() const override {
+    return {
+        {"rank", ValueType::Integer, int64_t(16), 1, 1 << 20, "rank r of the adapters A, B"},
+        {"alpha", ValueType::Number, 16.0, 0.0, 1e6, "adapter scale: A·B is multiplied by alpha/r"},
+        {"steps", ValueType::Integer, int64_t(40), 1, 1e8, "training steps"},
+        {"batch_size", ValueType::Integer, int64_t(1), 1, 4096, "calibration windows per step"},
+        {"lr", ValueType::Number, 1e-3, 0.0, 1.0, "AdamW learning rate of the adapters"},
+        {"lr_scale", ValueType::Number, 1e-5, 0.0, 1.0, "AdamW learning rate of the steps s"},
+        {"warmup_fraction", ValueType::Number, 0.1, 0.0, 1.0,
+         "fraction of the steps with a linear warmup"},
+        {"weight_decay", ValueType::Number, 0.0, 0.0, 1.0, "AdamW weight decay"},
+        {"beta1", ValueType::Number, 0.9, 0.0, 0.999999, "AdamW beta1"},
+        {"beta2", ValueType::Number, 0.95, 0.0, 0.999999, "AdamW beta2"},
+        {"seed", ValueType::Integer, int64_t(-1), -1, 9.2e18,
+         "seed of the adapters' initialisation; -1 = the run's seed"}};
+  }
+  // A (in x r), B (r x out) and the step s per row.
+  int64_t learnableParameters(int64_t out, int64_t in, const nlohmann::json &hyper) const override {
+    const int64_t rank = hyper.value("rank", int64_t(16));
+    return rank * (out + in) + out;
   }
   MethodReport run(MethodContext &ctx) override;
 };
@@ -361,6 +370,7 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
       lr.error.layer = targets[i].role;
       lr.learnableParams = l.learnableParams();
       report.layers.push_back(lr);
+      reportLayer(ctx.observer, lr.error);
     }
   }
   restore.dismiss();

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/common/option_value.h"
 #include "core/common/progress.h"
 #include "core/model/decoder.h"
 #include "core/quant/grid.h"
@@ -79,14 +80,41 @@ public:
   virtual ~QuantMethod() = default;
   virtual std::string
   name() const = 0; // "rtn", "gptq", "flexround", "lrq", "lqer", "l2qer", "lrqat"
+  // A short title for pickers: "LRQ: low-rank weight scaling".
+  virtual std::string title() const = 0;
   // One paragraph for --help: what it learns, from which paper.
   virtual std::string help() const = 0;
-  // Hyperparameters with their defaults, e.g. {"rank": 0, "iters": 500, "lr": 9e-4}.
-  virtual nlohmann::json defaults() const = 0;
+  // Every hyperparameter with its type, default, range and help.
+  virtual std::vector<HyperparameterSpec> hyperparameters() const = 0;
+  // Run-size presets. By default "demo" (minutes on 2 cores: 16 x 128 calibration
+  // tokens, 50 iterations per block, 30 training steps) and "thorough" (closer to
+  // the papers: 128 x 1024 tokens, 2000 iterations, 1000 steps), each setting
+  // only the hyperparameters the method has.
+  virtual std::vector<MethodPreset> presets() const;
+  // Keeps a checkpoint per block, so an interrupted run can be resumed.
+  virtual bool canResume() const { return false; }
+  // Reports a reconstruction loss curve per transformer block.
+  virtual bool trainsBlocks() const { return false; }
+  // Uses calibration activations.
+  virtual bool needsCalibration() const { return true; }
+  // Learnable parameters of one out x in linear on a per-channel grid at these
+  // hyperparameters (defaults merged in); 0 for methods that learn nothing.
+  virtual int64_t learnableParameters(int64_t outFeatures, int64_t inFeatures,
+                                      const nlohmann::json &hyper) const {
+    (void)outFeatures, (void)inFeatures, (void)hyper;
+    return 0;
+  }
+  // Hyperparameters with their defaults, e.g. {"rank": 0, "iters": 200, "lr": 9e-4}.
+  nlohmann::json defaults() const;
   // Quantizes ctx.model according to ctx.scheme. Must check ctx.cancel between
   // units of work (throwing lrq::Cancelled) and report progress.
   virtual MethodReport run(MethodContext &ctx) = 0;
 };
+
+// A typed value as JSON, and a JSON scalar as a typed value (throws lrq::Error
+// for arrays, objects and null).
+nlohmann::json toJson(const OptionValue &value);
+OptionValue optionValueOf(const nlohmann::json &value);
 
 using MethodFactory = std::function<std::unique_ptr<QuantMethod>()>;
 
@@ -94,8 +122,8 @@ using MethodFactory = std::function<std::unique_ptr<QuantMethod>()>;
 std::vector<std::string> methodNames();
 // Throws lrq::Error listing the known names.
 std::unique_ptr<QuantMethod> createMethod(const std::string &name);
-// Overlays user values on defaults; unknown keys or wrong types throw lrq::Error
-// naming the key and the method.
+// Overlays user values on defaults; unknown keys, wrong types and values out of
+// a hyperparameter's range throw lrq::Error naming the key and the method.
 nlohmann::json mergeHyperparameters(const QuantMethod &method, const nlohmann::json &user);
 
 } // namespace lrq::quant

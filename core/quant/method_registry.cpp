@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <random>
+#include <sstream>
 #include <utility>
 
 #include "core/common/error.h"
@@ -41,17 +42,84 @@ std::string jsonTypeName(const nlohmann::json &value) {
   return value.type_name();
 }
 
-bool compatible(const nlohmann::json &defaultValue, const nlohmann::json &value) {
-  if (defaultValue.is_number_integer() || defaultValue.is_number_unsigned())
+const char *valueTypeName(ValueType type) {
+  switch (type) {
+  case ValueType::Flag:
+    return "boolean";
+  case ValueType::Integer:
+    return "integer";
+  case ValueType::Number:
+    return "number";
+  default:
+    return "string";
+  }
+}
+
+bool compatible(ValueType type, const nlohmann::json &value) {
+  switch (type) {
+  case ValueType::Flag:
+    return value.is_boolean();
+  case ValueType::Integer:
     return value.is_number_integer() || value.is_number_unsigned();
-  if (defaultValue.is_number_float())
+  case ValueType::Number:
     return value.is_number();
-  if (defaultValue.is_null())
-    return true;
-  return defaultValue.type() == value.type();
+  default:
+    return value.is_string();
+  }
+}
+
+std::string numberText(double value) {
+  std::ostringstream s;
+  s << value;
+  return s.str();
 }
 
 } // namespace
+
+nlohmann::json toJson(const OptionValue &value) {
+  return std::visit([](const auto &v) { return nlohmann::json(v); }, value);
+}
+
+OptionValue optionValueOf(const nlohmann::json &value) {
+  if (value.is_boolean())
+    return value.get<bool>();
+  if (value.is_number_integer() || value.is_number_unsigned())
+    return value.get<int64_t>();
+  if (value.is_number())
+    return value.get<double>();
+  if (value.is_string())
+    return value.get<std::string>();
+  throw Error("expected a boolean, a number or a string, got " + jsonTypeName(value));
+}
+
+nlohmann::json QuantMethod::defaults() const {
+  nlohmann::json d = nlohmann::json::object();
+  for (const HyperparameterSpec &h : hyperparameters())
+    d[h.name] = toJson(h.defaultValue);
+  return d;
+}
+
+std::vector<MethodPreset> QuantMethod::presets() const {
+  MethodPreset demo{
+      "demo", "minutes on 2 cores: 16 x 128 calibration tokens, short training", {}, 16, 128, 0};
+  MethodPreset thorough{"thorough",
+                        "closer to the papers: 128 x 1024 calibration tokens, long training "
+                        "(hours on a CPU; meant for a GPU)",
+                        {},
+                        128,
+                        1024,
+                        1024};
+  for (const HyperparameterSpec &h : hyperparameters()) {
+    if (h.name == "iters") {
+      demo.hyperparameters["iters"] = int64_t(50);
+      thorough.hyperparameters["iters"] = int64_t(2000);
+    } else if (h.name == "steps") {
+      demo.hyperparameters["steps"] = int64_t(30);
+      thorough.hyperparameters["steps"] = int64_t(1000);
+    }
+  }
+  return {demo, thorough};
+}
 
 std::vector<std::string> methodNames() {
   std::vector<std::string> names;
@@ -79,18 +147,29 @@ nlohmann::json mergeHyperparameters(const QuantMethod &method, const nlohmann::j
     return merged;
   if (!user.is_object())
     throw Error(method.name() + ": hyperparameters must be a JSON object");
+  const std::vector<HyperparameterSpec> specs = method.hyperparameters();
   for (auto it = user.begin(); it != user.end(); ++it) {
-    if (!merged.contains(it.key())) {
+    auto spec = std::find_if(specs.begin(), specs.end(),
+                             [&](const HyperparameterSpec &h) { return h.name == it.key(); });
+    if (spec == specs.end()) {
       std::string known;
-      for (auto d = merged.begin(); d != merged.end(); ++d)
-        known += (known.empty() ? "" : ", ") + d.key();
+      for (const HyperparameterSpec &h : specs)
+        known += (known.empty() ? "" : ", ") + h.name;
       throw Error(method.name() + ": unknown hyperparameter '" + it.key() +
                   "' (known: " + (known.empty() ? "none" : known) + ")");
     }
-    if (!compatible(merged[it.key()], it.value()))
+    if (!compatible(spec->type, it.value()))
       throw Error(method.name() + ": hyperparameter '" + it.key() + "' expects " +
-                  jsonTypeName(merged[it.key()]) + ", got " + jsonTypeName(it.value()));
-    merged[it.key()] = it.value();
+                  valueTypeName(spec->type) + ", got " + jsonTypeName(it.value()));
+    if (spec->type == ValueType::Integer || spec->type == ValueType::Number) {
+      const double v = it.value().get<double>();
+      if (!(v >= spec->minimum && v <= spec->maximum))
+        throw Error(method.name() + ": hyperparameter '" + it.key() + "' must be in [" +
+                    numberText(spec->minimum) + ", " + numberText(spec->maximum) + "], got " +
+                    it.value().dump());
+    }
+    merged[it.key()] =
+        spec->type == ValueType::Number ? nlohmann::json(it.value().get<double>()) : it.value();
   }
   return merged;
 }

@@ -114,6 +114,7 @@ std::vector<LayerErrorStats> quantizeModelRtn(ModelWeights &weights, const Model
     s.block = t.block;
     s.layer = t.layer;
     stats.push_back(s);
+    reportLayer(observer, s);
     *t.weight = quantized; // a new tensor: a tied LM head keeps the original
     if (observer)
       observer->progress(int64_t(i + 1), int64_t(targets.size()), where(t));

@@ -26,6 +26,11 @@ struct LayerErrorStats {
 
 // MSE and SQNR of an approximation of a weight (computed in double).
 LayerErrorStats weightErrorStats(const at::Tensor &weight, const at::Tensor &approx);
+// Tells the observer (if any) that a layer's Ŵ is final, with its error.
+inline void reportLayer(ProgressObserver *observer, const LayerErrorStats &s) {
+  if (observer)
+    observer->layerFinished(int(s.block), s.layer, s.mse, s.sqnrDb);
+}
 
 // Replaces every selected Linear::weight (and, when the scheme asks, the token
 // embedding and LM head) by its round-to-nearest Ŵ in float32. Returns one entry

@@ -13,7 +13,7 @@ public:
   std::vector<std::pair<std::string, at::Tensor>> exponentParameters() const override { return {}; }
 };
 
-class LearnedStepMethod : public QuantMethod {
+class LearnedStepMethod : public ReconstructionMethod {
 public:
   std::string name() const override { return "rtn-learned-step"; }
   std::string help() const override {
@@ -21,7 +21,13 @@ public:
            "is trained by the same block-wise reconstruction FlexRound and LRQ use; shows what "
            "their learned scale exponents add.";
   }
-  nlohmann::json defaults() const override { return reconstructionDefaults(1e-3); }
+  std::string title() const override { return "RTN + learned step (ablation)"; }
+  std::vector<HyperparameterSpec> hyperparameters() const override {
+    return reconstructionHyperparameters(1e-3);
+  }
+  int64_t learnableParameters(int64_t out, int64_t, const nlohmann::json &) const override {
+    return out; // s1 per row
+  }
   MethodReport run(MethodContext &ctx) override {
     return runReconstructionMethod(ctx, name(),
                                    [](const at::Tensor &w, const GridSpec &spec, uint64_t) {

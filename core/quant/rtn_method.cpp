@@ -12,7 +12,9 @@ public:
            "scheme's grid (steps by min/max or clipping search). Learns nothing; the baseline "
            "every comparison starts from.";
   }
-  nlohmann::json defaults() const override { return nlohmann::json::object(); }
+  std::string title() const override { return "RTN: round to nearest (baseline)"; }
+  std::vector<HyperparameterSpec> hyperparameters() const override { return {}; }
+  bool needsCalibration() const override { return false; }
   MethodReport run(MethodContext &ctx) override {
     MethodReport report;
     for (const LayerErrorStats &s :

@@ -58,6 +58,12 @@ void RunRecorder::blockFinished(int block, double initialLoss, double finalLoss,
     forward_->blockFinished(block, initialLoss, finalLoss, seconds);
 }
 
+void RunRecorder::layerFinished(int block, const std::string &role, double mse, double sqnrDb) {
+  reportedLayers_.insert({block, role});
+  if (forward_)
+    forward_->layerFinished(block, role, mse, sqnrDb);
+}
+
 void RunRecorder::metric(const std::string &name, double value) {
   store([&] { store_.setMetric(runId_, name, value); });
   if (forward_)
@@ -70,7 +76,8 @@ void RunRecorder::log(LogLevel level, const std::string &message) {
 }
 
 void RunRecorder::finished() {
-  store([&] { store_.finishRun(runId_, RunStatus::Finished, {}, elapsedSeconds()); });
+  // A stage (the method, a calibration pass) ended, not the run: evaluation and
+  // export may follow. The quantization job records the run finished at its end.
   if (forward_)
     forward_->finished();
 }

@@ -3,7 +3,9 @@
 // events into run-store rows (block curves, metrics, final status) and passes
 // every event on to another observer (the terminal or the desktop).
 #include <chrono>
+#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/common/progress.h"
@@ -21,6 +23,11 @@ public:
   // run: the failure is logged (Warning) to the forwarded observer instead.
   const std::string &storageError() const { return storageError_; }
 
+  // Whether layerFinished already passed this layer on.
+  bool layerReported(int block, const std::string &role) const {
+    return reportedLayers_.count({block, role}) > 0;
+  }
+
   // Marks the run cancelled (there is no observer event for it).
   void cancelled();
 
@@ -29,6 +36,7 @@ public:
   void blockStarted(int block, int blockCount) override;
   void iterationLoss(int block, int iteration, double loss) override;
   void blockFinished(int block, double initialLoss, double finalLoss, double seconds) override;
+  void layerFinished(int block, const std::string &role, double mse, double sqnrDb) override;
   void metric(const std::string &name, double value) override;
   void log(LogLevel level, const std::string &message) override;
   void finished() override;
@@ -45,6 +53,7 @@ private:
   int curveBlock_ = -1;
   std::vector<LossPoint> curve_;
   std::string storageError_;
+  std::set<std::pair<int, std::string>> reportedLayers_;
 };
 
 } // namespace lrq

@@ -16,6 +16,7 @@
 #include "core/eval/perplexity.h"
 #include "core/io/model_loader.h"
 #include "core/model/decoder.h"
+#include "core/session/model_session_access.h"
 
 namespace lrq {
 namespace {
@@ -160,6 +161,14 @@ struct ModelSession::Impl {
 };
 
 ModelSession::ModelSession(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+const LoadedModel &ModelSessionAccess::loaded(const ModelSession &session) {
+  return session.impl_->loaded;
+}
+
+DecoderModel &ModelSessionAccess::decoder(const ModelSession &session) {
+  return *session.impl_->model;
+}
 ModelSession::~ModelSession() = default;
 
 std::unique_ptr<ModelSession> ModelSession::open(const std::string &pathOrDefault,

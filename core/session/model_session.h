@@ -137,6 +137,7 @@ public:
                        const CancelToken *cancel = nullptr) const;
 
 private:
+  friend struct ModelSessionAccess; // core's own jobs (model_session_access.h)
   struct Impl;
   explicit ModelSession(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;

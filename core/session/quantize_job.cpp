@@ -1,5 +1,7 @@
 #include "core/session/quantize_job.h"
 
+#include "core/session/model_session_access.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <spdlog/spdlog.h>
@@ -173,266 +175,355 @@ std::vector<SpectrumRecord> layerSpectra(const quant::MethodReport &report,
   return out;
 }
 
-} // namespace
+// Everything one run carries from stage to stage.
+struct Job {
+  Job(const QuantizeRequest &r, ProgressObserver *o, const CancelToken *c)
+      : request(r), observer(o), cancel(c) {}
+  const QuantizeRequest &request;
+  ProgressObserver *observer;
+  const CancelToken *cancel;
+  Clock::time_point start = Clock::now();
 
-std::vector<std::pair<std::string, std::string>> quantizationMethods() {
-  std::vector<std::pair<std::string, std::string>> out;
-  for (const std::string &name : quant::methodNames())
-    out.emplace_back(name, quant::createMethod(name)->help());
-  return out;
-}
-
-std::string methodDefaultsJson(const std::string &method) {
-  return quant::createMethod(method)->defaults().dump();
-}
-
-std::vector<std::string> schemePresets() {
-  return quant::presetNames();
-}
-
-std::string resolveSchemeJson(const std::string &presetOrPath) {
+  std::unique_ptr<quant::QuantMethod> method;
+  nlohmann::json hyper; // defaults overlaid with the user's values
   quant::QuantScheme scheme;
-  if (fs::exists(presetOrPath) && fs::is_regular_file(presetOrPath)) {
-    try {
-      scheme = quant::QuantScheme::fromJson(readTextFile(presetOrPath));
-    } catch (const FileError &) {
-      throw;
-    } catch (const Error &e) {
-      throw FileError(presetOrPath, e.what());
-    }
-  } else {
-    scheme = quant::presetScheme(presetOrPath);
-  }
-  scheme.validate();
-  return scheme.toJson();
-}
+  quant::SmoothQuantOptions smoothOptions;
+  bool checkpoints = false, resuming = false;
 
-QuantizeOutcome runQuantizeJob(const QuantizeRequest &request, ProgressObserver *observer,
-                               const CancelToken *cancel) {
-  const auto start = Clock::now();
-  auto say = [&](const std::string &message) {
+  // The model: loaded here, or borrowed from an open session.
+  std::string modelPath;
+  LoadedModel ownLoaded;
+  const LoadedModel *loaded = nullptr;
+  std::unique_ptr<DecoderModel> ownReference;
+  DecoderModel *reference = nullptr;   // full precision, never modified
+  std::unique_ptr<DecoderModel> model; // the copy that is quantized
+
+  TextSplit split;
+  quant::CalibrationSet calibration;
+
+  std::unique_ptr<RunStore> store;
+  std::unique_ptr<RunRecorder> recorder;
+  RunInfo info;
+  nlohmann::json recordedHyper;
+  QuantizeOutcome outcome;
+  double earlierSeconds = 0; // a resumed run's time before the interruption
+  std::string workDir, requestFile;
+
+  std::map<LayerKey, at::Tensor> spectraStartWeights;
+  quant::MethodReport report;
+
+  void say(const std::string &message) const {
     if (observer)
       observer->log(LogLevel::Info, message);
     else
       spdlog::info("{}", message);
-  };
-
-  // Everything that can be checked before any work is checked first.
-  std::unique_ptr<quant::QuantMethod> method = quant::createMethod(request.method);
-  nlohmann::json userHyper;
-  try {
-    userHyper = nlohmann::json::parse(
-        request.hyperparametersJson.empty() ? std::string("{}") : request.hyperparametersJson);
-  } catch (const nlohmann::json::exception &e) {
-    throw Error("hyperparameters are not valid JSON: " + std::string(e.what()));
   }
-  // Methods that checkpoint (block-wise reconstruction) have a "resume" hyperparameter.
-  const bool checkpoints = method->defaults().contains("resume");
-  const bool resuming = !request.resumeRunId.empty();
-  if (resuming && !checkpoints)
-    throw Error("method " + method->name() + " keeps no checkpoint: its runs cannot be resumed");
-  if (resuming && userHyper.is_object())
-    userHyper["resume"] = true;
-  const nlohmann::json hyper = quant::mergeHyperparameters(*method, userHyper);
-  const quant::QuantScheme scheme = quant::QuantScheme::fromJson(resolveSchemeJson(request.scheme));
-  if (request.samples < 1 || request.seqLen < 2)
-    throw Error("calibration needs --nsamples >= 1 and --seq-len >= 2");
+  ProgressObserver *progress() const {
+    return recorder ? static_cast<ProgressObserver *>(recorder.get()) : observer;
+  }
+};
 
-  const std::string modelPath =
-      request.model == "default" ? ensureDefaultModel(observer) : request.model;
-  LoadedModel loaded = loadModel(modelPath, observer, cancel);
-  if (!loaded.tokenizer)
-    throw FileError(modelPath, "the model files contain no tokenizer; calibration needs one");
-  ModelWeights fpWeights = ModelWeights::fromHfTensors(loaded.config, loaded.tensors);
-  DecoderModel reference(loaded.config, fpWeights);
-  DecoderModel model(loaded.config, cloneWeights(fpWeights));
+// Everything that can be checked before any work: the request's options, the
+// method's hyperparameters, the scheme.
+void checkStage(Job &job) {
+  validateRequest(job.request);
+  job.method = quant::createMethod(job.request.method);
+  job.checkpoints = job.method->canResume();
+  job.resuming = !job.request.resumeRunId.empty();
+  if (job.resuming && !job.checkpoints)
+    throw Error("method " + job.method->name() +
+                " keeps no checkpoint: its runs cannot be resumed");
+  job.hyper = quant::mergeHyperparameters(
+      *job.method, nlohmann::json::parse(hyperparametersToJson(job.request.hyperparameters)));
+  job.scheme = quant::QuantScheme::fromJson(resolveSchemeJson(job.request.scheme));
+  job.smoothOptions.alpha = job.request.smoothQuantAlpha;
+  if (!quant::parseSmoothGroups(job.request.smoothQuantGroups, &job.smoothOptions.groups))
+    throw OptionError("smoothquant_groups", "SmoothQuant groups must be norm or all, got \"" +
+                                                job.request.smoothQuantGroups + "\"");
+}
 
-  std::string calibrationSource;
-  std::string calibrationText;
-  TextSplit split;
-  const bool needDefaultText =
-      request.calibrationText.empty() || (request.evaluate && request.evaluationText.empty());
-  if (needDefaultText)
-    split = defaultText();
-  if (request.calibrationText.empty()) {
-    calibrationText = split.calibration;
-    calibrationSource = split.source + ", calibration part";
+void loadStage(Job &job) {
+  job.modelPath =
+      job.request.model == "default" ? ensureDefaultModel(job.observer) : job.request.model;
+  job.ownLoaded = loadModel(job.modelPath, job.observer, job.cancel);
+  job.loaded = &job.ownLoaded;
+  job.ownReference = std::make_unique<DecoderModel>(
+      job.ownLoaded.config,
+      ModelWeights::fromHfTensors(job.ownLoaded.config, job.ownLoaded.tensors));
+  job.reference = job.ownReference.get();
+}
+
+void borrowStage(Job &job, const ModelSession &session) {
+  job.loaded = &ModelSessionAccess::loaded(session);
+  job.modelPath = job.loaded->path;
+  job.reference = &ModelSessionAccess::decoder(session);
+}
+
+// Calibration windows, before anything is recorded: a text too short for the
+// requested samples fails here and leaves no run behind.
+void calibrateStage(Job &job) {
+  if (!job.loaded->tokenizer)
+    throw FileError(job.modelPath, "the model files contain no tokenizer; calibration needs one");
+  const QuantizeRequest &r = job.request;
+  if (r.calibrationText.empty() || (r.evaluate && r.evaluationText.empty()))
+    job.split = defaultText();
+  std::string text, source;
+  if (r.calibrationText.empty()) {
+    text = job.split.calibration;
+    source = job.split.source + ", calibration part";
   } else {
-    calibrationText = readTextFile(request.calibrationText);
-    calibrationSource = request.calibrationText;
+    text = readTextFile(r.calibrationText);
+    source = r.calibrationText;
   }
-  const std::vector<int32_t> calibrationTokens = loaded.tokenizer->encode(calibrationText, true);
-  const quant::CalibrationSet calibration = quant::makeCalibrationSet(
-      calibrationTokens, request.samples, request.seqLen, request.seed, calibrationSource);
+  const std::vector<int32_t> tokens = job.loaded->tokenizer->encode(text, true);
+  job.calibration =
+      quant::makeCalibrationSet(tokens, r.samples, r.seqLen, uint64_t(r.seed), source);
+  job.model =
+      std::make_unique<DecoderModel>(job.loaded->config, cloneWeights(job.reference->weights()));
+}
 
-  RunStore store =
-      RunStore::open(request.storePath.empty() ? RunStore::defaultPath() : request.storePath);
-  RunInfo info;
-  info.model = identifyModel(modelPath, false);
-  info.method = method->name();
-  info.schemeJson = scheme.toJson();
-  nlohmann::json recordedHyper = hyper;
-  recordedHyper["samples"] = request.samples;
-  recordedHyper["seq_len"] = request.seqLen;
-  recordedHyper["seed"] = request.seed;
-  recordedHyper["calibration"] = calibrationSource;
-  quant::SmoothQuantOptions smoothOptions;
-  smoothOptions.alpha = request.smoothQuantAlpha;
-  if (!quant::parseSmoothGroups(request.smoothQuantGroups, &smoothOptions.groups))
-    throw Error("SmoothQuant groups must be norm or all, got \"" + request.smoothQuantGroups +
-                "\"");
-  if (request.smoothQuant)
-    recordedHyper["smoothquant"] = {{"alpha", request.smoothQuantAlpha},
-                                    {"groups", quant::smoothGroupsName(smoothOptions.groups)}};
-  info.hyperparametersJson = recordedHyper.dump();
-  if (!loaded.baselineNote.empty())
-    info.notes = "full-precision reference: " + loaded.baselineNote;
-  QuantizeOutcome outcome;
-  double earlierSeconds = 0; // a resumed run's time before the interruption
-  if (resuming) {
+// Opens the store and creates the run (or reopens the interrupted one).
+void recordStartStage(Job &job) {
+  const QuantizeRequest &r = job.request;
+  job.store = std::make_unique<RunStore>(
+      RunStore::open(r.storePath.empty() ? RunStore::defaultPath() : r.storePath));
+  RunInfo &info = job.info;
+  info.model = identifyModel(job.modelPath, false);
+  info.method = job.method->name();
+  info.schemeJson = job.scheme.toJson();
+  job.recordedHyper = job.hyper;
+  job.recordedHyper.erase("resume");
+  job.recordedHyper["samples"] = r.samples;
+  job.recordedHyper["seq_len"] = r.seqLen;
+  job.recordedHyper["seed"] = r.seed;
+  job.recordedHyper["calibration"] = job.calibration.source;
+  if (!r.preset.empty())
+    job.recordedHyper["preset"] = r.preset;
+  if (r.smoothQuant)
+    job.recordedHyper["smoothquant"] = {
+        {"alpha", r.smoothQuantAlpha},
+        {"groups", quant::smoothGroupsName(job.smoothOptions.groups)}};
+  info.hyperparametersJson = job.recordedHyper.dump();
+  if (!job.loaded->baselineNote.empty())
+    info.notes = "full-precision reference: " + job.loaded->baselineNote;
+  if (job.resuming) {
     // The same run, reopened: its records are replaced as the job redoes them.
-    outcome.runId = store.resolveId(request.resumeRunId);
-    const RunInfo earlier = store.getRunInfo(outcome.runId);
+    job.outcome.runId = job.store->resolveId(r.resumeRunId);
+    const RunInfo earlier = job.store->getRunInfo(job.outcome.runId);
     if (earlier.status == RunStatus::Finished)
-      throw Error("run " + outcome.runId + " has finished: there is nothing to resume");
+      throw Error("run " + job.outcome.runId + " has finished: there is nothing to resume");
     if (earlier.method != info.method || earlier.model.digest != info.model.digest ||
         nlohmann::json::parse(earlier.schemeJson) != nlohmann::json::parse(info.schemeJson))
-      throw Error("run " + outcome.runId + " used another method, model or scheme");
-    earlierSeconds = earlier.totalSeconds;
-    store.finishRun(outcome.runId, RunStatus::Running);
+      throw Error("run " + job.outcome.runId + " used another method, model or scheme");
+    job.earlierSeconds = earlier.totalSeconds;
+    job.store->finishRun(job.outcome.runId, RunStatus::Running);
+    job.hyper["resume"] = true;
   } else {
-    outcome.runId = store.createRun(info);
+    job.outcome.runId = job.store->createRun(info);
   }
-  outcome.storePath = store.path();
-  RunRecorder recorder(store, outcome.runId, observer);
-  say("run " + outcome.runId + ": " + method->name() + " with " + scheme.describe() + " on " +
-      modelPath);
+  job.outcome.storePath = job.store->path();
+  job.recorder = std::make_unique<RunRecorder>(*job.store, job.outcome.runId, job.observer);
+  if (job.observer)
+    job.observer->runStarted(job.outcome.runId, job.outcome.storePath);
+  job.say("run " + job.outcome.runId + ": " + job.method->name() + " with " +
+          job.scheme.describe() + " on " + job.modelPath);
 
-  try {
-    std::string workDir = request.workDir;
-    if (workDir.empty())
-      workDir = defaultWorkDir(outcome.runId);
-    const std::string requestFile = quantizeRequestFile(workDir);
-    if (checkpoints && !resuming) {
-      // Saved until the run finishes, for `--resume`.
-      std::error_code ec;
-      fs::create_directories(workDir, ec);
-      QuantizeRequest saved = request;
-      saved.storePath = store.path();
-      saved.workDir = workDir;
-      std::ofstream(requestFile) << quantizeRequestJson(saved, outcome.runId) << "\n";
-    }
-    if (request.smoothQuant) {
-      quant::SmoothQuantReport sq = quant::applySmoothQuant(model, calibration, smoothOptions,
-                                                            scheme.layers, observer, cancel);
-      say("SmoothQuant (alpha " + std::to_string(request.smoothQuantAlpha) + ", groups " +
-          quant::smoothGroupsName(smoothOptions.groups) + ") applied to " +
+  job.workDir = r.workDir.empty() ? defaultWorkDir(job.outcome.runId) : r.workDir;
+  job.requestFile = quantizeRequestFile(job.workDir);
+  if (job.checkpoints && !job.resuming) {
+    // Saved until the run finishes, for resuming.
+    std::error_code ec;
+    fs::create_directories(job.workDir, ec);
+    QuantizeRequest saved = r;
+    saved.storePath = job.store->path();
+    saved.workDir = job.workDir;
+    saved.resumeRunId.clear();
+    nlohmann::json file = {{"run_id", job.outcome.runId},
+                           {"request", nlohmann::json::parse(requestToJson(saved))}};
+    std::ofstream(job.requestFile) << file.dump(2) << "\n";
+  }
+}
+
+void smoothQuantStage(Job &job) {
+  if (!job.request.smoothQuant)
+    return;
+  quant::SmoothQuantReport sq = quant::applySmoothQuant(
+      *job.model, job.calibration, job.smoothOptions, job.scheme.layers, job.observer, job.cancel);
+  job.say("SmoothQuant (alpha " + std::to_string(job.request.smoothQuantAlpha) + ", groups " +
+          quant::smoothGroupsName(job.smoothOptions.groups) + ") applied to " +
           std::to_string(sq.groups.size()) + " groups");
-    }
-    // W of the spectra: the full-precision weights, or what SmoothQuant made of them.
-    std::map<LayerKey, at::Tensor> spectraStartWeights;
-    if (request.spectra && request.smoothQuant)
-      spectraStartWeights = copySelectedLinears(loaded.config, model.weights(), scheme.layers);
-    quant::MethodContext ctx{model,        scheme,    calibration, hyper,
-                             request.seed, &recorder, cancel,      workDir};
-    ctx.spectra = request.spectra;
-    quant::MethodReport report = method->run(ctx);
-    // Activation quantizers (A8, KV8) go on after the weights are final; static
-    // steps are calibrated on the quantized model's own activations.
-    if (scheme.activation.mode != quant::ActivationMode::None || scheme.kv8) {
-      quant::ActivationInstallReport a =
-          quant::installActivationQuantizers(model, scheme, calibration, observer, cancel);
-      say("activation quantizers: " + std::to_string(a.inputTransforms) + " linear inputs, " +
-          std::to_string(a.outputTransforms) + " KV outputs");
-    }
-    std::vector<LayerStats> layers;
-    for (const quant::LayerReport &l : report.layers)
-      layers.push_back(
-          {int(l.error.block), l.error.layer, l.error.mse, l.error.sqnrDb, l.learnableParams});
-    store.appendLayerStats(outcome.runId, layers);
-    if (request.spectra) {
-      const auto spectraStart = Clock::now();
-      const std::vector<SpectrumRecord> spectra = layerSpectra(
-          report, loaded.config, fpWeights, model.weights(), spectraStartWeights, cancel);
-      spectraStartWeights.clear();
-      store.appendSpectra(outcome.runId, spectra);
-      char line[128];
-      std::snprintf(line, sizeof line, "spectra: %zu recorded in %.2f s", spectra.size(),
-                    secondsSince(spectraStart));
-      say(line);
-    }
-    if (!report.extra.empty())
-      store.setNotes(outcome.runId, info.notes + (info.notes.empty() ? "" : "; ") +
-                                        "method: " + report.extra.dump());
+  // W of the spectra: what SmoothQuant made of the full-precision weights.
+  if (job.request.spectra)
+    job.spectraStartWeights =
+        copySelectedLinears(job.loaded->config, job.model->weights(), job.scheme.layers);
+}
 
-    if (request.evaluate) {
-      const std::string text =
-          request.evaluationText.empty() ? split.evaluation : readTextFile(request.evaluationText);
-      const std::vector<int32_t> tokens = loaded.tokenizer->encode(text, true);
-      c10::InferenceMode inference;
-      say("evaluating against the full-precision reference (" +
-          (loaded.baselineNote.empty() ? std::string("weights as stored") : loaded.baselineNote) +
+void methodStage(Job &job) {
+  quant::MethodContext ctx{
+      *job.model,         job.scheme, job.calibration, job.hyper, uint64_t(job.request.seed),
+      job.recorder.get(), job.cancel, job.workDir};
+  ctx.spectra = job.request.spectra;
+  job.report = job.method->run(ctx);
+}
+
+// Activation quantizers (A8, KV8) go on after the weights are final; static
+// steps are calibrated on the quantized model's own activations.
+void activationStage(Job &job) {
+  if (job.scheme.activation.mode == quant::ActivationMode::None && !job.scheme.kv8)
+    return;
+  quant::ActivationInstallReport a = quant::installActivationQuantizers(
+      *job.model, job.scheme, job.calibration, job.observer, job.cancel);
+  job.say("activation quantizers: " + std::to_string(a.inputTransforms) + " linear inputs, " +
+          std::to_string(a.outputTransforms) + " KV outputs");
+}
+
+void layerRecordStage(Job &job) {
+  std::vector<LayerStats> layers;
+  for (const quant::LayerReport &l : job.report.layers) {
+    layers.push_back(
+        {int(l.error.block), l.error.layer, l.error.mse, l.error.sqnrDb, l.learnableParams});
+    if (!job.recorder->layerReported(int(l.error.block), l.error.layer))
+      quant::reportLayer(job.observer, l.error); // methods that report only at the end
+  }
+  job.store->appendLayerStats(job.outcome.runId, layers);
+  if (!job.report.extra.empty())
+    job.store->setNotes(job.outcome.runId, job.info.notes + (job.info.notes.empty() ? "" : "; ") +
+                                               "method: " + job.report.extra.dump());
+}
+
+void spectraStage(Job &job) {
+  if (!job.request.spectra)
+    return;
+  const auto spectraStart = Clock::now();
+  const std::vector<SpectrumRecord> spectra =
+      layerSpectra(job.report, job.loaded->config, job.reference->weights(), job.model->weights(),
+                   job.spectraStartWeights, job.cancel);
+  job.spectraStartWeights.clear();
+  job.store->appendSpectra(job.outcome.runId, spectra);
+  char line[128];
+  std::snprintf(line, sizeof line, "spectra: %zu recorded in %.2f s", spectra.size(),
+                secondsSince(spectraStart));
+  job.say(line);
+}
+
+void evaluateStage(Job &job) {
+  const QuantizeRequest &r = job.request;
+  if (!r.evaluate)
+    return;
+  const std::string text =
+      r.evaluationText.empty() ? job.split.evaluation : readTextFile(r.evaluationText);
+  const std::vector<int32_t> tokens = job.loaded->tokenizer->encode(text, true);
+  c10::InferenceMode inference;
+  job.say("evaluating against the full-precision reference (" +
+          (job.loaded->baselineNote.empty() ? std::string("weights as stored")
+                                            : job.loaded->baselineNote) +
           ")");
-      CompareResult c = compareToReference(model, reference, tokens, request.evalSeqLen, observer,
-                                           cancel, request.evalMaxWindows);
-      outcome.metrics["perplexity"] = c.perplexity;
-      outcome.metrics["reference_perplexity"] = c.referencePerplexity;
-      outcome.metrics["kl"] = c.meanKl;
-      outcome.metrics["max_kl"] = c.maxKl;
-      outcome.metrics["top1"] = c.top1Agreement;
-      outcome.metrics["eval_tokens"] = double(c.tokens);
-      outcome.metrics["eval_seconds"] = c.seconds;
-    }
-    const std::string metadata = nlohmann::json{
-        {"method", method->name()},
-        {"hyperparameters", recordedHyper},
-        {"scheme", nlohmann::json::parse(scheme.toJson())},
-        {"run_id", outcome.runId},
-        {"source", modelPath},
-        {"full_precision_reference",
-         loaded.baselineNote}}.dump();
-    if (!request.exportDir.empty()) {
-      ExportResult e =
-          exportHfDirectory(request.exportDir, loaded.config, model.weights(),
-                            exportTokenizerFor(loaded), metadata, {}, observer, cancel);
-      outcome.exportDir = e.path;
-      say("exported " + std::to_string(e.tensors) + " tensors to " + e.path);
-    }
-    if (!request.packedPath.empty()) {
-      PackedModelContents packed =
-          quant::packQuantizedModel(loaded.config, model.weights(), fpWeights, scheme,
-                                    method->name(), report.grids.empty() ? nullptr : &report.grids);
-      embedTokenizer(packed, exportTokenizerFor(loaded));
-      packed.extraMetadataJson = metadata;
-      ExportResult e = writePackedModel(request.packedPath, packed, {}, observer, cancel);
-      outcome.packedPath = e.path;
-      say("packed export: " + e.path);
-    }
-    // The whole process's peak: loading, both models, calibration caches,
-    // the method's working set, evaluation and export.
-    outcome.metrics["peak_rss_mib"] = peakRssMiB();
-    for (const auto &[name, value] : outcome.metrics)
-      store.setMetric(outcome.runId, name, value);
-    outcome.seconds = secondsSince(start);
-    store.finishRun(outcome.runId, RunStatus::Finished, {}, earlierSeconds + outcome.seconds);
-    if (checkpoints) {
-      std::error_code ec;
-      fs::remove(requestFile, ec);
-      if (request.workDir.empty())
-        fs::remove(workDir, ec); // only when empty
-    }
+  CompareResult c = compareToReference(*job.model, *job.reference, tokens, r.evalSeqLen,
+                                       job.observer, job.cancel, r.evalMaxWindows);
+  auto &m = job.outcome.metrics;
+  m["perplexity"] = c.perplexity;
+  m["reference_perplexity"] = c.referencePerplexity;
+  m["kl"] = c.meanKl;
+  m["max_kl"] = c.maxKl;
+  m["top1"] = c.top1Agreement;
+  m["eval_tokens"] = double(c.tokens);
+  m["eval_seconds"] = c.seconds;
+}
+
+void exportStage(Job &job) {
+  const QuantizeRequest &r = job.request;
+  if (r.exportDir.empty() && r.packedPath.empty())
+    return;
+  const std::string metadata = nlohmann::json{
+      {"method", job.method->name()},
+      {"hyperparameters", job.recordedHyper},
+      {"scheme", nlohmann::json::parse(job.scheme.toJson())},
+      {"run_id", job.outcome.runId},
+      {"source", job.modelPath},
+      {"full_precision_reference",
+       job.loaded->baselineNote}}.dump();
+  if (!r.exportDir.empty()) {
+    ExportResult e =
+        exportHfDirectory(r.exportDir, job.loaded->config, job.model->weights(),
+                          exportTokenizerFor(*job.loaded), metadata, {}, job.observer, job.cancel);
+    job.outcome.exportDir = e.path;
+    job.say("exported " + std::to_string(e.tensors) + " tensors to " + e.path);
+  }
+  if (!r.packedPath.empty()) {
+    PackedModelContents packed = quant::packQuantizedModel(
+        job.loaded->config, job.model->weights(), job.reference->weights(), job.scheme,
+        job.method->name(), job.report.grids.empty() ? nullptr : &job.report.grids);
+    embedTokenizer(packed, exportTokenizerFor(*job.loaded));
+    packed.extraMetadataJson = metadata;
+    ExportResult e = writePackedModel(r.packedPath, packed, {}, job.observer, job.cancel);
+    job.outcome.packedPath = e.path;
+    job.say("packed export: " + e.path);
+  }
+}
+
+void recordFinishStage(Job &job) {
+  // The whole process's peak: loading, both models, calibration caches,
+  // the method's working set, evaluation and export.
+  job.outcome.metrics["peak_rss_mib"] = peakRssMiB();
+  for (const auto &[name, value] : job.outcome.metrics)
+    job.store->setMetric(job.outcome.runId, name, value);
+  job.outcome.seconds = secondsSince(job.start);
+  job.store->finishRun(job.outcome.runId, RunStatus::Finished, {},
+                       job.earlierSeconds + job.outcome.seconds);
+  if (job.checkpoints) {
+    std::error_code ec;
+    fs::remove(job.requestFile, ec);
+    if (job.request.workDir.empty())
+      fs::remove(job.workDir, ec); // only when empty
+  }
+}
+
+// The stages after the run exists; a failure or cancel is recorded with the run.
+QuantizeOutcome runRecordedStages(Job &job) {
+  recordStartStage(job);
+  try {
+    smoothQuantStage(job);
+    methodStage(job);
+    activationStage(job);
+    layerRecordStage(job);
+    spectraStage(job);
+    evaluateStage(job);
+    exportStage(job);
+    recordFinishStage(job);
   } catch (const Cancelled &) {
-    recorder.cancelled();
-    if (earlierSeconds > 0)
-      store.finishRun(outcome.runId, RunStatus::Cancelled, "cancelled",
-                      earlierSeconds + secondsSince(start));
+    job.recorder->cancelled();
+    if (job.earlierSeconds > 0)
+      job.store->finishRun(job.outcome.runId, RunStatus::Cancelled, "cancelled",
+                           job.earlierSeconds + secondsSince(job.start));
     throw;
   } catch (const std::exception &e) {
-    store.finishRun(outcome.runId, RunStatus::Failed, e.what(),
-                    earlierSeconds + secondsSince(start));
+    job.store->finishRun(job.outcome.runId, RunStatus::Failed, e.what(),
+                         job.earlierSeconds + secondsSince(job.start));
     throw;
   }
-  return outcome;
+  return job.outcome;
+}
+
+} // namespace
+
+QuantizeOutcome runQuantizeJob(const QuantizeRequest &request, ProgressObserver *observer,
+                               const CancelToken *cancel) {
+  Job job(request, observer, cancel);
+  checkStage(job);
+  loadStage(job);
+  calibrateStage(job);
+  return runRecordedStages(job);
+}
+
+QuantizeOutcome runQuantizeJob(const QuantizeRequest &request, const ModelSession &session,
+                               ProgressObserver *observer, const CancelToken *cancel) {
+  QuantizeRequest checked = request;
+  checked.model = session.summary().path; // the open model, whatever the request named
+  Job job(checked, observer, cancel);
+  checkStage(job);
+  borrowStage(job, session);
+  calibrateStage(job);
+  return runRecordedStages(job);
 }
 
 } // namespace lrq

@@ -1,0 +1,18 @@
+#pragma once
+// What a quantized linear costs in storage, per weight: the integer codes, each
+// step (a 16-bit float) and, on an asymmetric grid, each zero point (as wide as
+// a code), plus a low-rank correction's factors. Light header: front ends show
+// it live while a scheme is edited.
+#include <cstdint>
+
+#include "core/quant/quant_spec.h"
+
+namespace lrq::quant {
+
+// Average bits per weight of an out x in linear on this grid. lowRank k adds the
+// factors A (in x k) and B (k x out) at factorBits each (0 = 16-bit floats).
+// Per-group grids count a row's shorter last group as a whole group.
+double effectiveBitsPerWeight(const GridSpec &grid, int64_t outFeatures, int64_t inFeatures,
+                              int64_t lowRank = 0, int factorBits = 0);
+
+} // namespace lrq::quant

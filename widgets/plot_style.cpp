@@ -1,0 +1,104 @@
+#include "widgets/plot_style.h"
+
+#include <QFileDialog>
+#include <QFileInfo>
+#include <QMenu>
+#include <QMessageBox>
+#include <QStandardPaths>
+
+#include <qcustomplot.h>
+
+namespace lrq::ui {
+
+const QColor kBarColor(0x3d, 0x7a, 0xb8);
+const QColor kLineColor(0x1f, 0x5f, 0x9e);
+const QColor kAccent(0xd9, 0x8c, 0x1f);
+
+void stylePlot(QCustomPlot *plot, const QString &title) {
+  plot->setBackground(Qt::white);
+  plot->setAntialiasedElements(QCP::aePlottables | QCP::aeItems);
+  plot->plotLayout()->insertRow(0);
+  auto *text = new QCPTextElement(plot, title, QFont(plot->font().family(), 10, QFont::DemiBold));
+  text->setObjectName(QStringLiteral("title"));
+  plot->plotLayout()->addElement(0, 0, text);
+  for (QCPAxis *axis : {plot->xAxis, plot->yAxis}) {
+    axis->setBasePen(QPen(QColor(0x70, 0x70, 0x70)));
+    axis->setTickPen(QPen(QColor(0x70, 0x70, 0x70)));
+    axis->setSubTickPen(QPen(QColor(0xa0, 0xa0, 0xa0)));
+    axis->setTickLabelColor(QColor(0x40, 0x40, 0x40));
+    axis->setLabelColor(QColor(0x30, 0x30, 0x30));
+    axis->grid()->setPen(QPen(QColor(0xe4, 0xe4, 0xe4)));
+  }
+  plot->setMinimumHeight(180);
+  enablePlotSaving(plot);
+}
+
+QCPTextElement *plotTitle(QCustomPlot *plot) {
+  return qobject_cast<QCPTextElement *>(plot->plotLayout()->element(0, 0));
+}
+
+QCPItemText *addMessage(QCustomPlot *plot) {
+  auto *item = new QCPItemText(plot);
+  item->position->setType(QCPItemPosition::ptAxisRectRatio);
+  item->position->setCoords(0.5, 0.5);
+  item->setPositionAlignment(Qt::AlignCenter);
+  item->setColor(QColor(0x80, 0x80, 0x80));
+  item->setClipToAxisRect(false);
+  return item;
+}
+
+void setLogAxis(QCPAxis *axis) {
+  axis->setScaleType(QCPAxis::stLogarithmic);
+  auto ticker = QSharedPointer<QCPAxisTickerLog>(new QCPAxisTickerLog);
+  ticker->setSubTickCount(8);
+  axis->setTicker(ticker);
+  axis->setNumberFormat(QStringLiteral("eb"));
+  axis->setNumberPrecision(0);
+}
+
+void setLinearAxis(QCPAxis *axis) {
+  axis->setScaleType(QCPAxis::stLinear);
+  axis->setTicker(QSharedPointer<QCPAxisTicker>(new QCPAxisTicker));
+  axis->setNumberFormat(QStringLiteral("gb"));
+  axis->setNumberPrecision(6);
+}
+
+QColor seriesColor(int i) {
+  static const QColor palette[] = {{0x1f, 0x77, 0xb4}, {0xd6, 0x27, 0x28}, {0x2c, 0xa0, 0x2c},
+                                   {0xff, 0x7f, 0x0e}, {0x94, 0x67, 0xbd}, {0x8c, 0x56, 0x4b},
+                                   {0xe3, 0x77, 0xc2}, {0x17, 0xbe, 0xcf}};
+  constexpr int n = int(sizeof palette / sizeof palette[0]);
+  if (i >= 0 && i < n)
+    return palette[i];
+  return QColor::fromHsv((i * 47) % 360, 180, 190);
+}
+
+bool savePlot(QCustomPlot *plot, const QString &path) {
+  const QString suffix = QFileInfo(path).suffix().toLower();
+  if (suffix == QLatin1String("pdf"))
+    return plot->savePdf(path);
+  if (suffix == QLatin1String("jpg") || suffix == QLatin1String("jpeg"))
+    return plot->saveJpg(path, 0, 0, 2.0);
+  return plot->savePng(path, 0, 0, 2.0);
+}
+
+void enablePlotSaving(QCustomPlot *plot) {
+  plot->setContextMenuPolicy(Qt::CustomContextMenu);
+  QObject::connect(plot, &QWidget::customContextMenuRequested, plot, [plot](const QPoint &pos) {
+    QMenu menu(plot);
+    QAction *save = menu.addAction(QObject::tr("Save plot as…"));
+    if (menu.exec(plot->mapToGlobal(pos)) != save)
+      return;
+    const QString dir = QStandardPaths::writableLocation(QStandardPaths::PicturesLocation);
+    const QString path = QFileDialog::getSaveFileName(
+        plot, QObject::tr("Save plot"), dir + "/plot.png",
+        QObject::tr("PNG image (*.png);;PDF document (*.pdf);;JPEG image (*.jpg)"));
+    if (path.isEmpty())
+      return;
+    if (!savePlot(plot, path))
+      QMessageBox::warning(plot, QObject::tr("Save plot"),
+                           QObject::tr("Could not write %1.").arg(path));
+  });
+}
+
+} // namespace lrq::ui
