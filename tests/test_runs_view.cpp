@@ -414,6 +414,53 @@ private slots:
     view.plotTabs()->setCurrentIndex(2);
     QTest::qWait(20);
     QVERIFY(view.grab().save(QDir(out).filePath("runs_view_spectra.png")));
+
+    // A full-size run: 30 blocks of curves, 30 x 7 layers.
+    const QString path = dir_.filePath("thirty.sqlite");
+    QString id;
+    {
+      RunStore s = writer(path);
+      RunInfo info = baseInfo("lrq", scheme("W3 g128", 3, "per-group", 128, false),
+                              "{\"rank\": 0, \"iters\": 200}");
+      info.status = RunStatus::Finished;
+      info.metrics = {{"perplexity", 71.3}};
+      id = QString::fromStdString(s.createRun(info));
+      std::vector<LayerStats> layers;
+      for (int b = 0; b < 30; ++b) {
+        BlockRecord block{b, 0, 0, 1, {}};
+        const double start = 1e-3 * std::exp(0.2 * b);
+        for (int it = 0; it < 200; it += 2)
+          block.curve.push_back({it, float(start * (0.3 + 0.7 * std::exp(-it / 40.0)))});
+        s.appendBlock(id.toStdString(), block);
+        for (int r = 0; r < kRoles.size(); ++r)
+          layers.push_back({b, kRoles[r].toStdString(), 0, 14.0 + 0.1 * b + 0.4 * r, 0});
+      }
+      s.appendLayerStats(id.toStdString(), layers);
+      // Spectra as a default run records them: W and E of every linear (SmolLM2 widths).
+      std::vector<SpectrumRecord> spectra;
+      for (const LayerStats &l : layers)
+        for (const char *kind : {"W", "E"}) {
+          std::vector<double> v(576);
+          for (size_t i = 0; i < v.size(); ++i)
+            v[i] = (kind[0] == 'W' ? 2.0 : 0.05) / (1.0 + 0.02 * double(i));
+          spectra.push_back({l.block, l.role, kind, v});
+        }
+      s.appendSpectra(id.toStdString(), spectra);
+    }
+    view.setStorePath(path);
+    QElapsedTimer t;
+    t.start();
+    view.selectRun(id);
+    qInfo("showing a 30-block run with 420 spectra of 576 values: %.1f ms",
+          double(t.nsecsElapsed()) / 1e6);
+    QCOMPARE(view.plots()[0]->graphCount(), 30);
+    QCOMPARE(view.spectrumLayerCombo()->count(), 210);
+    view.plotTabs()->setCurrentIndex(0);
+    QTest::qWait(20);
+    QVERIFY(view.grab().save(QDir(out).filePath("runs_view_30_blocks.png")));
+    view.plotTabs()->setCurrentIndex(1);
+    QTest::qWait(20);
+    QVERIFY(view.grab().save(QDir(out).filePath("runs_view_30_blocks_sqnr.png")));
     qInfo("screenshots in %s", qPrintable(out));
   }
 
