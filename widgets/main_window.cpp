@@ -34,6 +34,9 @@
 #include "widgets/perplexity_panel.h"
 #include "widgets/quantize_controller.h"
 #include "widgets/quantize_view.h"
+#include "widgets/runs_view.h"
+#include "core/runs/run_store.h"
+#include "core/session/quantize_job.h"
 #include "widgets/session_controller.h"
 #include "widgets/tensor_inspector.h"
 #include "widgets/version.h"
@@ -93,6 +96,10 @@ MainWindow::MainWindow(QWidget *parent) : QMainWindow(parent) {
   tabs_->setDocumentMode(true);
   tabs_->addTab(inspector_, tr("Model"));
   tabs_->addTab(quantizeView_, tr("Quantize"));
+  runs_ = new RunsView(this);
+  runs_->setStorePath(QString::fromStdString(lrq::RunStore::defaultPath()));
+  tabs_->addTab(runs_, tr("Runs"));
+  tabs_->setTabToolTip(2, tr("Every run in the run store, the command line's too; updates live"));
   tabs_->setTabToolTip(0, tr("Inspect the weights: histogram and singular-value spectrum"));
   tabs_->setTabToolTip(1, tr("Choose a method and a scheme, run it, watch every block learn"));
   setCentralWidget(tabs_);
@@ -146,6 +153,15 @@ MainWindow::MainWindow(QWidget *parent) : QMainWindow(parent) {
   connect(quantizeView_, &QuantizeView::busyChanged, this, [this](bool busy, const QString &text) {
     runLabel_->setText(text);
     runLabel_->setVisible(busy);
+  });
+  connect(runs_, &RunsView::resumeRequested, this, [this](const QString &runId) {
+    showView(QStringLiteral("quantize"));
+    quantizeView_->resumeRun(runId, runs_->model()->storePath());
+  });
+  connect(runs_, &RunsView::exportRequested, this, &MainWindow::exportRun);
+  connect(quantizeView_, &QuantizeView::runFinished, this, [this](const QString &runId) {
+    runs_->model()->refresh();
+    runs_->selectRun(runId);
   });
   fitToScreen();
   restoreWindowState();
@@ -398,6 +414,40 @@ void MainWindow::fitToScreen() {
   } else {
     resize(size);
   }
+}
+
+void MainWindow::exportRun(const QString &runId) {
+  // The store keeps a run's settings, not its weights: exporting runs the same
+  // request again (same seed; deterministic on the CPU) with an output folder.
+  lrq::QuantizeRequest request;
+  try {
+    request = lrq::requestForRun(runId.toStdString(), runs_->model()->storePath().toStdString());
+  } catch (const std::exception &e) {
+    showError(tr("Export"), QString::fromUtf8(e.what()));
+    return;
+  }
+  const lrq::ModelSummary *open = controller_->summary();
+  if (!open || QFileInfo(QString::fromStdString(open->path)).canonicalFilePath() !=
+                   QFileInfo(QString::fromStdString(request.model)).canonicalFilePath()) {
+    showError(tr("Export"), tr("Run %1 quantized %2. Open that model first, then export again.")
+                                .arg(runId, QString::fromStdString(request.model)));
+    return;
+  }
+  const QString dir = QFileDialog::getExistingDirectory(
+      this, tr("Export run %1 as a Hugging Face folder").arg(runId), lastDirectory());
+  if (dir.isEmpty())
+    return;
+  request.exportDir = QDir(dir).filePath(QStringLiteral("lrq-") + runId);
+  request.evaluate = false;
+  request.spectra = false;
+  showView(QStringLiteral("quantize"));
+  quantizeView_->setRequest(request);
+  if (!quantizeController_->start(request))
+    showError(tr("Export"), tr("The export could not start."));
+  else
+    statusLabel_->setText(tr("Exporting run %1 to %2 (the method runs again with the run's "
+                             "settings; a new run is recorded)")
+                              .arg(runId, QString::fromStdString(request.exportDir)));
 }
 
 QString MainWindow::lastDirectory() const {

@@ -21,6 +21,7 @@ class LogPanel;
 class PerplexityPanel;
 class QuantizeController;
 class QuantizeView;
+class RunsView;
 class QtSignalSink;
 class SessionController;
 class TensorInspector;
@@ -41,6 +42,7 @@ public:
   LogPanel *logPanel() const { return log_; }
   QuantizeController *quantizeController() const { return quantizeController_; }
   QuantizeView *quantizeView() const { return quantizeView_; }
+  RunsView *runsView() const { return runs_; }
   QTabWidget *views() const { return tabs_; }
   // Shows a main view by name: "model", "quantize", "runs", "compare", "learn".
   bool showView(const QString &name);
@@ -77,6 +79,7 @@ private:
   void setBusy(const QString &message, bool busy);
   void showAbout();
   void fitToScreen();
+  void exportRun(const QString &runId);
   QString lastDirectory() const;
   void rememberDirectory(const QString &path);
 
@@ -86,6 +89,7 @@ private:
   QTabWidget *tabs_ = nullptr;
   QuantizeController *quantizeController_ = nullptr;
   QuantizeView *quantizeView_ = nullptr;
+  RunsView *runs_ = nullptr;
   QLabel *runLabel_ = nullptr;
   PerplexityPanel *perplexity_ = nullptr;
   GenerationPanel *generation_ = nullptr;

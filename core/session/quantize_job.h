@@ -32,6 +32,11 @@ struct QuantizeOutcome {
 QuantizeRequest resumeRequest(const std::string &runId, const std::string &storePath,
                               const std::string &workDir = {});
 std::string defaultWorkDir(const std::string &runId);
+// The request that reproduces a recorded run (same model, method, scheme,
+// hyperparameters, calibration and seed; evaluation and outputs left at their
+// defaults). The scheme is written to a file under the cache directory. Throws
+// lrq::Error when the run is unknown or its record lacks what a request needs.
+QuantizeRequest requestForRun(const std::string &runId, const std::string &storePath);
 std::string quantizeRequestFile(const std::string &workDir);
 
 // Runs the whole job in named stages (check, open the store, calibrate, run the

@@ -28,6 +28,49 @@ std::string quantizeRequestFile(const std::string &workDir) {
   return (fs::path(workDir) / kRequestFile).string();
 }
 
+QuantizeRequest requestForRun(const std::string &runId, const std::string &storePath) {
+  RunStore store = RunStore::open(storePath.empty() ? RunStore::defaultPath() : storePath);
+  const std::string id = store.resolveId(runId);
+  const RunInfo info = store.getRunInfo(id);
+  const MethodInfo &method = methodInfo(info.method);
+  QuantizeRequest r;
+  r.model = info.model.path;
+  r.method = method.name;
+  r.storePath = store.path();
+  // The scheme as recorded, as the file a request names.
+  const fs::path schemes = fs::path(cacheDirectory()) / "schemes";
+  std::error_code ec;
+  fs::create_directories(schemes, ec);
+  const fs::path schemeFile = schemes / ("run-" + id + ".json");
+  std::ofstream(schemeFile) << info.schemeJson << "\n";
+  r.scheme = schemeFile.string();
+  nlohmann::json recorded;
+  try {
+    recorded = nlohmann::json::parse(info.hyperparametersJson.empty() ? std::string("{}")
+                                                                      : info.hyperparametersJson);
+  } catch (const nlohmann::json::exception &e) {
+    throw Error("run " + id + ": its hyperparameters are not valid JSON: " + e.what());
+  }
+  for (auto it = recorded.begin(); it != recorded.end(); ++it) {
+    if (!method.hyperparameter(it.key()) || it.value().is_object() || it.value().is_array())
+      continue;
+    r.hyperparameters[it.key()] = hyperparametersFromJson(
+        nlohmann::json{{it.key(), it.value()}}.dump())[it.key()];
+  }
+  r.samples = recorded.value("samples", r.samples);
+  r.seqLen = recorded.value("seq_len", r.seqLen);
+  r.seed = recorded.value("seed", r.seed);
+  const std::string calibration = recorded.value("calibration", std::string());
+  if (fs::is_regular_file(calibration, ec))
+    r.calibrationText = calibration;
+  if (recorded.contains("smoothquant") && recorded["smoothquant"].is_object()) {
+    r.smoothQuant = true;
+    r.smoothQuantAlpha = recorded["smoothquant"].value("alpha", r.smoothQuantAlpha);
+    r.smoothQuantGroups = recorded["smoothquant"].value("groups", r.smoothQuantGroups);
+  }
+  return r;
+}
+
 QuantizeRequest resumeRequest(const std::string &runId, const std::string &storePath,
                               const std::string &workDir) {
   RunStore store = RunStore::open(storePath.empty() ? RunStore::defaultPath() : storePath);
