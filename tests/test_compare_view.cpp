@@ -246,6 +246,8 @@ private slots:
   void pareto();
   void missingData();
   void reportAndScreenshots();
+  void reloadKeepsChoices();
+  void storeFromEnvironment();
 
 private:
   QTemporaryDir dir_;
@@ -646,6 +648,14 @@ void TestCompareView::missingData() {
     message = message || view.curvesPlot()->item(i)->objectName() == "message";
   QVERIFY(message);
   QVERIFY(view.noteText(CompareView::SpectraTab).contains("no spectra recorded: gptq"));
+  view.resize(1280, 720);
+  view.setDepthMetric(CompareView::DepthMetric::RelativeMse);
+  view.show();
+  QVERIFY(QTest::qWaitForWindowExposed(&view));
+  view.tabs()->setCurrentIndex(CompareView::CurvesTab);
+  QVERIFY(view.grab().save(lrq::test::outputDir() + "/compare_curves_untrained.png"));
+  view.tabs()->setCurrentIndex(CompareView::DepthTab);
+  QVERIFY(view.grab().save(lrq::test::outputDir() + "/compare_depth_mse.png"));
   // A broken store: an error line, no crash, empty plots with a message.
   CompareView broken;
   QSignalSpy errors(&broken, &CompareView::errorOccurred);
@@ -694,6 +704,48 @@ void TestCompareView::reportAndScreenshots() {
   QFile report(out + "/compare_report.html");
   QVERIFY(report.open(QIODevice::WriteOnly));
   report.write(html.toUtf8());
+}
+
+void TestCompareView::reloadKeepsChoices() {
+  CompareView view;
+  view.setRuns(made_.path, {made_.lrq, made_.flexround});
+  view.setDepthLayer("v_proj");
+  view.setSpectrumLayer(3, "o_proj");
+  view.setEnergyRank(7);
+  QCOMPARE(view.model()->rowOf("metric:late_metric"), -1);
+  RunStore::open(made_.path.toStdString()).setMetric(made_.lrq.toStdString(), "late_metric", 2.5);
+  view.reload();
+  const int row = view.model()->rowOf("metric:late_metric");
+  QVERIFY(row >= 0);
+  QCOMPARE(view.model()->index(row, 0).data(CompareModel::ValueRole).toDouble(), 2.5);
+  QCOMPARE(view.findChild<QComboBox *>("depthLayer")->currentData().toString(), QString("v_proj"));
+  QCOMPARE(view.findChild<QComboBox *>("spectrumBlock")->currentData().toInt(), 3);
+  QCOMPARE(view.findChild<QComboBox *>("spectrumRole")->currentData().toString(),
+           QString("o_proj"));
+  QCOMPARE(view.findChild<QSpinBox *>("energyRank")->value(), 7);
+}
+
+// LRQ_COMPARE_STORE=<runs.sqlite> [LRQ_COMPARE_IDS=id,id,...]: screenshots of
+// a real store (default: its newest four runs) as compare_store_<tab>.png.
+void TestCompareView::storeFromEnvironment() {
+  const QString path = qEnvironmentVariable("LRQ_COMPARE_STORE");
+  if (path.isEmpty())
+    QSKIP("LRQ_COMPARE_STORE not set");
+  QStringList ids = qEnvironmentVariable("LRQ_COMPARE_IDS").split(',', Qt::SkipEmptyParts);
+  if (ids.isEmpty())
+    for (const RunInfo &r : RunStore::open(path.toStdString()).listRuns({"", "", {}, 4}))
+      ids << QString::fromStdString(r.id);
+  CompareView view;
+  view.resize(1280, 720);
+  view.setRuns(path, ids);
+  QVERIFY2(view.model()->lastError().isEmpty(), qPrintable(view.model()->lastError()));
+  view.show();
+  QVERIFY(QTest::qWaitForWindowExposed(&view));
+  const char *names[] = {"accuracy", "depth", "curves", "spectra", "pareto"};
+  for (int tab = 0; tab < 5; ++tab) {
+    view.tabs()->setCurrentIndex(tab);
+    QVERIFY(view.grab().save(lrq::test::outputDir() + "/compare_store_" + names[tab] + ".png"));
+  }
 }
 
 QTEST_MAIN(TestCompareView)

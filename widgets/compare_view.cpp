@@ -123,7 +123,7 @@ void legendBelow(QCustomPlot *plot, int columns) {
   plot->legend->setWrap(columns);
   plot->legend->setBorderPen(Qt::NoPen);
   plot->legend->setBrush(Qt::NoBrush);
-  plot->legend->setMargins(QMargins(8, 0, 8, 2));
+  plot->legend->setMargins(QMargins(8, 0, 8, 6));
 }
 
 // A grey sentence in the middle of the axis rect, for plots with nothing to show.
@@ -173,7 +173,9 @@ void setLogRange(QCPAxis *axis, double lo, double hi) {
   const double margin = std::pow(hi / lo, 0.05);
   axis->setRange(lo / margin, hi * margin);
   if (hi / lo < 12) {
-    axis->setTicker(QSharedPointer<QCPAxisTicker>(new QCPAxisTicker));
+    auto ticker = QSharedPointer<QCPAxisTicker>(new QCPAxisTicker);
+    ticker->setTickCount(7);
+    axis->setTicker(ticker);
     axis->setNumberFormat(QStringLiteral("g"));
   }
 }
@@ -430,7 +432,9 @@ QWidget *CompareView::buildSpectraTab() {
   energyRank_->setRange(1, 1);
   energyRank_->setToolTip(tr("Rank k at which the energy captured is read off"));
   connect(spectrumBlock_, &QComboBox::currentIndexChanged, this, [this] {
-    fillSpectrumRoles();
+    if (updating_)
+      return;
+    fillSpectrumRoles(spectrumRole_->currentData().toString());
     updateSpectra();
   });
   connect(spectrumRole_, &QComboBox::currentIndexChanged, this, [this] { updateSpectra(); });
@@ -517,6 +521,13 @@ QWidget *CompareView::buildParetoTab() {
 
 void CompareView::setRuns(const QString &storePath, const QStringList &ids) {
   model_->setRuns(storePath, ids);
+}
+
+void CompareView::reload() {
+  QStringList ids;
+  for (const lrq::RunRecord &r : model_->runs())
+    ids << QString::fromStdString(r.id);
+  model_->setRuns(model_->storePath(), ids);
 }
 
 void CompareView::setLayerShapes(const QList<LinearShape> &shapes) {
@@ -629,11 +640,13 @@ void CompareView::onRunsChanged() {
   for (int b : curveBlocks)
     curveBlock_->addItem(tr("block %1").arg(b), b);
   curveBlock_->setCurrentIndex(std::max(0, curveBlock_->findData(curveBlock)));
+  curveBlock_->setEnabled(curveBlock_->count() > 0);
 
   // Spectra: blocks with any spectrum; prefer one where two runs learned a
   // scale exponent (FlexRound against LRQ) or, failing that, any E.
   const int spectrumBlock =
       spectrumBlock_->currentData().isValid() ? spectrumBlock_->currentData().toInt() : -1000;
+  const QString spectrumRole = spectrumRole_->currentData().toString();
   spectrumBlock_->clear();
   std::set<int> spectrumBlocks;
   for (const lrq::RunRecord &r : runs)
@@ -642,7 +655,8 @@ void CompareView::onRunsChanged() {
   for (int b : spectrumBlocks)
     spectrumBlock_->addItem(b < 0 ? tr("outside blocks") : tr("block %1").arg(b), b);
   spectrumBlock_->setCurrentIndex(std::max(0, spectrumBlock_->findData(spectrumBlock)));
-  fillSpectrumRoles();
+  spectrumBlock_->setEnabled(spectrumBlock_->count() > 0);
+  fillSpectrumRoles(spectrumRole);
 
   // The energy marker starts at the rank of a low-rank method, when there is one.
   int rank = 0;
@@ -656,8 +670,14 @@ void CompareView::onRunsChanged() {
         break;
     }
   }
-  energyRank_->setMaximum(100000);
-  energyRank_->setValue(rank > 0 ? rank : 32);
+  QStringList ids;
+  for (const lrq::RunRecord &r : runs)
+    ids << QString::fromStdString(r.id);
+  if (ids != shownIds_) { // a new selection, not a reload
+    energyRank_->setMaximum(100000);
+    energyRank_->setValue(rank > 0 ? rank : 32);
+  }
+  shownIds_ = ids;
   updating_ = false;
 
   updateAccuracy();
@@ -914,10 +934,10 @@ void CompareView::updateCurves() {
   plot->replot();
 }
 
-void CompareView::fillSpectrumRoles() {
+void CompareView::fillSpectrumRoles(const QString &preferred) {
   const bool was = updating_;
   updating_ = true;
-  const QString current = spectrumRole_->currentData().toString();
+  const QString current = preferred;
   spectrumRole_->clear();
   const bool haveBlock = spectrumBlock_->currentData().isValid();
   const int block = haveBlock ? spectrumBlock_->currentData().toInt() : 0;
@@ -940,6 +960,7 @@ void CompareView::fillSpectrumRoles() {
       if (learned[roles[i]] >= 2)
         index = i;
   spectrumRole_->setCurrentIndex(std::max(0, index));
+  spectrumRole_->setEnabled(spectrumRole_->count() > 0);
   updating_ = was;
 }
 

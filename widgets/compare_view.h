@@ -39,6 +39,9 @@ public:
 
   // Loads the runs (see CompareModel::setRuns) and redraws every tab.
   void setRuns(const QString &storePath, const QStringList &ids);
+  // Reads the same runs again (after the store changed: a run finished, a
+  // metric was added); the controls keep their choices.
+  void reload();
   // Shapes of the model's block linears, for bits per weight (default: the
   // default model's).
   void setLayerShapes(const QList<LinearShape> &shapes);
@@ -94,7 +97,8 @@ private:
   void updateAccuracy();
   void updateDepth();
   void updateCurves();
-  void fillSpectrumRoles();
+  // Roles recorded in the chosen block; keeps preferred when it is one.
+  void fillSpectrumRoles(const QString &preferred);
   void updateSpectra();
   void updateEnergyMarkers();
   void updatePareto();
@@ -137,6 +141,7 @@ private:
     QString text;
   };
   QList<ParetoPoint> paretoPoints_;
+  QStringList shownIds_;
   bool updating_ = false;
 };
 
