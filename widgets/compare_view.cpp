@@ -408,7 +408,7 @@ QWidget *CompareView::buildCurvesTab() {
   stylePlot(curvesPlot_, tr("Block reconstruction loss during training"),
             QStringLiteral("curvesPlot"));
   curvesPlot_->xAxis->setLabel(tr("iteration"));
-  curvesPlot_->yAxis->setLabel(tr("block output reconstruction loss (MSE, log scale)"));
+  curvesPlot_->yAxis->setLabel(tr("block output error ‖ŷ − y‖² per token (log scale)"));
   setLogY(curvesPlot_, true);
   curvesNote_ = makeNote(page);
   auto *layout = new QVBoxLayout(page);
@@ -1274,6 +1274,16 @@ void CompareView::updatePareto() {
     const double span = std::max(0.5, xhi - xlo);
     g->setData(QVector<double>{xlo - span, xhi + span}, QVector<double>{ref, ref});
     ylo = std::min(ylo, ref);
+    auto *label = new QCPItemText(plot);
+    label->position->setTypeX(QCPItemPosition::ptAxisRectRatio);
+    label->position->setTypeY(QCPItemPosition::ptPlotCoords);
+    label->position->setCoords(0.99, ref);
+    label->setPositionAlignment(Qt::AlignRight | Qt::AlignBottom);
+    label->setColor(kReferenceColor);
+    QFont f = plot->font();
+    f.setPointSize(8);
+    label->setFont(f);
+    label->setText(tr("full precision %1").arg(formatMetric(ref)));
   }
   QStringList notes;
   if (unfinished)
