@@ -269,15 +269,16 @@ void TestCompareView::bitsPerWeightByHand() {
         .arg(gran)
         .arg(group);
   };
-  // 4 bits + one 16-bit scale per 128 weights (+ a 16-bit zero point when asymmetric).
+  // 4 bits + one 16-bit scale per 128 weights (+ a zero point as wide as a code when
+  // asymmetric).
   auto b = estimateBitsPerWeight("rtn", scheme(4, true, "per-group", 128), "{}", one);
   QVERIFY(b.valid);
   QCOMPARE(b.total(), 4.0 + 16.0 / 128);
   b = estimateBitsPerWeight("lrq", scheme(4, false, "per-group", 128), R"({"rank":64})", one);
-  QCOMPARE(b.total(), 4.0 + 32.0 / 128); // LRQ's scales fold into Ŵ: no factors
+  QCOMPARE(b.total(), 4.0 + 20.0 / 128); // LRQ's scales fold into Ŵ: no factors
   // Per-channel: one scale and zero per output row of 512 weights.
   b = estimateBitsPerWeight("rtn", scheme(3, false, "per-channel", 0), "{}", one);
-  QCOMPARE(b.total(), 3.0 + 32.0 / 512);
+  QCOMPARE(b.total(), 3.0 + 19.0 / 512);
   // Group size not dividing the row: ⌈512/96⌉ = 6 groups per row.
   b = estimateBitsPerWeight("rtn", scheme(3, true, "per-group", 96), "{}", one);
   QCOMPARE(b.scaleBits, 6.0 * 16 / 512);
@@ -313,11 +314,11 @@ void TestCompareView::bitsPerWeightDefaultModel() {
   // SmolLM2-135M block, W3A16-g128 (asymmetric), worked out by hand:
   // weights 2·576² + 2·192·576 + 3·1536·576 = 3 538 944; groups of 128 per row:
   // ⌈576/128⌉ = 5, ⌈1536/128⌉ = 12 → 5·(576+192+192+576+1536+1536) + 12·576 = 29 952
-  // units of 32 bits.
+  // units of 16 + 3 bits.
   const double weights = 3538944.0, units = 29952.0;
   auto b = lrq::ui::estimateBitsPerWeight("lrq", kSchemeW3g128, "{}");
   QVERIFY(b.valid);
-  QVERIFY(std::fabs(b.total() - (3.0 + units * 32 / weights)) < 1e-12);
+  QVERIFY(std::fabs(b.total() - (3.0 + units * 19 / weights)) < 1e-12);
   // L²QER rank 32: Σ 32·(m+n) = 32·10176 factor values of 16 bits.
   b = lrq::ui::estimateBitsPerWeight("l2qer", kSchemeW3g128, R"({"rank":32})");
   QVERIFY(std::fabs(b.lowRankBits - 32.0 * 10176 * 16 / weights) < 1e-12);
@@ -361,7 +362,7 @@ void TestCompareView::modelValuesAndDifferences() {
   QCOMPARE(model.index(model.rowOf("summary:scheme"), 2).data().toString(), QString("W3A16-g128"));
   // Bits: the same grid for all; L²QER adds its factors.
   const double w3 = value("summary:bits", 0).toDouble();
-  QVERIFY(std::fabs(w3 - (3.0 + 29952.0 * 32 / 3538944.0)) < 1e-12);
+  QVERIFY(std::fabs(w3 - (3.0 + 29952.0 * 19 / 3538944.0)) < 1e-12);
   QCOMPARE(value("summary:bits", 3).toDouble(), w3);
   QVERIFY(value("summary:bits", 2).toDouble() > w3 + 1.0);
 
@@ -617,9 +618,9 @@ void TestCompareView::pareto() {
   QCOMPARE(methods, (QSet<QString>{"rtn", "gptq", "flexround", "lrq", "l2qer"}));
   QCOMPARE(findGraph(plot, {}, "selected")->dataCount(), 4);
   QCOMPARE(plot->yAxis->scaleType(), QCPAxis::stLogarithmic);
-  // Tooltip of the GPTQ point (3.27 bits, perplexity 180.7).
+  // Tooltip of the GPTQ point (3.16 bits, perplexity 180.7).
   plot->replot();
-  const double bits = 3.0 + 29952.0 * 32 / 3538944.0;
+  const double bits = 3.0 + 29952.0 * 19 / 3538944.0;
   const QPointF pixel(plot->xAxis->coordToPixel(bits), plot->yAxis->coordToPixel(180.747));
   const QString tip = view.paretoToolTipAt(pixel);
   QVERIFY2(tip.contains(made_.gptq) && tip.contains("gptq") && tip.contains("W3A16-g128"),

@@ -198,8 +198,8 @@ private slots:
     a.method = "lrq";
     QuantizeRequest b = a;
     b.samples = 3;
-    b.storePath = "/elsewhere/runs.sqlite"; // where things go: not a difference
-    b.exportDir = dir_.filePath("out");     // after the method: may change
+    b.storePath = "/elsewhere/runs.sqlite";           // where things go: not a difference
+    b.exportDir = dir_.filePath("out").toStdString(); // after the method: may change
     std::vector<RequestDifference> d = requestDifferences(a, b);
     QCOMPARE(int(d.size()), 1);
     QCOMPARE(d[0].option->key, std::string("samples"));

@@ -26,6 +26,8 @@
 #include <qcustomplot.h>
 #include <spdlog/spdlog.h>
 
+#include "core/runs/run_store.h"
+#include "core/session/quantize_job.h"
 #include "widgets/app_icon.h"
 #include "widgets/architecture_view.h"
 #include "widgets/generation_panel.h"
@@ -34,9 +36,8 @@
 #include "widgets/perplexity_panel.h"
 #include "widgets/quantize_controller.h"
 #include "widgets/quantize_view.h"
+#include "widgets/runs_table_model.h"
 #include "widgets/runs_view.h"
-#include "core/runs/run_store.h"
-#include "core/session/quantize_job.h"
 #include "widgets/session_controller.h"
 #include "widgets/tensor_inspector.h"
 #include "widgets/version.h"
@@ -166,11 +167,15 @@ MainWindow::MainWindow(QWidget *parent) : QMainWindow(parent) {
   fitToScreen();
   restoreWindowState();
   // The docks beside the inspector crowd the other views: show them on the Model view only.
-  connect(tabs_, &QTabWidget::currentChanged, this, [this, pplDock, genDock](int index) {
+  // The architecture tree serves the Model and Learn views; the others use the width.
+  connect(tabs_, &QTabWidget::currentChanged, this, [this, archDock, pplDock, genDock](int index) {
     const bool model = tabs_->widget(index) == inspector_;
+    const bool tree = model || tabs_->tabText(index) == tr("Learn");
     for (QDockWidget *d : {pplDock, genDock})
       if (!d->isFloating())
         d->setVisible(model);
+    if (!archDock->isFloating())
+      archDock->setVisible(tree);
     if (model)
       pplDock->raise();
   });
@@ -437,7 +442,7 @@ void MainWindow::exportRun(const QString &runId) {
       this, tr("Export run %1 as a Hugging Face folder").arg(runId), lastDirectory());
   if (dir.isEmpty())
     return;
-  request.exportDir = QDir(dir).filePath(QStringLiteral("lrq-") + runId);
+  request.exportDir = QDir(dir).filePath(QStringLiteral("lrq-") + runId).toStdString();
   request.evaluate = false;
   request.spectra = false;
   showView(QStringLiteral("quantize"));

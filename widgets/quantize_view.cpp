@@ -100,6 +100,12 @@ QString blockListText(const std::vector<int64_t> &blocks) {
 QuantizeView::QuantizeView(SessionController *session, QuantizeController *controller,
                            QWidget *parent)
     : QWidget(parent), session_(session), controller_(controller) {
+  // Form edits re-check the request (debounced); created first, the form connects to it.
+  liveTimer_ = new QTimer(this);
+  liveTimer_->setSingleShot(true);
+  liveTimer_->setInterval(150);
+  connect(liveTimer_, &QTimer::timeout, this, &QuantizeView::updateLive);
+
   auto *formColumn = new QWidget(this);
   auto *form = new QVBoxLayout(formColumn);
   form->setContentsMargins(4, 4, 4, 4);
@@ -156,11 +162,6 @@ QuantizeView::QuantizeView(SessionController *session, QuantizeController *contr
   layout->setContentsMargins(0, 0, 0, 0);
   layout->addWidget(splitter);
 
-  liveTimer_ = new QTimer(this);
-  liveTimer_->setSingleShot(true);
-  liveTimer_->setInterval(150);
-  connect(liveTimer_, &QTimer::timeout, this, &QuantizeView::updateLive);
-
   connect(start_, &QPushButton::clicked, this, &QuantizeView::startRun);
   connect(cancel_, &QPushButton::clicked, this, &QuantizeView::cancelRun);
   connect(resume_, &QPushButton::clicked, this, &QuantizeView::chooseRunToResume);
@@ -201,6 +202,7 @@ QuantizeView::QuantizeView(SessionController *session, QuantizeController *contr
 
   rebuildHyperparameters();
   schemePresetChosen();
+  applyPresetToForm();
   updateLive();
 }
 

@@ -1,5 +1,7 @@
 #include "widgets/run_bits.h"
 
+#include "core/quant/storage_bits.h"
+
 #include <QDir>
 #include <QFile>
 #include <QFileInfo>
@@ -299,7 +301,6 @@ std::optional<double> estimateBitsPerWeight(const QString &method, const QString
   const bool factors = method == QLatin1String("lqer") || method == QLatin1String("l2qer");
   const qint64 rank = factors ? jsonInt(hyper, "rank") : 0;
   const qint64 factorBitsHyper = jsonInt(hyper, "factor_bits");
-  const double factorBits = factorBitsHyper > 0 ? double(factorBitsHyper) : 16.0;
 
   if (!shape) {
     if (rank > 0)
@@ -346,21 +347,21 @@ std::optional<double> estimateBitsPerWeight(const QString &method, const QString
   if (matrices.isEmpty())
     return std::nullopt;
 
+  // The engine's storage formula (core/quant/storage_bits.h), per matrix.
+  lrq::quant::GridSpec grid;
+  grid.bits = int(bits);
+  grid.symmetric = symmetric;
+  grid.granularity = perGroup     ? lrq::quant::Granularity::PerGroup
+                     : perChannel ? lrq::quant::Granularity::PerChannel
+                                  : lrq::quant::Granularity::PerTensor;
+  grid.groupSize = group;
   double weights = 0, totalBits = 0;
   for (const Matrix &m : matrices) {
     const double n = double(m.out) * double(m.in);
-    double steps = 1;
-    if (perChannel)
-      steps = double(m.out);
-    else if (perGroup)
-      steps = double(m.out) * double((m.in + group - 1) / group);
-    double bitsHere = n * double(bits) + steps * stepBits;
-    if (m.lowRank && rank > 0) {
-      const qint64 r = std::min(rank, std::min(m.in, m.out));
-      bitsHere += double(r) * double(m.in + m.out) * factorBits;
-    }
+    const qint64 r = m.lowRank && rank > 0 ? std::min(rank, std::min(m.in, m.out)) : 0;
     weights += n;
-    totalBits += bitsHere;
+    totalBits += n * lrq::quant::effectiveBitsPerWeight(
+                         grid, m.out, m.in, r, factorBitsHyper > 0 ? int(factorBitsHyper) : 0);
   }
   return totalBits / weights;
 }

@@ -7,6 +7,8 @@
 
 #include <algorithm>
 
+#include "core/quant/storage_bits.h"
+
 namespace lrq::ui {
 
 namespace {
@@ -65,22 +67,27 @@ BitsPerWeight estimateBitsPerWeight(const QString &method, const QString &scheme
   const bool keepsFactors = m == QLatin1String("lqer") || m == QLatin1String("l2qer");
   const qint64 rank = hyper.value(QStringLiteral("rank")).toInteger(0);
   const int factorBits = hyper.value(QStringLiteral("factor_bits")).toInt(0);
-  const double perFactor = factorBits > 0 ? factorBits : 16.0;
-  const double perUnit = 16.0 + (symmetric ? 0.0 : 16.0);
-
+  // The engine's storage formula (core/quant/storage_bits.h), per linear.
+  lrq::quant::GridSpec grid;
+  grid.bits = bits;
+  grid.symmetric = symmetric;
+  grid.granularity = granularity == QLatin1String("per-group") ? lrq::quant::Granularity::PerGroup
+                     : granularity == QLatin1String("per-channel")
+                         ? lrq::quant::Granularity::PerChannel
+                         : lrq::quant::Granularity::PerTensor;
+  grid.groupSize = groupSize;
   double weights = 0, scaleBits = 0, factorBitsTotal = 0;
   for (const LinearShape &s : used) {
     const double mn = double(s.outFeatures) * double(s.inFeatures);
     weights += mn;
-    double units = 1;
-    if (granularity == QLatin1String("per-group"))
-      units = double(s.outFeatures) * double((s.inFeatures + groupSize - 1) / groupSize);
-    else if (granularity == QLatin1String("per-channel"))
-      units = double(s.outFeatures);
-    scaleBits += units * perUnit;
+    const double plain = lrq::quant::effectiveBitsPerWeight(grid, s.outFeatures, s.inFeatures);
+    scaleBits += (plain - bits) * mn;
     if (keepsFactors && rank > 0) {
       const qint64 r = std::min({rank, s.outFeatures, s.inFeatures});
-      factorBitsTotal += double(r) * double(s.outFeatures + s.inFeatures) * perFactor;
+      factorBitsTotal +=
+          (lrq::quant::effectiveBitsPerWeight(grid, s.outFeatures, s.inFeatures, r, factorBits) -
+           plain) *
+          mn;
     }
   }
   out.valid = true;

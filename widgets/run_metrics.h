@@ -23,13 +23,14 @@ QList<LinearShape> defaultModelBlockShapes();
 //   total   = weightBits + scaleBits + lowRankBits
 //   weight  = b                                       (scheme weight.bits)
 //   scale   = Σ units·(16 + z) / Σ m·n                one 16-bit scale per quantization
-//             unit, plus a 16-bit zero point (z = 16) unless symmetric (z = 0);
+//             unit, plus a zero point as wide as a code (z = b) unless symmetric (z = 0);
 //             units per m×n linear: m·⌈n/g⌉ (per-group, g = group_size),
 //             m (per-channel: one per output row), 1 (per-tensor)
 //   lowRank = Σ r·(m + n)·f / Σ m·n                  LQER / L²QER only: the kept
 //             factors A (n×r) and B (r×m), r = min(rank, m, n), f = factor_bits or 16
 //             when factor_bits is 0 (the scales of 8-bit factors are left out)
 //
+// (The per-linear formula is the engine's: lrq::quant::effectiveBitsPerWeight.)
 // Sums run over the block linears the scheme selects (layers.linears), all
 // blocks being alike. Methods whose learned parts fold into Ŵ before inference
 // cost nothing extra: FlexRound's and LRQ's scales, GPTQ's updates, and LR-QAT's

@@ -111,7 +111,7 @@ RunMonitor::RunMonitor(QWidget *parent) : QWidget(parent) {
   lossMessage_ = addMessage(lossPlot_);
 
   barsPlot_ = new QCustomPlot(this);
-  stylePlot(barsPlot_, tr("Loss per block: start and end"));
+  stylePlot(barsPlot_, tr("Loss per block: initial (grey), final (blue)"));
   barsPlot_->xAxis->setLabel(tr("block"));
   barsPlot_->yAxis->setLabel(tr("loss (log)"));
   setLogAxis(barsPlot_->yAxis);
@@ -128,8 +128,7 @@ RunMonitor::RunMonitor(QWidget *parent) : QWidget(parent) {
   finalBars_->setBarsGroup(group);
   initialBars_->setWidth(0.4);
   finalBars_->setWidth(0.4);
-  barsPlot_->legend->setVisible(true);
-  barsPlot_->legend->setFont(QFont(font().family(), 8));
+  // The title names the two colours: a legend would cover the bars in a small plot.
 
   schedulePlot_ = new QCustomPlot(this);
   stylePlot(schedulePlot_, tr("Learning rate (cosine schedule)"));
@@ -137,6 +136,9 @@ RunMonitor::RunMonitor(QWidget *parent) : QWidget(parent) {
   schedulePlot_->yAxis->setLabel(tr("learning rate"));
   scheduleGraph_ = schedulePlot_->addGraph();
   scheduleGraph_->setPen(QPen(kLineColor, 2));
+  schedulePlot_->yAxis->ticker()->setTickCount(3);
+  schedulePlot_->yAxis->setNumberFormat(QStringLiteral("eb"));
+  schedulePlot_->yAxis->setNumberPrecision(1);
   scheduleMarker_ = new QCPItemStraightLine(schedulePlot_);
   scheduleMarker_->setPen(QPen(kAccent, 1.5, Qt::DashLine));
   scheduleMarker_->setVisible(false);
@@ -145,10 +147,15 @@ RunMonitor::RunMonitor(QWidget *parent) : QWidget(parent) {
   layerPlot_ = new QCustomPlot(this);
   stylePlot(layerPlot_, tr("Per-layer error as each layer is final"));
   layerPlot_->xAxis->setLabel(tr("block"));
-  layerPlot_->yAxis->setLabel(tr("SQNR of Ŵ against W (dB, higher is better)"));
+  layerPlot_->yAxis->setLabel(tr("SQNR (dB)"));
   layerPlot_->legend->setVisible(true);
-  layerPlot_->legend->setFont(QFont(font().family(), 8));
-  layerPlot_->axisRect()->insetLayout()->setInsetAlignment(0, Qt::AlignBottom | Qt::AlignRight);
+  layerPlot_->legend->setFont(QFont(font().family(), 7));
+  // The legend sits beside the axis rect, so it never covers the points.
+  layerPlot_->axisRect()->insetLayout()->take(layerPlot_->legend);
+  layerPlot_->plotLayout()->addElement(1, 1, layerPlot_->legend);
+  layerPlot_->plotLayout()->setColumnStretchFactor(1, 0.001);
+  layerPlot_->legend->setRowSpacing(0);
+  layerPlot_->legend->setMargins(QMargins(4, 2, 4, 2));
   layerMessage_ = addMessage(layerPlot_);
 
   layerTable_ = new QTableWidget(0, 4, this);
@@ -177,6 +184,15 @@ RunMonitor::RunMonitor(QWidget *parent) : QWidget(parent) {
   main->setStretchFactor(0, 3);
   main->setStretchFactor(1, 2);
   layout->addWidget(main, 1);
+  // Blocks and iterations are whole numbers; the plots fit a 1280 x 720 window.
+  for (QCustomPlot *p : plots())
+    p->setMinimumHeight(110);
+  for (QCustomPlot *p : {barsPlot_, layerPlot_}) {
+    auto ticker = QSharedPointer<QCPAxisTickerFixed>(new QCPAxisTickerFixed);
+    ticker->setTickStep(1.0);
+    ticker->setScaleStrategy(QCPAxisTickerFixed::ssMultiples);
+    p->xAxis->setTicker(ticker);
+  }
 
   reset(QString(), true, 0, 0, 0);
 }

@@ -54,8 +54,8 @@ QuantizeRequest requestForRun(const std::string &runId, const std::string &store
   for (auto it = recorded.begin(); it != recorded.end(); ++it) {
     if (!method.hyperparameter(it.key()) || it.value().is_object() || it.value().is_array())
       continue;
-    r.hyperparameters[it.key()] = hyperparametersFromJson(
-        nlohmann::json{{it.key(), it.value()}}.dump())[it.key()];
+    r.hyperparameters[it.key()] =
+        hyperparametersFromJson(nlohmann::json{{it.key(), it.value()}}.dump())[it.key()];
   }
   r.samples = recorded.value("samples", r.samples);
   r.seqLen = recorded.value("seq_len", r.seqLen);
