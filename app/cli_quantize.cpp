@@ -206,7 +206,19 @@ QuantizeRequest requestFromArguments(const Arguments &args, bool resumeAlone,
 // command.
 QuantizeRequest resumedRequest(const Arguments &args, const QuantizeRequest &given,
                                const std::vector<std::string> &givenKeys) {
-  QuantizeRequest saved = resumeRequest(given.resumeRunId, given.storePath, given.workDir);
+  QuantizeRequest saved;
+  try {
+    saved = resumeRequest(given.resumeRunId, given.storePath, given.workDir);
+  } catch (const FileError &) {
+    throw;
+  } catch (const Error &e) {
+    // The engine names no flags; here the flag that finds the run's folder helps.
+    if (given.workDir.empty() &&
+        std::string(e.what()).find("no saved request") != std::string::npos)
+      throw Error(std::string(e.what()) + " (a run started with --work-dir DIR is resumed with "
+                                          "--work-dir DIR)");
+    throw;
+  }
   const bool alone = args.positional.empty();
   if (!alone) {
     const std::vector<RequestDifference> differences = requestDifferences(saved, given);

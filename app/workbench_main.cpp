@@ -22,6 +22,8 @@
 #include "widgets/tensor_inspector.h"
 #include "widgets/version.h"
 
+#include "app/workbench_tour.h"
+
 namespace {
 
 // --screenshot needs no display: fall back to the offscreen platform when
@@ -77,7 +79,13 @@ int main(int argc, char **argv) {
       QStringLiteral("view"),
       QStringLiteral("The view to show first: model, quantize, runs, compare or learn."),
       QStringLiteral("NAME"), QStringLiteral("model"));
-  parser.addOptions({threadsOption, deviceOption, screenshotOption, tensorOption, viewOption});
+  const QCommandLineOption tourOption(
+      QStringLiteral("tour"),
+      QStringLiteral("Drive the app through its views on the default model (four short runs), "
+                     "save a screenshot of each view into DIR, quit."),
+      QStringLiteral("DIR"));
+  parser.addOptions(
+      {threadsOption, deviceOption, screenshotOption, tensorOption, viewOption, tourOption});
   parser.addPositionalArgument(QStringLiteral("model"),
                                QStringLiteral("A .gguf/.safetensors file, an HF model directory, "
                                               "or \"default\"."),
@@ -108,15 +116,28 @@ int main(int argc, char **argv) {
     model = QFileInfo(model).absoluteFilePath();
   const QString screenshot = parser.value(screenshotOption);
   const QString tensor = parser.value(tensorOption);
+  const QString tourDir = parser.value(tourOption);
 
   lrq::ui::MainWindow window;
   const QString view = parser.value(viewOption);
   if (!window.showView(view))
     return fail(QStringLiteral("--view: expected one of %1, got \"%2\"")
                     .arg(window.viewNames().join(QStringLiteral(", ")), view));
-  if (!screenshot.isEmpty())
+  if (!screenshot.isEmpty() || !tourDir.isEmpty())
     window.resize(1440, 900);
   window.show();
+  if (!tourDir.isEmpty()) {
+    auto *tour = new WorkbenchTour(&window, tourDir);
+    auto started = std::make_shared<bool>(false);
+    QObject::connect(&window, &lrq::ui::MainWindow::modelShown, tour, [tour, started] {
+      if (!*started) {
+        *started = true;
+        tour->start();
+      }
+    });
+    if (model.isEmpty())
+      model = QStringLiteral("default");
+  }
 
   auto *controller = window.controller();
   QObject::connect(&window, &lrq::ui::MainWindow::modelShown, &window, [&window, tensor] {

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <set>
 
+#include "core/session/model_session.h"
 #include "core/session/quantize_job.h"
 #include "core/session/quantize_request.h"
 #include "test_support.h"
@@ -295,6 +296,33 @@ private slots:
       QVERIFY2(QString(e.what()).contains("too few"), e.what());
     }
     QVERIFY(!QFile::exists(dir_.filePath("runs.sqlite")));
+  }
+
+  // A run's exports say what made them: opening one shows method, scheme and run.
+  void exportsDescribeThemselves() {
+    QuantizeRequest r;
+    r.method = "rtn";
+    r.scheme = "W4A16-g128";
+    r.samples = 2;
+    r.seqLen = 16;
+    r.evaluate = false;
+    r.spectra = false;
+    r.storePath = dir_.filePath("exports.sqlite").toStdString();
+    r.exportDir = dir_.filePath("rtn-hf").toStdString();
+    r.packedPath = dir_.filePath("rtn-packed.safetensors").toStdString();
+    const QuantizeOutcome outcome = runQuantizeJob(r);
+    for (const std::string &path : {r.exportDir, r.packedPath}) {
+      auto session = ModelSession::open(path);
+      const QuantizationInfo &q = session->summary().quantization;
+      QVERIFY2(q.present(), path.c_str());
+      QCOMPARE(q.method, std::string("rtn"));
+      QCOMPARE(q.scheme, std::string("W4A16-g128"));
+      QCOMPARE(q.runId, outcome.runId);
+      QVERIFY(q.reference.find("Q4_1") != std::string::npos);
+      QVERIFY(!q.schemeDescription.empty());
+    }
+    // A plain model has none.
+    QVERIFY(!ModelSession::open("default")->summary().quantization.present());
   }
 
   void catalogDescribesEveryMethod() {

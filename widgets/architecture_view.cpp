@@ -1,5 +1,7 @@
 #include "widgets/architecture_view.h"
 
+#include <QFileInfo>
+
 #include <QHeaderView>
 #include <QLabel>
 #include <QLineEdit>
@@ -151,13 +153,28 @@ void ArchitectureView::setModel(const lrq::ModelSummary &s, const QString &displ
     line2 << tr("vocab %1").arg(s.vocabSize);
   details_->setText(line1.join(QStringLiteral(" · ")) + QLatin1Char('\n') +
                     line2.join(QStringLiteral(" · ")));
-  const QString note = baselineNoteText(s);
+  QString note = baselineNoteText(s);
+  if (s.quantization.present()) {
+    // An lrq export: what made it, not a plain float model.
+    const auto &q = s.quantization;
+    note = tr("Quantized with %1 · %2")
+               .arg(QString::fromStdString(q.method),
+                    QString::fromStdString(q.schemeDescription.empty() ? q.scheme
+                                                                       : q.schemeDescription));
+    if (!q.runId.empty())
+      note += tr(" · run %1").arg(QString::fromStdString(q.runId));
+    if (!q.source.empty())
+      note += tr("\nfrom %1").arg(QFileInfo(QString::fromStdString(q.source)).fileName());
+    if (!q.reference.empty())
+      note += tr(" (full precision: %1)").arg(QString::fromStdString(q.reference));
+  }
   note_->setText(note);
   note_->setVisible(!note.isEmpty());
 
   auto *root = new QTreeWidgetItem(tree_);
   root->setText(NameColumn, displayName);
-  root->setText(TypeColumn, QString::fromStdString(s.format).toUpper());
+  root->setText(TypeColumn, s.quantization.present() ? QString::fromStdString(s.quantization.scheme)
+                                                     : QString::fromStdString(s.format).toUpper());
   root->setText(ParamsColumn, formatCount(s.parameters));
   root->setTextAlignment(ParamsColumn, Qt::AlignRight | Qt::AlignVCenter);
   root->setData(0, KindRole, QString::fromLatin1(kKindModel));

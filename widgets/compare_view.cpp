@@ -1,5 +1,7 @@
 #include "widgets/compare_view.h"
 
+#include "widgets/plot_style.h"
+
 #include <QBuffer>
 #include <QButtonGroup>
 #include <QCheckBox>
@@ -69,17 +71,9 @@ QList<QColor> runColors(const CompareModel &model) {
   return out;
 }
 
-void stylePlot(QCustomPlot *plot, const QString &title, const QString &objectName) {
+void styleComparePlot(QCustomPlot *plot, const QString &title, const QString &objectName) {
+  stylePlot(plot, title); // the workbench's common look (widgets/plot_style.h)
   plot->setObjectName(objectName);
-  plot->setBackground(Qt::white);
-  plot->setAntialiasedElements(QCP::aePlottables | QCP::aeItems);
-  plot->plotLayout()->insertRow(0);
-  QFont titleFont = plot->font();
-  titleFont.setPointSize(10);
-  titleFont.setWeight(QFont::DemiBold);
-  auto *text = new QCPTextElement(plot, title, titleFont);
-  text->setObjectName(QStringLiteral("title"));
-  plot->plotLayout()->addElement(0, 0, text);
   QFont tickFont = plot->font();
   tickFont.setPointSize(9);
   QFont labelFont = plot->font();
@@ -102,11 +96,9 @@ void stylePlot(QCustomPlot *plot, const QString &title, const QString &objectNam
   plot->setMinimumHeight(160);
 }
 
-QString plotTitle(const QCustomPlot *plot) {
-  if (plot->plotLayout()->rowCount() > 0)
-    if (auto *t = qobject_cast<QCPTextElement *>(plot->plotLayout()->element(0, 0)))
-      return t->text();
-  return {};
+QString plotTitleText(QCustomPlot *plot) {
+  const QCPTextElement *t = plotTitle(plot); // widgets/plot_style.h
+  return t ? t->text() : QString();
 }
 
 void clearPlot(QCustomPlot *plot) {
@@ -324,15 +316,15 @@ QWidget *CompareView::buildAccuracyTab() {
   leftLayout->addWidget(table_, 1);
 
   pplPlot_ = new QCustomPlot(page);
-  stylePlot(pplPlot_, tr("Perplexity (lower is better)"), QStringLiteral("perplexityPlot"));
+  styleComparePlot(pplPlot_, tr("Perplexity (lower is better)"), QStringLiteral("perplexityPlot"));
   pplPlot_->yAxis->setLabel(tr("perplexity"));
   klPlot_ = new QCustomPlot(page);
-  stylePlot(klPlot_, tr("KL divergence from the reference (lower is better)"),
-            QStringLiteral("klPlot"));
+  styleComparePlot(klPlot_, tr("KL divergence from the reference (lower is better)"),
+                   QStringLiteral("klPlot"));
   klPlot_->yAxis->setLabel(tr("KL (nats/token)"));
   top1Plot_ = new QCustomPlot(page);
-  stylePlot(top1Plot_, tr("Top-1 agreement with the reference (higher is better)"),
-            QStringLiteral("top1Plot"));
+  styleComparePlot(top1Plot_, tr("Top-1 agreement with the reference (higher is better)"),
+                   QStringLiteral("top1Plot"));
   top1Plot_->yAxis->setLabel(tr("top-1 agreement (%)"));
   legendBelow(pplPlot_, 1);
   for (QCustomPlot *p : {pplPlot_, klPlot_, top1Plot_})
@@ -384,7 +376,7 @@ QWidget *CompareView::buildDepthTab() {
   controls->addWidget(depthMse_);
   controls->addStretch(1);
   depthPlot_ = new QCustomPlot(page);
-  stylePlot(depthPlot_, tr("Weight error by depth"), QStringLiteral("depthPlot"));
+  styleComparePlot(depthPlot_, tr("Weight error by depth"), QStringLiteral("depthPlot"));
   depthPlot_->xAxis->setLabel(tr("block index"));
   legendBelow(depthPlot_, 6);
   depthNote_ = makeNote(page);
@@ -407,8 +399,8 @@ QWidget *CompareView::buildCurvesTab() {
   controls->addWidget(curveBlock_);
   controls->addStretch(1);
   curvesPlot_ = new QCustomPlot(page);
-  stylePlot(curvesPlot_, tr("Block reconstruction loss during training"),
-            QStringLiteral("curvesPlot"));
+  styleComparePlot(curvesPlot_, tr("Block reconstruction loss during training"),
+                   QStringLiteral("curvesPlot"));
   curvesPlot_->xAxis->setLabel(tr("iteration"));
   curvesPlot_->yAxis->setLabel(tr("block output error ‖ŷ − y‖² per token (log scale)"));
   setLogY(curvesPlot_, true);
@@ -452,13 +444,13 @@ QWidget *CompareView::buildSpectraTab() {
   controls->addStretch(1);
 
   spectraPlot_ = new QCustomPlot(page);
-  stylePlot(spectraPlot_, tr("Singular values"), QStringLiteral("spectraPlot"));
+  styleComparePlot(spectraPlot_, tr("Singular values"), QStringLiteral("spectraPlot"));
   spectraPlot_->xAxis->setLabel(tr("index i (largest first)"));
   spectraPlot_->yAxis->setLabel(tr("singular value σᵢ (log scale)"));
   setLogY(spectraPlot_, true);
   legendBelow(spectraPlot_, 2);
   energyPlot_ = new QCustomPlot(page);
-  stylePlot(energyPlot_, tr("Energy captured at rank k"), QStringLiteral("energyPlot"));
+  styleComparePlot(energyPlot_, tr("Energy captured at rank k"), QStringLiteral("energyPlot"));
   energyPlot_->xAxis->setLabel(tr("rank k"));
   energyPlot_->yAxis->setLabel(tr("Σᵢ≤ₖ σᵢ² / Σ σᵢ² (%)"));
   legendBelow(energyPlot_, 2);
@@ -500,8 +492,8 @@ QWidget *CompareView::buildParetoTab() {
       new QLabel(tr("Every finished run in the store; the selected runs are ringed."), page));
   controls->addStretch(1);
   paretoPlot_ = new QCustomPlot(page);
-  stylePlot(paretoPlot_, tr("Accuracy against storage, all finished runs"),
-            QStringLiteral("paretoPlot"));
+  styleComparePlot(paretoPlot_, tr("Accuracy against storage, all finished runs"),
+                   QStringLiteral("paretoPlot"));
   paretoPlot_->xAxis->setLabel(tr("bits per weight (estimated, incl. scales and factors)"));
   setLogY(paretoPlot_, true);
   paretoPlot_->setMouseTracking(true);
@@ -1388,7 +1380,7 @@ QString CompareView::toHtmlReport() const {
     QBuffer buffer(&png);
     buffer.open(QIODevice::WriteOnly);
     pixmap.save(&buffer, "PNG");
-    const QString title = plotTitle(s.plot);
+    const QString title = plotTitleText(s.plot);
     html += QStringLiteral("<h2>%1</h2>\n<img alt=\"%1\" src=\"data:image/png;base64,%2\">\n")
                 .arg(title.toHtmlEscaped(), QString::fromLatin1(png.toBase64()));
     if (s.note && !s.note->text().isEmpty())

@@ -30,15 +30,19 @@
 #include "core/session/quantize_job.h"
 #include "widgets/app_icon.h"
 #include "widgets/architecture_view.h"
+#include "widgets/compare_model.h"
+#include "widgets/compare_view.h"
 #include "widgets/generation_panel.h"
 #include "widgets/log_panel.h"
 #include "widgets/log_sink.h"
 #include "widgets/perplexity_panel.h"
+#include "widgets/plot_style.h"
 #include "widgets/quantize_controller.h"
 #include "widgets/quantize_view.h"
 #include "widgets/runs_table_model.h"
 #include "widgets/runs_view.h"
 #include "widgets/session_controller.h"
+#include "widgets/table_export.h"
 #include "widgets/tensor_inspector.h"
 #include "widgets/version.h"
 
@@ -101,6 +105,16 @@ MainWindow::MainWindow(QWidget *parent) : QMainWindow(parent) {
   runs_->setStorePath(QString::fromStdString(lrq::RunStore::defaultPath()));
   tabs_->addTab(runs_, tr("Runs"));
   tabs_->setTabToolTip(2, tr("Every run in the run store, the command line's too; updates live"));
+  compare_ = new CompareView(this);
+  tabs_->addTab(compare_, tr("Compare"));
+  tabs_->setTabToolTip(3, tr("Runs side by side: accuracy, depth profile, loss curves, spectra, "
+                             "bits against perplexity"));
+  enableTableExport(runs_->table());
+  enableTableExport(compare_->table());
+  // Every plot of every view can be saved (PNG, JPEG, PDF) from its context menu.
+  for (QCustomPlot *plot : findChildren<QCustomPlot *>())
+    if (plot->contextMenuPolicy() != Qt::CustomContextMenu)
+      enablePlotSaving(plot);
   tabs_->setTabToolTip(0, tr("Inspect the weights: histogram and singular-value spectrum"));
   tabs_->setTabToolTip(1, tr("Choose a method and a scheme, run it, watch every block learn"));
   setCentralWidget(tabs_);
@@ -160,6 +174,10 @@ MainWindow::MainWindow(QWidget *parent) : QMainWindow(parent) {
     quantizeView_->resumeRun(runId, runs_->model()->storePath());
   });
   connect(runs_, &RunsView::exportRequested, this, &MainWindow::exportRun);
+  connect(runs_, &RunsView::compareRequested, this, [this](const QStringList &ids) {
+    compare_->setRuns(runs_->model()->storePath(), ids);
+    showView(QStringLiteral("compare"));
+  });
   connect(quantizeView_, &QuantizeView::runFinished, this, [this](const QString &runId) {
     runs_->model()->refresh();
     runs_->selectRun(runId);
@@ -230,6 +248,22 @@ void MainWindow::createMenus() {
       statusLabel_->setText(tr("Screenshot saved to %1").arg(path));
   });
   shot->setShortcut(QKeySequence(tr("Ctrl+Shift+S")));
+  file->addAction(tr("Save Comparison &Report…"), this, [this] {
+    if (compare_->model()->runs().empty()) {
+      showError(tr("Save report"), tr("Select two or more runs in the Runs view and Compare "
+                                      "them first."));
+      return;
+    }
+    const QString path = QFileDialog::getSaveFileName(this, tr("Save comparison report"),
+                                                      lastDirectory() + "/comparison.html",
+                                                      tr("HTML page (*.html)"));
+    if (path.isEmpty())
+      return;
+    if (saveComparisonReport(path))
+      statusLabel_->setText(tr("Report saved to %1").arg(path));
+    else
+      showError(tr("Save report"), tr("%1: cannot write the file").arg(path));
+  });
   file->addSeparator();
   QAction *quit = file->addAction(tr("&Quit"), this, &QWidget::close);
   quit->setShortcut(QKeySequence::Quit);
@@ -419,6 +453,13 @@ void MainWindow::fitToScreen() {
   } else {
     resize(size);
   }
+}
+
+bool MainWindow::saveComparisonReport(const QString &path) {
+  QFile f(path);
+  if (!f.open(QIODevice::WriteOnly | QIODevice::Truncate))
+    return false;
+  return f.write(compare_->toHtmlReport().toUtf8()) >= 0;
 }
 
 void MainWindow::exportRun(const QString &runId) {

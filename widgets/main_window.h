@@ -22,6 +22,7 @@ class PerplexityPanel;
 class QuantizeController;
 class QuantizeView;
 class RunsView;
+class CompareView;
 class QtSignalSink;
 class SessionController;
 class TensorInspector;
@@ -43,6 +44,9 @@ public:
   QuantizeController *quantizeController() const { return quantizeController_; }
   QuantizeView *quantizeView() const { return quantizeView_; }
   RunsView *runsView() const { return runs_; }
+  CompareView *compareView() const { return compare_; }
+  // Saves the comparison shown as a self-contained HTML page (table and plots).
+  bool saveComparisonReport(const QString &path);
   QTabWidget *views() const { return tabs_; }
   // Shows a main view by name: "model", "quantize", "runs", "compare", "learn".
   bool showView(const QString &name);
@@ -90,6 +94,7 @@ private:
   QuantizeController *quantizeController_ = nullptr;
   QuantizeView *quantizeView_ = nullptr;
   RunsView *runs_ = nullptr;
+  CompareView *compare_ = nullptr;
   QLabel *runLabel_ = nullptr;
   PerplexityPanel *perplexity_ = nullptr;
   GenerationPanel *generation_ = nullptr;

@@ -14,6 +14,7 @@
 
 #include "widgets/engine_types.h"
 #include "widgets/plot_style.h"
+#include "widgets/table_export.h"
 
 namespace lrq::ui {
 
@@ -164,6 +165,7 @@ RunMonitor::RunMonitor(QWidget *parent) : QWidget(parent) {
   layerTable_->verticalHeader()->setVisible(false);
   layerTable_->setEditTriggers(QAbstractItemView::NoEditTriggers);
   layerTable_->setSelectionBehavior(QAbstractItemView::SelectRows);
+  enableTableExport(layerTable_);
 
   auto *right = new QSplitter(Qt::Vertical, this);
   right->addWidget(barsPlot_);

@@ -1,5 +1,7 @@
 #include "widgets/runs_view.h"
 
+#include "widgets/plot_style.h"
+
 #include <QComboBox>
 #include <QHBoxLayout>
 #include <QHeaderView>
@@ -75,20 +77,9 @@ QString qs(const std::string &s) {
   return QString::fromStdString(s);
 }
 
-void stylePlot(QCustomPlot *plot, const QString &title) {
-  plot->setBackground(Qt::white);
+void styleRunsPlot(QCustomPlot *plot, const QString &title) {
+  stylePlot(plot, title); // the workbench's common look (widgets/plot_style.h)
   plot->setAntialiasedElements(QCP::aePlottables | QCP::aeItems | QCP::aeLegendItems);
-  plot->plotLayout()->insertRow(0);
-  auto *text = new QCPTextElement(plot, title, QFont(plot->font().family(), 10, QFont::DemiBold));
-  plot->plotLayout()->addElement(0, 0, text);
-  for (QCPAxis *axis : {plot->xAxis, plot->yAxis}) {
-    axis->setBasePen(QPen(QColor(0x70, 0x70, 0x70)));
-    axis->setTickPen(QPen(QColor(0x70, 0x70, 0x70)));
-    axis->setSubTickPen(QPen(QColor(0xa0, 0xa0, 0xa0)));
-    axis->setTickLabelColor(QColor(0x40, 0x40, 0x40));
-    axis->setLabelColor(QColor(0x30, 0x30, 0x30));
-    axis->grid()->setPen(QPen(QColor(0xe4, 0xe4, 0xe4)));
-  }
   // The legend lives in its own row under the axes, so it never hides data.
   auto *legendRow = new QCPLayoutGrid;
   plot->plotLayout()->addElement(2, 0, legendRow);
@@ -320,14 +311,14 @@ RunsView::RunsView(QWidget *parent) : QWidget(parent) {
 
   lossPlot_ = new QCustomPlot(this);
   lossPlot_->setObjectName(QStringLiteral("lossPlot"));
-  stylePlot(lossPlot_, tr("Block reconstruction loss"));
+  styleRunsPlot(lossPlot_, tr("Block reconstruction loss"));
   lossPlot_->xAxis->setLabel(tr("iteration"));
   lossPlot_->yAxis->setLabel(tr("block output MSE (log scale)"));
   setLogY(lossPlot_);
 
   sqnrPlot_ = new QCustomPlot(this);
   sqnrPlot_->setObjectName(QStringLiteral("sqnrPlot"));
-  stylePlot(sqnrPlot_, tr("Weight SQNR per layer"));
+  styleRunsPlot(sqnrPlot_, tr("Weight SQNR per layer"));
   sqnrPlot_->xAxis->setLabel(tr("block"));
   sqnrPlot_->yAxis->setLabel(tr("SQNR of Ŵ vs W (dB)"));
   sqnrPlot_->xAxis->setTicker(QSharedPointer<QCPAxisTickerFixed>(new QCPAxisTickerFixed));
@@ -336,7 +327,7 @@ RunsView::RunsView(QWidget *parent) : QWidget(parent) {
 
   spectrumPlot_ = new QCustomPlot(this);
   spectrumPlot_->setObjectName(QStringLiteral("spectrumPlot"));
-  stylePlot(spectrumPlot_, tr("Singular values"));
+  styleRunsPlot(spectrumPlot_, tr("Singular values"));
   spectrumPlot_->xAxis->setLabel(tr("index i"));
   spectrumPlot_->yAxis->setLabel(QStringLiteral("σᵢ (log scale)"));
   setLogY(spectrumPlot_);

@@ -2,9 +2,12 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <thread>
 
@@ -14,8 +17,11 @@
 #include "core/eval/compare.h"
 #include "core/eval/generate.h"
 #include "core/eval/perplexity.h"
+#include "core/io/export.h"
 #include "core/io/model_loader.h"
+#include "core/io/safetensors.h"
 #include "core/model/decoder.h"
+#include "core/quant/scheme.h"
 #include "core/session/model_session_access.h"
 
 namespace lrq {
@@ -43,6 +49,56 @@ std::string blockPrefix(const ModelConfig &config, int block) {
 bool endsWith(const std::string &text, const std::string &suffix) {
   return text.size() >= suffix.size() &&
          text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// The lrq metadata of an export at path (an HF directory, a file in one, or a
+// packed .safetensors file); empty when there is none or it cannot be read.
+QuantizationInfo quantizationOf(const std::string &path) {
+  namespace fs = std::filesystem;
+  QuantizationInfo q;
+  nlohmann::json meta, scheme;
+  std::error_code ec;
+  try {
+    if (fs::is_regular_file(path, ec) && endsWith(path, ".safetensors") &&
+        isPackedModelFile(path)) {
+      SafetensorsReader reader(path);
+      const auto &m = reader.metadata();
+      q.kind = "packed";
+      if (auto it = m.find("metadata"); it != m.end())
+        meta = nlohmann::json::parse(it->second, nullptr, false);
+      if (auto it = m.find("scheme"); it != m.end())
+        scheme = nlohmann::json::parse(it->second, nullptr, false);
+      if (auto it = m.find("method"); it != m.end())
+        q.method = it->second;
+    } else {
+      const fs::path dir =
+          fs::is_directory(path, ec) ? fs::path(path) : fs::path(path).parent_path();
+      std::ifstream in(dir / "lrq_metadata.json");
+      if (!in)
+        return q;
+      meta = nlohmann::json::parse(in, nullptr, false);
+      q.kind = "hf-directory";
+    }
+    if (!meta.is_object())
+      meta = nlohmann::json::object();
+    if (q.method.empty())
+      q.method = meta.value("method", std::string());
+    if (!scheme.is_object() && meta.contains("scheme"))
+      scheme = meta["scheme"];
+    q.runId = meta.value("run_id", std::string());
+    q.source = meta.value("source", std::string());
+    q.reference = meta.value("full_precision_reference", std::string());
+    if (scheme.is_object()) {
+      q.scheme = scheme.value("name", std::string("custom"));
+      try {
+        q.schemeDescription = quant::QuantScheme::fromJson(scheme.dump()).describe();
+      } catch (const Error &) {
+      }
+    }
+  } catch (const std::exception &) {
+    return QuantizationInfo{};
+  }
+  return q;
 }
 
 // Length of the longest prefix of text that ends on a UTF-8 character boundary.
@@ -184,6 +240,7 @@ std::unique_ptr<ModelSession> ModelSession::open(const std::string &pathOrDefaul
   if (device.type() != at::kCPU)
     impl->model->to(device);
   impl->buildSummary();
+  impl->summary.quantization = quantizationOf(path);
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   spdlog::info("loaded {} ({}, {} parameters{}) in {:.2f} s", path, impl->summary.architecture,
                impl->summary.parameters,

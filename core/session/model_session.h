@@ -34,6 +34,19 @@ struct BlockSummary {
   int64_t parameters = 0; // all tensors of the block (norms included)
 };
 
+// What an lrq export says of itself (lrq_metadata.json of an HF export, the
+// header of a packed file); empty for any other model.
+struct QuantizationInfo {
+  std::string kind;              // "hf-directory" or "packed"
+  std::string method;            // "lrq"
+  std::string scheme;            // the scheme's name ("W3A16-g128", "custom")
+  std::string schemeDescription; // "W3A16-g128: W3 asym g128"
+  std::string runId;             // the run that made it
+  std::string source;            // the model it was quantized from
+  std::string reference;         // how that model's full-precision reference was obtained
+  bool present() const { return !method.empty(); }
+};
+
 struct ModelSummary {
   std::string path;
   std::string format;       // "gguf" / "safetensors"
@@ -47,6 +60,7 @@ struct ModelSummary {
   bool hasTokenizer = false;
   std::vector<BlockSummary> blocks;
   std::vector<TensorSummary> tensors; // every tensor, file order
+  QuantizationInfo quantization;
 };
 
 struct TensorStatistics {

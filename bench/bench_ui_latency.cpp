@@ -1,0 +1,129 @@
+// The desktop's responsiveness and memory during a quantization run on the
+// default model: the real main window quantizes with the Quantize view while a
+// 1 ms timer on the UI thread measures how late the event loop serves it. Prints
+// the longest stall, percentiles, the number of stalls over 16 ms (one frame at
+// 60 Hz) and the process's peak RSS against the model's float32 size.
+// Usage: bench_ui_latency [--method lrq] [--scheme W3A16-g128] [--blocks N]
+//                         [--iters N] [--threads N]
+// Defaults: LRQ, demo preset, W3A16-g128, every block (the demo run).
+#include <QApplication>
+#include <QElapsedTimer>
+#include <QSettings>
+#include <QTemporaryDir>
+#include <QTimer>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "core/common/memory.h"
+#include "core/quant/scheme.h"
+#include "core/session/model_session.h"
+#include "core/session/quantize_request.h"
+#include "widgets/main_window.h"
+#include "widgets/quantize_controller.h"
+#include "widgets/quantize_view.h"
+#include "widgets/session_controller.h"
+
+int main(int argc, char **argv) {
+  std::string method = "lrq", scheme = "W3A16-g128";
+  int blocks = 0, iters = 0, threads = 0;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--method"))
+      method = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--scheme"))
+      scheme = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--blocks"))
+      blocks = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--iters"))
+      iters = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--threads"))
+      threads = std::atoi(argv[i + 1]);
+  }
+  if (qEnvironmentVariableIsEmpty("QT_QPA_PLATFORM") && qEnvironmentVariableIsEmpty("DISPLAY"))
+    qputenv("QT_QPA_PLATFORM", "offscreen");
+  QApplication app(argc, argv);
+  QTemporaryDir dir;
+  QCoreApplication::setOrganizationName(QStringLiteral("lrq-workbench-bench"));
+  QSettings::setDefaultFormat(QSettings::IniFormat);
+  QSettings::setPath(QSettings::IniFormat, QSettings::UserScope, dir.path());
+  lrq::RuntimeOptions runtime;
+  runtime.threads = threads;
+  lrq::applyRuntimeOptions(runtime);
+
+  lrq::ui::MainWindow window;
+  window.resize(1440, 900);
+  window.show();
+  window.showView(QStringLiteral("quantize"));
+
+  QElapsedTimer clock;
+  std::vector<double> gaps;
+  qint64 last = -1;
+  QTimer probe;
+  probe.setTimerType(Qt::PreciseTimer);
+  probe.setInterval(1);
+  QObject::connect(&probe, &QTimer::timeout, [&] {
+    const qint64 now = clock.nsecsElapsed();
+    if (last >= 0)
+      gaps.push_back(double(now - last) / 1e6);
+    last = now;
+  });
+  double modelMiB = 0;
+  QObject::connect(&window, &lrq::ui::MainWindow::modelShown, [&] {
+    const lrq::ModelSummary *s = window.controller()->summary();
+    modelMiB = double(s->parameters) * 4.0 / (1024.0 * 1024.0);
+    lrq::QuantizeRequest r;
+    r.method = method;
+    r.preset = "demo";
+    lrq::quant::QuantScheme sch = lrq::quant::presetScheme(scheme);
+    if (blocks > 0) {
+      sch.name = "custom";
+      for (int b = 0; b < blocks; ++b)
+        sch.layers.blocks.push_back(b);
+    }
+    const std::string schemeFile = dir.filePath("scheme.json").toStdString();
+    std::ofstream(schemeFile) << sch.toJson() << "\n";
+    r.scheme = schemeFile;
+    lrq::applyPreset(r);
+    if (iters > 0)
+      r.hyperparameters["iters"] = int64_t(iters);
+    r.evalMaxWindows = 8;
+    r.spectra = true;
+    r.storePath = dir.filePath("runs.sqlite").toStdString();
+    window.quantizeView()->setRequest(r);
+    QTimer::singleShot(300, [&] {
+      clock.start();
+      probe.start();
+      window.quantizeView()->startRun();
+    });
+  });
+  auto report = [&](const char *outcome) {
+    probe.stop();
+    std::sort(gaps.begin(), gaps.end());
+    auto pct = [&](double p) {
+      return gaps.empty() ? 0.0 : gaps[size_t(p * double(gaps.size() - 1))];
+    };
+    const size_t over =
+        size_t(std::count_if(gaps.begin(), gaps.end(), [](double g) { return g > 16.0; }));
+    std::printf("run %s: %s, %s, %.1f s\n", outcome, method.c_str(), scheme.c_str(),
+                double(clock.elapsed()) / 1000.0);
+    std::printf("UI thread, 1 ms probe: %zu ticks, longest stall %.1f ms, p99 %.2f ms, "
+                "p99.9 %.2f ms, stalls > 16 ms: %zu\n",
+                gaps.size(), gaps.empty() ? 0.0 : gaps.back(), pct(0.99), pct(0.999), over);
+    std::printf("peak RSS %.0f MiB; model float32 %.0f MiB (2x = %.0f MiB)\n", lrq::peakRssMiB(),
+                modelMiB, 2 * modelMiB);
+    QCoreApplication::exit(0);
+  };
+  QObject::connect(window.quantizeController(), &lrq::ui::QuantizeController::finished,
+                   [&] { report("finished"); });
+  QObject::connect(window.quantizeController(), &lrq::ui::QuantizeController::failed,
+                   [&](const QString &m) {
+                     std::fprintf(stderr, "run failed: %s\n", qPrintable(m));
+                     QCoreApplication::exit(1);
+                   });
+  window.openDefaultModel();
+  return app.exec();
+}
