@@ -53,11 +53,11 @@ struct Lesson {
 const Lesson kLessons[] = {
     {"1. What rounding costs", ":/lessons/01_rounding.md", 0},
     {"2. Why groups help", ":/lessons/02_groups.md", 0},
-    {"3. LQER: the scaled error is nearly low rank", ":/lessons/03_lqer.md", 0},
+    {"3. LQER: scaled error is low rank", ":/lessons/03_lqer.md", 0},
     {"4. FlexRound: learn the division", ":/lessons/04_flexround.md", 1},
     {"5. LRQ: low-rank shared scales", ":/lessons/05_lrq.md", 1},
-    {"6. 8-bit activations and SmoothQuant", ":/lessons/06_activations.md", 0},
-    {"7. LR-QAT: low-rank update in the grid", ":/lessons/07_lrqat.md", 1},
+    {"6. 8-bit activations, SmoothQuant", ":/lessons/06_activations.md", 0},
+    {"7. LR-QAT: low rank in the grid", ":/lessons/07_lrqat.md", 1},
 };
 
 const int kGroupSizes[] = {0, 128, 64, 32};
@@ -116,6 +116,8 @@ QCPColorMap *makeHeatMap(QCustomPlot *plot, const QString &scaleLabel) {
   plot->xAxis->setLabel(QStringLiteral("input column j"));
   plot->yAxis->setLabel(QStringLiteral("output row i"));
   plot->yAxis->setRangeReversed(true);
+  plot->xAxis->ticker()->setTickCount(3);
+  plot->yAxis->ticker()->setTickCount(4);
   plot->xAxis->grid()->setVisible(false);
   plot->yAxis->grid()->setVisible(false);
   auto *map = new QCPColorMap(plot->xAxis, plot->yAxis);
@@ -209,7 +211,6 @@ struct LearnView::FitRelay : public ProgressObserver {
 
 LearnView::LearnView(QWidget *parent) : QWidget(parent) {
   buildUi();
-  connect(&layerWatcher_, &QFutureWatcher<void>::finished, this, [] {});
   connect(&gridWatcher_, &QFutureWatcher<void>::finished, this, &LearnView::onGridDone);
   connect(&fitWatcher_, &QFutureWatcher<void>::finished, this, &LearnView::onFitDone);
   fitTimer_ = new QTimer(this);
@@ -253,10 +254,10 @@ QWidget *LearnView::buildControls() {
   v->setContentsMargins(2, 2, 2, 2);
 
   auto *sourceBox = new QGroupBox(tr("Layer"));
-  auto *sf = new QFormLayout(sourceBox);
+  auto *sf = new QVBoxLayout(sourceBox);
   sf->setContentsMargins(6, 4, 6, 4);
   source_ = new QComboBox;
-  source_->addItem(tr("Synthetic 1536×576, 4 outlier columns"));
+  source_->addItem(tr("Synthetic matrix"));
   source_->addItem(tr("Layer of the model"));
   source_->setToolTip(tr("A seeded synthetic matrix, or one linear of the open model with its "
                          "inputs on the default calibration text"));
@@ -268,15 +269,18 @@ QWidget *LearnView::buildControls() {
        {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
     role_->addItem(QString::fromLatin1(r));
   role_->setCurrentText(QStringLiteral("down_proj"));
-  sf->addRow(source_);
+  sf->addWidget(source_);
   auto *br = new QHBoxLayout;
   br->addWidget(block_);
   br->addWidget(role_, 1);
-  sf->addRow(br);
+  sf->addLayout(br);
   status_ = new QLabel;
   status_->setWordWrap(true);
-  status_->setStyleSheet(QStringLiteral("color: #555;"));
-  sf->addRow(status_);
+  status_->setTextFormat(Qt::RichText);
+  status_->setStyleSheet(QStringLiteral("color: #444;"));
+  status_->setMinimumHeight(status_->fontMetrics().lineSpacing() * 4);
+  status_->setAlignment(Qt::AlignTop | Qt::AlignLeft);
+  sf->addWidget(status_);
   v->addWidget(sourceBox);
 
   auto *gridBox = new QGroupBox(tr("Grid"));
@@ -383,6 +387,10 @@ QWidget *LearnView::buildGridTab() {
   sweepMarker_->setScatterStyle(
       QCPScatterStyle(QCPScatterStyle::ssCircle, QPen(Qt::black, 1.5), Qt::NoBrush, 10));
   sweepPlot_->legend->setVisible(true);
+  sweepPlot_->axisRect()->insetLayout()->setInsetAlignment(0, Qt::AlignTop | Qt::AlignRight);
+  sweepPlot_->legend->setFillOrder(QCPLayoutGrid::foColumnsFirst);
+  sweepPlot_->legend->setWrap(2);
+  sweepMarker_->removeFromLegend();
   sweepPlot_->xAxis->setRange(1.7, 8.3);
 
   const QString tileTitles[] = {tr("W (tile)"), tr("Ŵ = RTN(W)"), tr("E = W − Ŵ")};
@@ -403,6 +411,7 @@ QWidget *LearnView::buildGridTab() {
   scaled->setName(tr("E·diag(s) (L²QER)"));
   scaled->setPen(QPen(kOrange, 1.5));
   spectrumPlot_->legend->setVisible(true);
+  spectrumPlot_->axisRect()->insetLayout()->setInsetAlignment(0, Qt::AlignBottom | Qt::AlignLeft);
 
   remainingPlot_ = makePlot(tr("Error left after a rank-k correction"));
   remainingPlot_->xAxis->setLabel(tr("rank k"));
@@ -422,7 +431,7 @@ QWidget *LearnView::buildGridTab() {
   rankText_ = new QCPItemText(remainingPlot_);
   rankText_->setPositionAlignment(Qt::AlignTop | Qt::AlignRight);
   rankText_->position->setType(QCPItemPosition::ptAxisRectRatio);
-  rankText_->position->setCoords(0.98, 0.03);
+  rankText_->position->setCoords(0.98, 0.45);
   rankText_->setFont(QFont(remainingPlot_->font().family(), 8));
   rankText_->setTextAlignment(Qt::AlignRight);
   rankText_->setBrush(QColor(255, 255, 255, 220));
@@ -481,7 +490,16 @@ QWidget *LearnView::buildFitTab() {
   QCPGraph *ll = lossPlot_->addGraph();
   ll->setName(tr("LRQ (L·U, rank r)"));
   ll->setPen(QPen(kOrange, 1.6));
+  QCPGraph *hf = lossPlot_->addGraph();
+  hf->setName(tr("FlexRound, held-out tokens"));
+  hf->setPen(QPen(kBlue, 1.4, Qt::DashLine));
+  hf->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssCircle, 3));
+  QCPGraph *hl = lossPlot_->addGraph();
+  hl->setName(tr("LRQ, held-out tokens"));
+  hl->setPen(QPen(kOrange, 1.4, Qt::DashLine));
+  hl->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssCircle, 3));
   lossPlot_->legend->setVisible(true);
+  lossPlot_->axisRect()->insetLayout()->setInsetAlignment(0, Qt::AlignBottom | Qt::AlignLeft);
   lossPlot_->yAxis->setRange(0, 1.05);
 
   flipPlot_ = makePlot(tr("Codes changed vs RTN (tile)"));
@@ -521,8 +539,22 @@ QWidget *LearnView::buildFitTab() {
   g->addWidget(scaleSpectrumPlot_, 0, 2);
   g->addWidget(scalePlots_[0], 1, 0);
   g->addWidget(scalePlots_[1], 1, 1);
+  auto *howTo = new QLabel(
+      tr("<b>Reading the plots</b><br>"
+         "<b>Loss</b>: output error relative to RTN (1 = no gain); solid on the training "
+         "tokens, dashed on held-out tokens of the same layer.<br>"
+         "<b>Flip map</b>: +1 (red) = the learned rounding went one level up where RTN "
+         "went down, −1 (blue) the other way.<br>"
+         "<b>Scales</b>: the learned log-divisor of each weight. FlexRound learns one per "
+         "weight (speckle); LRQ's L·U has rank r, so its spectrum stops after r values."));
+  howTo->setWordWrap(true);
+  howTo->setAlignment(Qt::AlignTop | Qt::AlignLeft);
+  howTo->setStyleSheet(QStringLiteral("color: #333; padding: 6px;"));
+  g->addWidget(howTo, 1, 2);
   for (int c = 0; c < 3; ++c)
     g->setColumnStretch(c, 1);
+  g->setRowStretch(0, 1);
+  g->setRowStretch(1, 1);
   v->addLayout(g, 1);
 
   connect(runFit_, &QPushButton::clicked, this, &LearnView::runFit);
@@ -539,7 +571,11 @@ QWidget *LearnView::buildLessonPanel() {
   lessons_ = new QListWidget;
   for (const Lesson &l : kLessons)
     lessons_->addItem(tr(l.title));
-  lessons_->setMaximumHeight(lessons_->sizeHintForRow(0) * 7 + 8);
+  lessons_->setHorizontalScrollBarPolicy(Qt::ScrollBarAlwaysOff);
+  lessons_->setVerticalScrollBarPolicy(Qt::ScrollBarAlwaysOff);
+  lessons_->setTextElideMode(Qt::ElideRight);
+  lessons_->setFixedHeight(lessons_->sizeHintForRow(0) * lessons_->count() +
+                           2 * lessons_->frameWidth() + 2);
   v->addWidget(lessons_);
   lessonText_ = new QTextBrowser;
   lessonText_->setOpenExternalLinks(false);
@@ -690,7 +726,7 @@ void LearnView::loadLayer() {
       }
       out->model = model ? model : lesson::LessonModel::open(path.toStdString());
       const int b = std::clamp<int>(block, 0, int(out->model->numBlocks()) - 1);
-      out->layer = std::make_shared<const LessonLayer>(out->model->layer(b, role, 256));
+      out->layer = std::make_shared<const LessonLayer>(out->model->layer(b, role, 512));
     } catch (const std::exception &e) {
       out->error = QString::fromUtf8(e.what());
     }
@@ -726,14 +762,15 @@ void LearnView::loadLayer() {
     sweep_.reset();
     sweepKey_.clear();
     const LessonLayer &l = *layer_;
-    setStatus(
-        QStringLiteral("<b>%1</b><br>%2 × %3%4")
-            .arg(QString::fromStdString(l.name))
-            .arg(l.weight.rows)
-            .arg(l.weight.cols)
-            .arg(l.activations.empty()
-                     ? tr("<br>no activations")
-                     : QStringLiteral("<br>X: %1").arg(QString::fromStdString(l.activationNote))));
+    setStatus(tr("<b>%1</b><br>W: %2 × %3 (out × in)<br>%4")
+                  .arg(QString::fromStdString(l.name))
+                  .arg(l.weight.rows)
+                  .arg(l.weight.cols)
+                  .arg(l.activations.empty()
+                           ? tr("no activations")
+                           : tr("X: %1 tokens, %2")
+                                 .arg(l.activations.rows)
+                                 .arg(synthetic ? tr("synthetic") : tr("calibration text"))));
     emit layerShown(QString::fromStdString(l.name));
     requestGrid();
   });
@@ -872,7 +909,7 @@ void LearnView::showGrid(const GridLessonResult &r) {
   for (const auto *s : {&r.errorSpectrum, &r.scaledErrorSpectrum})
     if (!s->empty() && s->front() > 0)
       low = std::min(low, std::max(1e-4, s->back() / s->front()));
-  spectrumPlot_->yAxis->setRange(low * 0.7, 1.5);
+  spectrumPlot_->yAxis->setRange(low * 0.25, 1.5);
   spectrumPlot_->replot(QCustomPlot::rpQueuedReplot);
 
   // Remaining error, as % of the rank-0 (RTN) error.
@@ -909,7 +946,7 @@ void LearnView::showSweep(const ErrorSweep &s) {
       hi = std::max(hi, v);
     }
   if (hi > 0)
-    sweepPlot_->yAxis->setRange(lo * 0.7, hi * 1.5);
+    sweepPlot_->yAxis->setRange(lo * 0.7, hi * 25); // room above for the legend
   if (grid_) {
     sweepMarker_->setData(QVector<double>{double(bits_->value())},
                           QVector<double>{grid_->relativeError}, true);
@@ -987,7 +1024,7 @@ void LearnView::runFit() {
                            .arg(o.lrqRank)
                            .arg(QString::fromStdString(layer_->name))
                            .arg(o.steps));
-  for (int i = 0; i < 2; ++i)
+  for (int i = 0; i < 4; ++i)
     lossPlot_->graph(i)->data()->clear();
   auto layer = layer_;
   auto relay = fitRelay_;
@@ -1030,6 +1067,11 @@ void LearnView::replotFitLive() {
     lossPlot_->graph(m)->setData(indices(c.size()), y, true);
   }
   lossPlot_->xAxis->setRange(0, std::max<double>(10, double(fitProgress_->maximum())));
+  double hi = 1.05;
+  for (const auto *c : {&flex, &lrq})
+    for (double v : *c)
+      hi = std::max(hi, v / base + 0.05);
+  lossPlot_->yAxis->setRange(0, hi);
   lossPlot_->replot(QCustomPlot::rpQueuedReplot);
 }
 
@@ -1067,12 +1109,27 @@ void LearnView::showFit(const FitLessonResult &r) {
       y[i] = c[size_t(i)] / base;
     lossPlot_->graph(m)->setData(indices(c.size()), y, true);
   }
+  const double heldBase = r.rtnHeldOutLoss > 0 ? r.rtnHeldOutLoss : 1;
+  for (int m = 0; m < 2; ++m) {
+    const std::vector<double> &c = m == 0 ? r.heldOutFlexRound : r.heldOutLrq;
+    QVector<double> x, y;
+    for (size_t i = 0; i < c.size(); ++i) {
+      x << r.heldOutSteps[i];
+      y << c[i] / heldBase;
+    }
+    lossPlot_->graph(2 + m)->setData(x, y, true);
+    lossPlot_->graph(2 + m)->setVisible(!c.empty());
+  }
   lossPlot_->xAxis->setRange(0, double(std::max<size_t>(r.lossFlexRound.size(), 2) - 1));
-  double lo = 1;
-  for (const auto *c : {&r.lossFlexRound, &r.lossLrq})
-    for (double v : *c)
-      lo = std::min(lo, v / base);
-  lossPlot_->yAxis->setRange(std::max(0.0, lo - 0.1), 1.05);
+  double lo = 1, hi = 1;
+  for (const auto *c : {&r.lossFlexRound, &r.lossLrq, &r.heldOutFlexRound, &r.heldOutLrq})
+    for (double v : *c) {
+      const double y = v / (c == &r.heldOutFlexRound || c == &r.heldOutLrq ? heldBase : base);
+      lo = std::min(lo, y);
+      hi = std::max(hi, y);
+    }
+  // Room below the curves for the legend.
+  lossPlot_->yAxis->setRange(std::max(0.0, lo - 0.6 * (hi - lo) - 0.05), hi + 0.05);
   lossPlot_->graph(0)->setName(tr("FlexRound, %1 params").arg(r.paramsFlexRound));
   lossPlot_->graph(1)->setName(tr("LRQ r=%1, %2 params").arg(r.lrqRank).arg(r.paramsLrq));
   lossPlot_->replot(QCustomPlot::rpQueuedReplot);
@@ -1103,8 +1160,8 @@ void LearnView::showFit(const FitLessonResult &r) {
   scaleSpectrumPlot_->replot(QCustomPlot::rpQueuedReplot);
 
   fitSummary_->setText(
-      tr("%1, %2 tokens, %3 steps in %4 s. Output error vs RTN: FlexRound %5, LRQ %6. "
-         "Codes changed: FlexRound %7, LRQ %8. Learned scales: FlexRound %9, LRQ %10.")
+      tr("%1, trained on %2 tokens, %3 steps in %4 s. Output error vs RTN: FlexRound %5, "
+         "LRQ %6. Codes changed: FlexRound %7, LRQ %8. Learned scales: FlexRound %9, LRQ %10.")
           .arg(QString::fromStdString(r.grid))
           .arg(r.tokens)
           .arg(r.stepsDone)
@@ -1114,7 +1171,12 @@ void LearnView::showFit(const FitLessonResult &r) {
           .arg(percent(r.flippedFlexRound))
           .arg(percent(r.flippedLrq))
           .arg(r.paramsFlexRound)
-          .arg(r.paramsLrq));
+          .arg(r.paramsLrq) +
+      (r.heldOutTokens > 0 ? tr(" On %1 held-out tokens: FlexRound %2, LRQ %3.")
+                                 .arg(r.heldOutTokens)
+                                 .arg(percent(r.heldOutFlexRound.back() / heldBase))
+                                 .arg(percent(r.heldOutLrq.back() / heldBase))
+                           : QString()));
 }
 
 } // namespace lrq::ui
