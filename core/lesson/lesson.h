@@ -112,7 +112,7 @@ struct GridLessonResult {
   double mse = 0;             // mean E²
   double sqnrDb = 0;          // 10 log10(ΣW² / ΣE²)
   double relativeError = 0;   // ||E||_F / ||W||_F
-  double outputRelError = -1; // ||X Eᵀ||_F / ||X Wᵀ||_F; -1 without activations
+  double outputRelError = -1; // ||X Eᵀ||_F / ||X Wᵀ||_F on ≤ 256 tokens; -1 without X
   double clippedFraction = 0; // weights outside their unit's grid range
   int64_t scaleCount = 0;     // steps (and zero points) stored
 
