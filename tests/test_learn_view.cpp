@@ -5,6 +5,7 @@
 #include <QApplication>
 #include <QElapsedTimer>
 #include <QSignalSpy>
+#include <QTabWidget>
 #include <QTest>
 
 #include <qcustomplot.h>
@@ -51,7 +52,7 @@ private slots:
     QCOMPARE(r->cols, int64_t(576));
     const double err4 = r->relativeError;
     QVERIFY(view.figuresText().contains("SQNR"));
-    QCOMPARE(view.plots().size(), 12);
+    QCOMPARE(view.plots().size(), 15);
     for (QCustomPlot *p : view.plots()) {
       QVERIFY(!p->xAxis->label().isEmpty());
       QVERIFY(!p->yAxis->label().isEmpty());
@@ -113,6 +114,20 @@ private slots:
     QVERIFY(fitDone.wait(kTimeoutMs));
     QCOMPARE(fitDone.takeFirst().at(0).toBool(), false);
     QVERIFY(!view.fitResult());
+
+    // Activations and SmoothQuant: shown for the synthetic layer; α moves them.
+    QSignalSpy actShown(&view, &LearnView::activationsShown);
+    if (!view.activationResult())
+      QVERIFY(actShown.wait(kTimeoutMs));
+    const lrq::lesson::ActivationLessonResult *a = view.activationResult();
+    QVERIFY(a);
+    QVERIFY(a->actOnlySmoothed.back() < a->actOnly.back());
+    actShown.clear();
+    view.setAlpha(0.8);
+    QVERIFY(actShown.wait(kTimeoutMs));
+    view.showLesson(5);
+    QCOMPARE(view.findChild<QTabWidget *>()->currentIndex(), 2);
+    save(view, QStringLiteral("learn_view_activations.png"));
 
     view.setFitSteps(60);
     view.runFit();

@@ -5,7 +5,9 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
 
 #include "core/common/error.h"
 #include "core/lesson/lesson.h"
@@ -248,6 +250,50 @@ private slots:
     QVERIFY_THROWS_EXCEPTION(lrq::Error, gridLesson(layer, o));
   }
 
+  // SmoothQuant on the synthetic layer: the identity in full precision, flat
+  // activations afterwards, and a smaller A8 output error.
+  void smoothQuantHelps() {
+    const LessonLayer layer = smallSynthetic();
+    ActivationOptions o;
+    const ActivationLessonResult r = activationLesson(layer, o);
+    QCOMPARE(r.tokens, int64_t(96));
+    QCOMPARE(r.activationBits.size(), size_t(5));
+    QCOMPARE(r.actAbsMax.size(), size_t(320));
+    const at::Tensor w = tensorOf(layer.weight).to(at::kDouble);
+    const at::Tensor x = tensorOf(layer.activations).to(at::kDouble);
+    // Independent: s from the formula, X/s·(W·s)ᵀ = X Wᵀ, max |x_j / s_j|.
+    const at::Tensor xMax = x.abs().amax(0), wMax = w.abs().amax(0);
+    const at::Tensor s = xMax.sqrt() / wMax.sqrt();
+    QVERIFY(at::allclose(at::mm(x / s, (w * s).t()), at::mm(x, w.t()), 1e-9, 1e-9));
+    for (int64_t j : {0, 17, 200})
+      QVERIFY(std::abs(r.actAbsMaxSmoothed[size_t(j)] -
+                       (x.select(1, j).abs().max() / s[j]).item<double>()) <
+              1e-5 * r.actAbsMaxSmoothed[size_t(j)]);
+    auto ratio = [](const std::vector<double> &v) {
+      return *std::max_element(v.begin(), v.end()) /
+             (std::accumulate(v.begin(), v.end(), 0.0) / double(v.size()));
+    };
+    QVERIFY(ratio(r.actAbsMaxSmoothed) < 0.5 * ratio(r.actAbsMax)); // outliers flattened
+    for (size_t b = 0; b < r.activationBits.size(); ++b) {
+      QVERIFY(r.actOnlySmoothed[b] < r.actOnly[b]);
+      if (b > 0)
+        QVERIFY(r.actOnly[b] < r.actOnly[b - 1]);
+    }
+    // α = 1 moves all the range into the weights (every channel's max |x| is 1),
+    // α = 0 all into the activations (every column's max |w| is 1).
+    o.alpha = 1.0;
+    for (double v : activationLesson(layer, o).actAbsMaxSmoothed)
+      QVERIFY(std::abs(v - 1.0) < 1e-5);
+    o.alpha = 0.0;
+    for (double v : activationLesson(layer, o).weightAbsMaxSmoothed)
+      QVERIFY(std::abs(v - 1.0) < 1e-5);
+    qInfo("synthetic A8 output error: %.4f plain, %.4f with SmoothQuant; W8A8 %.4f / %.4f",
+          r.actOnly[4], r.actOnlySmoothed[4], r.weightAndAct[4], r.weightAndActSmoothed[4]);
+    LessonLayer bare = layer;
+    bare.activations = Matrix();
+    QVERIFY_THROWS_EXCEPTION(lrq::Error, activationLesson(bare, ActivationOptions()));
+  }
+
   // No steps: both methods are RTN (LRQ's L2 starts at 0, FlexRound's S2 too).
   void zeroStepsIsRtn() {
     const LessonLayer layer = smallSynthetic();
@@ -307,10 +353,6 @@ private slots:
     QVERIFY(top > 0.0);
     QVERIFY(r.scaleSpectrumLrq[8] < 1e-5 * top); // rank 8 exactly
     QVERIFY(r.scaleSpectrumFlexRound[8] > 0.05 * r.scaleSpectrumFlexRound[0]);
-    qInfo("fit 384x320, 80 steps: RTN %.4g, FlexRound %.4g (%.2f%% flipped), LRQ r8 %.4g "
-          "(%.2f%% flipped), %.2f s",
-          r.rtnLoss, r.lossFlexRound.back(), 100 * r.flippedFlexRound, r.lossLrq.back(),
-          100 * r.flippedLrq, r.seconds);
   }
 
   void fitCancels() {

@@ -56,7 +56,7 @@ const Lesson kLessons[] = {
     {"3. LQER: scaled error is low rank", ":/lessons/03_lqer.md", 0},
     {"4. FlexRound: learn the division", ":/lessons/04_flexround.md", 1},
     {"5. LRQ: low-rank shared scales", ":/lessons/05_lrq.md", 1},
-    {"6. 8-bit activations, SmoothQuant", ":/lessons/06_activations.md", 0},
+    {"6. 8-bit activations, SmoothQuant", ":/lessons/06_activations.md", 2},
     {"7. LR-QAT: low rank in the grid", ":/lessons/07_lrqat.md", 1},
 };
 
@@ -192,6 +192,13 @@ struct LearnView::GridJob {
   QString error;
 };
 
+struct LearnView::ActJob {
+  std::shared_ptr<const LessonLayer> layer;
+  lesson::ActivationOptions options;
+  lesson::ActivationLessonResult result;
+  QString error;
+};
+
 struct LearnView::FitRelay : public ProgressObserver {
   void iterationLoss(int which, int, double loss) override {
     std::lock_guard<std::mutex> lock(mutex);
@@ -213,6 +220,7 @@ LearnView::LearnView(QWidget *parent) : QWidget(parent) {
   buildUi();
   connect(&gridWatcher_, &QFutureWatcher<void>::finished, this, &LearnView::onGridDone);
   connect(&fitWatcher_, &QFutureWatcher<void>::finished, this, &LearnView::onFitDone);
+  connect(&actWatcher_, &QFutureWatcher<void>::finished, this, &LearnView::onActivationsDone);
   fitTimer_ = new QTimer(this);
   fitTimer_->setInterval(150);
   connect(fitTimer_, &QTimer::timeout, this, &LearnView::replotFitLive);
@@ -226,6 +234,7 @@ LearnView::~LearnView() {
     fitCancel_->cancel();
   layerWatcher_.waitForFinished();
   gridWatcher_.waitForFinished();
+  actWatcher_.waitForFinished();
   fitWatcher_.waitForFinished();
 }
 
@@ -237,6 +246,7 @@ void LearnView::buildUi() {
   tabs_ = new QTabWidget;
   tabs_->addTab(buildGridTab(), tr("Rounding && LQER"));
   tabs_->addTab(buildFitTab(), tr("FlexRound vs LRQ"));
+  tabs_->addTab(buildActivationTab(), tr("Activations && SmoothQuant"));
   splitter->addWidget(tabs_);
   splitter->addWidget(buildLessonPanel());
   splitter->setStretchFactor(0, 0);
@@ -562,6 +572,84 @@ QWidget *LearnView::buildFitTab() {
   return page;
 }
 
+QWidget *LearnView::buildActivationTab() {
+  auto *page = new QWidget;
+  auto *v = new QVBoxLayout(page);
+  v->setContentsMargins(2, 2, 2, 2);
+  auto *bar = new QHBoxLayout;
+  bar->addWidget(new QLabel(tr("SmoothQuant α")));
+  alpha_ = makeSlider(0, 100, 50);
+  alpha_->setMaximumWidth(260);
+  alphaValue_ = new QLabel(QStringLiteral("0.50"));
+  bar->addWidget(alpha_);
+  bar->addWidget(alphaValue_);
+  bar->addStretch(1);
+  v->addLayout(bar);
+  actSummary_ = new QLabel(
+      tr("Activations quantized per token (asymmetric, one step per token), with and without "
+         "SmoothQuant's channel scale s_j = max|x_j|^α / max|w_j|^(1−α): X → X/s, W → W·s."));
+  actSummary_->setWordWrap(true);
+  v->addWidget(actSummary_);
+
+  auto *g = new QGridLayout;
+  g->setSpacing(2);
+  actMaxPlot_ = makePlot(tr("Activations: max |x_j| per input channel"));
+  actMaxPlot_->xAxis->setLabel(tr("input channel j"));
+  actMaxPlot_->yAxis->setLabel(tr("max over tokens |x_j|"));
+  weightMaxPlot_ = makePlot(tr("Weights: max |w_j| per input column"));
+  weightMaxPlot_->xAxis->setLabel(tr("input column j"));
+  weightMaxPlot_->yAxis->setLabel(tr("max over rows |w_ij|"));
+  for (QCustomPlot *p : {actMaxPlot_, weightMaxPlot_}) {
+    setLogY(p);
+    QCPGraph *before = p->addGraph();
+    before->setName(tr("before"));
+    before->setPen(QPen(kBlue, 1.2));
+    QCPGraph *after = p->addGraph();
+    after->setName(tr("after SmoothQuant"));
+    after->setPen(QPen(kOrange, 1.2));
+    p->legend->setVisible(true);
+  }
+  actErrorPlot_ = makePlot(tr("Layer output error vs activation bits"));
+  actErrorPlot_->xAxis->setLabel(tr("activation bits (per token)"));
+  actErrorPlot_->yAxis->setLabel(tr("‖Ŷ − XWᵀ‖ / ‖XWᵀ‖"));
+  setLogY(actErrorPlot_);
+  const QColor colors[] = {kBlue, kOrange, kBlue, kOrange};
+  const QString names[] = {tr("A only"), tr("A only, SmoothQuant"), tr("W8 + A"),
+                           tr("W8 + A, SmoothQuant")};
+  for (int i = 0; i < 4; ++i) {
+    QCPGraph *gr = actErrorPlot_->addGraph();
+    gr->setName(names[i]);
+    gr->setPen(QPen(colors[i], 1.6, i < 2 ? Qt::SolidLine : Qt::DashLine));
+    gr->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssCircle, 4));
+  }
+  actErrorPlot_->legend->setVisible(true);
+  actErrorPlot_->xAxis->setRange(3.7, 8.3);
+  g->addWidget(actMaxPlot_, 0, 0, 1, 2);
+  g->addWidget(actErrorPlot_, 0, 2);
+  g->addWidget(weightMaxPlot_, 1, 0, 1, 2);
+  auto *howTo = new QLabel(
+      tr("<b>Reading the plots</b><br>A per-token grid must cover the token's largest value, "
+         "so a few channels that are always large (top left) make the step coarse for every "
+         "other channel. SmoothQuant divides each channel by s (folded into the previous "
+         "norm) and multiplies the weight's column by s: the product is unchanged, the "
+         "activations get flatter and the weights take the range. α = 0.5 splits it "
+         "evenly; α = 1 moves everything into the weights."));
+  howTo->setWordWrap(true);
+  howTo->setAlignment(Qt::AlignTop | Qt::AlignLeft);
+  howTo->setStyleSheet(QStringLiteral("color: #333; padding: 6px;"));
+  g->addWidget(howTo, 1, 2);
+  for (int c = 0; c < 3; ++c)
+    g->setColumnStretch(c, 1);
+  g->setRowStretch(0, 1);
+  g->setRowStretch(1, 1);
+  v->addLayout(g, 1);
+  connect(alpha_, &QSlider::valueChanged, this, [this](int value) {
+    alphaValue_->setText(QString::number(value / 100.0, 'f', 2));
+    requestActivations();
+  });
+  return page;
+}
+
 QWidget *LearnView::buildLessonPanel() {
   auto *panel = new QWidget;
   auto *v = new QVBoxLayout(panel);
@@ -634,6 +722,9 @@ void LearnView::setSymmetric(bool symmetric) {
 void LearnView::setClipRatio(double ratio) {
   clip_->setValue(int(std::lround(ratio * 100)));
 }
+void LearnView::setAlpha(double alpha) {
+  alpha_->setValue(int(std::lround(alpha * 100)));
+}
 void LearnView::setRank(int k) {
   rank_->setValue(k);
 }
@@ -651,9 +742,9 @@ void LearnView::showTab(int index) {
 }
 
 QList<QCustomPlot *> LearnView::plots() const {
-  return {histPlot_,     sweepPlot_,         tilePlots_[0],  tilePlots_[1],
-          tilePlots_[2], spectrumPlot_,      remainingPlot_, lossPlot_,
-          flipPlot_,     scaleSpectrumPlot_, scalePlots_[0], scalePlots_[1]};
+  return {actMaxPlot_,   weightMaxPlot_, actErrorPlot_,      histPlot_,      sweepPlot_,
+          tilePlots_[0], tilePlots_[1],  tilePlots_[2],      spectrumPlot_,  remainingPlot_,
+          lossPlot_,     flipPlot_,      scaleSpectrumPlot_, scalePlots_[0], scalePlots_[1]};
 }
 
 QString LearnView::statusText() const {
@@ -761,6 +852,7 @@ void LearnView::loadLayer() {
     fit_.reset();
     sweep_.reset();
     sweepKey_.clear();
+    act_.reset();
     const LessonLayer &l = *layer_;
     setStatus(tr("<b>%1</b><br>W: %2 × %3 (out × in)<br>%4")
                   .arg(QString::fromStdString(l.name))
@@ -773,6 +865,7 @@ void LearnView::loadLayer() {
                                  .arg(synthetic ? tr("synthetic") : tr("calibration text"))));
     emit layerShown(QString::fromStdString(l.name));
     requestGrid();
+    requestActivations();
   });
   watcher->setFuture(future);
   // The member watcher lets the destructor wait for the last load.
@@ -996,6 +1089,113 @@ void LearnView::updateRankReadout() {
     sweepMarker_->setData(QVector<double>{double(bits_->value())}, QVector<double>{r.relativeError},
                           true);
   sweepPlot_->replot(QCustomPlot::rpQueuedReplot);
+}
+
+// ------------------------------------------------------------------ activations
+
+void LearnView::requestActivations() {
+  if (!layer_)
+    return;
+  if (layer_->activations.empty()) {
+    actSummary_->setText(tr("This layer has no activations."));
+    return;
+  }
+  if (actRunning_) {
+    actPending_ = true;
+    return;
+  }
+  startActivations();
+}
+
+void LearnView::startActivations() {
+  actRunning_ = true;
+  actPending_ = false;
+  auto job = std::make_shared<ActJob>();
+  job->layer = layer_;
+  job->options.alpha = alpha_->value() / 100.0;
+  actJob_ = job;
+  actWatcher_.setFuture(QtConcurrent::run([job] {
+    try {
+      job->result = lesson::activationLesson(*job->layer, job->options);
+    } catch (const std::exception &e) {
+      job->error = QString::fromUtf8(e.what());
+    }
+  }));
+}
+
+void LearnView::onActivationsDone() {
+  actRunning_ = false;
+  std::shared_ptr<ActJob> job = std::move(actJob_);
+  if (!job)
+    return;
+  if (actPending_ || job->layer != layer_) {
+    if (layer_ && !layer_->activations.empty())
+      startActivations();
+    return;
+  }
+  if (!job->error.isEmpty()) {
+    actSummary_->setText(tr("Error: %1").arg(job->error));
+    return;
+  }
+  act_ = std::make_unique<lesson::ActivationLessonResult>(std::move(job->result));
+  showActivations(*act_);
+  emit activationsShown();
+}
+
+void LearnView::showActivations(const lesson::ActivationLessonResult &r) {
+  auto put = [](QCustomPlot *p, const std::vector<double> &before,
+                const std::vector<double> &after) {
+    QVector<double> y0(int(before.size())), y1(int(after.size()));
+    double lo = 1e30, hi = 0;
+    for (int i = 0; i < y0.size(); ++i) {
+      y0[i] = std::max(before[size_t(i)], 1e-8);
+      y1[i] = std::max(after[size_t(i)], 1e-8);
+      lo = std::min({lo, y0[i], y1[i]});
+      hi = std::max({hi, y0[i], y1[i]});
+    }
+    p->graph(0)->setData(indices(before.size()), y0, true);
+    p->graph(1)->setData(indices(after.size()), y1, true);
+    p->xAxis->setRange(0, double(before.size()));
+    p->yAxis->setRange(lo * 0.7, hi * 6); // room above for the legend
+    p->replot(QCustomPlot::rpQueuedReplot);
+  };
+  put(actMaxPlot_, r.actAbsMax, r.actAbsMaxSmoothed);
+  put(weightMaxPlot_, r.weightAbsMax, r.weightAbsMaxSmoothed);
+  const std::vector<double> *curves[] = {&r.actOnly, &r.actOnlySmoothed, &r.weightAndAct,
+                                         &r.weightAndActSmoothed};
+  double lo = 1e30, hi = 0;
+  for (int i = 0; i < 4; ++i) {
+    QVector<double> x, y;
+    for (size_t b = 0; b < r.activationBits.size(); ++b) {
+      x << r.activationBits[b];
+      y << std::max((*curves[i])[b], 1e-8);
+      lo = std::min(lo, y.back());
+      hi = std::max(hi, y.back());
+    }
+    actErrorPlot_->graph(i)->setData(x, y, true);
+  }
+  actErrorPlot_->yAxis->setRange(lo * 0.7, hi * 12);
+  actErrorPlot_->replot(QCustomPlot::rpQueuedReplot);
+  const size_t a8 = r.activationBits.size() - 1;
+  auto ratio = [](const std::vector<double> &v) {
+    double mx = 0, sum = 0;
+    for (double x : v) {
+      mx = std::max(mx, x);
+      sum += x;
+    }
+    return sum > 0 ? mx / (sum / double(v.size())) : 0.0;
+  };
+  actSummary_->setText(
+      tr("%1 tokens. Largest channel / mean channel max |x|: %2× before, %3× after "
+         "SmoothQuant (α = %4). A8 output error: %5 → %6; W8A8: %7 → %8.")
+          .arg(r.tokens)
+          .arg(ratio(r.actAbsMax), 0, 'f', 1)
+          .arg(ratio(r.actAbsMaxSmoothed), 0, 'f', 1)
+          .arg(alpha_->value() / 100.0, 0, 'f', 2)
+          .arg(percent(r.actOnly[a8]))
+          .arg(percent(r.actOnlySmoothed[a8]))
+          .arg(percent(r.weightAndAct[a8]))
+          .arg(percent(r.weightAndActSmoothed[a8])));
 }
 
 // ------------------------------------------------------------------ fit lesson

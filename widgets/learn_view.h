@@ -61,7 +61,8 @@ public:
   void setFitSteps(int steps);
   void showLesson(int index); // 0 .. lessonCount() - 1
   int lessonCount() const;
-  void showTab(int index); // 0 = rounding and LQER, 1 = FlexRound vs LRQ
+  void showTab(int index);     // 0 = rounding and LQER, 1 = FlexRound vs LRQ, 2 = activations
+  void setAlpha(double alpha); // SmoothQuant's α, 0 .. 1
 
   // Starts / cancels the FlexRound vs LRQ fit on the current layer.
   void runFit();
@@ -72,6 +73,7 @@ public:
   // What is shown now (null before the first result).
   const lrq::lesson::GridLessonResult *gridResult() const { return grid_.get(); }
   const lrq::lesson::FitLessonResult *fitResult() const { return fit_.get(); }
+  const lrq::lesson::ActivationLessonResult *activationResult() const { return act_.get(); }
   const lrq::lesson::LessonLayer *layer() const { return layer_.get(); }
   QString statusText() const;
   QString figuresText() const;
@@ -81,6 +83,7 @@ public:
 signals:
   void layerShown(const QString &name);
   void gridShown();
+  void activationsShown();
   void fitFinished(bool ok);
   void failed(const QString &message);
 
@@ -90,6 +93,11 @@ private:
   QWidget *buildControls();
   QWidget *buildGridTab();
   QWidget *buildFitTab();
+  QWidget *buildActivationTab();
+  void requestActivations();
+  void startActivations();
+  void onActivationsDone();
+  void showActivations(const lrq::lesson::ActivationLessonResult &r);
   QWidget *buildLessonPanel();
   void sourceChanged();
   void loadLayer();
@@ -113,6 +121,7 @@ private:
   std::unique_ptr<lrq::lesson::GridLessonResult> grid_;
   std::unique_ptr<lrq::lesson::FitLessonResult> fit_;
   std::unique_ptr<lrq::lesson::ErrorSweep> sweep_;
+  std::unique_ptr<lrq::lesson::ActivationLessonResult> act_;
   QString sweepKey_; // symmetric/clip/layer the sweep was computed for
 
   // Layer loading (latest request wins).
@@ -123,6 +132,11 @@ private:
   int gridComputations_ = 0;
   std::shared_ptr<GridJob> gridJob_;
   QFutureWatcher<void> gridWatcher_;
+  // Activations: as the grid.
+  struct ActJob;
+  bool actRunning_ = false, actPending_ = false;
+  std::shared_ptr<ActJob> actJob_;
+  QFutureWatcher<void> actWatcher_;
   // Fit.
   bool fitRunning_ = false;
   std::shared_ptr<lrq::CancelToken> fitCancel_;
@@ -176,6 +190,14 @@ private:
   QCustomPlot *scaleSpectrumPlot_ = nullptr;
   QCustomPlot *scalePlots_[2] = {nullptr, nullptr};
   QCPColorMap *scaleMaps_[2] = {nullptr, nullptr};
+
+  // Activations tab.
+  QSlider *alpha_ = nullptr;
+  QLabel *alphaValue_ = nullptr;
+  QLabel *actSummary_ = nullptr;
+  QCustomPlot *actMaxPlot_ = nullptr;
+  QCustomPlot *weightMaxPlot_ = nullptr;
+  QCustomPlot *actErrorPlot_ = nullptr;
 };
 
 } // namespace lrq::ui

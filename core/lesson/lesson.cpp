@@ -20,6 +20,7 @@
 #include "core/data/default_assets.h"
 #include "core/io/model_loader.h"
 #include "core/model/decoder.h"
+#include "core/quant/activation_quantizer.h"
 #include "core/quant/activation_stats.h"
 #include "core/quant/grid.h"
 #include "core/quant/learned_rounding.h"
@@ -217,7 +218,10 @@ LessonLayer syntheticLayer(const SyntheticOptions &o) {
     at::Tensor x = at::mm(z, mix).div_(std::sqrt(double(latent)));
     x.add_(at::empty({o.tokens, o.cols}, at::kFloat).normal_(0.0, 0.3, gen));
     at::Tensor xGain = at::ones({o.cols}, at::kFloat);
-    xGain.index_fill_(0, cols, float(o.activationOutlierGain));
+    // Other channels than the weight's outlier columns: in LLMs the two
+    // rarely coincide, which is what lets SmoothQuant move range across.
+    at::Tensor xCols = at::randperm(o.cols, gen).narrow(0, 0, k);
+    xGain.index_fill_(0, xCols, float(o.activationOutlierGain));
     layer.activations = toMatrix(x.mul_(xGain));
     layer.activationNote = "synthetic correlated activations, " + std::to_string(o.tokens) +
                            " tokens, " + std::to_string(k) + " outlier channels";
@@ -442,6 +446,55 @@ ErrorSweep errorSweep(const LessonLayer &layer, bool symmetric, double clipRatio
     out.relativeError.push_back(row);
   }
   return out;
+}
+
+// ---------------------------------------------------------------- activations
+
+ActivationLessonResult activationLesson(const LessonLayer &layer, const ActivationOptions &o) {
+  const auto start = Clock::now();
+  if (layer.activations.empty())
+    throw Error("lesson: the layer has no activations");
+  if (!(o.alpha >= 0.0 && o.alpha <= 1.0))
+    throw Error("lesson: SmoothQuant's alpha must be in [0, 1]");
+  c10::InferenceMode guard;
+  const at::Tensor w = asTensor(layer.weight);
+  const at::Tensor all = asTensor(layer.activations);
+  if (all.size(1) != w.size(1))
+    throw Error("lesson: activations do not fit the weight");
+  const at::Tensor x =
+      all.narrow(0, 0, std::min<int64_t>(all.size(0), std::max<int64_t>(1, o.maxTokens)));
+  ActivationLessonResult r;
+  r.tokens = x.size(0);
+
+  const at::Tensor xMax = x.abs().amax(0);
+  const at::Tensor wMax = w.abs().amax(0);
+  const at::Tensor s =
+      (xMax.clamp_min(1e-5).pow(o.alpha) / wMax.clamp_min(1e-5).pow(1.0 - o.alpha)).clamp_min(1e-5);
+  const at::Tensor xs = x / s, ws = w * s;
+  r.actAbsMax = toVector(xMax);
+  r.actAbsMaxSmoothed = toVector(xs.abs().amax(0));
+  r.weightAbsMax = toVector(wMax);
+  r.weightAbsMaxSmoothed = toVector(ws.abs().amax(0));
+
+  const quant::GridSpec wSpec = makeSpec(o.weightBits, 0, false);
+  const at::Tensor wq = quant::roundToNearest(w, wSpec);
+  const at::Tensor wsq = quant::roundToNearest(ws, wSpec);
+  const at::Tensor y = at::mm(x, w.t());
+  const double yNorm = y.norm().item<double>();
+  auto rel = [&](const at::Tensor &yHat) {
+    return yNorm > 0 ? (yHat - y).norm().item<double>() / yNorm : 0.0;
+  };
+  for (int bits = 4; bits <= 8; ++bits) {
+    const at::Tensor xq = quant::fakeQuantizePerToken(x, bits);
+    const at::Tensor xsq = quant::fakeQuantizePerToken(xs, bits);
+    r.activationBits.push_back(bits);
+    r.actOnly.push_back(rel(at::mm(xq, w.t())));
+    r.actOnlySmoothed.push_back(rel(at::mm(xsq, ws.t())));
+    r.weightAndAct.push_back(rel(at::mm(xq, wq.t())));
+    r.weightAndActSmoothed.push_back(rel(at::mm(xsq, wsq.t())));
+  }
+  r.seconds = secondsSince(start);
+  return r;
 }
 
 // ---------------------------------------------------------------- fit lesson

@@ -33,14 +33,15 @@ struct LessonLayer {
 };
 
 // A Gaussian weight (std 0.02) whose few input columns are outliers (gain times
-// larger), and Gaussian activations whose same input channels are large too
-// (as in LLM activations). Deterministic for a seed.
+// larger), and correlated Gaussian activations (a 32-dimensional latent signal
+// plus noise) with as many outlier channels, elsewhere (as in LLM activations).
+// Deterministic for a seed.
 struct SyntheticOptions {
   int64_t rows = 1536, cols = 576;
   int outlierColumns = 4;
-  double weightOutlierGain = 6.0;
+  double weightOutlierGain = 6.0; // on outlierColumns random input columns
   int64_t tokens = 512;
-  double activationOutlierGain = 10.0;
+  double activationOutlierGain = 10.0; // on as many other random input channels
   uint64_t seed = 1;
 };
 LessonLayer syntheticLayer(const SyntheticOptions &options = {});
@@ -143,6 +144,33 @@ struct ErrorSweep {
   std::vector<std::vector<double>> relativeError; // [label][bits]
 };
 ErrorSweep errorSweep(const LessonLayer &layer, bool symmetric, double clipRatio);
+
+// Why 8-bit activations are hard, and what SmoothQuant does, on this layer:
+// per-token dynamic asymmetric activation quantization (the engine's), with and
+// without SmoothQuant's per-input-channel scale
+//   s_j = max|X_j|^α / max|W_:,j|^(1−α)  (clamped to ≥ 1e-5),  X → X/s, W → W·s,
+// which is the identity in full precision.
+struct ActivationOptions {
+  double alpha = 0.5;      // SmoothQuant's migration strength, [0, 1]
+  int weightBits = 8;      // per-channel asymmetric weights for the "W+A" curves
+  int64_t maxTokens = 128; // rows of X used
+};
+
+struct ActivationLessonResult {
+  int64_t tokens = 0;
+  // Per input channel j: max_t |X_tj| before and after dividing by s, and
+  // max_i |W_ij| before and after multiplying by s.
+  std::vector<double> actAbsMax, actAbsMaxSmoothed, weightAbsMax, weightAbsMaxSmoothed;
+  // Relative output error ||Ŷ − X Wᵀ||_F / ||X Wᵀ||_F for activation bits
+  // 4..8 (activationBits): activations only quantized (weights full
+  // precision), and weights at weightBits as well; each plain and smoothed.
+  std::vector<int> activationBits;
+  std::vector<double> actOnly, actOnlySmoothed, weightAndAct, weightAndActSmoothed;
+  double seconds = 0;
+};
+
+// Throws lrq::Error when the layer has no activations or alpha is outside [0, 1].
+ActivationLessonResult activationLesson(const LessonLayer &layer, const ActivationOptions &options);
 
 struct FitOptions {
   int bits = 3;
