@@ -139,6 +139,13 @@ private slots:
     QVERIFY(f->lossFlexRound.back() < f->rtnLoss);
     view.showLesson(4);
     save(view, QStringLiteral("learn_view_fit.png"));
+
+    // "Set up this lesson": lesson 2 starts from 3 bits per channel.
+    shown.clear();
+    view.setUpLesson(1);
+    QCOMPARE(view.findChild<QTabWidget *>()->currentIndex(), 0);
+    while (view.gridResult()->grid.find("W3 asym per-channel") != 0)
+      QVERIFY(shown.wait(kTimeoutMs));
   }
 
   void modelLayer() {

@@ -44,20 +44,27 @@ const QColor kGreen(0x2e, 0x8b, 0x57);
 const QColor kPurple(0x7b, 0x4f, 0xa8);
 const QColor kBars(0x8f, 0xb4, 0xd9);
 
+// A lesson, the tab that illustrates it and the settings its "Set up" button
+// applies (the starting point its "Try it" paragraph assumes).
 struct Lesson {
   const char *title;
   const char *file;
-  int tab; // which tab illustrates it
+  int tab;
+  int bits;
+  int groupSize;
+  double clip;
+  int rank;
+  bool runFit; // start the FlexRound vs LRQ fit
 };
 
 const Lesson kLessons[] = {
-    {"1. What rounding costs", ":/lessons/01_rounding.md", 0},
-    {"2. Why groups help", ":/lessons/02_groups.md", 0},
-    {"3. LQER: scaled error is low rank", ":/lessons/03_lqer.md", 0},
-    {"4. FlexRound: learn the division", ":/lessons/04_flexround.md", 1},
-    {"5. LRQ: low-rank shared scales", ":/lessons/05_lrq.md", 1},
-    {"6. 8-bit activations, SmoothQuant", ":/lessons/06_activations.md", 2},
-    {"7. LR-QAT: low rank in the grid", ":/lessons/07_lrqat.md", 1},
+    {"1. What rounding costs", ":/lessons/01_rounding.md", 0, 4, 0, 1.0, 16, false},
+    {"2. Why groups help", ":/lessons/02_groups.md", 0, 3, 0, 1.0, 16, false},
+    {"3. LQER: scaled error is low rank", ":/lessons/03_lqer.md", 0, 4, 0, 1.0, 32, false},
+    {"4. FlexRound: learn the division", ":/lessons/04_flexround.md", 1, 3, 0, 1.0, 16, true},
+    {"5. LRQ: low-rank shared scales", ":/lessons/05_lrq.md", 1, 3, 0, 1.0, 16, true},
+    {"6. 8-bit activations, SmoothQuant", ":/lessons/06_activations.md", 2, 8, 0, 1.0, 16, false},
+    {"7. LR-QAT: low rank in the grid", ":/lessons/07_lrqat.md", 1, 4, 0, 1.0, 16, false},
 };
 
 const int kGroupSizes[] = {0, 128, 64, 32};
@@ -665,6 +672,10 @@ QWidget *LearnView::buildLessonPanel() {
   lessons_->setFixedHeight(lessons_->sizeHintForRow(0) * lessons_->count() +
                            2 * lessons_->frameWidth() + 2);
   v->addWidget(lessons_);
+  auto *setUp = new QPushButton(tr("Set up this lesson"));
+  setUp->setToolTip(tr("Apply the settings the lesson's \"Try it\" starts from"));
+  connect(setUp, &QPushButton::clicked, this, [this] { setUpLesson(lessons_->currentRow()); });
+  v->addWidget(setUp);
   lessonText_ = new QTextBrowser;
   lessonText_->setOpenExternalLinks(false);
   v->addWidget(lessonText_, 1);
@@ -734,6 +745,25 @@ void LearnView::setFitSteps(int steps) {
 void LearnView::showLesson(int index) {
   lessons_->setCurrentRow(index);
 }
+void LearnView::setUpLesson(int index) {
+  if (index < 0 || index >= lessonCount())
+    return;
+  const Lesson &l = kLessons[index];
+  showLesson(index);
+  setBits(l.bits);
+  setGroupSize(l.groupSize);
+  setSymmetric(false);
+  setClipRatio(l.clip);
+  setRank(l.rank);
+  if (index == 5)
+    setAlpha(0.5);
+  showTab(l.tab);
+  if (l.runFit && !fitRunning_) {
+    setFitSteps(150);
+    runFit();
+  }
+}
+
 int LearnView::lessonCount() const {
   return int(sizeof(kLessons) / sizeof(kLessons[0]));
 }

@@ -60,6 +60,9 @@ public:
   void setRank(int k);             // 0 .. 64
   void setFitSteps(int steps);
   void showLesson(int index); // 0 .. lessonCount() - 1
+  // Shows a lesson and applies its starting settings (the "Set up" button);
+  // the FlexRound and LRQ lessons also start the fit.
+  void setUpLesson(int index);
   int lessonCount() const;
   void showTab(int index);     // 0 = rounding and LQER, 1 = FlexRound vs LRQ, 2 = activations
   void setAlpha(double alpha); // SmoothQuant's α, 0 .. 1
