@@ -34,7 +34,7 @@ void report(const char *what, std::vector<double> ms) {
 } // namespace
 
 int main(int argc, char **argv) {
-  int threads = 0, updates = 20, steps = 250, bits = 3;
+  int threads = 0, updates = 20, steps = lrq::lesson::FitOptions().steps, bits = 3;
   int64_t rank = 16, tokens = 0;
   double lrFlex = -1, lrLrq = -1;
   bool fitOnly = false, synthetic = false;
@@ -113,6 +113,18 @@ int main(int argc, char **argv) {
       sweep.push_back(msSince(start));
     }
     report("errorSweep (28 grids)", sweep);
+  }
+
+  if (!fitOnly && !layer.activations.empty()) {
+    std::vector<double> act;
+    for (int u = 0; u < 3; ++u) {
+      start = Clock::now();
+      lrq::lesson::ActivationOptions ao;
+      ao.alpha = 0.3 + 0.2 * u;
+      lrq::lesson::activationLesson(layer, ao);
+      act.push_back(msSince(start));
+    }
+    report("activationLesson (alpha change)", act);
   }
 
   lrq::lesson::FitOptions fit;

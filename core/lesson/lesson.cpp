@@ -1,6 +1,7 @@
 // The "Learn" playground's numbers (lesson.h). Everything quantizes through
 // the engine's own code: grids (grid.h), the FlexRound and LRQ layers
-// (learned_rounding.h), L²QER's activation scale (activation_stats.h) and the
+// (learned_rounding.h), L²QER's activation scale (activation_stats.h), the
+// per-token activation quantizer (activation_quantizer.h) and the
 // spectra (tensor_analysis.h), so what a lesson shows is what a run does.
 #include "core/lesson/lesson.h"
 
@@ -13,7 +14,6 @@
 #include <cstdio>
 #include <future>
 #include <mutex>
-#include <numeric>
 
 #include "core/analysis/tensor_analysis.h"
 #include "core/common/error.h"
