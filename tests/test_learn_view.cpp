@@ -169,6 +169,25 @@ private slots:
     QVERIFY(view.statusText().contains("down_proj"));
     view.showLesson(2);
     save(view, QStringLiteral("learn_view_model.png"));
+
+    // LRQ vs FlexRound on the real layer and its captured inputs.
+    QSignalSpy fitDone(&view, &LearnView::fitFinished);
+    view.setBits(3);
+    view.setFitSteps(100);
+    view.runFit();
+    QVERIFY(fitDone.wait(kTimeoutMs));
+    QCOMPARE(fitDone.takeFirst().at(0).toBool(), true);
+    const lrq::lesson::FitLessonResult *f = view.fitResult();
+    QVERIFY(f->lossFlexRound.back() < 0.8 * f->rtnLoss);
+    QVERIFY(f->lossLrq.back() < 0.9 * f->rtnLoss);
+    QVERIFY(f->heldOutTokens > 0);
+    qInfo("down_proj 0 W3, 100 steps: training loss FlexRound %.1f %%, LRQ %.1f %% of RTN; "
+          "held-out %.1f %% / %.1f %%; %.1f s",
+          100 * f->lossFlexRound.back() / f->rtnLoss, 100 * f->lossLrq.back() / f->rtnLoss,
+          100 * f->heldOutFlexRound.back() / f->rtnHeldOutLoss,
+          100 * f->heldOutLrq.back() / f->rtnHeldOutLoss, f->seconds);
+    view.showLesson(4);
+    save(view, QStringLiteral("learn_view_model_fit.png"));
   }
 };
 

@@ -560,8 +560,9 @@ QWidget *LearnView::buildFitTab() {
       tr("<b>Reading the plots</b><br>"
          "<b>Loss</b>: output error relative to RTN (1 = no gain); solid on the training "
          "tokens, dashed on held-out tokens of the same layer.<br>"
-         "<b>Flip map</b>: +1 (red) = the learned rounding went one level up where RTN "
-         "went down, −1 (blue) the other way.<br>"
+         "<b>Flip map</b>: learned code minus RTN code. +1 (red): one level up from RTN's choice "
+         "(a rounding flipped up, or the learned step moved the weight across a boundary), −1 "
+         "(blue) one level down.<br>"
          "<b>Scales</b>: the learned log-divisor of each weight. FlexRound learns one per "
          "weight (speckle); LRQ's L·U has rank r, so its spectrum stops after r values."));
   howTo->setWordWrap(true);
