@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <future>
 #include <mutex>
 
 namespace lrq::ui {
@@ -700,6 +701,7 @@ void LearnView::setModelPath(const QString &pathOrDefault) {
   modelPath_ = pathOrDefault;
   if (model_ && modelOpenedFor_ != modelPath_)
     model_.reset();
+  opening_ = {};
   if (source_->currentIndex() == 1)
     loadLayer();
 }
@@ -829,6 +831,14 @@ void LearnView::loadLayer() {
   }
   auto model = model_;
   const QString path = modelPath_;
+  // One opening of the model however many layer requests wait for it.
+  if (!synthetic && !model && (!opening_.valid() || openingFor_ != path)) {
+    const std::string p = path.toStdString();
+    opening_ =
+        std::async(std::launch::deferred, [p] { return lesson::LessonModel::open(p); }).share();
+    openingFor_ = path;
+  }
+  auto opening = opening_;
   const int block = block_->value();
   const std::string role = role_->currentText().toStdString();
   setStatus(synthetic ? tr("Making the synthetic matrix…")
@@ -846,7 +856,7 @@ void LearnView::loadLayer() {
         out->layer = std::make_shared<const LessonLayer>(lesson::syntheticLayer());
         return;
       }
-      out->model = model ? model : lesson::LessonModel::open(path.toStdString());
+      out->model = model ? model : opening.get();
       const int b = std::clamp<int>(block, 0, int(out->model->numBlocks()) - 1);
       out->layer = std::make_shared<const LessonLayer>(out->model->layer(b, role, 512));
     } catch (const std::exception &e) {
@@ -857,7 +867,9 @@ void LearnView::loadLayer() {
   auto *watcher = new QFutureWatcher<void>(this);
   connect(watcher, &QFutureWatcher<void>::finished, this, [=] {
     watcher->deleteLater();
-    if (out->model && !model_) {
+    if (!out->error.isEmpty() && !model_)
+      opening_ = {}; // let the next request try again
+    if (out->model && !model_ && path == modelPath_) {
       model_ = out->model;
       modelOpenedFor_ = path;
       const QSignalBlocker blocker(block_);

@@ -12,6 +12,7 @@
 #include <QString>
 #include <QWidget>
 
+#include <future>
 #include <memory>
 
 #include "core/lesson/lesson.h"
@@ -120,6 +121,8 @@ private:
   QString modelPath_;
   std::shared_ptr<lrq::lesson::LessonModel> model_;
   QString modelOpenedFor_;
+  std::shared_future<std::shared_ptr<lrq::lesson::LessonModel>> opening_; // while opening
+  QString openingFor_;
   std::shared_ptr<const lrq::lesson::LessonLayer> layer_;
   std::unique_ptr<lrq::lesson::GridLessonResult> grid_;
   std::unique_ptr<lrq::lesson::FitLessonResult> fit_;
