@@ -33,6 +33,7 @@
 #include "widgets/compare_model.h"
 #include "widgets/compare_view.h"
 #include "widgets/generation_panel.h"
+#include "widgets/learn_view.h"
 #include "widgets/log_panel.h"
 #include "widgets/log_sink.h"
 #include "widgets/perplexity_panel.h"
@@ -109,6 +110,10 @@ MainWindow::MainWindow(QWidget *parent) : QMainWindow(parent) {
   tabs_->addTab(compare_, tr("Compare"));
   tabs_->setTabToolTip(3, tr("Runs side by side: accuracy, depth profile, loss curves, spectra, "
                              "bits against perplexity"));
+  learn_ = new LearnView(this);
+  tabs_->addTab(learn_, tr("Learn"));
+  tabs_->setTabToolTip(4, tr("Lessons on one layer: rounding grids, groups, LQER, FlexRound vs "
+                             "LRQ, SmoothQuant"));
   enableTableExport(runs_->table());
   enableTableExport(compare_->table());
   // Every plot of every view can be saved (PNG, JPEG, PDF) from its context menu.
@@ -365,6 +370,7 @@ void MainWindow::onModelLoaded(const QString &path) {
     name += tr(" (default model)");
   inspector_->clear();
   architecture_->setModel(*s, name);
+  learn_->setSession(controller_->session(), QString::fromStdString(s->path));
   setWindowTitle(tr("%1 — LRQ Workbench").arg(name));
   setBusy(tr("Loaded %1: %2 tensors").arg(name).arg(s->tensors.size()), false);
   if (path != kDefaultSource)

@@ -23,6 +23,7 @@ class QuantizeController;
 class QuantizeView;
 class RunsView;
 class CompareView;
+class LearnView;
 class QtSignalSink;
 class SessionController;
 class TensorInspector;
@@ -45,6 +46,7 @@ public:
   QuantizeView *quantizeView() const { return quantizeView_; }
   RunsView *runsView() const { return runs_; }
   CompareView *compareView() const { return compare_; }
+  LearnView *learnView() const { return learn_; }
   // Saves the comparison shown as a self-contained HTML page (table and plots).
   bool saveComparisonReport(const QString &path);
   QTabWidget *views() const { return tabs_; }
@@ -95,6 +97,7 @@ private:
   QuantizeView *quantizeView_ = nullptr;
   RunsView *runs_ = nullptr;
   CompareView *compare_ = nullptr;
+  LearnView *learn_ = nullptr;
   QLabel *runLabel_ = nullptr;
   PerplexityPanel *perplexity_ = nullptr;
   GenerationPanel *generation_ = nullptr;
