@@ -74,19 +74,9 @@ QList<QColor> runColors(const CompareModel &model) {
 void styleComparePlot(QCustomPlot *plot, const QString &title, const QString &objectName) {
   stylePlot(plot, title); // the workbench's common look (widgets/plot_style.h)
   plot->setObjectName(objectName);
-  QFont tickFont = plot->font();
-  tickFont.setPointSize(9);
-  QFont labelFont = plot->font();
-  labelFont.setPointSize(9);
   for (QCPAxis *axis : {plot->xAxis, plot->yAxis}) {
-    axis->setBasePen(QPen(QColor(0x70, 0x70, 0x70)));
-    axis->setTickPen(QPen(QColor(0x70, 0x70, 0x70)));
-    axis->setSubTickPen(QPen(QColor(0xa0, 0xa0, 0xa0)));
-    axis->setTickLabelColor(QColor(0x30, 0x30, 0x30));
-    axis->setLabelColor(QColor(0x20, 0x20, 0x20));
-    axis->setTickLabelFont(tickFont);
-    axis->setLabelFont(labelFont);
-    axis->grid()->setPen(QPen(QColor(0xe4, 0xe4, 0xe4)));
+    axis->setTickLabelFont(QFont(plot->font().family(), 9));
+    axis->setLabelFont(QFont(plot->font().family(), 9));
   }
   QFont legendFont = plot->font();
   legendFont.setPointSize(8);

@@ -1,5 +1,7 @@
 #include "widgets/learn_view.h"
 
+#include "widgets/plot_style.h"
+
 #include <QCheckBox>
 #include <QComboBox>
 #include <QFile>
@@ -70,26 +72,27 @@ const Lesson kLessons[] = {
 
 const int kGroupSizes[] = {0, 128, 64, 32};
 
+// A tab's 2 x 3 plot grid with its reading guide in the last cell.
+void finishPlotGrid(QGridLayout *g, QVBoxLayout *v, QLabel *guide) {
+  guide->setWordWrap(true);
+  guide->setAlignment(Qt::AlignTop | Qt::AlignLeft);
+  guide->setStyleSheet(QStringLiteral("color: #333; padding: 6px;"));
+  g->addWidget(guide, 1, 2);
+  for (int c = 0; c < 3; ++c)
+    g->setColumnStretch(c, 1);
+  g->setRowStretch(0, 1);
+  g->setRowStretch(1, 1);
+  v->addLayout(g, 1);
+}
+
 QCustomPlot *makePlot(const QString &title, int minHeight = 150) {
   auto *plot = new QCustomPlot;
-  plot->setBackground(Qt::white);
-  plot->setAntialiasedElements(QCP::aePlottables | QCP::aeItems);
-  plot->plotLayout()->insertRow(0);
-  QFont titleFont(plot->font().family(), 9, QFont::DemiBold);
-  auto *text = new QCPTextElement(plot, title, titleFont);
-  plot->plotLayout()->addElement(0, 0, text);
-  QFont tickFont(plot->font().family(), 8);
-  QFont labelFont(plot->font().family(), 8);
+  stylePlot(plot, title); // the workbench's common look, a size smaller here
+  plotTitle(plot)->setFont(QFont(plot->font().family(), 9, QFont::DemiBold));
   for (QCPAxis *axis : {plot->xAxis, plot->yAxis}) {
-    axis->setBasePen(QPen(QColor(0x70, 0x70, 0x70)));
-    axis->setTickPen(QPen(QColor(0x70, 0x70, 0x70)));
-    axis->setSubTickPen(QPen(QColor(0xa0, 0xa0, 0xa0)));
-    axis->setTickLabelColor(QColor(0x40, 0x40, 0x40));
-    axis->setTickLabelFont(tickFont);
-    axis->setLabelFont(labelFont);
-    axis->setLabelColor(QColor(0x30, 0x30, 0x30));
+    axis->setTickLabelFont(QFont(plot->font().family(), 8));
+    axis->setLabelFont(QFont(plot->font().family(), 8));
     axis->setLabelPadding(2);
-    axis->grid()->setPen(QPen(QColor(0xe4, 0xe4, 0xe4)));
   }
   plot->legend->setFont(QFont(plot->font().family(), 7));
   plot->legend->setBrush(QColor(255, 255, 255, 220));
@@ -566,15 +569,7 @@ QWidget *LearnView::buildFitTab() {
          "(blue) one level down.<br>"
          "<b>Scales</b>: the learned log-divisor of each weight. FlexRound learns one per "
          "weight (speckle); LRQ's L·U has rank r, so its spectrum stops after r values."));
-  howTo->setWordWrap(true);
-  howTo->setAlignment(Qt::AlignTop | Qt::AlignLeft);
-  howTo->setStyleSheet(QStringLiteral("color: #333; padding: 6px;"));
-  g->addWidget(howTo, 1, 2);
-  for (int c = 0; c < 3; ++c)
-    g->setColumnStretch(c, 1);
-  g->setRowStretch(0, 1);
-  g->setRowStretch(1, 1);
-  v->addLayout(g, 1);
+  finishPlotGrid(g, v, howTo);
 
   connect(runFit_, &QPushButton::clicked, this, &LearnView::runFit);
   connect(cancelFit_, &QPushButton::clicked, this, &LearnView::cancelFit);
@@ -643,15 +638,7 @@ QWidget *LearnView::buildActivationTab() {
          "norm) and multiplies the weight's column by s: the product is unchanged, the "
          "activations get flatter and the weights take the range. α = 0.5 splits it "
          "evenly; α = 1 moves everything into the weights."));
-  howTo->setWordWrap(true);
-  howTo->setAlignment(Qt::AlignTop | Qt::AlignLeft);
-  howTo->setStyleSheet(QStringLiteral("color: #333; padding: 6px;"));
-  g->addWidget(howTo, 1, 2);
-  for (int c = 0; c < 3; ++c)
-    g->setColumnStretch(c, 1);
-  g->setRowStretch(0, 1);
-  g->setRowStretch(1, 1);
-  v->addLayout(g, 1);
+  finishPlotGrid(g, v, howTo);
   connect(alpha_, &QSlider::valueChanged, this, [this](int value) {
     alphaValue_->setText(QString::number(value / 100.0, 'f', 2));
     requestActivations();

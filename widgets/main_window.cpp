@@ -17,6 +17,7 @@
 #include <QMimeData>
 #include <QProgressBar>
 #include <QScreen>
+#include <QScrollArea>
 #include <QSettings>
 #include <QStandardPaths>
 #include <QStatusBar>
@@ -66,6 +67,16 @@ QDockWidget *makeDock(const QString &title, const QString &name, QWidget *conten
   return dock;
 }
 
+// A view in a scroll area: the window keeps a small minimum size (a 1280 x 720
+// screen with the docks open) and a page scrolls only when it truly lacks room.
+QWidget *scrollable(QWidget *view) {
+  auto *scroll = new QScrollArea;
+  scroll->setWidget(view);
+  scroll->setWidgetResizable(true);
+  scroll->setFrameShape(QFrame::NoFrame);
+  return scroll;
+}
+
 QString localPathOf(const QMimeData *mime) {
   if (!mime || !mime->hasUrls())
     return {};
@@ -101,17 +112,17 @@ MainWindow::MainWindow(QWidget *parent) : QMainWindow(parent) {
   tabs_->setObjectName(QStringLiteral("views"));
   tabs_->setDocumentMode(true);
   tabs_->addTab(inspector_, tr("Model"));
-  tabs_->addTab(quantizeView_, tr("Quantize"));
+  tabs_->addTab(scrollable(quantizeView_), tr("Quantize"));
   runs_ = new RunsView(this);
   runs_->setStorePath(QString::fromStdString(lrq::RunStore::defaultPath()));
-  tabs_->addTab(runs_, tr("Runs"));
+  tabs_->addTab(scrollable(runs_), tr("Runs"));
   tabs_->setTabToolTip(2, tr("Every run in the run store, the command line's too; updates live"));
   compare_ = new CompareView(this);
-  tabs_->addTab(compare_, tr("Compare"));
+  tabs_->addTab(scrollable(compare_), tr("Compare"));
   tabs_->setTabToolTip(3, tr("Runs side by side: accuracy, depth profile, loss curves, spectra, "
                              "bits against perplexity"));
   learn_ = new LearnView(this);
-  tabs_->addTab(learn_, tr("Learn"));
+  tabs_->addTab(scrollable(learn_), tr("Learn"));
   tabs_->setTabToolTip(4, tr("Lessons on one layer: rounding grids, groups, LQER, FlexRound vs "
                              "LRQ, SmoothQuant"));
   enableTableExport(runs_->table());

@@ -29,7 +29,7 @@ void stylePlot(QCustomPlot *plot, const QString &title) {
     axis->setLabelColor(QColor(0x30, 0x30, 0x30));
     axis->grid()->setPen(QPen(QColor(0xe4, 0xe4, 0xe4)));
   }
-  plot->setMinimumHeight(180);
+  plot->setMinimumHeight(140);
   enablePlotSaving(plot);
 }
 

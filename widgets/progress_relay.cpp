@@ -44,7 +44,7 @@ void ProgressRelay::metric(const std::string &name, double value) {
   emit metricReported(QString::fromStdString(name), value);
 }
 
-void ProgressRelay::log(lrq::LogLevel level, const std::string &message) {
+void logToSpdlog(lrq::LogLevel level, const std::string &message) {
   // spdlog is thread-safe; the log panel's sink marshals to the UI thread.
   switch (level) {
   case lrq::LogLevel::Debug:
@@ -60,6 +60,10 @@ void ProgressRelay::log(lrq::LogLevel level, const std::string &message) {
     spdlog::error("{}", message);
     break;
   }
+}
+
+void ProgressRelay::log(lrq::LogLevel level, const std::string &message) {
+  logToSpdlog(level, message);
 }
 
 void ProgressRelay::finished() {

@@ -13,6 +13,9 @@
 
 namespace lrq::ui {
 
+// Writes an engine log line to spdlog at its level (the log panel shows it).
+void logToSpdlog(lrq::LogLevel level, const std::string &message);
+
 class ProgressRelay : public QObject, public lrq::ProgressObserver {
   Q_OBJECT
 public:

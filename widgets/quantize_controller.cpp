@@ -6,6 +6,7 @@
 
 #include "core/runs/run_store.h"
 
+#include "widgets/progress_relay.h"
 #include "widgets/session_controller.h"
 
 namespace lrq::ui {
@@ -89,16 +90,7 @@ public:
     e.text = QString::fromStdString(message);
     e.level = int(level);
     push(std::move(e));
-    switch (level) {
-    case lrq::LogLevel::Warning:
-      spdlog::warn("{}", message);
-      break;
-    case lrq::LogLevel::Error:
-      spdlog::error("{}", message);
-      break;
-    default:
-      spdlog::info("{}", message);
-    }
+    logToSpdlog(level, message);
   }
 
 private:

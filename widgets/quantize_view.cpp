@@ -833,12 +833,7 @@ void QuantizeView::startRun() {
   r.scheme = schemeArgument().toStdString();
   const MethodInfo &info = methodInfo(r.method);
   if (!controller_->start(r)) {
-    markProblems(controller_->problems());
-    QStringList lines;
-    for (const RequestProblem &p : controller_->problems())
-      lines << QString::fromStdString(p.message).toHtmlEscaped();
-    problems_->setText(lines.join(QStringLiteral("<br>")));
-    problems_->setVisible(true);
+    showRefusal();
     return;
   }
   int iterations = 0;
@@ -869,6 +864,17 @@ void QuantizeView::startRun() {
   setRunning(true);
 }
 
+void QuantizeView::showRefusal() {
+  // Why the controller would not start: each problem listed, its field marked.
+  markProblems(controller_->problems());
+  QStringList lines;
+  for (const RequestProblem &p : controller_->problems())
+    lines << QString::fromStdString(p.message).toHtmlEscaped();
+  problems_->setStyleSheet(QStringLiteral("QLabel { color: #b00020; }"));
+  problems_->setText(lines.join(QStringLiteral("<br>")));
+  problems_->setVisible(true);
+}
+
 void QuantizeView::cancelRun() {
   controller_->cancel();
   progress_->setFormat(tr("cancelling…"));
@@ -888,11 +894,7 @@ void QuantizeView::resumeRun(const QString &runId, const QString &storePath) {
   }
   setRequest(saved);
   if (!controller_->resume(runId, storePath)) {
-    QStringList lines;
-    for (const RequestProblem &p : controller_->problems())
-      lines << QString::fromStdString(p.message).toHtmlEscaped();
-    problems_->setText(lines.join(QStringLiteral("<br>")));
-    problems_->setVisible(true);
+    showRefusal();
     return;
   }
   const MethodInfo &info = methodInfo(saved.method);

@@ -78,6 +78,7 @@ private:
   void saveScheme();
   void updateLive();
   void markProblems(const std::vector<lrq::RequestProblem> &problems);
+  void showRefusal();
   void setRunning(bool running);
   void onEvents(const QVector<lrq::ui::MonitorEvent> &events);
   QString schemeArgument() const; // preset name or a saved custom scheme file

@@ -110,13 +110,8 @@ QCPItemText *messageOf(QCustomPlot *plot) {
     if (auto *t = qobject_cast<QCPItemText *>(plot->item(i)))
       if (t->objectName() == QLatin1String("message"))
         return t;
-  auto *item = new QCPItemText(plot);
+  QCPItemText *item = addMessage(plot); // widgets/plot_style.h
   item->setObjectName(QStringLiteral("message"));
-  item->position->setType(QCPItemPosition::ptAxisRectRatio);
-  item->position->setCoords(0.5, 0.5);
-  item->setPositionAlignment(Qt::AlignCenter);
-  item->setColor(QColor(0x80, 0x80, 0x80));
-  item->setClipToAxisRect(false);
   return item;
 }
 

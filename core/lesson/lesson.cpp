@@ -5,6 +5,7 @@
 // spectra (tensor_analysis.h), so what a lesson shows is what a run does.
 #include "core/lesson/lesson.h"
 
+#include "core/recon/adam.h"
 #include "core/session/model_session_access.h"
 
 #include <ATen/ATen.h>
@@ -133,40 +134,7 @@ at::Tensor activationScale(const LessonLayer &layer) {
   return quant::normaliseActivationScale(x.abs().to(at::kDouble).mean(0));
 }
 
-// Adam as the block reconstructor runs it (PyTorch's update rule).
-class Adam {
-public:
-  explicit Adam(std::vector<at::Tensor> params) : params_(std::move(params)) {
-    for (const at::Tensor &p : params_) {
-      m_.push_back(at::zeros_like(p));
-      v_.push_back(at::zeros_like(p));
-    }
-  }
-  void zeroGrad() {
-    for (const at::Tensor &p : params_)
-      if (p.grad().defined())
-        p.mutable_grad().zero_();
-  }
-  void step(double lr) {
-    at::NoGradGuard noGrad;
-    ++t_;
-    const double bc1 = 1.0 - std::pow(0.9, double(t_));
-    const double bc2 = 1.0 - std::pow(0.999, double(t_));
-    for (size_t i = 0; i < params_.size(); ++i) {
-      const at::Tensor &g = params_[i].grad();
-      if (!g.defined())
-        continue;
-      m_[i].mul_(0.9).add_(g, 0.1);
-      v_[i].mul_(0.999).addcmul_(g, g, 0.001);
-      const at::Tensor denom = (v_[i].sqrt() / std::sqrt(bc2)).add_(1e-8);
-      params_[i].addcdiv_(m_[i], denom, -lr / bc1);
-    }
-  }
-
-private:
-  std::vector<at::Tensor> params_, m_, v_;
-  int64_t t_ = 0;
-};
+using recon::Adam; // the block reconstructor's
 
 std::vector<at::Tensor> leaves(const quant::LearnedRoundingLayer &layer) {
   std::vector<at::Tensor> out;
