@@ -21,5 +21,5 @@ rtn_out=$(build/app/lrq quantize default --method rtn --preset demo --scheme "$s
 lrq_id=$(printf '%s\n' "$lrq_out" | run_id)
 rtn_id=$(printf '%s\n' "$rtn_out" | run_id)
 echo
-echo "== side by side (lrq runs compare $lrq_id $rtn_id)"
-build/app/lrq runs compare "$lrq_id" "$rtn_id"
+echo "== side by side: what differs (lrq runs compare $lrq_id $rtn_id shows everything)"
+build/app/lrq runs compare "$lrq_id" "$rtn_id" --differences
