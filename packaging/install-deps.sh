@@ -10,7 +10,7 @@ VENV_DIR="$CACHE_DIR/venv"
 
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config clang-format
-  qt6-base-dev libqt6opengl6-dev libgl-dev libqcustomplot-dev libqcustomplot2.1-qt6
+  qt6-base-dev qt6-svg-dev libqt6opengl6-dev libgl-dev libqcustomplot-dev libqcustomplot2.1-qt6
   libspdlog-dev libtorch-dev libopenblas0-openmp nlohmann-json3-dev libpcre2-dev
   libsqlite3-dev zlib1g-dev
   python3 python3-pip python3-venv

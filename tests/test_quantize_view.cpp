@@ -8,11 +8,13 @@
 #include <QComboBox>
 #include <QElapsedTimer>
 #include <QFile>
+#include <QFileInfo>
 #include <QLineEdit>
 #include <QPushButton>
 #include <QSettings>
 #include <QSignalSpy>
 #include <QSpinBox>
+#include <QTableWidget>
 #include <QTemporaryDir>
 #include <QTest>
 
@@ -23,10 +25,12 @@
 #include "core/runs/run_store.h"
 #include "test_support.h"
 #include "widgets/main_window.h"
+#include "widgets/plot_style.h"
 #include "widgets/quantize_controller.h"
 #include "widgets/quantize_view.h"
 #include "widgets/run_monitor.h"
 #include "widgets/session_controller.h"
+#include "widgets/table_export.h"
 
 using namespace lrq::ui;
 
@@ -262,6 +266,23 @@ private slots:
       QVERIFY(metrics.contains(name));
       QCOMPARE(metrics.value(name).toDouble(), record.metrics.at(name));
     }
+    // Every plot saves as PNG, SVG and PDF; every table copies as CSV.
+    QCustomPlot *loss = monitor->plots().first();
+    for (const char *suffix : {"png", "svg", "pdf"}) {
+      const QString path = dir_.filePath(QStringLiteral("loss.") + suffix);
+      QVERIFY2(lrq::ui::savePlot(loss, path), suffix);
+      QVERIFY(QFileInfo(path).size() > 1000);
+    }
+    QFile svg(dir_.filePath("loss.svg"));
+    QVERIFY(svg.open(QIODevice::ReadOnly));
+    QVERIFY(svg.readAll().contains("<svg"));
+    auto *table = monitor->findChild<QTableWidget *>();
+    QVERIFY(table);
+    const QStringList csv =
+        lrq::ui::tableText(table->model(), true).split('\n', Qt::SkipEmptyParts);
+    QCOMPARE(csv.size(), 1 + int(monitor->layers().size()));
+    QCOMPARE(csv.first(), QString("block,layer,MSE,SQNR (dB)"));
+
     const QString out = lrq::test::outputDir();
     QVERIFY(window_->saveScreenshot(out + "/quantize_view.png"));
     window_->resize(1280, 720);

@@ -5,6 +5,7 @@
 #include <QMenu>
 #include <QMessageBox>
 #include <QStandardPaths>
+#include <QSvgGenerator>
 
 #include <qcustomplot.h>
 
@@ -77,6 +78,20 @@ bool savePlot(QCustomPlot *plot, const QString &path) {
   const QString suffix = QFileInfo(path).suffix().toLower();
   if (suffix == QLatin1String("pdf"))
     return plot->savePdf(path);
+  if (suffix == QLatin1String("svg")) {
+    // Vector output: the plot drawn onto an SVG canvas of its on-screen size.
+    QSvgGenerator svg;
+    svg.setFileName(path);
+    svg.setSize(plot->size());
+    svg.setViewBox(QRect(QPoint(0, 0), plot->size()));
+    svg.setTitle(plotTitle(plot) ? plotTitle(plot)->text() : QString());
+    QCPPainter painter;
+    if (!painter.begin(&svg))
+      return false;
+    plot->toPainter(&painter, plot->width(), plot->height());
+    painter.end();
+    return QFileInfo(path).size() > 0;
+  }
   if (suffix == QLatin1String("jpg") || suffix == QLatin1String("jpeg"))
     return plot->saveJpg(path, 0, 0, 2.0);
   return plot->savePng(path, 0, 0, 2.0);
@@ -92,7 +107,8 @@ void enablePlotSaving(QCustomPlot *plot) {
     const QString dir = QStandardPaths::writableLocation(QStandardPaths::PicturesLocation);
     const QString path = QFileDialog::getSaveFileName(
         plot, QObject::tr("Save plot"), dir + "/plot.png",
-        QObject::tr("PNG image (*.png);;PDF document (*.pdf);;JPEG image (*.jpg)"));
+        QObject::tr("PNG image (*.png);;SVG drawing (*.svg);;PDF document (*.pdf);;JPEG image "
+                    "(*.jpg)"));
     if (path.isEmpty())
       return;
     if (!savePlot(plot, path))

@@ -1,7 +1,7 @@
 #pragma once
 // The look every plot of the workbench shares, and what every plot offers: a
 // title, grey axes, a centred message for empty or loading states, log axes
-// that label decades cleanly, and a right-click "Save plot as" (PNG, JPEG, PDF).
+// that label decades cleanly, and a right-click "Save plot as" (PNG, SVG, PDF, JPEG).
 #include <QColor>
 #include <QString>
 
@@ -28,7 +28,7 @@ void setLinearAxis(QCPAxis *axis);
 // Distinct colours for series i of n (a qualitative palette, then hues).
 QColor seriesColor(int i);
 
-// Saves the plot by the file's suffix: .png, .jpg, .pdf. False on failure.
+// Saves the plot by the file's suffix: .png, .svg, .jpg, .pdf. False on failure.
 bool savePlot(QCustomPlot *plot, const QString &path);
 // Right-click menu with "Save plot as…" on the plot.
 void enablePlotSaving(QCustomPlot *plot);
