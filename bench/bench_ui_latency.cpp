@@ -4,7 +4,7 @@
 // the longest stall, percentiles, the number of stalls over 16 ms (one frame at
 // 60 Hz) and the process's peak RSS against the model's float32 size.
 // Usage: bench_ui_latency [--method lrq] [--scheme W3A16-g128] [--blocks N]
-//                         [--iters N] [--threads N]
+//                         [--iters N] [--threads N] [--eval 0|1] [--spectra 0|1]
 // Defaults: LRQ, demo preset, W3A16-g128, every block (the demo run).
 #include <QApplication>
 #include <QElapsedTimer>
@@ -28,9 +28,29 @@
 #include "widgets/quantize_view.h"
 #include "widgets/session_controller.h"
 
+namespace {
+
+// Resident set now (VmRSS), MiB.
+double rssMiB() {
+  std::ifstream status("/proc/self/status");
+  std::string key;
+  while (status >> key) {
+    if (key == "VmRSS:") {
+      double kb = 0;
+      status >> kb;
+      return kb / 1024.0;
+    }
+    std::getline(status, key);
+  }
+  return 0;
+}
+
+} // namespace
+
 int main(int argc, char **argv) {
   std::string method = "lrq", scheme = "W3A16-g128";
   int blocks = 0, iters = 0, threads = 0;
+  bool evaluate = true, spectra = true;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--method"))
       method = argv[i + 1];
@@ -42,6 +62,10 @@ int main(int argc, char **argv) {
       iters = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--threads"))
       threads = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--eval"))
+      evaluate = std::atoi(argv[i + 1]) != 0;
+    else if (!std::strcmp(argv[i], "--spectra"))
+      spectra = std::atoi(argv[i + 1]) != 0;
   }
   if (qEnvironmentVariableIsEmpty("QT_QPA_PLATFORM") && qEnvironmentVariableIsEmpty("DISPLAY"))
     qputenv("QT_QPA_PLATFORM", "offscreen");
@@ -61,20 +85,26 @@ int main(int argc, char **argv) {
 
   QElapsedTimer clock;
   std::vector<double> gaps;
+  std::vector<std::pair<double, double>> stalls; // (seconds into the run, ms)
   qint64 last = -1;
   QTimer probe;
   probe.setTimerType(Qt::PreciseTimer);
   probe.setInterval(1);
   QObject::connect(&probe, &QTimer::timeout, [&] {
     const qint64 now = clock.nsecsElapsed();
-    if (last >= 0)
+    if (last >= 0) {
       gaps.push_back(double(now - last) / 1e6);
+      if (gaps.back() > 16.0)
+        stalls.push_back({double(now) / 1e9, gaps.back()});
+    }
     last = now;
   });
-  double modelMiB = 0;
+  double modelMiB = 0, loadedRss = 0, loadedPeak = 0;
   QObject::connect(&window, &lrq::ui::MainWindow::modelShown, [&] {
     const lrq::ModelSummary *s = window.controller()->summary();
     modelMiB = double(s->parameters) * 4.0 / (1024.0 * 1024.0);
+    loadedRss = rssMiB();
+    loadedPeak = lrq::peakRssMiB();
     lrq::QuantizeRequest r;
     r.method = method;
     r.preset = "demo";
@@ -91,7 +121,8 @@ int main(int argc, char **argv) {
     if (iters > 0)
       r.hyperparameters["iters"] = int64_t(iters);
     r.evalMaxWindows = 8;
-    r.spectra = true;
+    r.spectra = spectra;
+    r.evaluate = evaluate;
     r.storePath = dir.filePath("runs.sqlite").toStdString();
     window.quantizeView()->setRequest(r);
     QTimer::singleShot(300, [&] {
@@ -113,8 +144,14 @@ int main(int argc, char **argv) {
     std::printf("UI thread, 1 ms probe: %zu ticks, longest stall %.1f ms, p99 %.2f ms, "
                 "p99.9 %.2f ms, stalls > 16 ms: %zu\n",
                 gaps.size(), gaps.empty() ? 0.0 : gaps.back(), pct(0.99), pct(0.999), over);
-    std::printf("peak RSS %.0f MiB; model float32 %.0f MiB (2x = %.0f MiB)\n", lrq::peakRssMiB(),
-                modelMiB, 2 * modelMiB);
+    std::printf("longest batch of monitor updates on the UI thread: %.1f ms (%lld batches)\n",
+                window.quantizeController()->longestBatchMs(),
+                window.quantizeController()->batchesDelivered());
+    for (size_t i = 0; i < stalls.size() && i < 40; ++i)
+      std::printf("  stall at %.2f s: %.1f ms\n", stalls[i].first, stalls[i].second);
+    std::printf("RSS with the model open %.0f MiB (peak while loading %.0f MiB); peak RSS over "
+                "the run %.0f MiB; model float32 %.0f MiB (2x = %.0f MiB)\n",
+                loadedRss, loadedPeak, lrq::peakRssMiB(), modelMiB, 2 * modelMiB);
     QCoreApplication::exit(0);
   };
   QObject::connect(window.quantizeController(), &lrq::ui::QuantizeController::finished,

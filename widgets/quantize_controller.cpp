@@ -140,11 +140,15 @@ void QuantizeController::drain() {
       storePath_ = e.detail;
     }
   ++batches_;
+  QElapsedTimer clock;
+  clock.start();
   emit eventsReady(events);
+  longestBatchNs_ = std::max(longestBatchNs_, clock.nsecsElapsed());
 }
 
 bool QuantizeController::start(const lrq::QuantizeRequest &request) {
   problems_.clear();
+  longestBatchNs_ = 0;
   if (!session_->hasModel()) {
     problems_.push_back({"model", "open a model first"});
     emit rejected(QStringLiteral("Open a model first."));

@@ -69,6 +69,9 @@ public:
   QString storePath() const { return storePath_; }
   // Batches handed to the UI so far (the throttle's output, for tests).
   qint64 batchesDelivered() const { return batches_; }
+  // The longest time the UI thread spent handling one batch (the views'
+  // updates and replots), in milliseconds: the monitor's own share of a stall.
+  double longestBatchMs() const { return double(longestBatchNs_) / 1e6; }
 
 signals:
   void started(const lrq::QuantizeRequest &request);
@@ -92,6 +95,7 @@ private:
   lrq::QuantizeRequest request_;
   QString runId_, storePath_;
   qint64 batches_ = 0;
+  qint64 longestBatchNs_ = 0;
 };
 
 // Registers MonitorEvent and friends for queued connections and QSignalSpy.

@@ -271,6 +271,7 @@ void QuantizeView::rebuildHyperparameters() {
       if (h.type == ValueType::Number) {
         auto *validator = new QDoubleValidator(h.minimum, h.maximum, 12, edit);
         validator->setNotation(QDoubleValidator::ScientificNotation);
+        validator->setLocale(QLocale::c()); // "3e-3" and "0.003" everywhere, as request() reads them
         edit->setValidator(validator);
         edit->setText(numberText(std::get<double>(h.defaultValue)));
       } else {
@@ -557,6 +558,7 @@ QWidget *QuantizeView::buildOptionBoxes() {
       auto *edit = new QLineEdit(box);
       if (o.type == ValueType::Number) {
         auto *validator = new QDoubleValidator(o.minimum, o.maximum, 12, edit);
+        validator->setLocale(QLocale::c());
         edit->setValidator(validator);
       }
       edit->setText(QString::fromStdString(optionValueText(o.get(defaults))));
