@@ -33,7 +33,7 @@ void report(const char *what, std::vector<double> ms) {
 
 } // namespace
 
-int main(int argc, char **argv) {
+int run(int argc, char **argv) {
   int threads = 0, updates = 20, steps = lrq::lesson::FitOptions().steps, bits = 3;
   int64_t rank = 16, tokens = 0;
   double lrFlex = -1, lrLrq = -1;
@@ -152,4 +152,13 @@ int main(int argc, char **argv) {
                 (long long)f.heldOutTokens, f.rtnHeldOutLoss, f.heldOutFlexRound.back(),
                 f.heldOutLrq.back());
   return 0;
+}
+
+int main(int argc, char **argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception &e) {
+    std::fprintf(stderr, "bench_learn: %s\n", e.what());
+    return 1;
+  }
 }
