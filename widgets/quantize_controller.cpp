@@ -239,6 +239,8 @@ bool QuantizeController::launch(const lrq::QuantizeRequest &request) {
   };
   job_.start<lrq::QuantizeOutcome>(
       [request, session, buffer](const lrq::CancelToken &cancel) {
+        // The run's threads yield to the UI thread: the window stays responsive.
+        lrq::lowerComputePriority();
         return lrq::runQuantizeJob(request, *session, buffer.get(), &cancel);
       },
       handlers);

@@ -289,6 +289,7 @@ bool SessionController::runPerplexity(const PerplexityRequest &request) {
   handlers.dropped = [relay](quint64) { relay->deleteLater(); };
   const quint64 job = eval_.start<lrq::PerplexityReport>(
       [session, relay, textFile, seqLen, maxWindows](const lrq::CancelToken &cancel) {
+        lrq::lowerComputePriority(); // the window stays responsive
         const std::string text =
             textFile.empty() ? defaultEvaluationText() : lrq::readTextFile(textFile);
         cancel.throwIfCancelled();
@@ -335,6 +336,7 @@ bool SessionController::generate(const QString &prompt, const lrq::GenerationOpt
   handlers.cancelled = [this] { emit generationCancelled(); };
   eval_.start<QString>(
       [session, text, options, onText](const lrq::CancelToken &cancel) {
+        lrq::lowerComputePriority();
         QString completion =
             QString::fromStdString(session->generate(text, options, onText, &cancel));
         cancel.throwIfCancelled(); // stopped early: a cancel, not a result

@@ -5,7 +5,13 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include <cerrno>
 #include <chrono>
+#ifdef __linux__
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -136,6 +142,23 @@ void applyRuntimeOptions(const RuntimeOptions &options) {
 
 int runtimeThreads() {
   return at::get_num_threads();
+}
+
+void lowerComputePriority() {
+#ifdef __linux__
+  constexpr int kNice = 5;
+  auto lower = [] {
+    const pid_t tid = pid_t(::syscall(SYS_gettid));
+    errno = 0;
+    const int current = ::getpriority(PRIO_PROCESS, id_t(tid));
+    if (errno == 0 && current < kNice)
+      ::setpriority(PRIO_PROCESS, id_t(tid), kNice);
+  };
+  lower(); // the calling thread, which also runs one share of every parallel region
+  // One item per intra-op thread: each lowers itself.
+  const int64_t threads = at::get_num_threads();
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) { lower(); });
+#endif
 }
 
 struct ModelSession::Impl {

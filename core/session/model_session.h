@@ -110,6 +110,12 @@ struct RuntimeOptions {
 void applyRuntimeOptions(const RuntimeOptions &options);
 // Threads LibTorch uses for intra-op parallelism now.
 int runtimeThreads();
+// Lowers the scheduling priority (nice +5) of the calling thread and of every
+// intra-op worker thread, so that an interactive front end's own thread wins
+// the CPU over long computations started from it. Call it from a background
+// thread, never from the UI thread. Linux only; elsewhere (or when refused)
+// it does nothing. A priority once lowered stays lowered.
+void lowerComputePriority();
 
 class ModelSession {
 public:
