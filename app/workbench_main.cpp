@@ -123,8 +123,8 @@ int main(int argc, char **argv) {
   if (!window.showView(view))
     return fail(QStringLiteral("--view: expected one of %1, got \"%2\"")
                     .arg(window.viewNames().join(QStringLiteral(", ")), view));
-  if (!screenshot.isEmpty() || !tourDir.isEmpty())
-    window.resize(1440, 900);
+  if (!screenshot.isEmpty())
+    window.resize(1440, 900); // the tour keeps the size fitted to the screen
   window.show();
   if (!tourDir.isEmpty()) {
     auto *tour = new WorkbenchTour(&window, tourDir);

@@ -9,6 +9,9 @@
 
 #include <qcustomplot.h>
 
+#include <algorithm>
+#include <cmath>
+
 namespace lrq::ui {
 
 const QColor kBarColor(0x3d, 0x7a, 0xb8);
@@ -62,6 +65,15 @@ void setLinearAxis(QCPAxis *axis) {
   axis->setTicker(QSharedPointer<QCPAxisTicker>(new QCPAxisTicker));
   axis->setNumberFormat(QStringLiteral("gb"));
   axis->setNumberPrecision(6);
+}
+
+void setDecadeRange(QCPAxis *axis, double lo, double hi, int minDecades) {
+  if (!(lo > 0) || !(hi > 0))
+    return;
+  double l = std::pow(10.0, std::floor(std::log10(lo)));
+  const double h = std::pow(10.0, std::ceil(std::log10(hi)));
+  l = std::min(l, h / std::pow(10.0, std::max(1, minDecades)));
+  axis->setRange(l, h);
 }
 
 QColor seriesColor(int i) {

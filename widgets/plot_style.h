@@ -25,6 +25,9 @@ QCPItemText *addMessage(QCustomPlot *plot);
 // Log scale with ticks at powers of ten only (no repeated labels on short ranges).
 void setLogAxis(QCPAxis *axis);
 void setLinearAxis(QCPAxis *axis);
+// Whole decades around [lo, hi] (both > 0), at least minDecades of them, so a
+// log axis labels every decade however narrow the data; nothing for lo <= 0.
+void setDecadeRange(QCPAxis *axis, double lo, double hi, int minDecades = 1);
 // Distinct colours for series i of n (a qualitative palette, then hues).
 QColor seriesColor(int i);
 

@@ -381,14 +381,7 @@ void RunMonitor::rescaleLoss() {
     if (!c.isEmpty())
       maxIter = std::max(maxIter, int(c.back().x()) + 1);
   lossPlot_->xAxis->setRange(0, maxIter);
-  if (lossMin_ > 0 && lossMax_ > 0) {
-    // Whole decades around the data, at least two, so the log labels stay clean.
-    double lo = std::pow(10.0, std::floor(std::log10(lossMin_)));
-    double hi = std::pow(10.0, std::ceil(std::log10(lossMax_)));
-    if (hi / lo < 100)
-      lo = hi / 100;
-    lossPlot_->yAxis->setRange(lo, hi);
-  }
+  setDecadeRange(lossPlot_->yAxis, lossMin_, lossMax_, 2);
 }
 
 void RunMonitor::refreshBars() {
@@ -409,13 +402,7 @@ void RunMonitor::refreshBars() {
   initialBars_->setData(keys, initial, true);
   finalBars_->setData(keys, final, true);
   barsPlot_->xAxis->setRange(-0.5, std::max(1, int(states_.size())) - 0.5);
-  if (lo > 0) {
-    double l = std::pow(10.0, std::floor(std::log10(lo)));
-    const double h = std::pow(10.0, std::ceil(std::log10(hi)));
-    if (h / l < 100)
-      l = h / 100;
-    barsPlot_->yAxis->setRange(l, h);
-  }
+  setDecadeRange(barsPlot_->yAxis, lo, hi, 2);
 }
 
 void RunMonitor::refreshLayers(int firstNewRow) {

@@ -121,27 +121,6 @@ void setMessage(QCustomPlot *plot, const QString &message) {
   m->setVisible(!message.isEmpty());
 }
 
-void setLogY(QCustomPlot *plot) {
-  plot->yAxis->setScaleType(QCPAxis::stLogarithmic);
-  auto ticker = QSharedPointer<QCPAxisTickerLog>(new QCPAxisTickerLog);
-  plot->yAxis->setTicker(ticker);
-  plot->yAxis->setNumberFormat(QStringLiteral("eb"));
-  plot->yAxis->setNumberPrecision(0);
-}
-
-// Whole decades around the data on a log axis, so every decade's tick is
-// labelled however narrow the data's range.
-void setDecadeRange(QCPAxis *axis) {
-  const QCPRange r = axis->range();
-  if (r.lower <= 0 || r.upper <= 0)
-    return;
-  double lo = std::pow(10.0, std::floor(std::log10(r.lower)));
-  double hi = std::pow(10.0, std::ceil(std::log10(r.upper)));
-  if (hi <= lo)
-    hi = lo * 10;
-  axis->setRange(lo, hi);
-}
-
 // Distinct colours for up to a few dozen series, in a perceptual order
 // (block 0 dark blue through green to orange).
 QColor seriesColor(int i, int n) {
@@ -309,7 +288,7 @@ RunsView::RunsView(QWidget *parent) : QWidget(parent) {
   styleRunsPlot(lossPlot_, tr("Block reconstruction loss"));
   lossPlot_->xAxis->setLabel(tr("iteration"));
   lossPlot_->yAxis->setLabel(tr("block output MSE (log scale)"));
-  setLogY(lossPlot_);
+  setLogAxis(lossPlot_->yAxis);
 
   sqnrPlot_ = new QCustomPlot(this);
   sqnrPlot_->setObjectName(QStringLiteral("sqnrPlot"));
@@ -325,7 +304,7 @@ RunsView::RunsView(QWidget *parent) : QWidget(parent) {
   styleRunsPlot(spectrumPlot_, tr("Singular values"));
   spectrumPlot_->xAxis->setLabel(tr("index i"));
   spectrumPlot_->yAxis->setLabel(QStringLiteral("σᵢ (log scale)"));
-  setLogY(spectrumPlot_);
+  setLogAxis(spectrumPlot_->yAxis);
   spectrumLayer_ = new QComboBox(this);
   spectrumLayer_->setObjectName(QStringLiteral("spectrumLayer"));
   spectrumLayer_->setMinimumContentsLength(18);
@@ -667,7 +646,7 @@ void RunsView::plotLosses(const RunRecord &run) {
   } else {
     setMessage(plot, {});
     plot->rescaleAxes();
-    setDecadeRange(plot->yAxis);
+    setDecadeRange(plot->yAxis, plot->yAxis->range().lower, plot->yAxis->range().upper);
   }
   titleOf(plot)->setText(tr("Block reconstruction loss — %n block(s)", nullptr, withCurve));
   plot->replot(QCustomPlot::rpQueuedReplot);
@@ -797,7 +776,7 @@ void RunsView::plotSpectrum() {
   } else {
     setMessage(plot, {});
     plot->rescaleAxes();
-    setDecadeRange(plot->yAxis);
+    setDecadeRange(plot->yAxis, plot->yAxis->range().lower, plot->yAxis->range().upper);
     const QCPRange x = plot->xAxis->range();
     plot->xAxis->setRange(0, x.upper + 1);
   }
