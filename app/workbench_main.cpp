@@ -123,8 +123,7 @@ int main(int argc, char **argv) {
   if (!window.showView(view))
     return fail(QStringLiteral("--view: expected one of %1, got \"%2\"")
                     .arg(window.viewNames().join(QStringLiteral(", ")), view));
-  if (!screenshot.isEmpty())
-    window.resize(1440, 900); // the tour keeps the size fitted to the screen
+  // --screenshot and --tour keep the window fitted to the screen (Xvfb's -screen sets it).
   window.show();
   if (!tourDir.isEmpty()) {
     auto *tour = new WorkbenchTour(&window, tourDir);

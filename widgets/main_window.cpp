@@ -201,10 +201,11 @@ MainWindow::MainWindow(QWidget *parent) : QMainWindow(parent) {
   fitToScreen();
   restoreWindowState();
   // The docks beside the inspector crowd the other views: show them on the Model view only.
-  // The architecture tree serves the Model and Learn views; the others use the width.
+  // The architecture tree serves the Model view (Learn has its own layer picker);
+  // the other views use the width.
   connect(tabs_, &QTabWidget::currentChanged, this, [this, archDock, pplDock, genDock](int index) {
     const bool model = tabs_->widget(index) == inspector_;
-    const bool tree = model || tabs_->tabText(index) == tr("Learn");
+    const bool tree = model;
     for (QDockWidget *d : {pplDock, genDock})
       if (!d->isFloating())
         d->setVisible(model);

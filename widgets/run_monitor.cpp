@@ -104,7 +104,7 @@ RunMonitor::RunMonitor(QWidget *parent) : QWidget(parent) {
   lossPlot_ = new QCustomPlot(this);
   stylePlot(lossPlot_, tr("Block reconstruction loss"));
   lossPlot_->xAxis->setLabel(tr("iteration"));
-  lossPlot_->yAxis->setLabel(tr("loss: mean squared error of the block output (log)"));
+  lossPlot_->yAxis->setLabel(tr("block output MSE (log)"));
   setLogAxis(lossPlot_->yAxis);
   lossPlot_->legend->setVisible(true);
   lossPlot_->legend->setFont(QFont(font().family(), 8));
