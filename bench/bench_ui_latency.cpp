@@ -26,7 +26,10 @@
 #include "widgets/main_window.h"
 #include "widgets/quantize_controller.h"
 #include "widgets/quantize_view.h"
+#include "widgets/run_monitor.h"
+
 #include "widgets/session_controller.h"
+#include <qcustomplot.h>
 
 namespace {
 
@@ -43,6 +46,57 @@ double rssMiB() {
     std::getline(status, key);
   }
   return 0;
+}
+
+// Times every top-level event delivery on the UI thread, so that a stall can
+// be told apart: the UI thread busy with one long event (named here), or the
+// thread waiting for a CPU (no long event around the stall).
+class TimedApplication : public QApplication {
+public:
+  using QApplication::QApplication;
+  struct Slow {
+    double atSeconds = 0, ms = 0;
+    std::string what;
+  };
+  std::vector<Slow> slow;
+  QElapsedTimer clock;
+
+  bool notify(QObject *receiver, QEvent *event) override {
+    if (depth_ > 0 || !clock.isValid())
+      return QApplication::notify(receiver, event);
+    const qint64 start = clock.nsecsElapsed();
+    ++depth_;
+    const bool result = QApplication::notify(receiver, event);
+    --depth_;
+    const double ms = double(clock.nsecsElapsed() - start) / 1e6;
+    if (ms > 8.0)
+      slow.push_back({double(start) / 1e9, ms, describe(receiver, event)});
+    return result;
+  }
+
+private:
+  int depth_ = 0;
+
+  // "Class 'name' in Parent, event N".
+  static std::string describe(QObject *receiver, QEvent *event) {
+    std::string text = receiver->metaObject()->className();
+    if (!receiver->objectName().isEmpty())
+      text += " '" + receiver->objectName().toStdString() + "'";
+    if (QObject *parent = receiver->parent()) {
+      text += std::string(" in ") + parent->metaObject()->className();
+      if (!parent->objectName().isEmpty())
+        text += " '" + parent->objectName().toStdString() + "'";
+    }
+    return text + ", event " + std::to_string(int(event->type()));
+  }
+};
+
+// The plot's title text, if it has one.
+QString plotTitle(QCustomPlot *plot) {
+  for (int i = 0; i < plot->plotLayout()->elementCount(); ++i)
+    if (auto *title = qobject_cast<QCPTextElement *>(plot->plotLayout()->elementAt(i)))
+      return title->text();
+  return QStringLiteral("(untitled)");
 }
 
 } // namespace
@@ -69,7 +123,7 @@ int main(int argc, char **argv) {
   }
   if (qEnvironmentVariableIsEmpty("QT_QPA_PLATFORM") && qEnvironmentVariableIsEmpty("DISPLAY"))
     qputenv("QT_QPA_PLATFORM", "offscreen");
-  QApplication app(argc, argv);
+  TimedApplication app(argc, argv);
   QTemporaryDir dir;
   QCoreApplication::setOrganizationName(QStringLiteral("lrq-workbench-bench"));
   QSettings::setDefaultFormat(QSettings::IniFormat);
@@ -127,6 +181,7 @@ int main(int argc, char **argv) {
     window.quantizeView()->setRequest(r);
     QTimer::singleShot(300, [&] {
       clock.start();
+      app.clock.start();
       probe.start();
       window.quantizeView()->startRun();
     });
@@ -149,6 +204,19 @@ int main(int argc, char **argv) {
                 window.quantizeController()->batchesDelivered());
     for (size_t i = 0; i < stalls.size() && i < 40; ++i)
       std::printf("  stall at %.2f s: %.1f ms\n", stalls[i].first, stalls[i].second);
+    std::printf("UI-thread event deliveries over 8 ms: %zu\n", app.slow.size());
+    for (size_t i = 0; i < app.slow.size() && i < 40; ++i)
+      std::printf("  event at %.2f s: %.1f ms (%s)\n", app.slow[i].atSeconds, app.slow[i].ms,
+                  app.slow[i].what.c_str());
+    // What one full redraw of each monitor plot costs (the live view redraws them).
+    for (QCustomPlot *plot : window.quantizeView()->monitor()->plots()) {
+      QElapsedTimer t;
+      t.start();
+      for (int i = 0; i < 5; ++i)
+        plot->replot(QCustomPlot::rpImmediateRefresh);
+      std::printf("  full redraw of '%s': %.1f ms (%d graphs)\n", qPrintable(plotTitle(plot)),
+                  double(t.nsecsElapsed()) / 5e6, plot->graphCount());
+    }
     std::printf("RSS with the model open %.0f MiB (peak while loading %.0f MiB); peak RSS over "
                 "the run %.0f MiB; model float32 %.0f MiB (2x = %.0f MiB)\n",
                 loadedRss, loadedPeak, lrq::peakRssMiB(), modelMiB, 2 * modelMiB);

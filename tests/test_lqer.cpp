@@ -412,8 +412,8 @@ private slots:
       std::map<std::string, double> outErr;
       for (const auto &[name, hyper] : std::vector<std::pair<std::string, nlohmann::json>>{
                {"rtn", nlohmann::json::object()},
-               {"lqer", nlohmann::json::object()},
-               {"l2qer", nlohmann::json::object()},
+               {"lqer", {{"factor_bits", 0}}},
+               {"l2qer", {{"factor_bits", 0}}},
                {"l2qer-8bit", {{"factor_bits", 8}}}}) {
         if (name == "l2qer-8bit" && std::string(preset) == "W4A16")
           continue; // 8-bit factors: on W3 only, to keep the test short
@@ -484,7 +484,8 @@ private slots:
     std::unique_ptr<QuantMethod> lqer = createMethod("LQER");
     QCOMPARE(lqer->name(), std::string("lqer"));
     QCOMPARE(lqer->defaults().at("rank").get<int>(), 32);
-    QCOMPARE(lqer->defaults().at("factor_bits").get<int>(), 0);
+    // 8-bit factors by default, as in the paper.
+    QCOMPARE(lqer->defaults().at("factor_bits").get<int>(), 8);
     QCOMPARE(createMethod("l2qer")->name(), std::string("l2qer"));
     QVERIFY_THROWS_EXCEPTION(Error, mergeHyperparameters(*lqer, {{"rank", "x"}}));
     DecoderModel model = makeModel();

@@ -244,6 +244,14 @@ private slots:
     writeText(scheme, R"({"weight": {"bits": 9}})");
     r.scheme = scheme.toStdString();
     QVERIFY(hasProblem(checkRequest(r), "scheme", "bits"));
+    // A scheme the method cannot honour: LR-QAT's int8 Phi0 has no fractional
+    // bit left at 8-bit weights, so training could never change a code.
+    r = {};
+    r.method = "lrqat";
+    r.scheme = "W8A8";
+    QVERIFY(hasProblem(checkRequest(r), "scheme", "2 to 7 bits"));
+    r.scheme = "W4A16";
+    QVERIFY(checkRequest(r).empty());
     r = {};
     r.calibrationText = dir_.filePath("missing.txt").toStdString();
     QVERIFY(hasProblem(checkRequest(r), "calibration_text", "missing.txt"));

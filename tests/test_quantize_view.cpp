@@ -24,11 +24,14 @@
 
 #include "core/runs/run_store.h"
 #include "test_support.h"
+#include "widgets/compare_model.h"
+#include "widgets/compare_view.h"
 #include "widgets/main_window.h"
 #include "widgets/plot_style.h"
 #include "widgets/quantize_controller.h"
 #include "widgets/quantize_view.h"
 #include "widgets/run_monitor.h"
+#include "widgets/runs_view.h"
 #include "widgets/session_controller.h"
 #include "widgets/table_export.h"
 
@@ -318,6 +321,28 @@ private slots:
     const std::string id = controller()->runId().toStdString();
     QVERIFY(!id.empty());
     QCOMPARE(store.getRunInfo(id).status, lrq::RunStatus::Cancelled);
+  }
+
+  // A compared run that changes in the store (here: a metric added, as an
+  // evaluation finishing would) shows the change without the user asking.
+  void compareFollowsTheStore() {
+    window_->runsView()->setStorePath(store_);
+    lrq::RunStore store = lrq::RunStore::open(store_.toStdString());
+    std::vector<lrq::RunInfo> runs = store.listRuns();
+    QVERIFY(runs.size() >= 2);
+    const QStringList ids = {QString::fromStdString(runs[0].id),
+                             QString::fromStdString(runs[1].id)};
+    window_->compareView()->setRuns(store_, ids);
+    QCOMPARE(int(window_->compareView()->model()->runs().size()), 2);
+    auto shownMetric = [&]() -> double {
+      for (const lrq::RunRecord &r : window_->compareView()->model()->runs())
+        if (r.id == runs[1].id && r.metrics.count("test_metric"))
+          return r.metrics.at("test_metric");
+      return 0;
+    };
+    QCOMPARE(shownMetric(), 0.0);
+    store.setMetric(runs[1].id, "test_metric", 4.25);
+    QTRY_COMPARE_WITH_TIMEOUT(shownMetric(), 4.25, 10000);
   }
 
   void cleanupTestCase() {

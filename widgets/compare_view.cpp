@@ -97,19 +97,6 @@ void clearPlot(QCustomPlot *plot) {
   plot->legend->setVisible(false);
 }
 
-// Moves the legend out of the axis rect into a row under it, entries in
-// `columns` columns, so that it never hides a curve.
-void legendBelow(QCustomPlot *plot, int columns) {
-  plot->axisRect()->insetLayout()->take(plot->legend);
-  plot->plotLayout()->addElement(plot->plotLayout()->rowCount(), 0, plot->legend);
-  plot->plotLayout()->setRowStretchFactor(plot->plotLayout()->rowCount() - 1, 0.001);
-  plot->legend->setFillOrder(QCPLayoutGrid::foColumnsFirst);
-  plot->legend->setWrap(columns);
-  plot->legend->setBorderPen(Qt::NoPen);
-  plot->legend->setBrush(Qt::NoBrush);
-  plot->legend->setMargins(QMargins(8, 0, 8, 6));
-}
-
 // A grey sentence in the middle of the axis rect, for plots with nothing to show.
 void showMessage(QCustomPlot *plot, const QString &message) {
   auto *item = new QCPItemText(plot);

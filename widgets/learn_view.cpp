@@ -389,8 +389,8 @@ QWidget *LearnView::buildGridTab() {
   levelsGraph_->setName(tr("grid levels"));
   levelsGraph_->setLineStyle(QCPGraph::lsImpulse);
   levelsGraph_->setPen(QPen(kOrange, 1.2));
+  legendBelow(histPlot_, 2);
   histPlot_->legend->setVisible(true);
-  histPlot_->axisRect()->insetLayout()->setInsetAlignment(0, Qt::AlignTop | Qt::AlignRight);
 
   sweepPlot_ = makePlot(tr("Error vs bits"));
   sweepPlot_->xAxis->setLabel(tr("bits"));
@@ -407,11 +407,9 @@ QWidget *LearnView::buildGridTab() {
   sweepMarker_->setLineStyle(QCPGraph::lsNone);
   sweepMarker_->setScatterStyle(
       QCPScatterStyle(QCPScatterStyle::ssCircle, QPen(Qt::black, 1.5), Qt::NoBrush, 10));
-  sweepPlot_->legend->setVisible(true);
-  sweepPlot_->axisRect()->insetLayout()->setInsetAlignment(0, Qt::AlignTop | Qt::AlignRight);
-  sweepPlot_->legend->setFillOrder(QCPLayoutGrid::foColumnsFirst);
-  sweepPlot_->legend->setWrap(2);
   sweepMarker_->removeFromLegend();
+  legendBelow(sweepPlot_, 4);
+  sweepPlot_->legend->setVisible(true);
   sweepPlot_->xAxis->setRange(1.7, 8.3);
 
   const QString tileTitles[] = {tr("W (tile)"), tr("Ŵ = RTN(W)"), tr("E = W − Ŵ")};
@@ -431,8 +429,8 @@ QWidget *LearnView::buildGridTab() {
   QCPGraph *scaled = spectrumPlot_->addGraph();
   scaled->setName(tr("E·diag(s) (L²QER)"));
   scaled->setPen(QPen(kOrange, 1.5));
+  legendBelow(spectrumPlot_, 2);
   spectrumPlot_->legend->setVisible(true);
-  spectrumPlot_->axisRect()->insetLayout()->setInsetAlignment(0, Qt::AlignBottom | Qt::AlignLeft);
 
   remainingPlot_ = makePlot(tr("Error left after a rank-k correction"));
   remainingPlot_->xAxis->setLabel(tr("rank k"));
@@ -443,8 +441,8 @@ QWidget *LearnView::buildGridTab() {
   QCPGraph *l2 = remainingPlot_->addGraph();
   l2->setName(tr("L²QER, activation-weighted"));
   l2->setPen(QPen(kOrange, 1.8));
+  legendBelow(remainingPlot_, 2);
   remainingPlot_->legend->setVisible(true);
-  remainingPlot_->axisRect()->insetLayout()->setInsetAlignment(0, Qt::AlignBottom | Qt::AlignLeft);
   remainingPlot_->yAxis->setRange(0, 105);
   remainingPlot_->xAxis->setRange(0, 64);
   rankLine_ = new QCPItemStraightLine(remainingPlot_);
@@ -519,8 +517,8 @@ QWidget *LearnView::buildFitTab() {
   hl->setName(tr("LRQ, held-out tokens"));
   hl->setPen(QPen(kOrange, 1.4, Qt::DashLine));
   hl->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssCircle, 3));
+  legendBelow(lossPlot_, 2);
   lossPlot_->legend->setVisible(true);
-  lossPlot_->axisRect()->insetLayout()->setInsetAlignment(0, Qt::AlignBottom | Qt::AlignLeft);
   lossPlot_->yAxis->setRange(0, 1.05);
 
   flipPlot_ = makePlot(tr("Codes changed vs RTN (tile)"));
@@ -542,6 +540,7 @@ QWidget *LearnView::buildFitTab() {
   QCPGraph *sl = scaleSpectrumPlot_->addGraph();
   sl->setName(tr("LRQ L·U"));
   sl->setPen(QPen(kOrange, 1.5));
+  legendBelow(scaleSpectrumPlot_, 2);
   scaleSpectrumPlot_->legend->setVisible(true);
 
   const QString titles[] = {tr("FlexRound's S (tile)"), tr("LRQ's L·U (tile)")};
@@ -611,6 +610,7 @@ QWidget *LearnView::buildActivationTab() {
     QCPGraph *after = p->addGraph();
     after->setName(tr("after SmoothQuant"));
     after->setPen(QPen(kOrange, 1.2));
+    legendBelow(p, 2);
     p->legend->setVisible(true);
   }
   actErrorPlot_ = makePlot(tr("Layer output error vs activation bits"));
@@ -626,6 +626,7 @@ QWidget *LearnView::buildActivationTab() {
     gr->setPen(QPen(colors[i], 1.6, i < 2 ? Qt::SolidLine : Qt::DashLine));
     gr->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssCircle, 4));
   }
+  legendBelow(actErrorPlot_, 2);
   actErrorPlot_->legend->setVisible(true);
   actErrorPlot_->xAxis->setRange(3.7, 8.3);
   g->addWidget(actMaxPlot_, 0, 0, 1, 2);
@@ -1079,7 +1080,7 @@ void LearnView::showSweep(const ErrorSweep &s) {
       hi = std::max(hi, v);
     }
   if (hi > 0)
-    sweepPlot_->yAxis->setRange(lo * 0.7, hi * 25); // room above for the legend
+    sweepPlot_->yAxis->setRange(lo * 0.7, hi * 1.5);
   if (grid_) {
     sweepMarker_->setData(QVector<double>{double(bits_->value())},
                           QVector<double>{grid_->relativeError}, true);
@@ -1196,7 +1197,7 @@ void LearnView::showActivations(const lesson::ActivationLessonResult &r) {
     p->graph(0)->setData(indices(before.size()), y0, true);
     p->graph(1)->setData(indices(after.size()), y1, true);
     p->xAxis->setRange(0, double(before.size()));
-    p->yAxis->setRange(lo * 0.7, hi * 6); // room above for the legend
+    p->yAxis->setRange(lo * 0.7, hi * 1.5);
     p->replot(QCustomPlot::rpQueuedReplot);
   };
   put(actMaxPlot_, r.actAbsMax, r.actAbsMaxSmoothed);
@@ -1368,8 +1369,7 @@ void LearnView::showFit(const FitLessonResult &r) {
       lo = std::min(lo, y);
       hi = std::max(hi, y);
     }
-  // Room below the curves for the legend.
-  lossPlot_->yAxis->setRange(std::max(0.0, lo - 0.6 * (hi - lo) - 0.05), hi + 0.05);
+  lossPlot_->yAxis->setRange(std::max(0.0, lo - 0.05 * (hi - lo) - 0.02), hi + 0.05);
   lossPlot_->graph(0)->setName(tr("FlexRound, %1 params").arg(r.paramsFlexRound));
   lossPlot_->graph(1)->setName(tr("LRQ r=%1, %2 params").arg(r.lrqRank).arg(r.paramsLrq));
   lossPlot_->replot(QCustomPlot::rpQueuedReplot);

@@ -1,4 +1,5 @@
 #include "widgets/main_window.h"
+#include "widgets/live_label.h"
 
 #include <QAction>
 #include <QApplication>
@@ -22,6 +23,7 @@
 #include <QStandardPaths>
 #include <QStatusBar>
 #include <QTabWidget>
+#include <QTimer>
 #include <QToolButton>
 
 #include <qcustomplot.h>
@@ -194,6 +196,33 @@ MainWindow::MainWindow(QWidget *parent) : QMainWindow(parent) {
     compare_->setRuns(runs_->model()->storePath(), ids);
     showView(QStringLiteral("compare"));
   });
+  // The comparison follows the store: a compared run that changes (finishes,
+  // gains its metrics) or a run added to the store (the Pareto plot shows
+  // them all) reads the comparison again, at most every 300 ms.
+  auto *compareReload = new QTimer(this);
+  compareReload->setSingleShot(true);
+  compareReload->setInterval(300);
+  connect(compareReload, &QTimer::timeout, compare_, &CompareView::reload);
+  auto comparesThisStore = [this] {
+    return !compare_->model()->runs().empty() &&
+           compare_->model()->storePath() == runs_->model()->storePath();
+  };
+  connect(runs_->model(), &QAbstractItemModel::dataChanged, this,
+          [this, compareReload, comparesThisStore](const QModelIndex &from, const QModelIndex &to) {
+            if (!comparesThisStore())
+              return;
+            for (int r = from.row(); r <= to.row(); ++r)
+              for (const lrq::RunRecord &run : compare_->model()->runs())
+                if (QString::fromStdString(run.id) == runs_->model()->runId(r)) {
+                  compareReload->start();
+                  return;
+                }
+          });
+  for (auto signal : {&QAbstractItemModel::rowsInserted, &QAbstractItemModel::rowsRemoved})
+    connect(runs_->model(), signal, this, [compareReload, comparesThisStore] {
+      if (comparesThisStore())
+        compareReload->start();
+    });
   connect(quantizeView_, &QuantizeView::runFinished, this, [this](const QString &runId) {
     runs_->model()->refresh();
     runs_->selectRun(runId);
@@ -340,7 +369,8 @@ void MainWindow::createStatusBar() {
   cancelLoad_->setToolTip(tr("Stop loading this model"));
   cancelLoad_->hide();
   connect(cancelLoad_, &QToolButton::clicked, controller_, &SessionController::cancelLoad);
-  runLabel_ = new QLabel(this);
+  runLabel_ = new LiveLabel(1, this);
+  runLabel_->setMinimumWidth(380);
   runLabel_->setObjectName(QStringLiteral("runStatus"));
   runLabel_->setStyleSheet(QStringLiteral("QLabel { color: #8a4b00; font-weight: 600; }"));
   runLabel_->hide();

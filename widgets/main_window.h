@@ -14,6 +14,7 @@ class QTabWidget;
 class QToolButton;
 
 namespace lrq::ui {
+class LiveLabel;
 
 class ArchitectureView;
 class GenerationPanel;
@@ -98,7 +99,7 @@ private:
   RunsView *runs_ = nullptr;
   CompareView *compare_ = nullptr;
   LearnView *learn_ = nullptr;
-  QLabel *runLabel_ = nullptr;
+  LiveLabel *runLabel_ = nullptr;
   PerplexityPanel *perplexity_ = nullptr;
   GenerationPanel *generation_ = nullptr;
   LogPanel *log_ = nullptr;

@@ -41,6 +41,22 @@ QCPTextElement *plotTitle(QCustomPlot *plot) {
   return qobject_cast<QCPTextElement *>(plot->plotLayout()->element(0, 0));
 }
 
+void legendBelow(QCustomPlot *plot, int columns) {
+  QCPLegend *legend = plot->legend;
+  QCPLayoutInset *inset = plot->axisRect()->insetLayout();
+  if (inset->take(legend))
+    inset->simplify();
+  QCPLayoutGrid *layout = plot->plotLayout();
+  const int row = layout->rowCount();
+  layout->addElement(row, 0, legend);
+  layout->setRowStretchFactor(row, 0.001); // as tall as its entries, no more
+  legend->setFillOrder(QCPLayoutGrid::foColumnsFirst);
+  legend->setWrap(std::max(1, columns));
+  legend->setBorderPen(Qt::NoPen);
+  legend->setBrush(Qt::NoBrush);
+  legend->setMargins(QMargins(8, 0, 8, 4));
+}
+
 QCPItemText *addMessage(QCustomPlot *plot) {
   auto *item = new QCPItemText(plot);
   item->position->setType(QCPItemPosition::ptAxisRectRatio);

@@ -20,6 +20,10 @@ extern const QColor kAccent;
 // White background, antialiasing, a title row, grey axes and grid.
 void stylePlot(QCustomPlot *plot, const QString &title);
 QCPTextElement *plotTitle(QCustomPlot *plot);
+// Shows the legend in a row of its own under the axis rect, `columns` entries
+// per line, instead of over the data: small plots stay readable. Leaves the
+// legend's visibility as it is.
+void legendBelow(QCustomPlot *plot, int columns = 2);
 // A grey message in the middle of the axis rect (empty, loading, failed).
 QCPItemText *addMessage(QCustomPlot *plot);
 // Log scale with ticks at powers of ten only (no repeated labels on short ranges).

@@ -1,4 +1,5 @@
 #include "widgets/quantize_view.h"
+#include "widgets/live_label.h"
 
 #include <QCheckBox>
 #include <QComboBox>
@@ -8,6 +9,7 @@
 #include <QDoubleValidator>
 #include <QFile>
 #include <QFileDialog>
+#include <QFileInfo>
 #include <QFormLayout>
 #include <QGroupBox>
 #include <QHBoxLayout>
@@ -135,7 +137,7 @@ QuantizeView::QuantizeView(SessionController *session, QuantizeController *contr
   progress_->setValue(0);
   progress_->setTextVisible(true);
   progress_->setFormat(tr("idle"));
-  eta_ = new QLabel(right);
+  eta_ = new LiveLabel(1, right);
   eta_->setMinimumWidth(140);
   controls->addWidget(start_);
   controls->addWidget(cancel_);
@@ -271,7 +273,8 @@ void QuantizeView::rebuildHyperparameters() {
       if (h.type == ValueType::Number) {
         auto *validator = new QDoubleValidator(h.minimum, h.maximum, 12, edit);
         validator->setNotation(QDoubleValidator::ScientificNotation);
-        validator->setLocale(QLocale::c()); // "3e-3" and "0.003" everywhere, as request() reads them
+        validator->setLocale(
+            QLocale::c()); // "3e-3" and "0.003" everywhere, as request() reads them
         edit->setValidator(validator);
         edit->setText(numberText(std::get<double>(h.defaultValue)));
       } else {
@@ -859,10 +862,11 @@ void QuantizeView::startRun() {
   iterations_ = iterations;
   progressDone_ = progressTotal_ = 0;
   startedMs_ = QDateTime::currentMSecsSinceEpoch();
-  monitor_->reset(tr("%1 · %2 · %3")
-                      .arg(QString::fromStdString(info.title), schemePreset_->currentText(),
-                           summary ? QString::fromStdString(summary->path) : QString()),
-                  trainsBlocks_, 0, trainsBlocks_ ? iterations : 0, lr);
+  monitor_->reset(
+      tr("%1 · %2 · %3")
+          .arg(QString::fromStdString(info.title), schemePreset_->currentText(),
+               summary ? QFileInfo(QString::fromStdString(summary->path)).fileName() : QString()),
+      trainsBlocks_, 0, trainsBlocks_ ? iterations : 0, lr);
   setRunning(true);
 }
 

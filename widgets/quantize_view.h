@@ -23,6 +23,7 @@ class QSpinBox;
 class QTimer;
 
 namespace lrq::ui {
+class LiveLabel;
 
 class QuantizeController;
 class RunMonitor;
@@ -105,7 +106,7 @@ private:
   QLabel *problems_ = nullptr;
   QPushButton *start_ = nullptr, *cancel_ = nullptr, *resume_ = nullptr;
   QProgressBar *progress_ = nullptr;
-  QLabel *eta_ = nullptr;
+  LiveLabel *eta_ = nullptr;
   QTimer *liveTimer_ = nullptr;
   double bitsPerWeight_ = 0;
   qint64 learnablePerBlock_ = 0;

@@ -1,4 +1,5 @@
 #include "widgets/run_monitor.h"
+#include "widgets/live_label.h"
 
 #include <QHeaderView>
 #include <QLabel>
@@ -87,8 +88,9 @@ RunMonitor::RunMonitor(QWidget *parent) : QWidget(parent) {
   auto *layout = new QVBoxLayout(this);
   layout->setContentsMargins(4, 4, 4, 4);
 
-  status_ = new QLabel(tr("No run yet: choose a method and a scheme, then Start."), this);
-  status_->setWordWrap(true);
+  // Rewritten at every update: a LiveLabel, so the window does not relayout.
+  status_ = new LiveLabel(3, this);
+  status_->setText(tr("No run yet: choose a method and a scheme, then Start."));
   layout->addWidget(status_);
 
   auto *stripRow = new QHBoxLayout;
@@ -110,6 +112,12 @@ RunMonitor::RunMonitor(QWidget *parent) : QWidget(parent) {
   lossPlot_->legend->setFont(QFont(font().family(), 8));
   lossPlot_->axisRect()->insetLayout()->setInsetAlignment(0, Qt::AlignTop | Qt::AlignRight);
   lossMessage_ = addMessage(lossPlot_);
+  // The training block's curve has a layer of its own: its new points redraw
+  // that layer alone, not the faded curves, axes and legend.
+  lossPlot_->addLayer(QStringLiteral("current"), lossPlot_->layer(QStringLiteral("main")),
+                      QCustomPlot::limAbove);
+  currentLayer_ = lossPlot_->layer(QStringLiteral("current"));
+  currentLayer_->setMode(QCPLayer::lmBuffered);
 
   barsPlot_ = new QCustomPlot(this);
   stylePlot(barsPlot_, tr("Loss per block: initial (grey), final (blue)"));
@@ -143,6 +151,11 @@ RunMonitor::RunMonitor(QWidget *parent) : QWidget(parent) {
   scheduleMarker_ = new QCPItemStraightLine(schedulePlot_);
   scheduleMarker_->setPen(QPen(kAccent, 1.5, Qt::DashLine));
   scheduleMarker_->setVisible(false);
+  schedulePlot_->addLayer(QStringLiteral("marker"), schedulePlot_->layer(QStringLiteral("main")),
+                          QCustomPlot::limAbove);
+  markerLayer_ = schedulePlot_->layer(QStringLiteral("marker"));
+  markerLayer_->setMode(QCPLayer::lmBuffered);
+  scheduleMarker_->setLayer(markerLayer_);
   scheduleMessage_ = addMessage(schedulePlot_);
 
   layerPlot_ = new QCustomPlot(this);
@@ -259,7 +272,9 @@ void RunMonitor::ensureBlocks(int count) {
 void RunMonitor::addEvents(const QVector<MonitorEvent> &events) {
   using K = MonitorEvent::Kind;
   const int firstNewRow = int(layers_.size());
-  bool curvesChanged = false, barsChanged = false;
+  // restyle: a block changed state (colours, legend, layers: a full redraw);
+  // pointsAdded alone: new points of the current block (its layer suffices).
+  bool restyle = false, pointsAdded = false, barsChanged = false;
   for (const MonitorEvent &e : events) {
     switch (e.kind) {
     case K::BlockStarted:
@@ -271,11 +286,13 @@ void RunMonitor::addEvents(const QVector<MonitorEvent> &events) {
       currentIteration_ = -1;
       if (e.block >= 0 && e.block < int(states_.size()))
         states_[e.block] = BlockState::Training;
-      curvesChanged = true;
+      restyle = true;
       break;
     case K::Iteration:
       ensureBlocks(e.block + 1);
       if (e.block >= 0) {
+        if (e.block != current_ || curves_[e.block].isEmpty())
+          restyle = true; // the legend and the "no curves yet" message change
         curves_[e.block].push_back(QPointF(e.iteration, e.value));
         graphs_[e.block]->addData(e.iteration, e.value);
         if (e.value > 0) {
@@ -283,7 +300,7 @@ void RunMonitor::addEvents(const QVector<MonitorEvent> &events) {
           lossMax_ = std::max(lossMax_, e.value);
         }
         currentIteration_ = e.iteration;
-        curvesChanged = true;
+        pointsAdded = true;
       }
       break;
     case K::BlockFinished:
@@ -295,7 +312,7 @@ void RunMonitor::addEvents(const QVector<MonitorEvent> &events) {
         final_[e.block] = e.value2;
         seconds_[e.block] = e.seconds;
         barsChanged = true;
-        curvesChanged = true;
+        restyle = true;
       }
       break;
     case K::Layer:
@@ -323,10 +340,15 @@ void RunMonitor::addEvents(const QVector<MonitorEvent> &events) {
     }
   }
   strip_->setStates(states_);
-  if (curvesChanged) {
-    styleCurves();
+  if (restyle || pointsAdded) {
+    if (restyle)
+      styleCurves();
+    const QCPRange x = lossPlot_->xAxis->range(), y = lossPlot_->yAxis->range();
     rescaleLoss();
-    lossPlot_->replot(QCustomPlot::rpQueuedReplot);
+    if (restyle || x != lossPlot_->xAxis->range() || y != lossPlot_->yAxis->range())
+      lossPlot_->replot(QCustomPlot::rpQueuedReplot);
+    else
+      currentLayer_->replot();
   }
   if (barsChanged) {
     refreshBars();
@@ -349,10 +371,10 @@ void RunMonitor::styleCurves() {
     QCPGraph *g = graphs_[b];
     const bool current = b == current_;
     const bool finished = states_[b] == BlockState::Done || states_[b] == BlockState::Restored;
+    g->setLayer(current ? currentLayer_ : lossPlot_->layer(QStringLiteral("main")));
     if (current) {
       g->setPen(QPen(QColor(0xd6, 0x27, 0x28), 2.2));
       g->setName(tr("block %1 (current)").arg(b));
-      g->setLayer(QStringLiteral("main"));
     } else if (finished) {
       QColor c = states_[b] == BlockState::Restored ? QColor(0x8e, 0x6c, 0xc4) : kLineColor;
       c.setAlpha(70);
@@ -368,8 +390,6 @@ void RunMonitor::styleCurves() {
       anyFinished = true;
     }
   }
-  if (current_ >= 0 && current_ < int(graphs_.size()))
-    graphs_[current_]->setLayer(QStringLiteral("main")); // on top of the faded ones
   const bool any = std::any_of(curves_.begin(), curves_.end(),
                                [](const QVector<QPointF> &c) { return !c.isEmpty(); });
   lossMessage_->setVisible(!any);
@@ -466,12 +486,22 @@ void RunMonitor::refreshSchedule() {
   }
   if (!show)
     scheduleGraph_->data()->clear();
-  scheduleMarker_->setVisible(show && currentIteration_ >= 0);
+  const bool markerShown = show && currentIteration_ >= 0;
+  const bool markerMoved =
+      markerShown != scheduleMarker_->visible() ||
+      (markerShown && scheduleMarker_->point1->coords().x() != currentIteration_);
+  scheduleMarker_->setVisible(markerShown);
   if (currentIteration_ >= 0) {
     scheduleMarker_->point1->setCoords(currentIteration_, 0);
     scheduleMarker_->point2->setCoords(currentIteration_, 1);
   }
-  schedulePlot_->replot(QCustomPlot::rpQueuedReplot);
+  // The curve is drawn once; a moving marker redraws its own layer.
+  if (show != scheduleShown_) {
+    scheduleShown_ = show;
+    schedulePlot_->replot(QCustomPlot::rpQueuedReplot);
+  } else if (markerMoved) {
+    markerLayer_->replot();
+  }
 }
 
 void RunMonitor::refreshStatus() {

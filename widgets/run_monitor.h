@@ -16,11 +16,13 @@ class QCustomPlot;
 class QCPGraph;
 class QCPBars;
 class QCPItemStraightLine;
+class QCPLayer;
 class QCPItemText;
 class QLabel;
 class QTableWidget;
 
 namespace lrq::ui {
+class LiveLabel;
 
 class BlockStrip;
 
@@ -76,7 +78,7 @@ private:
   qint64 done_ = 0, total_ = 0;
   double lossMin_ = 0, lossMax_ = 0;
 
-  QLabel *status_ = nullptr;
+  LiveLabel *status_ = nullptr;
   BlockStrip *strip_ = nullptr;
   QCustomPlot *lossPlot_ = nullptr, *barsPlot_ = nullptr, *schedulePlot_ = nullptr,
               *layerPlot_ = nullptr;
@@ -84,6 +86,10 @@ private:
   QCPBars *initialBars_ = nullptr, *finalBars_ = nullptr;
   QCPGraph *scheduleGraph_ = nullptr;
   QCPItemStraightLine *scheduleMarker_ = nullptr;
+  // Own paint buffers: a new loss point or a moved marker redraws only these.
+  QCPLayer *currentLayer_ = nullptr;
+  QCPLayer *markerLayer_ = nullptr;
+  bool scheduleShown_ = false;
   QCPItemText *lossMessage_ = nullptr, *layerMessage_ = nullptr, *scheduleMessage_ = nullptr;
   QTableWidget *layerTable_ = nullptr;
   QStringList roles_; // layer roles in order of first appearance (one layer-plot series each)

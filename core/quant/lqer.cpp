@@ -105,8 +105,9 @@ public:
   std::vector<HyperparameterSpec> hyperparameters() const override {
     std::vector<HyperparameterSpec> h = {
         {"rank", ValueType::Integer, int64_t(32), 1, 1 << 20, "rank k of the correction A·B"},
-        {"factor_bits", ValueType::Integer, int64_t(0), 0, 8,
-         "bits of the factors A and B: 0 = full precision, else 2..8"}};
+        {"factor_bits", ValueType::Integer, int64_t(8), 0, 8,
+         "bits of the factors A and B: 8 as in the paper (one step per column), 2..7 "
+         "smaller still, 0 = full precision (16-bit storage)"}};
     if (scaled_)
       h.push_back({"batch_size", ValueType::Integer, int64_t(4), 1, 4096,
                    "calibration windows per statistics batch"});

@@ -128,6 +128,19 @@ public:
     const int64_t rank = hyper.value("rank", int64_t(16));
     return rank * (out + in) + out;
   }
+  // Phi0 is int8 fixed point with 8 - bits fractional bits: at 8 bits it has
+  // none, so the adapters could never move a code and training would change
+  // nothing; below 2 bits the grid is degenerate. The reference allows 2..7.
+  void checkScheme(const QuantScheme &scheme) const override {
+    if (scheme.weight.bits < 2 || scheme.weight.bits > 7)
+      throw Error("lrqat trains weights of 2 to 7 bits; this scheme has " +
+                  std::to_string(scheme.weight.bits) +
+                  "-bit weights (LR-QAT keeps W0/s0 as int8 fixed point with 8 - bits fractional "
+                  "bits: at 8 bits no code could ever change)");
+    if (scheme.layers.embeddings || scheme.layers.lmHead)
+      throw Error("lrqat: the embeddings and the LM head stay full precision in LR-QAT; use a "
+                  "scheme that does not select them");
+  }
   MethodReport run(MethodContext &ctx) override;
 };
 
@@ -160,10 +173,8 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
 
   const QuantScheme &scheme = ctx.scheme;
   scheme.validate();
+  checkScheme(scheme);
   const LayerSelection &sel = scheme.layers;
-  if (sel.embeddings || sel.lmHead)
-    throw Error("lrqat: the embeddings and the LM head stay full precision in LR-QAT; use a "
-                "scheme that does not select them");
   ModelWeights &weights = ctx.model.weights();
   const int64_t blockCount = int64_t(weights.blocks.size());
   for (int64_t b : sel.blocks)

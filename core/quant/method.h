@@ -104,6 +104,9 @@ public:
     (void)outFeatures, (void)inFeatures, (void)hyper;
     return 0;
   }
+  // Refuses, before any work, a scheme the method cannot honour: throws
+  // lrq::Error saying which setting and why. By default every valid scheme.
+  virtual void checkScheme(const QuantScheme &scheme) const { (void)scheme; }
   // Hyperparameters with their defaults, e.g. {"rank": 0, "iters": 200, "lr": 9e-4}.
   nlohmann::json defaults() const;
   // Quantizes ctx.model according to ctx.scheme. Must check ctx.cancel between

@@ -45,6 +45,10 @@ const MethodInfo &methodInfo(const std::string &name) {
   throw Error("unknown method '" + name + "'");
 }
 
+void MethodInfo::checkScheme(const std::string &schemeJson) const {
+  quant::createMethod(name)->checkScheme(quant::QuantScheme::fromJson(schemeJson));
+}
+
 int64_t MethodInfo::learnableParameters(int64_t outFeatures, int64_t inFeatures,
                                         const Hyperparameters &hyper) const {
   std::unique_ptr<quant::QuantMethod> method = quant::createMethod(name);

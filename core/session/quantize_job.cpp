@@ -42,41 +42,55 @@ double secondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-// A deep copy: methods replace and (SmoothQuant) rescale tensors, and the
-// full-precision reference must stay untouched.
-ModelWeights cloneWeights(const ModelWeights &w) {
-  auto copy = [](const at::Tensor &t) { return t.defined() ? t.clone() : t; };
-  auto copyLinear = [&](const Linear &l) {
-    Linear out = l;
-    out.weight = copy(l.weight);
-    out.bias = copy(l.bias);
-    out.lowRankA = copy(l.lowRankA);
-    out.lowRankB = copy(l.lowRankB);
-    return out;
+// Every tensor handle of the weights (a tied LM head is visited twice).
+template <typename F> void forEachTensor(const ModelWeights &w, F &&f) {
+  auto linear = [&](const Linear &l) {
+    for (const at::Tensor *t : {&l.weight, &l.bias, &l.lowRankA, &l.lowRankB})
+      f(*t);
   };
-  auto copyNorm = [&](const NormWeights &n) { return NormWeights{copy(n.weight), copy(n.bias)}; };
-  ModelWeights out;
-  out.tokenEmbedding = copy(w.tokenEmbedding);
-  out.positionEmbedding = copy(w.positionEmbedding);
-  out.projectIn = copyLinear(w.projectIn);
-  out.projectOut = copyLinear(w.projectOut);
+  auto norm = [&](const NormWeights &n) {
+    f(n.weight);
+    f(n.bias);
+  };
+  f(w.tokenEmbedding);
+  f(w.positionEmbedding);
+  linear(w.projectIn);
+  linear(w.projectOut);
   for (const BlockWeights &b : w.blocks) {
-    BlockWeights nb;
-    nb.attnNorm = copyNorm(b.attnNorm);
-    nb.mlpNorm = copyNorm(b.mlpNorm);
-    nb.q = copyLinear(b.q);
-    nb.k = copyLinear(b.k);
-    nb.v = copyLinear(b.v);
-    nb.o = copyLinear(b.o);
-    nb.gate = copyLinear(b.gate);
-    nb.up = copyLinear(b.up);
-    nb.down = copyLinear(b.down);
-    out.blocks.push_back(std::move(nb));
+    norm(b.attnNorm);
+    norm(b.mlpNorm);
+    for (const Linear *l : {&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down})
+      linear(*l);
   }
-  out.finalNorm = copyNorm(w.finalNorm);
-  out.lmHead = w.lmHead.is_same(w.tokenEmbedding) ? out.tokenEmbedding : copy(w.lmHead);
-  return out;
+  norm(w.finalNorm);
+  f(w.lmHead);
 }
+
+// The copy that is quantized starts out sharing every tensor with the
+// full-precision reference: methods replace a layer's tensors (SmoothQuant,
+// the weight methods, LR-QAT's merge) and never write into them, so only what
+// a method changes takes new memory, not a second whole model. ReferenceGuard
+// holds the methods to that: an in-place write bumps a tensor's version
+// counter, and a changed reference would skew every comparison silently.
+class ReferenceGuard {
+public:
+  explicit ReferenceGuard(const ModelWeights &reference) {
+    forEachTensor(reference, [&](const at::Tensor &t) {
+      if (t.defined())
+        seen_.emplace_back(t, int64_t(t._version()));
+    });
+  }
+  void check(const char *stage) const {
+    for (const auto &[tensor, version] : seen_)
+      if (int64_t(tensor._version()) != version)
+        throw Error(std::string("internal error: the full-precision reference was modified "
+                                "in place during ") +
+                    stage + "; the run is stopped rather than compared against a changed model");
+  }
+
+private:
+  std::vector<std::pair<at::Tensor, int64_t>> seen_;
+};
 
 // Per-layer spectra. Layers are named as in MethodReport: a block linear by
 // (block, role), the embeddings and the LM head by block -1.
@@ -197,6 +211,7 @@ struct Job {
   std::unique_ptr<DecoderModel> ownReference;
   DecoderModel *reference = nullptr;   // full precision, never modified
   std::unique_ptr<DecoderModel> model; // the copy that is quantized
+  std::unique_ptr<ReferenceGuard> guard;
 
   TextSplit split;
   quant::CalibrationSet calibration;
@@ -236,6 +251,7 @@ void checkStage(Job &job) {
   job.hyper = quant::mergeHyperparameters(
       *job.method, nlohmann::json::parse(hyperparametersToJson(job.request.hyperparameters)));
   job.scheme = quant::QuantScheme::fromJson(resolveSchemeJson(job.request.scheme));
+  job.method->checkScheme(job.scheme);
   job.smoothOptions.alpha = job.request.smoothQuantAlpha;
   if (!quant::parseSmoothGroups(job.request.smoothQuantGroups, &job.smoothOptions.groups))
     throw OptionError("smoothquant_groups", "SmoothQuant groups must be norm or all, got \"" +
@@ -278,8 +294,9 @@ void calibrateStage(Job &job) {
   const std::vector<int32_t> tokens = job.loaded->tokenizer->encode(text, true);
   job.calibration =
       quant::makeCalibrationSet(tokens, r.samples, r.seqLen, uint64_t(r.seed), source);
-  job.model =
-      std::make_unique<DecoderModel>(job.loaded->config, cloneWeights(job.reference->weights()));
+  // Shares the reference's tensors (see ReferenceGuard).
+  job.model = std::make_unique<DecoderModel>(job.loaded->config, job.reference->weights());
+  job.guard = std::make_unique<ReferenceGuard>(job.reference->weights());
 }
 
 // Opens the store and creates the run (or reopens the interrupted one).
@@ -484,11 +501,13 @@ QuantizeOutcome runRecordedStages(Job &job) {
   try {
     smoothQuantStage(job);
     methodStage(job);
+    job.guard->check("the method");
     activationStage(job);
     layerRecordStage(job);
     spectraStage(job);
     evaluateStage(job);
     exportStage(job);
+    job.guard->check("evaluation and export");
     recordFinishStage(job);
   } catch (const Cancelled &) {
     job.recorder->cancelled();

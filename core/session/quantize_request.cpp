@@ -486,7 +486,9 @@ std::vector<RequestProblem> checkRequest(const QuantizeRequest &request) {
               "method " + info->name + " keeps no checkpoint: its runs cannot be resumed");
   }
   try {
-    resolveSchemeJson(request.scheme);
+    const std::string scheme = resolveSchemeJson(request.scheme);
+    if (info)
+      info->checkScheme(scheme); // what this method can do with it
   } catch (const Error &e) {
     problem("scheme", e.what());
   }

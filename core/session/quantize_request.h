@@ -40,6 +40,9 @@ struct MethodInfo {
   // (0 for methods that learn nothing); what the rank control shows live.
   int64_t learnableParameters(int64_t outFeatures, int64_t inFeatures,
                               const Hyperparameters &hyper) const;
+  // Throws lrq::Error when the method cannot run this scheme (e.g. LR-QAT at
+  // 8-bit weights), saying why.
+  void checkScheme(const std::string &schemeJson) const;
 };
 
 // Every registered method, in display order; methodInfo throws lrq::Error
