@@ -271,7 +271,8 @@ void QuantizeView::rebuildHyperparameters() {
       if (h.type == ValueType::Number) {
         auto *validator = new QDoubleValidator(h.minimum, h.maximum, 12, edit);
         validator->setNotation(QDoubleValidator::ScientificNotation);
-        validator->setLocale(QLocale::c()); // "3e-3" and "0.003" everywhere, as request() reads them
+        validator->setLocale(
+            QLocale::c()); // "3e-3" and "0.003" everywhere, as request() reads them
         edit->setValidator(validator);
         edit->setText(numberText(std::get<double>(h.defaultValue)));
       } else {
@@ -918,8 +919,8 @@ void QuantizeView::chooseRunToResume() {
   try {
     RunStore store = RunStore::open(RunStore::defaultPath());
     for (const RunInfo &run : store.listRuns()) {
-      if (run.status == RunStatus::Finished)
-        continue;
+      if (run.status == RunStatus::Finished || run.status == RunStatus::Running)
+        continue; // nothing to resume, or its process is still at it
       try {
         if (!methodInfo(run.method).canResume)
           continue;
