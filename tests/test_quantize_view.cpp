@@ -22,6 +22,8 @@
 
 #include <cmath>
 
+#include <unistd.h>
+
 #include "core/runs/run_store.h"
 #include "test_support.h"
 #include "widgets/main_window.h"
@@ -318,6 +320,22 @@ private slots:
     const std::string id = controller()->runId().toStdString();
     QVERIFY(!id.empty());
     QCOMPARE(store.getRunInfo(id).status, lrq::RunStatus::Cancelled);
+  }
+
+  // Resume (as the Runs view asks for it) refuses a run whose process is alive,
+  // naming the process, and starts nothing.
+  void resumeRefusesARunThatIsStillRunning() {
+    lrq::RunStore store = lrq::RunStore::open(store_.toStdString());
+    lrq::RunInfo info;
+    info.model = {"default", "size=1;mtime=1"};
+    info.method = "lrq";
+    const QString id = QString::fromStdString(store.createRun(info)); // owned by this process
+    view()->resumeRun(id, store_);
+    QVERIFY(!controller()->isRunning());
+    QVERIFY2(view()->problemText().contains(
+                 QString("run %1 is still running in process %2").arg(id).arg(getpid())),
+             qPrintable(view()->problemText()));
+    QCOMPARE(store.getRunInfo(id.toStdString()).status, lrq::RunStatus::Running);
   }
 
   void cleanupTestCase() {

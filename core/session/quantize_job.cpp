@@ -555,8 +555,9 @@ void recordFinishStage(Job &job) {
     std::error_code ec;
     fs::remove_all(recon::BlockReconstructor::checkpointDir(job.workDir), ec);
     fs::remove(job.requestFile, ec);
-    if (job.request.workDir.empty())
-      fs::remove(job.workDir, ec); // only when empty
+    // The run's own folder (also when a resume named it), only when empty.
+    if (job.request.workDir.empty() || job.workDir == defaultWorkDir(job.outcome.runId))
+      fs::remove(job.workDir, ec);
   }
 }
 
