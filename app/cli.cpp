@@ -36,6 +36,8 @@ constexpr const char *kRunsUsage = R"(usage: lrq runs SUBCOMMAND [options]
 Subcommands:
   list                 every run, newest first
       [--model M] [--method M] [--limit N]
+      [--status S]     running, finished, failed, cancelled or interrupted (a run
+                       whose process is gone: resume it with lrq quantize --resume)
   show ID              settings, per-block curves, per-layer MSE/SQNR, metrics
       [--spectra]      also the per-layer singular values (W, E = W - Ŵ, scaled_E,
                        scale_exponent); in full with --json

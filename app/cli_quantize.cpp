@@ -86,21 +86,39 @@ std::string metricText(const std::map<std::string, double> &metrics) {
 }
 
 nlohmann::json runInfoJson(const RunInfo &r) {
-  return {{"id", r.id},
-          {"created", r.created},
-          {"status", runStatusName(r.status)},
-          {"model", r.model.path},
-          {"model_digest", r.model.digest},
-          {"method", r.method},
-          {"scheme", nlohmann::json::parse(r.schemeJson.empty() ? "{}" : r.schemeJson)},
-          {"hyperparameters",
-           nlohmann::json::parse(r.hyperparametersJson.empty() ? "{}" : r.hyperparametersJson)},
-          {"engine_version", r.engineVersion},
-          {"seconds", r.totalSeconds},
-          {"metrics", r.metrics},
-          {"error", r.error},
-          {"notes", r.notes},
-          {"blocks", r.blockCount}};
+  nlohmann::json j = {
+      {"id", r.id},
+      {"created", r.created},
+      {"status", runStatusName(r.status)},
+      {"model", r.model.path},
+      {"model_digest", r.model.digest},
+      {"method", r.method},
+      {"scheme", nlohmann::json::parse(r.schemeJson.empty() ? "{}" : r.schemeJson)},
+      {"hyperparameters",
+       nlohmann::json::parse(r.hyperparametersJson.empty() ? "{}" : r.hyperparametersJson)},
+      {"engine_version", r.engineVersion},
+      {"seconds", r.totalSeconds},
+      {"metrics", r.metrics},
+      {"error", r.error},
+      {"notes", r.notes},
+      {"blocks", r.blockCount}};
+  // Liveness: the process that runs (or ran) it; what it exported.
+  j["owner"] = {{"pid", r.owner.pid}, {"host", r.owner.host}, {"process_start", r.owner.start}};
+  j["heartbeat"] = r.heartbeat > 0 ? formatIsoUtc(r.heartbeat) : std::string();
+  j["export"] = r.exportDir;
+  j["packed"] = r.packedPath;
+  return j;
+}
+
+// "process 1234 on host h, last heartbeat 2026-...Z" for a run that is or was running.
+std::string ownerText(const RunInfo &r) {
+  if (!r.owner.known())
+    return "not recorded (an older build ran it)";
+  std::string text = "process " + std::to_string(r.owner.pid) + " on " +
+                     (r.owner.host.empty() ? std::string("an unnamed host") : r.owner.host);
+  if (r.heartbeat > 0)
+    text += ", last heartbeat " + formatIsoUtc(r.heartbeat);
+  return text;
 }
 
 // Effective rank of a spectrum (Roy & Vetterli): exp of the entropy of the
@@ -301,6 +319,13 @@ int commandRuns(const Arguments &args, std::ostream &out) {
     filter.model = stringOption(args, "model", "");
     filter.method = stringOption(args, "method", "");
     filter.limit = int(intOption(args, "limit", 0, 0, 1 << 30));
+    if (has(args, "status")) {
+      try {
+        filter.status = parseRunStatus(stringOption(args, "status", ""));
+      } catch (const Error &e) {
+        throw UsageError(std::string("--status: ") + e.what());
+      }
+    }
     std::vector<RunInfo> runs = store.listRuns(filter);
     if (json) {
       nlohmann::json list = nlohmann::json::array();
@@ -313,11 +338,11 @@ int commandRuns(const Arguments &args, std::ostream &out) {
       out << "no runs in " << store.path() << "\n";
       return 0;
     }
-    out << std::left << std::setw(22) << "id" << std::setw(11) << "status" << std::setw(11)
+    out << std::left << std::setw(22) << "id" << std::setw(13) << "status" << std::setw(11)
         << "method" << std::setw(13) << "scheme" << std::setw(9) << "seconds"
         << "metrics\n";
     for (const RunInfo &r : runs)
-      out << std::left << std::setw(22) << r.id << std::setw(11) << runStatusName(r.status)
+      out << std::left << std::setw(22) << r.id << std::setw(13) << runStatusName(r.status)
           << std::setw(11) << r.method << std::setw(13) << schemeName(r.schemeJson) << std::setw(9)
           << std::fixed << std::setprecision(1) << r.totalSeconds << std::defaultfloat
           << metricText(r.metrics) << "\n";
@@ -361,6 +386,15 @@ int commandRuns(const Arguments &args, std::ostream &out) {
         << "scheme    " << r.schemeJson << "\n"
         << "engine    " << r.engineVersion << ", " << std::fixed << std::setprecision(1)
         << r.totalSeconds << " s" << std::defaultfloat << "\n";
+    if (r.status == RunStatus::Running || r.status == RunStatus::Interrupted)
+      out << "owner     " << ownerText(r) << "\n";
+    if (r.status == RunStatus::Interrupted)
+      out << "          its process is gone: lrq quantize --resume " << r.id
+          << " goes on from the last checkpoint (block-wise reconstruction methods)\n";
+    if (!r.exportDir.empty())
+      out << "export    " << r.exportDir << "\n";
+    if (!r.packedPath.empty())
+      out << "packed    " << r.packedPath << "\n";
     if (!r.notes.empty())
       out << "notes     " << r.notes << "\n";
     if (!r.error.empty())

@@ -23,7 +23,8 @@ const std::map<std::string, bool> &knownOptions() {
         {"top-k", true},        {"top-p", true},          {"seed", true},
         {"tensor", true},       {"part", true},           {"spectra", false},
         {"reference", true},    {"model", true},          {"limit", true},
-        {"differences", false}, {"store", true},          {"dry-run", false}};
+        {"differences", false}, {"store", true},          {"dry-run", false},
+        {"status", true}};
     for (const RequestOption &r : quantizeRequestOptions())
       if (!r.flag.empty())
         o[r.flag] = r.type != ValueType::Flag;

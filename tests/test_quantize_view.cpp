@@ -22,6 +22,8 @@
 
 #include <cmath>
 
+#include <unistd.h>
+
 #include "core/runs/run_store.h"
 #include "test_support.h"
 #include "widgets/compare_model.h"
@@ -343,6 +345,22 @@ private slots:
     QCOMPARE(shownMetric(), 0.0);
     store.setMetric(runs[1].id, "test_metric", 4.25);
     QTRY_COMPARE_WITH_TIMEOUT(shownMetric(), 4.25, 10000);
+  }
+
+  // Resume (as the Runs view asks for it) refuses a run whose process is alive,
+  // naming the process, and starts nothing.
+  void resumeRefusesARunThatIsStillRunning() {
+    lrq::RunStore store = lrq::RunStore::open(store_.toStdString());
+    lrq::RunInfo info;
+    info.model = {"default", "size=1;mtime=1"};
+    info.method = "lrq";
+    const QString id = QString::fromStdString(store.createRun(info)); // owned by this process
+    view()->resumeRun(id, store_);
+    QVERIFY(!controller()->isRunning());
+    QVERIFY2(view()->problemText().contains(
+                 QString("run %1 is still running in process %2").arg(id).arg(getpid())),
+             qPrintable(view()->problemText()));
+    QCOMPARE(store.getRunInfo(id.toStdString()).status, lrq::RunStatus::Running);
   }
 
   void cleanupTestCase() {

@@ -23,6 +23,8 @@
 
 #include <cmath>
 
+#include <unistd.h>
+
 #include "core/runs/run_store.h"
 #include "test_support.h"
 #include "widgets/run_bits.h"
@@ -663,6 +665,115 @@ private slots:
     QVERIFY(*view.model()->bitsPerWeight(0) > 4.0 && *view.model()->bitsPerWeight(0) < 4.1);
     view.selectRun(view.model()->runId(0));
     QCOMPARE(view.plots()[1]->graphCount(), 7); // block 0's seven linears
+  }
+
+  // Liveness and exports: a run whose process is gone shows as interrupted
+  // (also when its process dies while the table is watched) and is offered for
+  // resume; a live one is refused with its pid; Open Export follows what the
+  // run recorded.
+  void interruptedRunsAndOpenExport() {
+    const QString path = dir_.filePath("liveness.sqlite");
+    const QString exportDir = dir_.filePath("export-hf");
+    QVERIFY(QDir().mkpath(exportDir));
+    QVERIFY(QFile::copy(QDir(modelDir_).filePath("config.json"),
+                        QDir(exportDir).filePath("config.json")));
+    QProcess gone, sleeper;
+    gone.start("true");
+    QVERIFY(gone.waitForStarted());
+    const qint64 deadPid = gone.processId();
+    QVERIFY(gone.waitForFinished());
+    sleeper.start("sleep", {"120"});
+    QVERIFY(sleeper.waitForStarted());
+    const QString w4 = scheme("W4", 4, "per-channel", 0, false);
+    QString alive, dead, dying, exported, missing, none;
+    {
+      RunStore s = writer(path);
+      alive = QString::fromStdString(s.createRun(baseInfo("lrq", w4, "{}"))); // this process
+      RunInfo d = baseInfo("flexround", w4, "{}");
+      d.owner = lrq::currentRunOwner();
+      d.owner.pid = deadPid;
+      dead = QString::fromStdString(s.createRun(d));
+      RunInfo l = baseInfo("lrq", w4, "{}");
+      l.owner = lrq::currentRunOwner();
+      l.owner.pid = sleeper.processId();
+      l.owner.start = l.owner.start.substr(0, l.owner.start.find(";start=")); // pid alone
+      dying = QString::fromStdString(s.createRun(l));
+      RunInfo e = baseInfo("rtn", w4, "{}");
+      e.status = RunStatus::Finished;
+      e.exportDir = exportDir.toStdString();
+      exported = QString::fromStdString(s.createRun(e));
+      e.exportDir.clear();
+      e.packedPath = dir_.filePath("deleted.safetensors").toStdString();
+      missing = QString::fromStdString(s.createRun(e));
+      e.packedPath.clear();
+      none = QString::fromStdString(s.createRun(e));
+    }
+    RunsView view;
+    view.setStorePath(path);
+    RunsTableModel *model = view.model();
+    auto status = [&](const QString &id) {
+      return text(model, model->rowOfRun(id), RunsTableModel::StatusColumn);
+    };
+    QCOMPARE(status(alive), QString("running"));
+    QCOMPARE(status(dying), QString("running"));
+    QCOMPARE(status(dead), QString("interrupted"));
+    QCOMPARE(model->index(model->rowOfRun(dead), RunsTableModel::MethodColumn)
+                 .data(RunsTableModel::StatusRole)
+                 .toString(),
+             QString("interrupted"));
+    QVERIFY(model->index(model->rowOfRun(dead), 0)
+                .data(Qt::ToolTipRole)
+                .toString()
+                .contains(QString("Interrupted: its process (%1").arg(deadPid)));
+    view.setStatusFilter("interrupted");
+    QCOMPARE(view.table()->model()->rowCount(), 1);
+    view.setStatusFilter("");
+
+    QSignalSpy resume(&view, &RunsView::resumeRequested);
+    QSignalSpy open(&view, &RunsView::openModelRequested);
+    view.selectRun(dead);
+    QVERIFY(view.resumeButton()->isEnabled());
+    view.resumeButton()->click();
+    QCOMPARE(resume.count(), 1);
+    QCOMPARE(resume.last().at(0).toString(), dead);
+    QVERIFY(!view.openExportButton()->isEnabled());
+    view.selectRun(alive);
+    QVERIFY(!view.resumeButton()->isEnabled());
+    QVERIFY2(view.resumeButton()->toolTip().contains(
+                 QString("run %1 is still running in process %2").arg(alive).arg(::getpid())),
+             qPrintable(view.resumeButton()->toolTip()));
+    QVERIFY(!view.openExportButton()->isEnabled());
+    QVERIFY2(view.openExportButton()->toolTip().contains("has no export"),
+             qPrintable(view.openExportButton()->toolTip()));
+
+    view.selectRun(exported);
+    QVERIFY(view.openExportButton()->isEnabled());
+    view.openExportButton()->click();
+    QCOMPARE(open.count(), 1);
+    QCOMPARE(open.last().at(0).toString(), exportDir);
+    view.selectRun(missing);
+    QVERIFY(!view.openExportButton()->isEnabled());
+    QVERIFY2(view.openExportButton()->toolTip().contains("no longer on disk"),
+             qPrintable(view.openExportButton()->toolTip()));
+    view.selectRun(none);
+    QVERIFY(!view.openExportButton()->isEnabled());
+    QVERIFY(view.openExportButton()->toolTip().contains("has no export"));
+
+    // The owner dies while the table is watched: no write to the store, yet the
+    // row turns interrupted by itself.
+    view.selectRun(dying);
+    QVERIFY(!view.resumeButton()->isEnabled());
+    sleeper.kill();
+    QVERIFY(sleeper.waitForFinished());
+    QTRY_COMPARE_WITH_TIMEOUT(status(dying), QString("interrupted"), 10000);
+    QTRY_VERIFY_WITH_TIMEOUT(view.resumeButton()->isEnabled(), 5000);
+
+    view.resize(1280, 720);
+    view.show();
+    view.selectRun(dead);
+    QVERIFY(QTest::qWaitForWindowExposed(&view));
+    QTest::qWait(50);
+    QVERIFY(view.grab().save(QDir(lrq::test::outputDir()).filePath("runs_view_interrupted.png")));
   }
 };
 

@@ -192,6 +192,10 @@ MainWindow::MainWindow(QWidget *parent) : QMainWindow(parent) {
     quantizeView_->resumeRun(runId, runs_->model()->storePath());
   });
   connect(runs_, &RunsView::exportRequested, this, &MainWindow::exportRun);
+  connect(runs_, &RunsView::openModelRequested, this, [this](const QString &path) {
+    showView(QStringLiteral("model"));
+    openModel(path);
+  });
   connect(runs_, &RunsView::compareRequested, this, [this](const QStringList &ids) {
     compare_->setRuns(runs_->model()->storePath(), ids);
     showView(QStringLiteral("compare"));

@@ -922,8 +922,8 @@ void QuantizeView::chooseRunToResume() {
   try {
     RunStore store = RunStore::open(RunStore::defaultPath());
     for (const RunInfo &run : store.listRuns()) {
-      if (run.status == RunStatus::Finished)
-        continue;
+      if (run.status == RunStatus::Finished || run.status == RunStatus::Running)
+        continue; // nothing to resume, or its process is still at it
       try {
         if (!methodInfo(run.method).canResume)
           continue;

@@ -20,6 +20,9 @@ namespace {
 // A reader on the UI thread must not wait long for a writer: WAL readers are
 // not blocked by writers, so this only matters for deletes and checkpoints.
 constexpr int kUiBusyTimeoutMs = 500;
+// While a run shows running, its owner's liveness is checked this often even
+// when the store file did not change.
+constexpr qint64 kLivenessRecheckMs = 2000;
 
 QString qs(const std::string &s) {
   return QString::fromStdString(s);
@@ -68,7 +71,9 @@ bool runInfoDiffers(const RunInfo &a, const RunInfo &b) {
          a.method != b.method || a.schemeJson != b.schemeJson ||
          a.hyperparametersJson != b.hyperparametersJson || a.created != b.created ||
          a.model.path != b.model.path || a.model.digest != b.model.digest ||
-         a.engineVersion != b.engineVersion;
+         a.engineVersion != b.engineVersion || a.owner.pid != b.owner.pid ||
+         a.owner.host != b.owner.host || a.owner.start != b.owner.start ||
+         a.exportDir != b.exportDir || a.packedPath != b.packedPath;
 }
 
 RunsTableModel::RunsTableModel(QObject *parent) : QAbstractTableModel(parent) {
@@ -122,7 +127,13 @@ RunsTableModel::FileStamp RunsTableModel::stamp() const {
 void RunsTableModel::poll() {
   if (path_.isEmpty())
     return;
-  if (!(stamp() == lastStamp_))
+  // A killed process writes nothing: while a run shows running, look again
+  // now and then whether its owner is still alive.
+  bool running = false;
+  for (const Row &row : rows_)
+    running = running || row.info.status == RunStatus::Running;
+  if (!(stamp() == lastStamp_) ||
+      (running && (!sinceRefresh_.isValid() || sinceRefresh_.elapsed() >= kLivenessRecheckMs)))
     refresh();
 }
 
@@ -187,6 +198,7 @@ void RunsTableModel::refresh() {
   // The stamp is taken before reading, so a write during the read shows up
   // as a change at the next poll.
   lastStamp_ = stamp();
+  sinceRefresh_.start();
   if (!ensureOpen()) {
     emit refreshed();
     return;
@@ -407,10 +419,21 @@ QVariant RunsTableModel::data(const QModelIndex &index, int role) const {
       return QBrush(QColor(0xb7, 0x1c, 0x1c));
     case RunStatus::Cancelled:
       return QBrush(QColor(0x8a, 0x6d, 0x00));
+    case RunStatus::Interrupted:
+      return QBrush(QColor(0x6a, 0x1b, 0x9a));
     }
     return {};
   case Qt::ToolTipRole: {
     QString tip = tr("Run %1").arg(qs(row.info.id));
+    if (row.info.status == RunStatus::Running && row.info.owner.known())
+      tip += QLatin1Char('\n') +
+             tr("Running in process %1 on %2").arg(row.info.owner.pid).arg(qs(row.info.owner.host));
+    if (row.info.status == RunStatus::Interrupted)
+      tip += QLatin1Char('\n') +
+             tr("Interrupted: its process (%1 on %2) is gone; Resume goes on from the last "
+                "finished block")
+                 .arg(row.info.owner.pid)
+                 .arg(qs(row.info.owner.host));
     if (!row.info.error.empty())
       tip += QLatin1Char('\n') + qs(row.info.error);
     if (column == BitsColumn)

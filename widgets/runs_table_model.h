@@ -4,9 +4,11 @@
 // timer compares the sizes and modification times of the store and its WAL
 // and reloads only when they moved. Reloading keeps rows by run id (rows
 // changed in place, new runs inserted, deleted runs removed), so views keep
-// their selection. Store errors (locked, damaged, unreadable) never throw out
-// of the model: they are kept in lastError() and signalled.
+// their selection. While a run shows running, the list is also reread every
+// 2 s, so a run whose process was killed turns "interrupted". Store errors (locked, damaged,
+// unreadable) never throw out of the model: they are kept in lastError() and signalled.
 #include <QAbstractTableModel>
+#include <QElapsedTimer>
 #include <QHash>
 #include <QString>
 #include <QStringList>
@@ -139,6 +141,7 @@ private:
   QVector<Row> rows_;
   QTimer *timer_ = nullptr;
   FileStamp lastStamp_;
+  QElapsedTimer sinceRefresh_;
   QString lastError_;
   double lastRefreshMs_ = 0;
   // Model shapes by model path, read once (nullopt: not readable).

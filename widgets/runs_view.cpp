@@ -3,6 +3,10 @@
 #include "widgets/plot_style.h"
 
 #include <QComboBox>
+#include <QDateTime>
+#include <QDir>
+#include <QFile>
+#include <QFileInfo>
 #include <QHBoxLayout>
 #include <QHeaderView>
 #include <QItemSelectionModel>
@@ -26,6 +30,7 @@
 #include <cmath>
 #include <set>
 
+#include "core/session/quantize_job.h"
 #include "widgets/runs_table_model.h"
 
 namespace lrq::ui {
@@ -190,6 +195,18 @@ void flatten(const QJsonObject &o, const QString &prefix, QList<QPair<QString, Q
   }
 }
 
+// "pid 1234 on host, last heartbeat 10:15:02" (the run's owner process).
+QString ownerText(const RunInfo &run) {
+  if (!run.owner.known())
+    return RunsView::tr("not recorded");
+  QString text = RunsView::tr("pid %1 on %2").arg(run.owner.pid).arg(qs(run.owner.host));
+  if (run.heartbeat > 0)
+    text += RunsView::tr(", last heartbeat %1")
+                .arg(QDateTime::fromMSecsSinceEpoch(qint64(run.heartbeat * 1000.0))
+                         .toString(QStringLiteral("yyyy-MM-dd HH:mm:ss")));
+  return text;
+}
+
 QString tableHtml(const QList<QPair<QString, QString>> &rows) {
   QString html = QStringLiteral("<table cellspacing='0' cellpadding='1'>");
   for (const auto &[key, value] : rows)
@@ -214,8 +231,8 @@ RunsView::RunsView(QWidget *parent) : QWidget(parent) {
   statusFilter_ = new QComboBox(this);
   statusFilter_->setObjectName(QStringLiteral("runsStatusFilter"));
   statusFilter_->addItem(tr("All statuses"), QString());
-  for (RunStatus s :
-       {RunStatus::Running, RunStatus::Finished, RunStatus::Cancelled, RunStatus::Failed})
+  for (RunStatus s : {RunStatus::Running, RunStatus::Interrupted, RunStatus::Finished,
+                      RunStatus::Cancelled, RunStatus::Failed})
     statusFilter_->addItem(QString::fromLatin1(runStatusName(s)),
                            QString::fromLatin1(runStatusName(s)));
   count_ = new QLabel(this);
@@ -224,8 +241,11 @@ RunsView::RunsView(QWidget *parent) : QWidget(parent) {
   compare_->setToolTip(tr("Compare the selected runs side by side (select two or more)"));
   export_ = new QPushButton(tr("Export…"), this);
   export_->setToolTip(tr("Export the selected finished run's quantized model"));
+  openExport_ = new QPushButton(tr("Open Export"), this);
+  openExport_->setObjectName(QStringLiteral("openExport"));
   resume_ = new QPushButton(tr("Resume"), this);
-  resume_->setToolTip(tr("Continue a cancelled or failed run from its last checkpoint"));
+  resume_->setToolTip(
+      tr("Continue an interrupted, cancelled or failed run from its last checkpoint"));
   delete_ = new QPushButton(tr("Delete"), this);
   delete_->setToolTip(tr("Delete the selected runs from the store"));
 
@@ -236,6 +256,7 @@ RunsView::RunsView(QWidget *parent) : QWidget(parent) {
   bar->addStretch(1);
   bar->addWidget(compare_);
   bar->addWidget(export_);
+  bar->addWidget(openExport_);
   bar->addWidget(resume_);
   bar->addWidget(delete_);
 
@@ -385,6 +406,13 @@ RunsView::RunsView(QWidget *parent) : QWidget(parent) {
     if (ids.size() == 1)
       emit exportRequested(ids.first());
   });
+  connect(openExport_, &QPushButton::clicked, this, [this] {
+    const QStringList ids = selectedRunIds();
+    const RunInfo *one = ids.size() == 1 ? model_->runInfo(model_->rowOfRun(ids.first())) : nullptr;
+    const QString path = one ? openableExport(*one) : QString();
+    if (!path.isEmpty())
+      emit openModelRequested(path);
+  });
   connect(compare_, &QPushButton::clicked, this, [this] {
     const QStringList ids = selectedRunIds();
     if (ids.size() >= 2)
@@ -483,12 +511,66 @@ void RunsView::updateActions() {
   const RunInfo *one = ids.size() == 1 ? model_->runInfo(model_->rowOfRun(ids.first())) : nullptr;
   delete_->setEnabled(!ids.isEmpty());
   resume_->setEnabled(one &&
-                      (one->status == RunStatus::Cancelled || one->status == RunStatus::Failed));
+                      (one->status == RunStatus::Interrupted ||
+                       one->status == RunStatus::Cancelled || one->status == RunStatus::Failed));
+  if (one && one->status == RunStatus::Running)
+    resume_->setToolTip(qs(stillRunningMessage(one->id, one->owner, one->heartbeat)) +
+                        tr(": only a run whose process is gone (interrupted), cancelled or "
+                           "failed can be resumed"));
+  else if (one && one->status == RunStatus::Finished)
+    resume_->setToolTip(tr("Run %1 has finished: there is nothing to resume").arg(qs(one->id)));
+  else
+    resume_->setToolTip(
+        tr("Continue an interrupted, cancelled or failed run from its last checkpoint"));
   export_->setEnabled(one && one->status == RunStatus::Finished);
+  QString why;
+  const QString exported = one ? openableExport(*one, &why) : QString();
+  openExport_->setEnabled(!exported.isEmpty());
+  openExport_->setToolTip(!one                 ? tr("Select one run to open its exported model")
+                          : exported.isEmpty() ? why
+                                               : tr("Open %1 as the current model").arg(exported));
   compare_->setEnabled(ids.size() >= 2);
   const int shown = proxy_->rowCount(), total = model_->rowCount();
   count_->setText(shown == total ? tr("%n run(s)", nullptr, total)
                                  : tr("%1 of %n run(s)", nullptr, total).arg(shown));
+}
+
+QString RunsView::openableExport(const RunInfo &run, QString *reason) {
+  const QString id = qs(run.id);
+  auto fail = [reason](const QString &why) {
+    if (reason)
+      *reason = why;
+    return QString();
+  };
+  QString dir = qs(run.exportDir), packed = qs(run.packedPath);
+  if (dir.isEmpty() && packed.isEmpty() && run.status != RunStatus::Finished) {
+    // Not recorded yet: what its saved request (resumable runs) asks for.
+    QFile file(qs(quantizeRequestFile(defaultWorkDir(run.id))));
+    if (file.open(QIODevice::ReadOnly)) {
+      const QJsonObject saved = QJsonDocument::fromJson(file.readAll()).object();
+      if (saved.value(QStringLiteral("run_id")).toString() == id) {
+        const QJsonObject request = saved.value(QStringLiteral("request")).toObject();
+        dir = request.value(QStringLiteral("export_dir")).toString();
+        packed = request.value(QStringLiteral("packed_path")).toString();
+      }
+    }
+  }
+  if (dir.isEmpty() && packed.isEmpty())
+    return fail(tr("Run %1 has no export: give a run an HF folder or a packed file as its "
+                   "output (Quantize view, Output), or export it with Export…")
+                    .arg(id));
+  if (!dir.isEmpty() && QFileInfo(dir).isDir() &&
+      QFileInfo(QDir(dir).filePath(QStringLiteral("config.json"))).isFile())
+    return dir;
+  if (!packed.isEmpty() && QFileInfo(packed).isFile())
+    return packed;
+  const QString where = !dir.isEmpty() ? dir : packed;
+  if (run.status == RunStatus::Running)
+    return fail(tr("Run %1 is still running; its export %2 is written at its end").arg(id, where));
+  if (run.status != RunStatus::Finished)
+    return fail(tr("Run %1 did not finish: its export %2 was not written (%3)")
+                    .arg(id, where, QString::fromLatin1(runStatusName(run.status))));
+  return fail(tr("The export of run %1 is no longer on disk: %2").arg(id, where));
 }
 
 void RunsView::deleteSelected() {
@@ -571,6 +653,13 @@ void RunsView::fillSettings(const RunRecord &run) {
                 .arg(run.status == RunStatus::Cancelled ? tr("Cancelled:") : tr("Error:"),
                      qs(run.error).toHtmlEscaped());
 
+  if (run.status == RunStatus::Interrupted)
+    html += QStringLiteral("<p style='color:#6a1b9a'><b>%1</b> %2</p>")
+                .arg(tr("Interrupted:"),
+                     tr("its process (%1) is gone. Resume goes on from the last finished block.")
+                         .arg(ownerText(run))
+                         .toHtmlEscaped());
+
   const int row = model_->rowOfRun(qs(run.id));
   QList<QPair<QString, QString>> summary{
       {tr("status"), QString::fromLatin1(runStatusName(run.status))},
@@ -582,6 +671,12 @@ void RunsView::fillSettings(const RunRecord &run) {
       {tr("engine"), qs(run.engineVersion)}};
   if (const std::optional<double> bits = model_->bitsPerWeight(row))
     summary.insert(4, {tr("bits per weight (est.)"), QString::number(*bits, 'f', 3)});
+  if (run.status == RunStatus::Running || run.status == RunStatus::Interrupted)
+    summary.append({tr("process"), ownerText(run)});
+  if (!run.exportDir.empty())
+    summary.append({tr("export"), qs(run.exportDir)});
+  if (!run.packedPath.empty())
+    summary.append({tr("packed export"), qs(run.packedPath)});
   html += tableHtml(summary);
 
   section(tr("Hyperparameters"));

@@ -3,7 +3,9 @@
 // (kept current while the command line writes to the same store) and, for the
 // selected run, its settings, per-block reconstruction loss curves, per-layer
 // SQNR by block and singular-value spectra. Actions on the selection: delete,
-// resume, export, compare (the last three are signals for the main window).
+// resume (interrupted, cancelled or failed runs; a run whose process is alive
+// is refused), export, open export, compare (all but delete are signals for
+// the main window).
 #include <QList>
 #include <QString>
 #include <QStringList>
@@ -61,6 +63,13 @@ public:
   QPushButton *resumeButton() const { return resume_; }
   QPushButton *exportButton() const { return export_; }
   QPushButton *compareButton() const { return compare_; }
+  QPushButton *openExportButton() const { return openExport_; }
+
+  // The export of a run that can be opened as a model: its HF folder or
+  // packed file as recorded in the store (or, for a run that has not
+  // finished, as its saved request names it), when it is on disk. "" and
+  // *reason (why not) otherwise.
+  static QString openableExport(const RunInfo &run, QString *reason = nullptr);
   QComboBox *spectrumLayerCombo() const { return spectrumLayer_; }
   QComboBox *spectrumKindCombo() const { return spectrumKind_; }
   QTabWidget *plotTabs() const { return tabs_; }
@@ -74,6 +83,8 @@ signals:
   void resumeRequested(const QString &runId);
   void exportRequested(const QString &runId);
   void compareRequested(const QStringList &runIds);
+  // Open this export (HF folder or packed file) as the current model.
+  void openModelRequested(const QString &path);
 
 private:
   void onSelectionChanged();
@@ -100,6 +111,7 @@ private:
   QPushButton *resume_ = nullptr;
   QPushButton *export_ = nullptr;
   QPushButton *compare_ = nullptr;
+  QPushButton *openExport_ = nullptr;
   QLabel *detailTitle_ = nullptr;
   QTextBrowser *settings_ = nullptr;
   QTabWidget *tabs_ = nullptr;

@@ -198,6 +198,7 @@ MethodReport runReconstructionMethod(MethodContext &ctx, const std::string &meth
   options.seed = ctx.seed;
   options.blocks = sel.blocks;
   options.workDir = ctx.workDir;
+  options.keepCheckpoint = ctx.keepCheckpoint;
   options.observer = ctx.observer;
   options.cancel = ctx.cancel;
   nlohmann::json identity = hyper;

@@ -46,6 +46,9 @@ struct MethodContext {
   const CancelToken *cancel = nullptr;
   std::string workDir; // per-run folder for caches and checkpoints ("" = none)
   bool spectra = true; // fill LayerReport::spectra (the run store's per-layer spectra)
+  // Leave the checkpoint in workDir when the method ends (the caller removes
+  // it once the whole run is recorded); false: the method removes it.
+  bool keepCheckpoint = false;
 };
 
 // Per-layer outcome; LayerErrorStats (rtn.h) plus what the method learned.

@@ -29,17 +29,19 @@ const char *runStatusName(RunStatus status) {
     return "failed";
   case RunStatus::Cancelled:
     return "cancelled";
+  case RunStatus::Interrupted:
+    return "interrupted";
   }
   return "unknown";
 }
 
 RunStatus parseRunStatus(const std::string &name) {
-  for (RunStatus s :
-       {RunStatus::Running, RunStatus::Finished, RunStatus::Failed, RunStatus::Cancelled})
+  for (RunStatus s : {RunStatus::Running, RunStatus::Finished, RunStatus::Failed,
+                      RunStatus::Cancelled, RunStatus::Interrupted})
     if (name == runStatusName(s))
       return s;
   throw Error("unknown run status '" + name +
-              "' (expected running, finished, failed or cancelled)");
+              "' (expected running, finished, failed, cancelled or interrupted)");
 }
 
 const char *defaultEngineVersion() {

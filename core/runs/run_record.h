@@ -7,11 +7,15 @@
 #include <string>
 #include <vector>
 
+#include "core/runs/run_liveness.h"
+
 namespace lrq {
 
-enum class RunStatus { Running, Finished, Failed, Cancelled };
+// Interrupted is never stored: a run stored as Running whose owner process is
+// gone (run_liveness.h) reads back as Interrupted.
+enum class RunStatus { Running, Finished, Failed, Cancelled, Interrupted };
 
-// "running", "finished", "failed", "cancelled".
+// "running", "finished", "failed", "cancelled", "interrupted".
 const char *runStatusName(RunStatus status);
 // Inverse of runStatusName; throws lrq::Error for anything else.
 RunStatus parseRunStatus(const std::string &name);
@@ -81,6 +85,14 @@ struct RunInfo {
   std::string error;                     // why a run failed (or was cancelled)
   std::string notes;
   int blockCount = 0; // number of block records (filled when read back)
+  // Liveness: the process that runs (or last ran) it and when it last said so
+  // (seconds since the Unix epoch; 0 = not recorded). createRun records this
+  // process when owner.pid is 0 and now when heartbeat is 0.
+  RunOwner owner;
+  double heartbeat = 0;
+  // What the run exported, recorded once each export is complete ("" = none).
+  std::string exportDir;
+  std::string packedPath;
 };
 
 // A run with everything recorded for it.

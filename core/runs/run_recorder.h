@@ -1,8 +1,12 @@
 #pragma once
 // Records a run as it happens: an observer that turns the engine's progress
 // events into run-store rows (block curves, metrics, final status) and passes
-// every event on to another observer (the terminal or the desktop).
+// every event on to another observer (the terminal or the desktop). Every event
+// also refreshes the run's heartbeat (at most every heartbeatInterval seconds;
+// always at a block's end), which tells readers on other hosts that the run
+// is alive.
 #include <chrono>
+#include <mutex>
 #include <set>
 #include <string>
 #include <utility>
@@ -31,6 +35,11 @@ public:
   // Marks the run cancelled (there is no observer event for it).
   void cancelled();
 
+  // Seconds between two heartbeats at most (default 2; 0 = at every event).
+  void setHeartbeatInterval(double seconds) { heartbeatInterval_ = seconds; }
+  // Refreshes the heartbeat now, or when the interval has passed (throttled).
+  void heartbeat(bool now = false);
+
   void started(const std::string &task, int64_t total) override;
   void progress(int64_t done, int64_t total, const std::string &detail) override;
   void blockStarted(int block, int blockCount) override;
@@ -54,6 +63,10 @@ private:
   std::vector<LossPoint> curve_;
   std::string storageError_;
   std::set<std::pair<int, std::string>> reportedLayers_;
+  double heartbeatInterval_ = 2.0;
+  std::chrono::steady_clock::time_point lastBeat_;
+  std::string heartbeatError_; // said once, not at every beat
+  std::mutex beatMutex_;       // events may come from several threads
 };
 
 } // namespace lrq

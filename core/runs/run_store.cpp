@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -14,6 +15,7 @@
 #include "core/data/default_assets.h"
 #include "core/runs/run_blob.h"
 #include "core/runs/run_comparison.h"
+#include "core/runs/run_liveness.h"
 #include "core/runs/sqlite_db.h"
 
 namespace fs = std::filesystem;
@@ -94,6 +96,20 @@ const char *const kRunColumns =
     "hyperparameters_json, engine_version, total_seconds, error, notes, "
     "(SELECT count(*) FROM run_blocks b WHERE b.run_seq = runs.seq)";
 
+// Columns added after schema version 1 shipped. Older builds ignore them, so
+// they need no new version: open() adds the missing ones.
+struct AddedColumn {
+  const char *name;
+  const char *type;
+};
+const AddedColumn kAddedColumns[] = {
+    {"owner_pid", "INTEGER"}, {"owner_host", "TEXT"}, {"owner_start", "TEXT"},
+    {"heartbeat", "REAL"},    {"export_dir", "TEXT"}, {"packed_path", "TEXT"},
+};
+const char *const kAddedSelect =
+    ", owner_pid, owner_host, owner_start, heartbeat, export_dir, packed_path";
+const char *const kAddedNulls = ", NULL, NULL, NULL, NULL, NULL, NULL";
+
 struct Timestamp {
   std::string iso;    // 2026-11-23T10:15:02.123Z
   std::string idStem; // 20261123-101502
@@ -137,6 +153,12 @@ RunInfo readRunInfo(const Statement &q) {
   info.error = q.text(11);
   info.notes = q.text(12);
   info.blockCount = static_cast<int>(q.integer(13));
+  info.owner.pid = q.isNull(14) ? 0 : q.integer(14);
+  info.owner.host = q.text(15);
+  info.owner.start = q.text(16);
+  info.heartbeat = q.isNull(17) ? 0 : q.real(17);
+  info.exportDir = q.text(18);
+  info.packedPath = q.text(19);
   return info;
 }
 
@@ -147,8 +169,65 @@ struct RunStore::Impl {
   int version = 0;
   std::mutex mutex;
   std::mt19937_64 rng{std::random_device{}()};
+  LivenessOptions liveness;
+  bool addedColumns = false; // kAddedColumns exist (false: a store we could not add them to)
 
   const std::string &path() const { return db->path(); }
+
+  std::string runColumns() const {
+    return std::string(kRunColumns) + (addedColumns ? kAddedSelect : kAddedNulls);
+  }
+
+  std::vector<std::string> missingColumns() {
+    Statement q(*db, "SELECT name FROM pragma_table_info('runs')");
+    std::vector<std::string> have;
+    while (q.step())
+      have.push_back(q.text(0));
+    std::vector<std::string> missing;
+    for (const AddedColumn &c : kAddedColumns)
+      if (std::find(have.begin(), have.end(), c.name) == have.end())
+        missing.push_back(c.name);
+    return missing;
+  }
+
+  // Adds the columns an older build's store lacks. A store that cannot be
+  // written (read-only) still reads: its runs then have no owner.
+  void addMissingColumns() {
+    if (missingColumns().empty()) {
+      addedColumns = true;
+      return;
+    }
+    try {
+      Transaction txn(*db, true);
+      for (const std::string &name : missingColumns()) // again: another process may have
+        for (const AddedColumn &c : kAddedColumns)
+          if (name == c.name)
+            db->exec(std::string("ALTER TABLE runs ADD COLUMN ") + c.name + " " + c.type,
+                     "adding column " + name + " to the run store");
+      txn.commit();
+      addedColumns = true;
+    } catch (const Error &e) {
+      spdlog::warn("{} (runs read from it show no owner)", e.what());
+    }
+  }
+
+  // A run stored as running whose owner is gone reads as interrupted.
+  void deriveStatus(RunInfo &info, double now) const {
+    if (info.status == RunStatus::Running &&
+        runOwnerState(info.owner, info.heartbeat, parseIsoUtc(info.created), now, liveness) ==
+            OwnerState::Gone)
+      info.status = RunStatus::Interrupted;
+  }
+
+  // This process owns the run from now on.
+  void takeOwnership(int64_t seq) {
+    if (!addedColumns)
+      return;
+    const RunOwner &me = currentRunOwner();
+    Statement q(*db, "UPDATE runs SET owner_pid = ?, owner_host = ?, owner_start = ?, "
+                     "heartbeat = ? WHERE seq = ?");
+    q.bind(1, me.pid).bind(2, me.host).bind(3, me.start).bind(4, unixNow()).bind(5, seq).run();
+  }
 
   int readVersion() {
     Statement hasTable(*db, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND "
@@ -259,11 +338,12 @@ struct RunStore::Impl {
 
   // Reads the run row; returns its seq.
   int64_t readInfo(const std::string &id, RunInfo &info) {
-    Statement q(*db, (std::string("SELECT ") + kRunColumns + " FROM runs WHERE id = ?").c_str());
+    Statement q(*db, ("SELECT " + runColumns() + " FROM runs WHERE id = ?").c_str());
     q.bind(1, id);
     if (!q.step())
       throw NoSuchRun(id, path());
     info = readRunInfo(q);
+    deriveStatus(info, unixNow());
     const int64_t seq = q.integer(0);
     readMetrics(seq, info);
     return seq;
@@ -298,9 +378,11 @@ RunStore RunStore::open(const std::string &path, const RunStoreOptions &options)
   }
   auto impl = std::make_unique<Impl>();
   impl->db = std::make_unique<Database>(path, options.busyTimeoutMs);
+  impl->liveness = options.liveness;
   Database &db = *impl->db;
   db.exec("PRAGMA foreign_keys = ON", "opening the run store");
   impl->migrate();
+  impl->addMissingColumns();
   // WAL lets a reader (the desktop app) and a writer (a CLI run) work at once.
   // On file systems without shared memory SQLite keeps its rollback journal,
   // which still works, only with less concurrency.
@@ -354,6 +436,8 @@ std::string RunStore::createRun(const RunInfo &info) {
   Statement q(db, "INSERT INTO runs (id, created, status, model_path, model_digest, method, "
                   "scheme_json, hyperparameters_json, engine_version, total_seconds, error, "
                   "notes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+  if (info.status == RunStatus::Interrupted)
+    throw Error("run status interrupted is never stored (it is read from a running run's owner)");
   q.bind(1, id)
       .bind(2, info.created.empty() ? now.iso : info.created)
       .bind(3, std::string(runStatusName(info.status)))
@@ -371,6 +455,19 @@ std::string RunStore::createRun(const RunInfo &info) {
   const int64_t seq = sqlite3_last_insert_rowid(db.handle());
   for (const auto &[name, value] : info.metrics)
     impl_->insertMetric(seq, name, value);
+  if (impl_->addedColumns) {
+    const RunOwner &owner = info.owner.known() ? info.owner : currentRunOwner();
+    Statement o(db, "UPDATE runs SET owner_pid = ?, owner_host = ?, owner_start = ?, "
+                    "heartbeat = ?, export_dir = ?, packed_path = ? WHERE seq = ?");
+    o.bind(1, owner.pid)
+        .bind(2, owner.host)
+        .bind(3, owner.start)
+        .bind(4, info.heartbeat > 0 ? info.heartbeat : unixNow())
+        .bind(5, info.exportDir)
+        .bind(6, info.packedPath)
+        .bind(7, seq)
+        .run();
+  }
   txn.commit();
   return id;
 }
@@ -421,7 +518,11 @@ void RunStore::setNotes(const std::string &id, const std::string &notes) {
 
 void RunStore::finishRun(const std::string &id, RunStatus status, const std::string &error,
                          double totalSeconds) {
+  if (status == RunStatus::Interrupted)
+    throw Error("run status interrupted is never stored (it is read from a running run's owner)");
   impl_->write(id, [&](int64_t seq) {
+    if (status == RunStatus::Running)
+      impl_->takeOwnership(seq);
     Statement q(*impl_->db, "UPDATE runs SET status = ?, error = ? WHERE seq = ?");
     q.bind(1, std::string(runStatusName(status)))
         .bind(2, status == RunStatus::Running ? std::string() : error)
@@ -438,7 +539,7 @@ std::vector<RunInfo> RunStore::listRuns(const RunFilter &filter) const {
   std::lock_guard<std::mutex> lock(impl_->mutex);
   Database &db = *impl_->db;
   Transaction txn(db, false);
-  Statement q(db, (std::string("SELECT ") + kRunColumns +
+  Statement q(db, ("SELECT " + impl_->runColumns() +
                    " FROM runs WHERE (?1 IS NULL OR model_path = ?1 OR model_digest = ?1) "
                    "AND (?2 IS NULL OR method = ?2) AND (?3 IS NULL OR status = ?3) "
                    "ORDER BY created DESC, seq DESC LIMIT ?4")
@@ -447,14 +548,24 @@ std::vector<RunInfo> RunStore::listRuns(const RunFilter &filter) const {
     q.bind(1, filter.model);
   if (!filter.method.empty())
     q.bind(2, filter.method);
+  // Running and interrupted runs are both stored as running: the owner decides.
+  const bool live = filter.status && (*filter.status == RunStatus::Running ||
+                                      *filter.status == RunStatus::Interrupted);
   if (filter.status)
-    q.bind(3, std::string(runStatusName(*filter.status)));
-  q.bind(4, filter.limit > 0 ? static_cast<int64_t>(filter.limit) : int64_t{-1});
+    q.bind(3, std::string(runStatusName(live ? RunStatus::Running : *filter.status)));
+  q.bind(4, filter.limit > 0 && !live ? static_cast<int64_t>(filter.limit) : int64_t{-1});
   std::vector<RunInfo> runs;
   std::vector<int64_t> seqs;
+  const double now = unixNow();
   while (q.step()) {
-    runs.push_back(readRunInfo(q));
+    RunInfo info = readRunInfo(q);
+    impl_->deriveStatus(info, now);
+    if (live && info.status != *filter.status)
+      continue;
+    runs.push_back(std::move(info));
     seqs.push_back(q.integer(0));
+    if (filter.limit > 0 && int(runs.size()) == filter.limit)
+      break;
   }
   for (size_t i = 0; i < runs.size(); ++i)
     impl_->readMetrics(seqs[i], runs[i]);
@@ -525,6 +636,42 @@ RunRecord RunStore::getRun(const std::string &id) const {
   }
   txn.commit();
   return run;
+}
+
+void RunStore::heartbeat(const std::string &id) {
+  if (!impl_->addedColumns)
+    return;
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  Statement q(*impl_->db, "UPDATE runs SET heartbeat = ? WHERE id = ?");
+  q.bind(1, unixNow()).bind(2, id).run();
+  if (sqlite3_changes(impl_->db->handle()) == 0)
+    throw NoSuchRun(id, path());
+}
+
+RunInfo RunStore::claimRun(const std::string &id) {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  Transaction txn(*impl_->db, true); // nobody else claims or finishes it meanwhile
+  RunInfo info;
+  const int64_t seq = impl_->readInfo(id, info);
+  if (info.status == RunStatus::Running)
+    throw RunStillRunning(id, info.owner, info.heartbeat);
+  if (info.status == RunStatus::Finished)
+    throw Error("run " + id + " has finished: there is nothing to resume");
+  Statement q(*impl_->db, "UPDATE runs SET status = ?, error = '' WHERE seq = ?");
+  q.bind(1, std::string(runStatusName(RunStatus::Running))).bind(2, seq).run();
+  impl_->takeOwnership(seq);
+  txn.commit();
+  return info;
+}
+
+void RunStore::setExports(const std::string &id, const std::string &exportDir,
+                          const std::string &packedPath) {
+  if (!impl_->addedColumns)
+    throw FileError(path(), "cannot record exports in this run store (it could not be upgraded)");
+  impl_->write(id, [&](int64_t seq) {
+    Statement q(*impl_->db, "UPDATE runs SET export_dir = ?, packed_path = ? WHERE seq = ?");
+    q.bind(1, exportDir).bind(2, packedPath).bind(3, seq).run();
+  });
 }
 
 bool RunStore::hasRun(const std::string &id) const {

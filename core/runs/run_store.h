@@ -32,14 +32,31 @@ private:
   std::string id_;
 };
 
+// "run X is still running in process N": a run whose owner is alive cannot be
+// taken over (resumed) by another process.
+class RunStillRunning : public Error {
+public:
+  RunStillRunning(const std::string &id, const RunOwner &owner, double heartbeat)
+      : Error(stillRunningMessage(id, owner, heartbeat)), owner_(owner) {}
+  const RunOwner &owner() const { return owner_; }
+
+private:
+  RunOwner owner_;
+};
+
 struct RunStoreOptions {
   // How long a write waits for another writer (or a checkpoint) before failing.
   int busyTimeoutMs = 10000;
+  // When a run stored as running reads back as interrupted (run_liveness.h).
+  LivenessOptions liveness;
 };
 
 class RunStore {
 public:
   // The schema version this build writes; open() migrates older stores to it.
+  // Columns that older builds can ignore (the owner and heartbeat of a run,
+  // its exports) are added by open() where missing, without a new version, so
+  // that older builds keep opening the store.
   static constexpr int kSchemaVersion = 1;
 
   // Opens (creating if needed, with its parent directories) the store at path.
@@ -78,11 +95,22 @@ public:
   void setNotes(const std::string &id, const std::string &notes);
   // Sets the final status and error text (empty for a finished run). A
   // totalSeconds < 0 keeps the stored timing. Status Running reopens a run
-  // (resume) and clears its error.
+  // (resume), clears its error and makes this process its owner; Interrupted
+  // is never stored (lrq::Error).
   void finishRun(const std::string &id, RunStatus status, const std::string &error = {},
                  double totalSeconds = -1);
+  // Liveness: the owner says it is still at work (the run's heartbeat := now).
+  void heartbeat(const std::string &id);
+  // Takes over a run to resume it, in one transaction: throws RunStillRunning
+  // when its owner is alive, lrq::Error when it has finished; otherwise marks
+  // it running, owned by this process, and returns it as it was before.
+  RunInfo claimRun(const std::string &id);
+  // What the run exported (either may be "" for none).
+  void setExports(const std::string &id, const std::string &exportDir,
+                  const std::string &packedPath);
 
-  // Newest first.
+  // Newest first. Runs stored as running show as Interrupted when their owner
+  // is gone (also for the status filter).
   std::vector<RunInfo> listRuns(const RunFilter &filter = {}) const;
   RunInfo getRunInfo(const std::string &id) const;
   RunRecord getRun(const std::string &id) const; // blocks, layers and spectra too

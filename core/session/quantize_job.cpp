@@ -28,6 +28,7 @@
 #include "core/quant/method.h"
 #include "core/quant/scheme.h"
 #include "core/quant/smoothquant.h"
+#include "core/recon/block_reconstructor.h"
 #include "core/runs/run_recorder.h"
 #include "core/runs/run_store.h"
 
@@ -189,6 +190,71 @@ std::vector<SpectrumRecord> layerSpectra(const quant::MethodReport &report,
   return out;
 }
 
+// Passes every event on to the front end and keeps the run's heartbeat fresh,
+// recording nothing else: for the stages whose results the job records itself
+// (evaluation, export, activation calibration, SmoothQuant).
+class HeartbeatRelay : public ProgressObserver {
+public:
+  HeartbeatRelay(RunRecorder &recorder, ProgressObserver *forward)
+      : recorder_(recorder), forward_(forward) {}
+  void started(const std::string &task, int64_t total) override {
+    recorder_.heartbeat();
+    if (forward_)
+      forward_->started(task, total);
+  }
+  void progress(int64_t done, int64_t total, const std::string &detail) override {
+    recorder_.heartbeat();
+    if (forward_)
+      forward_->progress(done, total, detail);
+  }
+  void runStarted(const std::string &runId, const std::string &storePath) override {
+    if (forward_)
+      forward_->runStarted(runId, storePath);
+  }
+  void blockStarted(int block, int blockCount) override {
+    recorder_.heartbeat();
+    if (forward_)
+      forward_->blockStarted(block, blockCount);
+  }
+  void iterationLoss(int block, int iteration, double loss) override {
+    recorder_.heartbeat();
+    if (forward_)
+      forward_->iterationLoss(block, iteration, loss);
+  }
+  void blockFinished(int block, double initialLoss, double finalLoss, double seconds) override {
+    recorder_.heartbeat();
+    if (forward_)
+      forward_->blockFinished(block, initialLoss, finalLoss, seconds);
+  }
+  void layerFinished(int block, const std::string &role, double mse, double sqnrDb) override {
+    recorder_.heartbeat();
+    if (forward_)
+      forward_->layerFinished(block, role, mse, sqnrDb);
+  }
+  void metric(const std::string &name, double value) override {
+    recorder_.heartbeat();
+    if (forward_)
+      forward_->metric(name, value);
+  }
+  void log(LogLevel level, const std::string &message) override {
+    recorder_.heartbeat();
+    if (forward_)
+      forward_->log(level, message);
+  }
+  void finished() override {
+    if (forward_)
+      forward_->finished();
+  }
+  void failed(const std::string &message) override {
+    if (forward_)
+      forward_->failed(message);
+  }
+
+private:
+  RunRecorder &recorder_;
+  ProgressObserver *forward_;
+};
+
 // Everything one run carries from stage to stage.
 struct Job {
   Job(const QuantizeRequest &r, ProgressObserver *o, const CancelToken *c)
@@ -218,6 +284,7 @@ struct Job {
 
   std::unique_ptr<RunStore> store;
   std::unique_ptr<RunRecorder> recorder;
+  std::unique_ptr<HeartbeatRelay> relay;
   RunInfo info;
   nlohmann::json recordedHyper;
   QuantizeOutcome outcome;
@@ -235,6 +302,10 @@ struct Job {
   }
   ProgressObserver *progress() const {
     return recorder ? static_cast<ProgressObserver *>(recorder.get()) : observer;
+  }
+  // The front end's observer, with heartbeats once the run is recorded.
+  ProgressObserver *beating() const {
+    return relay ? static_cast<ProgressObserver *>(relay.get()) : observer;
   }
 };
 
@@ -329,17 +400,21 @@ void recordStartStage(Job &job) {
     const RunInfo earlier = job.store->getRunInfo(job.outcome.runId);
     if (earlier.status == RunStatus::Finished)
       throw Error("run " + job.outcome.runId + " has finished: there is nothing to resume");
+    if (earlier.status == RunStatus::Running) // its owner is alive
+      throw RunStillRunning(job.outcome.runId, earlier.owner, earlier.heartbeat);
     if (earlier.method != info.method || earlier.model.digest != info.model.digest ||
         nlohmann::json::parse(earlier.schemeJson) != nlohmann::json::parse(info.schemeJson))
       throw Error("run " + job.outcome.runId + " used another method, model or scheme");
-    job.earlierSeconds = earlier.totalSeconds;
-    job.store->finishRun(job.outcome.runId, RunStatus::Running);
+    // Checked again as this process takes the run over, in one transaction:
+    // two resumes of one run cannot both start.
+    job.earlierSeconds = job.store->claimRun(job.outcome.runId).totalSeconds;
     job.hyper["resume"] = true;
   } else {
     job.outcome.runId = job.store->createRun(info);
   }
   job.outcome.storePath = job.store->path();
   job.recorder = std::make_unique<RunRecorder>(*job.store, job.outcome.runId, job.observer);
+  job.relay = std::make_unique<HeartbeatRelay>(*job.recorder, job.observer);
   if (job.observer)
     job.observer->runStarted(job.outcome.runId, job.outcome.storePath);
   job.say("run " + job.outcome.runId + ": " + job.method->name() + " with " +
@@ -365,7 +440,7 @@ void smoothQuantStage(Job &job) {
   if (!job.request.smoothQuant)
     return;
   quant::SmoothQuantReport sq = quant::applySmoothQuant(
-      *job.model, job.calibration, job.smoothOptions, job.scheme.layers, job.observer, job.cancel);
+      *job.model, job.calibration, job.smoothOptions, job.scheme.layers, job.beating(), job.cancel);
   job.say("SmoothQuant (alpha " + std::to_string(job.request.smoothQuantAlpha) + ", groups " +
           quant::smoothGroupsName(job.smoothOptions.groups) + ") applied to " +
           std::to_string(sq.groups.size()) + " groups");
@@ -380,6 +455,9 @@ void methodStage(Job &job) {
       *job.model,         job.scheme, job.calibration, job.hyper, uint64_t(job.request.seed),
       job.recorder.get(), job.cancel, job.workDir};
   ctx.spectra = job.request.spectra;
+  // The checkpoint outlives the method: a run interrupted while it evaluates
+  // or exports resumes without redoing the reconstruction.
+  ctx.keepCheckpoint = job.checkpoints;
   job.report = job.method->run(ctx);
 }
 
@@ -389,7 +467,7 @@ void activationStage(Job &job) {
   if (job.scheme.activation.mode == quant::ActivationMode::None && !job.scheme.kv8)
     return;
   quant::ActivationInstallReport a = quant::installActivationQuantizers(
-      *job.model, job.scheme, job.calibration, job.observer, job.cancel);
+      *job.model, job.scheme, job.calibration, job.beating(), job.cancel);
   job.say("activation quantizers: " + std::to_string(a.inputTransforms) + " linear inputs, " +
           std::to_string(a.outputTransforms) + " KV outputs");
 }
@@ -436,7 +514,7 @@ void evaluateStage(Job &job) {
                                             : job.loaded->baselineNote) +
           ")");
   CompareResult c = compareToReference(*job.model, *job.reference, tokens, r.evalSeqLen,
-                                       job.observer, job.cancel, r.evalMaxWindows);
+                                       job.beating(), job.cancel, r.evalMaxWindows);
   auto &m = job.outcome.metrics;
   m["perplexity"] = c.perplexity;
   m["reference_perplexity"] = c.referencePerplexity;
@@ -462,7 +540,7 @@ void exportStage(Job &job) {
   if (!r.exportDir.empty()) {
     ExportResult e =
         exportHfDirectory(r.exportDir, job.loaded->config, job.model->weights(),
-                          exportTokenizerFor(*job.loaded), metadata, {}, job.observer, job.cancel);
+                          exportTokenizerFor(*job.loaded), metadata, {}, job.beating(), job.cancel);
     job.outcome.exportDir = e.path;
     job.say("exported " + std::to_string(e.tensors) + " tensors to " + e.path);
   }
@@ -472,10 +550,12 @@ void exportStage(Job &job) {
         job.method->name(), job.report.grids.empty() ? nullptr : &job.report.grids);
     embedTokenizer(packed, exportTokenizerFor(*job.loaded));
     packed.extraMetadataJson = metadata;
-    ExportResult e = writePackedModel(r.packedPath, packed, {}, job.observer, job.cancel);
+    ExportResult e = writePackedModel(r.packedPath, packed, {}, job.beating(), job.cancel);
     job.outcome.packedPath = e.path;
     job.say("packed export: " + e.path);
   }
+  // Recorded once complete: what the desktop offers to open.
+  job.store->setExports(job.outcome.runId, job.outcome.exportDir, job.outcome.packedPath);
 }
 
 void recordFinishStage(Job &job) {
@@ -488,10 +568,13 @@ void recordFinishStage(Job &job) {
   job.store->finishRun(job.outcome.runId, RunStatus::Finished, {},
                        job.earlierSeconds + job.outcome.seconds);
   if (job.checkpoints) {
+    // Only now that the run is recorded finished: until here it may resume.
     std::error_code ec;
+    fs::remove_all(recon::BlockReconstructor::checkpointDir(job.workDir), ec);
     fs::remove(job.requestFile, ec);
-    if (job.request.workDir.empty())
-      fs::remove(job.workDir, ec); // only when empty
+    // The run's own folder (also when a resume named it), only when empty.
+    if (job.request.workDir.empty() || job.workDir == defaultWorkDir(job.outcome.runId))
+      fs::remove(job.workDir, ec);
   }
 }
 

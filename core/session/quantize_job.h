@@ -24,11 +24,13 @@ struct QuantizeOutcome {
 };
 
 // Resuming. A run of a method that checkpoints (MethodInfo::canResume) saves
-// its request in its work directory (quantizeRequestFile) until it finishes.
-// resumeRequest reads it back for run `runId` of the store, from workDir or
-// else the run's default work directory, and returns it with resumeRunId set;
-// it throws lrq::Error with a clear message when the run is unknown or
-// finished or left no saved request or checkpoint.
+// its request in its work directory (quantizeRequestFile) and keeps its
+// checkpoint there until it is recorded finished. resumeRequest reads the
+// request back for run `runId` of the store, from workDir or else the run's
+// default work directory, and returns it with resumeRunId set; it throws
+// lrq::RunStillRunning when the run's process is alive, lrq::Error with a
+// clear message when the run is unknown or finished or left no saved request.
+// A run interrupted before its first checkpoint resumes from block 0.
 QuantizeRequest resumeRequest(const std::string &runId, const std::string &storePath,
                               const std::string &workDir = {});
 std::string defaultWorkDir(const std::string &runId);

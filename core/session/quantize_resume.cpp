@@ -7,7 +7,6 @@
 
 #include "core/common/error.h"
 #include "core/data/default_assets.h"
-#include "core/recon/block_reconstructor.h"
 #include "core/runs/run_store.h"
 #include "core/session/quantize_job.h"
 
@@ -78,6 +77,8 @@ QuantizeRequest resumeRequest(const std::string &runId, const std::string &store
   const RunInfo info = store.getRunInfo(id);
   if (info.status == RunStatus::Finished)
     throw Error("run " + id + " has finished: there is nothing to resume");
+  if (info.status == RunStatus::Running) // its owner is alive: interrupted runs resume
+    throw RunStillRunning(id, info.owner, info.heartbeat);
   const std::string dir = workDir.empty() ? defaultWorkDir(id) : workDir;
   const std::string path = quantizeRequestFile(dir);
   if (!fs::exists(path))
@@ -103,13 +104,8 @@ QuantizeRequest resumeRequest(const std::string &runId, const std::string &store
   r.resumeRunId = id;
   if (info.method != r.method)
     throw FileError(path, "names method " + r.method + " but run " + id + " used " + info.method);
-  const std::string state =
-      (fs::path(recon::BlockReconstructor::checkpointDir(dir)) / "state.json").string();
-  if (!fs::exists(state))
-    throw Error("run " + id + " cannot be resumed: no checkpoint in " +
-                recon::BlockReconstructor::checkpointDir(dir) +
-                " (interrupted before its first block finished, or after the reconstruction "
-                "ended); run it again from the start");
+  // No checkpoint yet (interrupted before its first block finished): the
+  // reconstruction starts again from block 0, into the same run.
   return r;
 }
 
