@@ -35,6 +35,11 @@ private:
 struct RunStoreOptions {
   // How long a write waits for another writer (or a checkpoint) before failing.
   int busyTimeoutMs = 10000;
+  // For reading only (listing, showing, comparing): nothing is created or
+  // written. A missing store is an lrq::FileError ("no such run store"); a
+  // store in a read-only directory can be read. A store of an older schema is
+  // opened for writing once, to migrate it.
+  bool readOnly = false;
 };
 
 class RunStore {
