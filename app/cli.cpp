@@ -418,7 +418,10 @@ int run(int argc, char **argv, std::ostream &out, std::ostream &err) {
                                    return commandInfo(args, listing, progress);
                                  });
     if (args.command == "eval")
-      return commandEval(args, out, progress);
+      return has(args, "json") ? commandEval(args, out, progress)
+                               : escapedListing(out, [&](std::ostream &listing) {
+                                   return commandEval(args, listing, progress);
+                                 });
     if (args.command == "generate")
       return commandGenerate(args, out, progress);
     if (args.command == "spectrum")
