@@ -1,6 +1,7 @@
 #include "app/cli.h"
 
 #include <nlohmann/json.hpp>
+#include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -10,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iomanip>
 #include <iostream>
 #include <map>
@@ -22,6 +24,7 @@
 #include "app/cli_quantize.h"
 #include "app/cli_support.h"
 #include "core/common/error.h"
+#include "core/common/text_escape.h"
 #include "core/data/default_assets.h"
 #include "core/session/model_session.h"
 #include "core/session/quantize_request.h"
@@ -345,6 +348,30 @@ int commandText(const Arguments &args, std::ostream &out) {
   return 0;
 }
 
+// A text listing shows strings read from files and stores (names, paths, ids):
+// it is written with their control characters escaped. JSON output escapes
+// them itself.
+int escapedListing(std::ostream &out, const std::function<int(std::ostream &)> &command) {
+  std::ostringstream text;
+  const int rc = command(text);
+  out << printableText(text.str()) << std::flush;
+  return rc;
+}
+
+// The log message (%v) with its control characters escaped.
+class PrintablePayload : public spdlog::custom_flag_formatter {
+public:
+  void format(const spdlog::details::log_msg &msg, const std::tm &,
+              spdlog::memory_buf_t &dest) override {
+    const std::string text =
+        printableText(std::string_view(msg.payload.data(), msg.payload.size()));
+    dest.append(text.data(), text.data() + text.size());
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override {
+    return std::make_unique<PrintablePayload>();
+  }
+};
+
 } // namespace
 
 int run(int argc, char **argv, std::ostream &out, std::ostream &err) {
@@ -379,16 +406,24 @@ int run(int argc, char **argv, std::ostream &out, std::ostream &err) {
     // stdout carries results (and JSON); every log line goes to stderr.
     if (!spdlog::get("lrq")) {
       auto logger = spdlog::stderr_color_mt("lrq");
-      logger->set_pattern("[%H:%M:%S] %^%l%$: %v");
+      auto formatter = std::make_unique<spdlog::pattern_formatter>();
+      formatter->add_flag<PrintablePayload>('*').set_pattern("[%H:%M:%S] %^%l%$: %*");
+      logger->set_formatter(std::move(formatter));
       spdlog::set_default_logger(logger);
     }
     spdlog::set_level(has(args, "quiet") ? spdlog::level::warn : spdlog::level::info);
 
     TerminalProgress progress(err, !has(args, "quiet"));
     if (args.command == "info")
-      return commandInfo(args, out, progress);
+      return has(args, "json") ? commandInfo(args, out, progress)
+                               : escapedListing(out, [&](std::ostream &listing) {
+                                   return commandInfo(args, listing, progress);
+                                 });
     if (args.command == "eval")
-      return commandEval(args, out, progress);
+      return has(args, "json") ? commandEval(args, out, progress)
+                               : escapedListing(out, [&](std::ostream &listing) {
+                                   return commandEval(args, listing, progress);
+                                 });
     if (args.command == "generate")
       return commandGenerate(args, out, progress);
     if (args.command == "spectrum")
@@ -398,18 +433,22 @@ int run(int argc, char **argv, std::ostream &out, std::ostream &err) {
     if (args.command == "quantize")
       return commandQuantize(args, out, progress);
     if (args.command == "runs")
-      return commandRuns(args, out);
+      return has(args, "json") ? commandRuns(args, out)
+                               : escapedListing(out, [&](std::ostream &listing) {
+                                   return commandRuns(args, listing);
+                                 });
     if (args.command == "methods")
       return commandMethods(args, out);
     throw UsageError("unknown command '" + args.command + "'");
   } catch (const UsageError &e) {
-    err << "lrq: " << e.what() << " (see lrq --help)\n";
+    err << "lrq: " << printableText(e.what()) << " (see lrq --help)\n";
     return 2;
   } catch (const Cancelled &) {
     err << "lrq: cancelled\n";
     return 130;
   } catch (const std::exception &e) {
-    err << "lrq: error: " << e.what() << "\n";
+    // Messages quote names and values from files: escaped, they cannot drive the terminal.
+    err << "lrq: error: " << printableText(e.what()) << "\n";
     return 1;
   }
 }

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <iomanip>
 #include <mutex>
 #include <ostream>
@@ -313,7 +314,21 @@ int commandRuns(const Arguments &args, std::ostream &out) {
     throw UsageError("'runs' needs a subcommand: list, show ID, compare ID ID..., delete ID");
   const std::string sub = args.positional[0];
   const bool json = has(args, "json");
-  RunStore store = RunStore::open(storePathOf(args));
+  if (sub != "list" && sub != "show" && sub != "compare" && sub != "delete")
+    throw UsageError("unknown 'runs' subcommand '" + sub + "' (list, show, compare, delete)");
+  // Reading creates nothing: no store file, no folders (only delete writes).
+  const std::string storePath = storePathOf(args);
+  RunStoreOptions storeOptions;
+  storeOptions.readOnly = sub != "delete";
+  std::error_code ec;
+  if (sub == "list" && !std::filesystem::exists(storePath, ec)) {
+    if (json)
+      out << nlohmann::json{{"store", storePath}, {"runs", nlohmann::json::array()}}.dump() << "\n";
+    else
+      out << "no runs in " << storePath << " (no run store there yet)\n";
+    return 0;
+  }
+  RunStore store = RunStore::open(storePath, storeOptions);
   if (sub == "list") {
     RunFilter filter;
     filter.model = stringOption(args, "model", "");

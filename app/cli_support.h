@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "core/common/progress.h"
+#include "core/common/text_escape.h"
 
 namespace lrq::cli {
 
@@ -75,7 +76,7 @@ public:
       line << (i < filled ? '#' : '.');
     line << "] " << std::setw(3) << int(fraction * 100) << "% " << done << "/" << total;
     if (!detail.empty())
-      line << "  " << detail;
+      line << "  " << printableText(detail); // tensor names from the file
     if (done > 0 && done < total)
       line << "  ETA " << formatSeconds(elapsed * double(total - done) / double(done));
     if (tty_) {
@@ -135,7 +136,7 @@ public:
     if (!enabled_ && level < LogLevel::Warning)
       return;
     std::lock_guard<std::mutex> lock(mutex_);
-    err_ << message << "\n" << std::flush;
+    err_ << printableText(message) << "\n" << std::flush;
   }
 
 private:

@@ -232,6 +232,20 @@ private slots:
     QCOMPARE(generateTokens(*tiny_, prompt, o), greedy);
   }
 
+  void generationStopsAtTheContextLength() {
+    // The tiny LLaMA has 64 positions: generation ends there (as OPT's does at its
+    // learned positions), and a prompt longer than that is refused.
+    const int64_t context = tiny_->config().maxPositions;
+    QVERIFY(context > 8);
+    SamplingOptions o;
+    o.maxNewTokens = 20;
+    const auto out =
+        generateTokens(*tiny_, randomTokens(context - 5, tiny_->config().vocabSize, 3), o);
+    QCOMPARE(int64_t(out.size()), int64_t(5));
+    QVERIFY_THROWS_EXCEPTION(
+        Error, generateTokens(*tiny_, randomTokens(context + 1, tiny_->config().vocabSize, 3), o));
+  }
+
   void topKRestrictsChoices() {
     // With top-k = 3 every sampled token is among the 3 largest logits of its step.
     const std::vector<int32_t> prompt = randomTokens(4, tiny_->config().vocabSize, 8);

@@ -58,7 +58,9 @@ bool CompareModel::setRuns(const QString &storePath, const QStringList &ids) {
     report(tr("no run store at %1").arg(storePath));
   } else {
     try {
-      const lrq::RunStore store = lrq::RunStore::open(storePath.toStdString());
+      lrq::RunStoreOptions readOnly; // comparing writes nothing
+      readOnly.readOnly = true;
+      const lrq::RunStore store = lrq::RunStore::open(storePath.toStdString(), readOnly);
       std::vector<std::string> found;
       for (const QString &id : ids) {
         try {

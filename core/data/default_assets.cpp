@@ -290,6 +290,49 @@ TextSplit defaultText() {
   return split;
 }
 
+size_t firstInvalidUtf8(const std::string &text) {
+  size_t i = 0;
+  while (i < text.size()) {
+    const auto lead = static_cast<unsigned char>(text[i]);
+    if (lead < 0x80) {
+      ++i;
+      continue;
+    }
+    // The second byte's range depends on the lead (Unicode table 3-7): it rules
+    // out overlong forms (E0 80..9F, F0 80..8F), surrogates (ED A0..BF) and
+    // code points past U+10FFFF (F4 90..BF, F5..FF).
+    size_t length = 0;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (lead >= 0xC2 && lead <= 0xDF) {
+      length = 2;
+    } else if (lead >= 0xE0 && lead <= 0xEF) {
+      length = 3;
+      if (lead == 0xE0)
+        lo = 0xA0;
+      else if (lead == 0xED)
+        hi = 0x9F;
+    } else if (lead >= 0xF0 && lead <= 0xF4) {
+      length = 4;
+      if (lead == 0xF0)
+        lo = 0x90;
+      else if (lead == 0xF4)
+        hi = 0x8F;
+    } else {
+      return i; // C0, C1 (overlong ASCII), F5..FF, or a stray continuation byte
+    }
+    if (i + length > text.size())
+      return i;
+    const auto second = static_cast<unsigned char>(text[i + 1]);
+    if (second < lo || second > hi)
+      return i;
+    for (size_t k = 2; k < length; ++k)
+      if ((static_cast<unsigned char>(text[i + k]) & 0xC0) != 0x80)
+        return i;
+    i += length;
+  }
+  return std::string::npos;
+}
+
 std::string readTextFile(const std::string &path) {
   std::ifstream in(path, std::ios::binary);
   if (!in)
@@ -298,21 +341,9 @@ std::string readTextFile(const std::string &path) {
   content << in.rdbuf();
   std::string text = content.str();
   // Validate UTF-8 so tokenizers never see broken sequences.
-  size_t i = 0;
-  while (i < text.size()) {
-    unsigned char c = static_cast<unsigned char>(text[i]);
-    size_t length = c < 0x80           ? 1
-                    : (c >> 5) == 0x6  ? 2
-                    : (c >> 4) == 0xe  ? 3
-                    : (c >> 3) == 0x1e ? 4
-                                       : 0;
-    if (length == 0 || i + length > text.size())
-      throw FileError(path, "not valid UTF-8 at byte " + std::to_string(i));
-    for (size_t k = 1; k < length; ++k)
-      if ((static_cast<unsigned char>(text[i + k]) >> 6) != 0x2)
-        throw FileError(path, "not valid UTF-8 at byte " + std::to_string(i));
-    i += length;
-  }
+  const size_t bad = firstInvalidUtf8(text);
+  if (bad != std::string::npos)
+    throw FileError(path, "not valid UTF-8 at byte " + std::to_string(bad));
   if (text.empty())
     throw FileError(path, "text file is empty");
   return text;

@@ -32,5 +32,9 @@ struct TextSplit {
 TextSplit defaultText();
 // Reads a user's UTF-8 text file (throws lrq::FileError on missing/invalid UTF-8).
 std::string readTextFile(const std::string &path);
+// Offset of the first byte that does not start a well-formed UTF-8 sequence
+// (overlong forms, surrogates U+D800..U+DFFF and code points past U+10FFFF are
+// not well formed), or std::string::npos when the whole text is.
+size_t firstInvalidUtf8(const std::string &text);
 
 } // namespace lrq

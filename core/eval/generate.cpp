@@ -56,6 +56,15 @@ std::vector<int32_t> generateTokens(const DecoderModel &model, const std::vector
                   " tokens is longer than the model's " +
                   std::to_string(model.weights().positionEmbedding.size(0) - 2) + " positions");
     limit = std::min(limit, room);
+  } else if (model.config().maxPositions > 0) {
+    // Past the context length the rotary positions are ones the model never
+    // saw: stop there, as for OPT (evaluation refuses longer windows).
+    const int64_t context = model.config().maxPositions;
+    if (promptLen > context)
+      throw Error("generation: the prompt of " + std::to_string(promptLen) +
+                  " tokens is longer than the model's context of " + std::to_string(context) +
+                  " tokens");
+    limit = std::min(limit, context - promptLen);
   }
 
   KvCache cache(model.numBlocks());

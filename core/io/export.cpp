@@ -5,14 +5,17 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <set>
 
 #include "core/common/error.h"
+#include "core/common/text_escape.h"
 #include "core/io/file_util.h"
 #include "core/io/hf_config.h"
 #include "core/io/mapped_file.h"
@@ -758,15 +761,28 @@ PackedModel loadPackedModel(const std::string &path, ProgressObserver *observer,
     throw FileError(path, "__metadata__ format is '" + metaValue("format") + "', not '" +
                               kPackedFormatName + "'");
   PackedModel pm;
-  try {
-    pm.formatVersion = std::stoi(metaValue("format_version"));
-  } catch (const std::logic_error &) {
-    throw FileError(path, "format_version '" + metaValue("format_version") + "' is not a number");
+  {
+    // Digits only, as the writer writes it: "1abc", " 1" or "+1" are not versions.
+    const std::string &text = metaValue("format_version");
+    const bool digits =
+        !text.empty() && text.size() <= 9 &&
+        std::all_of(text.begin(), text.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
+    if (!digits)
+      throw FileError(path, "format_version '" + printableText(text) + "' is not a number");
+    pm.formatVersion = std::stoi(text);
   }
   if (pm.formatVersion < 1 || pm.formatVersion > kPackedFormatVersion)
     throw FileError(path, "packed format version " + std::to_string(pm.formatVersion) +
                               " is not supported (this program reads 1.." +
                               std::to_string(kPackedFormatVersion) + ")");
+  // The scheme says whether the grids are symmetric; the layers must agree.
+  std::optional<bool> schemeSymmetric;
+  {
+    const json scheme = json::parse(metaValue("scheme"), nullptr, false);
+    if (scheme.is_object() && scheme.contains("weight") && scheme["weight"].is_object() &&
+        scheme["weight"].contains("symmetric") && scheme["weight"]["symmetric"].is_boolean())
+      schemeSymmetric = scheme["weight"]["symmetric"].get<bool>();
+  }
   pm.schemeJson = metaValue("scheme");
   pm.method = metaValue("method");
   if (auto it = meta.find("metadata"); it != meta.end())
@@ -811,24 +827,47 @@ PackedModel loadPackedModel(const std::string &path, ProgressObserver *observer,
         throw FileError(path, "missing tensor " + name + suffix);
       return *info;
     };
-    int bits = 0;
-    int64_t qmin = 0, groupSize = 0, out = 0, in = 0;
-    try {
-      bits = layer.at("bits").get<int>();
-      qmin = layer.at("qmin").get<int64_t>();
-      groupSize = layer.at("group_size").get<int64_t>();
-      out = layer.at("shape").at(0).get<int64_t>();
-      in = layer.at("shape").at(1).get<int64_t>();
-    } catch (const json::exception &) {
+    // Integers only (2^32 + 4 or 4.7 bits are not 4 bits), then the writer's ranges.
+    auto integer = [&](const json &v, const char *key) -> int64_t {
+      if (!v.is_number_integer() ||
+          (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX)))
+        throw FileError(path,
+                        "__metadata__ layers entry of " + name + ": " + key + " is not an integer");
+      return v.get<int64_t>();
+    };
+    int64_t bits = 0, qmin = 0, groupSize = 0, out = 0, in = 0;
+    if (!layer.is_object() || !layer.contains("bits") || !layer.contains("qmin") ||
+        !layer.contains("group_size") || !layer.contains("shape") || !layer["shape"].is_array() ||
+        layer["shape"].size() != 2)
       throw FileError(path,
                       "__metadata__ layers entry of " + name + " lacks bits/qmin/group_size/shape");
-    }
-    if (bits < 1 || bits > 8 || out <= 0 || in <= 0)
+    bits = integer(layer["bits"], "bits");
+    qmin = integer(layer["qmin"], "qmin");
+    groupSize = integer(layer["group_size"], "group_size");
+    out = integer(layer["shape"][0], "shape");
+    in = integer(layer["shape"][1], "shape");
+    // Rows of at most 2^40 elements keep in * bits and out * rowBytes far from overflow
+    // once compared with the file's own size below.
+    constexpr int64_t kMaxDim = int64_t(1) << 40;
+    if (bits < 1 || bits > 8 || out <= 0 || in <= 0 || out > kMaxDim || in > kMaxDim ||
+        groupSize < 0 || groupSize > in)
       throw FileError(path, "__metadata__ layers entry of " + name + " is out of range");
+    const int64_t symmetricQmin = -(int64_t(1) << (bits - 1));
+    if (qmin != 0 && qmin != symmetricQmin)
+      throw FileError(path, "__metadata__ layers entry of " + name + ": qmin " +
+                                std::to_string(qmin) + " is neither 0 (asymmetric) nor " +
+                                std::to_string(symmetricQmin) + " (symmetric " +
+                                std::to_string(bits) + "-bit)");
+    if (schemeSymmetric && (qmin != 0) != *schemeSymmetric)
+      throw FileError(path, "__metadata__ layers entry of " + name + ": qmin " +
+                                std::to_string(qmin) + " contradicts the scheme's " +
+                                (*schemeSymmetric ? "symmetric" : "asymmetric") + " grid");
     const SafetensorsTensorInfo &q = need(".qweight");
     const int64_t rowBytes = (in * bits + 7) / 8;
+    uint64_t packedBytes = 0;
     if (q.dtype != "U8" || q.shape != std::vector<int64_t>{out, rowBytes} ||
-        q.end - q.begin != uint64_t(out * rowBytes))
+        __builtin_mul_overflow(uint64_t(out), uint64_t(rowBytes), &packedBytes) ||
+        q.end - q.begin != packedBytes)
       throw FileError(path, "tensor " + name + ".qweight is not U8 [" + std::to_string(out) + ", " +
                                 std::to_string(rowBytes) + "]");
     const at::Tensor packed =
@@ -837,9 +876,20 @@ PackedModel loadPackedModel(const std::string &path, ProgressObserver *observer,
             .clone();
     const at::Tensor scales = reader.load(need(".scales"));
     const at::Tensor zeros = reader.load(need(".zero_points"));
+    // What the writer refuses to write: steps that are zero or not finite, zero
+    // points off the integer grid [qmin, qmin + 2^bits - 1].
+    if (!at::isfinite(scales).all().item<bool>() || !(scales != 0).all().item<bool>())
+      throw FileError(path, "tensor " + name + ".scales: a step is zero or not finite");
+    const int64_t qmax = qmin + (int64_t(1) << bits) - 1;
+    if (zeros.numel() > 0 &&
+        (!at::equal(zeros, at::round(zeros)) || zeros.min().item<double>() < double(qmin) ||
+         zeros.max().item<double>() > double(qmax)))
+      throw FileError(path, "tensor " + name +
+                                ".zero_points: a zero point is not an integer within [" +
+                                std::to_string(qmin) + ", " + std::to_string(qmax) + "]");
     at::Tensor w;
     try {
-      w = dequantizeCodes(unpackCodes(packed, bits, qmin, in), scales, zeros, groupSize);
+      w = dequantizeCodes(unpackCodes(packed, int(bits), qmin, in), scales, zeros, groupSize);
     } catch (const Error &e) {
       throw FileError(path, name + ": " + e.what());
     }
@@ -865,7 +915,7 @@ PackedModel loadPackedModel(const std::string &path, ProgressObserver *observer,
                              (groupSize > 0 ? " g" + std::to_string(groupSize) : "") + " packed",
                          {out, in}});
     pm.quantizedNames.push_back(name);
-    bitsCount[bits] += out * in;
+    bitsCount[int(bits)] += out * in;
     done += a ? 5 : 3;
     if (observer)
       observer->progress(done, total, weightName);

@@ -1,5 +1,7 @@
 #include "core/io/gguf_model.h"
 
+#include <cstdio>
+
 #include "core/common/error.h"
 
 namespace lrq {
@@ -24,6 +26,12 @@ const ArchitectureInfo *findArchitecture(const std::string &name) {
     if (name == a.ggufName)
       return &a;
   return nullptr;
+}
+
+std::string numberText(double x) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%g", x);
+  return text;
 }
 
 [[noreturn]] void fail(const GgufReader &g, const std::string &problem) {
@@ -113,9 +121,10 @@ ModelConfig modelConfigFromGguf(const GgufReader &g) {
     fail(g, "metadata key " + p + "attention.layer_norm_rms_epsilon: value " +
                 std::to_string(c.normEps) + " is out of range");
   c.ropeTheta = g.getFloat(p + "rope.freq_base", 10000.0);
-  if (!(c.ropeTheta > 0.0))
-    fail(g, "metadata key " + p + "rope.freq_base: value " + std::to_string(c.ropeTheta) +
-                " is out of range");
+  if (!(c.ropeTheta >= kMinRopeTheta && c.ropeTheta <= kMaxRopeTheta))
+    fail(g, "metadata key " + p + "rope.freq_base: value " + numberText(c.ropeTheta) +
+                " is out of range (expected " + numberText(kMinRopeTheta) + ".." +
+                numberText(kMaxRopeTheta) + ")");
   const std::string scaling = g.getString(p + "rope.scaling.type", "none");
   if (scaling != "none")
     fail(g, "metadata key " + p + "rope.scaling.type: rope scaling '" + scaling +
@@ -207,6 +216,12 @@ TokenizerSpec tokenizerSpecFromGguf(const GgufReader &g) {
   // llama.cpp's defaults: SentencePiece vocabularies add BOS and a space
   // prefix unless told otherwise, byte-level BPE ones do neither.
   s.addBos = g.getBool("tokenizer.ggml.add_bos_token", spm);
+  // As for tokenizer.json: a BOS that is asked for must exist (not be dropped).
+  if (s.addBos && s.bosId < 0)
+    fail(g, std::string("metadata: ") +
+                (g.has("tokenizer.ggml.add_bos_token") ? "tokenizer.ggml.add_bos_token asks"
+                                                       : "a SentencePiece vocabulary asks") +
+                " for a BOS token but tokenizer.ggml.bos_token_id names none");
   s.addSpacePrefix = g.getBool("tokenizer.ggml.add_space_prefix", spm);
   return s;
 }

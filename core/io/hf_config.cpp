@@ -174,8 +174,8 @@ void readLlamaFamily(const ConfigReader &r, Family family, ModelConfig &c) {
   if (!(c.normEps > 0.0 && c.normEps < 1.0))
     r.fail("key 'rms_norm_eps' is out of range");
   c.ropeTheta = r.number("rope_theta", 10000.0);
-  if (!(c.ropeTheta > 0.0))
-    r.fail("key 'rope_theta' must be positive");
+  if (!(c.ropeTheta >= kMinRopeTheta && c.ropeTheta <= kMaxRopeTheta))
+    r.fail("key 'rope_theta' is out of range (expected 1..1e12)");
   c.tieEmbeddings = r.boolean("tie_word_embeddings", false);
   const std::string act = r.string("hidden_act", "silu");
   if (act != "silu")
@@ -185,12 +185,21 @@ void readLlamaFamily(const ConfigReader &r, Family family, ModelConfig &c) {
     const json &s = r.root().at("rope_scaling");
     if (!s.is_object())
       r.typeError("rope_scaling", "an object or null");
-    std::string type = "default";
-    for (const char *k : {"rope_type", "type"})
-      if (s.contains(k) && s.at(k).is_string())
-        type = s.at(k).get<std::string>();
-    if (type != "default")
-      r.fail("key 'rope_scaling': rope scaling '" + type + "' is not supported");
+    // Every type named must be "default" (no scaling); a scaling object that
+    // names none, or names one as something other than a string, is refused.
+    bool named = false;
+    for (const char *k : {"rope_type", "type"}) {
+      if (!s.contains(k) || s.at(k).is_null())
+        continue;
+      if (!s.at(k).is_string())
+        r.fail(std::string("key 'rope_scaling.") + k + "' must be a string");
+      const std::string type = s.at(k).get<std::string>();
+      if (type != "default")
+        r.fail("key 'rope_scaling': rope scaling '" + type + "' is not supported");
+      named = true;
+    }
+    if (!named && !s.empty())
+      r.fail("key 'rope_scaling' names no rope_type, so its scaling is unknown");
   }
   if (r.has("partial_rotary_factor") && r.number("partial_rotary_factor", 1.0) != 1.0)
     r.fail("key 'partial_rotary_factor': partial rotary embedding is not supported");
@@ -241,8 +250,9 @@ ModelConfig modelConfigFromHfConfigJson(const std::string &text, const std::stri
   json root;
   try {
     root = json::parse(text);
-  } catch (const json::parse_error &e) {
+  } catch (const json::exception &e) {
     // nlohmann's message starts with "[json.exception.parse_error.101] parse error at ..."
+    // (or out_of_range.406 for a number such as 1e400 that overflows a double)
     std::string what = e.what();
     const size_t close = what.find("] ");
     if (close != std::string::npos)

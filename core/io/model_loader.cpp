@@ -249,10 +249,16 @@ LoadedModel loadGguf(const std::string &path, ProgressObserver *observer,
   for (const auto &[info, hf] : plan) {
     progress.check();
     at::Tensor t = g.loadTensor(*info);
-    if (permuted && (endsWith(hf, "q_proj.weight") || endsWith(hf, "q_proj.bias")))
-      t = unpermuteGgufRotary(t, m.config.numHeads);
-    else if (permuted && (endsWith(hf, "k_proj.weight") || endsWith(hf, "k_proj.bias")))
-      t = unpermuteGgufRotary(t, m.config.numKvHeads);
+    try {
+      if (permuted && (endsWith(hf, "q_proj.weight") || endsWith(hf, "q_proj.bias")))
+        t = unpermuteGgufRotary(t, m.config.numHeads);
+      else if (permuted && (endsWith(hf, "k_proj.weight") || endsWith(hf, "k_proj.bias")))
+        t = unpermuteGgufRotary(t, m.config.numKvHeads);
+    } catch (const FileError &) {
+      throw;
+    } catch (const Error &e) {
+      throw FileError(path, "tensor " + info->name + ": " + e.what());
+    }
     g.releasePages(*info);
     m.tensors[hf] = t;
     m.sources.push_back({hf, info->name, info->typeName(), t.sizes().vec()});
@@ -373,10 +379,8 @@ LoadedModel loadSafetensorsIndex(const std::string &givenPath, const std::string
   return loadSafetensors(givenPath, dir, shardPaths, &index, observer, cancel);
 }
 
-} // namespace
-
-LoadedModel loadModel(const std::string &path, ProgressObserver *observer,
-                      const CancelToken *cancel) {
+LoadedModel loadModelUnnamed(const std::string &path, ProgressObserver *observer,
+                             const CancelToken *cancel) {
   if (directoryExists(path)) {
     const std::string index = joinPath(path, "model.safetensors.index.json");
     if (fileExists(index))
@@ -409,6 +413,19 @@ LoadedModel loadModel(const std::string &path, ProgressObserver *observer,
     return loadModel(parentDirectory(path), observer, cancel);
   throw FileError(path, "is neither a GGUF file nor a safetensors model (expected .gguf, "
                         ".safetensors, model.safetensors.index.json or a model directory)");
+}
+
+} // namespace
+
+// Every failure names the file: LibTorch's own errors (a storage size that
+// overflows, ...) are reported as problems of the file being loaded.
+LoadedModel loadModel(const std::string &path, ProgressObserver *observer,
+                      const CancelToken *cancel) {
+  try {
+    return loadModelUnnamed(path, observer, cancel);
+  } catch (const c10::Error &e) {
+    throw FileError(path, std::string("cannot load: ") + e.what_without_backtrace());
+  }
 }
 
 } // namespace lrq

@@ -153,12 +153,18 @@ SafetensorsReader::SafetensorsReader(const std::string &path) : file_(path) {
 
   std::stable_sort(tensors_.begin(), tensors_.end(),
                    [](const SafetensorsTensorInfo &a, const SafetensorsTensorInfo &b) {
-                     return a.begin < b.begin;
+                     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
                    });
-  for (size_t i = 1; i < tensors_.size(); ++i)
-    if (tensors_[i - 1].end > tensors_[i].begin)
-      fail("tensors " + tensors_[i - 1].name + " and " + tensors_[i].name +
-           " overlap in the data section");
+  // A tensor with no elements occupies no bytes, so it overlaps nothing (the
+  // writer gives it an empty range where the next tensor begins).
+  const SafetensorsTensorInfo *previous = nullptr;
+  for (const SafetensorsTensorInfo &t : tensors_) {
+    if (t.begin == t.end)
+      continue;
+    if (previous && previous->end > t.begin)
+      fail("tensors " + previous->name + " and " + t.name + " overlap in the data section");
+    previous = &t;
+  }
   for (size_t i = 0; i < tensors_.size(); ++i)
     index_.emplace(tensors_[i].name, i);
 }

@@ -8,6 +8,12 @@ namespace lrq {
 
 enum class Architecture { Llama, Opt };
 
+// The rotary base (rope_theta / rope.freq_base) a file may give: real models
+// use 10^4..10^8; below 1 or past 10^12 (or not finite) the rotary angles are
+// meaningless and perplexity silently degrades.
+constexpr double kMinRopeTheta = 1.0;
+constexpr double kMaxRopeTheta = 1e12;
+
 struct ModelConfig {
   Architecture arch = Architecture::Llama;
   std::string architectureName; // e.g. "LlamaForCausalLM", "OPTForCausalLM"

@@ -1,5 +1,7 @@
 #include "core/quant/quant_spec.h"
 
+#include <cstdio>
+
 #include "core/common/error.h"
 
 namespace lrq::quant {
@@ -12,8 +14,15 @@ void GridSpec::validate() const {
                 std::to_string(groupSize));
   if (init == StepInit::ClippingSearch && clipSteps < 1)
     throw Error("weight grid: clip steps must be >= 1, got " + std::to_string(clipSteps));
-  if (init == StepInit::ClippingSearch && !(clipNorm > 0.0))
-    throw Error("weight grid: clip norm must be > 0, got " + std::to_string(clipNorm));
+  if (init == StepInit::ClippingSearch && !(clipNorm >= kMinClipNorm && clipNorm <= kMaxClipNorm))
+    throw Error("weight grid: clip norm must be in " + formatClipNorm(kMinClipNorm) + ".." +
+                formatClipNorm(kMaxClipNorm) + ", got " + formatClipNorm(clipNorm));
+}
+
+std::string formatClipNorm(double clipNorm) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%g", clipNorm);
+  return text;
 }
 
 std::string GridSpec::describe() const {
@@ -39,9 +48,9 @@ void ActivationSpec::validate() const {
     throw Error("activation quantizer: bits must be in 2..16, got " + std::to_string(bits));
   if (clipSteps < 1)
     throw Error("activation quantizer: clip_steps must be >= 1, got " + std::to_string(clipSteps));
-  if (!(clipNorm > 0.0))
-    throw Error("activation quantizer: clip_norm must be positive, got " +
-                std::to_string(clipNorm));
+  if (!(clipNorm >= kMinClipNorm && clipNorm <= kMaxClipNorm))
+    throw Error("activation quantizer: clip_norm must be in " + formatClipNorm(kMinClipNorm) +
+                ".." + formatClipNorm(kMaxClipNorm) + ", got " + formatClipNorm(clipNorm));
 }
 
 const char *granularityName(Granularity g) {

@@ -18,6 +18,13 @@ enum class StepInit {
   ClippingSearch, // the range fraction minimising sum |W - Q(W)|^clipNorm (ALGORITHMS.md)
 };
 
+// The range accepted for a clipping-search exponent (clipNorm): below it every
+// fraction scores alike (|e|^p -> 1), above it the errors overflow.
+constexpr double kMinClipNorm = 0.1;
+constexpr double kMaxClipNorm = 16.0;
+// "0.1", "2.4", "1e-308": the shortest form, for messages.
+std::string formatClipNorm(double clipNorm);
+
 // A uniform weight grid with n = 2^bits levels.
 //   asymmetric: q = clamp(round(x/s) + z, 0, n-1),     x^ = s (q - z)
 //   symmetric:  q = clamp(round(x/s), -n/2, n/2 - 1),  x^ = s q

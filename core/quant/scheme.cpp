@@ -61,6 +61,17 @@ std::string readString(const json &v, const std::string &key) {
   return v.get<std::string>();
 }
 
+// The exponent of the clipping-search error, within kMinClipNorm..kMaxClipNorm.
+double readClipNorm(const json &v, const std::string &key) {
+  if (!v.is_number())
+    fail(key, std::string("expected a number, got ") + v.type_name());
+  const double x = v.get<double>();
+  if (!(x >= kMinClipNorm && x <= kMaxClipNorm))
+    fail(key, "must be in " + formatClipNorm(kMinClipNorm) + ".." + formatClipNorm(kMaxClipNorm) +
+                  ", got " + formatClipNorm(x));
+  return x;
+}
+
 GridSpec readWeight(const json &j) {
   checkKeys(j, "weight",
             {"bits", "symmetric", "granularity", "group_size", "init", "clip_steps", "clip_norm"});
@@ -85,14 +96,14 @@ GridSpec readWeight(const json &j) {
   }
   if (j.contains("clip_steps"))
     g.clipSteps = int(readInt(j.at("clip_steps"), "weight.clip_steps", 1, 100000));
-  if (j.contains("clip_norm")) {
-    const json &v = j.at("clip_norm");
-    if (!v.is_number() || !(v.get<double>() > 0.0))
-      fail("weight.clip_norm", "expected a positive number, got " + v.dump());
-    g.clipNorm = v.get<double>();
-  }
+  if (j.contains("clip_norm"))
+    g.clipNorm = readClipNorm(j.at("clip_norm"), "weight.clip_norm");
   if (g.granularity == Granularity::PerGroup && g.groupSize < 1)
     fail("weight.group_size", "per-group quantization needs a group size >= 1");
+  if (g.granularity != Granularity::PerGroup && g.groupSize != 0)
+    fail("weight.group_size", "applies to per-group quantization only, not " +
+                                  std::string(granularityName(g.granularity)) +
+                                  " (remove it or set it to 0)");
   return g;
 }
 
@@ -114,12 +125,8 @@ ActivationSpec readActivation(const json &j) {
   }
   if (j.contains("clip_steps"))
     a.clipSteps = int(readInt(j.at("clip_steps"), "activation.clip_steps", 1, 100000));
-  if (j.contains("clip_norm")) {
-    const json &v = j.at("clip_norm");
-    if (!v.is_number() || !(v.get<double>() > 0.0))
-      fail("activation.clip_norm", "expected a positive number, got " + v.dump());
-    a.clipNorm = v.get<double>();
-  }
+  if (j.contains("clip_norm"))
+    a.clipNorm = readClipNorm(j.at("clip_norm"), "activation.clip_norm");
   return a;
 }
 
@@ -132,6 +139,8 @@ LayerSelection readLayers(const json &j) {
       if (v.get<std::string>() != "all")
         fail("layers.blocks", "expected \"all\" or a list of block indices, got " + v.dump());
     } else if (v.is_array()) {
+      if (v.empty())
+        fail("layers.blocks", "an empty list selects no block; write \"all\" for every block");
       for (const json &b : v)
         l.blocks.push_back(readInt(b, "layers.blocks", 0, std::numeric_limits<int32_t>::max()));
     } else {
@@ -144,6 +153,9 @@ LayerSelection readLayers(const json &j) {
       if (v.get<std::string>() != "all")
         fail("layers.linears", "expected \"all\" or a list of linear names, got " + v.dump());
     } else if (v.is_array()) {
+      if (v.empty())
+        fail("layers.linears",
+             "an empty list selects no linear; write \"all\" for every linear of a block");
       for (const json &n : v) {
         const std::string name = readString(n, "layers.linears");
         const auto &known = knownLinearNames();
@@ -207,6 +219,11 @@ const std::vector<std::string> &knownLinearNames() {
 
 void QuantScheme::validate() const {
   weight.validate();
+  // A scheme is recorded with every run: it must not hold a group size its grid ignores.
+  if (weight.granularity != Granularity::PerGroup && weight.groupSize != 0)
+    throw Error("scheme: a group size (" + std::to_string(weight.groupSize) +
+                ") applies to per-group quantization only, not " +
+                granularityName(weight.granularity));
   activation.validate();
   for (const std::string &n : layers.linears) {
     const auto &known = knownLinearNames();

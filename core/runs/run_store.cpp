@@ -371,6 +371,22 @@ RunStore RunStore::open(const std::string &path, const RunStoreOptions &options)
   const fs::path p(path);
   if (fs::is_directory(p, ec))
     throw FileError(path, "is a directory, not a run store file");
+  if (options.readOnly) {
+    if (!fs::exists(p, ec))
+      throw FileError(path, "no such run store");
+    auto impl = std::make_unique<Impl>();
+    impl->db = std::make_unique<Database>(path, options.busyTimeoutMs, /*readOnly=*/true);
+    const int found = impl->readVersion();
+    impl->checkNotNewer(found);
+    if (found == kSchemaVersion) {
+      impl->version = found;
+      impl->liveness = options.liveness;
+      // Read only: a store from before the owner columns shows no owners.
+      impl->addedColumns = impl->missingColumns().empty();
+      return RunStore(std::move(impl));
+    }
+    // An empty or older store: opened for writing below, to set it up or migrate it.
+  }
   if (p.has_parent_path() && !fs::exists(p.parent_path(), ec)) {
     fs::create_directories(p.parent_path(), ec);
     if (ec)

@@ -49,6 +49,11 @@ struct RunStoreOptions {
   int busyTimeoutMs = 10000;
   // When a run stored as running reads back as interrupted (run_liveness.h).
   LivenessOptions liveness;
+  // For reading only (listing, showing, comparing): nothing is created or
+  // written. A missing store is an lrq::FileError ("no such run store"); a
+  // store in a read-only directory can be read. A store of an older schema is
+  // opened for writing once, to migrate it.
+  bool readOnly = false;
 };
 
 class RunStore {

@@ -1,23 +1,69 @@
 #include "core/runs/sqlite_db.h"
 
 #include <cmath>
+#include <cstdio>
 #include <limits>
 
 #include "core/common/error.h"
 
 namespace lrq::runs_detail {
 
-Database::Database(const std::string &path, int busyTimeoutMs) : path_(path) {
-  const int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX;
-  int rc = sqlite3_open_v2(path.c_str(), &db_, flags, nullptr);
-  if (rc != SQLITE_OK) {
-    std::string message = db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
-    sqlite3_close(db_);
-    db_ = nullptr;
-    throw FileError(path, "cannot open run store: " + message);
+namespace {
+
+// "file:" URI of a path, for the immutable read-only fallback.
+std::string fileUri(const std::string &path, const char *query) {
+  std::string uri = "file:";
+  for (char ch : path) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c == '%' || c == '?' || c == '#' || c < 0x20 || c >= 0x7F) {
+      char hex[4];
+      std::snprintf(hex, sizeof hex, "%%%02X", c);
+      uri += hex;
+    } else {
+      uri.push_back(ch);
+    }
   }
-  sqlite3_extended_result_codes(db_, 1);
-  sqlite3_busy_timeout(db_, busyTimeoutMs);
+  return uri + "?" + query;
+}
+
+} // namespace
+
+Database::Database(const std::string &path, int busyTimeoutMs, bool readOnly) : path_(path) {
+  const int flags = readOnly ? SQLITE_OPEN_READONLY | SQLITE_OPEN_FULLMUTEX
+                             : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX;
+  auto openWith = [&](const std::string &name, int openFlags) {
+    int rc = sqlite3_open_v2(name.c_str(), &db_, openFlags, nullptr);
+    if (rc != SQLITE_OK) {
+      std::string message = db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
+      sqlite3_close(db_);
+      db_ = nullptr;
+      throw FileError(path, "cannot open run store: " + message);
+    }
+    sqlite3_extended_result_codes(db_, 1);
+    sqlite3_busy_timeout(db_, busyTimeoutMs);
+  };
+  openWith(path, flags);
+  if (!readOnly)
+    return;
+  // A WAL store needs its -shm index; where it is missing and cannot be made
+  // (a read-only directory), no writer can be at work either: read the file as
+  // immutable.
+  // (Not when the store is busy or damaged: those are reported as they are.)
+  const char *probe = "SELECT count(*) FROM sqlite_master";
+  const int rc = sqlite3_exec(db_, probe, nullptr, nullptr, nullptr);
+  const int primary = rc & 0xff;
+  if (rc == SQLITE_OK || primary == SQLITE_BUSY || primary == SQLITE_LOCKED ||
+      primary == SQLITE_NOTADB || primary == SQLITE_CORRUPT)
+    return; // the first real query reports those
+  const std::string message = sqlite3_errmsg(db_);
+  sqlite3_close_v2(db_);
+  db_ = nullptr;
+  openWith(fileUri(path, "immutable=1"), flags | SQLITE_OPEN_URI);
+  if (sqlite3_exec(db_, probe, nullptr, nullptr, nullptr) != SQLITE_OK) {
+    sqlite3_close_v2(db_);
+    db_ = nullptr;
+    throw FileError(path, "cannot read run store: " + message);
+  }
 }
 
 Database::~Database() {

@@ -11,7 +11,10 @@ namespace lrq::runs_detail {
 
 class Database {
 public:
-  Database(const std::string &path, int busyTimeoutMs);
+  // readOnly: the file must exist; nothing is created or written, and a store in
+  // a directory this process cannot write (where SQLite cannot make its WAL
+  // index) is read as an immutable file.
+  Database(const std::string &path, int busyTimeoutMs, bool readOnly = false);
   ~Database();
   Database(const Database &) = delete;
   Database &operator=(const Database &) = delete;

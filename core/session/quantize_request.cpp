@@ -205,18 +205,7 @@ std::vector<RequestOption> buildOptions() {
 }
 
 bool validUtf8(const std::string &text) {
-  size_t i = 0;
-  while (i < text.size()) {
-    const unsigned char c = static_cast<unsigned char>(text[i]);
-    size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
-    if (n == 0 || i + n > text.size())
-      return false;
-    for (size_t k = 1; k < n; ++k)
-      if ((static_cast<unsigned char>(text[i + k]) & 0xC0) != 0x80)
-        return false;
-    i += n;
-  }
-  return true;
+  return firstInvalidUtf8(text) == std::string::npos;
 }
 
 std::string absolutePath(const std::string &path) {

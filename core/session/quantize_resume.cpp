@@ -1,11 +1,13 @@
 // Resuming an interrupted quantization run: the saved request, read back and checked.
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "core/common/error.h"
+#include "core/common/text_escape.h"
 #include "core/data/default_assets.h"
 #include "core/runs/run_store.h"
 #include "core/session/quantize_job.h"
@@ -17,10 +19,25 @@ namespace {
 
 constexpr const char *kRequestFile = "request.json";
 
+// Run ids become folder and file names (the work folder, the saved scheme). One
+// read from a store is checked to be a plain name: "../../x" must not be a path.
+const std::string &checkedRunId(const std::string &id) {
+  const bool plain = !id.empty() && id.size() <= 128 && id[0] != '.' &&
+                     std::all_of(id.begin(), id.end(), [](char ch) {
+                       return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                              (ch >= '0' && ch <= '9') || ch == '-' || ch == '_' || ch == '.';
+                     });
+  if (!plain)
+    throw Error("run id '" + printableText(id) +
+                "' cannot name a folder (a run id is letters, digits, '-', '_' and '.', not "
+                "starting with '.')");
+  return id;
+}
+
 } // namespace
 
 std::string defaultWorkDir(const std::string &runId) {
-  return cacheDirectory() + "/runs/" + runId;
+  return cacheDirectory() + "/runs/" + checkedRunId(runId);
 }
 
 std::string quantizeRequestFile(const std::string &workDir) {
@@ -29,7 +46,7 @@ std::string quantizeRequestFile(const std::string &workDir) {
 
 QuantizeRequest requestForRun(const std::string &runId, const std::string &storePath) {
   RunStore store = RunStore::open(storePath.empty() ? RunStore::defaultPath() : storePath);
-  const std::string id = store.resolveId(runId);
+  const std::string id = checkedRunId(store.resolveId(runId));
   const RunInfo info = store.getRunInfo(id);
   const MethodInfo &method = methodInfo(info.method);
   QuantizeRequest r;
@@ -73,7 +90,7 @@ QuantizeRequest requestForRun(const std::string &runId, const std::string &store
 QuantizeRequest resumeRequest(const std::string &runId, const std::string &storePath,
                               const std::string &workDir) {
   RunStore store = RunStore::open(storePath.empty() ? RunStore::defaultPath() : storePath);
-  const std::string id = store.resolveId(runId);
+  const std::string id = checkedRunId(store.resolveId(runId));
   const RunInfo info = store.getRunInfo(id);
   if (info.status == RunStatus::Finished)
     throw Error("run " + id + " has finished: there is nothing to resume");

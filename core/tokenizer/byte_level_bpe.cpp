@@ -2,11 +2,13 @@
 // text is cut into words by the pre-tokenizer regexes, and each word's bytes are
 // merged by merge rank.
 #include <array>
+#include <atomic>
 #include <mutex>
 
 #include <spdlog/spdlog.h>
 
 #include "core/common/error.h"
+#include "core/common/text_escape.h"
 #include "core/tokenizer/bpe_merger.h"
 #include "core/tokenizer/pre_tokenizers.h"
 #include "core/tokenizer/regex_splitter.h"
@@ -46,6 +48,23 @@ public:
       byteText_[b] = s;
       byteIds_[b] = findToken(s);
     }
+    // A byte without a token is dropped from the text (below). That is harmless
+    // for a rare byte, but a vocabulary lacking the bytes of plain ASCII text
+    // would lose most of any text and yield a meaningless perplexity.
+    int missingText = 0;
+    std::string example;
+    for (int b = 0; b < 128; ++b) {
+      const bool textByte = (b >= 0x20 && b < 0x7F) || b == '\n';
+      if (textByte && byteIds_[b] < 0) {
+        if (example.empty())
+          example = b == '\n' ? std::string("newline") : "'" + std::string(1, char(b)) + "'";
+        ++missingText;
+      }
+    }
+    if (missingText > 0)
+      fail("byte-level vocabulary has no token for " + std::to_string(missingText) +
+           " of the 95 printable ASCII bytes and newline (e.g. " + example +
+           "); text holding them would be silently dropped");
 
     PreTokenizerRecipe recipe;
     if (!spec_.preTokenizerRegexes.empty()) {
@@ -90,6 +109,7 @@ public:
 
 protected:
   void encodeText(std::string_view text, std::vector<int32_t> &out) const override {
+    warnAboutDroppedBytes(text);
     std::vector<std::string_view> words;
     splitter_->split(text, words);
     std::vector<int32_t> symbols;
@@ -118,6 +138,21 @@ protected:
   }
 
 private:
+  // Bytes without a token are dropped (see encodeWord); says how many, once.
+  void warnAboutDroppedBytes(std::string_view text) const {
+    if (warnedDropped_.load(std::memory_order_relaxed))
+      return;
+    size_t dropped = 0;
+    for (char c : text)
+      dropped += byteIds_[static_cast<unsigned char>(c)] < 0;
+    if (dropped == 0 || warnedDropped_.exchange(true))
+      return;
+    spdlog::warn("{}: {} of {} bytes of the text ({:.2f}%) have no token in the vocabulary and "
+                 "are dropped",
+                 printableText(spec_.source.empty() ? std::string("tokenizer") : spec_.source),
+                 dropped, text.size(), 100.0 * double(dropped) / double(text.size()));
+  }
+
   void encodeWord(std::string_view word, std::vector<int32_t> &symbols) const {
     symbols.clear();
     if (ignoreMerges_) {
@@ -145,6 +180,7 @@ private:
   std::unique_ptr<RegexSplitter> splitter_;
   BpeMerger merger_;
   bool ignoreMerges_ = false;
+  mutable std::atomic<bool> warnedDropped_{false};
   mutable std::mutex cacheMutex_;
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;
 };

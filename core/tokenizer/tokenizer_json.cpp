@@ -368,15 +368,19 @@ TokenizerSpec tokenizerSpecFromJsonFiles(const std::string &tokenizerJsonPath,
         const std::string name =
             keys.string(keys.member(*first, "id", where + ".single[0].SpecialToken.id"),
                         where + ".single[0].SpecialToken.id");
-        int32_t id = idOf(name);
+        // Checked as 64-bit (an id of 2^32 + 5 is not token 5), then narrowed.
+        int64_t id = idOf(name);
         if (const json *table = keys.optional(*step, "special_tokens"))
           if (const json *entry = keys.optional(*table, name.c_str()))
             if (const json *ids = keys.optional(*entry, "ids"))
               if (ids->is_array() && ids->size() == 1 && (*ids)[0].is_number_integer())
-                id = (*ids)[0].get<int32_t>();
-        if (id < 0 || id >= static_cast<int32_t>(spec.tokens.size()))
+                id = (*ids)[0].is_number_unsigned() &&
+                             (*ids)[0].get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)
+                         ? int64_t(-1)
+                         : (*ids)[0].get<int64_t>();
+        if (id < 0 || id >= static_cast<int64_t>(spec.tokens.size()))
           keys.fail(where + ": template token '" + name + "' is not a token");
-        spec.bosId = id;
+        spec.bosId = static_cast<int32_t>(id);
         spec.addBos = true;
       }
     }
