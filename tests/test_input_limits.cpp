@@ -23,6 +23,7 @@
 
 #include "core/common/error.h"
 #include "core/common/json_limits.h"
+#include "core/io/export.h"
 #include "core/io/hf_config.h"
 #include "core/io/model_loader.h"
 #include "core/io/safetensors.h"
@@ -369,6 +370,25 @@ private slots:
     writeBytes(wide, safetensorsWithHeader(header));
     e = runInChild([&] { SafetensorsReader r(wide.toStdString()); });
     QVERIFY2(e.contains("header JSON holds more than 4194304 elements"), qPrintable(e));
+  }
+
+  void packedExportWithDeepLayers() {
+    // The packed reader copies each layer's JSON (recursively): a deep one is refused.
+    const std::string config = R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 4, )"
+                               R"("hidden_size": 4, "intermediate_size": 8, )"
+                               R"("num_hidden_layers": 1, "num_attention_heads": 1})";
+    nlohmann::json meta = {{"format", kPackedFormatName},
+                           {"format_version", "1"},
+                           {"scheme", "{}"},
+                           {"method", "rtn"},
+                           {"config", config},
+                           {"layers", "{\"a\": " + nested("[", "", "]", 50000) + "}"}};
+    const QString file = path("deep-packed.safetensors");
+    writeBytes(file, safetensorsWithHeader(nlohmann::json{{"__metadata__", meta}}.dump()));
+    const QString e = runInChild([&] { loadPackedModel(file.toStdString()); });
+    QVERIFY2(e.startsWith("error: ") &&
+                 e.contains("__metadata__ layers JSON nests arrays/objects deeper than 64 levels"),
+             qPrintable(e));
   }
 
   // --- tokenizer CPU bombs ---
