@@ -198,7 +198,6 @@ struct RegexSplitter::Impl {
       pcre2_code_free(c);
   }
 
-  // Splits one piece with pattern k, appending matches and gaps to out.
   // The CPU time one split() may use, and when it started.
   struct Budget {
     double start = 0;

@@ -2,10 +2,8 @@
 
 #include <algorithm>
 #include <cctype>
-#include <cerrno>
 #include <climits>
 #include <cstring>
-#include <fstream>
 #include <optional>
 
 #include <nlohmann/json.hpp>
