@@ -11,6 +11,7 @@
 #include <ostream>
 
 #include "core/common/error.h"
+#include "core/common/json_limits.h"
 #include "core/runs/run_store.h"
 #include "core/session/quantize_job.h"
 
@@ -86,6 +87,15 @@ std::string metricText(const std::map<std::string, double> &metrics) {
   return s.str();
 }
 
+// A JSON column of a stored run; a document too deep to print is an error
+// (dump() recurses), not a crash.
+nlohmann::json storedJson(const std::string &text, const RunInfo &r, const char *what) {
+  if (text.empty())
+    return nlohmann::json::object();
+  checkJsonLimits(text, std::string(what) + " of run " + r.id);
+  return nlohmann::json::parse(text);
+}
+
 nlohmann::json runInfoJson(const RunInfo &r) {
   nlohmann::json j = {
       {"id", r.id},
@@ -94,9 +104,8 @@ nlohmann::json runInfoJson(const RunInfo &r) {
       {"model", r.model.path},
       {"model_digest", r.model.digest},
       {"method", r.method},
-      {"scheme", nlohmann::json::parse(r.schemeJson.empty() ? "{}" : r.schemeJson)},
-      {"hyperparameters",
-       nlohmann::json::parse(r.hyperparametersJson.empty() ? "{}" : r.hyperparametersJson)},
+      {"scheme", storedJson(r.schemeJson, r, "scheme")},
+      {"hyperparameters", storedJson(r.hyperparametersJson, r, "hyperparameters")},
       {"engine_version", r.engineVersion},
       {"seconds", r.totalSeconds},
       {"metrics", r.metrics},

@@ -16,6 +16,7 @@
 
 #include "core/common/error.h"
 #include "core/common/text_escape.h"
+#include "core/common/json_limits.h"
 #include "core/io/file_util.h"
 #include "core/io/hf_config.h"
 #include "core/io/mapped_file.h"
@@ -791,6 +792,9 @@ PackedModel loadPackedModel(const std::string &path, ProgressObserver *observer,
   m.path = path;
   m.format = "lrq-packed";
   m.config = modelConfigFromHfConfigJson(metaValue("config"), path + " (__metadata__ config)");
+  if (const std::string problem = jsonLimitProblem(metaValue("layers"), defaultJsonLimits());
+      !problem.empty())
+    throw FileError(path, "__metadata__ layers " + problem); // copies below recurse
   const json layers = json::parse(metaValue("layers"), nullptr, false);
   if (!layers.is_object())
     throw FileError(path, "__metadata__ layers is not a JSON object");

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/common/error.h"
+#include "core/common/json_limits.h"
 #include "core/io/file_util.h"
 
 namespace lrq {
@@ -12,6 +13,15 @@ namespace lrq {
 namespace {
 
 using json = nlohmann::json;
+
+// config.json files are a few kilobytes; these bounds still leave room for
+// large label maps while keeping the parsed document small.
+JsonLimits configJsonLimits() {
+  JsonLimits l;
+  l.maxBytes = size_t(16) << 20;
+  l.maxElements = size_t(1) << 20;
+  return l;
+}
 
 enum class Family { Llama, Mistral, Qwen2, Opt };
 
@@ -247,6 +257,7 @@ void readOpt(const ConfigReader &r, ModelConfig &c) {
 } // namespace
 
 ModelConfig modelConfigFromHfConfigJson(const std::string &text, const std::string &path) {
+  checkJsonLimits(text, path, configJsonLimits());
   json root;
   try {
     root = json::parse(text);
@@ -275,7 +286,9 @@ ModelConfig modelConfigFromHfConfigJson(const std::string &text, const std::stri
 }
 
 ModelConfig modelConfigFromHfConfigFile(const std::string &path) {
-  return modelConfigFromHfConfigJson(readWholeFile(path), path);
+  if (directoryExists(path))
+    throw FileError(path, "is a directory, not a file");
+  return modelConfigFromHfConfigJson(readTextFileLimited(path, configJsonLimits().maxBytes), path);
 }
 
 std::string hfConfigJson(const ModelConfig &c, const std::string &torchDtype) {

@@ -99,6 +99,20 @@ std::map<std::string, ExpectedTensor> optTensorLayout(const ModelConfig &c) {
   return m;
 }
 
+// Every block holds at least this many tensors (LLaMA family: two norms and
+// seven linears; OPT: four attention linears, two fc, two norms with biases).
+constexpr int64_t kMinTensorsPerBlock = 9;
+
+// The layout map costs about 2 KB per declared layer: compare the declared
+// count with what the file holds before building it.
+void checkLayerCount(const ModelConfig &c, int64_t tensorsInFile, const std::string &source) {
+  if (c.numLayers > tensorsInFile / kMinTensorsPerBlock)
+    throw FileError(source, "declares " + std::to_string(c.numLayers) + " layers, but " +
+                                std::to_string(tensorsInFile) +
+                                " tensors cannot hold them (each layer needs at least " +
+                                std::to_string(kMinTensorsPerBlock) + ")");
+}
+
 std::map<std::string, ExpectedTensor> tensorLayout(const ModelConfig &c) {
   return c.arch == Architecture::Opt ? optTensorLayout(c) : llamaTensorLayout(c);
 }
@@ -199,6 +213,7 @@ LoadedModel loadGguf(const std::string &path, ProgressObserver *observer,
   m.config = modelConfigFromGguf(g);
   const std::string arch = g.getString("general.architecture");
   const bool permuted = ggufArchitecturePermutesRotary(arch);
+  checkLayerCount(m.config, static_cast<int64_t>(g.tensors().size()), path);
   const auto layout = llamaTensorLayout(m.config);
 
   // Map and check every tensor before the (slow) dequantization starts.
@@ -293,14 +308,20 @@ LoadedModel loadSafetensors(const std::string &givenPath, const std::string &dir
     throw FileError(configPath, "no such file (the model's config.json must lie beside its "
                                 "safetensors files)");
   m.config = modelConfigFromHfConfigFile(configPath);
-  const auto layout = tensorLayout(m.config);
 
   std::vector<Shard> shards;
+  int64_t tensorsInFiles = 0;
+  for (const std::string &shardPath : shardPaths) {
+    shards.push_back(Shard{std::make_unique<SafetensorsReader>(shardPath), {}});
+    tensorsInFiles += static_cast<int64_t>(shards.back().reader->tensors().size());
+  }
+  checkLayerCount(m.config, tensorsInFiles, configPath);
+  const auto layout = tensorLayout(m.config);
+
   std::set<std::string> seen;
   int64_t total = 0;
-  for (const std::string &shardPath : shardPaths) {
-    Shard shard;
-    shard.reader = std::make_unique<SafetensorsReader>(shardPath);
+  for (Shard &shard : shards) {
+    const std::string &shardPath = shard.reader->path();
     for (const SafetensorsTensorInfo &info : shard.reader->tensors()) {
       if (isIgnorableBuffer(info.name))
         continue;
@@ -327,7 +348,6 @@ LoadedModel loadSafetensors(const std::string &givenPath, const std::string &dir
       shard.tensors.push_back(&info);
       ++total;
     }
-    shards.push_back(std::move(shard));
   }
   if (index) {
     for (const auto &[name, file] : index->weightMap)

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/common/error.h"
+#include "core/common/json_limits.h"
 #include "core/io/file_util.h"
 #include "core/io/ggml_quants.h"
 
@@ -79,6 +80,17 @@ SafetensorsReader::SafetensorsReader(const std::string &path) : file_(path) {
   dataOffset_ = 8 + headerLen;
   const uint64_t dataSize = size - dataOffset_;
 
+  // The header's layout nests three levels ({name: {shape: [...]}}) and holds
+  // about ten values per tensor: bound both before parsing, so a header of
+  // nested or tiny arrays cannot cost gigabytes of parsed values.
+  JsonLimits limits;
+  limits.maxBytes = kMaxHeaderBytes;
+  limits.maxDepth = 8;
+  limits.maxElements = size_t(4) << 20;
+  const std::string problem = jsonLimitProblem(
+      std::string_view(reinterpret_cast<const char *>(file_.data()) + 8, headerLen), limits);
+  if (!problem.empty())
+    fail("header " + problem);
   json header;
   try {
     header = json::parse(file_.data() + 8, file_.data() + 8 + headerLen);
@@ -211,7 +223,10 @@ void SafetensorsReader::releasePages(const SafetensorsTensorInfo &info) const {
 }
 
 SafetensorsIndex readSafetensorsIndex(const std::string &path) {
-  const std::string text = readWholeFile(path);
+  if (directoryExists(path))
+    throw FileError(path, "is a directory, not a file");
+  const std::string text = readTextFileLimited(path, defaultJsonLimits().maxBytes);
+  checkJsonLimits(text, path);
   json root;
   try {
     root = json::parse(text);

@@ -3,14 +3,22 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
 #include "core/common/error.h"
 
 namespace lrq::quant {
 
 namespace {
 
+// The group length in a row of in elements: a group wider than the row is the
+// row itself (padding it up to the group size would cost memory for nothing).
+int64_t groupWidth(const GridSpec &spec, int64_t in) {
+  return std::max<int64_t>(1, std::min(spec.groupSize, in));
+}
+
 int64_t groupCount(const GridSpec &spec, int64_t in) {
-  return (in + spec.groupSize - 1) / spec.groupSize;
+  return (in + groupWidth(spec, in) - 1) / groupWidth(spec, in);
 }
 
 // Per-group with a ragged last group: the row padded with zeros up to a whole
@@ -20,7 +28,7 @@ int64_t groupCount(const GridSpec &spec, int64_t in) {
 // the shorter last group on its own. Differentiable.
 at::Tensor padToGroups(const at::Tensor &weight, const GridSpec &spec) {
   const int64_t in = weight.size(1);
-  const int64_t padded = groupCount(spec, in) * spec.groupSize;
+  const int64_t padded = groupCount(spec, in) * groupWidth(spec, in);
   if (padded == in)
     return weight;
   return at::constant_pad_nd(weight, {0, padded - in}, 0.0);
@@ -35,7 +43,7 @@ at::Tensor unitsView(const at::Tensor &weight, const GridSpec &spec) {
   case Granularity::PerChannel:
     return weight;
   case Granularity::PerGroup:
-    return padToGroups(weight, spec).reshape({out * groupCount(spec, in), spec.groupSize});
+    return padToGroups(weight, spec).reshape({out * groupCount(spec, in), groupWidth(spec, in)});
   }
   return weight;
 }
@@ -45,7 +53,7 @@ at::Tensor unitsView(const at::Tensor &weight, const GridSpec &spec) {
 at::Tensor fromUnits(const at::Tensor &units, const GridSpec &spec, int64_t out, int64_t in) {
   if (spec.granularity != Granularity::PerGroup)
     return units.reshape({out, in});
-  const at::Tensor rows = units.reshape({out, groupCount(spec, in) * spec.groupSize});
+  const at::Tensor rows = units.reshape({out, groupCount(spec, in) * groupWidth(spec, in)});
   return rows.size(1) == in ? rows : rows.narrow(1, 0, in).contiguous();
 }
 
@@ -179,8 +187,8 @@ at::Tensor expandToWeight(const at::Tensor &param, const GridSpec &spec, int64_t
   if (groups != groupCount(spec, in))
     throw Error("weight grid: parameter shape does not match the row length " + std::to_string(in));
   const at::Tensor full = param.unsqueeze(2)
-                              .expand({out, groups, spec.groupSize})
-                              .reshape({out, groups * spec.groupSize});
+                              .expand({out, groups, groupWidth(spec, in)})
+                              .reshape({out, groups * groupWidth(spec, in)});
   return full.size(1) == in ? full : full.narrow(1, 0, in);
 }
 

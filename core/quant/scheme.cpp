@@ -9,6 +9,7 @@
 #include <string>
 
 #include "core/common/error.h"
+#include "core/common/json_limits.h"
 
 namespace lrq::quant {
 
@@ -41,7 +42,7 @@ void checkKeys(const json &object, const std::string &where,
 
 int64_t readInt(const json &v, const std::string &key, int64_t lo, int64_t hi) {
   if (!v.is_number_integer())
-    fail(key, "expected an integer, got " + v.dump());
+    fail(key, "expected an integer, got " + jsonPreview(v));
   const int64_t x = v.get<int64_t>();
   if (x < lo || x > hi)
     fail(key, "must be in " + std::to_string(lo) + ".." + std::to_string(hi) + ", got " +
@@ -51,13 +52,13 @@ int64_t readInt(const json &v, const std::string &key, int64_t lo, int64_t hi) {
 
 bool readBool(const json &v, const std::string &key) {
   if (!v.is_boolean())
-    fail(key, "expected true or false, got " + v.dump());
+    fail(key, "expected true or false, got " + jsonPreview(v));
   return v.get<bool>();
 }
 
 std::string readString(const json &v, const std::string &key) {
   if (!v.is_string())
-    fail(key, "expected a string, got " + v.dump());
+    fail(key, "expected a string, got " + jsonPreview(v));
   return v.get<std::string>();
 }
 
@@ -137,21 +138,21 @@ LayerSelection readLayers(const json &j) {
     const json &v = j.at("blocks");
     if (v.is_string()) {
       if (v.get<std::string>() != "all")
-        fail("layers.blocks", "expected \"all\" or a list of block indices, got " + v.dump());
+        fail("layers.blocks", "expected \"all\" or a list of block indices, got " + jsonPreview(v));
     } else if (v.is_array()) {
       if (v.empty())
         fail("layers.blocks", "an empty list selects no block; write \"all\" for every block");
       for (const json &b : v)
         l.blocks.push_back(readInt(b, "layers.blocks", 0, std::numeric_limits<int32_t>::max()));
     } else {
-      fail("layers.blocks", "expected \"all\" or a list of block indices, got " + v.dump());
+      fail("layers.blocks", "expected \"all\" or a list of block indices, got " + jsonPreview(v));
     }
   }
   if (j.contains("linears")) {
     const json &v = j.at("linears");
     if (v.is_string()) {
       if (v.get<std::string>() != "all")
-        fail("layers.linears", "expected \"all\" or a list of linear names, got " + v.dump());
+        fail("layers.linears", "expected \"all\" or a list of linear names, got " + jsonPreview(v));
     } else if (v.is_array()) {
       if (v.empty())
         fail("layers.linears",
@@ -164,7 +165,7 @@ LayerSelection readLayers(const json &j) {
         l.linears.push_back(name);
       }
     } else {
-      fail("layers.linears", "expected \"all\" or a list of linear names, got " + v.dump());
+      fail("layers.linears", "expected \"all\" or a list of linear names, got " + jsonPreview(v));
     }
   }
   if (j.contains("embeddings"))
@@ -271,6 +272,13 @@ std::string QuantScheme::toJson(int indent) const {
 }
 
 QuantScheme QuantScheme::fromJson(const std::string &text) {
+  // A scheme is a few hundred bytes, three levels deep.
+  JsonLimits limits;
+  limits.maxBytes = size_t(1) << 20;
+  limits.maxDepth = 16;
+  limits.maxElements = size_t(1) << 16;
+  if (const std::string problem = jsonLimitProblem(text, limits); !problem.empty())
+    throw Error("scheme JSON: " + problem);
   json j;
   try {
     j = json::parse(text);

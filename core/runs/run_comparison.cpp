@@ -7,6 +7,9 @@
 #include <map>
 #include <set>
 
+#include "core/common/error.h"
+#include "core/common/json_limits.h"
+
 namespace lrq::runs_detail {
 
 namespace {
@@ -53,8 +56,13 @@ void flatten(const Json &node, const std::string &prefix, std::map<std::string, 
     out[key] = {node.dump(), std::nullopt};
 }
 
-std::map<std::string, Cell> flattenText(const std::string &text) {
+// what: "hyperparameters of run <id>", for the error on JSON too deep to walk.
+std::map<std::string, Cell> flattenText(const std::string &text, const std::string &what) {
   std::map<std::string, Cell> out;
+  // flatten() and dump() recurse: a store holding deeply nested JSON is refused.
+  if (scanJsonText(text).depth > defaultJsonLimits().maxDepth)
+    throw Error(what + ": JSON nests arrays/objects deeper than " +
+                std::to_string(defaultJsonLimits().maxDepth) + " levels");
   Json doc = Json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (doc.is_discarded()) {
     out["(unparsed)"] = {text, std::nullopt};
@@ -181,8 +189,8 @@ RunComparison buildComparison(const std::vector<RunInfo> &runs,
 
   std::vector<std::map<std::string, Cell>> hyper, scheme;
   for (const RunInfo &r : runs) {
-    hyper.push_back(flattenText(r.hyperparametersJson));
-    scheme.push_back(flattenText(r.schemeJson));
+    hyper.push_back(flattenText(r.hyperparametersJson, "hyperparameters of run " + r.id));
+    scheme.push_back(flattenText(r.schemeJson, "scheme of run " + r.id));
   }
   b.addKeyed("hyperparameter", hyper);
   b.addKeyed("scheme", scheme);

@@ -12,6 +12,7 @@
 #include <random>
 #include <system_error>
 
+#include "core/common/json_limits.h"
 #include "core/data/default_assets.h"
 #include "core/runs/run_blob.h"
 #include "core/runs/run_comparison.h"
@@ -135,6 +136,9 @@ std::string jsonOrEmptyObject(const std::string &text, const char *what) {
     return "{}";
   if (!nlohmann::json::accept(text))
     throw Error(std::string("run ") + what + " is not valid JSON: " + text.substr(0, 80));
+  // Readers walk these documents recursively: keep them shallow.
+  if (const std::string problem = jsonLimitProblem(text, defaultJsonLimits()); !problem.empty())
+    throw Error(std::string("run ") + what + ": " + problem);
   return text;
 }
 

@@ -19,6 +19,7 @@
 
 #include "core/analysis/tensor_analysis.h"
 #include "core/common/error.h"
+#include "core/common/json_limits.h"
 #include "core/data/default_assets.h"
 #include "core/eval/compare.h"
 #include "core/eval/generate.h"
@@ -64,6 +65,12 @@ QuantizationInfo quantizationOf(const std::string &path) {
   QuantizationInfo q;
   nlohmann::json meta, scheme;
   std::error_code ec;
+  // Copies and dump() recurse: JSON nested too deeply to walk counts as absent.
+  auto parseShallow = [](const std::string &text) {
+    if (!jsonLimitProblem(text, defaultJsonLimits()).empty())
+      return nlohmann::json(nlohmann::json::value_t::discarded);
+    return nlohmann::json::parse(text, nullptr, false);
+  };
   try {
     if (fs::is_regular_file(path, ec) && endsWith(path, ".safetensors") &&
         isPackedModelFile(path)) {
@@ -71,18 +78,18 @@ QuantizationInfo quantizationOf(const std::string &path) {
       const auto &m = reader.metadata();
       q.kind = "packed";
       if (auto it = m.find("metadata"); it != m.end())
-        meta = nlohmann::json::parse(it->second, nullptr, false);
+        meta = parseShallow(it->second);
       if (auto it = m.find("scheme"); it != m.end())
-        scheme = nlohmann::json::parse(it->second, nullptr, false);
+        scheme = parseShallow(it->second);
       if (auto it = m.find("method"); it != m.end())
         q.method = it->second;
     } else {
       const fs::path dir =
           fs::is_directory(path, ec) ? fs::path(path) : fs::path(path).parent_path();
-      std::ifstream in(dir / "lrq_metadata.json");
-      if (!in)
+      const fs::path file = dir / "lrq_metadata.json";
+      if (!fs::is_regular_file(file, ec))
         return q;
-      meta = nlohmann::json::parse(in, nullptr, false);
+      meta = parseShallow(readTextFileLimited(file.string(), defaultJsonLimits().maxBytes));
       q.kind = "hf-directory";
     }
     if (!meta.is_object())

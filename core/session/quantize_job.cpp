@@ -346,9 +346,27 @@ void borrowStage(Job &job, const ModelSession &session) {
   job.reference = &ModelSessionAccess::decoder(session);
 }
 
+// A group larger than a row would pad every row up to the group size (614 MB
+// for a group of 100,000): refuse it before any work, naming the layer.
+void checkGroupSizeFits(const Job &job) {
+  const quant::GridSpec &grid = job.scheme.weight;
+  if (grid.granularity != quant::Granularity::PerGroup || job.reference->weights().blocks.empty())
+    return;
+  BlockWeights block = job.reference->weights().blocks.front(); // every block has these shapes
+  for (const auto &[role, linear] : blockLinears(job.loaded->config, block)) {
+    const int64_t in = linear->weight.size(1);
+    if (job.scheme.layers.selectsLinear(role) && grid.groupSize > in)
+      throw Error("scheme: weight.group_size " + std::to_string(grid.groupSize) +
+                  " is larger than the " + std::to_string(in) + " in-features of " + role +
+                  " in this model; use a group size of at most " + std::to_string(in) +
+                  " or per-channel");
+  }
+}
+
 // Calibration windows, before anything is recorded: a text too short for the
 // requested samples fails here and leaves no run behind.
 void calibrateStage(Job &job) {
+  checkGroupSizeFits(job);
   if (!job.loaded->tokenizer)
     throw FileError(job.modelPath, "the model files contain no tokenizer; calibration needs one");
   const QuantizeRequest &r = job.request;

@@ -2,6 +2,7 @@
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
+#include <time.h>
 
 #include "core/common/error.h"
 #include "core/tokenizer/utf8.h"
@@ -131,6 +132,52 @@ struct MatchState {
   MatchState &operator=(const MatchState &) = delete;
 };
 
+// A pattern is refused when one match on a probe text needs more than
+// kProbeStepLimit interpreter steps. Every pattern that tokenizers ship is
+// linear (at most a few steps per byte: under 600 on these probes), while
+// catastrophic backtracking such as /.*.*.*Z|./ costs O(n^2) or more per match
+// and would take minutes on a long text.
+constexpr uint32_t kProbeStepLimit = 32768;
+constexpr size_t kProbeBytes = 512;
+
+std::vector<std::string> probeTexts() {
+  const char *const units[] = {
+      "The quick brown fox, jumps over 12 lazy dogs! It's 3.14 (approx.)\n",
+      " ",
+      "a",
+      "A",
+      "7",
+      "!",
+      "'",
+      "\n",
+      " \n",
+      "\r\n\t ",
+      "a ",
+      "\xC3\xA9",                 // é
+      "\xE4\xB8\xAD\xE6\x96\x87", // CJK
+      "\xF0\x9F\x99\x82",         // an emoji
+  };
+  std::vector<std::string> texts;
+  for (const char *unit : units) {
+    std::string t;
+    while (t.size() < kProbeBytes)
+      t += unit;
+    texts.push_back(t);
+  }
+  return texts;
+}
+
+double threadCpuSeconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
+// A pattern as messages show it: long ones cut.
+std::string shownPattern(const std::string &pattern) {
+  return pattern.size() <= 120 ? pattern : pattern.substr(0, 120) + "...";
+}
+
 MatchState &threadMatchState() {
   thread_local MatchState state;
   if (!state.data)
@@ -143,27 +190,45 @@ MatchState &threadMatchState() {
 struct RegexSplitter::Impl {
   std::vector<pcre2_code *> codes;
   std::vector<std::string> patterns;
+  double budgetBaseSeconds = 5.0;
+  double budgetSecondsPerMiB = 5.0;
 
   ~Impl() {
     for (auto *c : codes)
       pcre2_code_free(c);
   }
 
+  // The CPU time one split() may use, and when it started.
+  struct Budget {
+    double start = 0;
+    double seconds = 0;
+    size_t bytes = 0;
+    unsigned calls = 0;
+  };
+
   // Splits one piece with pattern k, appending matches and gaps to out.
-  void splitOne(size_t k, std::string_view piece, MatchState &state,
+  // Throws when budget runs out (checked every 64 matches).
+  void splitOne(size_t k, std::string_view piece, pcre2_match_data *md,
+                pcre2_match_context *context, uint32_t options, Budget *budget,
                 std::vector<std::string_view> &out) const {
     const auto *subject = reinterpret_cast<PCRE2_SPTR>(piece.data());
-    pcre2_match_data *md = state.data;
     size_t start = 0;
     size_t last = 0;
     while (start < piece.size()) {
-      const int rc = pcre2_match(codes[k], subject, piece.size(), start, 0, md, state.context);
+      if (budget && (++budget->calls & 63) == 0 &&
+          threadCpuSeconds() - budget->start > budget->seconds)
+        throw Error("pre-tokenizer regex /" + shownPattern(patterns[k]) + "/ used more than " +
+                    std::to_string(int(budget->seconds)) + " s of CPU time on " +
+                    std::to_string(budget->bytes) +
+                    " bytes of text: the pattern backtracks too much");
+      const int rc = pcre2_match(codes[k], subject, piece.size(), start, options, md, context);
       if (rc == PCRE2_ERROR_NOMATCH)
         break;
       // rc == 0 only says the match data has no room for capture groups; the
       // whole-match offsets are still there.
       if (rc < 0)
-        throw Error("pre-tokenizer regex /" + patterns[k] + "/ failed: " + pcre2Message(rc));
+        throw Error("pre-tokenizer regex /" + shownPattern(patterns[k]) +
+                    "/ failed: " + pcre2Message(rc));
       const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
       const size_t b = ov[0];
       const size_t e = ov[1];
@@ -179,6 +244,38 @@ struct RegexSplitter::Impl {
     if (last < piece.size())
       out.push_back(piece.substr(last));
   }
+
+  // Refuses pattern k when it backtracks catastrophically on the probe texts
+  // (run by the interpreter, whose step limit counts backtracking exactly).
+  void probe(size_t k) const {
+    static const std::vector<std::string> texts = probeTexts();
+    pcre2_match_data *md = pcre2_match_data_create(32, nullptr);
+    pcre2_match_context *context = pcre2_match_context_create(nullptr);
+    if (!md || !context) {
+      pcre2_match_data_free(md);
+      pcre2_match_context_free(context);
+      throw Error("out of memory for pre-tokenizer match data");
+    }
+    pcre2_set_match_limit(context, kProbeStepLimit);
+    std::vector<std::string_view> pieces;
+    std::string problem;
+    for (const std::string &text : texts) {
+      pieces.clear();
+      try {
+        splitOne(k, text, md, context, PCRE2_NO_JIT, nullptr, pieces);
+      } catch (const Error &) {
+        problem = "more than " + std::to_string(kProbeStepLimit) +
+                  " backtracking steps for one match on a " + std::to_string(kProbeBytes) +
+                  "-byte probe text";
+        break;
+      }
+    }
+    pcre2_match_data_free(md);
+    pcre2_match_context_free(context);
+    if (!problem.empty())
+      throw Error("pre-tokenizer regex /" + shownPattern(patterns[k]) + "/ needs " + problem +
+                  " (catastrophic backtracking: a long text would take minutes); refused");
+  }
 };
 
 RegexSplitter::RegexSplitter(const std::vector<std::string> &patterns)
@@ -191,13 +288,20 @@ RegexSplitter::RegexSplitter(const std::vector<std::string> &patterns)
                                      PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &errorCode,
                                      &errorOffset, nullptr);
     if (!code)
-      throw Error("pre-tokenizer regex /" + original + "/ does not compile at offset " +
-                  std::to_string(errorOffset) + ": " + pcre2Message(errorCode));
+      throw Error("pre-tokenizer regex /" + shownPattern(original) +
+                  "/ does not compile at offset " + std::to_string(errorOffset) + ": " +
+                  pcre2Message(errorCode));
     // JIT is an optimisation only: the interpreter gives the same matches.
     pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);
     impl_->codes.push_back(code);
     impl_->patterns.push_back(original);
+    impl_->probe(impl_->codes.size() - 1);
   }
+}
+
+void RegexSplitter::setCpuBudget(double baseSeconds, double secondsPerMiB) {
+  impl_->budgetBaseSeconds = baseSeconds;
+  impl_->budgetSecondsPerMiB = secondsPerMiB;
 }
 
 RegexSplitter::~RegexSplitter() = default;
@@ -210,6 +314,11 @@ void RegexSplitter::split(std::string_view text, std::vector<std::string_view> &
     return;
   }
   MatchState &state = threadMatchState();
+  Impl::Budget budget;
+  budget.start = threadCpuSeconds();
+  budget.bytes = text.size();
+  budget.seconds =
+      impl_->budgetBaseSeconds + impl_->budgetSecondsPerMiB * double(text.size()) / double(1 << 20);
   std::vector<std::string_view> current{text};
   std::vector<std::string_view> next;
   const size_t n = impl_->codes.size();
@@ -218,7 +327,7 @@ void RegexSplitter::split(std::string_view text, std::vector<std::string_view> &
     if (k + 1 < n)
       next.clear();
     for (const auto &piece : current)
-      impl_->splitOne(k, piece, state, target);
+      impl_->splitOne(k, piece, state.data, state.context, 0, &budget, target);
     if (k + 1 < n)
       current.swap(next);
   }

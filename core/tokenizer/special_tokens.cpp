@@ -1,19 +1,34 @@
 #include "core/tokenizer/special_tokens.h"
 
-#include <algorithm>
-
 namespace lrq {
+
+int32_t SpecialTokenMatcher::child(int32_t node, unsigned char byte) const {
+  if (node == 0)
+    return rootChildren_[byte];
+  auto it = edges_.find(edgeKey(node, byte));
+  return it == edges_.end() ? -1 : it->second;
+}
 
 void SpecialTokenMatcher::add(const std::string &text, int32_t id, bool always) {
   if (text.empty())
     return;
-  auto &bucket = byFirstByte_[static_cast<unsigned char>(text[0])];
-  for (const auto &e : bucket)
-    if (e.text == text)
-      return; // first id wins for duplicate texts
-  bucket.push_back(Entry{text, id, always});
-  std::stable_sort(bucket.begin(), bucket.end(),
-                   [](const Entry &a, const Entry &b) { return a.text.size() > b.text.size(); });
+  int32_t node = 0;
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    int32_t next = child(node, byte);
+    if (next < 0) {
+      next = static_cast<int32_t>(nodes_.size());
+      nodes_.push_back(Entry{});
+      if (node == 0)
+        rootChildren_[byte] = next;
+      else
+        edges_.emplace(edgeKey(node, byte), next);
+    }
+    node = next;
+  }
+  if (nodes_[node].id >= 0)
+    return; // first id wins for duplicate texts
+  nodes_[node] = Entry{id, always};
   ++count_;
 }
 
@@ -22,12 +37,18 @@ void SpecialTokenMatcher::split(std::string_view text, bool parseSpecial,
   size_t start = 0;
   size_t i = 0;
   while (i < text.size()) {
-    const auto &bucket = byFirstByte_[static_cast<unsigned char>(text[i])];
+    // The longest token starting at i that may be matched here.
     const Entry *hit = nullptr;
-    for (const auto &e : bucket) {
-      if ((parseSpecial || e.always) && text.compare(i, e.text.size(), e.text) == 0) {
-        hit = &e;
+    size_t hitLength = 0;
+    int32_t node = 0;
+    for (size_t j = i; j < text.size(); ++j) {
+      node = child(node, static_cast<unsigned char>(text[j]));
+      if (node < 0)
         break;
+      const Entry &e = nodes_[node];
+      if (e.id >= 0 && (parseSpecial || e.always)) {
+        hit = &e;
+        hitLength = j + 1 - i;
       }
     }
     if (!hit) {
@@ -37,7 +58,7 @@ void SpecialTokenMatcher::split(std::string_view text, bool parseSpecial,
     if (i > start)
       out.push_back(TextFragment{text.substr(start, i - start), -1});
     out.push_back(TextFragment{{}, hit->id});
-    i += hit->text.size();
+    i += hitLength;
     start = i;
   }
   if (start < text.size())

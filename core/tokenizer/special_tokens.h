@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 namespace lrq {
@@ -23,17 +24,31 @@ public:
 
   // Splits text at the special tokens it contains, scanning left to right and
   // taking the longest token that starts at each position (HF's added-token
-  // matching is leftmost-longest).
+  // matching is leftmost-longest). A byte trie keeps this linear in the number
+  // of tokens: each position costs at most the length of the longest token
+  // that shares its prefix, however many tokens share a first byte.
   void split(std::string_view text, bool parseSpecial, std::vector<TextFragment> &out) const;
 
 private:
   struct Entry {
-    std::string text;
-    int32_t id;
-    bool always;
+    int32_t id = -1; // -1: no token ends at this node
+    bool always = false;
   };
-  std::array<std::vector<Entry>, 256> byFirstByte_; // each sorted longest first
+  static uint64_t edgeKey(int32_t node, unsigned char byte) {
+    return (static_cast<uint64_t>(static_cast<uint32_t>(node)) << 8) | byte;
+  }
+  int32_t child(int32_t node, unsigned char byte) const;
+
+  std::array<int32_t, 256> rootChildren_ = makeRoot();
+  std::unordered_map<uint64_t, int32_t> edges_; // (node, byte) -> node, below the root
+  std::vector<Entry> nodes_{Entry{}};           // node 0 is the root
   size_t count_ = 0;
+
+  static std::array<int32_t, 256> makeRoot() {
+    std::array<int32_t, 256> a{};
+    a.fill(-1);
+    return a;
+  }
 };
 
 } // namespace lrq

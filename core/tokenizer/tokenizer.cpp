@@ -1,10 +1,28 @@
 #include "core/tokenizer/tokenizer.h"
 
+#include <algorithm>
+
 #include "core/common/error.h"
 #include "core/tokenizer/bpe_merger.h"
 #include "core/tokenizer/tokenizer_base.h"
 
 namespace lrq {
+
+namespace {
+
+constexpr size_t kPreviewBytes = 64;
+
+// The start of a long text for a message, cut at a UTF-8 character boundary.
+std::string previewText(const std::string &text) {
+  if (text.size() <= kPreviewBytes)
+    return text;
+  size_t end = kPreviewBytes;
+  while (end > 0 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80)
+    --end;
+  return text.substr(0, end) + "...";
+}
+
+} // namespace
 
 std::unique_ptr<Tokenizer> Tokenizer::create(const TokenizerSpec &spec) {
   switch (spec.kind) {
@@ -52,26 +70,51 @@ void TokenizerBase::fail(const std::string &problem) const {
 }
 
 void TokenizerBase::loadMerges(BpeMerger &merger) const {
+  // A merge's halves and their concatenation (the line less one space) are
+  // tokens, so no candidate is longer than the longest token. With that bound,
+  // and a budget on the bytes looked up over all lines, a line of many spaces
+  // costs time linear in the file instead of quadratic in the line.
+  size_t longest = 0;
+  for (const std::string &t : spec_.tokens)
+    longest = std::max(longest, t.size());
+  uint64_t budget = uint64_t(64) << 20;
+  for (const std::string &line : spec_.merges)
+    budget += 16 * uint64_t(line.size());
+  uint64_t spent = 0;
   for (size_t rank = 0; rank < spec_.merges.size(); ++rank) {
     const std::string &line = spec_.merges[rank];
     // Tokens may themselves contain spaces (HF's pair form); take the first split
     // whose halves and whose concatenation are all tokens.
     bool found = false;
-    for (size_t pos = line.find(' ', 1); pos != std::string::npos && !found;
-         pos = line.find(' ', pos + 1)) {
-      const std::string left = line.substr(0, pos);
-      const std::string right = line.substr(pos + 1);
-      const int32_t l = findToken(left);
-      const int32_t r = findToken(right);
-      const int32_t m = findToken(left + right);
-      if (l >= 0 && r >= 0 && m >= 0) {
-        merger.add(l, r, m, static_cast<int32_t>(rank));
-        found = true;
+    if (line.size() >= 3 && line.size() - 1 <= longest) {
+      for (size_t pos = line.find(' ', 1); pos != std::string::npos && pos <= longest && !found;
+           pos = line.find(' ', pos + 1)) {
+        if (line.size() - pos - 1 > longest)
+          continue;
+        spent += 2 * uint64_t(line.size());
+        if (spent > budget)
+          fail("merge " + std::to_string(rank) + " '" + previewText(line) + "' (" +
+               std::to_string(line.size()) +
+               " bytes): too many ways to split the merges into tokens");
+        const std::string left = line.substr(0, pos);
+        const int32_t l = findToken(left);
+        if (l < 0)
+          continue;
+        const std::string right = line.substr(pos + 1);
+        const int32_t r = findToken(right);
+        if (r < 0)
+          continue;
+        const int32_t m = findToken(left + right);
+        if (m >= 0) {
+          merger.add(l, r, m, static_cast<int32_t>(rank));
+          found = true;
+        }
       }
     }
     if (!found)
-      fail("merge " + std::to_string(rank) + " '" + line +
-           "' does not name two tokens whose concatenation is a token");
+      fail("merge " + std::to_string(rank) + " '" + previewText(line) + "'" +
+           (line.size() > kPreviewBytes ? " (" + std::to_string(line.size()) + " bytes)" : "") +
+           " does not name two tokens whose concatenation is a token");
   }
 }
 

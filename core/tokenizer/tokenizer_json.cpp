@@ -2,16 +2,15 @@
 
 #include <algorithm>
 #include <cctype>
-#include <cerrno>
 #include <climits>
 #include <cstring>
-#include <fstream>
 #include <optional>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include "core/common/error.h"
+#include "core/common/json_limits.h"
 #include "core/tokenizer/pre_tokenizers.h"
 
 namespace lrq {
@@ -23,11 +22,12 @@ using nlohmann::json;
 const std::string kSpaceMark = "\xE2\x96\x81"; // U+2581
 
 json readJsonFile(const std::string &path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    throw FileError(path, std::string("cannot open: ") + std::strerror(errno));
+  // Size and nesting are checked on the text before parsing (a 256k-token
+  // tokenizer.json is about 20 MB and nests 6 levels deep).
+  const std::string text = readTextFileLimited(path, defaultJsonLimits().maxBytes);
+  checkJsonLimits(text, path);
   try {
-    json doc = json::parse(in);
+    json doc = json::parse(text);
     if (!doc.is_object())
       throw FileError(path, "top level is not a JSON object");
     return doc;
@@ -82,9 +82,15 @@ private:
   std::string path_;
 };
 
+// Sequences nested deeper than this are refused (real files nest one or two).
+constexpr int kMaxSequenceDepth = 16;
+
 // Flattens {"type": "Sequence", <listKey>: [...]} into its elements (recursively).
 void flatten(const Keys &keys, const json &node, const char *listKey, const std::string &keyPath,
-             std::vector<std::pair<const json *, std::string>> &out) {
+             std::vector<std::pair<const json *, std::string>> &out, int depth = 0) {
+  if (depth > kMaxSequenceDepth)
+    keys.fail("key '" + keyPath.substr(0, keyPath.find('.')) + "' nests Sequence deeper than " +
+              std::to_string(kMaxSequenceDepth) + " levels");
   const std::string type =
       keys.string(keys.member(node, "type", keyPath + ".type"), keyPath + ".type");
   if (type != "Sequence") {
@@ -95,7 +101,8 @@ void flatten(const Keys &keys, const json &node, const char *listKey, const std:
   if (!list.is_array())
     keys.fail("key '" + keyPath + "." + listKey + "' must be an array");
   for (size_t i = 0; i < list.size(); ++i)
-    flatten(keys, list[i], listKey, keyPath + "." + listKey + "[" + std::to_string(i) + "]", out);
+    flatten(keys, list[i], listKey, keyPath + "." + listKey + "[" + std::to_string(i) + "]", out,
+            depth + 1);
 }
 
 // A literal string as a PCRE2 pattern.
@@ -181,6 +188,20 @@ TokenizerSpec tokenizerSpecFromJsonFiles(const std::string &tokenizerJsonPath,
   }
   if (maxId < 0)
     keys.fail("model.vocab is empty");
+  // Every id up to the largest must be defined: check that before sizing the
+  // vocabulary by the largest id (one id of 1e8 would otherwise cost gigabytes).
+  if (static_cast<uint64_t>(maxId) >= entries.size()) {
+    std::vector<bool> present(entries.size(), false);
+    for (const auto &e : entries)
+      if (static_cast<uint64_t>(e.id) < present.size())
+        present[e.id] = true;
+    size_t missing = 0;
+    while (missing < present.size() && present[missing])
+      ++missing;
+    keys.fail("token id " + std::to_string(missing) +
+              " is in neither model.vocab nor added_tokens (ids go up to " + std::to_string(maxId) +
+              " but only " + std::to_string(entries.size()) + " tokens are defined)");
+  }
   spec.tokens.assign(static_cast<size_t>(maxId) + 1, std::string());
   spec.tokenTypes.assign(spec.tokens.size(), TokenType::Normal);
   std::vector<bool> filled(spec.tokens.size(), false);
