@@ -97,21 +97,20 @@ nlohmann::json storedJson(const std::string &text, const RunInfo &r, const char 
 }
 
 nlohmann::json runInfoJson(const RunInfo &r) {
-  nlohmann::json j = {
-      {"id", r.id},
-      {"created", r.created},
-      {"status", runStatusName(r.status)},
-      {"model", r.model.path},
-      {"model_digest", r.model.digest},
-      {"method", r.method},
-      {"scheme", storedJson(r.schemeJson, r, "scheme")},
-      {"hyperparameters", storedJson(r.hyperparametersJson, r, "hyperparameters")},
-      {"engine_version", r.engineVersion},
-      {"seconds", r.totalSeconds},
-      {"metrics", r.metrics},
-      {"error", r.error},
-      {"notes", r.notes},
-      {"blocks", r.blockCount}};
+  nlohmann::json j = {{"id", r.id},
+                      {"created", r.created},
+                      {"status", runStatusName(r.status)},
+                      {"model", r.model.path},
+                      {"model_digest", r.model.digest},
+                      {"method", r.method},
+                      {"scheme", storedJson(r.schemeJson, r, "scheme")},
+                      {"hyperparameters", storedJson(r.hyperparametersJson, r, "hyperparameters")},
+                      {"engine_version", r.engineVersion},
+                      {"seconds", r.totalSeconds},
+                      {"metrics", r.metrics},
+                      {"error", r.error},
+                      {"notes", r.notes},
+                      {"blocks", r.blockCount}};
   // Liveness: the process that runs (or ran) it; what it exported.
   j["owner"] = {{"pid", r.owner.pid}, {"host", r.owner.host}, {"process_start", r.owner.start}};
   j["heartbeat"] = r.heartbeat > 0 ? formatIsoUtc(r.heartbeat) : std::string();
@@ -362,12 +361,19 @@ int commandRuns(const Arguments &args, std::ostream &out) {
       out << "no runs in " << store.path() << "\n";
       return 0;
     }
-    out << std::left << std::setw(22) << "id" << std::setw(13) << "status" << std::setw(11)
-        << "method" << std::setw(13) << "scheme" << std::setw(9) << "seconds"
+    // Method and scheme columns as wide as their longest entry, plus a gap.
+    size_t methodWidth = 8, schemeWidth = 8;
+    for (const RunInfo &r : runs) {
+      methodWidth = std::max(methodWidth, r.method.size() + 2);
+      schemeWidth = std::max(schemeWidth, schemeName(r.schemeJson).size() + 2);
+    }
+    const int mw = int(methodWidth), sw = int(schemeWidth);
+    out << std::left << std::setw(22) << "id" << std::setw(13) << "status" << std::setw(mw)
+        << "method" << std::setw(sw) << "scheme" << std::setw(9) << "seconds"
         << "metrics\n";
     for (const RunInfo &r : runs)
       out << std::left << std::setw(22) << r.id << std::setw(13) << runStatusName(r.status)
-          << std::setw(11) << r.method << std::setw(13) << schemeName(r.schemeJson) << std::setw(9)
+          << std::setw(mw) << r.method << std::setw(sw) << schemeName(r.schemeJson) << std::setw(9)
           << std::fixed << std::setprecision(1) << r.totalSeconds << std::defaultfloat
           << metricText(r.metrics) << "\n";
     return 0;

@@ -153,6 +153,13 @@ int main(int argc, char **argv) {
     }
     last = now;
   });
+  // RSS over the run, every 250 ms: where the peak happens.
+  std::vector<std::pair<double, double>> rssTrace; // (seconds into the run, MiB)
+  QTimer rssProbe;
+  rssProbe.setInterval(250);
+  QObject::connect(&rssProbe, &QTimer::timeout, [&] {
+    rssTrace.push_back({double(clock.elapsed()) / 1000.0, rssMiB()});
+  });
   double modelMiB = 0, loadedRss = 0, loadedPeak = 0;
   QObject::connect(&window, &lrq::ui::MainWindow::modelShown, [&] {
     const lrq::ModelSummary *s = window.controller()->summary();
@@ -183,6 +190,7 @@ int main(int argc, char **argv) {
       clock.start();
       app.clock.start();
       probe.start();
+      rssProbe.start();
       window.quantizeView()->startRun();
     });
   });
@@ -216,6 +224,16 @@ int main(int argc, char **argv) {
         plot->replot(QCustomPlot::rpImmediateRefresh);
       std::printf("  full redraw of '%s': %.1f ms (%d graphs)\n", qPrintable(plotTitle(plot)),
                   double(t.nsecsElapsed()) / 5e6, plot->graphCount());
+    }
+    rssProbe.stop();
+    if (!rssTrace.empty()) {
+      const auto top = std::max_element(rssTrace.begin(), rssTrace.end(),
+                                        [](auto &x, auto &y) { return x.second < y.second; });
+      std::printf("RSS trace (every 250 ms): highest %.0f MiB at %.1f s; by tenths of the run:",
+                  top->second, top->first);
+      for (int i = 0; i < 10; ++i)
+        std::printf(" %.0f", rssTrace[rssTrace.size() * size_t(i) / 10].second);
+      std::printf(" %.0f MiB\n", rssTrace.back().second);
     }
     std::printf("RSS with the model open %.0f MiB (peak while loading %.0f MiB); peak RSS over "
                 "the run %.0f MiB; model float32 %.0f MiB (2x = %.0f MiB)\n",

@@ -395,8 +395,10 @@ private slots:
 
   void catastrophicSplitRegexRefused() {
     const QString file = path("regex.json");
+    // A full byte alphabet: the vocabulary itself is valid, only the pattern is not.
     const std::string json =
-        R"({"model":{"type":"BPE","vocab":{"a":0},"merges":[]},"pre_tokenizer":{"type":)"
+        R"({"model":{"type":"BPE","vocab":{)" + byteVocabEntries() +
+        R"(},"merges":[]},"pre_tokenizer":{"type":)"
         R"("Sequence","pretokenizers":[{"type":"Split","pattern":{"Regex":".*.*.*.*Z|."},)"
         R"("behavior":"Isolated"},{"type":"ByteLevel","use_regex":false}]}})";
     writeBytes(file, json);

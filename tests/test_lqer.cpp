@@ -316,8 +316,8 @@ private slots:
     for (const std::string name : {"lqer", "l2qer"}) {
       DecoderModel model = makeModel();
       std::unique_ptr<QuantMethod> method = createMethod(name);
-      MethodContext ctx =
-          context(model, scheme, calib, mergeHyperparameters(*method, {{"rank", 16}}));
+      MethodContext ctx = context(
+          model, scheme, calib, mergeHyperparameters(*method, {{"rank", 16}, {"factor_bits", 0}}));
       const MethodReport report = method->run(ctx);
       QCOMPARE(int(report.layers.size()), 7);
 
