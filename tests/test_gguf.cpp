@@ -18,6 +18,7 @@
 #include <functional>
 #include <random>
 
+#include "byte_writer.h"
 #include "core/common/error.h"
 #include "core/io/ggml_quants.h"
 #include "core/io/gguf.h"
@@ -29,16 +30,8 @@ namespace {
 
 // --- little-endian byte building ------------------------------------------------
 
-template <typename T> void put(std::string &out, T v) {
-  char bytes[sizeof(T)];
-  std::memcpy(bytes, &v, sizeof v);
-  out.append(bytes, sizeof v);
-}
-
-void putString(std::string &out, const std::string &s) {
-  put<uint64_t>(out, s.size());
-  out += s;
-}
+using lrq::test::put;
+using lrq::test::putString;
 
 // Builds GGUF files field by field, so tests can get every field wrong.
 struct GgufBuilder {

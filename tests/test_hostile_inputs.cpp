@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "byte_writer.h"
 #include "core/common/error.h"
 #include "core/common/text_escape.h"
 #include "core/data/default_assets.h"
@@ -70,16 +71,8 @@ template <typename Fn> QString errorOf(Fn &&fn) {
 
 // --- GGUF files built field by field -----------------------------------------------
 
-template <typename T> void put(std::string &out, T v) {
-  char bytes[sizeof(T)];
-  std::memcpy(bytes, &v, sizeof v);
-  out.append(bytes, sizeof v);
-}
-
-void putString(std::string &out, const std::string &s) {
-  put<uint64_t>(out, s.size());
-  out += s;
-}
+using lrq::test::put;
+using lrq::test::putString;
 
 struct Gguf {
   std::string kvs;

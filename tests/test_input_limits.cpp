@@ -21,6 +21,7 @@
 #include <limits>
 #include <string>
 
+#include "byte_writer.h"
 #include "core/common/error.h"
 #include "core/common/json_limits.h"
 #include "core/io/export.h"
@@ -116,15 +117,8 @@ std::string nested(const std::string &open, const std::string &inner, const std:
 
 // --- GGUF built by hand ---------------------------------------------------------
 
-template <typename T> void put(std::string &out, T v) {
-  char bytes[sizeof(T)];
-  std::memcpy(bytes, &v, sizeof v);
-  out.append(bytes, sizeof v);
-}
-void putString(std::string &out, const std::string &s) {
-  put<uint64_t>(out, s.size());
-  out += s;
-}
+using lrq::test::put;
+using lrq::test::putString;
 
 // A LLaMA GGUF with the given block count and only a token embedding.
 std::string ggufWithBlockCount(uint32_t blocks) {
