@@ -456,9 +456,8 @@ private slots:
     std::vector<ActivationInstallReport> reports;
     for (const int64_t batch : {int64_t(1), int64_t(1), int64_t(2)}) {
       auto decoder = tinyDecoder(tiny);
-      reports.push_back(installActivationQuantizers(*decoder, scheme,
-                                                    CalibrationSet{tiny.tokens, ""}, nullptr,
-                                                    nullptr, batch));
+      reports.push_back(installActivationQuantizers(
+          *decoder, scheme, CalibrationSet{tiny.tokens, ""}, nullptr, nullptr, batch));
     }
     const size_t n = reports[0].staticSteps.size();
     QCOMPARE(n, size_t(tiny.config.numLayers * 7));

@@ -408,7 +408,7 @@ QWidget *LearnView::buildGridTab() {
   sweepMarker_->setScatterStyle(
       QCPScatterStyle(QCPScatterStyle::ssCircle, QPen(Qt::black, 1.5), Qt::NoBrush, 10));
   sweepMarker_->removeFromLegend();
-  legendBelow(sweepPlot_, 4);
+  legendBelow(sweepPlot_, 2);
   sweepPlot_->legend->setVisible(true);
   sweepPlot_->xAxis->setRange(1.7, 8.3);
 

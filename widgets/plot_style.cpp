@@ -50,8 +50,9 @@ void legendBelow(QCustomPlot *plot, int columns) {
   const int row = layout->rowCount();
   layout->addElement(row, 0, legend);
   layout->setRowStretchFactor(row, 0.001); // as tall as its entries, no more
-  legend->setFillOrder(QCPLayoutGrid::foColumnsFirst);
+  // Wrap first: setFillOrder rearranges the entries already there by it.
   legend->setWrap(std::max(1, columns));
+  legend->setFillOrder(QCPLayoutGrid::foColumnsFirst);
   legend->setBorderPen(Qt::NoPen);
   legend->setBrush(Qt::NoBrush);
   legend->setMargins(QMargins(8, 0, 8, 4));

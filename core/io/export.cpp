@@ -15,8 +15,8 @@
 #include <set>
 
 #include "core/common/error.h"
-#include "core/common/text_escape.h"
 #include "core/common/json_limits.h"
+#include "core/common/text_escape.h"
 #include "core/io/file_util.h"
 #include "core/io/hf_config.h"
 #include "core/io/mapped_file.h"
