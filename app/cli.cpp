@@ -64,8 +64,9 @@ Commands:
   generate MODEL --prompt TEXT   continue a prompt
       [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
   spectrum MODEL --tensor NAME   singular values of a weight (CSV: index,value)
-  text [--part evaluation|calibration]
-                                 print the default text's held-out or calibration part
+  text [--part evaluation|calibration|out-of-domain]
+                                 print the default text's held-out or calibration part, or
+                                 the out-of-domain evaluation text
   quantize MODEL --method M --scheme S [--preset demo|thorough] [options]
                                  quantize, evaluate and record a run; prints the run id
                                  (lrq quantize --help lists every option)
@@ -341,8 +342,13 @@ int commandText(const Arguments &args, std::ostream &out) {
   if (!args.positional.empty())
     throw UsageError("'text' takes no arguments besides --part");
   const std::string part = stringOption(args, "part", "evaluation");
-  if (part != "evaluation" && part != "calibration")
-    throw UsageError("--part must be evaluation or calibration, got '" + part + "'");
+  if (part != "evaluation" && part != "calibration" && part != "out-of-domain")
+    throw UsageError("--part must be evaluation, calibration or out-of-domain, got '" +
+                     printableText(part) + "'");
+  if (part == "out-of-domain") {
+    out << outOfDomainText().text;
+    return 0;
+  }
   TextSplit split = defaultText();
   out << (part == "evaluation" ? split.evaluation : split.calibration);
   return 0;

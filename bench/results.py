@@ -1,27 +1,38 @@
 #!/usr/bin/env python3
-"""Produces docs/RESULTS.md: held-out perplexity, KL and top-1 agreement of every
-method under every named scheme on the default model, by running `lrq quantize`.
+"""Produces docs/RESULTS.md: fidelity (KL, top-1) and perplexity of every method under
+every named scheme on the default model, on two texts, by running `lrq quantize`.
 
 usage: bench/results.py [--lrq build/app/lrq] [--methods rtn,gptq,...]
-                        [--schemes W4A16,...] [--preset demo] [--eval-windows N]
+                        [--schemes W4A16,...] [--preset demo] [--seeds 0,1,2]
+                        [--lr METHOD=RATE,...] [--eval-windows N]
                         [--out docs/RESULTS.md] [--store FILE]
-Rows are kept in docs/RESULTS.json beside the table: a run of a subset of methods or
-schemes replaces those rows and keeps the others, so the table can be filled in steps.
+
+Rows are kept in docs/RESULTS.json beside the table, keyed by (preset, scheme, method,
+seed, settings): a run of a subset replaces those rows and keeps the others, so the
+tables can be filled in steps (the long ones in the background, across days). With
+several seeds a cell shows mean ± sample standard deviation over the seeds.
+Everything below the line "## Conclusions" in an existing output file is kept: the
+conclusions are written by hand from the numbers above them.
 Every run is also recorded in the run store (see `lrq runs list`).
 """
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import subprocess
 import sys
 import time
 
-METHODS = ["rtn", "gptq", "flexround", "lrq", "lqer", "l2qer", "lrqat"]
-SCHEMES = ["W3A16", "W3A16-g128", "W4A16", "W4A8-KV8", "W8A8"]
+METHODS = ["rtn", "gptq", "rtn-learned-step", "flexround", "lrq", "lqer", "l2qer", "lrqat"]
+SCHEMES = ["W4A16", "W3A16", "W3A16-g128", "W4A8-KV8", "W8A8"]
 # SmoothQuant belongs with 8-bit activations on a static per-tensor grid.
 SMOOTHQUANT = {"W8A8"}
+# What a row records from the run's metrics.
+FIELDS = ["bits_per_weight", "kl", "ood_kl", "top1", "ood_top1", "perplexity",
+          "ood_perplexity", "reference_perplexity", "ood_reference_perplexity",
+          "recon_heldout_loss_mean", "recon_train_loss_mean", "peak_rss_mib"]
 
 
 def run(cmd):
@@ -39,9 +50,27 @@ def final_event(stdout):
             event = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if event.get("event") == "finished" or "perplexity" in event:
+        if event.get("event") == "finished":
             return event
     return {}
+
+
+def mean_sd(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None, 0
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, None, len(values)
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+    return m, sd, len(values)
+
+
+def cell(values, digits, scale=1.0):
+    m, sd, n = mean_sd([None if v is None else v * scale for v in values])
+    if m is None:
+        return "-"
+    return f"{m:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
 
 
 def main():
@@ -50,7 +79,10 @@ def main():
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--schemes", default=",".join(SCHEMES))
     ap.add_argument("--preset", default="demo")
-    ap.add_argument("--eval-windows", type=int, default=0, help="0 = the whole held-out text")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--lr", default="", help="per-method learning rates, e.g. lrq=1e-2,flexround=3e-3")
+    ap.add_argument("--extra", default="", help="more quantize options, e.g. '--rank 64'")
+    ap.add_argument("--eval-windows", type=int, default=0, help="0 = the whole texts")
     ap.add_argument("--eval-seq-len", type=int, default=512)
     ap.add_argument("--out", default="docs/RESULTS.md")
     ap.add_argument("--store", default="")
@@ -59,81 +91,121 @@ def main():
     evalopts = ["--eval-seq-len", str(args.eval_seq_len)]
     if args.eval_windows:
         evalopts += ["--eval-windows", str(args.eval_windows)]
+    rates = dict(kv.split("=") for kv in args.lr.split(",") if kv)
 
-    rows = []
-    out, secs, err = run([args.lrq, "eval", "default", "--json", "--quiet", "--seq-len",
-                          str(args.eval_seq_len)] +
-                         (["--max-windows", str(args.eval_windows)] if args.eval_windows else []))
-    fp = json.loads(out) if out else {}
-    rows.append(("full precision", "-", fp.get("perplexity"), 0.0, 1.0, secs, None, err))
-    print(f"full precision: {fp.get('perplexity')}", file=sys.stderr)
-
+    fresh = []
     for scheme in args.schemes.split(","):
         for method in args.methods.split(","):
-            cmd = [args.lrq, "quantize", "default", "--method", method, "--scheme", scheme,
-                   "--preset", args.preset, "--json", "--quiet", "--no-spectra"] + evalopts + store
-            if scheme in SMOOTHQUANT:
-                cmd.append("--smoothquant")
-            out, secs, err = run(cmd)
-            metrics = final_event(out).get("metrics", {}) if out else {}
-            rows.append((method + (" + SmoothQuant" if scheme in SMOOTHQUANT else ""), scheme,
-                         metrics.get("perplexity"), metrics.get("kl"), metrics.get("top1"), secs,
-                         metrics.get("peak_rss_mib"), err))
-            print(f"{scheme} {method}: {metrics} ({secs:.0f} s) {err}", file=sys.stderr)
+            for seed in args.seeds.split(","):
+                cmd = [args.lrq, "quantize", "default", "--method", method, "--scheme", scheme,
+                       "--preset", args.preset, "--seed", seed, "--json", "--quiet",
+                       "--no-spectra"] + evalopts + store + args.extra.split()
+                if method in rates:
+                    cmd += ["--lr", rates[method]]
+                if scheme in SMOOTHQUANT:
+                    cmd.append("--smoothquant")
+                out, secs, err = run(cmd)
+                done = final_event(out) if out else {}
+                metrics = done.get("metrics", {})
+                row = {"preset": args.preset, "scheme": scheme, "method": method,
+                       "seed": int(seed), "lr": rates.get(method, "preset"),
+                       "extra": args.extra, "smoothquant": scheme in SMOOTHQUANT,
+                       "run_id": done.get("run_id"), "seconds": secs, "error": err}
+                row.update({f: metrics.get(f) for f in FIELDS})
+                fresh.append(row)
+                print(f"{args.preset} {scheme} {method} seed {seed}: KL {metrics.get('kl')} "
+                      f"ood KL {metrics.get('ood_kl')} ({secs:.0f} s) {err}", file=sys.stderr)
 
-    # Merge with the rows of earlier invocations (same evaluation settings only).
     sidecar = os.path.splitext(args.out)[0] + ".json"
-    settings = {"preset": args.preset, "eval_windows": args.eval_windows,
-                "eval_seq_len": args.eval_seq_len}
-    merged = {}
+    settings = {"eval_windows": args.eval_windows, "eval_seq_len": args.eval_seq_len}
+    rows = {}
+    key = lambda r: (r["preset"], r["scheme"], r["method"], r["seed"], r["lr"], r["extra"])
     if os.path.exists(sidecar):
         with open(sidecar, encoding="utf-8") as f:
             old = json.load(f)
-        if old.get("settings") == settings:
-            for row in old.get("rows", []):
-                if len(row) == 7:  # written before peak RSS was recorded
-                    row = row[:6] + [None] + row[6:]
-                merged[(row[0], row[1])] = tuple(row)
-    for row in rows:
-        merged[(row[0], row[1])] = row
-    order = {s: i for i, s in enumerate(SCHEMES)}
-    base = {m: i for i, m in enumerate(METHODS)}
-    rows = sorted(merged.values(),
-                  key=lambda r: (r[1] != "-", order.get(r[1], 99),
-                                 base.get(r[0].split(" ")[0], 99)))
+        if old.get("settings") == settings and old.get("format") == 2:
+            for r in old.get("rows", []):
+                rows[key(r)] = r
+    for r in fresh:
+        rows[key(r)] = r
     with open(sidecar, "w", encoding="utf-8") as f:
-        json.dump({"settings": settings, "rows": [list(r) for r in rows]}, f, indent=1)
+        json.dump({"format": 2, "settings": settings, "rows": list(rows.values())}, f, indent=1)
 
-    def fmt(v, digits):
-        return "-" if v is None else f"{v:.{digits}f}"
+    write_markdown(args, settings, list(rows.values()))
 
+
+def write_markdown(args, settings, rows):
+    conclusions = ""
+    if os.path.exists(args.out):
+        with open(args.out, encoding="utf-8") as f:
+            text = f.read()
+        at = text.find("\n## Conclusions")
+        if at >= 0:
+            conclusions = text[at + 1:]
+    windows = (f"first {settings['eval_windows']} windows" if settings["eval_windows"]
+               else "all windows")
     lines = [
         "# Results",
         "",
-        "Produced by `bench/results.py` on "
-        f"{datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
-        f"{os.cpu_count()} cores; preset `{args.preset}`, evaluation windows of "
-        f"{args.eval_seq_len} tokens"
-        + (f" (first {args.eval_windows})" if args.eval_windows else " (whole held-out text)")
-        + ".",
+        f"Produced by `bench/results.py` (last run {datetime.datetime.utcnow():%Y-%m-%d %H:%M} "
+        f"UTC, {platform.machine()}, {os.cpu_count()} cores); evaluation windows of "
+        f"{settings['eval_seq_len']} tokens, {windows} of each text.",
         "",
         "Model: SmolLM2-135M-Instruct. **Its full-precision reference is dequantized from "
-        "Q4_1** (the only published form we can fetch), so \"full precision\" below means "
-        "those dequantized weights. Text: the held-out part of the default text (the Jargon "
-        "File; every 20th paragraph). KL is KL(P_reference || P_quantized) per predicted "
-        "token in nats; top-1 is the fraction of positions where both models' argmax agree. "
-        "W8A8 rows use SmoothQuant (alpha 0.5, all groups). Seconds are the whole `lrq "
-        "quantize` run (load, calibration, method, evaluation) without per-layer spectra "
-        "(`--no-spectra`; recording them adds about 7 s); peak RSS is the process's.",
+        "Q4_1** (the only published form we can fetch), so \"full precision\" means those "
+        "dequantized weights.",
         "",
-        "| method | scheme | perplexity | KL | top-1 | seconds | peak RSS MiB | note |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "- **in** = the held-out paragraphs of the calibration document (the Jargon File, "
+        "every 20th paragraph); **ood** = out of domain: every 6th paragraph of the Debian "
+        "Policy Manual, which nothing calibrates on.",
+        "- **KL** is KL(P_reference ‖ P_quantized) per predicted token in nats: the headline "
+        "figure, since it measures fidelity to the model and cannot be improved by fitting "
+        "the text. **top-1** is the share of positions where both models' argmax agree.",
+        "- **bits/w**: storage of the quantized linears per weight (codes, 16-bit steps, zero "
+        "points, kept low-rank factors at their stored precision).",
+        "- **recon held-out**: mean over blocks of the block reconstruction loss on "
+        "calibration sequences never trained on (block-wise methods only).",
+        "- Seconds are the whole `lrq quantize` run (load, calibration, method, both "
+        "evaluations) without spectra; peak RSS is the process's. W8A8 rows use "
+        "SmoothQuant (alpha 0.5, all groups).",
+        "- With several seeds a cell is mean ± sample standard deviation (n in the seeds "
+        "column); a difference smaller than that spread is not a win.",
+        "",
     ]
-    for method, scheme, ppl, kl, top1, secs, rss, err in rows:
-        lines.append(f"| {method} | {scheme} | {fmt(ppl, 3)} | {fmt(kl, 4)} | {fmt(top1, 4)} | "
-                     f"{secs:.0f} | {fmt(rss, 0)} | {err} |")
+    refs = [r for r in rows if r.get("reference_perplexity")]
+    if refs:
+        lines += [f"Full precision: perplexity {refs[0]['reference_perplexity']:.3f} (in), "
+                  f"{(refs[0].get('ood_reference_perplexity') or float('nan')):.3f} (ood).", ""]
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["preset"], r["extra"]), {}).setdefault(
+            (r["scheme"], r["method"], r["lr"]), []).append(r)
+    scheme_order = {s: i for i, s in enumerate(SCHEMES)}
+    method_order = {m: i for i, m in enumerate(METHODS)}
+    for (preset, extra), cells in sorted(groups.items()):
+        lines += [f"## Preset `{preset}`" + (f", `{extra}`" if extra else ""), "",
+                  "| scheme | method | lr | seeds | bits/w | KL in | KL ood | top-1 in | "
+                  "top-1 ood | ppl in | ppl ood | recon held-out | seconds | peak RSS MiB | note |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for (scheme, method, lr), rs in sorted(
+                cells.items(), key=lambda kv: (scheme_order.get(kv[0][0], 99),
+                                               method_order.get(kv[0][1], 99), kv[0][2])):
+            col = lambda f: [r.get(f) for r in rs]
+            name = method + (" + SmoothQuant" if rs[0]["smoothquant"] else "")
+            errors = "; ".join(sorted({r["error"] for r in rs if r["error"]}))
+            lines.append(
+                f"| {scheme} | {name} | {lr} | {len(rs)} | {cell(col('bits_per_weight'), 3)} | "
+                f"{cell(col('kl'), 4)} | {cell(col('ood_kl'), 4)} | "
+                f"{cell(col('top1'), 1, 100)} | {cell(col('ood_top1'), 1, 100)} | "
+                f"{cell(col('perplexity'), 2)} | {cell(col('ood_perplexity'), 2)} | "
+                f"{cell(col('recon_heldout_loss_mean'), 4)} | {cell(col('seconds'), 0)} | "
+                f"{cell(col('peak_rss_mib'), 0)} | {errors} |")
+        lines.append("")
+    text = "\n".join(lines)
+    if conclusions:
+        text += "\n" + conclusions
     with open(args.out, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(text if text.endswith("\n") else text + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything LRQ Workbench needs on Debian bookworm, idempotently:
 # build tools and libraries (apt), a Python venv with the reference-check
-# packages, the default text (Debian's jargon-text) and the default model.
+# packages, the default texts (Debian's jargon-text for calibration and in-domain
+# evaluation, debian-policy for out-of-domain evaluation) and the default model.
 # Usage: packaging/install-deps.sh            (as root, or with sudo available)
 set -euo pipefail
 
@@ -14,7 +15,7 @@ PACKAGES=(
   libspdlog-dev libtorch-dev libopenblas0-openmp nlohmann-json3-dev libpcre2-dev
   libsqlite3-dev zlib1g-dev
   python3 python3-pip python3-venv
-  jargon-text fonts-dejavu-core xvfb xauth
+  jargon-text debian-policy fonts-dejavu-core xvfb xauth
 )
 
 as_root() {
@@ -56,14 +57,18 @@ else
   echo "== Python venv: ready ($VENV_DIR)"
 fi
 
-# Default text: Debian's jargon-text. Images that drop /usr/share/doc get a
-# private copy unpacked from the package into the cache.
-if [ ! -f /usr/share/doc/jargon-text/jargon.txt.gz ] && [ ! -f "$CACHE_DIR/text/jargon.txt.gz" ]; then
-  echo "== unpacking jargon-text into $CACHE_DIR/text"
-  tmp=$(mktemp -d)
-  (cd "$tmp" && apt-get download -qq jargon-text && dpkg-deb -x jargon-text_*.deb root)
-  mkdir -p "$CACHE_DIR/text"
-  cp "$tmp/root/usr/share/doc/jargon-text/jargon.txt.gz" "$CACHE_DIR/text/jargon.txt.gz"
-  rm -rf "$tmp"
-fi
+# Default texts: Debian's jargon-text and debian-policy. Images that drop
+# /usr/share/doc get a private copy unpacked from each package into the cache.
+cache_text() { # package, file under /usr/share/doc/PACKAGE
+  if [ ! -f "/usr/share/doc/$1/$2" ] && [ ! -f "$CACHE_DIR/text/$2" ]; then
+    echo "== unpacking $1 into $CACHE_DIR/text"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download -qq "$1" && dpkg-deb -x "$1"_*.deb root)
+    mkdir -p "$CACHE_DIR/text"
+    cp "$tmp/root/usr/share/doc/$1/$2" "$CACHE_DIR/text/$2"
+    rm -rf "$tmp"
+  fi
+}
+cache_text jargon-text jargon.txt.gz
+cache_text debian-policy policy.txt.gz
 echo "== dependencies ready"

@@ -198,10 +198,11 @@ QCPGraph *findGraph(QCustomPlot *plot, const QString &runId, const QString &kind
   return nullptr;
 }
 
-QCPBars *findBars(QCustomPlot *plot, const QString &runId) {
+QCPBars *findBars(QCustomPlot *plot, const QString &runId, const QString &metric = {}) {
   for (int i = 0; i < plot->plottableCount(); ++i)
     if (auto *b = qobject_cast<QCPBars *>(plot->plottable(i)))
-      if (b->property("runId").toString() == runId)
+      if (b->property("runId").toString() == runId &&
+          (metric.isEmpty() || b->property("metric").toString() == metric))
         return b;
   return nullptr;
 }
@@ -240,6 +241,7 @@ private slots:
   void modelValuesAndDifferences();
   void modelErrors();
   void accuracyBars();
+  void outOfDomainBars();
   void depthProfile();
   void lossCurves();
   void spectraAndEnergy();
@@ -461,6 +463,59 @@ void TestCompareView::accuracyBars() {
   QVERIFY(view.perplexityPlot()->legend->visible());
   QVERIFY(view.perplexityPlot()->yAxis->range().upper > 251.261);
   QVERIFY(view.perplexityPlot()->yAxis->label().contains("perplexity"));
+}
+
+void TestCompareView::outOfDomainBars() {
+  // Without out-of-domain figures: no paired bars and no empty summary rows.
+  {
+    CompareView view;
+    view.setRuns(made_.path, {made_.lrq, made_.rtn});
+    QCOMPARE(view.model()->rowOf("summary:ood_kl"), -1);
+    QVERIFY(!findBars(view.klPlot(), made_.lrq, "ood_kl"));
+    QCOMPARE(findBars(view.klPlot(), made_.lrq)->width(), 0.6);
+  }
+  const QString path = dir_.path() + "/ood.sqlite";
+  QFile::remove(path);
+  QVERIFY(QFile::copy(made_.path, path));
+  {
+    RunStore store = RunStore::open(path.toStdString());
+    store.setMetric(made_.lrq.toStdString(), "ood_kl", 0.75);
+    store.setMetric(made_.lrq.toStdString(), "ood_top1", 0.5);
+    store.setMetric(made_.lrq.toStdString(), "ood_perplexity", 31.5);
+    store.setMetric(made_.lrq.toStdString(), "ood_reference_perplexity", 20.25);
+  }
+  CompareView view;
+  view.setRuns(path, {made_.lrq, made_.rtn});
+  const RunInfo lrq = RunStore::open(path.toStdString()).getRunInfo(made_.lrq.toStdString());
+  // Each run's in-domain bar left of its hatched out-of-domain bar.
+  QCPBars *in = findBars(view.klPlot(), made_.lrq, "kl");
+  QCPBars *out = findBars(view.klPlot(), made_.lrq, "ood_kl");
+  QVERIFY(in && out);
+  QCOMPARE(in->data()->constBegin()->value, lrq.metrics.at("kl"));
+  QCOMPARE(out->data()->constBegin()->value, 0.75);
+  QVERIFY(in->data()->constBegin()->key < out->data()->constBegin()->key);
+  QCOMPARE(out->brush().style(), Qt::BDiagPattern);
+  QCOMPARE(findBars(view.top1Plot(), made_.lrq, "ood_top1")->data()->constBegin()->value, 50.0);
+  // The run without the second text keeps its in-domain bar only.
+  QVERIFY(findBars(view.klPlot(), made_.rtn, "kl"));
+  QVERIFY(!findBars(view.klPlot(), made_.rtn, "ood_kl"));
+  QVERIFY(view.klPlot()->legend->visible());
+  // Both reference perplexities are drawn and named.
+  int refs = 0;
+  for (int i = 0; i < view.perplexityPlot()->graphCount(); ++i) {
+    QCPGraph *g = view.perplexityPlot()->graph(i);
+    if (g->property("kind").toString() != "reference")
+      continue;
+    ++refs;
+    if (g->name().contains("out of domain"))
+      QCOMPARE(g->data()->constBegin()->value, 20.25);
+  }
+  QCOMPARE(refs, 2);
+  // The summary rows: out-of-domain KL shown for the run that has it only.
+  const int row = view.model()->rowOf("summary:ood_kl");
+  QVERIFY(row >= 0);
+  QCOMPARE(view.model()->index(row, 0).data().toString(), QString("0.7500"));
+  QVERIFY(view.model()->index(row, 1).data().toString().isEmpty());
 }
 
 void TestCompareView::depthProfile() {

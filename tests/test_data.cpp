@@ -101,6 +101,35 @@ private slots:
     qputenv("LRQ_CACHE_DIR", previous);
   }
 
+  void outOfDomainTextIsDeterministicAndDisjoint() {
+    const lrq::EvaluationText a = lrq::outOfDomainText();
+    QCOMPARE(lrq::outOfDomainText().text, a.text);
+    QVERIFY(a.source.find("debian-policy") != std::string::npos);
+    // About the size of the in-domain held-out part, and well-formed text.
+    const lrq::TextSplit jargon = lrq::defaultText();
+    QVERIFY2(a.text.size() > jargon.evaluation.size() / 2 &&
+                 a.text.size() < 2 * jargon.evaluation.size(),
+             qPrintable(QString("%1 vs %2").arg(a.text.size()).arg(jargon.evaluation.size())));
+    QCOMPARE(lrq::firstInvalidUtf8(a.text), std::string::npos);
+    // No paragraph of it is in either part of the calibration document.
+    size_t start = 0;
+    int checked = 0;
+    while (start < a.text.size()) {
+      const size_t end = a.text.find("\n\n", start);
+      const std::string paragraph =
+          a.text.substr(start, end == std::string::npos ? std::string::npos : end - start);
+      if (paragraph.size() > 120) {
+        QVERIFY2(jargon.calibration.find(paragraph) == std::string::npos, paragraph.c_str());
+        QVERIFY2(jargon.evaluation.find(paragraph) == std::string::npos, paragraph.c_str());
+        ++checked;
+      }
+      if (end == std::string::npos)
+        break;
+      start = end + 2;
+    }
+    QVERIFY(checked > 100);
+  }
+
   void defaultTextSplitIsDeterministicAndDisjoint() {
     lrq::TextSplit a = lrq::defaultText();
     lrq::TextSplit b = lrq::defaultText();

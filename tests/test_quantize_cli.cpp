@@ -63,6 +63,12 @@ private slots:
     QVERIFY(ppl > ref); // 4-bit rounding costs something on these windows
     QVERIFY(m["kl"].toDouble() > 0);
     QVERIFY(m["top1"].toDouble() > 0.2 && m["top1"].toDouble() < 1.0);
+    // Bits per weight, by hand for this model's block (q, k, v, o, gate, up, down:
+    // out 576+192+192+576+1536+1536+576 rows over 3,538,944 weights), W4 per
+    // channel asymmetric: each row adds a 16-bit step and a 4-bit zero point.
+    const double expectedBits = 4.0 + 20.0 * 5184.0 / 3538944.0;
+    QVERIFY2(std::abs(m["bits_per_weight"].toDouble() - expectedBits) < 1e-9,
+             qPrintable(QString::number(m["bits_per_weight"].toDouble(), 'g', 12)));
 
     // The HF export loads in `lrq eval` and reproduces the run's perplexity on the same windows.
     Result e = runLrq({"eval", dir_.filePath("rtn-export"), "--seq-len", "128", "--max-windows",
@@ -79,6 +85,28 @@ private slots:
     QJsonObject kj = lrq::test::parseJson(k);
     QVERIFY(std::abs(kj["kl"].toDouble() - m["kl"].toDouble()) < 1e-4);
     QVERIFY(std::abs(kj["top1"].toDouble() - m["top1"].toDouble()) < 1e-9);
+
+    // The second, out-of-domain text: the same figures, measured again by
+    // `eval --reference` on the text `lrq text --part out-of-domain` prints.
+    QVERIFY(m.contains("ood_kl") && m.contains("ood_top1") && m.contains("ood_perplexity"));
+    QVERIFY(m["ood_reference_perplexity"].toDouble() != ref);
+    Result t = runLrq({"text", "--part", "out-of-domain"});
+    QCOMPARE(t.exitCode, 0);
+    const QString oodPath = dir_.filePath("ood.txt");
+    QFile ood(oodPath);
+    QVERIFY(ood.open(QIODevice::WriteOnly));
+    ood.write(t.out);
+    ood.close();
+    Result o = runLrq({"eval", dir_.filePath("rtn-export"), "--reference", "default", "--text",
+                       oodPath, "--seq-len", "128", "--max-windows", "2", "--json", "--quiet"});
+    QVERIFY2(o.exitCode == 0, qPrintable(o.err));
+    QJsonObject oj = lrq::test::parseJson(o);
+    qInfo("RTN W4A16 out of domain: perplexity %.3f (reference %.3f), KL %.4f, top-1 %.4f",
+          m["ood_perplexity"].toDouble(), m["ood_reference_perplexity"].toDouble(),
+          m["ood_kl"].toDouble(), m["ood_top1"].toDouble());
+    QVERIFY(std::abs(oj["kl"].toDouble() - m["ood_kl"].toDouble()) < 1e-4);
+    QVERIFY(std::abs(oj["top1"].toDouble() - m["ood_top1"].toDouble()) < 1e-9);
+    QVERIFY(std::abs(oj["kl"].toDouble() - m["kl"].toDouble()) > 1e-6); // another text
   }
 
   void lqerRunOnSchemeFile() {

@@ -303,7 +303,9 @@ QWidget *CompareView::buildAccuracyTab() {
   styleComparePlot(top1Plot_, tr("Top-1 agreement with the reference (higher is better)"),
                    QStringLiteral("top1Plot"));
   top1Plot_->yAxis->setLabel(tr("top-1 agreement (%)"));
-  legendBelow(pplPlot_, 1);
+  legendBelow(pplPlot_, 2);
+  legendBelow(klPlot_, 2);
+  legendBelow(top1Plot_, 2);
   for (QCustomPlot *p : {pplPlot_, klPlot_, top1Plot_})
     p->xAxis->setLabel(tr("run (method)"));
   accuracyNote_ = makeNote(page);
@@ -679,34 +681,67 @@ void CompareView::updateAccuracy() {
     QStringList missing;
     double top = 0;
     int shown = 0;
+    // Beside each run's in-domain bar, a hatched bar for the out-of-domain text
+    // when any compared run measured it.
+    const std::string oodMetric = std::string("ood_") + chart.metric;
+    const bool paired = std::any_of(runs.begin(), runs.end(), [&](const lrq::RunRecord &r) {
+      return r.metrics.count(oodMetric) > 0;
+    });
+    struct Variant {
+      const std::string *metric;
+      double offset;
+      Qt::BrushStyle brush;
+    };
+    const std::string inMetric = chart.metric;
+    const Variant allVariants[] = {{&inMetric, paired ? -0.19 : 0.0, Qt::SolidPattern},
+                                   {&oodMetric, 0.19, Qt::BDiagPattern}};
+    const auto variants = paired ? QVector<Variant>(std::begin(allVariants), std::end(allVariants))
+                                 : QVector<Variant>{allVariants[0]};
+    const double width = paired ? 0.36 : 0.6;
     for (int i = 0; i < n; ++i) {
       ticker->addTick(i + 1, model_->runLabel(i));
-      auto it = runs[i].metrics.find(chart.metric);
-      if (it == runs[i].metrics.end() || !std::isfinite(it->second)) {
-        missing << model_->runLabel(i);
-        continue;
+      for (const Variant &variant : variants) {
+        auto it = runs[i].metrics.find(*variant.metric);
+        if (it == runs[i].metrics.end() || !std::isfinite(it->second)) {
+          if (variant.metric == &inMetric)
+            missing << model_->runLabel(i);
+          continue;
+        }
+        const double v = it->second * chart.scale;
+        const double x = i + 1 + variant.offset;
+        auto *bars = new QCPBars(plot->xAxis, plot->yAxis);
+        bars->setName(model_->runLabel(i));
+        bars->setProperty("runId", QString::fromStdString(runs[i].id));
+        bars->setProperty("kind", QStringLiteral("bar"));
+        bars->setProperty("metric", QString::fromStdString(*variant.metric));
+        bars->setWidth(width);
+        bars->setPen(QPen(colors[i].darker(130)));
+        bars->setBrush(QBrush(colors[i], variant.brush));
+        bars->setData(QVector<double>{x}, QVector<double>{v});
+        bars->removeFromLegend();
+        auto *label = new QCPItemText(plot);
+        label->position->setType(QCPItemPosition::ptPlotCoords);
+        label->position->setCoords(x, v);
+        label->setPositionAlignment(Qt::AlignHCenter | Qt::AlignBottom);
+        label->setText(chart.scale == 100.0 ? QString::number(v, 'f', 1) : formatMetric(v));
+        QFont f = plot->font();
+        f.setPointSize(paired ? 7 : 8);
+        label->setFont(f);
+        label->setPadding(QMargins(0, 0, 0, 2));
+        top = std::max(top, v);
+        ++shown;
       }
-      const double v = it->second * chart.scale;
-      auto *bars = new QCPBars(plot->xAxis, plot->yAxis);
-      bars->setName(model_->runLabel(i));
-      bars->setProperty("runId", QString::fromStdString(runs[i].id));
-      bars->setProperty("kind", QStringLiteral("bar"));
-      bars->setWidth(0.6);
-      bars->setPen(QPen(colors[i].darker(130)));
-      bars->setBrush(colors[i]);
-      bars->setData(QVector<double>{double(i + 1)}, QVector<double>{v});
-      bars->removeFromLegend();
-      auto *label = new QCPItemText(plot);
-      label->position->setType(QCPItemPosition::ptPlotCoords);
-      label->position->setCoords(i + 1, v);
-      label->setPositionAlignment(Qt::AlignHCenter | Qt::AlignBottom);
-      label->setText(chart.scale == 100.0 ? QString::number(v, 'f', 1) : formatMetric(v));
-      QFont f = plot->font();
-      f.setPointSize(8);
-      label->setFont(f);
-      label->setPadding(QMargins(0, 0, 0, 2));
-      top = std::max(top, v);
-      ++shown;
+    }
+    if (paired) {
+      // Legend keys only: grey bars without data.
+      for (const Variant &variant : variants) {
+        auto *key = new QCPBars(plot->xAxis, plot->yAxis);
+        key->setName(variant.metric == &inMetric ? tr("in domain") : tr("out of domain"));
+        key->setProperty("kind", QStringLiteral("legend key"));
+        key->setPen(QPen(QColor(0x60, 0x60, 0x60)));
+        key->setBrush(QBrush(QColor(0x90, 0x90, 0x90), variant.brush));
+      }
+      plot->legend->setVisible(true);
     }
     if (!missing.isEmpty())
       notes << tr("no %1: %2").arg(QString::fromLatin1(chart.missing), joinNames(missing));
@@ -717,17 +752,22 @@ void CompareView::updateAccuracy() {
     plot->xAxis->setRange(0.4, std::max(1, n) + 0.6);
     if (plot == pplPlot_) {
       // The full-precision reference, from the runs that measured it.
-      std::vector<double> refs;
-      for (const lrq::RunRecord &r : runs) {
-        auto it = r.metrics.find("reference_perplexity");
-        if (it != r.metrics.end() && std::isfinite(it->second))
-          refs.push_back(it->second);
-      }
-      if (!refs.empty()) {
+      for (const char *metric : {"reference_perplexity", "ood_reference_perplexity"}) {
+        std::vector<double> refs;
+        for (const lrq::RunRecord &r : runs) {
+          auto it = r.metrics.find(metric);
+          if (it != r.metrics.end() && std::isfinite(it->second))
+            refs.push_back(it->second);
+        }
+        if (refs.empty())
+          continue;
+        const bool ood = metric[0] == 'o';
         const double ref = refs.front();
-        QCPGraph *g =
-            addLine(plot, QStringLiteral("%1: %2").arg(referenceLabel(), formatMetric(ref)),
-                    kReferenceColor, Qt::DashLine, 1.6);
+        QString name = referenceLabel();
+        if (paired)
+          name += ood ? tr(" (out of domain)") : tr(" (in domain)");
+        QCPGraph *g = addLine(plot, QStringLiteral("%1: %2").arg(name, formatMetric(ref)),
+                              kReferenceColor, ood ? Qt::DotLine : Qt::DashLine, 1.6);
         g->setProperty("kind", QStringLiteral("reference"));
         g->setData(QVector<double>{0.4, n + 0.6}, QVector<double>{ref, ref});
         top = std::max(top, ref);

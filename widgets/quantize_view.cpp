@@ -178,6 +178,10 @@ QuantizeView::QuantizeView(SessionController *session, QuantizeController *contr
                           .arg(metrics.value("perplexity").toDouble(), 0, 'f', 2)
                           .arg(metrics.value("reference_perplexity").toDouble(), 0, 'f', 2)
                           .arg(metrics.value("kl").toDouble(), 0, 'f', 4);
+            if (metrics.contains(QStringLiteral("ood_kl")))
+              text += tr(" · out of domain: KL %1, perplexity %2")
+                          .arg(metrics.value("ood_kl").toDouble(), 0, 'f', 4)
+                          .arg(metrics.value("ood_perplexity").toDouble(), 0, 'f', 2);
             progress_->setFormat(tr("finished"));
             eta_->setText(QString());
             problems_->setStyleSheet(QStringLiteral("QLabel { color: #1b5e20; }"));

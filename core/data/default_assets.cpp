@@ -257,24 +257,29 @@ std::vector<std::string> proseParagraphs(const std::string &text) {
   return paragraphs;
 }
 
-std::string findDefaultTextSource() {
+// The first existing file among $envName, the private cache copy and the
+// Debian package's own file; the error says how to get it.
+std::string findPackagedText(const char *envName, const std::string &fileName,
+                             const std::string &packagePath, const std::string &package) {
   std::vector<std::string> candidates;
-  if (const char *env = std::getenv("LRQ_DEFAULT_TEXT_GZ"))
+  if (const char *env = std::getenv(envName))
     candidates.emplace_back(env);
-  candidates.push_back(cacheDirectory() + "/text/jargon.txt.gz");
-  candidates.emplace_back("/usr/share/doc/jargon-text/jargon.txt.gz");
+  candidates.push_back(cacheDirectory() + "/text/" + fileName);
+  candidates.push_back(packagePath);
   for (const auto &candidate : candidates)
     if (fs::exists(candidate))
       return candidate;
-  throw Error("default text: jargon.txt.gz not found in " + candidates.back() + " or " +
-              cacheDirectory() +
-              "/text; run packaging/install-deps.sh (it fetches Debian's jargon-text)");
+  throw Error("default text: " + fileName + " not found in " + packagePath + " or " +
+              cacheDirectory() + "/text; run packaging/install-deps.sh (it fetches Debian's " +
+              package + ")");
 }
 
 } // namespace
 
 TextSplit defaultText() {
-  const std::string source = findDefaultTextSource();
+  const std::string source =
+      findPackagedText("LRQ_DEFAULT_TEXT_GZ", "jargon.txt.gz",
+                       "/usr/share/doc/jargon-text/jargon.txt.gz", "jargon-text");
   const std::vector<std::string> paragraphs = proseParagraphs(readGzip(source));
   TextSplit split;
   split.source = source + " (The Jargon File, Debian package jargon-text; every 20th "
@@ -288,6 +293,24 @@ TextSplit defaultText() {
   if (split.evaluation.empty())
     throw FileError(source, "contains no prose paragraphs");
   return split;
+}
+
+EvaluationText outOfDomainText() {
+  const std::string source =
+      findPackagedText("LRQ_OOD_TEXT_GZ", "policy.txt.gz",
+                       "/usr/share/doc/debian-policy/policy.txt.gz", "debian-policy");
+  const std::vector<std::string> paragraphs = proseParagraphs(readGzip(source));
+  EvaluationText out;
+  out.source = source + " (the Debian Policy Manual, Debian package debian-policy; every 6th "
+                        "paragraph; out of domain, never calibrated on)";
+  for (size_t i = 5; i < paragraphs.size(); i += 6) {
+    if (!out.text.empty())
+      out.text += "\n\n";
+    out.text += paragraphs[i];
+  }
+  if (out.text.empty())
+    throw FileError(source, "contains no prose paragraphs");
+  return out;
 }
 
 size_t firstInvalidUtf8(const std::string &text) {

@@ -30,6 +30,16 @@ struct TextSplit {
 // plain paragraphs and split deterministically: every 20th paragraph is held out
 // for evaluation, the rest is calibration text. Throws lrq::Error if absent.
 TextSplit defaultText();
+
+// The second, out-of-domain evaluation text: the Debian Policy Manual (Debian
+// package debian-policy), normative technical English that shares no document
+// with the Jargon File. Every 6th prose paragraph (about the size of the
+// in-domain held-out part). Nothing calibrates on it. Throws lrq::Error if absent.
+struct EvaluationText {
+  std::string text;
+  std::string source;
+};
+EvaluationText outOfDomainText();
 // Reads a user's UTF-8 text file (throws lrq::FileError on missing/invalid UTF-8).
 std::string readTextFile(const std::string &path);
 // Offset of the first byte that does not start a well-formed UTF-8 sequence

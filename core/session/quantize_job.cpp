@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -28,6 +29,7 @@
 #include "core/quant/method.h"
 #include "core/quant/scheme.h"
 #include "core/quant/smoothquant.h"
+#include "core/quant/storage_bits.h"
 #include "core/recon/block_reconstructor.h"
 #include "core/runs/run_recorder.h"
 #include "core/runs/run_store.h"
@@ -280,6 +282,7 @@ struct Job {
   std::unique_ptr<ReferenceGuard> guard;
 
   TextSplit split;
+  EvaluationText outOfDomain; // read before the run is recorded
   quant::CalibrationSet calibration;
 
   std::unique_ptr<RunStore> store;
@@ -379,6 +382,14 @@ void calibrateStage(Job &job) {
   } else {
     text = readTextFile(r.calibrationText);
     source = r.calibrationText;
+  }
+  if (r.evaluate && r.evaluateOutOfDomain) {
+    if (r.outOfDomainText.empty()) {
+      job.outOfDomain = outOfDomainText();
+    } else {
+      job.outOfDomain.text = readTextFile(r.outOfDomainText);
+      job.outOfDomain.source = r.outOfDomainText;
+    }
   }
   const std::vector<int32_t> tokens = job.loaded->tokenizer->encode(text, true);
   job.calibration =
@@ -490,7 +501,35 @@ void activationStage(Job &job) {
           std::to_string(a.outputTransforms) + " KV outputs");
 }
 
+// Storage of the quantized linears per weight (codes, steps, zero points and
+// kept low-rank factors), over the layers the method quantized.
+double bitsPerWeight(Job &job) {
+  const bool keepsFactors = job.method->name() == "lqer" || job.method->name() == "l2qer";
+  const int64_t rank = keepsFactors ? job.hyper.value("rank", int64_t(0)) : 0;
+  const int factorBits = keepsFactors ? job.hyper.value("factor_bits", 0) : 0;
+  double bits = 0, weights = 0;
+  ModelWeights &w = job.model->weights();
+  for (const quant::LayerReport &l : job.report.layers) {
+    if (l.error.block < 0 || l.error.block >= int64_t(w.blocks.size()))
+      continue;
+    const at::Tensor *weight = nullptr;
+    for (const auto &[role, linear] : blockLinears(job.loaded->config, w.blocks[l.error.block]))
+      if (role == l.error.layer)
+        weight = &linear->weight;
+    if (!weight || !weight->defined() || weight->dim() != 2)
+      continue;
+    const int64_t out = weight->size(0), in = weight->size(1);
+    const int64_t r = std::min({rank, out, in});
+    bits += quant::effectiveBitsPerWeight(job.scheme.weight, out, in, r, factorBits) * double(out) *
+            double(in);
+    weights += double(out) * double(in);
+  }
+  return weights > 0 ? bits / weights : 0.0;
+}
+
 void layerRecordStage(Job &job) {
+  if (!job.report.layers.empty())
+    job.outcome.metrics["bits_per_weight"] = bitsPerWeight(job);
   std::vector<LayerStats> layers;
   for (const quant::LayerReport &l : job.report.layers) {
     layers.push_back(
@@ -519,28 +558,42 @@ void spectraStage(Job &job) {
   job.say(line);
 }
 
-void evaluateStage(Job &job) {
+// Perplexity, KL and top-1 of the quantized model against the reference on
+// one text; metric names get the prefix ("" or "ood_").
+void evaluateOn(Job &job, const std::string &text, const std::string &what,
+                const std::string &prefix) {
   const QuantizeRequest &r = job.request;
-  if (!r.evaluate)
-    return;
-  const std::string text =
-      r.evaluationText.empty() ? job.split.evaluation : readTextFile(r.evaluationText);
   const std::vector<int32_t> tokens = job.loaded->tokenizer->encode(text, true);
   c10::InferenceMode inference;
-  job.say("evaluating against the full-precision reference (" +
+  job.say("evaluating on " + what + " against the full-precision reference (" +
           (job.loaded->baselineNote.empty() ? std::string("weights as stored")
                                             : job.loaded->baselineNote) +
           ")");
   CompareResult c = compareToReference(*job.model, *job.reference, tokens, r.evalSeqLen,
                                        job.beating(), job.cancel, r.evalMaxWindows);
   auto &m = job.outcome.metrics;
-  m["perplexity"] = c.perplexity;
-  m["reference_perplexity"] = c.referencePerplexity;
-  m["kl"] = c.meanKl;
-  m["max_kl"] = c.maxKl;
-  m["top1"] = c.top1Agreement;
-  m["eval_tokens"] = double(c.tokens);
-  m["eval_seconds"] = c.seconds;
+  m[prefix + "perplexity"] = c.perplexity;
+  m[prefix + "reference_perplexity"] = c.referencePerplexity;
+  m[prefix + "kl"] = c.meanKl;
+  m[prefix + "max_kl"] = c.maxKl;
+  m[prefix + "top1"] = c.top1Agreement;
+  m[prefix + "eval_tokens"] = double(c.tokens);
+  m[prefix + "eval_seconds"] = c.seconds;
+}
+
+void evaluateStage(Job &job) {
+  const QuantizeRequest &r = job.request;
+  if (!r.evaluate)
+    return;
+  if (r.evaluationText.empty())
+    evaluateOn(job, job.split.evaluation, "the held-out text (in domain)", "");
+  else
+    evaluateOn(job, readTextFile(r.evaluationText), r.evaluationText, "");
+  if (r.evaluateOutOfDomain)
+    evaluateOn(job, job.outOfDomain.text,
+               r.outOfDomainText.empty() ? std::string("the out-of-domain text (Debian Policy)")
+                                         : r.outOfDomainText,
+               "ood_");
 }
 
 void exportStage(Job &job) {

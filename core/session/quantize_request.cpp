@@ -174,6 +174,15 @@ std::vector<RequestOption> buildOptions() {
       afterMethod(option("text", "evaluation_text", "Evaluation text", "Evaluation", V::Path,
                          "FILE", "UTF-8 text to evaluate on (default: the held-out part)",
                          &QuantizeRequest::evaluationText)),
+      afterMethod(negatedFlag(option("no-ood-eval", "evaluate_out_of_domain",
+                                     "Evaluate out of domain", "Evaluation", V::Flag, "",
+                                     "skip the second, out-of-domain evaluation text",
+                                     &QuantizeRequest::evaluateOutOfDomain))),
+      afterMethod(option("ood-text", "out_of_domain_text", "Out-of-domain text", "Evaluation",
+                         V::Path, "FILE",
+                         "second UTF-8 text to evaluate on, from another domain than the "
+                         "calibration text (default: part of the Debian Policy Manual)",
+                         &QuantizeRequest::outOfDomainText)),
       afterMethod(ranged(option("eval-seq-len", "eval_seq_len", "Evaluation sequence length",
                                 "Evaluation", V::Integer, "N", "tokens per evaluation window",
                                 &QuantizeRequest::evalSeqLen),
@@ -498,6 +507,8 @@ std::vector<RequestProblem> checkRequest(const QuantizeRequest &request) {
   checkText("calibration_text", request.calibrationText);
   if (request.evaluate)
     checkText("evaluation_text", request.evaluationText);
+  if (request.evaluate && request.evaluateOutOfDomain)
+    checkText("out_of_domain_text", request.outOfDomainText);
   std::error_code ec;
   if (!request.exportDir.empty() && fs::exists(request.exportDir, ec) &&
       !fs::is_directory(request.exportDir, ec))

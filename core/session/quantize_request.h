@@ -73,6 +73,10 @@ struct QuantizeRequest {
   std::string smoothQuantGroups = "all";
   bool evaluate = true;
   std::string evaluationText; // a .txt path; "" = default held-out text
+  // The same figures on a second text from another domain, which nothing
+  // calibrates on: fidelity that cannot come from fitting the first text.
+  bool evaluateOutOfDomain = true;
+  std::string outOfDomainText; // a .txt path; "" = the Debian Policy Manual part
   int64_t evalSeqLen = 512;
   int64_t evalMaxWindows = 0; // 0 = all windows
   // Record per-layer singular values with the run (W, E = W - Ŵ and the
