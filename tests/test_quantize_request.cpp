@@ -189,6 +189,13 @@ private slots:
     applyPreset(q);
     QCOMPARE(std::get<int64_t>(q.hyperparameters.at("steps")), int64_t(1000));
     QCOMPARE(q.evalSeqLen, int64_t(1024));
+    QuantizeRequest e;
+    e.method = "flexround";
+    e.preset = "extended";
+    applyPreset(e);
+    QCOMPARE(e.samples, int64_t(64));
+    QCOMPARE(e.seqLen, int64_t(256));
+    QCOMPARE(std::get<int64_t>(e.hyperparameters.at("iters")), int64_t(200));
     QuantizeRequest bad;
     bad.preset = "fast";
     QVERIFY_THROWS_EXCEPTION(OptionError, applyPreset(bad));
@@ -340,7 +347,7 @@ private slots:
       QVERIFY(!m.title.empty() && !m.summary.empty());
       for (const HyperparameterSpec &h : m.hyperparameters)
         QVERIFY2(!h.help.empty(), (m.name + "." + h.name).c_str());
-      QVERIFY(m.preset("demo") && m.preset("thorough"));
+      QVERIFY(m.preset("demo") && m.preset("extended") && m.preset("thorough"));
     }
     for (const char *n : {"rtn", "gptq", "flexround", "lrq", "lqer", "l2qer", "lrqat"})
       QVERIFY2(names.count(n), n);

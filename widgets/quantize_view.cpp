@@ -227,6 +227,7 @@ QWidget *QuantizeView::buildMethodBox() {
   preset_ = new QComboBox(box);
   preset_->addItem(tr("none (the method's defaults)"), QString());
   preset_->addItem(tr("demo: minutes on 2 cores"), QStringLiteral("demo"));
+  preset_->addItem(tr("extended: at most 15 minutes on 2 cores"), QStringLiteral("extended"));
   preset_->addItem(tr("thorough: closer to the papers"), QStringLiteral("thorough"));
   preset_->setCurrentIndex(1);
   fields_.insert(QStringLiteral("preset"), preset_);

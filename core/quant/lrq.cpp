@@ -66,7 +66,7 @@ public:
   std::vector<MethodPreset> presets() const override {
     std::vector<MethodPreset> p = QuantMethod::presets();
     for (MethodPreset &preset : p)
-      if (preset.name == "demo")
+      if (preset.name == "demo" || preset.name == "extended")
         preset.hyperparameters["lr"] = 3e-3;
     return p;
   }

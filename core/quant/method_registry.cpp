@@ -102,6 +102,14 @@ nlohmann::json QuantMethod::defaults() const {
 std::vector<MethodPreset> QuantMethod::presets() const {
   MethodPreset demo{
       "demo", "minutes on 2 cores: 16 x 128 calibration tokens, short training", {}, 16, 128, 0};
+  // The headline rows: one run of any method within 15 minutes on 2 cores.
+  MethodPreset extended{"extended",
+                        "at most 15 minutes on 2 cores: 64 x 256 calibration tokens, longer "
+                        "training than the demo",
+                        {},
+                        64,
+                        256,
+                        0};
   MethodPreset thorough{"thorough",
                         "closer to the papers: 128 x 1024 calibration tokens, long training "
                         "(hours on a CPU; meant for a GPU)",
@@ -112,13 +120,15 @@ std::vector<MethodPreset> QuantMethod::presets() const {
   for (const HyperparameterSpec &h : hyperparameters()) {
     if (h.name == "iters") {
       demo.hyperparameters["iters"] = int64_t(50);
+      extended.hyperparameters["iters"] = int64_t(200);
       thorough.hyperparameters["iters"] = int64_t(2000);
     } else if (h.name == "steps") {
       demo.hyperparameters["steps"] = int64_t(30);
+      extended.hyperparameters["steps"] = int64_t(120);
       thorough.hyperparameters["steps"] = int64_t(1000);
     }
   }
-  return {demo, thorough};
+  return {demo, extended, thorough};
 }
 
 std::vector<std::string> methodNames() {

@@ -132,10 +132,11 @@ std::vector<RequestOption> buildOptions() {
              "W2A16-g64) or a scheme JSON file",
              &QuantizeRequest::scheme),
       place(choices(option("preset", "preset", "Preset", "Method", V::Choice, "P",
-                           "run size: demo (minutes on 2 cores) or thorough (closer to the "
-                           "papers); values given explicitly win",
+                           "run size: demo (minutes on 2 cores), extended (at most 15 "
+                           "minutes on 2 cores) or thorough (closer to the papers); values "
+                           "given explicitly win",
                            &QuantizeRequest::preset),
-                    {"", "demo", "thorough"})),
+                    {"", "demo", "extended", "thorough"})),
       hyper,
       hyperShortcut("rank", "Rank", V::Integer, "R", 0, 1 << 20,
                     "the method's rank hyperparameter (lrq, lqer, l2qer, lrqat)"),
