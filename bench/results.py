@@ -124,7 +124,9 @@ def main():
         "token in nats; top-1 is the fraction of positions where both models' argmax agree. "
         "W8A8 rows use SmoothQuant (alpha 0.5, all groups). Seconds are the whole `lrq "
         "quantize` run (load, calibration, method, evaluation) without per-layer spectra "
-        "(`--no-spectra`; recording them adds about 7 s); peak RSS is the process's.",
+        "(`--no-spectra`; recording them adds about 7 s); peak RSS is the process's. "
+        "LRQ rows use the `fixed` rank rule at the default rank min(out, in) / 4 (144 and "
+        "48 here), not the reference code's hybrid rule (docs/RECONSTRUCTION.md).",
         "",
         "| method | scheme | perplexity | KL | top-1 | seconds | peak RSS MiB | note |",
         "|---|---|---:|---:|---:|---:|---:|---|",

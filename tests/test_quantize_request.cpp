@@ -237,6 +237,22 @@ private slots:
     QVERIFY(hasProblem(checkRequest(r), "hyperparameters.rank", "whole number"));
     r.hyperparameters = {{"rnk", int64_t(3)}};
     QVERIFY(hasProblem(checkRequest(r), "hyperparameters.rnk", "rank"));
+    // Values each valid alone that the method refuses: a rank rule it does not
+    // know, a rank beside the reference rule (which sets the ranks itself).
+    r.hyperparameters = {{"rank_rule", std::string("hybrid")}};
+    QVERIFY(hasProblem(checkRequest(r), "hyperparameters", "fixed or reference"));
+    r.hyperparameters = {{"rank_rule", std::string("reference")}, {"rank", int64_t(8)}};
+    QVERIFY(hasProblem(checkRequest(r), "hyperparameters", "leave rank at 0"));
+    r.hyperparameters = {{"rank_rule", std::string("reference")}};
+    QVERIFY(checkRequest(r).empty());
+    // The live count never throws, whatever the form holds.
+    QCOMPARE(methodInfo("lrq").learnableParameters(576, 1536, {{"rank_rule", std::string("x")}}),
+             methodInfo("lrq").learnableParameters(576, 1536, {}));
+    QCOMPARE(methodInfo("lrq").learnableParameters(576, 1536, {{"rank_rule", int64_t(3)}}),
+             methodInfo("lrq").learnableParameters(576, 1536, {}));
+    QCOMPARE(
+        methodInfo("lrq").learnableParameters(576, 1536, {{"rank_rule", std::string("reference")}}),
+        int64_t(576 * (576 + 1536) + 2 * 576 + 1536));
     r = {};
     r.scheme = "W5A5";
     QVERIFY(hasProblem(checkRequest(r), "scheme", "W5A5"));
