@@ -364,16 +364,22 @@ private slots:
     QVERIFY(!methodInfo("rtn").canResume && !methodInfo("gptq").canResume);
     QVERIFY(methodInfo("lrq").trainsBlocks && !methodInfo("lqer").trainsBlocks);
     // Per-block counts of the default model's seven linears, as the runs record:
-    // LRQ 1,333,248 (ranks 144 and 48), FlexRound 3,549,312.
+    // LRQ 1,333,248 (ranks 144 and 48), FlexRound 3,549,312. Under the reference
+    // rank rule every linear of this small model gets rank min(out, in) (576, or
+    // 192 for k/v), which learns more than FlexRound: 5,286,912.
     const std::vector<std::pair<int64_t, int64_t>> shapes = {
         {576, 576}, {192, 576}, {192, 576}, {576, 576}, {1536, 576}, {1536, 576}, {576, 1536}};
-    int64_t lrq = 0, flex = 0;
+    int64_t lrq = 0, flex = 0, lrqReference = 0;
     for (const auto &[out, in] : shapes) {
       lrq += methodInfo("lrq").learnableParameters(out, in, {});
       flex += methodInfo("flexround").learnableParameters(out, in, {});
+      lrqReference +=
+          methodInfo("lrq").learnableParameters(out, in, {{"rank_rule", std::string("reference")}});
     }
     QCOMPARE(lrq, int64_t(1333248));
     QCOMPARE(flex, int64_t(3549312));
+    // By hand: 2 x 665,280 (q, o) + 2 x 148,416 (k, v) + 2 x 1,220,160 (gate, up) + 1,219,200.
+    QCOMPARE(lrqReference, int64_t(5286912));
     QCOMPARE(methodInfo("lrq").learnableParameters(576, 1536, {{"rank", int64_t(8)}}),
              int64_t(8 * (576 + 1536) + 2 * 576 + 1536));
     QCOMPARE(methodInfo("rtn").learnableParameters(576, 1536, {}), int64_t(0));

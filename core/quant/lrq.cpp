@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 
 #include "core/quant/learned_rounding.h"
 
@@ -105,19 +106,29 @@ public:
         ctx, name(), [rule, rank](const at::Tensor &w, const GridSpec &spec, uint64_t seed) {
           return makeLrqLayer(w, spec, lrqLayerShape(rule, rank, w.size(0), w.size(1)), seed);
         });
-    // Every block has the same shapes: one entry per linear says what each got.
+    // Every block has the same shapes: one entry per linear says what each got,
+    // with its learnable count as the first block quantized reported it (s1
+    // has one step per group on per-group grids).
+    std::map<std::string, int64_t> counted;
+    for (const LayerReport &l : report.layers)
+      if (l.error.block >= 0 && !counted.count(l.error.layer))
+        counted[l.error.layer] = l.learnableParams;
     nlohmann::json ranks = nlohmann::json::object(), layers = nlohmann::json::object();
     if (ctx.model.numBlocks() > 0)
       for (const auto &[role, linear] :
            blockLinears(ctx.model.config(), ctx.model.weights().blocks.front())) {
         const int64_t out = linear->weight.size(0), in = linear->weight.size(1);
         const LrqLayerShape shape = lrqLayerShape(rule, rank, out, in);
-        if (!shape.fullS2)
+        nlohmann::json entry = {{"shape", {out, in}},
+                                {"parameterisation", shape.fullS2 ? "full_s2" : "low_rank"}};
+        if (!shape.fullS2) {
           ranks[role] = shape.rank;
-        layers[role] = {{"shape", {out, in}},
-                        {"parameterisation", shape.fullS2 ? "full_s2" : "low_rank"},
-                        {"rank", shape.fullS2 ? std::min(out, in) : shape.rank},
-                        {"learnable_params", shape.learnableParameters(out, in)}};
+          entry["rank"] = shape.rank;
+        }
+        const auto count = counted.find(role);
+        entry["learnable_params"] =
+            count != counted.end() ? count->second : shape.learnableParameters(out, in);
+        layers[role] = entry;
       }
     report.extra["rank_rule"] = lrqRankRuleName(rule);
     report.extra["ranks"] = ranks;
