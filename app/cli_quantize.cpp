@@ -130,6 +130,14 @@ std::string ownerText(const RunInfo &r) {
   return text;
 }
 
+// The rank rule an LRQ run used: its recorded rank_rule, "fixed" for runs
+// recorded before the rule existed (they all used one rank for every layer).
+std::string lrqRankRuleOf(const RunInfo &r) {
+  const nlohmann::json h = nlohmann::json::parse(r.hyperparametersJson, nullptr, false);
+  const auto it = h.is_object() ? h.find("rank_rule") : h.end();
+  return h.is_object() && it != h.end() && it->is_string() ? it->get<std::string>() : "fixed";
+}
+
 // Effective rank of a spectrum (Roy & Vetterli): exp of the entropy of the
 // normalised singular values p_i = s_i / sum s; 0 for an all-zero spectrum.
 double effectiveRank(const std::vector<double> &values) {
@@ -395,6 +403,8 @@ int commandRuns(const Arguments &args, std::ostream &out) {
                           {"seconds", b.seconds},
                           {"curve", curve}});
       }
+      if (r.method == "lrq")
+        j["rank_rule"] = lrqRankRuleOf(r);
       j["block_records"] = blocks;
       nlohmann::json layers = nlohmann::json::array();
       for (const LayerStats &l : r.layers)
@@ -413,8 +423,10 @@ int commandRuns(const Arguments &args, std::ostream &out) {
         << "created   " << r.created << "\n"
         << "model     " << r.model.path << "\n"
         << "method    " << r.method << "  " << r.hyperparametersJson << "\n"
-        << "scheme    " << r.schemeJson << "\n"
-        << "engine    " << r.engineVersion << ", " << std::fixed << std::setprecision(1)
+        << "scheme    " << r.schemeJson << "\n";
+    if (r.method == "lrq")
+      out << "rank rule " << lrqRankRuleOf(r) << "\n";
+    out << "engine    " << r.engineVersion << ", " << std::fixed << std::setprecision(1)
         << r.totalSeconds << " s" << std::defaultfloat << "\n";
     if (r.status == RunStatus::Running || r.status == RunStatus::Interrupted)
       out << "owner     " << ownerText(r) << "\n";

@@ -170,6 +170,9 @@ def write_markdown(args, settings, rows):
         "SmoothQuant (alpha 0.5, all groups).",
         "- With several seeds a cell is mean ± sample standard deviation (n in the seeds "
         "column); a difference smaller than that spread is not a win.",
+        "- LRQ rows use the `fixed` rank rule at the default rank min(out, in) / 4 (144 and 48 "
+        "here) unless the table's heading names other options (the reference code's hybrid "
+        "rule is `--hyper '{\"rank_rule\":\"reference\"}'`; docs/RECONSTRUCTION.md).",
         "",
     ]
     refs = [r for r in rows if r.get("reference_perplexity")]

@@ -244,6 +244,22 @@ private slots:
     QVERIFY(hasProblem(checkRequest(r), "hyperparameters.rank", "whole number"));
     r.hyperparameters = {{"rnk", int64_t(3)}};
     QVERIFY(hasProblem(checkRequest(r), "hyperparameters.rnk", "rank"));
+    // Values each valid alone that the method refuses: a rank rule it does not
+    // know, a rank beside the reference rule (which sets the ranks itself).
+    r.hyperparameters = {{"rank_rule", std::string("hybrid")}};
+    QVERIFY(hasProblem(checkRequest(r), "hyperparameters", "fixed or reference"));
+    r.hyperparameters = {{"rank_rule", std::string("reference")}, {"rank", int64_t(8)}};
+    QVERIFY(hasProblem(checkRequest(r), "hyperparameters", "leave rank at 0"));
+    r.hyperparameters = {{"rank_rule", std::string("reference")}};
+    QVERIFY(checkRequest(r).empty());
+    // The live count never throws, whatever the form holds.
+    QCOMPARE(methodInfo("lrq").learnableParameters(576, 1536, {{"rank_rule", std::string("x")}}),
+             methodInfo("lrq").learnableParameters(576, 1536, {}));
+    QCOMPARE(methodInfo("lrq").learnableParameters(576, 1536, {{"rank_rule", int64_t(3)}}),
+             methodInfo("lrq").learnableParameters(576, 1536, {}));
+    QCOMPARE(
+        methodInfo("lrq").learnableParameters(576, 1536, {{"rank_rule", std::string("reference")}}),
+        int64_t(576 * (576 + 1536) + 2 * 576 + 1536));
     r = {};
     r.scheme = "W5A5";
     QVERIFY(hasProblem(checkRequest(r), "scheme", "W5A5"));
@@ -355,16 +371,22 @@ private slots:
     QVERIFY(!methodInfo("rtn").canResume && !methodInfo("gptq").canResume);
     QVERIFY(methodInfo("lrq").trainsBlocks && !methodInfo("lqer").trainsBlocks);
     // Per-block counts of the default model's seven linears, as the runs record:
-    // LRQ 1,333,248 (ranks 144 and 48), FlexRound 3,549,312.
+    // LRQ 1,333,248 (ranks 144 and 48), FlexRound 3,549,312. Under the reference
+    // rank rule every linear of this small model gets rank min(out, in) (576, or
+    // 192 for k/v), which learns more than FlexRound: 5,286,912.
     const std::vector<std::pair<int64_t, int64_t>> shapes = {
         {576, 576}, {192, 576}, {192, 576}, {576, 576}, {1536, 576}, {1536, 576}, {576, 1536}};
-    int64_t lrq = 0, flex = 0;
+    int64_t lrq = 0, flex = 0, lrqReference = 0;
     for (const auto &[out, in] : shapes) {
       lrq += methodInfo("lrq").learnableParameters(out, in, {});
       flex += methodInfo("flexround").learnableParameters(out, in, {});
+      lrqReference +=
+          methodInfo("lrq").learnableParameters(out, in, {{"rank_rule", std::string("reference")}});
     }
     QCOMPARE(lrq, int64_t(1333248));
     QCOMPARE(flex, int64_t(3549312));
+    // By hand: 2 x 665,280 (q, o) + 2 x 148,416 (k, v) + 2 x 1,220,160 (gate, up) + 1,219,200.
+    QCOMPARE(lrqReference, int64_t(5286912));
     QCOMPARE(methodInfo("lrq").learnableParameters(576, 1536, {{"rank", int64_t(8)}}),
              int64_t(8 * (576 + 1536) + 2 * 576 + 1536));
     QCOMPARE(methodInfo("rtn").learnableParameters(576, 1536, {}), int64_t(0));

@@ -347,6 +347,123 @@ private slots:
     }
   }
 
+  // The reference code's hybrid rule, shape by shape (ALGORITHMS.md "LRQ"),
+  // written out by hand rather than recomputed from the rule's conditions.
+  void referenceRankRule() {
+    struct Case {
+      int64_t out, in;
+      bool fullS2;
+      int64_t rank;
+    };
+    const std::vector<Case> cases = {
+        {4096, 11008, true, 0},    // LLaMA-2-7B gate/up: exactly one side > 4096
+        {11008, 4096, true, 0},    // 7B down
+        {4096, 4096, false, 1024}, // 7B q/k/v/o
+        {4097, 4096, true, 0},     // one past the threshold
+        {4096, 4097, true, 0},      {4097, 4097, false, 1024},  // both wide, not both >= 8192
+        {5120, 13824, false, 1024}, {8192, 8192, true, 0},      // 70B q/o: the exact square
+        {1024, 8192, true, 0},                                  // 70B k/v
+        {8192, 1024, true, 0},      {28672, 8192, false, 2048}, // 70B down/up: both >= 8192
+        {8192, 28672, false, 2048}, {8192, 8193, false, 2048},  {8191, 8192, false, 1024},
+        {576, 576, false, 576}, // SmolLM2-135M: 1024 reduced to min(out, in)
+        {192, 576, false, 192},     {1536, 576, false, 576},    {576, 1536, false, 576},
+        {2048, 2048, false, 1024},  {1, 5000, true, 0},
+    };
+    const auto method = createMethod("lrq");
+    const nlohmann::json reference = mergeHyperparameters(*method, {{"rank_rule", "reference"}});
+    const nlohmann::json fixed = mergeHyperparameters(*method, {{"rank", 7}});
+    for (const Case &c : cases) {
+      const QString what = QStringLiteral("%1 x %2").arg(c.out).arg(c.in);
+      const LrqLayerShape shape = lrqReferenceShape(c.out, c.in);
+      QVERIFY2(shape.fullS2 == c.fullS2, qPrintable(what));
+      if (!c.fullS2)
+        QVERIFY2(shape.rank == c.rank, qPrintable(what + ": rank " + QString::number(shape.rank)));
+      const LrqLayerShape viaRule = lrqLayerShape(LrqRankRule::Reference, 0, c.out, c.in);
+      QVERIFY(viaRule.fullS2 == shape.fullS2 && viaRule.rank == shape.rank);
+      // Parameter counts: FlexRound's for full S2, LRQ's formula otherwise.
+      const int64_t expected =
+          c.fullS2 ? c.out * c.in + 2 * c.out : c.rank * (c.out + c.in) + 2 * c.out + c.in;
+      QCOMPARE(method->learnableParameters(c.out, c.in, reference), expected);
+      if (c.fullS2)
+        QCOMPARE(method->learnableParameters(c.out, c.in, reference),
+                 createMethod("flexround")->learnableParameters(c.out, c.in, {}));
+      // The fixed rule ignores shapes: rank 7 everywhere (at most min(out, in)).
+      const int64_t r7 = std::min<int64_t>(7, std::min(c.out, c.in));
+      const LrqLayerShape f = lrqLayerShape(LrqRankRule::Fixed, 7, c.out, c.in);
+      QVERIFY(!f.fullS2 && f.rank == r7);
+      QCOMPARE(method->learnableParameters(c.out, c.in, fixed),
+               r7 * (c.out + c.in) + 2 * c.out + c.in);
+    }
+    // The default is today's fixed rule; bad values are refused when merged.
+    QCOMPARE(method->defaults().at("rank_rule").get<std::string>(), std::string("fixed"));
+    QVERIFY_THROWS_EXCEPTION(Error, mergeHyperparameters(*method, {{"rank_rule", "hybrid"}}));
+    QVERIFY_THROWS_EXCEPTION(
+        Error, mergeHyperparameters(*method, {{"rank_rule", "reference"}, {"rank", 16}}));
+    QCOMPARE(parseLrqRankRule("reference"), LrqRankRule::Reference);
+    QCOMPARE(std::string(lrqRankRuleName(LrqRankRule::Fixed)), std::string("fixed"));
+  }
+
+  // LRQ's full-S2 branch is FlexRound: same parameters (names, shapes, count),
+  // RTN at the start, and for the same random values the same Ŵ bit for bit
+  // and the same gradients.
+  void lrqFullS2BranchIsFlexRound() {
+    at::Generator gen = at::detail::createCPUGenerator(17);
+    for (const GridSpec &spec : {makeSpec(4, false, Granularity::PerChannel, 0),
+                                 makeSpec(3, true, Granularity::PerGroup, 16),
+                                 makeSpec(2, false, Granularity::PerTensor, 0)}) {
+      const QString what = QString::fromStdString(spec.describe());
+      const at::Tensor w = at::randn({40, 48}, gen) * 0.05;
+      auto flex = makeFlexRoundLayer(w, spec);
+      auto lrq = makeLrqLayer(w, spec, LrqLayerShape{true, 0}, 5);
+      QCOMPARE(lrq->parameterCount(), flex->parameterCount());
+      const auto fp = flex->parameters(), lp = lrq->parameters();
+      QCOMPARE(lp.size(), fp.size());
+      for (size_t i = 0; i < fp.size(); ++i) {
+        QCOMPARE(lp[i].first, fp[i].first);
+        QCOMPARE(lp[i].second.sizes(), fp[i].second.sizes());
+      }
+      QVERIFY2(at::equal(lrq->weight().detach(), roundToNearest(w, spec)), qPrintable(what));
+      for (const auto &[name, p] : fp) {
+        const at::Tensor v = at::randn(p.sizes(), gen) * (name == "S2" ? 0.3 : 0.1);
+        setParam(*flex, name, v);
+        setParam(*lrq, name, v);
+      }
+      const at::Tensor wf = flex->weight(), wl = lrq->weight();
+      QVERIFY2(!at::equal(wf.detach(), roundToNearest(w, spec)), qPrintable(what));
+      QVERIFY2(at::equal(wl.detach(), wf.detach()), qPrintable(what));
+      QVERIFY2(at::equal(lrq->scaleExponentMatrix(), flex->scaleExponentMatrix()),
+               qPrintable(what));
+      const at::Tensor upstream = at::randn(w.sizes(), gen);
+      (wf * upstream).sum().backward();
+      (wl * upstream).sum().backward();
+      for (const auto &[name, p] : fp)
+        QVERIFY2(at::equal(param(*lrq, name).grad(), p.grad()),
+                 qPrintable(what + " d/d" + QString::fromStdString(name)));
+    }
+  }
+
+  // A run under the reference rule records the rule and, per linear, what it got.
+  void lrqRunRecordsItsRankRule() {
+    const QuantScheme scheme = weightOnly(makeSpec(4, false, Granularity::PerChannel, 0));
+    DecoderModel model = tinyModel();
+    const MethodReport report = runMethod("lrq", model, scheme, tinyTokens(2, 16),
+                                          {{"iters", 2}, {"rank_rule", "reference"}});
+    QCOMPARE(report.extra.at("rank_rule").get<std::string>(), std::string("reference"));
+    const nlohmann::json &layers = report.extra.at("layers");
+    int64_t perBlock = 0;
+    for (const auto &[role, linear] : blockLinears(model.config(), model.weights().blocks[0])) {
+      const int64_t out = linear->weight.size(0), in = linear->weight.size(1);
+      const nlohmann::json &l = layers.at(role);
+      // The tiny model's layers are all narrower than 1024: full rank, low-rank form.
+      QCOMPARE(l.at("parameterisation").get<std::string>(), std::string("low_rank"));
+      QCOMPARE(l.at("rank").get<int64_t>(), std::min(out, in));
+      const int64_t params = std::min(out, in) * (out + in) + 2 * out + in;
+      QCOMPARE(l.at("learnable_params").get<int64_t>(), params);
+      perBlock += params;
+    }
+    QCOMPARE(report.extra.at("blocks")[0].at("learnable_params").get<int64_t>(), perBlock);
+  }
+
   // Loss decreases on a tiny model; the engine's losses match a direct
   // computation; events come in order; Ŵ lies on the grid.
   void reconstructionOnTinyModel() {

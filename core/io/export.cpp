@@ -402,31 +402,31 @@ std::vector<std::pair<std::string, const Linear *>> hfLinearsFromWeights(const M
   return out;
 }
 
-std::vector<std::pair<std::string, at::Tensor>>
-hfTensorsFromWeights(const ModelConfig &config, const ModelWeights &w, bool *tied) {
-  std::vector<std::pair<std::string, at::Tensor>> out;
+std::vector<std::pair<std::string, at::Tensor *>>
+hfTensorSlotsOfWeights(const ModelConfig &config, ModelWeights &w, bool *tied) {
+  std::vector<std::pair<std::string, at::Tensor *>> out;
   const bool opt = config.arch == Architecture::Opt;
-  auto linear = [&](const std::string &prefix, const Linear &l) {
+  auto linear = [&](const std::string &prefix, Linear &l) {
     if (!l.weight.defined())
       return;
-    out.emplace_back(prefix + ".weight", l.weight);
+    out.emplace_back(prefix + ".weight", &l.weight);
     if (l.bias.defined())
-      out.emplace_back(prefix + ".bias", l.bias);
+      out.emplace_back(prefix + ".bias", &l.bias);
   };
-  auto norm = [&](const std::string &prefix, const NormWeights &n) {
+  auto norm = [&](const std::string &prefix, NormWeights &n) {
     if (n.weight.defined())
-      out.emplace_back(prefix + ".weight", n.weight);
+      out.emplace_back(prefix + ".weight", &n.weight);
     if (n.bias.defined())
-      out.emplace_back(prefix + ".bias", n.bias);
+      out.emplace_back(prefix + ".bias", &n.bias);
   };
   if (opt) {
     const std::string d = "model.decoder.";
-    out.emplace_back(d + "embed_tokens.weight", w.tokenEmbedding);
-    out.emplace_back(d + "embed_positions.weight", w.positionEmbedding);
+    out.emplace_back(d + "embed_tokens.weight", &w.tokenEmbedding);
+    out.emplace_back(d + "embed_positions.weight", &w.positionEmbedding);
     linear(d + "project_in", w.projectIn);
     linear(d + "project_out", w.projectOut);
     for (size_t i = 0; i < w.blocks.size(); ++i) {
-      const BlockWeights &b = w.blocks[i];
+      BlockWeights &b = w.blocks[i];
       const std::string p = d + "layers." + std::to_string(i) + ".";
       linear(p + "self_attn.q_proj", b.q);
       linear(p + "self_attn.k_proj", b.k);
@@ -439,9 +439,9 @@ hfTensorsFromWeights(const ModelConfig &config, const ModelWeights &w, bool *tie
     }
     norm(d + "final_layer_norm", w.finalNorm);
   } else {
-    out.emplace_back("model.embed_tokens.weight", w.tokenEmbedding);
+    out.emplace_back("model.embed_tokens.weight", &w.tokenEmbedding);
     for (size_t i = 0; i < w.blocks.size(); ++i) {
-      const BlockWeights &b = w.blocks[i];
+      BlockWeights &b = w.blocks[i];
       const std::string p = "model.layers." + std::to_string(i) + ".";
       norm(p + "input_layernorm", b.attnNorm);
       linear(p + "self_attn.q_proj", b.q);
@@ -457,9 +457,19 @@ hfTensorsFromWeights(const ModelConfig &config, const ModelWeights &w, bool *tie
   }
   const bool isTied = !w.lmHead.defined() || sameStorage(w.lmHead, w.tokenEmbedding);
   if (!isTied)
-    out.emplace_back("lm_head.weight", w.lmHead);
+    out.emplace_back("lm_head.weight", &w.lmHead);
   if (tied)
     *tied = isTied;
+  return out;
+}
+
+std::vector<std::pair<std::string, at::Tensor>>
+hfTensorsFromWeights(const ModelConfig &config, const ModelWeights &weights, bool *tied) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  // Only read through the slots: the weights stay as they are.
+  for (const auto &[name, slot] :
+       hfTensorSlotsOfWeights(config, const_cast<ModelWeights &>(weights), tied))
+    out.emplace_back(name, *slot);
   return out;
 }
 
@@ -484,6 +494,10 @@ ExportResult exportHfDirectory(const std::string &dir, const ModelConfig &config
                                                            : nullptr;
   if (!dtypeName)
     throw Error("export: the HF export stores float32, float16 or bfloat16");
+  for (const auto &[name, type] : options.tensorDtypes)
+    if (type != at::kFloat && type != at::kHalf && type != at::kBFloat16)
+      throw Error("export: tensor " + name + " is asked for in " + c10::toString(type) +
+                  "; the HF export stores float32, float16 or bfloat16");
   if (cancel)
     cancel->throwIfCancelled();
   if (!options.overwrite && fs::exists(dir))
@@ -510,7 +524,9 @@ ExportResult exportHfDirectory(const std::string &dir, const ModelConfig &config
       value = effectiveWeight(*it->second);
       ++folded;
     }
-    tensors.push_back({name, value, options.dtype});
+    const auto type = options.tensorDtypes.find(name);
+    tensors.push_back(
+        {name, value, type != options.tensorDtypes.end() ? type->second : options.dtype});
   }
   ModelConfig outConfig = config;
   outConfig.tieEmbeddings = tied;
@@ -688,6 +704,12 @@ ExportResult writePackedModel(const std::string &path, const PackedModelContents
                   {"group_size", p.scales.size(1) == 1 ? int64_t(0) : p.groupSize},
                   {"shape", {out, in}},
                   {"low_rank", int64_t(0)}};
+    if (p.valueDtype != at::kFloat) {
+      if (p.valueDtype != at::kHalf && p.valueDtype != at::kBFloat16)
+        throw Error("export: values of " + p.name + " rounded to " + c10::toString(p.valueDtype) +
+                    " (float16 or bfloat16 only)");
+      layer["value_dtype"] = stDtypeName(p.valueDtype);
+    }
     if (p.lowRankA.defined() && p.lowRankB.defined()) {
       if (p.lowRankA.dim() != 2 || p.lowRankB.dim() != 2 || p.lowRankA.size(0) != in ||
           p.lowRankB.size(1) != out || p.lowRankA.size(1) != p.lowRankB.size(0))
@@ -891,12 +913,24 @@ PackedModel loadPackedModel(const std::string &path, ProgressObserver *observer,
       throw FileError(path, "tensor " + name +
                                 ".zero_points: a zero point is not an integer within [" +
                                 std::to_string(qmin) + ", " + std::to_string(qmax) + "]");
+    // Optional: the type the writer rounded Ŵ to (older files have none).
+    at::ScalarType valueDtype = at::kFloat;
+    if (layer.contains("value_dtype")) {
+      const json &v = layer["value_dtype"];
+      const std::string text = v.is_string() ? v.get<std::string>() : v.dump();
+      valueDtype = text == "F16" ? at::kHalf : text == "BF16" ? at::kBFloat16 : at::kFloat;
+      if (valueDtype == at::kFloat)
+        throw FileError(path, "__metadata__ layers entry of " + name + ": value_dtype " +
+                                  printableText(text.substr(0, 32)) + " is neither F16 nor BF16");
+    }
     at::Tensor w;
     try {
       w = dequantizeCodes(unpackCodes(packed, int(bits), qmin, in), scales, zeros, groupSize);
     } catch (const Error &e) {
       throw FileError(path, name + ": " + e.what());
     }
+    if (valueDtype != at::kFloat)
+      w = w.to(valueDtype).to(at::kFloat);
     const SafetensorsTensorInfo *a = reader.find(name + ".low_rank_a");
     const SafetensorsTensorInfo *b = reader.find(name + ".low_rank_b");
     if ((a == nullptr) != (b == nullptr))

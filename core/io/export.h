@@ -50,13 +50,20 @@ std::string tokenizerConfigJsonFromSpec(const TokenizerSpec &spec);
 // *tied tells which. Low-rank factors are not included.
 std::vector<std::pair<std::string, at::Tensor>>
 hfTensorsFromWeights(const ModelConfig &config, const ModelWeights &weights, bool *tied = nullptr);
+// The same tensors as slots of `weights`, to replace one where it lies.
+std::vector<std::pair<std::string, at::Tensor *>>
+hfTensorSlotsOfWeights(const ModelConfig &config, ModelWeights &weights, bool *tied = nullptr);
 // The linears of ModelWeights under their HF prefixes ("model.layers.0.self_attn.q_proj").
 std::vector<std::pair<std::string, const Linear *>>
 hfLinearsFromWeights(const ModelConfig &config, const ModelWeights &weights);
 
 struct ExportOptions {
-  // HF export: storage type of model.safetensors (kFloat, kHalf or kBFloat16).
+  // HF export: storage type of model.safetensors (kFloat, kHalf or kBFloat16),
+  // and config.json's torch_dtype.
   at::ScalarType dtype = at::kFloat;
+  // HF export: storage types by HF tensor name, overriding dtype for those
+  // tensors (sourceFloatTypes: each tensor back in its source's type).
+  std::map<std::string, at::ScalarType> tensorDtypes;
   // Replace an existing target (else an existing target is an error).
   bool overwrite = false;
   // Called before each unit of work ("config.json", a tensor name, ...): tests
@@ -99,6 +106,10 @@ struct PackedTensor {
   int64_t groupSize = 0; // columns per group; 0 when scales has one column
   at::Tensor lowRankA;   // [in, k] or undefined
   at::Tensor lowRankB;   // [k, out]
+  // The type Ŵ was rounded to (kHalf, kBFloat16: a model stored in that type,
+  // whose Ŵ = s (q - z) is rounded to it as evaluated and exported); the
+  // reader rounds the dequantized weight the same way. kFloat: none.
+  at::ScalarType valueDtype = at::kFloat;
 };
 
 struct PackedModelContents {

@@ -437,6 +437,21 @@ LoadedModel loadModelUnnamed(const std::string &path, ProgressObserver *observer
 
 } // namespace
 
+at::ScalarType floatTypeOfSource(const std::string &sourceType) {
+  if (sourceType == "F16")
+    return at::kHalf;
+  if (sourceType == "BF16")
+    return at::kBFloat16;
+  return at::kFloat;
+}
+
+std::map<std::string, at::ScalarType> sourceFloatTypes(const LoadedModel &model) {
+  std::map<std::string, at::ScalarType> out;
+  for (const TensorSource &s : model.sources)
+    out[s.name] = floatTypeOfSource(s.sourceType);
+  return out;
+}
+
 // Every failure names the file: LibTorch's own errors (a storage size that
 // overflows, ...) are reported as problems of the file being loaded.
 LoadedModel loadModel(const std::string &path, ProgressObserver *observer,

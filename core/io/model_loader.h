@@ -35,6 +35,13 @@ struct LoadedModel {
   std::string baselineNote;
 };
 
+// The floating-point type a tensor's values are exactly representable in when
+// written back: kHalf for "F16", kBFloat16 for "BF16", kFloat for every other
+// source type (F32, and GGUF block types, whose dequantized values need F32).
+at::ScalarType floatTypeOfSource(const std::string &sourceType);
+// floatTypeOfSource of each tensor of a loaded model, by HF name.
+std::map<std::string, at::ScalarType> sourceFloatTypes(const LoadedModel &model);
+
 // Throws lrq::FileError naming the file and the problem. Reports bytes or
 // tensors read through observer->progress and checks cancel between tensors.
 LoadedModel loadModel(const std::string &path, ProgressObserver *observer = nullptr,

@@ -49,7 +49,8 @@ PackedModelContents packQuantizedModel(const ModelConfig &config, const ModelWei
                                        const ModelWeights &original, const QuantScheme &scheme,
                                        const std::string &method,
                                        const std::map<std::string, GridParams> *params,
-                                       PackStats *stats) {
+                                       PackStats *stats,
+                                       const std::map<std::string, at::ScalarType> *valueDtypes) {
   scheme.validate();
   const GridSpec &spec = scheme.weight;
   PackedModelContents c;
@@ -91,9 +92,17 @@ PackedModelContents packQuantizedModel(const ModelConfig &config, const ModelWei
     t.bits = spec.bits;
     t.qmin = spec.qmin();
     t.groupSize = spec.granularity == Granularity::PerGroup ? spec.groupSize : 0;
+    if (valueDtypes) {
+      const auto type = valueDtypes->find(prefix + ".weight");
+      if (type != valueDtypes->end())
+        t.valueDtype = type->second;
+    }
     // The codes must give Ŵ back: within 1e-6 of the element's step (float
-    // rounding; a Ŵ on the grid comes back exactly).
-    const at::Tensor back = dequantizeCodes(t.codes, t.scales, t.zeroPoints, t.groupSize);
+    // rounding; a Ŵ on the grid comes back exactly), after the rounding to
+    // the model's own type that Ŵ went through.
+    at::Tensor back = dequantizeCodes(t.codes, t.scales, t.zeroPoints, t.groupSize);
+    if (t.valueDtype != at::kFloat)
+      back = back.to(t.valueDtype).to(at::kFloat);
     const at::Tensor step = expandToWeight(t.scales, spec, w.size(1)).abs();
     const at::Tensor diff = (back - w).abs();
     const double dev = diff.max().item<double>();

@@ -29,11 +29,15 @@ struct PackStats {
 // within [qmin, qmax]; they must dequantize back to Ŵ within 1e-6 of each
 // element's step, else lrq::Error names the layer: its Ŵ is not on that grid,
 // and no file is written from it. Low-rank factors are carried along.
+// valueDtypes (by HF weight name, "...q_proj.weight"): a Ŵ that was rounded
+// to kHalf / kBFloat16 (a model stored in that type) is compared with its
+// codes' s (q - z) rounded the same way, and the packed layer records the type
+// so that the reader rounds alike (PackedTensor::valueDtype).
 // Tokenizer and metadata are left for the caller (embedTokenizer).
-PackedModelContents packQuantizedModel(const ModelConfig &config, const ModelWeights &quantized,
-                                       const ModelWeights &original, const QuantScheme &scheme,
-                                       const std::string &method,
-                                       const std::map<std::string, GridParams> *params = nullptr,
-                                       PackStats *stats = nullptr);
+PackedModelContents packQuantizedModel(
+    const ModelConfig &config, const ModelWeights &quantized, const ModelWeights &original,
+    const QuantScheme &scheme, const std::string &method,
+    const std::map<std::string, GridParams> *params = nullptr, PackStats *stats = nullptr,
+    const std::map<std::string, at::ScalarType> *valueDtypes = nullptr);
 
 } // namespace lrq::quant

@@ -67,6 +67,36 @@ std::unique_ptr<LearnedRoundingLayer> makeFlexRoundLayer(const at::Tensor &weigh
 // drawn kaiming-uniform(a = √5) from a generator seeded with `seed`.
 std::unique_ptr<LearnedRoundingLayer> makeLrqLayer(const at::Tensor &weight, const GridSpec &spec,
                                                    int64_t rank, uint64_t seed);
+
+// How LRQ parameterises one layer's scale exponent E.
+struct LrqLayerShape {
+  // FlexRound's E = S2 + r3 (S2 [out,in], one scale per weight) instead of
+  // L2·U2 + r3 + c3: the reference's hybrid rule gives some shapes this.
+  bool fullS2 = false;
+  int64_t rank = 0; // rank of L2·U2 when !fullS2, within [1, min(out, in)]
+  int64_t learnableParameters(int64_t out, int64_t in) const; // per-channel s1 included
+  std::string describe() const;                               // "full S2" or "rank 144"
+};
+
+// "fixed": every layer gets L2·U2 of the user's rank (0 = defaultLrqRank).
+// "reference": the LRQ reference code's hybrid rule (lrqReferenceShape).
+enum class LrqRankRule { Fixed, Reference };
+// "fixed" / "reference"; throws lrq::Error for anything else.
+LrqRankRule parseLrqRankRule(const std::string &name);
+const char *lrqRankRuleName(LrqRankRule rule);
+
+// The reference code's rule (ALGORITHMS.md "LRQ"): full S2 when exactly one of
+// out, in exceeds 4096, or for exactly 8192 x 8192; otherwise rank 2048 when
+// both sides are >= 8192, else rank 1024. A rank above min(out, in) is reduced
+// to min(out, in): L2·U2 is then full rank (it can express any S2) but keeps
+// LRQ's parameterisation and initialisation, with fewer parameters than the
+// unreduced factors would have.
+LrqLayerShape lrqReferenceShape(int64_t out, int64_t in);
+// The shape a rule gives an out x in layer (rank is the "fixed" rule's).
+LrqLayerShape lrqLayerShape(LrqRankRule rule, int64_t rank, int64_t out, int64_t in);
+// A full-S2 shape gives FlexRound's layer exactly (same parameter names, same Ŵ).
+std::unique_ptr<LearnedRoundingLayer> makeLrqLayer(const at::Tensor &weight, const GridSpec &spec,
+                                                   const LrqLayerShape &shape, uint64_t seed);
 std::unique_ptr<LearnedRoundingLayer> makeLearnedStepLayer(const at::Tensor &weight,
                                                            const GridSpec &spec);
 // The grid of a Ŵ = s1 · (q − z) whose layer is gone (a block restored from a

@@ -107,6 +107,10 @@ public:
     (void)outFeatures, (void)inFeatures, (void)hyper;
     return 0;
   }
+  // Refuses, before any work, hyperparameters that are each valid but cannot
+  // be honoured (a choice outside its list, two that contradict each other):
+  // throws lrq::Error. mergeHyperparameters calls it on the merged values.
+  virtual void checkHyperparameters(const nlohmann::json &merged) const { (void)merged; }
   // Refuses, before any work, a scheme the method cannot honour: throws
   // lrq::Error saying which setting and why. By default every valid scheme.
   virtual void checkScheme(const QuantScheme &scheme) const { (void)scheme; }

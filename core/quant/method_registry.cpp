@@ -181,6 +181,7 @@ nlohmann::json mergeHyperparameters(const QuantMethod &method, const nlohmann::j
     merged[it.key()] =
         spec->type == ValueType::Number ? nlohmann::json(it.value().get<double>()) : it.value();
   }
+  method.checkHyperparameters(merged);
   return merged;
 }
 

@@ -49,6 +49,15 @@ void MethodInfo::checkScheme(const std::string &schemeJson) const {
   quant::createMethod(name)->checkScheme(quant::QuantScheme::fromJson(schemeJson));
 }
 
+void MethodInfo::checkHyperparameters(const Hyperparameters &hyper) const {
+  std::unique_ptr<quant::QuantMethod> method = quant::createMethod(name);
+  nlohmann::json merged = method->defaults();
+  for (const auto &[key, value] : hyper)
+    if (merged.contains(key))
+      merged[key] = quant::toJson(value);
+  method->checkHyperparameters(merged);
+}
+
 int64_t MethodInfo::learnableParameters(int64_t outFeatures, int64_t inFeatures,
                                         const Hyperparameters &hyper) const {
   std::unique_ptr<quant::QuantMethod> method = quant::createMethod(name);

@@ -296,6 +296,10 @@ struct Job {
 
   std::map<LayerKey, at::Tensor> spectraStartWeights;
   quant::MethodReport report;
+  // The source's float type of each tensor by HF name, and the HF export's
+  // torch_dtype (sourceTypeStage).
+  std::map<std::string, at::ScalarType> sourceTypes;
+  at::ScalarType exportType = at::kFloat;
 
   void say(const std::string &message) const {
     if (observer)
@@ -490,6 +494,68 @@ void methodStage(Job &job) {
   job.report = job.method->run(ctx);
 }
 
+// A model stored in bf16 or f16 is exported in those types, and what is
+// evaluated must be what is exported: every tensor the run changed (Ŵ, and
+// SmoothQuant's rescaled weights and norms) is rounded here to its source
+// type, before activation calibration, evaluation and export see it. The
+// engine itself computes in float32 throughout (the loader widens every
+// tensor); this is the one place the source type comes back. Low-rank factors
+// (LQER) stay float32: the packed export stores them so, and the HF export
+// folds them into the weight, rounding the sum once.
+void sourceTypeStage(Job &job) {
+  job.sourceTypes = sourceFloatTypes(*job.loaded);
+  std::map<at::ScalarType, int64_t> counts;
+  for (const auto &[name, type] : job.sourceTypes)
+    ++counts[type];
+  // config.json's torch_dtype: the type most tensors have.
+  int64_t most = 0;
+  for (const auto &[type, count] : counts)
+    if (count > most) {
+      most = count;
+      job.exportType = type;
+    }
+  if (counts.empty() || (counts.size() == 1 && counts.begin()->first == at::kFloat))
+    return; // a float32 model: nothing to round
+
+  const ModelConfig &config = job.loaded->config;
+  std::map<std::string, at::Tensor> reference;
+  for (const auto &[name, tensor] : hfTensorsFromWeights(config, job.reference->weights()))
+    reference[name] = tensor;
+  ModelWeights &w = job.model->weights();
+  const bool tied =
+      w.lmHead.defined() && w.tokenEmbedding.defined() &&
+      (w.lmHead.is_same(w.tokenEmbedding) || (w.lmHead.data_ptr() == w.tokenEmbedding.data_ptr() &&
+                                              w.lmHead.sizes() == w.tokenEmbedding.sizes()));
+  int64_t rounded = 0, changed = 0;
+  std::map<std::string, int64_t> byType;
+  at::NoGradGuard noGrad;
+  for (const auto &[name, slot] : hfTensorSlotsOfWeights(config, w)) {
+    const auto type = job.sourceTypes.find(name);
+    if (type == job.sourceTypes.end() || type->second == at::kFloat || !slot->defined())
+      continue;
+    const auto original = reference.find(name);
+    if (original != reference.end() && slot->is_same(original->second))
+      continue; // untouched: still the source's own values
+    const at::Tensor r = slot->to(type->second).to(slot->scalar_type());
+    changed += (r != *slot).sum().item<int64_t>();
+    *slot = r;
+    ++rounded;
+    ++byType[type->second == at::kHalf ? "F16" : "BF16"];
+  }
+  if (tied)
+    w.lmHead = w.tokenEmbedding;
+  if (rounded == 0)
+    return;
+  std::string types;
+  for (const auto &[type, n] : byType)
+    types += (types.empty() ? "" : ", ") + std::to_string(n) + " to " + type;
+  const std::string note = "tensors the run changed rounded to their source types (" + types +
+                           "; " + std::to_string(changed) + " values changed)";
+  job.info.notes += (job.info.notes.empty() ? "" : "; ") + note;
+  job.store->setNotes(job.outcome.runId, job.info.notes);
+  job.say(note);
+}
+
 // Activation quantizers (A8, KV8) go on after the weights are final; static
 // steps are calibrated on the quantized model's own activations.
 void activationStage(Job &job) {
@@ -609,16 +675,20 @@ void exportStage(Job &job) {
       {"full_precision_reference",
        job.loaded->baselineNote}}.dump();
   if (!r.exportDir.empty()) {
-    ExportResult e =
-        exportHfDirectory(r.exportDir, job.loaded->config, job.model->weights(),
-                          exportTokenizerFor(*job.loaded), metadata, {}, job.beating(), job.cancel);
+    ExportOptions options;
+    options.dtype = job.exportType;
+    options.tensorDtypes = job.sourceTypes;
+    ExportResult e = exportHfDirectory(r.exportDir, job.loaded->config, job.model->weights(),
+                                       exportTokenizerFor(*job.loaded), metadata, options,
+                                       job.beating(), job.cancel);
     job.outcome.exportDir = e.path;
     job.say("exported " + std::to_string(e.tensors) + " tensors to " + e.path);
   }
   if (!r.packedPath.empty()) {
     PackedModelContents packed = quant::packQuantizedModel(
         job.loaded->config, job.model->weights(), job.reference->weights(), job.scheme,
-        job.method->name(), job.report.grids.empty() ? nullptr : &job.report.grids);
+        job.method->name(), job.report.grids.empty() ? nullptr : &job.report.grids, nullptr,
+        &job.sourceTypes);
     embedTokenizer(packed, exportTokenizerFor(*job.loaded));
     packed.extraMetadataJson = metadata;
     ExportResult e = writePackedModel(r.packedPath, packed, {}, job.beating(), job.cancel);
@@ -656,6 +726,7 @@ QuantizeOutcome runRecordedStages(Job &job) {
     smoothQuantStage(job);
     methodStage(job);
     job.guard->check("the method");
+    sourceTypeStage(job);
     activationStage(job);
     layerRecordStage(job);
     spectraStage(job);

@@ -435,6 +435,7 @@ std::vector<RequestProblem> checkRequest(const QuantizeRequest &request) {
     problem("method", e.what());
   }
   if (info) {
+    const size_t problemsBefore = problems.size();
     for (const auto &[name, value] : request.hyperparameters) {
       const HyperparameterSpec *spec = info->hyperparameter(name);
       const std::string key = "hyperparameters." + name;
@@ -476,6 +477,13 @@ std::vector<RequestProblem> checkRequest(const QuantizeRequest &request) {
         if (!(v >= spec->minimum && v <= spec->maximum))
           problem(key, info->name + " " + name + " must be between " + numberText(spec->minimum) +
                            " and " + numberText(spec->maximum) + ", got " + optionValueText(value));
+      }
+    }
+    if (problems.size() == problemsBefore) { // each of the right type and range
+      try {
+        info->checkHyperparameters(request.hyperparameters);
+      } catch (const Error &e) {
+        problem("hyperparameters", e.what());
       }
     }
     if (!request.preset.empty() && !info->preset(request.preset))

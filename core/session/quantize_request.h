@@ -43,6 +43,9 @@ struct MethodInfo {
   // Throws lrq::Error when the method cannot run this scheme (e.g. LR-QAT at
   // 8-bit weights), saying why.
   void checkScheme(const std::string &schemeJson) const;
+  // Throws lrq::Error when hyperparameters of the right types cannot be
+  // honoured together or a text one is not among its choices (LRQ's rank_rule).
+  void checkHyperparameters(const Hyperparameters &hyper) const;
 };
 
 // Every registered method, in display order; methodInfo throws lrq::Error

@@ -1,0 +1,365 @@
+// Models stored in bf16 / f16 through the quantize job, every method: no
+// failure, the HF export keeps each tensor's source type, the export decodes
+// to exactly the weights the run evaluated (its metrics come back bit for bit
+// when the reloaded export is evaluated the same way), the packed export
+// agrees, and RTN's export is the independent round-to-nearest Ŵ rounded once
+// to the source type.
+#include <QFile>
+#include <QJsonDocument>
+#include <QJsonObject>
+#include <QTemporaryDir>
+#include <QtTest>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/eval/compare.h"
+#include "core/io/export.h"
+#include "core/io/hf_config.h"
+#include "core/io/model_loader.h"
+#include "core/io/safetensors.h"
+#include "core/model/decoder.h"
+#include "core/quant/grid.h"
+#include "core/quant/scheme.h"
+#include "core/session/quantize_job.h"
+#include "core/session/quantize_request.h"
+#include "test_support.h"
+
+using namespace lrq;
+
+namespace {
+
+ModelConfig tinyLlamaConfig() {
+  ModelConfig c;
+  c.arch = Architecture::Llama;
+  c.architectureName = "LlamaForCausalLM";
+  c.vocabSize = 256;
+  c.hiddenSize = 32;
+  c.intermediateSize = 64;
+  c.numLayers = 2;
+  c.numHeads = 4;
+  c.numKvHeads = 2;
+  c.headDim = 8;
+  c.maxPositions = 128;
+  c.normEps = 1e-5;
+  c.ropeTheta = 10000.0;
+  c.tieEmbeddings = false;
+  c.activation = "silu";
+  return c;
+}
+
+// Seeded weights in HF names: linears ~ N(0, 0.1²) with a few outlier
+// columns (so SmoothQuant has something to move), norms around 1.
+std::vector<std::pair<std::string, at::Tensor>> tinyLlamaTensors(const ModelConfig &c) {
+  at::Generator gen = at::detail::createCPUGenerator(11);
+  const int64_t h = c.hiddenSize, kv = c.numKvHeads * c.headDim, f = c.intermediateSize;
+  std::vector<std::pair<std::string, at::Tensor>> t;
+  t.emplace_back("model.embed_tokens.weight", at::randn({c.vocabSize, h}, gen) * 0.5);
+  for (int64_t i = 0; i < c.numLayers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    auto linear = [&](const std::string &name, int64_t out, int64_t in) {
+      at::Tensor w = at::randn({out, in}, gen) * 0.1;
+      w.select(1, 3).mul_(4.0);
+      t.emplace_back(p + name + ".weight", w);
+    };
+    t.emplace_back(p + "input_layernorm.weight", 1.0 + at::randn({h}, gen) * 0.1);
+    linear("self_attn.q_proj", h, h);
+    linear("self_attn.k_proj", kv, h);
+    linear("self_attn.v_proj", kv, h);
+    linear("self_attn.o_proj", h, h);
+    t.emplace_back(p + "post_attention_layernorm.weight", 1.0 + at::randn({h}, gen) * 0.1);
+    linear("mlp.gate_proj", f, h);
+    linear("mlp.up_proj", f, h);
+    linear("mlp.down_proj", h, f);
+  }
+  t.emplace_back("model.norm.weight", 1.0 + at::randn({h}, gen) * 0.1);
+  t.emplace_back("lm_head.weight", at::randn({c.vocabSize, h}, gen) * 0.2);
+  return t;
+}
+
+// A byte-level BPE tokenizer.json without merges: GPT-2's byte alphabet as ids 0..255.
+std::string byteTokenizerJson() {
+  std::vector<bool> printable(256, false);
+  for (int b = '!'; b <= '~'; ++b)
+    printable[size_t(b)] = true;
+  for (int b = 0xA1; b <= 0xAC; ++b)
+    printable[size_t(b)] = true;
+  for (int b = 0xAE; b <= 0xFF; ++b)
+    printable[size_t(b)] = true;
+  nlohmann::json vocab = nlohmann::json::object();
+  int shifted = 0;
+  for (int b = 0; b < 256; ++b) {
+    const uint32_t cp = printable[size_t(b)] ? uint32_t(b) : uint32_t(0x100 + shifted++);
+    std::string text;
+    if (cp < 0x80) {
+      text += char(cp);
+    } else {
+      text += char(0xC0 | (cp >> 6));
+      text += char(0x80 | (cp & 0x3F));
+    }
+    vocab[text] = b;
+  }
+  return nlohmann::json{
+      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}},
+      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}}}}
+      .dump();
+}
+
+void writeFile(const QString &path, const std::string &text) {
+  QFile f(path);
+  QVERIFY(f.open(QIODevice::WriteOnly));
+  QCOMPARE(f.write(text.data(), qint64(text.size())), qint64(text.size()));
+}
+
+// Pseudo-random words, reproducible.
+std::string someText(uint32_t seed, int words) {
+  static const char *vocabulary[] = {"the",   "model", "weights", "round", "grid",  "scale",
+                                     "block", "error", "token",   "layer", "value", "rank"};
+  std::string out;
+  uint32_t x = seed;
+  for (int i = 0; i < words; ++i) {
+    x = x * 1664525u + 1013904223u;
+    out += vocabulary[(x >> 16) % 12];
+    out += (i % 11 == 10) ? ".\n" : " ";
+  }
+  return out;
+}
+
+const char *stName(at::ScalarType t) {
+  return t == at::kBFloat16 ? "BF16" : t == at::kHalf ? "F16" : "F32";
+}
+
+struct MethodCase {
+  std::string label, method;
+  Hyperparameters hyper;
+  bool smoothQuant = false;
+  bool lowRank = false; // LQER: factors folded into the HF export
+};
+
+} // namespace
+
+class TestSourceDtype : public QObject {
+  Q_OBJECT
+
+  QTemporaryDir tmp_;
+  QString calibration_, evaluation_;
+
+  // A tiny LLaMA stored in `type`, with tokenizer; returns its directory.
+  QString writeModel(at::ScalarType type) {
+    const QString dir = tmp_.filePath(QString::fromLatin1(stName(type)) + "-model");
+    QDir().mkpath(dir);
+    const ModelConfig config = tinyLlamaConfig();
+    std::vector<std::pair<std::string, at::Tensor>> tensors;
+    for (auto &[name, t] : tinyLlamaTensors(config))
+      tensors.emplace_back(name, t.to(type));
+    writeSafetensors(dir.toStdString() + "/model.safetensors", tensors);
+    writeHfConfig(dir.toStdString() + "/config.json", config,
+                  type == at::kBFloat16 ? "bfloat16" : "float16");
+    writeFile(dir + "/tokenizer.json", byteTokenizerJson());
+    return dir;
+  }
+
+  QuantizeRequest request(const QString &model, const MethodCase &m, const QString &tag) {
+    QuantizeRequest r;
+    r.model = model.toStdString();
+    r.method = m.method;
+    r.scheme = "W4A16";
+    r.hyperparameters = m.hyper;
+    r.smoothQuant = m.smoothQuant;
+    r.calibrationText = calibration_.toStdString();
+    r.evaluationText = evaluation_.toStdString();
+    r.samples = 4;
+    r.seqLen = 32;
+    r.evalSeqLen = 32;
+    r.evalMaxWindows = 6;
+    r.spectra = false;
+    r.storePath = tmp_.filePath("runs.sqlite").toStdString();
+    r.workDir = tmp_.filePath("work-" + tag).toStdString();
+    r.exportDir = tmp_.filePath("hf-" + tag).toStdString();
+    r.packedPath = tmp_.filePath("packed-" + tag + ".safetensors").toStdString();
+    return r;
+  }
+
+private slots:
+  void initTestCase() {
+    QVERIFY(tmp_.isValid());
+    calibration_ = tmp_.filePath("calibration.txt");
+    evaluation_ = tmp_.filePath("evaluation.txt");
+    writeFile(calibration_, someText(1, 600));
+    writeFile(evaluation_, someText(2, 300));
+  }
+
+  void everyMethodKeepsTheSourceType_data() {
+    QTest::addColumn<int>("type");
+    QTest::newRow("bf16") << int(at::kBFloat16);
+    QTest::newRow("f16") << int(at::kHalf);
+  }
+  void everyMethodKeepsTheSourceType() {
+    QFETCH(int, type);
+    const auto dtype = static_cast<at::ScalarType>(type);
+    const QString modelDir = writeModel(dtype);
+    const LoadedModel source = loadModel(modelDir.toStdString());
+    for (const TensorSource &s : source.sources)
+      QCOMPARE(s.sourceType, std::string(stName(dtype)));
+    const DecoderModel reference(source.config,
+                                 ModelWeights::fromHfTensors(source.config, source.tensors));
+    QFile evalFile(evaluation_);
+    QVERIFY(evalFile.open(QIODevice::ReadOnly));
+    const std::vector<int32_t> evalTokens =
+        source.tokenizer->encode(evalFile.readAll().toStdString(), true);
+
+    const std::vector<MethodCase> cases = {
+        {"rtn", "rtn", {}},
+        {"gptq", "gptq", {}},
+        {"flexround", "flexround", {{"iters", int64_t(3)}}},
+        {"lrq", "lrq", {{"iters", int64_t(3)}}},
+        {"lrq-reference", "lrq", {{"iters", int64_t(3)}, {"rank_rule", std::string("reference")}}},
+        {"rtn-learned-step", "rtn-learned-step", {{"iters", int64_t(3)}}},
+        {"lqer", "lqer", {{"rank", int64_t(4)}}, false, true},
+        {"l2qer", "l2qer", {{"rank", int64_t(4)}}, false, true},
+        {"lrqat", "lrqat", {{"steps", int64_t(3)}, {"rank", int64_t(4)}}},
+        {"smoothquant-rtn", "rtn", {}, true},
+    };
+    for (const MethodCase &m : cases) {
+      const QString tag =
+          QString::fromLatin1(stName(dtype)) + "-" + QString::fromStdString(m.label);
+      const QuantizeRequest r = request(modelDir, m, tag);
+      QuantizeOutcome outcome;
+      try {
+        outcome = runQuantizeJob(r);
+      } catch (const std::exception &e) {
+        QFAIL(qPrintable(tag + ": " + e.what()));
+      }
+      if (m.method == "lrq") {
+        // `lrq runs show` says which rank rule the run used.
+        const std::string rule = m.hyper.count("rank_rule") ? "reference" : "fixed";
+        const test::Result show =
+            test::runLrq({"runs", "show", QString::fromStdString(outcome.runId), "--store",
+                          QString::fromStdString(r.storePath)});
+        QVERIFY2(show.exitCode == 0, qPrintable(show.err));
+        QVERIFY2(show.out.contains(QByteArray("rank rule ") + rule.c_str() + "\n"),
+                 show.out.constData());
+        QVERIFY2(show.out.contains("\"rank_rule\":\"" + QByteArray(rule.c_str()) + "\""),
+                 show.out.constData());
+        QVERIFY2(show.out.contains("rounded to their source types"), show.out.constData());
+      }
+      for (const char *metric : {"perplexity", "kl", "top1"})
+        QVERIFY2(outcome.metrics.count(metric) && std::isfinite(outcome.metrics.at(metric)),
+                 qPrintable(tag + " " + metric));
+
+      // Every tensor of the HF export in the source's type; config.json says so.
+      const SafetensorsReader st(r.exportDir + "/model.safetensors");
+      QCOMPARE(int(st.tensors().size()), int(source.tensors.size()));
+      for (const SafetensorsTensorInfo &info : st.tensors())
+        QVERIFY2(info.dtype == stName(dtype),
+                 qPrintable(tag + " " + QString::fromStdString(info.name)));
+      QFile cfg(QString::fromStdString(r.exportDir) + "/config.json");
+      QVERIFY(cfg.open(QIODevice::ReadOnly));
+      QCOMPARE(QJsonDocument::fromJson(cfg.readAll()).object().value("torch_dtype").toString(),
+               QString(dtype == at::kBFloat16 ? "bfloat16" : "float16"));
+
+      const LoadedModel hf = loadModel(r.exportDir);
+      PackedModel packed = loadPackedModel(r.packedPath, nullptr, nullptr, /*foldLowRank=*/false);
+      // The model the run evaluated, rebuilt from an export: the HF one, or for
+      // LQER (whose HF export folds the factors) the packed one with its factors.
+      ModelWeights evaluated =
+          m.lowRank ? ModelWeights::fromHfTensors(packed.model.config, packed.model.tensors)
+                    : ModelWeights::fromHfTensors(hf.config, hf.tensors);
+      if (m.lowRank) {
+        QVERIFY2(!packed.lowRank.empty(), qPrintable(tag));
+        installLowRank(packed.model.config, evaluated, packed.lowRank);
+      }
+      const DecoderModel again(source.config, evaluated);
+      const CompareResult c = compareToReference(again, reference, evalTokens, r.evalSeqLen,
+                                                 nullptr, nullptr, r.evalMaxWindows);
+      QVERIFY2(c.perplexity == outcome.metrics.at("perplexity"),
+               qPrintable(tag + QStringLiteral(": perplexity %1 evaluated, %2 from the export")
+                                    .arg(outcome.metrics.at("perplexity"), 0, 'g', 17)
+                                    .arg(c.perplexity, 0, 'g', 17)));
+      QVERIFY2(c.meanKl == outcome.metrics.at("kl"), qPrintable(tag + ": kl"));
+      QVERIFY2(c.top1Agreement == outcome.metrics.at("top1"), qPrintable(tag + ": top1"));
+
+      // The packed export decodes to the HF export's values (LQER: Ŵ + (A B)ᵀ
+      // rounded once to the source type is what the HF export holds).
+      for (const auto &[name, t] : hf.tensors) {
+        QVERIFY2(packed.model.tensors.count(name),
+                 qPrintable(tag + " " + QString::fromStdString(name)));
+        at::Tensor expected = packed.model.tensors.at(name);
+        const std::string prefix = name.substr(0, name.size() - std::string(".weight").size());
+        const auto lr = packed.lowRank.find(prefix);
+        if (lr != packed.lowRank.end())
+          expected = (expected + at::matmul(lr->second.first, lr->second.second).t())
+                         .to(dtype)
+                         .to(at::kFloat);
+        QVERIFY2(at::equal(t, expected), qPrintable(tag + " " + QString::fromStdString(name)));
+      }
+
+      // RTN: the export is the round-to-nearest grid value of the source weight,
+      // computed here independently, rounded once to the source type; and that
+      // rounding is not a no-op (the grid values are not all representable).
+      if (m.method == "rtn" && !m.smoothQuant) {
+        const quant::QuantScheme scheme = quant::QuantScheme::fromJson(resolveSchemeJson(r.scheme));
+        int64_t notRepresentable = 0;
+        for (const char *n :
+             {"model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight"}) {
+          const at::Tensor grid = quant::roundToNearest(source.tensors.at(n), scheme.weight);
+          const at::Tensor rounded = grid.to(dtype).to(at::kFloat);
+          notRepresentable += (rounded != grid).sum().item<int64_t>();
+          QVERIFY2(at::equal(hf.tensors.at(n), rounded), qPrintable(tag + " " + n));
+        }
+        QVERIFY2(notRepresentable > 0, qPrintable(tag));
+      }
+      // Tensors no method touches come back as they were.
+      QVERIFY(at::equal(hf.tensors.at("model.embed_tokens.weight"),
+                        source.tensors.at("model.embed_tokens.weight")));
+      if (!m.smoothQuant)
+        QVERIFY(at::equal(hf.tensors.at("model.layers.0.input_layernorm.weight"),
+                          source.tensors.at("model.layers.0.input_layernorm.weight")));
+      else
+        QVERIFY(!at::equal(hf.tensors.at("model.layers.0.input_layernorm.weight"),
+                           source.tensors.at("model.layers.0.input_layernorm.weight")));
+    }
+  }
+
+  // The packed file says which type its Ŵ was rounded to; a type the reader
+  // does not know is refused, naming the file and the layer, not guessed.
+  void packedFileRecordsTheRounding() {
+    const QString path = tmp_.filePath("packed-BF16-rtn.safetensors");
+    QVERIFY(QFile::exists(path));
+    const SafetensorsReader reader(path.toStdString());
+    const nlohmann::json layers = nlohmann::json::parse(reader.metadata().at("layers"));
+    QCOMPARE(int(layers.size()), 14);
+    for (const auto &[name, layer] : layers.items())
+      QCOMPARE(layer.at("value_dtype").get<std::string>(), std::string("BF16"));
+    QFile in(path);
+    QVERIFY(in.open(QIODevice::ReadOnly));
+    QByteArray bytes = in.readAll();
+    // In the header the layers JSON is itself a JSON string: its quotes are escaped.
+    const QByteArray entry = R"(\"value_dtype\":\"BF16\")";
+    QCOMPARE(int(bytes.count(entry)), 14);
+    bytes.replace(entry, R"(\"value_dtype\":\"XF16\")"); // same length: the header stays valid
+    const QString bad = tmp_.filePath("bad-value-dtype.safetensors");
+    QFile out(bad);
+    QVERIFY(out.open(QIODevice::WriteOnly));
+    QCOMPARE(out.write(bytes), qint64(bytes.size()));
+    out.close();
+    try {
+      loadPackedModel(bad.toStdString());
+      QFAIL("expected lrq::FileError");
+    } catch (const FileError &e) {
+      const QString message = QString::fromUtf8(e.what());
+      QVERIFY2(message.contains("bad-value-dtype") && message.contains("value_dtype") &&
+                   message.contains("XF16"),
+               e.what());
+    }
+  }
+};
+
+QTEST_GUILESS_MAIN(TestSourceDtype)
+#include "test_source_dtype.moc"
