@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include "core/common/error.h"
 
@@ -138,18 +139,20 @@ GridParams gridParamsForFraction(const at::Tensor &weight, const GridSpec &spec,
   return p;
 }
 
-GridParams computeGridParams(const at::Tensor &weight, const GridSpec &spec) {
-  if (spec.init == StepInit::MinMax)
-    return gridParamsForFraction(weight, spec, 1.0);
+namespace {
 
-  checkWeightForGrid(weight, spec);
-  at::NoGradGuard noGrad;
-  const at::Tensor w = asFloat(weight.detach()).contiguous();
-  const at::Tensor units = unitsView(w, spec);
+// Step, zero point and range fraction of each unit, [units, 1] each.
+struct UnitSearch {
+  at::Tensor scale, zero, fraction;
+};
+
+// The 1-D clipping search on units [units, elements]: one pass over the units
+// per candidate fraction, every unit at once; a strictly smaller error
+// replaces, so ties keep the larger fraction.
+UnitSearch searchFractions(const at::Tensor &units, const GridSpec &spec) {
   const Range range = unitRange(units);
-  // One pass over the whole weight per candidate fraction, every unit at once;
-  // a strictly smaller error replaces, so ties keep the larger fraction.
-  at::Tensor bestError, bestScale, bestZero, bestFraction;
+  at::Tensor bestError;
+  UnitSearch best;
   for (int k = spec.clipSteps; k >= 1; --k) {
     const float fraction = float(double(k) / double(spec.clipSteps));
     const auto [scale, zero] = paramsFromRange(range, spec, fraction);
@@ -161,22 +164,117 @@ GridParams computeGridParams(const at::Tensor &weight, const GridSpec &spec) {
     const at::Tensor error = ed.log_().mul_(spec.clipNorm).exp_().sum(1, true);
     if (!bestError.defined()) {
       bestError = error;
-      bestScale = scale;
-      bestZero = zero;
-      bestFraction = at::full_like(scale, fraction);
+      best = {scale, zero, at::full_like(scale, fraction)};
       continue;
     }
     const at::Tensor better = error < bestError;
     bestError = at::where(better, error, bestError);
-    bestScale = at::where(better, scale, bestScale);
-    bestZero = at::where(better, zero, bestZero);
-    bestFraction = at::where(better, at::full_like(scale, fraction), bestFraction);
+    best.scale = at::where(better, scale, best.scale);
+    best.zero = at::where(better, zero, best.zero);
+    best.fraction = at::where(better, at::full_like(scale, fraction), best.fraction);
+  }
+  return best;
+}
+
+// Elements of one [units, sizes, elements] temporary of the 2-D search: three
+// of them (x / s, its rounding, the error) stay within 24 MB.
+constexpr int64_t kDefaultSearchChunkElements = int64_t(1) << 21;
+std::atomic<int64_t> searchChunkElements{kDefaultSearchChunkElements};
+
+// The 2-D search on units [units, elements] that hold both signs (lo < 0 < hi).
+// Candidates, in the reference's order: range size k = 1..clipSteps, then zero
+// point z = 0..n-1; step s_k = (hi - lo) (k / clipSteps) / (n - 1), so the grid
+// covers [-z s_k, (n - 1 - z) s_k]. Since z is an integer,
+//   x - s (clamp(round(x / s) + z, 0, n-1) - z) = s (t - clamp(round(t), -z, n-1-z)),
+// t = x / s: t and round(t) are computed once per step and shared by all zero
+// points, and s^p factors out of each unit's sum. The first minimum wins.
+UnitSearch searchRangesAndZeros(const at::Tensor &units, const GridSpec &spec) {
+  const int64_t count = units.size(0), width = units.size(1), steps = spec.clipSteps;
+  const int64_t levels = spec.levels();
+  const Range range = unitRange(units);
+  const at::Tensor fractions =
+      at::arange(1, steps + 1, units.options().dtype(at::kDouble)).div_(double(steps));
+  const at::Tensor fractionsF = fractions.to(at::kFloat).unsqueeze(0); // [1, steps]
+  // [units, steps]: the same float arithmetic as the 1-D search's steps.
+  const at::Tensor scales = (range.hi * fractionsF - range.lo * fractionsF) / double(levels - 1);
+  at::Tensor errors = at::zeros({count, steps, levels}, units.options().dtype(at::kDouble));
+
+  const int64_t budget = searchChunkElements.load();
+  const int64_t widthChunk = std::min(width, budget);
+  const int64_t stepChunk = std::max<int64_t>(1, std::min(steps, budget / widthChunk));
+  const int64_t unitChunk = std::max<int64_t>(1, budget / (stepChunk * widthChunk));
+  for (int64_t u0 = 0; u0 < count; u0 += unitChunk) {
+    const int64_t uc = std::min(unitChunk, count - u0);
+    for (int64_t k0 = 0; k0 < steps; k0 += stepChunk) {
+      const int64_t kc = std::min(stepChunk, steps - k0);
+      const at::Tensor s = scales.narrow(0, u0, uc).narrow(1, k0, kc).unsqueeze(2);
+      for (int64_t c0 = 0; c0 < width; c0 += widthChunk) {
+        const int64_t cc = std::min(widthChunk, width - c0);
+        const at::Tensor t = units.narrow(0, u0, uc).narrow(1, c0, cc).unsqueeze(1) / s;
+        const at::Tensor r = at::round(t);
+        at::Tensor e = at::empty_like(t);
+        for (int64_t z = 0; z < levels; ++z) {
+          at::clamp_out(e, r, double(-z), double(levels - 1 - z));
+          e.sub_(t).abs_().pow_(spec.clipNorm);
+          errors.narrow(0, u0, uc).narrow(1, k0, kc).select(2, z).add_(
+              e.sum(2, false, at::kDouble));
+        }
+      }
+    }
+  }
+  errors.mul_(scales.to(at::kDouble).pow(spec.clipNorm).unsqueeze(2));
+  const at::Tensor best = errors.reshape({count, steps * levels}).argmin(1, true); // first minimum
+  const at::Tensor k = at::floor_divide(best, levels);
+  UnitSearch out;
+  out.scale = scales.gather(1, k);
+  out.zero = (best - k * levels).to(at::kFloat);
+  out.fraction = fractionsF.expand({count, steps}).gather(1, k);
+  return out;
+}
+
+} // namespace
+
+int64_t setClipSearchChunkElements(int64_t elements) {
+  return searchChunkElements.exchange(elements > 0 ? elements : kDefaultSearchChunkElements);
+}
+
+GridParams computeGridParams(const at::Tensor &weight, const GridSpec &spec) {
+  if (spec.init == StepInit::MinMax || spec.init == StepInit::MethodDefault)
+    return gridParamsForFraction(weight, spec, 1.0);
+
+  checkWeightForGrid(weight, spec);
+  at::NoGradGuard noGrad;
+  const at::Tensor w = asFloat(weight.detach()).contiguous();
+  const at::Tensor units = unitsView(w, spec).contiguous();
+  UnitSearch best;
+  if (spec.init == StepInit::ClippingSearch) {
+    best = searchFractions(units, spec);
+  } else {
+    // One-sided units (zero ones included) take the 1-D search, as the
+    // reference does; the others the 2-D search.
+    const Range range = unitRange(units);
+    const at::Tensor twoSided = ((range.lo < 0) & (range.hi > 0)).reshape({-1});
+    const at::Tensor both = twoSided.nonzero().reshape({-1});
+    const at::Tensor one = twoSided.logical_not().nonzero().reshape({-1});
+    best.scale = at::empty({units.size(0), 1}, units.options());
+    best.zero = at::empty_like(best.scale);
+    best.fraction = at::empty_like(best.scale);
+    for (const auto &[rows, twoD] : {std::make_pair(both, true), std::make_pair(one, false)}) {
+      if (rows.numel() == 0)
+        continue;
+      const at::Tensor subset = units.index_select(0, rows);
+      const UnitSearch found =
+          twoD ? searchRangesAndZeros(subset, spec) : searchFractions(subset, spec);
+      best.scale.index_copy_(0, rows, found.scale);
+      best.zero.index_copy_(0, rows, found.zero);
+      best.fraction.index_copy_(0, rows, found.fraction);
+    }
   }
   const int64_t out = w.size(0), in = w.size(1);
   GridParams p;
-  p.scale = paramShape(bestScale, spec, out, in);
-  p.zeroPoint = paramShape(bestZero, spec, out, in);
-  p.clipFraction = paramShape(bestFraction, spec, out, in);
+  p.scale = paramShape(best.scale, spec, out, in);
+  p.zeroPoint = paramShape(best.zero, spec, out, in);
+  p.clipFraction = paramShape(best.fraction, spec, out, in);
   return p;
 }
 

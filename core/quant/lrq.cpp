@@ -70,6 +70,13 @@ public:
         preset.hyperparameters["lr"] = 3e-3;
     return p;
   }
+  // The reference runs its 2-D clipping search (ClippingSearch2D) at W3A16 and
+  // W4A8, min/max elsewhere (W4A16).
+  GridSpec referenceGrid(const QuantScheme &scheme) const override {
+    if (isReferenceSetting(scheme, 3, false) || isReferenceSetting(scheme, 4, true))
+      return referenceClippingGrid(scheme);
+    return QuantMethod::referenceGrid(scheme);
+  }
   // s1 and r3 per row, c3 per column, L2 (out x r) and U2 (r x in).
   int64_t learnableParameters(int64_t out, int64_t in, const nlohmann::json &hyper) const override {
     int64_t rank = hyper.value("rank", int64_t(0));
@@ -83,7 +90,7 @@ public:
     if (rank < 0)
       throw Error("lrq: rank must be >= 0 (0 = min(out, in) / 4)");
     MethodReport report = runReconstructionMethod(
-        ctx, name(), [rank](const at::Tensor &w, const GridSpec &spec, uint64_t seed) {
+        ctx, *this, [rank](const at::Tensor &w, const GridSpec &spec, uint64_t seed) {
           return makeLrqLayer(w, spec, rank, seed);
         });
     nlohmann::json ranks = nlohmann::json::object();
