@@ -25,8 +25,9 @@
 //    (all values >= 0 or all <= 0, zero units included) takes the 1-D
 //    ClippingSearch, the reference's fallback; the reference decides
 //    one-sidedness for the whole tensor, this grid per unit. f (clipFraction)
-//    is k / clipSteps. Candidates are evaluated in chunks (bounded memory),
-//    in float32 with each unit's sum in double.
+//    is k / clipSteps. On the CPU an exact branch and bound per unit; else
+//    every candidate is evaluated in chunks (bounded memory),
+//    in float32 (|e|^p as exp(p log|e|); chunks' sums added in double).
 //  - MethodDefault ("auto") is resolved by the method before it runs
 //    (QuantMethod::referenceGrid); here it is MinMax.
 //  - round is at::round: halves to even.
@@ -76,6 +77,12 @@ GridParams computeGridParams(const at::Tensor &weight, const GridSpec &spec);
 // 24 MB in all). Tests lower it to exercise the chunking; <= 0 restores the
 // default. Returns the previous value.
 int64_t setClipSearchChunkElements(int64_t elements);
+// How the 2-D search evaluates its candidates (same result either way): all
+// of them in batched tensor chunks, or a branch and bound per unit that drops
+// a candidate once its partial error passes the best (grid.cpp). Auto: the
+// branch and bound on the CPU, batched elsewhere. Returns the previous value.
+enum class Search2DKernel { Auto, Batched, BranchAndBound };
+Search2DKernel setClipSearch2DKernel(Search2DKernel kernel);
 
 // Steps and zero points for the min/max range scaled by fraction (in (0, 1]);
 // fraction 1 is MinMax. Every quantization unit uses the same fraction.
