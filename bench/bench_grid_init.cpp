@@ -4,7 +4,8 @@
 // sum |W - Q(W)|^2.4 over the chosen layers and the seconds it took (one run
 // each). Prints figures; never fails on time.
 //
-// usage: bench_grid_init [--bits 3] [--blocks N] [--threads T]
+// usage: bench_grid_init [--bits 3] [--blocks N] [--threads T] [--norm P] [--symmetric 1]
+// (--symmetric: LR-QAT's grid; min/max and the 1-D search only)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -23,6 +24,8 @@ int main(int argc, char **argv) {
   int bits = 3;
   int64_t blocks = 1;
   int threads = 0;
+  double norm = 2.4;
+  bool symmetric = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     if (flag == "--bits")
@@ -31,19 +34,23 @@ int main(int argc, char **argv) {
       blocks = std::atoll(argv[i + 1]);
     else if (flag == "--threads")
       threads = std::atoi(argv[i + 1]);
+    else if (flag == "--norm")
+      norm = std::atof(argv[i + 1]);
+    else if (flag == "--symmetric")
+      symmetric = std::atoi(argv[i + 1]) != 0;
   }
   if (threads > 0)
     at::set_num_threads(threads);
   lrq::LoadedModel loaded = lrq::loadModel(lrq::ensureDefaultModel());
   const lrq::ModelConfig &c = loaded.config;
   lrq::DecoderModel model(c, lrq::ModelWeights::fromHfTensors(c, loaded.tensors));
-  std::printf("W%d asym per-channel, %lld block(s), %d threads; error = sum |W - Q(W)|^2.4\n", bits,
-              (long long)blocks, at::get_num_threads());
+  std::printf("W%d %s per-channel, %lld block(s), %d threads; error = sum |W - Q(W)|^%g\n", bits,
+              symmetric ? "sym" : "asym", (long long)blocks, at::get_num_threads(), norm);
   using lrq::quant::StepInit;
-  const std::vector<std::pair<const char *, StepInit>> inits = {
-      {"minmax", StepInit::MinMax},
-      {"clip-search", StepInit::ClippingSearch},
-      {"clip-search-2d", StepInit::ClippingSearch2D}};
+  std::vector<std::pair<const char *, StepInit>> inits = {
+      {"minmax", StepInit::MinMax}, {"clip-search", StepInit::ClippingSearch}};
+  if (!symmetric)
+    inits.push_back({"clip-search-2d", StepInit::ClippingSearch2D});
   std::vector<double> totals(inits.size(), 0.0), seconds(inits.size(), 0.0);
   for (int64_t b = 0; b < std::min<int64_t>(blocks, model.numBlocks()); ++b)
     for (auto &[role, linear] : lrq::blockLinears(c, model.weights().blocks[size_t(b)])) {
@@ -53,6 +60,8 @@ int main(int argc, char **argv) {
       for (size_t i = 0; i < inits.size(); ++i) {
         lrq::quant::GridSpec spec;
         spec.bits = bits;
+        spec.symmetric = symmetric;
+        spec.clipNorm = norm;
         spec.granularity = lrq::quant::Granularity::PerChannel;
         spec.init = inits[i].second;
         const auto start = std::chrono::steady_clock::now();
@@ -60,7 +69,7 @@ int main(int argc, char **argv) {
         const double s =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         const double e =
-            lrq::quant::unitLpError(w, lrq::quant::fakeQuantizeWeight(w, p, spec), spec, 2.4)
+            lrq::quant::unitLpError(w, lrq::quant::fakeQuantizeWeight(w, p, spec), spec, norm)
                 .sum()
                 .item<double>();
         totals[i] += e;

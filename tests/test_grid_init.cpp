@@ -285,6 +285,60 @@ private slots:
     QVERIFY(at::allclose(e1, e2, 1e-6, 0.0));
   }
 
+  // The 1-D search with integer exponents (LR-QAT's p = 4 takes repeated
+  // squaring instead of exp(p log)): the brute force's minimum over fractions.
+  void oneDimensionalSearchIntegerNorms() {
+    const at::Tensor w = testRows(40, 21);
+    for (double norm : {4.0, 2.0, 3.0})
+      for (bool symmetric : {true, false}) {
+        GridSpec spec = spec2d(4, Granularity::PerChannel);
+        spec.init = StepInit::ClippingSearch;
+        spec.symmetric = symmetric;
+        spec.clipNorm = norm;
+        const int64_t levels = spec.levels();
+        const GridParams p = computeGridParams(w, spec);
+        const std::vector<std::vector<double>> units = unitsOf(w, spec);
+        // The symmetric grid is the asymmetric formula with z = n/2.
+        GridParams shifted = p;
+        if (symmetric)
+          shifted.zeroPoint = p.zeroPoint + double(levels / 2);
+        const std::vector<double> found = errorsAt(units, shifted, levels, norm);
+        for (size_t i = 0; i < units.size(); ++i) {
+          double lo = 0.0, hi = 0.0;
+          for (double v : units[i])
+            lo = std::min(lo, v), hi = std::max(hi, v);
+          double best = std::numeric_limits<double>::infinity();
+          for (int k = 1; k <= spec.clipSteps; ++k) {
+            const double f = double(k) / spec.clipSteps;
+            double s, z;
+            if (symmetric) {
+              s = std::max(-lo, hi) * f / double(levels / 2 - 1);
+              z = double(levels / 2);
+            } else {
+              s = (hi - lo) * f / double(levels - 1);
+              z = s > 0 ? std::min(std::max(std::nearbyint(-lo * f / s), 0.0), double(levels - 1))
+                        : 0.0;
+            }
+            if (!(s > 0))
+              s = 1.0;
+            best = std::min(best, unitError(units[i], s, z, levels, norm));
+          }
+          double maxAbs = 0.0;
+          for (double v : units[i])
+            maxAbs = std::max(maxAbs, std::abs(v));
+          const double tol =
+              1e-5 * best + double(units[i].size()) * std::pow(1e-6 * maxAbs, norm) + 1e-300;
+          QVERIFY2(std::abs(found[i] - best) <= tol,
+                   qPrintable(QString("p %1 %2 unit %3: found %4, brute force %5")
+                                  .arg(norm)
+                                  .arg(symmetric ? "sym" : "asym")
+                                  .arg(i)
+                                  .arg(found[i], 0, 'g', 12)
+                                  .arg(best, 0, 'g', 12)));
+        }
+      }
+  }
+
   void schemeJson() {
     QuantScheme s = QuantScheme::fromJson(R"({"weight": {"bits": 3, "init": "clip-search-2d"}})");
     QCOMPARE(s.weight.init, StepInit::ClippingSearch2D);

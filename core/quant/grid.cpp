@@ -106,6 +106,24 @@ at::Tensor lpPower(const at::Tensor &e, double p) {
   return (e.abs().to(at::kDouble).log() * p).exp();
 }
 
+// |e|^p in place for e >= 0 (double): repeated squaring for an integer p
+// (LR-QAT's p = 4: two multiplications instead of a log and an exp, which this
+// LibTorch build does not vectorise), exp(p log e) otherwise.
+at::Tensor powerInPlace(at::Tensor e, double p) {
+  const double whole = std::round(p);
+  if (whole != p || whole < 1.0)
+    return e.log_().mul_(p).exp_();
+  at::Tensor result;
+  at::Tensor base = e;
+  for (int64_t n = int64_t(whole); n > 0; n >>= 1) {
+    if (n & 1)
+      result = result.defined() ? result.mul_(base) : base.clone();
+    if (n > 1)
+      base = base * base;
+  }
+  return result;
+}
+
 at::Tensor asFloat(const at::Tensor &weight) {
   return weight.scalar_type() == at::kFloat ? weight : weight.to(at::kFloat);
 }
@@ -164,8 +182,7 @@ UnitSearch searchFractions(const at::Tensor &units, const GridSpec &spec) {
     at::Tensor e = units / scale;
     e.round_().add_(zero).clamp_(double(spec.qmin()), double(spec.qmax()));
     e.sub_(zero).mul_(scale).sub_(units).abs_();
-    at::Tensor ed = e.to(at::kDouble);
-    const at::Tensor error = ed.log_().mul_(spec.clipNorm).exp_().sum(1, true);
+    const at::Tensor error = powerInPlace(e.to(at::kDouble), spec.clipNorm).sum(1, true);
     if (!bestError.defined()) {
       bestError = error;
       best = {scale, zero, at::full_like(scale, fraction)};
