@@ -24,6 +24,7 @@
 #include "core/eval/perplexity.h"
 #include "core/io/model_loader.h"
 #include "core/model/decoder.h"
+#include "core/quant/activation_install.h"
 #include "core/quant/grid.h"
 #include "core/quant/lrqat_layer.h"
 #include "core/quant/method.h"
@@ -167,7 +168,11 @@ private slots:
     QCOMPARE(m->name(), std::string("lrqat"));
     QVERIFY(QString::fromStdString(m->help()).contains("2406.06385"));
     const nlohmann::json d = m->defaults();
-    QCOMPARE(d.at("rank").get<int>(), 16);
+    // The reference's settings: rank 32, alpha 1 (alpha / r = 1/32), clipping at 1.
+    QCOMPARE(d.at("rank").get<int>(), 32);
+    QCOMPARE(d.at("alpha").get<double>(), 1.0);
+    QCOMPARE(d.at("grad_clip").get<double>(), 1.0);
+    QCOMPARE(d.at("quantize_activations").get<bool>(), true);
     QCOMPARE(d.at("lr").get<double>(), 1e-3);
     QCOMPARE(d.at("lr_scale").get<double>(), 1e-5);
     QCOMPARE(d.at("beta2").get<double>(), 0.95);
@@ -513,6 +518,65 @@ private slots:
     }
   }
 
+  // A8 schemes train on quantized activations, as the evaluation sees them:
+  // the first step's loss (lr 0, one window) is the loss of the initial
+  // weights with the evaluation's per-token and KV quantizers installed, not
+  // the full-precision-activation one (quantize_activations false); no
+  // transform is left on the model afterwards.
+  void trainsWithQuantizedActivations() {
+    std::vector<int32_t> stream;
+    for (int64_t i = 0; i < tiny_.longTokens.size(1); ++i)
+      stream.push_back(int32_t(tiny_.longTokens[0][i].item<int64_t>()));
+    const CalibrationSet calib = makeCalibrationSet(stream, 1, 32, 1, "tiny");
+    QuantScheme scheme = schemeFor(makeSpec(4, true, Granularity::PerChannel));
+    scheme.activation.mode = ActivationMode::PerTokenDynamic;
+    scheme.activation.bits = 4; // coarse: the quantizers change the loss clearly
+    scheme.kv8 = true;
+    for (bool quantize : {true, false}) {
+      std::unique_ptr<DecoderModel> m = tinyModel();
+      LossRecorder rec;
+      const MethodReport r = runLrqat(
+          *m, scheme, calib,
+          {{"steps", 1}, {"lr", 0.0}, {"lr_scale", 0.0}, {"quantize_activations", quantize}}, &rec);
+      QCOMPARE(r.extra.at("activations_quantized_in_training").get<bool>(), quantize);
+      for (auto &b : m->weights().blocks)
+        for (auto &[role, lin] : blockLinears(m->config(), b))
+          QVERIFY2(!lin->inputTransform && !lin->outputTransform, role.c_str());
+      const double fpActivations = meanLoss(*m, calib.tokens);
+      const ActivationInstallReport installed = installActivationQuantizers(*m, scheme, calib);
+      QCOMPARE(installed.inputTransforms, m->numBlocks() * 7);
+      const double quantizedActivations = meanLoss(*m, calib.tokens);
+      QVERIFY(std::abs(quantizedActivations - fpActivations) > 1e-3);
+      const double expected = quantize ? quantizedActivations : fpActivations;
+      QVERIFY2(std::abs(rec.losses.front() - expected) < 1e-4,
+               qPrintable(QString("first step %1, expected %2 (other %3)")
+                              .arg(rec.losses.front())
+                              .arg(expected)
+                              .arg(quantize ? fpActivations : quantizedActivations)));
+    }
+  }
+
+  // Gradient clipping in training: the norms are recorded, a tiny limit
+  // clips every step, and 0 turns it off.
+  void gradientClippingInTraining() {
+    std::vector<int32_t> stream;
+    for (int64_t i = 0; i < tiny_.longTokens.size(1); ++i)
+      stream.push_back(int32_t(tiny_.longTokens[0][i].item<int64_t>()));
+    const CalibrationSet calib = makeCalibrationSet(stream, 2, 32, 1, "tiny");
+    const QuantScheme scheme = schemeFor(makeSpec(4, true, Granularity::PerChannel));
+    std::unique_ptr<DecoderModel> m = tinyModel();
+    const MethodReport clipped =
+        runLrqat(*m, scheme, calib, {{"steps", 3}, {"grad_clip", 1e-6}, {"rank", 4}});
+    QCOMPARE(clipped.extra.at("steps_clipped").get<int64_t>(), int64_t(3));
+    QVERIFY(clipped.extra.at("grad_norm_first").get<double>() > 1e-6);
+    m = tinyModel();
+    const MethodReport off =
+        runLrqat(*m, scheme, calib, {{"steps", 3}, {"grad_clip", 0.0}, {"rank", 4}});
+    QCOMPARE(off.extra.at("steps_clipped").get<int64_t>(), int64_t(0));
+    QCOMPARE(off.extra.at("grad_norm_first").get<double>(),
+             clipped.extra.at("grad_norm_first").get<double>());
+  }
+
   // Merged codes: the integer codes are within the grid and reproduce the weight.
   void mergedCodesWithinGrid() {
     for (bool symmetric : {true, false}) {
@@ -606,9 +670,15 @@ private slots:
       const char *name;
       GridSpec spec;
     };
+    // The presets' grids with min/max steps named explicitly (their "auto"
+    // would give LR-QAT's reference grid, symmetric with an Lp-4 search).
+    auto minmax = [](GridSpec g) {
+      g.init = StepInit::MinMax;
+      return g;
+    };
     std::vector<Case> cases = {
-        {"W4A16 (asym per-channel)", presetScheme("W4A16").weight},
-        {"W3A16 (asym per-channel)", presetScheme("W3A16").weight},
+        {"W4A16 (asym per-channel)", minmax(presetScheme("W4A16").weight)},
+        {"W3A16 (asym per-channel)", minmax(presetScheme("W3A16").weight)},
     };
     if (all) {
       cases.push_back({"W4 sym per-channel (paper)", makeSpec(4, true, Granularity::PerChannel)});
@@ -651,7 +721,7 @@ private slots:
             (long long)r.layers[0].learnableParams, peakRssMb());
       qInfo("%s", rec.logs.back().c_str());
       QCOMPARE(int64_t(r.layers.size()), lm.config.numLayers * 7);
-      QCOMPARE(r.layers[0].learnableParams, int64_t(576 * 16 + 16 * 576 + 576));
+      QCOMPARE(r.layers[0].learnableParams, int64_t(576 * 32 + 32 * 576 + 576));
       QVERIFY(std::isfinite(ppl));
       QVERIFY2(trainLoss < rtnTrainLoss,
                qPrintable(QString("%1 -> %2").arg(rtnTrainLoss).arg(trainLoss)));

@@ -339,8 +339,12 @@ QWidget *QuantizeView::buildSchemeBox() {
   groupSize_->setValue(128);
   symmetric_ = new QCheckBox(tr("symmetric grid"), box);
   init_ = new QComboBox(box);
-  for (auto s : {quant::StepInit::MinMax, quant::StepInit::ClippingSearch})
+  for (auto s : {quant::StepInit::MethodDefault, quant::StepInit::MinMax,
+                 quant::StepInit::ClippingSearch, quant::StepInit::ClippingSearch2D})
     init_->addItem(QString::fromLatin1(quant::stepInitName(s)), int(s));
+  init_->setToolTip(tr("auto: the method's reference choice (LRQ at W3A16 and W4A8, FlexRound at "
+                       "W4A8: clip-search-2d; LR-QAT: symmetric clip-search, p = 4; otherwise "
+                       "minmax)"));
   actMode_ = new QComboBox(box);
   for (auto m : {quant::ActivationMode::None, quant::ActivationMode::PerTokenDynamic,
                  quant::ActivationMode::PerTensorStatic})

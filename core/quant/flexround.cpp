@@ -37,12 +37,19 @@ public:
   std::vector<HyperparameterSpec> hyperparameters() const override {
     return reconstructionHyperparameters(3e-3);
   }
+  // The reference runs its 2-D clipping search (ClippingSearch2D) at W4A8 only;
+  // W3A16 and W4A16 start from min/max.
+  GridSpec referenceGrid(const QuantScheme &scheme) const override {
+    if (isReferenceSetting(scheme, 4, true))
+      return referenceClippingGrid(scheme);
+    return QuantMethod::referenceGrid(scheme);
+  }
   // s1 and r3 per row, S2 per weight.
   int64_t learnableParameters(int64_t out, int64_t in, const nlohmann::json &) const override {
     return out * in + 2 * out;
   }
   MethodReport run(MethodContext &ctx) override {
-    return runReconstructionMethod(ctx, name(),
+    return runReconstructionMethod(ctx, *this,
                                    [](const at::Tensor &w, const GridSpec &spec, uint64_t) {
                                      return makeFlexRoundLayer(w, spec);
                                    });

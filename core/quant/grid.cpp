@@ -2,8 +2,13 @@
 #include "core/quant/grid.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <vector>
 
 #include "core/common/error.h"
 
@@ -101,6 +106,24 @@ at::Tensor lpPower(const at::Tensor &e, double p) {
   return (e.abs().to(at::kDouble).log() * p).exp();
 }
 
+// |e|^p in place for e >= 0 (double): repeated squaring for an integer p
+// (LR-QAT's p = 4: two multiplications instead of a log and an exp, which this
+// LibTorch build does not vectorise), exp(p log e) otherwise.
+at::Tensor powerInPlace(at::Tensor e, double p) {
+  const double whole = std::round(p);
+  if (whole != p || whole < 1.0)
+    return e.log_().mul_(p).exp_();
+  at::Tensor result;
+  at::Tensor base = e;
+  for (int64_t n = int64_t(whole); n > 0; n >>= 1) {
+    if (n & 1)
+      result = result.defined() ? result.mul_(base) : base.clone();
+    if (n > 1)
+      base = base * base;
+  }
+  return result;
+}
+
 at::Tensor asFloat(const at::Tensor &weight) {
   return weight.scalar_type() == at::kFloat ? weight : weight.to(at::kFloat);
 }
@@ -138,18 +161,20 @@ GridParams gridParamsForFraction(const at::Tensor &weight, const GridSpec &spec,
   return p;
 }
 
-GridParams computeGridParams(const at::Tensor &weight, const GridSpec &spec) {
-  if (spec.init == StepInit::MinMax)
-    return gridParamsForFraction(weight, spec, 1.0);
+namespace {
 
-  checkWeightForGrid(weight, spec);
-  at::NoGradGuard noGrad;
-  const at::Tensor w = asFloat(weight.detach()).contiguous();
-  const at::Tensor units = unitsView(w, spec);
+// Step, zero point and range fraction of each unit, [units, 1] each.
+struct UnitSearch {
+  at::Tensor scale, zero, fraction;
+};
+
+// The 1-D clipping search on units [units, elements]: one pass over the units
+// per candidate fraction, every unit at once; a strictly smaller error
+// replaces, so ties keep the larger fraction.
+UnitSearch searchFractions(const at::Tensor &units, const GridSpec &spec) {
   const Range range = unitRange(units);
-  // One pass over the whole weight per candidate fraction, every unit at once;
-  // a strictly smaller error replaces, so ties keep the larger fraction.
-  at::Tensor bestError, bestScale, bestZero, bestFraction;
+  at::Tensor bestError;
+  UnitSearch best;
   for (int k = spec.clipSteps; k >= 1; --k) {
     const float fraction = float(double(k) / double(spec.clipSteps));
     const auto [scale, zero] = paramsFromRange(range, spec, fraction);
@@ -157,26 +182,245 @@ GridParams computeGridParams(const at::Tensor &weight, const GridSpec &spec) {
     at::Tensor e = units / scale;
     e.round_().add_(zero).clamp_(double(spec.qmin()), double(spec.qmax()));
     e.sub_(zero).mul_(scale).sub_(units).abs_();
-    at::Tensor ed = e.to(at::kDouble);
-    const at::Tensor error = ed.log_().mul_(spec.clipNorm).exp_().sum(1, true);
+    const at::Tensor error = powerInPlace(e.to(at::kDouble), spec.clipNorm).sum(1, true);
     if (!bestError.defined()) {
       bestError = error;
-      bestScale = scale;
-      bestZero = zero;
-      bestFraction = at::full_like(scale, fraction);
+      best = {scale, zero, at::full_like(scale, fraction)};
       continue;
     }
     const at::Tensor better = error < bestError;
     bestError = at::where(better, error, bestError);
-    bestScale = at::where(better, scale, bestScale);
-    bestZero = at::where(better, zero, bestZero);
-    bestFraction = at::where(better, at::full_like(scale, fraction), bestFraction);
+    best.scale = at::where(better, scale, best.scale);
+    best.zero = at::where(better, zero, best.zero);
+    best.fraction = at::where(better, at::full_like(scale, fraction), best.fraction);
+  }
+  return best;
+}
+
+// Elements of one [units, sizes, elements] temporary of the 2-D search: three
+// of them (x / s, its rounding, the error) stay within 24 MB.
+constexpr int64_t kDefaultSearchChunkElements = int64_t(1) << 21;
+std::atomic<int64_t> searchChunkElements{kDefaultSearchChunkElements};
+std::atomic<int> search2DKernel{int(Search2DKernel::Auto)};
+
+// The steps s_k = (hi - lo) (k / clipSteps) / (n - 1) of every unit, [units,
+// clipSteps], in float32 as the 1-D search computes its steps; and the
+// fractions k / clipSteps, [1, clipSteps].
+std::pair<at::Tensor, at::Tensor> candidateSteps(const Range &range, const GridSpec &spec) {
+  const int64_t steps = spec.clipSteps;
+  const at::Tensor fractions = at::arange(1, steps + 1, range.lo.options().dtype(at::kDouble))
+                                   .div_(double(steps))
+                                   .to(at::kFloat)
+                                   .unsqueeze(0);
+  const at::Tensor scales =
+      (range.hi * fractions - range.lo * fractions) / double(spec.levels() - 1);
+  return {scales, fractions};
+}
+
+// The 2-D search on units [units, elements] that hold both signs (lo < 0 < hi).
+// Candidates, in the reference's order: range size k = 1..clipSteps, then zero
+// point z = 0..n-1; step s_k = (hi - lo) (k / clipSteps) / (n - 1), so the grid
+// covers [-z s_k, (n - 1 - z) s_k]. Since z is an integer,
+//   x - s (clamp(round(x / s) + z, 0, n-1) - z) = s (t - clamp(round(t), -z, n-1-z)),
+// t = x / s: t and round(t) are computed once per step and shared by all zero
+// points, and s^p factors out of each unit's sum. The first minimum wins.
+UnitSearch searchRangesAndZerosBatched(const at::Tensor &units, const GridSpec &spec) {
+  const int64_t count = units.size(0), width = units.size(1), steps = spec.clipSteps;
+  const int64_t levels = spec.levels();
+  const auto [scales, fractionsF] = candidateSteps(unitRange(units), spec);
+  at::Tensor errors = at::zeros({count, steps, levels}, units.options().dtype(at::kDouble));
+
+  const int64_t budget = searchChunkElements.load();
+  const int64_t widthChunk = std::min(width, budget);
+  const int64_t stepChunk = std::max<int64_t>(1, std::min(steps, budget / widthChunk));
+  const int64_t unitChunk = std::max<int64_t>(1, budget / (stepChunk * widthChunk));
+  for (int64_t u0 = 0; u0 < count; u0 += unitChunk) {
+    const int64_t uc = std::min(unitChunk, count - u0);
+    for (int64_t k0 = 0; k0 < steps; k0 += stepChunk) {
+      const int64_t kc = std::min(stepChunk, steps - k0);
+      const at::Tensor s = scales.narrow(0, u0, uc).narrow(1, k0, kc).unsqueeze(2);
+      for (int64_t c0 = 0; c0 < width; c0 += widthChunk) {
+        const int64_t cc = std::min(widthChunk, width - c0);
+        const at::Tensor t = units.narrow(0, u0, uc).narrow(1, c0, cc).unsqueeze(1) / s;
+        const at::Tensor r = at::round(t);
+        at::Tensor e = at::empty_like(t);
+        for (int64_t z = 0; z < levels; ++z) {
+          at::clamp_out(e, r, double(-z), double(levels - 1 - z));
+          // |e|^p as exp(p log|e|): pow with a general exponent is not
+          // vectorised in every LibTorch build (36 ns against 16 ns an element
+          // here). ATen's float sum is cascaded: ~1e-7 relative over a row;
+          // the chunks add up in double.
+          e.sub_(t).abs_().log_().mul_(spec.clipNorm).exp_();
+          errors.narrow(0, u0, uc).narrow(1, k0, kc).select(2, z).add_(e.sum(2));
+        }
+      }
+    }
+  }
+  errors.mul_(scales.to(at::kDouble).pow(spec.clipNorm).unsqueeze(2));
+  const at::Tensor best = errors.reshape({count, steps * levels}).argmin(1, true); // first minimum
+  const at::Tensor k = at::floor_divide(best, levels);
+  UnitSearch out;
+  out.scale = scales.gather(1, k);
+  out.zero = (best - k * levels).to(at::kFloat);
+  out.fraction = fractionsF.expand({count, steps}).gather(1, k);
+  return out;
+}
+
+// The same search, exactly, on the CPU, as a branch and bound per unit (in
+// parallel over units): with a general exponent each |e|^p is a pow call, and
+// most candidates are far from the best, so most of them are abandoned after
+// a few terms. Per unit the values are sorted once; for step s_k, t = x / s_k
+// and r = round(t) are then non-decreasing, so the values clipped below
+// (r < -z) are a prefix and those clipped above (r > n-1-z) a suffix, whatever
+// z. A candidate's error is
+//   s^p (sum over the prefix |t + z|^p + sum over the suffix |t - (n-1-z)|^p
+//        + sum over the rest |t - r|^p),
+// the last a difference of prefix sums shared by every z. The clipped sums
+// are added from the outermost values inwards and the candidate dropped as
+// soon as they exceed the best error found so far; the prefix sums of a step
+// are computed only when one of its zero points survives that. The best
+// starts as the best zero point of the full range, and candidates are visited
+// in the reference's order with a strictly smaller error replacing, so the
+// first minimum wins as in the batched search. Errors are in double.
+UnitSearch searchRangesAndZerosPruned(const at::Tensor &unitsIn, const GridSpec &spec) {
+  const at::Tensor units = unitsIn.to(at::kCPU, at::kFloat).contiguous();
+  const int64_t count = units.size(0), width = units.size(1), steps = spec.clipSteps;
+  const int64_t top = spec.levels() - 1;
+  const double p = spec.clipNorm;
+  const auto [scales, fractions] = candidateSteps(unitRange(units), spec);
+  const at::Tensor sorted = std::get<0>(units.sort(1)).contiguous();
+  const float *values = sorted.data_ptr<float>();
+  const float *steps0 = scales.contiguous().data_ptr<float>();
+  std::vector<int64_t> bestStep(static_cast<size_t>(count)), bestZero(static_cast<size_t>(count));
+
+  at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+    std::vector<double> t(static_cast<size_t>(width)), inGrid(static_cast<size_t>(width + 1));
+    std::vector<int64_t> r(static_cast<size_t>(width));
+    for (int64_t u = begin; u < end; ++u) {
+      const float *x = values + u * width;
+      const float *unitSteps = steps0 + u * steps;
+      int64_t preparedStep = -1;
+      bool prefixSums = false;
+      double stepPower = 1.0;
+      auto prepare = [&](int64_t k) {
+        const float s = unitSteps[k];
+        for (int64_t j = 0; j < width; ++j) {
+          r[size_t(j)] = int64_t(std::nearbyint(x[j] / s)); // the grid's own float rounding
+          t[size_t(j)] = double(x[j]) / double(s);
+        }
+        stepPower = std::pow(double(s), p);
+        preparedStep = k;
+        prefixSums = false;
+      };
+      // s_k^p times the error sum of zero point z, or +inf once it exceeds
+      // `limit` (an error, not divided by s_k^p).
+      auto error = [&](int64_t z, double limit) {
+        const double bound = limit / stepPower * (1.0 + 1e-12);
+        const int64_t lo = -z, hi = top - z;
+        const int64_t below = std::lower_bound(r.begin(), r.end(), lo) - r.begin();
+        const int64_t above = std::upper_bound(r.begin(), r.end(), hi) - r.begin();
+        double sum = 0.0;
+        for (int64_t j = 0; j < below; ++j)
+          if ((sum += std::pow(double(lo) - t[size_t(j)], p)) > bound)
+            return std::numeric_limits<double>::infinity();
+        for (int64_t j = width - 1; j >= above; --j)
+          if ((sum += std::pow(t[size_t(j)] - double(hi), p)) > bound)
+            return std::numeric_limits<double>::infinity();
+        if (!prefixSums) {
+          inGrid[0] = 0.0;
+          for (int64_t j = 0; j < width; ++j)
+            inGrid[size_t(j + 1)] =
+                inGrid[size_t(j)] + std::pow(std::abs(t[size_t(j)] - double(r[size_t(j)])), p);
+          prefixSums = true;
+        }
+        return (sum + (inGrid[size_t(above)] - inGrid[size_t(below)])) * stepPower;
+      };
+      // An upper bound first: the full range's best zero point.
+      prepare(steps - 1);
+      double best = std::numeric_limits<double>::infinity();
+      int64_t kBest = steps - 1, zBest = 0;
+      for (int64_t z = 0; z <= top; ++z) {
+        const double e = error(z, std::numeric_limits<double>::infinity());
+        if (e < best)
+          best = e, zBest = z;
+      }
+      // Just above it, so that the same candidate is taken again in order.
+      best = best * (1.0 + 1e-12) + std::numeric_limits<double>::min();
+      for (int64_t k = 0; k < steps; ++k)
+        for (int64_t z = 0; z <= top; ++z) {
+          if (preparedStep != k)
+            prepare(k);
+          const double e = error(z, best);
+          if (e < best)
+            best = e, kBest = k, zBest = z;
+        }
+      bestStep[size_t(u)] = kBest;
+      bestZero[size_t(u)] = zBest;
+    }
+  });
+  const at::Tensor k = at::tensor(bestStep, at::kLong).unsqueeze(1);
+  UnitSearch out;
+  out.scale = scales.gather(1, k).to(unitsIn.device());
+  out.zero = at::tensor(bestZero, at::kLong).unsqueeze(1).to(at::kFloat).to(unitsIn.device());
+  out.fraction = fractions.expand({count, steps}).gather(1, k).to(unitsIn.device());
+  return out;
+}
+
+UnitSearch searchRangesAndZeros(const at::Tensor &units, const GridSpec &spec) {
+  const auto kernel = Search2DKernel(search2DKernel.load());
+  const bool pruned = kernel == Search2DKernel::BranchAndBound ||
+                      (kernel == Search2DKernel::Auto && units.device().is_cpu());
+  return pruned ? searchRangesAndZerosPruned(units, spec)
+                : searchRangesAndZerosBatched(units, spec);
+}
+
+} // namespace
+
+int64_t setClipSearchChunkElements(int64_t elements) {
+  return searchChunkElements.exchange(elements > 0 ? elements : kDefaultSearchChunkElements);
+}
+
+Search2DKernel setClipSearch2DKernel(Search2DKernel kernel) {
+  return Search2DKernel(search2DKernel.exchange(int(kernel)));
+}
+
+GridParams computeGridParams(const at::Tensor &weight, const GridSpec &spec) {
+  if (spec.init == StepInit::MinMax || spec.init == StepInit::MethodDefault)
+    return gridParamsForFraction(weight, spec, 1.0);
+
+  checkWeightForGrid(weight, spec);
+  at::NoGradGuard noGrad;
+  const at::Tensor w = asFloat(weight.detach()).contiguous();
+  const at::Tensor units = unitsView(w, spec).contiguous();
+  UnitSearch best;
+  if (spec.init == StepInit::ClippingSearch) {
+    best = searchFractions(units, spec);
+  } else {
+    // One-sided units (zero ones included) take the 1-D search, as the
+    // reference does; the others the 2-D search.
+    const Range range = unitRange(units);
+    const at::Tensor twoSided = ((range.lo < 0) & (range.hi > 0)).reshape({-1});
+    const at::Tensor both = twoSided.nonzero().reshape({-1});
+    const at::Tensor one = twoSided.logical_not().nonzero().reshape({-1});
+    best.scale = at::empty({units.size(0), 1}, units.options());
+    best.zero = at::empty_like(best.scale);
+    best.fraction = at::empty_like(best.scale);
+    for (const auto &[rows, twoD] : {std::make_pair(both, true), std::make_pair(one, false)}) {
+      if (rows.numel() == 0)
+        continue;
+      const at::Tensor subset = units.index_select(0, rows);
+      const UnitSearch found =
+          twoD ? searchRangesAndZeros(subset, spec) : searchFractions(subset, spec);
+      best.scale.index_copy_(0, rows, found.scale);
+      best.zero.index_copy_(0, rows, found.zero);
+      best.fraction.index_copy_(0, rows, found.fraction);
+    }
   }
   const int64_t out = w.size(0), in = w.size(1);
   GridParams p;
-  p.scale = paramShape(bestScale, spec, out, in);
-  p.zeroPoint = paramShape(bestZero, spec, out, in);
-  p.clipFraction = paramShape(bestFraction, spec, out, in);
+  p.scale = paramShape(best.scale, spec, out, in);
+  p.zeroPoint = paramShape(best.zero, spec, out, in);
+  p.clipFraction = paramShape(best.fraction, spec, out, in);
   return p;
 }
 

@@ -16,6 +16,20 @@
 //  - f is the clipping fraction: 1 for MinMax; for ClippingSearch the value of
 //    k / clipSteps (k = clipSteps..1) minimising sum |W - Q(W)|^clipNorm over the
 //    unit, the largest fraction winning ties.
+//  - ClippingSearch2D (asymmetric grids; the LRQ / FlexRound reference's
+//    "clipping" init): for a unit holding both signs (lo < 0 < hi), every step
+//    s_k = (hi - lo) (k / clipSteps) / (n - 1), k = 1..clipSteps, with every
+//    integer zero point z = 0..n-1 (the grid covers [-z s_k, (n-1-z) s_k]),
+//    minimising sum |W - Q(W)|^clipNorm; the first minimum in the order k, then
+//    z (both ascending) wins, as in the reference's loops. A one-sided unit
+//    (all values >= 0 or all <= 0, zero units included) takes the 1-D
+//    ClippingSearch, the reference's fallback; the reference decides
+//    one-sidedness for the whole tensor, this grid per unit. f (clipFraction)
+//    is k / clipSteps. On the CPU an exact branch and bound per unit; else
+//    every candidate is evaluated in chunks (bounded memory),
+//    in float32 (|e|^p as exp(p log|e|); chunks' sums added in double).
+//  - MethodDefault ("auto") is resolved by the method before it runs
+//    (QuantMethod::referenceGrid); here it is MinMax.
 //  - round is at::round: halves to even.
 //  - A unit whose range is zero (all zeros) gets s = 1 (then q = z and x^ = 0).
 //  - Per-group with a group size g that does not divide the row length: the
@@ -39,8 +53,8 @@ namespace lrq::quant {
 struct GridParams {
   at::Tensor scale;
   at::Tensor zeroPoint;
-  // ClippingSearch only: the range fraction kept for each step, same shape;
-  // undefined for MinMax.
+  // ClippingSearch and ClippingSearch2D only: the range fraction kept for
+  // each step, same shape; undefined for MinMax.
   at::Tensor clipFraction;
 };
 
@@ -58,6 +72,17 @@ void checkWeightForGrid(const at::Tensor &weight, const GridSpec &spec);
 // gradient. Zero ranges (constant zero rows) get step 1, so nothing divides by
 // zero. See grid.cpp for the exact conventions.
 GridParams computeGridParams(const at::Tensor &weight, const GridSpec &spec);
+
+// Elements per temporary of the 2-D search (three live at once; default 2^21,
+// 24 MB in all). Tests lower it to exercise the chunking; <= 0 restores the
+// default. Returns the previous value.
+int64_t setClipSearchChunkElements(int64_t elements);
+// How the 2-D search evaluates its candidates (same result either way): all
+// of them in batched tensor chunks, or a branch and bound per unit that drops
+// a candidate once its partial error passes the best (grid.cpp). Auto: the
+// branch and bound on the CPU, batched elsewhere. Returns the previous value.
+enum class Search2DKernel { Auto, Batched, BranchAndBound };
+Search2DKernel setClipSearch2DKernel(Search2DKernel kernel);
 
 // Steps and zero points for the min/max range scaled by fraction (in (0, 1]);
 // fraction 1 is MinMax. Every quantization unit uses the same fraction.

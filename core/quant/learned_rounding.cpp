@@ -149,9 +149,21 @@ std::vector<HyperparameterSpec> reconstructionHyperparameters(double lr) {
   };
 }
 
-MethodReport runReconstructionMethod(MethodContext &ctx, const std::string &methodName,
+bool isReferenceSetting(const QuantScheme &scheme, int bits, bool a8) {
+  const GridSpec &g = scheme.weight;
+  const bool activationsMatch =
+      a8 ? scheme.activation.mode != ActivationMode::None && scheme.activation.bits == 8
+         : scheme.activation.mode == ActivationMode::None;
+  return g.bits == bits && !g.symmetric && g.granularity == Granularity::PerChannel &&
+         activationsMatch;
+}
+
+MethodReport runReconstructionMethod(MethodContext &ctx, const QuantMethod &method,
                                      const LayerMaker &makeLayer) {
-  const QuantScheme &scheme = ctx.scheme;
+  const std::string methodName = method.name();
+  // The job resolves "auto" before recording; callers that run a method
+  // directly get the same reference grid.
+  const QuantScheme scheme = resolveReferenceGrid(method, ctx.scheme);
   scheme.validate();
   DecoderModel &model = ctx.model;
   const ModelConfig &config = model.config();

@@ -112,6 +112,11 @@ GridParams recoverLearnedGrid(const at::Tensor &fpWeight, const at::Tensor &quan
 // ≈ min(out, in) / 4, at least 1.
 int64_t defaultLrqRank(int64_t rows, int64_t cols);
 
+// Whether scheme is one of the reference code's settings: an asymmetric
+// per-channel grid of `bits` bits with 8-bit activations (a8) or
+// full-precision ones (A16). Picks the reference init (referenceGrid).
+bool isReferenceSetting(const QuantScheme &scheme, int bits, bool a8);
+
 // Hyperparameters every reconstruction method has, with `lr` as the default rate:
 // iters, lr, batch_size, cache_mb. (A resumed run's job adds "resume": true.)
 std::vector<HyperparameterSpec> reconstructionHyperparameters(double lr);
@@ -122,17 +127,16 @@ public:
   bool trainsBlocks() const override { return true; }
 };
 
-// Block-wise reconstruction of ctx.model's selected linears with the layers
-// makeLayer builds (layerSeed differs per block and linear); the scheme's
-// embeddings / LM head, when selected, get round-to-nearest. Fills one
-// LayerReport per quantized tensor, the grid of each (layer.grid(); RTN's for
-// the embeddings / LM head) in grids, and a per-block summary in extra.
-// Blocks restored from a checkpoint (resume) have no layer to ask: their
-// grids come from recoverLearnedGrid (none when it finds none: the packed
-// export of that layer is then refused).
+// Block-wise reconstruction of ctx.model's selected linears (on the grid
+// resolveReferenceGrid(method, ctx.scheme)) with the layers makeLayer builds (layerSeed differs per
+// block and linear); the scheme's embeddings / LM head, when selected, get round-to-nearest. Fills
+// one LayerReport per quantized tensor, the grid of each (layer.grid(); RTN's for the embeddings /
+// LM head) in grids, and a per-block summary in extra. Blocks restored from a checkpoint (resume)
+// have no layer to ask: their grids come from recoverLearnedGrid (none when it finds none: the
+// packed export of that layer is then refused).
 using LayerMaker = std::function<std::unique_ptr<LearnedRoundingLayer>(
     const at::Tensor &weight, const GridSpec &spec, uint64_t layerSeed)>;
-MethodReport runReconstructionMethod(MethodContext &ctx, const std::string &methodName,
+MethodReport runReconstructionMethod(MethodContext &ctx, const QuantMethod &method,
                                      const LayerMaker &makeLayer);
 
 } // namespace lrq::quant

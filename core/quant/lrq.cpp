@@ -94,6 +94,13 @@ public:
         preset.hyperparameters["lr"] = 3e-3;
     return p;
   }
+  // The reference runs its 2-D clipping search (ClippingSearch2D) at W3A16 and
+  // W4A8, min/max elsewhere (W4A16).
+  GridSpec referenceGrid(const QuantScheme &scheme) const override {
+    if (isReferenceSetting(scheme, 3, false) || isReferenceSetting(scheme, 4, true))
+      return referenceClippingGrid(scheme);
+    return QuantMethod::referenceGrid(scheme);
+  }
   int64_t learnableParameters(int64_t out, int64_t in, const nlohmann::json &hyper) const override {
     return shapeFor(hyper, out, in).learnableParameters(out, in);
   }
@@ -103,7 +110,7 @@ public:
       throw Error("lrq: rank must be >= 0 (0 = min(out, in) / 4)");
     const LrqRankRule rule = parseLrqRankRule(ruleText(ctx.hyper));
     MethodReport report = runReconstructionMethod(
-        ctx, name(), [rule, rank](const at::Tensor &w, const GridSpec &spec, uint64_t seed) {
+        ctx, *this, [rule, rank](const at::Tensor &w, const GridSpec &spec, uint64_t seed) {
           return makeLrqLayer(w, spec, lrqLayerShape(rule, rank, w.size(0), w.size(1)), seed);
         });
     // Every block has the same shapes: one entry per linear says what each got,

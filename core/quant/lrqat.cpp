@@ -13,9 +13,11 @@
 // codes of every linear plus the activations of one batch.
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <memory>
 #include <random>
 #include <set>
 #include <string>
@@ -23,6 +25,7 @@
 
 #include "core/common/error.h"
 #include "core/common/memory.h"
+#include "core/quant/activation_install.h"
 #include "core/quant/grid.h"
 #include "core/quant/lrqat_layer.h"
 #include "core/quant/method.h"
@@ -73,6 +76,63 @@ std::string fmt(const char *format, double value) {
   return buf;
 }
 
+// The activation quantizers of training (ALGORITHMS.md: "activation
+// quantization on during training for A8 schemes"): every trained linear's
+// input per token on the scheme's activation bits, dynamic with the
+// straight-through round (a per-tensor static scheme trains with per-token
+// steps: its static steps are calibrated after training, on the trained
+// weights), and with KV8 the k_proj / v_proj outputs of the selected blocks,
+// as the evaluation sees them. The transforms found there are put back on
+// destruction; the job installs the evaluation's own afterwards.
+class TrainingActivations {
+public:
+  TrainingActivations(DecoderModel &model, const QuantScheme &scheme,
+                      const std::vector<Linear *> &trained) {
+    if (scheme.activation.mode != ActivationMode::None) {
+      ActivationSpec spec = scheme.activation;
+      spec.mode = ActivationMode::PerTokenDynamic;
+      spec.init = StepInit::MinMax;
+      const auto input = std::make_shared<ActivationTransform>(ActivationQuantizer(spec));
+      for (Linear *l : trained) {
+        saved_.push_back({l, l->inputTransform, l->outputTransform});
+        l->inputTransform = input;
+        ++inputs_;
+      }
+    }
+    if (scheme.kv8) {
+      const auto kv = std::make_shared<KvQuantTransform>(8);
+      for (int64_t b = 0; b < model.numBlocks(); ++b) {
+        if (!scheme.layers.selectsBlock(b))
+          continue;
+        for (auto &[role, linear] : blockLinears(model.config(), model.weights().blocks[size_t(b)]))
+          if (role == "k_proj" || role == "v_proj") {
+            saved_.push_back({linear, linear->inputTransform, linear->outputTransform});
+            linear->outputTransform = kv;
+            ++outputs_;
+          }
+      }
+    }
+  }
+  ~TrainingActivations() {
+    for (auto it = saved_.rbegin(); it != saved_.rend(); ++it) { // first saved = original
+      it->linear->inputTransform = it->input;
+      it->linear->outputTransform = it->output;
+    }
+  }
+  int64_t inputs() const { return inputs_; }
+  int64_t outputs() const { return outputs_; }
+  TrainingActivations(const TrainingActivations &) = delete;
+  TrainingActivations &operator=(const TrainingActivations &) = delete;
+
+private:
+  struct Saved {
+    Linear *linear;
+    std::shared_ptr<const TensorTransform> input, output;
+  };
+  std::vector<Saved> saved_;
+  int64_t inputs_ = 0, outputs_ = 0;
+};
+
 // Puts the original weights back unless dismissed: a failed or cancelled run
 // leaves the full-precision model, never a half-trained one.
 class RestoreGuard {
@@ -102,35 +162,55 @@ public:
            "rank-r factors A (zero-initialised) and B plus the per-unit steps s, with "
            "W^ = s * clamp(round_STE(Phi0 + (alpha/r) A B)), by next-token cross-entropy "
            "through the whole model on the calibration windows (AdamW, beta2 0.95, warmup "
-           "then linear decay; embeddings, norms and head stay full precision). At the end "
-           "round(Phi0 + (alpha/r) A B) is merged into plain integer codes: no adapters "
-           "remain at inference.";
+           "then linear decay, gradient norm clipped to grad_clip; embeddings, norms and head "
+           "stay full precision; A8 schemes train with their activations quantized per "
+           "token). At the end round(Phi0 + (alpha/r) A B) is merged into plain integer codes: "
+           "no adapters remain at inference. Reference settings: rank 32, alpha 1 (alpha/r = "
+           "1/32), grad_clip 1; init auto = symmetric grid with an Lp (p = 4) clipping search.";
   }
   std::string title() const override { return "LR-QAT: low-rank quantization-aware training"; }
   std::vector<HyperparameterSpec> hyperparameters() const override {
-    return {
-        {"rank", ValueType::Integer, int64_t(16), 1, 1 << 20, "rank r of the adapters A, B"},
-        {"alpha", ValueType::Number, 16.0, 0.0, 1e6, "adapter scale: A·B is multiplied by alpha/r"},
-        {"steps", ValueType::Integer, int64_t(40), 1, 1e8, "training steps"},
-        {"batch_size", ValueType::Integer, int64_t(1), 1, 4096, "calibration windows per step"},
-        {"lr", ValueType::Number, 1e-3, 0.0, 1.0, "AdamW learning rate of the adapters"},
-        {"lr_scale", ValueType::Number, 1e-5, 0.0, 1.0, "AdamW learning rate of the steps s"},
-        {"warmup_fraction", ValueType::Number, 0.1, 0.0, 1.0,
-         "fraction of the steps with a linear warmup"},
-        {"weight_decay", ValueType::Number, 0.0, 0.0, 1.0, "AdamW weight decay"},
-        {"beta1", ValueType::Number, 0.9, 0.0, 0.999999, "AdamW beta1"},
-        {"beta2", ValueType::Number, 0.95, 0.0, 0.999999, "AdamW beta2"},
-        {"seed", ValueType::Integer, int64_t(-1), -1, 9.2e18,
-         "seed of the adapters' initialisation; -1 = the run's seed"}};
+    return {{"rank", ValueType::Integer, int64_t(32), 1, 1 << 20,
+             "rank r of the adapters A, B (reference: 32)"},
+            {"alpha", ValueType::Number, 1.0, 0.0, 1e6,
+             "adapter scale: A·B is multiplied by alpha/r (reference: 1, so alpha/r = 1/32)"},
+            {"steps", ValueType::Integer, int64_t(40), 1, 1e8, "training steps"},
+            {"batch_size", ValueType::Integer, int64_t(1), 1, 4096, "calibration windows per step"},
+            {"lr", ValueType::Number, 1e-3, 0.0, 1.0, "AdamW learning rate of the adapters"},
+            {"lr_scale", ValueType::Number, 1e-5, 0.0, 1.0, "AdamW learning rate of the steps s"},
+            {"warmup_fraction", ValueType::Number, 0.1, 0.0, 1.0,
+             "fraction of the steps with a linear warmup"},
+            {"weight_decay", ValueType::Number, 0.0, 0.0, 1.0, "AdamW weight decay"},
+            {"beta1", ValueType::Number, 0.9, 0.0, 0.999999, "AdamW beta1"},
+            {"beta2", ValueType::Number, 0.95, 0.0, 0.999999, "AdamW beta2"},
+            {"grad_clip", ValueType::Number, 1.0, 0.0, 1e6,
+             "clip the gradient norm over all of A, B and s to this (as torch clip_grad_norm_); "
+             "0 = off"},
+            {"quantize_activations", ValueType::Flag, true, 0, 0,
+             "train with the scheme's activation quantization on (per token, and KV8), as the "
+             "evaluation sees it; false = full-precision activations in training"},
+            {"seed", ValueType::Integer, int64_t(-1), -1, 9.2e18,
+             "seed of the adapters' initialisation; -1 = the run's seed"}};
   }
   // A (in x r), B (r x out) and the step s per row.
   int64_t learnableParameters(int64_t out, int64_t in, const nlohmann::json &hyper) const override {
-    const int64_t rank = hyper.value("rank", int64_t(16));
+    const int64_t rank = hyper.value("rank", int64_t(32));
     return rank * (out + in) + out;
   }
   // Phi0 is int8 fixed point with 8 - bits fractional bits: at 8 bits it has
   // none, so the adapters could never move a code and training would change
   // nothing; below 2 bits the grid is degenerate. The reference allows 2..7.
+  // The reference's grid: symmetric, steps from an Lp (p = 4) clipping search.
+  // Only for init "auto"; a scheme naming its init keeps its grid as written
+  // (asymmetric included).
+  GridSpec referenceGrid(const QuantScheme &scheme) const override {
+    GridSpec g = scheme.weight;
+    g.symmetric = true;
+    g.init = StepInit::ClippingSearch;
+    g.clipSteps = 100;
+    g.clipNorm = 4.0;
+    return g;
+  }
   void checkScheme(const QuantScheme &scheme) const override {
     if (scheme.weight.bits < 2 || scheme.weight.bits > 7)
       throw Error("lrqat trains weights of 2 to 7 bits; this scheme has " +
@@ -157,7 +237,9 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
   const int64_t rank = integer("rank"), steps = integer("steps"), batch = integer("batch_size");
   const double alpha = num("alpha"), lrAb = num("lr"), lrScale = num("lr_scale");
   const double warmupFraction = num("warmup_fraction"), weightDecay = num("weight_decay");
-  const double beta1 = num("beta1"), beta2 = num("beta2");
+  const double beta1 = num("beta1"), beta2 = num("beta2"), gradClip = num("grad_clip");
+  const bool quantizeActivations =
+      h.contains("quantize_activations") ? h.at("quantize_activations").get<bool>() : true;
   const int64_t seedHyper = integer("seed");
   const uint64_t seed = seedHyper >= 0 ? uint64_t(seedHyper) : ctx.seed;
   if (rank < 1)
@@ -170,8 +252,11 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
     throw Error("lrqat: lr and lr_scale must be >= 0 and warmup_fraction in [0, 1]");
   if (!(beta1 >= 0.0 && beta1 < 1.0) || !(beta2 >= 0.0 && beta2 < 1.0))
     throw Error("lrqat: beta1 and beta2 must be in [0, 1)");
+  if (!(gradClip >= 0.0) || !std::isfinite(gradClip))
+    throw Error("lrqat: grad_clip must be >= 0 (0 = off)");
 
-  const QuantScheme &scheme = ctx.scheme;
+  // "auto" init: the reference grid (the job has resolved it already).
+  const QuantScheme scheme = resolveReferenceGrid(*this, ctx.scheme);
   scheme.validate();
   checkScheme(scheme);
   const LayerSelection &sel = scheme.layers;
@@ -241,6 +326,12 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
     initialCodes.push_back(lrqatMergedCodes(l).to(at::kChar));
 
   RestoreGuard restore(targets);
+  std::vector<Linear *> trained;
+  for (const Target &t : targets)
+    trained.push_back(t.linear);
+  std::unique_ptr<TrainingActivations> activations;
+  if (quantizeActivations)
+    activations = std::make_unique<TrainingActivations>(ctx.model, scheme, trained);
   std::vector<AdamState> adam(layers.size() * 3);
   std::vector<at::Tensor> codes(layers.size()); // unclamped codes of this step's forward
   const int64_t warmup = int64_t(std::llround(warmupFraction * double(steps)));
@@ -273,14 +364,23 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
           std::to_string(learnable) + " learnable parameters, Phi0 as int8 with " +
           std::to_string(lrqatFractionalBits(scheme.weight)) + " fractional bits; " +
           std::to_string(steps) + " steps of " + std::to_string(batch) + " x " +
-          std::to_string(calib.size(1)) + " tokens");
+          std::to_string(calib.size(1)) + " tokens; grid " + scheme.weight.describe() +
+          (scheme.weight.init == StepInit::ClippingSearch
+               ? " (p = " + fmt("%g", scheme.weight.clipNorm) + ")"
+               : std::string()) +
+          ", grad clip " + (gradClip > 0 ? fmt("%g", gradClip) : std::string("off")) +
+          (activations && (activations->inputs() || activations->outputs())
+               ? ", activations quantized in training (" + std::to_string(activations->inputs()) +
+                     " inputs per token, " + std::to_string(activations->outputs()) + " KV outputs)"
+               : std::string()));
   if (obs) {
     obs->started("lrqat", steps);
     obs->blockStarted(0, 1); // the whole model is trained as one unit
   }
   const auto t0 = std::chrono::steady_clock::now();
-  std::vector<double> losses;
+  std::vector<double> losses, gradNorms;
   losses.reserve(size_t(steps));
+  gradNorms.reserve(size_t(steps));
   const at::Device device = ctx.model.device();
   const int64_t logEvery = std::max<int64_t>(1, steps / 10);
   using Clock = std::chrono::steady_clock;
@@ -322,16 +422,23 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
     }
     secModel += since(phase);
     phase = Clock::now();
-    // Per layer: dL/dŴ through Ŵ(A, B, s), then AdamW on A, B, s.
+    // Per layer: dL/dŴ through Ŵ(A, B, s); the norm over all of them clipped;
+    // then AdamW on A, B, s.
+    std::vector<LrqatGradients> grads(layers.size());
     for (size_t i = 0; i < layers.size(); ++i) {
-      LrqatLayer &l = layers[i];
       at::Tensor gradW = targets[i].linear->weight.grad();
       targets[i].linear->weight = at::Tensor();
-      if (!gradW.defined())
-        continue; // a linear the loss does not reach
-      const LrqatGradients g = lrqatBackward(l, codes[i], gradW);
-      gradW = at::Tensor();
+      if (gradW.defined()) // undefined: a linear the loss does not reach
+        grads[i] = lrqatBackward(layers[i], codes[i], gradW);
       codes[i] = at::Tensor();
+    }
+    const double gradNorm = clipGradientNorm(grads, gradClip);
+    gradNorms.push_back(gradNorm);
+    for (size_t i = 0; i < layers.size(); ++i) {
+      LrqatLayer &l = layers[i];
+      const LrqatGradients &g = grads[i];
+      if (!g.a.defined())
+        continue;
       adamwStep(l.a, g.a, adam[3 * i], lrAb * factor, beta1, beta2, 1e-8, weightDecay, step + 1);
       adamwStep(l.b, g.b, adam[3 * i + 1], lrAb * factor, beta1, beta2, 1e-8, weightDecay,
                 step + 1);
@@ -354,6 +461,11 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
   }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const int64_t clippedSteps = std::count_if(
+      gradNorms.begin(), gradNorms.end(), [&](double n) { return gradClip > 0 && n > gradClip; });
+  const bool trainedQuantizedActivations =
+      activations && (activations->inputs() > 0 || activations->outputs() > 0);
+  activations.reset(); // the evaluation installs its own quantizers
 
   // Merge: plain integer codes and steps, dequantized into Linear::weight.
   MethodReport report;
@@ -394,6 +506,17 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
                   {"loss_end", losses.back()},
                   {"losses", losses},
                   {"learnable_params", learnable},
+                  {"rank", rank},
+                  {"alpha", alpha},
+                  {"alpha_over_rank", alpha / double(rank)},
+                  {"grad_clip", gradClip},
+                  {"grad_norm_first", gradNorms.front()},
+                  {"grad_norm_last", gradNorms.back()},
+                  {"steps_clipped", clippedSteps},
+                  {"weight_grid", scheme.weight.describe()},
+                  {"weight_init", stepInitName(scheme.weight.init)},
+                  {"weight_init_clip_norm", scheme.weight.clipNorm},
+                  {"activations_quantized_in_training", trainedQuantizedActivations},
                   {"codes_changed_fraction", total ? double(moved) / double(total) : 0.0},
                   {"phi0_storage", "int8 fixed point, " +
                                        std::to_string(lrqatFractionalBits(scheme.weight)) +

@@ -303,4 +303,21 @@ LrqatGradients lrqatBackward(const LrqatLayer &layer, const at::Tensor &codes,
   return grads;
 }
 
+double clipGradientNorm(std::vector<LrqatGradients> &gradients, double maxNorm) {
+  at::NoGradGuard noGrad;
+  double sumSquares = 0.0;
+  for (const LrqatGradients &g : gradients)
+    for (const at::Tensor *t : {&g.a, &g.b, &g.scale})
+      if (t->defined())
+        sumSquares += t->to(at::kDouble).square().sum().item<double>();
+  const double total = std::sqrt(sumSquares);
+  const double coefficient = maxNorm / (total + 1e-6);
+  if (maxNorm > 0.0 && coefficient < 1.0)
+    for (LrqatGradients &g : gradients)
+      for (at::Tensor *t : {&g.a, &g.b, &g.scale})
+        if (t->defined())
+          t->mul_(coefficient);
+  return total;
+}
+
 } // namespace lrq::quant

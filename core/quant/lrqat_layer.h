@@ -22,6 +22,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "core/quant/grid.h"
 
@@ -90,5 +91,12 @@ struct LrqatGradients {
 };
 LrqatGradients lrqatBackward(const LrqatLayer &layer, const at::Tensor &codes,
                              const at::Tensor &gradWeight);
+
+// Gradient-norm clipping over every trainable tensor together, as torch's
+// clip_grad_norm_: total = ||(||g_1||, ||g_2||, ...)||_2 over the defined
+// tensors of all layers; when maxNorm / (total + 1e-6) < 1 every gradient is
+// multiplied by it (so the total becomes maxNorm, up to the 1e-6). maxNorm <= 0
+// leaves them alone. Returns the total before clipping.
+double clipGradientNorm(std::vector<LrqatGradients> &gradients, double maxNorm);
 
 } // namespace lrq::quant

@@ -114,6 +114,11 @@ public:
   // Refuses, before any work, a scheme the method cannot honour: throws
   // lrq::Error saying which setting and why. By default every valid scheme.
   virtual void checkScheme(const QuantScheme &scheme) const { (void)scheme; }
+  // The weight grid this method uses for scheme when its weight.init is "auto"
+  // (StepInit::MethodDefault): the reference implementation's initialisation
+  // for that setting. By default min/max. Only called for "auto"; an init the
+  // scheme names is always honoured.
+  virtual GridSpec referenceGrid(const QuantScheme &scheme) const;
   // Hyperparameters with their defaults, e.g. {"rank": 0, "iters": 200, "lr": 9e-4}.
   nlohmann::json defaults() const;
   // Quantizes ctx.model according to ctx.scheme. Must check ctx.cancel between
@@ -125,6 +130,15 @@ public:
 // for arrays, objects and null).
 nlohmann::json toJson(const OptionValue &value);
 OptionValue optionValueOf(const nlohmann::json &value);
+
+// scheme with an "auto" weight init replaced by method.referenceGrid(scheme);
+// any other scheme unchanged. What a run records is the resolved scheme.
+QuantScheme resolveReferenceGrid(const QuantMethod &method, QuantScheme scheme);
+
+// The LRQ / FlexRound reference's "clipping" init (ClippingSearch2D, 100 range
+// sizes, p = 2.4) on scheme's grid, keeping its bits, granularity and group
+// size. Throws lrq::Error for a symmetric grid.
+GridSpec referenceClippingGrid(const QuantScheme &scheme);
 
 using MethodFactory = std::function<std::unique_ptr<QuantMethod>()>;
 

@@ -99,6 +99,31 @@ nlohmann::json QuantMethod::defaults() const {
   return d;
 }
 
+GridSpec QuantMethod::referenceGrid(const QuantScheme &scheme) const {
+  GridSpec g = scheme.weight;
+  g.init = StepInit::MinMax;
+  return g;
+}
+
+QuantScheme resolveReferenceGrid(const QuantMethod &method, QuantScheme scheme) {
+  if (scheme.weight.init != StepInit::MethodDefault)
+    return scheme;
+  scheme.weight = method.referenceGrid(scheme);
+  if (scheme.weight.init == StepInit::MethodDefault)
+    throw Error(method.name() + ": its reference grid leaves the weight init unresolved");
+  scheme.validate();
+  return scheme;
+}
+
+GridSpec referenceClippingGrid(const QuantScheme &scheme) {
+  GridSpec g = scheme.weight;
+  g.init = StepInit::ClippingSearch2D;
+  g.clipSteps = 100;
+  g.clipNorm = 2.4;
+  g.validate();
+  return g;
+}
+
 std::vector<MethodPreset> QuantMethod::presets() const {
   MethodPreset demo{
       "demo", "minutes on 2 cores: 16 x 128 calibration tokens, short training", {}, 16, 128, 0};

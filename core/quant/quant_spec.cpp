@@ -12,11 +12,15 @@ void GridSpec::validate() const {
   if (granularity == Granularity::PerGroup && groupSize < 1)
     throw Error("weight grid: per-group quantization needs a group size >= 1, got " +
                 std::to_string(groupSize));
-  if (init == StepInit::ClippingSearch && clipSteps < 1)
+  if (searchesClipping() && clipSteps < 1)
     throw Error("weight grid: clip steps must be >= 1, got " + std::to_string(clipSteps));
-  if (init == StepInit::ClippingSearch && !(clipNorm >= kMinClipNorm && clipNorm <= kMaxClipNorm))
+  if (searchesClipping() && !(clipNorm >= kMinClipNorm && clipNorm <= kMaxClipNorm))
     throw Error("weight grid: clip norm must be in " + formatClipNorm(kMinClipNorm) + ".." +
                 formatClipNorm(kMaxClipNorm) + ", got " + formatClipNorm(clipNorm));
+  // A symmetric grid has its zero point fixed at 0: there is nothing to search.
+  if (init == StepInit::ClippingSearch2D && symmetric)
+    throw Error("weight grid: clip-search-2d searches zero points, so it needs an asymmetric "
+                "grid (use clip-search on a symmetric one)");
 }
 
 std::string formatClipNorm(double clipNorm) {
@@ -40,10 +44,15 @@ std::string GridSpec::describe() const {
   }
   if (init == StepInit::ClippingSearch)
     s += " clip-search";
+  else if (init == StepInit::ClippingSearch2D)
+    s += " clip-search-2d";
   return s;
 }
 
 void ActivationSpec::validate() const {
+  if (init != StepInit::MinMax && init != StepInit::ClippingSearch)
+    throw Error(std::string("activation quantizer: init must be minmax or clip-search, got ") +
+                stepInitName(init));
   if (mode != ActivationMode::None && (bits < 2 || bits > 16))
     throw Error("activation quantizer: bits must be in 2..16, got " + std::to_string(bits));
   if (clipSteps < 1)
@@ -71,6 +80,10 @@ const char *stepInitName(StepInit s) {
     return "minmax";
   case StepInit::ClippingSearch:
     return "clip-search";
+  case StepInit::ClippingSearch2D:
+    return "clip-search-2d";
+  case StepInit::MethodDefault:
+    return "auto";
   }
   return "?";
 }
@@ -97,7 +110,8 @@ bool parseGranularity(const std::string &name, Granularity *out) {
 }
 
 bool parseStepInit(const std::string &name, StepInit *out) {
-  for (StepInit s : {StepInit::MinMax, StepInit::ClippingSearch})
+  for (StepInit s : {StepInit::MinMax, StepInit::ClippingSearch, StepInit::ClippingSearch2D,
+                     StepInit::MethodDefault})
     if (name == stepInitName(s)) {
       *out = s;
       return true;

@@ -16,6 +16,14 @@ enum class Granularity {
 enum class StepInit {
   MinMax,         // the range of the values
   ClippingSearch, // the range fraction minimising sum |W - Q(W)|^clipNorm (ALGORITHMS.md)
+  // The LRQ / FlexRound reference's "clipping" init: per unit, clipSteps range
+  // sizes x 2^bits zero points minimising sum |W - Q(W)|^clipNorm; one-sided
+  // units fall back to ClippingSearch. Asymmetric grids only (grid.h).
+  ClippingSearch2D,
+  // The method's reference choice (QuantMethod::referenceGrid): what a preset
+  // and a scheme JSON without weight.init ask for. Resolved before a method
+  // runs; computeGridParams treats an unresolved one as MinMax. Weights only.
+  MethodDefault,
 };
 
 // The range accepted for a clipping-search exponent (clipNorm): below it every
@@ -34,13 +42,20 @@ struct GridSpec {
   Granularity granularity = Granularity::PerChannel;
   int64_t groupSize = 0; // PerGroup only; a row's last group is shorter when it does not divide
   StepInit init = StepInit::MinMax;
-  int clipSteps = 100;   // ClippingSearch tries fractions k/clipSteps, k = clipSteps..1
-  double clipNorm = 2.4; // exponent of the clipping-search error
+  // ClippingSearch tries fractions k/clipSteps, k = clipSteps..1; ClippingSearch2D
+  // tries range sizes k/clipSteps of the min/max range, k = 1..clipSteps.
+  int clipSteps = 100;
+  double clipNorm = 2.4; // exponent of the clipping-search error (both searches)
 
   int64_t levels() const { return int64_t(1) << bits; }
   int64_t qmin() const { return symmetric ? -(levels() / 2) : 0; }
   int64_t qmax() const { return symmetric ? levels() / 2 - 1 : levels() - 1; }
-  // Throws lrq::Error naming the bad field (bits outside 2..8, group size < 1, ...).
+  // ClippingSearch or ClippingSearch2D.
+  bool searchesClipping() const {
+    return init == StepInit::ClippingSearch || init == StepInit::ClippingSearch2D;
+  }
+  // Throws lrq::Error naming the bad field (bits outside 2..8, group size < 1,
+  // clip-search-2d on a symmetric grid, ...).
   void validate() const;
   // "W4 asym per-channel", "W3 sym g128 clip" ...
   std::string describe() const;
@@ -63,12 +78,14 @@ struct ActivationSpec {
   StepInit init = StepInit::MinMax;
   int clipSteps = 100;
   double clipNorm = 2.0;
-  void validate() const; // bits in 2..16, clipSteps >= 1, clipNorm > 0
+  // bits in 2..16, clipSteps >= 1, clipNorm > 0, init minmax or clip-search
+  void validate() const;
 };
 
 // Stable names used in scheme JSON and on the command line.
 const char *granularityName(Granularity g); // "per-tensor", "per-channel", "per-group"
-const char *stepInitName(StepInit s);       // "minmax", "clip-search"
+// "minmax", "clip-search", "clip-search-2d", "auto" (MethodDefault)
+const char *stepInitName(StepInit s);
 const char *
 activationModeName(ActivationMode m); // "none", "per-token-dynamic", "per-tensor-static"
 // Parse the names above; return false for anything else.

@@ -29,7 +29,7 @@ public:
     return out; // s1 per row
   }
   MethodReport run(MethodContext &ctx) override {
-    return runReconstructionMethod(ctx, name(),
+    return runReconstructionMethod(ctx, *this,
                                    [](const at::Tensor &w, const GridSpec &spec, uint64_t) {
                                      return makeLearnedStepLayer(w, spec);
                                    });

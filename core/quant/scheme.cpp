@@ -77,6 +77,7 @@ GridSpec readWeight(const json &j) {
   checkKeys(j, "weight",
             {"bits", "symmetric", "granularity", "group_size", "init", "clip_steps", "clip_norm"});
   GridSpec g;
+  g.init = StepInit::MethodDefault; // no "init": the method's reference choice
   if (j.contains("bits"))
     g.bits = int(readInt(j.at("bits"), "weight.bits", 2, 8));
   if (j.contains("symmetric"))
@@ -93,7 +94,8 @@ GridSpec readWeight(const json &j) {
   if (j.contains("init")) {
     const std::string s = readString(j.at("init"), "weight.init");
     if (!parseStepInit(s, &g.init))
-      fail("weight.init", "expected minmax or clip-search, got \"" + s + "\"");
+      fail("weight.init",
+           "expected auto, minmax, clip-search or clip-search-2d, got \"" + s + "\"");
   }
   if (j.contains("clip_steps"))
     g.clipSteps = int(readInt(j.at("clip_steps"), "weight.clip_steps", 1, 100000));
@@ -101,6 +103,9 @@ GridSpec readWeight(const json &j) {
     g.clipNorm = readClipNorm(j.at("clip_norm"), "weight.clip_norm");
   if (g.granularity == Granularity::PerGroup && g.groupSize < 1)
     fail("weight.group_size", "per-group quantization needs a group size >= 1");
+  if (g.init == StepInit::ClippingSearch2D && g.symmetric)
+    fail("weight.init", "clip-search-2d searches zero points, so it needs an asymmetric grid "
+                        "(use clip-search on a symmetric one)");
   if (g.granularity != Granularity::PerGroup && g.groupSize != 0)
     fail("weight.group_size", "applies to per-group quantization only, not " +
                                   std::string(granularityName(g.granularity)) +
@@ -121,7 +126,8 @@ ActivationSpec readActivation(const json &j) {
     a.bits = int(readInt(j.at("bits"), "activation.bits", 2, 16));
   if (j.contains("init")) {
     const std::string s = readString(j.at("init"), "activation.init");
-    if (!parseStepInit(s, &a.init))
+    if (!parseStepInit(s, &a.init) ||
+        (a.init != StepInit::MinMax && a.init != StepInit::ClippingSearch))
       fail("activation.init", "expected minmax or clip-search, got \"" + s + "\"");
   }
   if (j.contains("clip_steps"))
@@ -182,7 +188,9 @@ QuantScheme makePreset(const char *name, int wbits, int64_t group, ActivationMod
   s.weight.symmetric = false;
   s.weight.granularity = group > 0 ? Granularity::PerGroup : Granularity::PerChannel;
   s.weight.groupSize = group;
-  s.weight.init = StepInit::MinMax;
+  // The method picks (QuantMethod::referenceGrid): LRQ's reference uses its
+  // 2-D clipping init at W3A16 and W4A8, LR-QAT a symmetric Lp-4 search.
+  s.weight.init = StepInit::MethodDefault;
   s.activation.mode = act;
   s.activation.bits = 8;
   s.kv8 = kv8;

@@ -41,13 +41,15 @@ struct QuantScheme {
   std::string toJson(int indent = -1) const;
   // {"name": "...",
   //  "weight": {"bits", "symmetric", "granularity": "per-tensor|per-channel|per-group",
-  //             "group_size", "init": "minmax|clip-search", "clip_steps", "clip_norm"},
+  //             "group_size", "init": "auto|minmax|clip-search|clip-search-2d",
+  //             "clip_steps", "clip_norm"},
   //  "activation": {"mode": "none|per-token-dynamic|per-tensor-static", "bits"},
   //  "kv8": bool,
   //  "layers": {"blocks": "all" | [int], "linears": "all" | [string],
   //             "embeddings": bool, "lm_head": bool}}
-  // Missing keys keep their defaults; unknown keys, wrong types and bad values
-  // throw lrq::Error naming the key ("scheme JSON: weight.bits: ...").
+  // Missing keys keep their defaults (a missing weight.init is "auto": the
+  // method's reference choice, QuantMethod::referenceGrid); unknown keys, wrong types and bad
+  // values throw lrq::Error naming the key ("scheme JSON: weight.bits: ...").
   static QuantScheme fromJson(const std::string &json);
 };
 

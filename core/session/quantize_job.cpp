@@ -290,6 +290,7 @@ struct Job {
   std::unique_ptr<HeartbeatRelay> relay;
   RunInfo info;
   nlohmann::json recordedHyper;
+  bool weightInitFromMethod = false; // the scheme said "auto"
   QuantizeOutcome outcome;
   double earlierSeconds = 0; // a resumed run's time before the interruption
   std::string workDir, requestFile;
@@ -329,6 +330,10 @@ void checkStage(Job &job) {
   job.hyper = quant::mergeHyperparameters(
       *job.method, nlohmann::json::parse(hyperparametersToJson(job.request.hyperparameters)));
   job.scheme = quant::QuantScheme::fromJson(resolveSchemeJson(job.request.scheme));
+  // "auto" weight init becomes the method's reference choice here, so the run
+  // records (scheme JSON, weight_init) the grid actually used.
+  job.weightInitFromMethod = job.scheme.weight.init == quant::StepInit::MethodDefault;
+  job.scheme = quant::resolveReferenceGrid(*job.method, job.scheme);
   job.method->checkScheme(job.scheme);
   job.smoothOptions.alpha = job.request.smoothQuantAlpha;
   if (!quant::parseSmoothGroups(job.request.smoothQuantGroups, &job.smoothOptions.groups))
@@ -418,6 +423,8 @@ void recordStartStage(Job &job) {
   job.recordedHyper["seq_len"] = r.seqLen;
   job.recordedHyper["seed"] = r.seed;
   job.recordedHyper["calibration"] = job.calibration.source;
+  job.recordedHyper["weight_init"] = std::string(quant::stepInitName(job.scheme.weight.init)) +
+                                     (job.weightInitFromMethod ? " (method default)" : " (scheme)");
   if (!r.preset.empty())
     job.recordedHyper["preset"] = r.preset;
   if (r.smoothQuant)

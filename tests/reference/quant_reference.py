@@ -167,6 +167,8 @@ def cmd_grid(args):
     rows, cols, bits, group, steps = int(rows), int(cols), int(bits), int(group), int(steps)
     symmetric = sym in ("1", "true")
     p = float(norm)
+    if init == "auto":  # a preset's init, unresolved by any method: min/max (grid.h)
+        init = "minmax"
     w = read_matrix(path, rows, cols)
     parts = [grid_block(u, bits, symmetric, init, steps, p)
              for u in as_unit_blocks(w, gran, group)]
