@@ -65,7 +65,8 @@ def main():
                           str(args.eval_seq_len)] +
                          (["--max-windows", str(args.eval_windows)] if args.eval_windows else []))
     fp = json.loads(out) if out else {}
-    rows.append(("full precision", "-", fp.get("perplexity"), 0.0, 1.0, secs, None, err))
+    rows.append(("full precision", "-", fp.get("perplexity"), 0.0, 1.0, secs, None, None, None,
+                 err))
     print(f"full precision: {fp.get('perplexity')}", file=sys.stderr)
 
     for scheme in args.schemes.split(","):
@@ -78,7 +79,8 @@ def main():
             metrics = final_event(out).get("metrics", {}) if out else {}
             rows.append((method + (" + SmoothQuant" if scheme in SMOOTHQUANT else ""), scheme,
                          metrics.get("perplexity"), metrics.get("kl"), metrics.get("top1"), secs,
-                         metrics.get("peak_rss_mib"), err))
+                         metrics.get("peak_rss_mib"), metrics.get("recon_train_loss_mean"),
+                         metrics.get("recon_heldout_loss_mean"), err))
             print(f"{scheme} {method}: {metrics} ({secs:.0f} s) {err}", file=sys.stderr)
 
     # Merge with the rows of earlier invocations (same evaluation settings only).
@@ -93,6 +95,8 @@ def main():
             for row in old.get("rows", []):
                 if len(row) == 7:  # written before peak RSS was recorded
                     row = row[:6] + [None] + row[6:]
+                if len(row) == 8:  # written before reconstruction losses were recorded
+                    row = row[:7] + [None, None] + row[7:]
                 merged[(row[0], row[1])] = tuple(row)
     for row in rows:
         merged[(row[0], row[1])] = row
@@ -106,6 +110,9 @@ def main():
 
     def fmt(v, digits):
         return "-" if v is None else f"{v:.{digits}f}"
+
+    def ratio(heldout, train):
+        return "-" if heldout is None or not train else f"{heldout / train:.2f}"
 
     lines = [
         "# Results",
@@ -124,14 +131,21 @@ def main():
         "token in nats; top-1 is the fraction of positions where both models' argmax agree. "
         "W8A8 rows use SmoothQuant (alpha 0.5, all groups). Seconds are the whole `lrq "
         "quantize` run (load, calibration, method, evaluation) without per-layer spectra "
-        "(`--no-spectra`; recording them adds about 7 s); peak RSS is the process's.",
+        "(`--no-spectra`; recording them adds about 7 s); peak RSS is the process's. "
+        "Block-wise reconstruction methods: *recon train* is the mean over blocks of the "
+        "final block output error on the training samples, *held-out* the same on "
+        "calibration samples never trained on (`--heldout-samples`), and *ratio* "
+        "held-out / train: above 1, the blocks fit their training samples better than unseen "
+        "text.",
         "",
-        "| method | scheme | perplexity | KL | top-1 | seconds | peak RSS MiB | note |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| method | scheme | perplexity | KL | top-1 | seconds | peak RSS MiB | recon train | "
+        "held-out | ratio | note |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for method, scheme, ppl, kl, top1, secs, rss, err in rows:
+    for method, scheme, ppl, kl, top1, secs, rss, train, heldout, err in rows:
         lines.append(f"| {method} | {scheme} | {fmt(ppl, 3)} | {fmt(kl, 4)} | {fmt(top1, 4)} | "
-                     f"{secs:.0f} | {fmt(rss, 0)} | {err} |")
+                     f"{secs:.0f} | {fmt(rss, 0)} | {fmt(train, 4)} | {fmt(heldout, 4)} | "
+                     f"{ratio(heldout, train)} | {err} |")
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
