@@ -8,7 +8,9 @@
 #include <filesystem>
 #include <iomanip>
 #include <mutex>
+#include <optional>
 #include <ostream>
+#include <sstream>
 
 #include "core/common/error.h"
 #include "core/common/json_limits.h"
@@ -47,6 +49,13 @@ public:
   void iterationLoss(int block, int iteration, double loss) override {
     emit({{"event", "iteration"}, {"block", block}, {"iteration", iteration}, {"loss", loss}});
     forward_.iterationLoss(block, iteration, loss);
+  }
+  void blockHeldOut(int block, double initialLoss, double finalLoss) override {
+    emit({{"event", "block_heldout"},
+          {"block", block},
+          {"initial_loss", initialLoss},
+          {"final_loss", finalLoss}});
+    forward_.blockHeldOut(block, initialLoss, finalLoss);
   }
   void blockFinished(int block, double initialLoss, double finalLoss, double seconds) override {
     emit({{"event", "block_finished"},
@@ -397,9 +406,14 @@ int commandRuns(const Arguments &args, std::ostream &out) {
         nlohmann::json curve = nlohmann::json::array();
         for (const LossPoint &p : b.curve)
           curve.push_back({p.iteration, p.loss});
+        auto optional = [](const std::optional<double> &v) {
+          return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
+        };
         blocks.push_back({{"block", b.index},
                           {"initial_loss", b.initialLoss},
                           {"final_loss", b.finalLoss},
+                          {"heldout_initial_loss", optional(b.heldoutInitialLoss)},
+                          {"heldout_final_loss", optional(b.heldoutFinalLoss)},
                           {"seconds", b.seconds},
                           {"curve", curve}});
       }
@@ -444,12 +458,30 @@ int commandRuns(const Arguments &args, std::ostream &out) {
     if (!r.metrics.empty())
       out << "metrics   " << metricText(r.metrics) << "\n";
     if (!r.blocks.empty()) {
-      out << "\nblock  initial loss    final loss   seconds  iterations\n";
+      // Held-out columns: the same loss on calibration samples never trained on.
+      bool heldout = false;
       for (const BlockRecord &b : r.blocks)
+        heldout = heldout || b.heldoutFinalLoss.has_value();
+      out << "\nblock  initial loss    final loss"
+          << (heldout ? "  held-out initial  held-out final" : "") << "   seconds  iterations\n";
+      for (const BlockRecord &b : r.blocks) {
         out << std::right << std::setw(5) << b.index << std::setw(14) << std::setprecision(5)
-            << b.initialLoss << std::setw(14) << b.finalLoss << std::setw(10) << std::fixed
-            << std::setprecision(1) << b.seconds << std::defaultfloat << std::setw(12)
-            << b.curve.size() << "\n";
+            << b.initialLoss << std::setw(14) << b.finalLoss;
+        if (heldout) {
+          auto cell = [](const std::optional<double> &v) {
+            std::ostringstream c;
+            if (v)
+              c << std::setprecision(5) << *v;
+            else
+              c << "-";
+            return c.str();
+          };
+          out << std::setw(18) << cell(b.heldoutInitialLoss) << std::setw(16)
+              << cell(b.heldoutFinalLoss);
+        }
+        out << std::setw(10) << std::fixed << std::setprecision(1) << b.seconds << std::defaultfloat
+            << std::setw(12) << b.curve.size() << "\n";
+      }
     }
     if (!r.layers.empty()) {
       out << "\nblock  layer        MSE           SQNR dB   learnable\n";

@@ -123,14 +123,24 @@ public:
     }
     err_ << (tty_ ? "\r" : "") << line.str() << (tty_ ? "\033[K" : "\n") << std::flush;
   }
+  void blockHeldOut(int block, double initialLoss, double finalLoss) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    heldoutBlock_ = block;
+    heldoutInitial_ = initialLoss;
+    heldoutFinal_ = finalLoss;
+  }
   void blockFinished(int block, double initialLoss, double finalLoss, double seconds) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const bool heldout = heldoutBlock_ == block;
+    heldoutBlock_ = -1;
     if (!enabled_)
       return;
-    std::lock_guard<std::mutex> lock(mutex_);
     err_ << (tty_ ? "\r\033[K" : "") << "block " << block + 1 << "/" << blockCount_ << " done in "
          << formatSeconds(seconds) << std::setprecision(5) << "  loss " << initialLoss << " -> "
-         << finalLoss << "\n"
-         << std::flush;
+         << finalLoss;
+    if (heldout)
+      err_ << "  held-out " << heldoutInitial_ << " -> " << heldoutFinal_;
+    err_ << "\n" << std::flush;
   }
   void log(LogLevel level, const std::string &message) override {
     if (!enabled_ && level < LogLevel::Warning)
@@ -151,6 +161,8 @@ private:
   int lastDecile_ = -1;
   int block_ = 0, blockCount_ = 0;
   int64_t iterationsPerBlock_ = 0;
+  int heldoutBlock_ = -1; // held-out figures waiting for their block's line
+  double heldoutInitial_ = 0, heldoutFinal_ = 0;
   Clock::time_point blockStart_{}, runStart_{};
 };
 

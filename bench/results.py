@@ -164,7 +164,9 @@ def write_markdown(args, settings, rows):
         "- **bits/w**: storage of the quantized linears per weight (codes, 16-bit steps, zero "
         "points, kept low-rank factors at their stored precision).",
         "- **recon held-out**: mean over blocks of the block reconstruction loss on "
-        "calibration sequences never trained on (block-wise methods only).",
+        "calibration sequences never trained on (block-wise methods only); **held-out / "
+        "train**: its ratio to the same mean on the training sequences (overfitting shows "
+        "as a ratio well above 1).",
         "- Seconds are the whole `lrq quantize` run (load, calibration, method, both "
         "evaluations) without spectra; peak RSS is the process's. W8A8 rows use "
         "SmoothQuant (alpha 0.5, all groups).",
@@ -188,20 +190,24 @@ def write_markdown(args, settings, rows):
     for (preset, extra), cells in sorted(groups.items()):
         lines += [f"## Preset `{preset}`" + (f", `{extra}`" if extra else ""), "",
                   "| scheme | method | lr | seeds | bits/w | KL in | KL ood | top-1 in | "
-                  "top-1 ood | ppl in | ppl ood | recon held-out | seconds | peak RSS MiB | note |",
-                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+                  "top-1 ood | ppl in | ppl ood | recon held-out | held-out / train | seconds | "
+                  "peak RSS MiB | note |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for (scheme, method, lr), rs in sorted(
                 cells.items(), key=lambda kv: (scheme_order.get(kv[0][0], 99),
                                                method_order.get(kv[0][1], 99), kv[0][2])):
             col = lambda f: [r.get(f) for r in rs]
             name = method + (" + SmoothQuant" if rs[0]["smoothquant"] else "")
+            ratios = [h / t if h is not None and t else None
+                      for h, t in zip(col("recon_heldout_loss_mean"), col("recon_train_loss_mean"))]
             errors = "; ".join(sorted({r["error"] for r in rs if r["error"]}))
             lines.append(
                 f"| {scheme} | {name} | {lr} | {len(rs)} | {cell(col('bits_per_weight'), 3)} | "
                 f"{cell(col('kl'), 4)} | {cell(col('ood_kl'), 4)} | "
                 f"{cell(col('top1'), 1, 100)} | {cell(col('ood_top1'), 1, 100)} | "
                 f"{cell(col('perplexity'), 2)} | {cell(col('ood_perplexity'), 2)} | "
-                f"{cell(col('recon_heldout_loss_mean'), 4)} | {cell(col('seconds'), 0)} | "
+                f"{cell(col('recon_heldout_loss_mean'), 4)} | {cell(ratios, 3)} | "
+                f"{cell(col('seconds'), 0)} | "
                 f"{cell(col('peak_rss_mib'), 0)} | {errors} |")
         lines.append("")
     text = "\n".join(lines)

@@ -100,6 +100,9 @@ std::string makeRun(RunStore &store, const std::string &method, const std::strin
           r.curve.push_back({it, float(floor + (r.initialLoss - floor) * std::exp(-it / 9.0) *
                                                    (1 + 0.04 * std::sin(it + b)))});
         r.finalLoss = r.curve.back().loss;
+        // Held-out samples: FlexRound fits its training samples more closely.
+        r.heldoutInitialLoss = r.initialLoss * 1.05;
+        r.heldoutFinalLoss = r.finalLoss * (method == "flexround" ? 1.6 : 1.15);
       } else {
         r.finalLoss = r.initialLoss * 0.4;
       }
@@ -244,6 +247,7 @@ private slots:
   void outOfDomainBars();
   void depthProfile();
   void lossCurves();
+  void heldoutLosses();
   void spectraAndEnergy();
   void pareto();
   void missingData();
@@ -445,7 +449,7 @@ void TestCompareView::modelErrors() {
 void TestCompareView::accuracyBars() {
   CompareView view;
   view.setRuns(made_.path, {made_.lrq, made_.flexround, made_.l2qer, made_.rtn});
-  QCOMPARE(view.plots().size(), 8);
+  QCOMPARE(view.plots().size(), 9);
   const RunStore store = RunStore::open(made_.path.toStdString());
   for (const QString &id : {made_.lrq, made_.flexround, made_.l2qer, made_.rtn}) {
     const RunInfo info = store.getRunInfo(id.toStdString());
@@ -582,6 +586,64 @@ void TestCompareView::lossCurves() {
   QVERIFY(!note.contains("lrq,") && !note.contains("flexround"));
   QCOMPARE(view.curvesPlot()->yAxis->scaleType(), QCPAxis::stLogarithmic);
   QVERIFY(view.curvesPlot()->legend->visible());
+}
+
+// Per run, the training final loss by block (solid) and the held-out one
+// (dashed), as stored; runs without trained blocks are named in the note.
+void TestCompareView::heldoutLosses() {
+  CompareView view;
+  view.setRuns(made_.path, {made_.lrq, made_.flexround, made_.l2qer, made_.rtn});
+  QCustomPlot *plot = view.heldoutPlot();
+  const RunStore store = RunStore::open(made_.path.toStdString());
+  for (const QString &id : {made_.lrq, made_.flexround}) {
+    const RunRecord r = store.getRun(id.toStdString());
+    std::vector<double> xs, train, heldout;
+    double trainSum = 0, heldoutSum = 0;
+    for (const BlockRecord &b : r.blocks) {
+      xs.push_back(b.index);
+      train.push_back(b.finalLoss);
+      heldout.push_back(b.heldoutFinalLoss.value());
+      trainSum += b.finalLoss;
+      heldoutSum += *b.heldoutFinalLoss;
+    }
+    QCOMPARE(int(xs.size()), kBlocks);
+    compareGraph(findGraph(plot, id, "train_final"), xs, train);
+    const QCPGraph *h = findGraph(plot, id, "heldout_final");
+    compareGraph(h, xs, heldout);
+    QCOMPARE(h->pen().style(), Qt::DashLine);
+    // The legend gives held-out over training: 1.60 for FlexRound, 1.15 for LRQ.
+    QVERIFY2(h->name().contains(QString::number(heldoutSum / trainSum, 'f', 2)),
+             qPrintable(h->name()));
+  }
+  QVERIFY(findGraph(plot, made_.flexround, "heldout_final")->name().contains("1.60"));
+  QCOMPARE(plot->graphCount(), 4);
+  QCOMPARE(plot->yAxis->scaleType(), QCPAxis::stLogarithmic);
+  QVERIFY(!plot->xAxis->label().isEmpty());
+  QVERIFY(plot->yAxis->label().contains("log scale"));
+  QVERIFY(plot->legend->visible());
+  const QString note = view.heldoutNoteText();
+  QVERIFY2(note.contains("no trained blocks") && note.contains("l2qer") && note.contains("rtn"),
+           qPrintable(note));
+  QVERIFY(!note.contains("no held-out samples"));
+
+  // A run of trained blocks without held-out samples gets its training line only.
+  QTemporaryDir dir;
+  RunStore other = RunStore::open((dir.path() + "/runs.sqlite").toStdString());
+  RunInfo info;
+  info.method = "lrq";
+  info.schemeJson = kSchemeW3g128;
+  const std::string id = other.createRun(info);
+  BlockRecord b;
+  b.index = 0;
+  b.initialLoss = 0.5;
+  b.finalLoss = 0.2;
+  b.curve = {{0, 0.5f}, {1, 0.2f}};
+  other.appendBlock(id, b);
+  CompareView alone;
+  alone.setRuns(dir.path() + "/runs.sqlite", {QString::fromStdString(id)});
+  QVERIFY(findGraph(alone.heldoutPlot(), {}, "train_final"));
+  QVERIFY(!findGraph(alone.heldoutPlot(), {}, "heldout_final"));
+  QVERIFY(alone.heldoutNoteText().contains("no held-out samples"));
 }
 
 void TestCompareView::spectraAndEnergy() {

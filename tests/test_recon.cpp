@@ -16,6 +16,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -109,6 +110,12 @@ struct Recorder : ProgressObserver {
   void blockFinished(int block, double, double, double) override {
     events.push_back("done " + std::to_string(block));
   }
+  std::vector<std::pair<double, double>> heldout; // by block: initial, final
+  void blockHeldOut(int block, double initial, double final) override {
+    if (int(heldout.size()) <= block)
+      heldout.resize(size_t(block) + 1, {-1.0, -1.0});
+    heldout[size_t(block)] = {initial, final};
+  }
   void finished() override { events.push_back("finished"); }
   void log(LogLevel level, const std::string &message) override {
     if (level == LogLevel::Debug && qEnvironmentVariableIsSet("LRQ_TEST_VERBOSE"))
@@ -119,9 +126,10 @@ struct Recorder : ProgressObserver {
 MethodReport runMethod(const std::string &name, DecoderModel &model, const QuantScheme &scheme,
                        const at::Tensor &tokens, const nlohmann::json &user,
                        const std::string &workDir = "", ProgressObserver *observer = nullptr,
-                       const CancelToken *cancel = nullptr, uint64_t seed = 0) {
+                       const CancelToken *cancel = nullptr, uint64_t seed = 0,
+                       const at::Tensor &heldout = {}) {
   std::unique_ptr<QuantMethod> method = createMethod(name);
-  CalibrationSet calibration{tokens, "test"};
+  CalibrationSet calibration{tokens, "test", heldout};
   // "resume" is how a run starts, not a hyperparameter: the job adds it after merging.
   nlohmann::json hyper = user;
   const bool resume = hyper.is_object() && hyper.value("resume", false);
@@ -549,6 +557,204 @@ private slots:
         QVERIFY(std::get<0>(at::_unique(up[r])).size(0) <= 8);
       QVERIFY(!at::equal(up, rtn.weights().blocks[1].up.weight));
     }
+  }
+
+  // Held-out windows continue the training windows' draw: the training set is
+  // the one of heldout = 0, the held-out windows are other slots, and a text too
+  // short for both says so with its numbers.
+  void heldoutWindowsAreDisjoint() {
+    std::vector<int32_t> stream(40 * 8); // token i at position i: a window names its slot
+    for (size_t i = 0; i < stream.size(); ++i)
+      stream[i] = int32_t(i);
+    const CalibrationSet plain = makeCalibrationSet(stream, 12, 8, 5, "t");
+    const CalibrationSet with = makeCalibrationSet(stream, 12, 8, 5, "t", 6);
+    QVERIFY(!plain.heldoutTokens.defined());
+    QVERIFY(at::equal(plain.tokens, with.tokens));
+    QCOMPARE(with.heldoutTokens.size(0), int64_t(6));
+    QCOMPARE(with.heldoutTokens.size(1), int64_t(8));
+    std::set<int64_t> trainSlots, heldoutSlots;
+    for (int64_t s = 0; s < 12; ++s)
+      trainSlots.insert(with.tokens[s][0].item<int64_t>() / 8);
+    for (int64_t s = 0; s < 6; ++s) {
+      const at::Tensor row = with.heldoutTokens[s];
+      QCOMPARE(row[0].item<int64_t>() % 8, int64_t(0)); // a whole slot
+      QVERIFY(at::equal(row, at::arange(row[0].item<int64_t>(), row[0].item<int64_t>() + 8)));
+      heldoutSlots.insert(row[0].item<int64_t>() / 8);
+    }
+    QCOMPARE(int(trainSlots.size()), 12);
+    QCOMPARE(int(heldoutSlots.size()), 6);
+    for (int64_t slot : heldoutSlots)
+      QVERIFY(!trainSlots.count(slot));
+    // All 40 slots used: still disjoint; one more is refused with the numbers.
+    const CalibrationSet full = makeCalibrationSet(stream, 12, 8, 5, "t", 28);
+    QCOMPARE(full.heldoutTokens.size(0), int64_t(28));
+    try {
+      makeCalibrationSet(stream, 12, 8, 5, "t", 29);
+      QFAIL("expected lrq::Error");
+    } catch (const Error &e) {
+      const QString msg = e.what();
+      QVERIFY2(msg.contains("320 tokens") && msg.contains("40 windows") &&
+                   msg.contains("12 training") && msg.contains("29 held-out"),
+               e.what());
+    }
+  }
+
+  // The held-out loss of each block, before and after training, against the
+  // same loss computed here with the decoder directly: held-out windows through
+  // the FP blocks (target) and through the quantized blocks before (input).
+  // Training figures and weights are those of a run without held-out windows.
+  void heldoutLossMatchesDirectComputation() {
+    const QuantScheme scheme = weightOnly(makeSpec(3, false, Granularity::PerChannel, 0));
+    const at::Tensor tokens = tinyTokens(8, 32);
+    at::Generator gen = at::detail::createCPUGenerator(99);
+    const at::Tensor heldout = at::randint(tiny_.config.vocabSize, {3, 20}, gen, at::kLong);
+    for (const char *name : {"lrq", "flexround"}) {
+      DecoderModel model = tinyModel(), plainModel = tinyModel();
+      Recorder rec, plainRec;
+      const MethodReport report =
+          runMethod(name, model, scheme, tokens, {{"iters", 30}}, "", &rec, nullptr, 3, heldout);
+      const MethodReport plain =
+          runMethod(name, plainModel, scheme, tokens, {{"iters", 30}}, "", &plainRec, nullptr, 3);
+      // (b) Training unchanged.
+      QVERIFY2(sameWeights(linearWeights(model), linearWeights(plainModel)), name);
+      QVERIFY(rec.curves == plainRec.curves);
+      QVERIFY(rec.events == plainRec.events);
+      const nlohmann::json &blocks = report.extra.at("blocks");
+      for (size_t b = 0; b < 2; ++b) {
+        for (const char *key : {"initial_loss", "final_loss"})
+          QCOMPARE(blocks[b].at(key).get<double>(),
+                   plain.extra.at("blocks")[b].at(key).get<double>());
+        QVERIFY(!plain.extra.at("blocks")[b].contains("heldout_final_loss"));
+      }
+      QCOMPARE(report.extra.at("heldout_samples").get<int>(), 3);
+      QVERIFY(!plain.extra.contains("recon_heldout_loss_mean"));
+
+      // (a) Independent computation.
+      DecoderModel fp = tinyModel(), rtn = tinyModel(), mixed = tinyModel();
+      quantizeModelRtn(rtn.weights(), rtn.config(), scheme);
+      for (int64_t l = 0; l < 7; ++l) { // trained block 0, RTN block 1
+        *blockLinears(mixed.config(), mixed.weights().blocks[0])[size_t(l)].second =
+            *blockLinears(model.config(), model.weights().blocks[0])[size_t(l)].second;
+        *blockLinears(mixed.config(), mixed.weights().blocks[1])[size_t(l)].second =
+            *blockLinears(rtn.config(), rtn.weights().blocks[1])[size_t(l)].second;
+      }
+      at::NoGradGuard noGrad;
+      auto loss = [](const at::Tensor &a, const at::Tensor &b) {
+        return (a - b).pow(2).sum(-1).mean().item<double>();
+      };
+      double init0 = 0, final0 = 0, init1 = 0, final1 = 0;
+      for (int64_t s = 0; s < heldout.size(0); ++s) {
+        const at::Tensor x = fp.embed(heldout.narrow(0, s, 1));
+        const at::Tensor y0 = fp.runBlock(0, x), y1 = fp.runBlock(1, y0);
+        init0 += loss(rtn.runBlock(0, x), y0);
+        const at::Tensor q0 = model.runBlock(0, x);
+        final0 += loss(q0, y0);
+        init1 += loss(mixed.runBlock(1, q0), y1);
+        final1 += loss(model.runBlock(1, q0), y1);
+      }
+      const double n = double(heldout.size(0));
+      auto near = [](double a, double b) { return std::abs(a - b) <= 1e-5 * std::abs(b); };
+      const double want[2][2] = {{init0 / n, final0 / n}, {init1 / n, final1 / n}};
+      for (size_t b = 0; b < 2; ++b) {
+        const double gotInit = blocks[b].at("heldout_initial_loss").get<double>();
+        const double gotFinal = blocks[b].at("heldout_final_loss").get<double>();
+        qInfo().noquote() << QStringLiteral("tiny %1 block %2: train %3 -> %4, held-out %5 -> %6")
+                                 .arg(name)
+                                 .arg(b)
+                                 .arg(blocks[b].at("initial_loss").get<double>(), 0, 'g', 5)
+                                 .arg(blocks[b].at("final_loss").get<double>(), 0, 'g', 5)
+                                 .arg(gotInit, 0, 'g', 5)
+                                 .arg(gotFinal, 0, 'g', 5);
+        QVERIFY2(near(gotInit, want[b][0]), name);
+        QVERIFY2(near(gotFinal, want[b][1]), name);
+        QVERIFY(gotInit != gotFinal); // training moved them
+        // The observer saw the same figures.
+        QCOMPARE(rec.heldout.at(b).first, gotInit);
+        QCOMPARE(rec.heldout.at(b).second, gotFinal);
+      }
+      QVERIFY(plainRec.heldout.empty());
+      // Means over the blocks, as the run's metrics.
+      QCOMPARE(report.extra.at("recon_heldout_loss_mean").get<double>(),
+               (blocks[0].at("heldout_final_loss").get<double>() +
+                blocks[1].at("heldout_final_loss").get<double>()) /
+                   2);
+      QCOMPARE(
+          report.extra.at("recon_train_loss_mean").get<double>(),
+          (blocks[0].at("final_loss").get<double>() + blocks[1].at("final_loss").get<double>()) /
+              2);
+    }
+  }
+
+  // (c) Interrupted in block 1 and resumed: every held-out figure equals the
+  // uninterrupted run's (block 0's from the checkpoint), and the held-out
+  // windows stay in memory whatever cache_mb says.
+  void heldoutLossSurvivesResume() {
+    const QuantScheme scheme = weightOnly(makeSpec(3, false, Granularity::PerChannel, 0));
+    const at::Tensor tokens = tinyTokens(6, 24);
+    at::Generator gen = at::detail::createCPUGenerator(5);
+    const at::Tensor heldout = at::randint(tiny_.config.vocabSize, {2, 24}, gen, at::kLong);
+    const nlohmann::json hyper = {{"iters", 10}, {"cache_mb", 0}};
+    DecoderModel straight = tinyModel();
+    const MethodReport a =
+        runMethod("lrq", straight, scheme, tokens, hyper, dir("heldout_straight").toStdString(),
+                  nullptr, nullptr, 0, heldout);
+    const std::string work = dir("heldout_interrupted").toStdString();
+    DecoderModel first = tinyModel();
+    CancelToken cancel;
+    Recorder rec;
+    int spillFiles = -1;
+    rec.onIteration = [&](int block, int it) {
+      if (block == 1 && it == 0)
+        spillFiles =
+            int(QDir(QString::fromStdString(work) + "/recon/cache").entryList(QDir::Files).size());
+      if (block == 1 && it == 3)
+        cancel.cancel();
+    };
+    try {
+      runMethod("lrq", first, scheme, tokens, hyper, work, &rec, &cancel, 0, heldout);
+      QFAIL("expected lrq::Cancelled");
+    } catch (const Cancelled &) {
+    }
+    QCOMPARE(spillFiles, 12); // the 6 training samples x 2 streams; held-out ones stay in memory
+    DecoderModel resumed = tinyModel();
+    nlohmann::json resumeHyper = hyper;
+    resumeHyper["resume"] = true;
+    Recorder rec2;
+    const MethodReport b =
+        runMethod("lrq", resumed, scheme, tokens, resumeHyper, work, &rec2, nullptr, 0, heldout);
+    QCOMPARE(b.extra.at("resumed_blocks").get<int>(), 1);
+    QVERIFY(sameWeights(linearWeights(straight), linearWeights(resumed)));
+    for (size_t i = 0; i < 2; ++i)
+      for (const char *key :
+           {"initial_loss", "final_loss", "heldout_initial_loss", "heldout_final_loss"})
+        QCOMPARE(b.extra.at("blocks").at(i).at(key).get<double>(),
+                 a.extra.at("blocks").at(i).at(key).get<double>());
+    QCOMPARE(rec2.heldout.size(), size_t(2)); // the restored block's figures are sent too
+    QCOMPARE(b.extra.at("recon_heldout_loss_mean").get<double>(),
+             a.extra.at("recon_heldout_loss_mean").get<double>());
+
+    // A checkpoint resumed with other held-out windows: the restored block
+    // reports none (they were measured on other samples), the next block does.
+    DecoderModel third = tinyModel();
+    CancelToken cancel3;
+    Recorder rec3;
+    rec3.onIteration = [&](int block, int it) {
+      if (block == 1 && it == 3)
+        cancel3.cancel();
+    };
+    const std::string work3 = dir("heldout_changed").toStdString();
+    try {
+      runMethod("lrq", third, scheme, tokens, hyper, work3, &rec3, &cancel3, 0, heldout);
+      QFAIL("expected lrq::Cancelled");
+    } catch (const Cancelled &) {
+    }
+    DecoderModel other = tinyModel();
+    const MethodReport c = runMethod("lrq", other, scheme, tokens, resumeHyper, work3, nullptr,
+                                     nullptr, 0, heldout.narrow(0, 0, 1));
+    QVERIFY(sameWeights(linearWeights(straight), linearWeights(other)));
+    QVERIFY(!c.extra.at("blocks").at(0).contains("heldout_final_loss"));
+    QVERIFY(c.extra.at("blocks").at(1).contains("heldout_final_loss"));
+    QVERIFY(!c.extra.contains("recon_heldout_loss_mean")); // not every block has one
   }
 
   // Adam's first step moves every parameter by -lr·sign(g) (the cosine factor

@@ -753,6 +753,120 @@ private slots:
     QCOMPARE(store.getRunInfo(id2).status, RunStatus::Cancelled);
   }
 
+  // Held-out losses: stored beside the training losses (NULL when a block has
+  // none), read back exactly, carried by the recorder, summed in the comparison;
+  // a store from before the held-out columns opens read-only and writable.
+  void heldoutLossesRoundTripAndOlderStores() {
+    const std::string path = freshPath();
+    {
+      RunStore store = RunStore::open(path);
+      const std::string id = store.createRun(makeInfo("lrq"));
+      BlockRecord with = makeBlock(0, 20, 3), without = makeBlock(1, 20, 4);
+      with.heldoutInitialLoss = 0.1 + 1e-15;
+      with.heldoutFinalLoss = 1.0 / 3.0;
+      store.appendBlocks(id, {with, without});
+      const RunRecord r = store.getRun(id);
+      QCOMPARE(r.blocks.size(), size_t(2));
+      QVERIFY(r.blocks[0].heldoutInitialLoss && r.blocks[0].heldoutFinalLoss);
+      QVERIFY(sameDouble(*r.blocks[0].heldoutInitialLoss, 0.1 + 1e-15));
+      QVERIFY(sameDouble(*r.blocks[0].heldoutFinalLoss, 1.0 / 3.0));
+      QVERIFY(!r.blocks[1].heldoutInitialLoss && !r.blocks[1].heldoutFinalLoss);
+      // The columns as SQLite sees them: a value, and NULL for none.
+      RawDb raw(path);
+      QCOMPARE(raw.count("SELECT count(*) FROM run_blocks WHERE heldout_final_loss IS NULL"),
+               int64_t(1));
+      QCOMPARE(raw.count("SELECT count(*) FROM run_blocks WHERE block = 0 AND "
+                         "heldout_final_loss = 1.0 / 3.0 AND heldout_initial_loss > 0.1"),
+               int64_t(1));
+
+      // The recorder attaches the held-out figures to the block that follows them.
+      const std::string id2 = store.createRun(makeInfo("flexround"));
+      RunRecorder rec(store, id2);
+      rec.blockStarted(0, 2);
+      rec.iterationLoss(0, 0, 0.5);
+      rec.blockHeldOut(0, 0.6, 0.4);
+      rec.blockFinished(0, 0.5, 0.2, 1);
+      rec.blockStarted(1, 2);
+      rec.iterationLoss(1, 0, 0.5);
+      rec.blockFinished(1, 0.5, 0.25, 1); // no held-out figures for this one
+      const RunRecord r2 = store.getRun(id2);
+      QCOMPARE(r2.blocks.size(), size_t(2));
+      QCOMPARE(r2.blocks[0].heldoutInitialLoss.value_or(-1), 0.6);
+      QCOMPARE(r2.blocks[0].heldoutFinalLoss.value_or(-1), 0.4);
+      QVERIFY(!r2.blocks[1].heldoutFinalLoss);
+
+      // Comparison: sums over the blocks that have them, and the ratio to the
+      // training final loss over the same blocks (0.4 / 0.2 = 2).
+      const RunComparison c = store.compareRuns({id, id2});
+      const ComparisonRow *sum = c.find("reconstruction", "held-out final loss (sum)");
+      const ComparisonRow *ratio = c.find("reconstruction", "held-out / training final loss");
+      QVERIFY(sum && ratio);
+      QCOMPARE(sum->values[0].value_or(-1), 1.0 / 3.0);
+      QCOMPARE(sum->values[1].value_or(-1), 0.4);
+      QVERIFY(std::abs(ratio->values[0].value_or(-1) - (1.0 / 3.0) / with.finalLoss) < 1e-12);
+      QCOMPARE(ratio->values[1].value_or(-1), 2.0);
+    }
+
+    // A store as written before the held-out columns existed (schema 1, owner
+    // columns present, run_blocks without heldout_*), holding one block.
+    const std::string old = freshPath("old");
+    {
+      RawDb raw(old);
+      QVERIFY(raw.exec(R"sql(
+CREATE TABLE lrq_schema (version INTEGER NOT NULL);
+INSERT INTO lrq_schema (version) VALUES (1);
+CREATE TABLE runs (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, created TEXT NOT NULL,
+  status TEXT NOT NULL, model_path TEXT NOT NULL, model_digest TEXT NOT NULL,
+  method TEXT NOT NULL, scheme_json TEXT NOT NULL, hyperparameters_json TEXT NOT NULL,
+  engine_version TEXT NOT NULL, total_seconds REAL, error TEXT NOT NULL DEFAULT '',
+  notes TEXT NOT NULL DEFAULT '', owner_pid INTEGER, owner_host TEXT, owner_start TEXT,
+  heartbeat REAL, export_dir TEXT, packed_path TEXT);
+CREATE TABLE run_metrics (run_seq INTEGER NOT NULL REFERENCES runs (seq) ON DELETE CASCADE,
+  name TEXT NOT NULL, value REAL, PRIMARY KEY (run_seq, name));
+CREATE TABLE run_blocks (run_seq INTEGER NOT NULL REFERENCES runs (seq) ON DELETE CASCADE,
+  block INTEGER NOT NULL, initial_loss REAL, final_loss REAL, seconds REAL,
+  point_count INTEGER NOT NULL, curve BLOB NOT NULL, PRIMARY KEY (run_seq, block));
+CREATE TABLE run_layers (run_seq INTEGER NOT NULL REFERENCES runs (seq) ON DELETE CASCADE,
+  block INTEGER NOT NULL, role TEXT NOT NULL, mse REAL, sqnr_db REAL,
+  learnable_params INTEGER NOT NULL, PRIMARY KEY (run_seq, block, role));
+CREATE TABLE run_spectra (run_seq INTEGER NOT NULL REFERENCES runs (seq) ON DELETE CASCADE,
+  block INTEGER NOT NULL, role TEXT NOT NULL, kind TEXT NOT NULL, value_count INTEGER NOT NULL,
+  singular_values BLOB NOT NULL, PRIMARY KEY (run_seq, block, role, kind));
+INSERT INTO runs (id, created, status, model_path, model_digest, method, scheme_json,
+  hyperparameters_json, engine_version, total_seconds) VALUES
+  ('old-run', '2026-01-01T00:00:00.000Z', 'finished', 'm', 'd', 'lrq', '{}', '{}', '0.1', 3);
+INSERT INTO run_blocks VALUES (1, 0, 0.5, 0.25, 2.0, 0, x'');
+)sql"));
+    }
+    {
+      RunStoreOptions readOnly;
+      readOnly.readOnly = true;
+      RunStore store = RunStore::open(old, readOnly);
+      const RunRecord r = store.getRun("old-run");
+      QCOMPARE(r.blocks.size(), size_t(1));
+      QCOMPARE(r.blocks[0].finalLoss, 0.25);
+      QVERIFY(!r.blocks[0].heldoutFinalLoss);
+      QVERIFY(!store.compareRuns({"old-run"}).find("reconstruction", "held-out final loss (sum)"));
+    }
+    QCOMPARE(RawDb(old).count("SELECT count(*) FROM pragma_table_info('run_blocks') WHERE name "
+                              "LIKE 'heldout%'"),
+             int64_t(0)); // reading changed nothing
+    {
+      RunStore store = RunStore::open(old);
+      QCOMPARE(store.schemaVersion(), 1); // additive columns: older builds still open it
+      QVERIFY(!store.getRun("old-run").blocks[0].heldoutFinalLoss);
+      const std::string id = store.createRun(makeInfo("lrq"));
+      BlockRecord b = makeBlock(0, 5, 1);
+      b.heldoutInitialLoss = 2.5;
+      b.heldoutFinalLoss = 1.5;
+      store.appendBlock(id, b);
+      QCOMPARE(RunStore::open(old).getRun(id).blocks[0].heldoutFinalLoss.value_or(-1), 1.5);
+    }
+    QCOMPARE(RawDb(old).count("SELECT count(*) FROM pragma_table_info('run_blocks') WHERE name "
+                              "LIKE 'heldout%'"),
+             int64_t(2));
+  }
+
   // A desktop app reading while a CLI run writes: two stores on one file.
   void readerAndWriterConcurrently() {
     const std::string path = freshPath();

@@ -384,11 +384,35 @@ QWidget *CompareView::buildCurvesTab() {
   curvesPlot_->yAxis->setLabel(tr("block output error ‖ŷ − y‖² per token (log scale)"));
   setLogY(curvesPlot_, true);
   curvesNote_ = makeNote(page);
+
+  heldoutPlot_ = new QCustomPlot(page);
+  styleComparePlot(heldoutPlot_, tr("Final loss by block: training vs held-out samples"),
+                   QStringLiteral("heldoutPlot"));
+  heldoutPlot_->xAxis->setLabel(tr("block index"));
+  heldoutPlot_->yAxis->setLabel(tr("final ‖ŷ − y‖² per token (log scale)"));
+  setLogY(heldoutPlot_, true);
+  legendBelow(heldoutPlot_, 4);
+  heldoutNote_ = makeNote(page);
+
+  auto *top = new QWidget(page);
+  auto *topLayout = new QVBoxLayout(top);
+  topLayout->setContentsMargins(0, 0, 0, 0);
+  topLayout->addWidget(curvesPlot_, 1);
+  topLayout->addWidget(curvesNote_);
+  auto *bottom = new QWidget(page);
+  auto *bottomLayout = new QVBoxLayout(bottom);
+  bottomLayout->setContentsMargins(0, 0, 0, 0);
+  bottomLayout->addWidget(heldoutPlot_, 1);
+  bottomLayout->addWidget(heldoutNote_);
+  auto *splitter = new QSplitter(Qt::Vertical, page);
+  splitter->addWidget(top);
+  splitter->addWidget(bottom);
+  splitter->setStretchFactor(0, 1);
+  splitter->setStretchFactor(1, 1);
   auto *layout = new QVBoxLayout(page);
   layout->setContentsMargins(4, 4, 4, 4);
   layout->addLayout(controls);
-  layout->addWidget(curvesPlot_, 1);
-  layout->addWidget(curvesNote_);
+  layout->addWidget(splitter, 1);
   return page;
 }
 
@@ -509,8 +533,8 @@ void CompareView::setLayerShapes(const QList<LinearShape> &shapes) {
 }
 
 QList<QCustomPlot *> CompareView::plots() const {
-  return {pplPlot_,    klPlot_,      top1Plot_,   depthPlot_,
-          curvesPlot_, spectraPlot_, energyPlot_, paretoPlot_};
+  return {pplPlot_,     klPlot_,      top1Plot_,   depthPlot_, curvesPlot_,
+          heldoutPlot_, spectraPlot_, energyPlot_, paretoPlot_};
 }
 
 void CompareView::setDifferencesOnly(bool on) {
@@ -564,6 +588,10 @@ QString CompareView::noteText(Tab tab) const {
     return paretoNote_->text();
   }
   return {};
+}
+
+QString CompareView::heldoutNoteText() const {
+  return heldoutNote_->text();
 }
 
 QString CompareView::referenceLabel() const {
@@ -656,6 +684,7 @@ void CompareView::onRunsChanged() {
   updateAccuracy();
   updateDepth();
   updateCurves();
+  updateHeldout();
   updateSpectra();
   updatePareto();
 }
@@ -863,6 +892,94 @@ void CompareView::updateDepth() {
   } else if (sqnr) {
     const double pad = std::max(0.5, (hi - lo) * 0.08);
     plot->yAxis->setRange(lo - pad, hi + pad);
+  } else {
+    setLogRange(plot->yAxis, lo, hi);
+  }
+  plot->legend->setVisible(series >= 2);
+  plot->replot();
+}
+
+// Per run, the final loss of every block on the training samples (solid) and
+// on the held-out samples (dashed), in the run's colour: a held-out line well
+// above its training line is a block that fit its calibration samples only.
+void CompareView::updateHeldout() {
+  if (updating_)
+    return;
+  QCustomPlot *plot = heldoutPlot_;
+  clearPlot(plot);
+  setLogY(plot, true);
+  const auto &runs = model_->runs();
+  const QList<QColor> colors = runColors(*model_);
+  QStringList noBlocks, noHeldout;
+  double lo = std::numeric_limits<double>::infinity(), hi = 0;
+  int maxBlock = 0, series = 0;
+  for (int i = 0; i < int(runs.size()); ++i) {
+    QVector<double> bx, by, hx, hy;
+    double trainSum = 0, heldoutSum = 0;
+    for (const lrq::BlockRecord &b : runs[i].blocks) {
+      if (b.curve.empty())
+        continue; // not trained: no training loss to compare
+      if (b.finalLoss > 0) {
+        bx << b.index;
+        by << b.finalLoss;
+      }
+      if (b.heldoutFinalLoss && *b.heldoutFinalLoss > 0) {
+        hx << b.index;
+        hy << *b.heldoutFinalLoss;
+        heldoutSum += *b.heldoutFinalLoss;
+        trainSum += b.finalLoss;
+      }
+    }
+    if (bx.isEmpty()) {
+      noBlocks << model_->runLabel(i);
+      continue;
+    }
+    for (const QVector<double> *ys : {&by, &hy})
+      for (double y : *ys) {
+        lo = std::min(lo, y);
+        hi = std::max(hi, y);
+      }
+    maxBlock = std::max(maxBlock, int(bx.back()));
+    QCPGraph *train = addLine(plot, tr("%1: training").arg(model_->runLabel(i)), colors[i]);
+    train->setProperty("runId", QString::fromStdString(runs[i].id));
+    train->setProperty("kind", QStringLiteral("train_final"));
+    train->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssDisc, colors[i], colors[i], 5));
+    train->setData(bx, by, true);
+    ++series;
+    if (hx.isEmpty()) {
+      noHeldout << model_->runLabel(i);
+      continue;
+    }
+    QCPGraph *heldout = addLine(plot,
+                                tr("%1: held-out (×%2 of training)")
+                                    .arg(model_->runLabel(i))
+                                    .arg(trainSum > 0 ? heldoutSum / trainSum : 0.0, 0, 'f', 2),
+                                colors[i], Qt::DashLine);
+    heldout->setProperty("runId", QString::fromStdString(runs[i].id));
+    heldout->setProperty("kind", QStringLiteral("heldout_final"));
+    heldout->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssCircle, colors[i], Qt::white, 6));
+    heldout->setData(hx, hy, true);
+    ++series;
+  }
+  QStringList notes;
+  if (!noBlocks.isEmpty())
+    notes << tr("no trained blocks: %1").arg(joinNames(noBlocks));
+  if (!noHeldout.isEmpty())
+    notes << tr("no held-out samples: %1").arg(joinNames(noHeldout));
+  notes << tr("Solid: loss on the training samples after training; dashed: the same loss on "
+              "held-out calibration samples never trained on. The factor is the held-out sum "
+              "over the training sum.");
+  heldoutNote_->setText(notes.join(QStringLiteral(" · ")));
+  auto ticker = QSharedPointer<QCPAxisTickerFixed>(new QCPAxisTickerFixed);
+  ticker->setTickStep(1);
+  ticker->setScaleStrategy(maxBlock <= 40 ? QCPAxisTickerFixed::ssNone
+                                          : QCPAxisTickerFixed::ssMultiples);
+  plot->xAxis->setTicker(ticker);
+  plot->xAxis->setRange(-0.5, maxBlock + 0.5);
+  if (series == 0) {
+    showMessage(plot, runs.empty() ? tr("No runs selected.")
+                                   : tr("None of the selected runs trained blocks."));
+    plot->yAxis->setRange(1e-3, 1);
   } else {
     setLogRange(plot->yAxis, lo, hi);
   }
@@ -1387,10 +1504,11 @@ QString CompareView::toHtmlReport() const {
     QLabel *note;
   };
   const Section sections[] = {
-      {pplPlot_, 720, 360, nullptr},          {klPlot_, 720, 360, nullptr},
-      {top1Plot_, 720, 360, accuracyNote_},   {depthPlot_, 1000, 480, depthNote_},
-      {curvesPlot_, 1000, 480, curvesNote_},  {spectraPlot_, 1000, 520, nullptr},
-      {energyPlot_, 1000, 420, spectraNote_}, {paretoPlot_, 1000, 520, paretoNote_}};
+      {pplPlot_, 720, 360, nullptr},         {klPlot_, 720, 360, nullptr},
+      {top1Plot_, 720, 360, accuracyNote_},  {depthPlot_, 1000, 480, depthNote_},
+      {curvesPlot_, 1000, 480, curvesNote_}, {heldoutPlot_, 1000, 480, heldoutNote_},
+      {spectraPlot_, 1000, 520, nullptr},    {energyPlot_, 1000, 420, spectraNote_},
+      {paretoPlot_, 1000, 520, paretoNote_}};
   for (const Section &s : sections) {
     const QPixmap pixmap = s.plot->toPixmap(s.width, s.height);
     QByteArray png;

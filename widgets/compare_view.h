@@ -3,7 +3,9 @@
 // and L²QER at one scheme). Five tabs over one CompareModel:
 //   Accuracy       the table, and bars of perplexity, KL and top-1 per run
 //   Depth profile  per-layer error by block (SQNR or relative MSE), one line per run
-//   Loss curves    one block's reconstruction loss curves overlaid across runs
+//   Loss curves    one block's reconstruction loss curves overlaid across runs, and
+//                  per block the final loss on the training samples against the
+//                  held-out samples (never trained on), one colour per run
 //   Spectra        singular values of W, of each run's E = W − Ŵ, L²QER's scaled E and
 //                  the learned scale exponents, with the energy captured at rank k
 //   Pareto         every finished run of the store: bits per weight vs perplexity or KL
@@ -48,7 +50,7 @@ public:
 
   CompareModel *model() const { return model_; }
   // Every plot: perplexity, KL, top-1 bars; depth profile; loss curves;
-  // spectra; energy at rank k; Pareto.
+  // training vs held-out loss by block; spectra; energy at rank k; Pareto.
   QList<QCustomPlot *> plots() const;
   // A self-contained HTML page: the table as shown, then each plot as an
   // embedded PNG with its notes.
@@ -61,6 +63,7 @@ public:
   QCustomPlot *top1Plot() const { return top1Plot_; }
   QCustomPlot *depthPlot() const { return depthPlot_; }
   QCustomPlot *curvesPlot() const { return curvesPlot_; }
+  QCustomPlot *heldoutPlot() const { return heldoutPlot_; }
   QCustomPlot *spectraPlot() const { return spectraPlot_; }
   QCustomPlot *energyPlot() const { return energyPlot_; }
   QCustomPlot *paretoPlot() const { return paretoPlot_; }
@@ -76,12 +79,15 @@ public:
 
   // The note under each tab's plot ("" when every run had what it needs).
   QString noteText(Tab tab) const;
+  // The note under the training vs held-out plot (runs without held-out losses).
+  QString heldoutNoteText() const;
   // Tooltip text of the Pareto point nearest to a pixel of the Pareto plot,
   // "" when none is within a few pixels.
   QString paretoToolTipAt(const QPointF &pixel) const;
 
   // Curve property names on the graphs ("runId", "kind"), so that callers
   // can find a run's series: kind is "bar", "reference", "depth", "curve",
+  // "train_final", "heldout_final",
   // "W", "E", "scaled_E", "scale_exponent", "energy:<kind>", "pareto".
 
 signals:
@@ -97,6 +103,7 @@ private:
   void updateAccuracy();
   void updateDepth();
   void updateCurves();
+  void updateHeldout();
   // Roles recorded in the chosen block; keeps preferred when it is one.
   void fillSpectrumRoles(const QString &preferred);
   void updateSpectra();
@@ -124,6 +131,8 @@ private:
   QComboBox *curveBlock_ = nullptr;
   QCustomPlot *curvesPlot_ = nullptr;
   QLabel *curvesNote_ = nullptr;
+  QCustomPlot *heldoutPlot_ = nullptr;
+  QLabel *heldoutNote_ = nullptr;
 
   QComboBox *spectrumBlock_ = nullptr;
   QComboBox *spectrumRole_ = nullptr;

@@ -71,6 +71,13 @@ public:
     e.seconds = seconds;
     push(std::move(e));
   }
+  void blockHeldOut(int block, double initialLoss, double finalLoss) override {
+    MonitorEvent e = make(MonitorEvent::Kind::BlockHeldOut);
+    e.block = block;
+    e.value = initialLoss;
+    e.value2 = finalLoss;
+    push(std::move(e));
+  }
   void layerFinished(int block, const std::string &role, double mse, double sqnrDb) override {
     MonitorEvent e = make(MonitorEvent::Kind::Layer);
     e.block = block;

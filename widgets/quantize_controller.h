@@ -33,6 +33,7 @@ struct MonitorEvent {
     BlockStarted,  // block, total: block count
     Iteration,     // block, iteration, value: loss
     BlockFinished, // block, value: initial loss, value2: final loss, seconds
+    BlockHeldOut,  // block, value: held-out initial loss, value2: held-out final loss
     Layer,         // block, text: role, value: MSE, value2: SQNR dB
     Metric,        // text: name, value
     Log,           // text: message, level

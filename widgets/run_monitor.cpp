@@ -120,23 +120,31 @@ RunMonitor::RunMonitor(QWidget *parent) : QWidget(parent) {
   currentLayer_->setMode(QCPLayer::lmBuffered);
 
   barsPlot_ = new QCustomPlot(this);
-  stylePlot(barsPlot_, tr("Loss per block: initial (grey), final (blue)"));
+  stylePlot(barsPlot_, tr("Loss per block: initial (grey), final (blue), held-out final (orange)"));
   barsPlot_->xAxis->setLabel(tr("block"));
   barsPlot_->yAxis->setLabel(tr("loss (log)"));
   setLogAxis(barsPlot_->yAxis);
   initialBars_ = new QCPBars(barsPlot_->xAxis, barsPlot_->yAxis);
   finalBars_ = new QCPBars(barsPlot_->xAxis, barsPlot_->yAxis);
+  // The same loss on calibration samples never trained on: taller than the
+  // blue bar where the block fit its training samples only.
+  heldoutBars_ = new QCPBars(barsPlot_->xAxis, barsPlot_->yAxis);
   initialBars_->setName(tr("initial (rounded to nearest)"));
   finalBars_->setName(tr("final (learned)"));
+  heldoutBars_->setName(tr("final on held-out samples"));
   initialBars_->setPen(Qt::NoPen);
   finalBars_->setPen(Qt::NoPen);
+  heldoutBars_->setPen(Qt::NoPen);
   initialBars_->setBrush(QColor(0xc8, 0xc8, 0xc8));
   finalBars_->setBrush(kBarColor);
+  heldoutBars_->setBrush(QColor(0xe6, 0x7e, 0x0e));
   auto *group = new QCPBarsGroup(barsPlot_);
   initialBars_->setBarsGroup(group);
   finalBars_->setBarsGroup(group);
-  initialBars_->setWidth(0.4);
-  finalBars_->setWidth(0.4);
+  heldoutBars_->setBarsGroup(group);
+  initialBars_->setWidth(0.28);
+  finalBars_->setWidth(0.28);
+  heldoutBars_->setWidth(0.28);
   // The title names the two colours: a legend would cover the bars in a small plot.
 
   schedulePlot_ = new QCustomPlot(this);
@@ -224,6 +232,7 @@ void RunMonitor::reset(const QString &title, bool trainsBlocks, int blockCount, 
   curves_.clear();
   initial_.clear();
   final_.clear();
+  heldoutFinal_.clear();
   seconds_.clear();
   layers_.clear();
   roles_.clear();
@@ -236,6 +245,7 @@ void RunMonitor::reset(const QString &title, bool trainsBlocks, int blockCount, 
   layerTable_->setRowCount(0);
   initialBars_->data()->clear();
   finalBars_->data()->clear();
+  heldoutBars_->data()->clear();
   ensureBlocks(blockCount);
   lossMessage_->setText(trainsBlocks ? tr("loss curves appear as blocks train")
                                      : tr("this method trains no blocks: see the per-layer "
@@ -260,6 +270,7 @@ void RunMonitor::ensureBlocks(int count) {
     curves_.push_back({});
     initial_.push_back(std::nan(""));
     final_.push_back(std::nan(""));
+    heldoutFinal_.push_back(std::nan(""));
     seconds_.push_back(0);
     QCPGraph *g = lossPlot_->addGraph();
     g->setName(tr("block %1").arg(b));
@@ -313,6 +324,13 @@ void RunMonitor::addEvents(const QVector<MonitorEvent> &events) {
         seconds_[e.block] = e.seconds;
         barsChanged = true;
         restyle = true;
+      }
+      break;
+    case K::BlockHeldOut:
+      ensureBlocks(e.block + 1);
+      if (e.block >= 0) {
+        heldoutFinal_[e.block] = e.value2;
+        barsChanged = true;
       }
       break;
     case K::Layer:
@@ -405,7 +423,7 @@ void RunMonitor::rescaleLoss() {
 }
 
 void RunMonitor::refreshBars() {
-  QVector<double> keys, initial, final;
+  QVector<double> keys, initial, final, heldoutKeys, heldout;
   double lo = 0, hi = 0;
   for (int b = 0; b < int(initial_.size()); ++b) {
     if (std::isnan(initial_[b]))
@@ -413,7 +431,11 @@ void RunMonitor::refreshBars() {
     keys << b;
     initial << initial_[b];
     final << final_[b];
-    for (double v : {initial_[b], final_[b]})
+    if (!std::isnan(heldoutFinal_[b])) {
+      heldoutKeys << b;
+      heldout << heldoutFinal_[b];
+    }
+    for (double v : {initial_[b], final_[b], heldoutFinal_[b]})
       if (v > 0) {
         lo = lo > 0 ? std::min(lo, v) : v;
         hi = std::max(hi, v);
@@ -421,6 +443,7 @@ void RunMonitor::refreshBars() {
   }
   initialBars_->setData(keys, initial, true);
   finalBars_->setData(keys, final, true);
+  heldoutBars_->setData(heldoutKeys, heldout, true);
   barsPlot_->xAxis->setRange(-0.5, std::max(1, int(states_.size())) - 0.5);
   setDecadeRange(barsPlot_->yAxis, lo, hi, 2);
 }
@@ -561,6 +584,10 @@ double RunMonitor::initialLoss(int block) const {
 
 double RunMonitor::finalLoss(int block) const {
   return block >= 0 && block < int(final_.size()) ? final_[block] : std::nan("");
+}
+
+double RunMonitor::heldoutFinalLoss(int block) const {
+  return block >= 0 && block < int(heldoutFinal_.size()) ? heldoutFinal_[block] : std::nan("");
 }
 
 QList<QCustomPlot *> RunMonitor::plots() const {

@@ -51,6 +51,8 @@ public:
   BlockState blockState(int block) const;
   double initialLoss(int block) const;
   double finalLoss(int block) const;
+  // The final loss on the held-out samples (NaN when the run has none).
+  double heldoutFinalLoss(int block) const;
   const QVector<LayerRow> &layers() const { return layers_; }
   QString statusText() const;
   QList<QCustomPlot *> plots() const;
@@ -72,7 +74,7 @@ private:
   int currentIteration_ = -1;
   QVector<BlockState> states_;
   QVector<QVector<QPointF>> curves_;
-  QVector<double> initial_, final_, seconds_;
+  QVector<double> initial_, final_, heldoutFinal_, seconds_;
   QVector<LayerRow> layers_;
   QString lastLog_;
   qint64 done_ = 0, total_ = 0;
@@ -83,7 +85,7 @@ private:
   QCustomPlot *lossPlot_ = nullptr, *barsPlot_ = nullptr, *schedulePlot_ = nullptr,
               *layerPlot_ = nullptr;
   QVector<QCPGraph *> graphs_;
-  QCPBars *initialBars_ = nullptr, *finalBars_ = nullptr;
+  QCPBars *initialBars_ = nullptr, *finalBars_ = nullptr, *heldoutBars_ = nullptr;
   QCPGraph *scheduleGraph_ = nullptr;
   QCPItemStraightLine *scheduleMarker_ = nullptr;
   // Own paint buffers: a new loss point or a moved marker redraws only these.

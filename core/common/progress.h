@@ -25,6 +25,10 @@ public:
   virtual void iterationLoss(int /*block*/, int /*iteration*/, double /*loss*/) {}
   virtual void blockFinished(int /*block*/, double /*initialLoss*/, double /*finalLoss*/,
                              double /*seconds*/) {}
+  // The block's reconstruction loss on calibration samples never trained on,
+  // before and after training; sent just before its blockFinished, only by
+  // runs that have held-out samples.
+  virtual void blockHeldOut(int /*block*/, double /*initialLoss*/, double /*finalLoss*/) {}
   // A layer's quantization error, once its Ŵ is final (role: "q_proj", ...).
   virtual void layerFinished(int /*block*/, const std::string & /*role*/, double /*mse*/,
                              double /*sqnrDb*/) {}

@@ -260,11 +260,16 @@ MethodReport runReconstructionMethod(MethodContext &ctx, const QuantMethod &meth
     }
     live.clear();
     totalParams += blockParams;
-    blocksJson.push_back({{"block", o.block},
-                          {"initial_loss", o.initialLoss},
-                          {"final_loss", o.finalLoss},
-                          {"seconds", o.seconds},
-                          {"learnable_params", blockParams}});
+    nlohmann::json blockJson = {{"block", o.block},
+                                {"initial_loss", o.initialLoss},
+                                {"final_loss", o.finalLoss},
+                                {"seconds", o.seconds},
+                                {"learnable_params", blockParams}};
+    if (o.heldoutInitialLoss && o.heldoutFinalLoss) {
+      blockJson["heldout_initial_loss"] = *o.heldoutInitialLoss;
+      blockJson["heldout_final_loss"] = *o.heldoutFinalLoss;
+    }
+    blocksJson.push_back(std::move(blockJson));
   };
 
   int64_t lastBlock = blockCount - 1;
@@ -272,7 +277,8 @@ MethodReport runReconstructionMethod(MethodContext &ctx, const QuantMethod &meth
     lastBlock = *std::max_element(sel.blocks.begin(), sel.blocks.end());
   if (ctx.observer)
     ctx.observer->started(methodName, lastBlock + 1);
-  recon::BlockReconstructor reconstructor(model, ctx.calibration.tokens, options);
+  recon::BlockReconstructor reconstructor(model, ctx.calibration.tokens, options,
+                                          ctx.calibration.heldoutTokens);
   const recon::ReconSummary summary = reconstructor.run(factory, onBlock);
 
   // Embeddings and LM head, when the scheme asks: round-to-nearest (the
@@ -316,9 +322,35 @@ MethodReport runReconstructionMethod(MethodContext &ctx, const QuantMethod &meth
   report.extra["seq_len"] = summary.seqLen;
   report.extra["spilled_samples"] = summary.spilledSamples;
   report.extra["resumed_blocks"] = summary.resumedBlocks;
+  report.extra["heldout_samples"] = summary.heldoutSamples;
   if (iterations > 0)
     report.extra["seconds_per_iteration"] = trainSeconds / double(iterations);
+  // Final losses averaged over the blocks that were quantized: training set
+  // and held-out samples side by side (their ratio shows overfitting).
+  double trainSum = 0, heldoutSum = 0;
+  int64_t trainBlocks = 0, heldoutBlocks = 0;
+  for (const recon::BlockOutcome &o : summary.blocks) {
+    if (o.layers.empty())
+      continue;
+    trainSum += o.finalLoss;
+    ++trainBlocks;
+    if (o.heldoutFinalLoss) {
+      heldoutSum += *o.heldoutFinalLoss;
+      ++heldoutBlocks;
+    }
+  }
+  std::map<std::string, double> lossMetrics;
+  if (trainBlocks > 0)
+    lossMetrics["recon_train_loss_mean"] = trainSum / double(trainBlocks);
+  // Only when every quantized block has one: a mean over some blocks would
+  // not compare with the training mean.
+  if (heldoutBlocks > 0 && heldoutBlocks == trainBlocks)
+    lossMetrics["recon_heldout_loss_mean"] = heldoutSum / double(heldoutBlocks);
+  for (const auto &[name, value] : lossMetrics)
+    report.extra[name] = value;
   if (ctx.observer) {
+    for (const auto &[name, value] : lossMetrics)
+      ctx.observer->metric(name, value);
     if (iterations > 0)
       ctx.observer->metric("seconds_per_iteration", trainSeconds / double(iterations));
     ctx.observer->finished();

@@ -27,14 +27,22 @@ namespace lrq::quant {
 struct CalibrationSet {
   at::Tensor tokens;
   std::string source; // where the text came from, for the run record
+  // Windows never trained on, [heldout, seqLen], disjoint from `tokens`: the
+  // block-wise reconstruction reports its loss on them beside the training
+  // loss. Undefined when there are none; other methods ignore them.
+  at::Tensor heldoutTokens = {};
 };
 
 // `samples` windows of seqLen tokens drawn without overlap from the token
 // stream, at positions chosen by a generator seeded with `seed` (sorted, so the
-// same arguments always give the same set). Throws lrq::Error when the stream
-// is too short.
+// same arguments always give the same set), then `heldout` more windows from
+// the slots left. The training windows do not depend on `heldout`. Throws
+// lrq::Error when the stream is too short for both.
 CalibrationSet makeCalibrationSet(const std::vector<int32_t> &tokens, int64_t samples,
-                                  int64_t seqLen, uint64_t seed, std::string source = "");
+                                  int64_t seqLen, uint64_t seed, std::string source = "",
+                                  int64_t heldout = 0);
+// Non-overlapping windows of seqLen tokens a stream of tokenCount tokens holds.
+int64_t calibrationWindows(int64_t tokenCount, int64_t seqLen);
 
 struct MethodContext {
   DecoderModel &model;       // quantized in place: weights replaced by Ŵ, transforms installed

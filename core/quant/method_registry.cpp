@@ -210,31 +210,53 @@ nlohmann::json mergeHyperparameters(const QuantMethod &method, const nlohmann::j
   return merged;
 }
 
+int64_t calibrationWindows(int64_t tokenCount, int64_t seqLen) {
+  return seqLen > 0 ? std::max<int64_t>(0, tokenCount) / seqLen : 0;
+}
+
 CalibrationSet makeCalibrationSet(const std::vector<int32_t> &tokens, int64_t samples,
-                                  int64_t seqLen, uint64_t seed, std::string source) {
+                                  int64_t seqLen, uint64_t seed, std::string source,
+                                  int64_t heldout) {
   if (samples < 1 || seqLen < 2)
     throw Error("calibration needs at least 1 sample of at least 2 tokens");
-  const int64_t slots = int64_t(tokens.size()) / seqLen;
+  if (heldout < 0)
+    throw Error("calibration: held-out samples must be >= 0");
+  const int64_t slots = calibrationWindows(int64_t(tokens.size()), seqLen);
   if (slots < samples)
     throw Error("calibration text has " + std::to_string(tokens.size()) + " tokens: too few for " +
                 std::to_string(samples) + " samples of " + std::to_string(seqLen) +
                 " tokens (use fewer samples, shorter sequences or more text)");
-  // Choose `samples` of the non-overlapping slots, uniformly, reproducibly.
+  if (slots < samples + heldout)
+    throw Error("calibration text has " + std::to_string(tokens.size()) + " tokens, " +
+                std::to_string(slots) + " windows of " + std::to_string(seqLen) +
+                " tokens: too few for " + std::to_string(samples) + " training and " +
+                std::to_string(heldout) +
+                " held-out samples that do not overlap (use fewer held-out samples or more text)");
+  // Choose `samples` of the non-overlapping slots, uniformly, reproducibly; the
+  // held-out windows continue the same partial shuffle, so they come from the
+  // slots not chosen and the training windows stay those of heldout = 0.
   std::vector<int64_t> order(static_cast<size_t>(slots));
   for (int64_t i = 0; i < slots; ++i)
     order[size_t(i)] = i;
   std::mt19937_64 rng(seed);
-  for (int64_t i = 0; i < samples; ++i) {
+  for (int64_t i = 0; i < samples + heldout; ++i) {
     std::uniform_int_distribution<int64_t> pick(i, slots - 1);
     std::swap(order[size_t(i)], order[size_t(pick(rng))]);
   }
   std::sort(order.begin(), order.begin() + samples);
+  std::sort(order.begin() + samples, order.begin() + samples + heldout);
+  auto windows = [&](int64_t first, int64_t count) {
+    at::Tensor out = at::empty({count, seqLen}, at::kLong);
+    auto acc = out.accessor<int64_t, 2>();
+    for (int64_t s = 0; s < count; ++s)
+      for (int64_t t = 0; t < seqLen; ++t)
+        acc[s][t] = tokens[size_t(order[size_t(first + s)] * seqLen + t)];
+    return out;
+  };
   CalibrationSet set;
-  set.tokens = at::empty({samples, seqLen}, at::kLong);
-  auto out = set.tokens.accessor<int64_t, 2>();
-  for (int64_t s = 0; s < samples; ++s)
-    for (int64_t t = 0; t < seqLen; ++t)
-      out[s][t] = tokens[size_t(order[size_t(s)] * seqLen + t)];
+  set.tokens = windows(0, samples);
+  if (heldout > 0)
+    set.heldoutTokens = windows(samples, heldout);
   set.source = std::move(source);
   return set;
 }

@@ -13,11 +13,16 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <system_error>
 
 #include "core/common/error.h"
 #include "core/recon/hidden_state_store.h"
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 namespace lrq::recon {
 
@@ -79,6 +84,26 @@ bool allFinite(const at::Tensor &t) {
 // (pred - target)^2 summed over the hidden dimension, mean over the rest.
 at::Tensor reconstructionLoss(const at::Tensor &pred, const at::Tensor &target) {
   return (pred - target).pow(2).sum(-1).mean();
+}
+
+// glibc keeps freed memory of the block's training temporaries (autograd
+// graphs, Adam moments, batches) in its arenas; trimming after each block hands
+// it back to the system, so the run's resident size follows its live data.
+void releaseFreeMemory() {
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
+}
+
+nlohmann::json optionalNumber(const std::optional<double> &v) {
+  return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
+}
+
+std::optional<double> optionalNumber(const nlohmann::json &record, const char *key) {
+  const auto it = record.find(key);
+  if (it == record.end() || !it->is_number())
+    return std::nullopt;
+  return it->get<double>();
 }
 
 std::string blockName(int64_t block) {
@@ -143,6 +168,8 @@ nlohmann::json blockRecord(const BlockOutcome &o) {
   return {{"block", o.block},
           {"initial_loss", o.initialLoss},
           {"final_loss", o.finalLoss},
+          {"heldout_initial_loss", optionalNumber(o.heldoutInitialLoss)},
+          {"heldout_final_loss", optionalNumber(o.heldoutFinalLoss)},
           {"seconds", o.seconds},
           {"train_seconds", o.trainSeconds},
           {"iterations", o.iterations},
@@ -164,10 +191,14 @@ int64_t LearnableLayer::parameterCount() const {
 }
 
 BlockReconstructor::BlockReconstructor(DecoderModel &model, at::Tensor calibrationTokens,
-                                       ReconOptions options)
-    : model_(model), tokens_(std::move(calibrationTokens)), options_(std::move(options)) {
+                                       ReconOptions options, at::Tensor heldoutTokens)
+    : model_(model), tokens_(std::move(calibrationTokens)), options_(std::move(options)),
+      heldoutTokens_(std::move(heldoutTokens)) {
   if (!tokens_.defined() || tokens_.dim() != 2 || tokens_.size(0) < 1 || tokens_.size(1) < 1)
     throw Error("reconstruction: calibration tokens must be [samples, seqLen]");
+  if (heldoutTokens_.defined() &&
+      (heldoutTokens_.dim() != 2 || heldoutTokens_.size(0) < 1 || heldoutTokens_.size(1) < 1))
+    throw Error("reconstruction: held-out tokens must be [samples, seqLen]");
   if (options_.iters < 0)
     throw Error("reconstruction: iters must be >= 0");
   if (!(options_.lr > 0.0) || !std::isfinite(options_.lr))
@@ -211,12 +242,21 @@ ReconSummary BlockReconstructor::run(const LayerFactory &factory,
   if (blocks > 0)
     h = hashTensor(model_.weights().blocks[0].q.weight, h);
   const std::string fingerprint = hex(h);
+  // The held-out windows change no training result, so they are not part of
+  // the run's identity; their own hash says whether checkpointed held-out
+  // figures belong to these windows.
+  const at::Tensor heldoutTokens =
+      heldoutTokens_.defined() ? heldoutTokens_.to(at::kCPU, at::kLong).contiguous() : at::Tensor();
+  const int64_t heldoutSamples = heldoutTokens.defined() ? heldoutTokens.size(0) : 0;
+  const std::string heldoutFingerprint =
+      heldoutSamples > 0 ? hex(hashTensor(heldoutTokens, fnv1a(dims, sizeof dims))) : "";
 
   // Checkpoint: restore or start afresh.
   const std::string ckDir = options_.workDir.empty() ? "" : checkpointDir(options_.workDir);
   const std::string statePath = ckDir.empty() ? "" : (fs::path(ckDir) / "state.json").string();
   nlohmann::json state = {{"format", kCheckpointFormat},
                           {"fingerprint", fingerprint},
+                          {"heldout", heldoutFingerprint},
                           {"blocks", nlohmann::json::array()}};
   int64_t restoredBlocks = 0;
   if (!ckDir.empty()) {
@@ -229,6 +269,18 @@ ReconSummary BlockReconstructor::run(const LayerFactory &factory,
                                    "model); use another work directory or resume=false");
       state = std::move(saved);
       restoredBlocks = std::min<int64_t>(int64_t(state["blocks"].size()), blocks);
+      if (state.value("heldout", std::string()) != heldoutFingerprint) {
+        // Figures of other held-out windows (or none): the restored blocks report none.
+        for (nlohmann::json &rec : state["blocks"]) {
+          rec["heldout_initial_loss"] = nullptr;
+          rec["heldout_final_loss"] = nullptr;
+        }
+        state["heldout"] = heldoutFingerprint;
+        if (observer && restoredBlocks > 0 && heldoutSamples > 0)
+          observer->log(LogLevel::Warning,
+                        "the checkpoint holds no held-out loss for these held-out samples: "
+                        "restored blocks report none");
+      }
     } else {
       fs::remove_all(ckDir, ec);
       if (observer && options_.resume)
@@ -252,6 +304,22 @@ ReconSummary BlockReconstructor::run(const LayerFactory &factory,
       qStream.set(s, x[0]);
     }
   }
+  // Held-out samples: few, always in memory (no spill files).
+  std::unique_ptr<HiddenStateStore> heldFp, heldQ;
+  if (heldoutSamples > 0) {
+    const int64_t len = heldoutTokens.size(1);
+    const int64_t unlimited = std::numeric_limits<int64_t>::max();
+    heldFp = std::make_unique<HiddenStateStore>(
+        "heldout_fp", heldoutSamples, std::vector<int64_t>{len, hidden}, dtype, unlimited, "");
+    heldQ = std::make_unique<HiddenStateStore>(
+        "heldout_q", heldoutSamples, std::vector<int64_t>{len, hidden}, dtype, unlimited, "");
+    at::NoGradGuard noGrad;
+    for (int64_t s = 0; s < heldoutSamples; ++s) {
+      const at::Tensor x = model_.embed(heldoutTokens.narrow(0, s, 1));
+      heldFp->set(s, x[0]);
+      heldQ->set(s, x[0]);
+    }
+  }
   if (observer && fpStream.spilled() > 0)
     observer->log(LogLevel::Info, std::to_string(fpStream.spilled()) + " of " +
                                       std::to_string(samples) +
@@ -264,7 +332,8 @@ ReconSummary BlockReconstructor::run(const LayerFactory &factory,
                        bool update) {
     at::NoGradGuard noGrad;
     double total = 0.0;
-    for (int64_t s = 0; s < samples; ++s) {
+    const int64_t count = stream.size();
+    for (int64_t s = 0; s < count; ++s) {
       checkCancel();
       const at::Tensor y = model_.runBlock(block, stream.get(s).to(device).unsqueeze(0));
       if (target)
@@ -272,7 +341,7 @@ ReconSummary BlockReconstructor::run(const LayerFactory &factory,
       if (update)
         stream.set(s, y[0]);
     }
-    return total / double(samples);
+    return total / double(count);
   };
 
   int64_t lastBlock = blocks - 1;
@@ -291,6 +360,7 @@ ReconSummary BlockReconstructor::run(const LayerFactory &factory,
   ReconSummary summary;
   summary.samples = samples;
   summary.seqLen = seqLen;
+  summary.heldoutSamples = heldoutSamples;
   summary.spilledSamples = fpStream.spilled();
   summary.resumedBlocks = restoredBlocks;
 
@@ -312,8 +382,12 @@ ReconSummary BlockReconstructor::run(const LayerFactory &factory,
       out.trainSeconds = rec.at("train_seconds").get<double>();
       out.iterations = rec.at("iterations").get<int64_t>();
       out.curve = rec.at("curve").get<std::vector<double>>();
+      out.heldoutInitialLoss = optionalNumber(rec, "heldout_initial_loss");
+      out.heldoutFinalLoss = optionalNumber(rec, "heldout_final_loss");
       out.restored = true;
       propagate(fpStream, j, nullptr, true);
+      if (heldFp)
+        propagate(*heldFp, j, nullptr, true);
       const std::string path = blockFile(ckDir, j);
       std::ifstream in(path, std::ios::binary);
       if (!in)
@@ -342,11 +416,15 @@ ReconSummary BlockReconstructor::run(const LayerFactory &factory,
         out.layers.push_back(std::move(lo));
       }
       propagate(qStream, j, nullptr, true);
+      if (heldQ)
+        propagate(*heldQ, j, nullptr, true);
       if (observer) {
         for (size_t i = 0; i < out.curve.size(); ++i)
           observer->iterationLoss(int(j), int(i), out.curve[i]);
         observer->log(LogLevel::Info,
                       "block " + std::to_string(j) + " restored from the checkpoint");
+        if (out.heldoutInitialLoss && out.heldoutFinalLoss)
+          observer->blockHeldOut(int(j), *out.heldoutInitialLoss, *out.heldoutFinalLoss);
         observer->blockFinished(int(j), out.initialLoss, out.finalLoss, out.seconds);
       }
       if (onBlock)
@@ -354,6 +432,7 @@ ReconSummary BlockReconstructor::run(const LayerFactory &factory,
       for (LayerOutcome &l : out.layers)
         l.fpWeight = l.weight = at::Tensor();
       summary.blocks.push_back(std::move(out));
+      releaseFreeMemory();
       continue;
     }
 
@@ -370,6 +449,8 @@ ReconSummary BlockReconstructor::run(const LayerFactory &factory,
     // Targets: the full-precision block on full-precision inputs.
     const auto targetStart = Clock::now();
     propagate(fpStream, j, nullptr, true);
+    if (heldFp)
+      propagate(*heldFp, j, nullptr, true);
     const double targetSeconds = secondsSince(targetStart);
 
     BlockOutcome out;
@@ -391,6 +472,8 @@ ReconSummary BlockReconstructor::run(const LayerFactory &factory,
       }
       const auto initialStart = Clock::now();
       out.initialLoss = propagate(qStream, j, &fpStream, false);
+      if (heldQ)
+        out.heldoutInitialLoss = propagate(*heldQ, j, heldFp.get(), false);
       initialSeconds = secondsSince(initialStart);
       if (!std::isfinite(out.initialLoss))
         throwNonFinite(j, 0, active, "initial loss is not finite");
@@ -449,9 +532,13 @@ ReconSummary BlockReconstructor::run(const LayerFactory &factory,
     // The quantized stream moves on through the finished block.
     const auto finalStart = Clock::now();
     out.finalLoss = propagate(qStream, j, &fpStream, true);
+    if (heldQ)
+      out.heldoutFinalLoss = propagate(*heldQ, j, heldFp.get(), true);
     const double finalSeconds = secondsSince(finalStart);
-    if (active.empty())
+    if (active.empty()) {
       out.initialLoss = out.finalLoss;
+      out.heldoutInitialLoss = out.heldoutFinalLoss;
+    }
     restore.armed = false;
     out.seconds = secondsSince(blockStart);
     for (const ActiveLayer &l : active)
@@ -477,6 +564,8 @@ ReconSummary BlockReconstructor::run(const LayerFactory &factory,
                     initialSeconds, static_cast<long long>(out.iterations), out.trainSeconds,
                     finalSeconds, secondsSince(checkpointStart));
       observer->log(LogLevel::Debug, timing);
+      if (out.heldoutInitialLoss && out.heldoutFinalLoss)
+        observer->blockHeldOut(int(j), *out.heldoutInitialLoss, *out.heldoutFinalLoss);
       observer->blockFinished(int(j), out.initialLoss, out.finalLoss, out.seconds);
     }
     if (onBlock)
@@ -484,6 +573,7 @@ ReconSummary BlockReconstructor::run(const LayerFactory &factory,
     for (LayerOutcome &l : out.layers)
       l.fpWeight = l.weight = at::Tensor();
     summary.blocks.push_back(std::move(out));
+    releaseFreeMemory();
   }
   if (!ckDir.empty() && !options_.keepCheckpoint) {
     std::error_code ec;

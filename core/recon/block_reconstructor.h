@@ -18,6 +18,13 @@
 //  - Events: blockStarted, iterationLoss (every iteration), blockFinished with
 //    the loss over the whole calibration set before and after training. The
 //    cancel token is checked between iterations (throws lrq::Cancelled).
+//  - Held-out samples (optional): windows never trained on go through both
+//    streams exactly as the training ones (quantized blocks before, FP target)
+//    and are always kept in memory; their loss, same definition, before and
+//    after each block's training is reported (blockHeldOut, BlockOutcome). They
+//    change nothing of the training: the weights are those of a run without.
+//  - After each block the allocator hands back the memory it keeps for the
+//    block's training temporaries (malloc_trim on glibc).
 //  - Non-finite loss or parameters stop with an lrq::Error naming block and layer;
 //    the block's full-precision weights are put back on any failure.
 //  - After each block a checkpoint (the final Ŵ of its layers and its figures) is
@@ -30,6 +37,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -84,8 +92,11 @@ struct LayerOutcome {
 struct BlockOutcome {
   int64_t block = 0;
   double initialLoss = 0, finalLoss = 0; // mean over the calibration set
-  double seconds = 0;                    // whole block
-  double trainSeconds = 0;               // the iterations alone
+  // Mean over the held-out samples, same loss (none without held-out samples,
+  // or for a block restored from a checkpoint that has none).
+  std::optional<double> heldoutInitialLoss = {}, heldoutFinalLoss = {};
+  double seconds = 0;      // whole block
+  double trainSeconds = 0; // the iterations alone
   int64_t iterations = 0;
   std::vector<double> curve; // loss of every iteration's batch
   std::vector<LayerOutcome> layers;
@@ -95,14 +106,17 @@ struct BlockOutcome {
 struct ReconSummary {
   std::vector<BlockOutcome> blocks; // without tensors
   int64_t samples = 0, seqLen = 0;
+  int64_t heldoutSamples = 0;
   int64_t spilledSamples = 0; // per stream
   int64_t resumedBlocks = 0;
 };
 
 class BlockReconstructor {
 public:
-  // calibrationTokens: [samples, seqLen] int64.
-  BlockReconstructor(DecoderModel &model, at::Tensor calibrationTokens, ReconOptions options);
+  // calibrationTokens: [samples, seqLen] int64; heldoutTokens: [heldout, len]
+  // int64 windows never trained on, or undefined for none.
+  BlockReconstructor(DecoderModel &model, at::Tensor calibrationTokens, ReconOptions options,
+                     at::Tensor heldoutTokens = {});
 
   // Quantizes every block of the model in place. onBlock sees each block's
   // outcome with its tensors (also for blocks restored from a checkpoint).
@@ -116,6 +130,7 @@ private:
   DecoderModel &model_;
   at::Tensor tokens_;
   ReconOptions options_;
+  at::Tensor heldoutTokens_;
 };
 
 } // namespace lrq::recon

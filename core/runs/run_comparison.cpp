@@ -171,6 +171,26 @@ RunComparison buildComparison(const std::vector<RunInfo> &runs,
     b.add("reconstruction", "final loss (sum)", column([](const RunInfo &, const RunTotals &t) {
             return t.blocks ? numberCell(t.finalLossSum) : Cell{};
           }));
+    bool anyHeldout = false;
+    for (const RunTotals &t : totals)
+      anyHeldout = anyHeldout || t.heldoutBlocks > 0;
+    if (anyHeldout) {
+      b.add("reconstruction", "held-out initial loss (sum)",
+            column([](const RunInfo &, const RunTotals &t) {
+              return t.heldoutBlocks ? numberCell(t.heldoutInitialLossSum) : Cell{};
+            }));
+      b.add("reconstruction", "held-out final loss (sum)",
+            column([](const RunInfo &, const RunTotals &t) {
+              return t.heldoutBlocks ? numberCell(t.heldoutFinalLossSum) : Cell{};
+            }));
+      // Above 1: the blocks fit their training samples better than unseen ones.
+      b.add("reconstruction", "held-out / training final loss",
+            column([](const RunInfo &, const RunTotals &t) {
+              return t.heldoutBlocks && t.heldoutTrainFinalLossSum > 0
+                         ? numberCell(t.heldoutFinalLossSum / t.heldoutTrainFinalLossSum)
+                         : Cell{};
+            }));
+    }
     b.add("reconstruction", "block seconds (sum)", column([](const RunInfo &, const RunTotals &t) {
             return t.blocks ? numberCell(t.blockSeconds) : Cell{};
           }));

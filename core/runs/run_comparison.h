@@ -13,6 +13,10 @@ struct RunTotals {
   double initialLossSum = 0;
   double finalLossSum = 0;
   double blockSeconds = 0;
+  int heldoutBlocks = 0;            // blocks with a held-out loss
+  double heldoutInitialLossSum = 0; // over those blocks
+  double heldoutFinalLossSum = 0;
+  double heldoutTrainFinalLossSum = 0; // the training final loss over the same blocks
   int layers = 0;
   int64_t learnableParams = 0;
   double meanSqnrDb = 0;

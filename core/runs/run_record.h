@@ -45,10 +45,14 @@ struct LossPoint {
 
 struct BlockRecord {
   int index = 0;
-  double initialLoss = 0;
+  double initialLoss = 0; // mean over the training samples
   double finalLoss = 0;
   double seconds = 0;
   std::vector<LossPoint> curve;
+  // The same loss on calibration samples never trained on, before and after
+  // training (none for runs without held-out samples, and in older stores).
+  std::optional<double> heldoutInitialLoss = {};
+  std::optional<double> heldoutFinalLoss = {};
 };
 
 // Error statistics of one quantized linear. block = -1 for layers outside the

@@ -81,10 +81,23 @@ void RunRecorder::blockFinished(int block, double initialLoss, double finalLoss,
     record.curve.swap(curve_);
   curveBlock_ = -1;
   curve_.clear();
+  if (block == heldoutBlock_) {
+    record.heldoutInitialLoss = heldoutInitial_;
+    record.heldoutFinalLoss = heldoutFinal_;
+  }
+  heldoutBlock_ = -1;
   store([&] { store_.appendBlock(runId_, record); });
   heartbeat(true);
   if (forward_)
     forward_->blockFinished(block, initialLoss, finalLoss, seconds);
+}
+
+void RunRecorder::blockHeldOut(int block, double initialLoss, double finalLoss) {
+  heldoutBlock_ = block;
+  heldoutInitial_ = initialLoss;
+  heldoutFinal_ = finalLoss;
+  if (forward_)
+    forward_->blockHeldOut(block, initialLoss, finalLoss);
 }
 
 void RunRecorder::layerFinished(int block, const std::string &role, double mse, double sqnrDb) {

@@ -45,6 +45,7 @@ public:
   void blockStarted(int block, int blockCount) override;
   void iterationLoss(int block, int iteration, double loss) override;
   void blockFinished(int block, double initialLoss, double finalLoss, double seconds) override;
+  void blockHeldOut(int block, double initialLoss, double finalLoss) override;
   void layerFinished(int block, const std::string &role, double mse, double sqnrDb) override;
   void metric(const std::string &name, double value) override;
   void log(LogLevel level, const std::string &message) override;
@@ -61,6 +62,8 @@ private:
   std::chrono::steady_clock::time_point start_;
   int curveBlock_ = -1;
   std::vector<LossPoint> curve_;
+  int heldoutBlock_ = -1; // the held-out figures waiting for their blockFinished
+  double heldoutInitial_ = 0, heldoutFinal_ = 0;
   std::string storageError_;
   std::set<std::pair<int, std::string>> reportedLayers_;
   double heartbeatInterval_ = 2.0;

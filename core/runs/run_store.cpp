@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
+#include <limits>
 #include <mutex>
 #include <random>
 #include <system_error>
@@ -100,12 +101,20 @@ const char *const kRunColumns =
 // Columns added after schema version 1 shipped. Older builds ignore them, so
 // they need no new version: open() adds the missing ones.
 struct AddedColumn {
+  const char *table;
   const char *name;
   const char *type;
 };
 const AddedColumn kAddedColumns[] = {
-    {"owner_pid", "INTEGER"}, {"owner_host", "TEXT"}, {"owner_start", "TEXT"},
-    {"heartbeat", "REAL"},    {"export_dir", "TEXT"}, {"packed_path", "TEXT"},
+    {"runs", "owner_pid", "INTEGER"},
+    {"runs", "owner_host", "TEXT"},
+    {"runs", "owner_start", "TEXT"},
+    {"runs", "heartbeat", "REAL"},
+    {"runs", "export_dir", "TEXT"},
+    {"runs", "packed_path", "TEXT"},
+    // The reconstruction loss on held-out calibration samples (NULL: none).
+    {"run_blocks", "heldout_initial_loss", "REAL"},
+    {"run_blocks", "heldout_final_loss", "REAL"},
 };
 const char *const kAddedSelect =
     ", owner_pid, owner_host, owner_start, heartbeat, export_dir, packed_path";
@@ -174,7 +183,14 @@ struct RunStore::Impl {
   std::mutex mutex;
   std::mt19937_64 rng{std::random_device{}()};
   LivenessOptions liveness;
-  bool addedColumns = false; // kAddedColumns exist (false: a store we could not add them to)
+  // kAddedColumns exist (false: a store we could not add them to), by table.
+  bool addedColumns = false;   // runs
+  bool heldoutColumns = false; // run_blocks
+
+  void noteAddedColumns() {
+    addedColumns = missingColumns("runs").empty();
+    heldoutColumns = missingColumns("run_blocks").empty();
+  }
 
   const std::string &path() const { return db->path(); }
 
@@ -182,37 +198,40 @@ struct RunStore::Impl {
     return std::string(kRunColumns) + (addedColumns ? kAddedSelect : kAddedNulls);
   }
 
-  std::vector<std::string> missingColumns() {
-    Statement q(*db, "SELECT name FROM pragma_table_info('runs')");
-    std::vector<std::string> have;
-    while (q.step())
-      have.push_back(q.text(0));
-    std::vector<std::string> missing;
-    for (const AddedColumn &c : kAddedColumns)
-      if (std::find(have.begin(), have.end(), c.name) == have.end())
-        missing.push_back(c.name);
+  // The added columns of `table` ("" = every table) the store lacks.
+  std::vector<const AddedColumn *> missingColumns(const std::string &table = "") {
+    std::vector<const AddedColumn *> missing;
+    for (const char *t : {"runs", "run_blocks"}) {
+      if (!table.empty() && table != t)
+        continue;
+      Statement q(*db, (std::string("SELECT name FROM pragma_table_info('") + t + "')").c_str());
+      std::vector<std::string> have;
+      while (q.step())
+        have.push_back(q.text(0));
+      for (const AddedColumn &c : kAddedColumns)
+        if (std::string(c.table) == t && std::find(have.begin(), have.end(), c.name) == have.end())
+          missing.push_back(&c);
+    }
     return missing;
   }
 
   // Adds the columns an older build's store lacks. A store that cannot be
-  // written (read-only) still reads: its runs then have no owner.
+  // written (read-only) still reads: its runs then have no owner, its blocks
+  // no held-out loss.
   void addMissingColumns() {
-    if (missingColumns().empty()) {
-      addedColumns = true;
-      return;
+    if (!missingColumns().empty()) {
+      try {
+        Transaction txn(*db, true);
+        for (const AddedColumn *c : missingColumns()) // again: another process may have
+          db->exec(std::string("ALTER TABLE ") + c->table + " ADD COLUMN " + c->name + " " +
+                       c->type,
+                   std::string("adding column ") + c->name + " to the run store");
+        txn.commit();
+      } catch (const Error &e) {
+        spdlog::warn("{} (runs read from it may show no owner and no held-out loss)", e.what());
+      }
     }
-    try {
-      Transaction txn(*db, true);
-      for (const std::string &name : missingColumns()) // again: another process may have
-        for (const AddedColumn &c : kAddedColumns)
-          if (name == c.name)
-            db->exec(std::string("ALTER TABLE runs ADD COLUMN ") + c.name + " " + c.type,
-                     "adding column " + name + " to the run store");
-      txn.commit();
-      addedColumns = true;
-    } catch (const Error &e) {
-      spdlog::warn("{} (runs read from it show no owner)", e.what());
-    }
+    noteAddedColumns();
   }
 
   // A run stored as running whose owner is gone reads as interrupted.
@@ -292,16 +311,24 @@ struct RunStore::Impl {
   }
 
   void insertBlock(int64_t seq, const BlockRecord &b) {
-    Statement q(*db, "INSERT OR REPLACE INTO run_blocks (run_seq, block, initial_loss, "
-                     "final_loss, seconds, point_count, curve) VALUES (?, ?, ?, ?, ?, ?, ?)");
+    Statement q(*db, heldoutColumns
+                         ? "INSERT OR REPLACE INTO run_blocks (run_seq, block, initial_loss, "
+                           "final_loss, seconds, point_count, curve, heldout_initial_loss, "
+                           "heldout_final_loss) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                         : "INSERT OR REPLACE INTO run_blocks (run_seq, block, initial_loss, "
+                           "final_loss, seconds, point_count, curve) VALUES (?, ?, ?, ?, ?, ?, ?)");
     q.bind(1, seq)
         .bind(2, b.index)
         .bind(3, b.initialLoss)
         .bind(4, b.finalLoss)
         .bind(5, b.seconds)
         .bind(6, static_cast<int64_t>(b.curve.size()))
-        .bindBlob(7, runs_detail::encodeCurve(b.curve))
-        .run();
+        .bindBlob(7, runs_detail::encodeCurve(b.curve));
+    if (heldoutColumns) { // none is NULL (as NaN is: SQLite has no NaN)
+      const double none = std::numeric_limits<double>::quiet_NaN();
+      q.bind(8, b.heldoutInitialLoss.value_or(none)).bind(9, b.heldoutFinalLoss.value_or(none));
+    }
+    q.run();
   }
 
   void insertLayer(int64_t seq, const LayerStats &l) {
@@ -385,8 +412,9 @@ RunStore RunStore::open(const std::string &path, const RunStoreOptions &options)
     if (found == kSchemaVersion) {
       impl->version = found;
       impl->liveness = options.liveness;
-      // Read only: a store from before the owner columns shows no owners.
-      impl->addedColumns = impl->missingColumns().empty();
+      // Read only: a store from before the added columns shows no owners and
+      // no held-out losses.
+      impl->noteAddedColumns();
       return RunStore(std::move(impl));
     }
     // An empty or older store: opened for writing below, to set it up or migrate it.
@@ -609,8 +637,12 @@ RunRecord RunStore::getRun(const std::string &id) const {
   RunRecord run;
   const int64_t seq = impl_->readInfo(id, run);
 
-  Statement blocks(db, "SELECT block, initial_loss, final_loss, seconds, point_count, curve "
-                       "FROM run_blocks WHERE run_seq = ? ORDER BY block");
+  Statement blocks(
+      db, (std::string("SELECT block, initial_loss, final_loss, seconds, "
+                       "point_count, curve, ") +
+           (impl_->heldoutColumns ? "heldout_initial_loss, heldout_final_loss" : "NULL, NULL") +
+           " FROM run_blocks WHERE run_seq = ? ORDER BY block")
+              .c_str());
   blocks.bind(1, seq);
   while (blocks.step()) {
     BlockRecord b;
@@ -623,6 +655,10 @@ RunRecord RunStore::getRun(const std::string &id) const {
       throw FileError(path(), "damaged run store (curve of block " + std::to_string(b.index) +
                                   " of run '" + id + "' has the wrong length)");
     b.curve = runs_detail::decodeCurve(bytes);
+    if (!blocks.isNull(6))
+      b.heldoutInitialLoss = blocks.real(6);
+    if (!blocks.isNull(7))
+      b.heldoutFinalLoss = blocks.real(7);
     run.blocks.push_back(std::move(b));
   }
 
@@ -731,8 +767,16 @@ RunComparison RunStore::compareRuns(const std::vector<std::string> &ids) const {
   Transaction txn(db, false);
   std::vector<RunInfo> runs(ids.size());
   std::vector<runs_detail::RunTotals> totals(ids.size());
-  Statement blocks(db, "SELECT count(*), total(initial_loss), total(final_loss), total(seconds) "
-                       "FROM run_blocks WHERE run_seq = ?");
+  // The held-out sums go with the training sum over the same blocks, for the ratio.
+  Statement blocks(
+      db, (std::string("SELECT count(*), total(initial_loss), total(final_loss), "
+                       "total(seconds), ") +
+           (impl_->heldoutColumns ? "count(heldout_final_loss), total(heldout_initial_loss), "
+                                    "total(heldout_final_loss), total(CASE WHEN heldout_final_loss "
+                                    "IS NOT NULL THEN final_loss END)"
+                                  : "0, 0, 0, 0") +
+           " FROM run_blocks WHERE run_seq = ?")
+              .c_str());
   Statement layers(db, "SELECT count(*), sum(learnable_params), avg(sqnr_db), avg(mse) "
                        "FROM run_layers WHERE run_seq = ?");
   for (size_t i = 0; i < ids.size(); ++i) {
@@ -744,6 +788,10 @@ RunComparison RunStore::compareRuns(const std::vector<std::string> &ids) const {
       t.initialLossSum = blocks.real(1);
       t.finalLossSum = blocks.real(2);
       t.blockSeconds = blocks.real(3);
+      t.heldoutBlocks = static_cast<int>(blocks.integer(4));
+      t.heldoutInitialLossSum = blocks.real(5);
+      t.heldoutFinalLossSum = blocks.real(6);
+      t.heldoutTrainFinalLossSum = blocks.real(7);
     }
     blocks.reset();
     layers.bind(1, seq);

@@ -228,6 +228,10 @@ public:
     if (forward_)
       forward_->blockFinished(block, initialLoss, finalLoss, seconds);
   }
+  void blockHeldOut(int block, double initialLoss, double finalLoss) override {
+    if (forward_)
+      forward_->blockHeldOut(block, initialLoss, finalLoss);
+  }
   void layerFinished(int block, const std::string &role, double mse, double sqnrDb) override {
     recorder_.heartbeat();
     if (forward_)
@@ -307,6 +311,12 @@ struct Job {
       observer->log(LogLevel::Info, message);
     else
       spdlog::info("{}", message);
+  }
+  void warn(const std::string &message) const {
+    if (observer)
+      observer->log(LogLevel::Warning, message);
+    else
+      spdlog::warn("{}", message);
   }
   ProgressObserver *progress() const {
     return recorder ? static_cast<ProgressObserver *>(recorder.get()) : observer;
@@ -401,8 +411,22 @@ void calibrateStage(Job &job) {
     }
   }
   const std::vector<int32_t> tokens = job.loaded->tokenizer->encode(text, true);
+  // Held-out windows serve only the block-wise reconstruction; a text too short
+  // for them as well gives fewer (said with the numbers), never overlapping ones.
+  int64_t heldout = job.method->trainsBlocks() ? r.heldoutSamples : 0;
+  const int64_t windows = quant::calibrationWindows(int64_t(tokens.size()), r.seqLen);
+  if (heldout > 0 && windows >= r.samples && windows < r.samples + heldout) {
+    const int64_t fits = windows - r.samples;
+    job.warn("calibration text has " + std::to_string(tokens.size()) + " tokens, " +
+             std::to_string(windows) + " windows of " + std::to_string(r.seqLen) + " tokens: " +
+             std::to_string(r.samples) + " for training leave " + std::to_string(fits) +
+             " of the " + std::to_string(heldout) + " held-out samples asked for" +
+             (fits == 0 ? std::string("; no held-out loss is reported")
+                        : "; the held-out loss uses " + std::to_string(fits)));
+    heldout = fits;
+  }
   job.calibration =
-      quant::makeCalibrationSet(tokens, r.samples, r.seqLen, uint64_t(r.seed), source);
+      quant::makeCalibrationSet(tokens, r.samples, r.seqLen, uint64_t(r.seed), source, heldout);
   // Shares the reference's tensors (see ReferenceGuard).
   job.model = std::make_unique<DecoderModel>(job.loaded->config, job.reference->weights());
   job.guard = std::make_unique<ReferenceGuard>(job.reference->weights());
@@ -421,6 +445,9 @@ void recordStartStage(Job &job) {
   job.recordedHyper.erase("resume");
   job.recordedHyper["samples"] = r.samples;
   job.recordedHyper["seq_len"] = r.seqLen;
+  if (job.method->trainsBlocks()) // the count used (fewer than asked when the text is short)
+    job.recordedHyper["heldout_samples"] =
+        job.calibration.heldoutTokens.defined() ? job.calibration.heldoutTokens.size(0) : 0;
   job.recordedHyper["seed"] = r.seed;
   job.recordedHyper["calibration"] = job.calibration.source;
   job.recordedHyper["weight_init"] = std::string(quant::stepInitName(job.scheme.weight.init)) +
@@ -499,6 +526,11 @@ void methodStage(Job &job) {
   // or exports resumes without redoing the reconstruction.
   ctx.keepCheckpoint = job.checkpoints;
   job.report = job.method->run(ctx);
+  // Reconstruction losses over the blocks (training and held-out samples), with
+  // the run's other figures.
+  for (const char *name : {"recon_train_loss_mean", "recon_heldout_loss_mean"})
+    if (job.report.extra.contains(name))
+      job.outcome.metrics[name] = job.report.extra.at(name).get<double>();
 }
 
 // A model stored in bf16 or f16 is exported in those types, and what is

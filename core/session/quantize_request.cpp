@@ -153,6 +153,12 @@ std::vector<RequestOption> buildOptions() {
       ranged(option("seq-len", "seq_len", "Calibration sequence length", "Calibration", V::Integer,
                     "N", "tokens per calibration window", &QuantizeRequest::seqLen),
              2, 1 << 20),
+      ranged(option("heldout-samples", "heldout_samples", "Held-out samples", "Calibration",
+                    V::Integer, "N",
+                    "calibration windows never trained on, for the held-out reconstruction loss "
+                    "per block (flexround, lrq, rtn-learned-step); 0 = off",
+                    &QuantizeRequest::heldoutSamples),
+             0, 1 << 16),
       ranged(option("seed", "seed", "Seed", "Calibration", V::Integer, "S",
                     "seed of the calibration windows' choice and of the methods' initialisation",
                     &QuantizeRequest::seed),

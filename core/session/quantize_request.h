@@ -66,6 +66,10 @@ struct QuantizeRequest {
   std::string calibrationText;     // a .txt path; "" = default calibration text
   int64_t samples = 32;
   int64_t seqLen = 512;
+  // Calibration windows never trained on, disjoint from the training ones:
+  // block-wise reconstruction reports its loss on them per block (overfitting).
+  // 0 = off. The training windows are the same whatever this is.
+  int64_t heldoutSamples = 4;
   int64_t seed = 0;
   bool smoothQuant = false;
   double smoothQuantAlpha = 0.5;

@@ -75,6 +75,9 @@ QuantizeRequest requestForRun(const std::string &runId, const std::string &store
   }
   r.samples = recorded.value("samples", r.samples);
   r.seqLen = recorded.value("seq_len", r.seqLen);
+  // Runs of reconstruction methods recorded before held-out samples existed had none.
+  r.heldoutSamples =
+      recorded.value("heldout_samples", method.trainsBlocks ? int64_t(0) : r.heldoutSamples);
   r.seed = recorded.value("seed", r.seed);
   const std::string calibration = recorded.value("calibration", std::string());
   if (fs::is_regular_file(calibration, ec))
