@@ -1,6 +1,8 @@
-// HF tokenizer.json (core/tokenizer/tokenizer_json.cpp): read, build the
-// tokenizer it describes and encode a sample text with it.
+// HF tokenizer.json and tokenizer_config.json (core/tokenizer/tokenizer_json.cpp):
+// read, build the tokenizer they describe and encode a sample text with it.
+// Input: tokenizer.json, then optionally a NUL byte and tokenizer_config.json.
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -17,9 +19,15 @@ extern "C" int LLVMFuzzerInitialize(int *, char ***) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static lrq_fuzz::MemoryFile file("tokenizer.json");
-  const std::string &path = file.write(data, size);
+  static lrq_fuzz::MemoryFile configFile("tokenizer_config.json");
+  const auto *nul = static_cast<const uint8_t *>(std::memchr(data, 0, size));
+  const size_t jsonSize = nul ? static_cast<size_t>(nul - data) : size;
+  const std::string &path = file.write(data, jsonSize);
+  std::string configPath;
+  if (nul)
+    configPath = configFile.write(nul + 1, size - jsonSize - 1);
   try {
-    const lrq::TokenizerSpec spec = lrq::tokenizerSpecFromJsonFiles(path, "");
+    const lrq::TokenizerSpec spec = lrq::tokenizerSpecFromJsonFiles(path, configPath);
     const std::unique_ptr<lrq::Tokenizer> tokenizer = lrq::Tokenizer::create(spec);
     const std::vector<int32_t> ids = tokenizer->encode(
         "Hello world, it's 2024!\n\t <|endoftext|> caf\xC3\xA9 \xE2\x96\x81x \xF0\x9F\x98\x80",

@@ -229,8 +229,15 @@ def tokenizer_json_seeds():
         "model": {"type": "BPE", "unk_token": "<unk>", "byte_fallback": True, "fuse_unk": True,
                   "vocab": {t: i for i, t in enumerate(spm_tokens)},
                   "merges": [["\u2581", "a"], ["a", "b"]]}}
+    config = {"add_bos_token": True, "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+              "unk_token": None, "pad_token": {"content": "<|endoftext|>", "special": True}}
+    spm_config = {"add_bos_token": False, "bos_token": "<s>", "eos_token": "</s>",
+                  "unk_token": "<unk>"}
     return {"byte-level.json": json.dumps(byte_level).encode(),
-            "sentencepiece.json": json.dumps(spm).encode()}
+            "sentencepiece.json": json.dumps(spm).encode(),
+            # tokenizer.json, NUL, tokenizer_config.json
+            "byte-level+config.json": (json.dumps(byte_level) + "\0" + json.dumps(config)).encode(),
+            "sentencepiece+config.json": (json.dumps(spm) + "\0" + json.dumps(spm_config)).encode()}
 
 
 def index_seeds():
