@@ -11,6 +11,7 @@ VENV_DIR="$CACHE_DIR/venv"
 
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config clang-format
+  clang libclang-rt-dev
   qt6-base-dev qt6-svg-dev libqt6opengl6-dev libgl-dev libqcustomplot-dev libqcustomplot2.1-qt6
   libspdlog-dev libtorch-dev libopenblas0-openmp nlohmann-json3-dev libpcre2-dev
   libsqlite3-dev zlib1g-dev

@@ -422,6 +422,10 @@ private slots:
         {R"(, "rope_scaling": {"factor": 8.0}})", "rope_scaling"},
         {R"(, "rope_scaling": {"rope_type": "linear", "type": "default", "factor": 8.0}})",
          "linear"},
+        // Found by fuzz_hf_config: a negative id was kept, then written as no id at all.
+        {R"(, "bos_token_id": -2})", "bos_token_id"},
+        {R"(, "eos_token_id": [-5, 2]})", "eos_token_id"},
+        {R"(, "eos_token_id": [18446744073709551615]})", "eos_token_id"},
     };
     for (const Case &c : cases) {
       const std::string text = base + c.extra;
@@ -434,6 +438,11 @@ private slots:
               modelConfigFromHfConfigJson(base + R"(, "rope_scaling": {"rope_type": "default"}})",
                                           "ok/config.json");
             }).isEmpty());
+    // -1 and null still mean "no such token".
+    const ModelConfig none = modelConfigFromHfConfigJson(
+        base + R"(, "bos_token_id": -1, "eos_token_id": null})", "ok/config.json");
+    QCOMPARE(none.bosTokenId, int64_t(-1));
+    QCOMPARE(none.eosTokenId, int64_t(-1));
   }
 
   // --- text -----------------------------------------------------------------------

@@ -1,7 +1,5 @@
 #include "core/io/ggml_quants.h"
 
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <array>
 #include <cctype>
@@ -353,7 +351,9 @@ void dequantizeGgml(GgmlType type, const uint8_t *src, float *dst, int64_t n) {
                 ": not a multiple of the block size " + std::to_string(traits->blockSize));
   switch (type) {
   case GgmlType::F32:
-    std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+    // An empty tensor may come with null pointers, which memcpy must never see.
+    if (n > 0)
+      std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
     return;
   case GgmlType::F16:
     for (int64_t i = 0; i < n; ++i)
@@ -370,28 +370,6 @@ void dequantizeGgml(GgmlType type, const uint8_t *src, float *dst, int64_t n) {
   const int64_t blocks = n / traits->blockSize;
   for (int64_t i = 0; i < blocks; ++i)
     fn(src + i * traits->typeSize, dst + i * traits->blockSize);
-}
-
-at::Tensor dequantizeGgmlTensor(GgmlType type, const uint8_t *src,
-                                const std::vector<int64_t> &shape) {
-  const GgmlTypeTraits *traits = ggmlTypeTraits(static_cast<uint32_t>(type));
-  if (!traits || !traits->dequantizable)
-    throw Error("dequantization of " + ggmlTypeName(type) +
-                " is not supported (supported: " + ggmlDequantizableTypeNames() + ")");
-  at::Tensor out = at::empty(shape, at::TensorOptions().dtype(at::kFloat));
-  const int64_t n = out.numel();
-  if (n % traits->blockSize != 0)
-    throw Error("tensor of " + std::to_string(n) + " values is not a whole number of " +
-                traits->name + " blocks");
-  const int64_t blocks = n / traits->blockSize;
-  float *dst = out.data_ptr<float>();
-  // Chunks of at least ~64K values keep the thread hand-off cheap.
-  const int64_t grain = std::max<int64_t>(1, 65536 / traits->blockSize);
-  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
-    dequantizeGgml(type, src + begin * traits->typeSize, dst + begin * traits->blockSize,
-                   (end - begin) * traits->blockSize);
-  });
-  return out;
 }
 
 } // namespace lrq

@@ -1,11 +1,16 @@
 #pragma once
 // ggml tensor storage types as GGUF files number them, their block geometry,
 // and dequantization of the common ones to float32.
-#include <ATen/ATen.h>
 
 #include <cstdint>
 #include <string>
 #include <vector>
+
+// at::Tensor only appears in declarations here: the parsers compile without
+// LibTorch (tests/fuzz builds them alone).
+namespace at {
+class Tensor;
+} // namespace at
 
 namespace lrq {
 

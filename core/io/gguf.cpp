@@ -699,21 +699,6 @@ const uint8_t *GgufReader::tensorData(const GgufTensorInfo &info) const {
   return file_.data() + dataOffset_ + info.offset;
 }
 
-at::Tensor GgufReader::loadTensor(const GgufTensorInfo &info) const {
-  const GgmlTypeTraits *traits = ggmlTypeTraits(static_cast<uint32_t>(info.type));
-  if (!traits || !traits->dequantizable)
-    fail("tensor " + info.name + " has type " + info.typeName() +
-         ", which cannot be dequantized (supported: " + ggmlDequantizableTypeNames() + ")");
-  return dequantizeGgmlTensor(info.type, tensorData(info), info.shape());
-}
-
-at::Tensor GgufReader::loadTensor(const std::string &name) const {
-  const GgufTensorInfo *info = findTensor(name);
-  if (!info)
-    fail("no tensor named " + name);
-  return loadTensor(*info);
-}
-
 void GgufReader::releasePages(const GgufTensorInfo &info) const {
   file_.adviseDontNeed(static_cast<size_t>(dataOffset_ + info.offset),
                        static_cast<size_t>(info.nbytes));

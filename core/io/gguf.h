@@ -3,7 +3,6 @@
 // mapping. Every count, length and offset read from the file is checked
 // against the bytes that are actually there before it is used, so corrupt
 // files give an lrq::FileError naming the file and the problem.
-#include <ATen/ATen.h>
 
 #include <cstdint>
 #include <map>
@@ -14,6 +13,12 @@
 
 #include "core/io/ggml_quants.h"
 #include "core/io/mapped_file.h"
+
+// at::Tensor only appears in declarations here: the parsers compile without
+// LibTorch (tests/fuzz builds them alone).
+namespace at {
+class Tensor;
+} // namespace at
 
 namespace lrq {
 

@@ -269,16 +269,4 @@ std::string hfNameFromGgufTensor(const std::string &name) {
   return "";
 }
 
-at::Tensor unpermuteGgufRotary(const at::Tensor &t, int64_t heads) {
-  if (t.dim() < 1 || heads <= 0 || t.size(0) % (2 * heads) != 0)
-    throw Error("cannot undo the rotary permutation: " + std::to_string(t.dim() ? t.size(0) : 0) +
-                " rows are not a whole number of head pairs for " + std::to_string(heads) +
-                " heads");
-  std::vector<int64_t> split{heads, t.size(0) / heads / 2, 2};
-  for (int64_t d = 1; d < t.dim(); ++d)
-    split.push_back(t.size(d));
-  // GGUF rows (h, i, j) -> HF rows (h, j, i).
-  return t.reshape(split).transpose(1, 2).contiguous().reshape(t.sizes());
-}
-
 } // namespace lrq

@@ -2,7 +2,6 @@
 // Interpretation of a GGUF file as a decoder model: hyper-parameters from the
 // {arch}.* metadata, tokenizer from tokenizer.ggml.*, and the mapping from
 // llama.cpp tensor names and layouts to HF ones.
-#include <ATen/ATen.h>
 
 #include <cstdint>
 #include <string>
@@ -10,6 +9,12 @@
 #include "core/io/gguf.h"
 #include "core/model/config.h"
 #include "core/tokenizer/tokenizer_spec.h"
+
+// at::Tensor only appears in declarations here: the parsers compile without
+// LibTorch (tests/fuzz builds them alone).
+namespace at {
+class Tensor;
+} // namespace at
 
 namespace lrq {
 

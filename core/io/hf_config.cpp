@@ -120,18 +120,27 @@ public:
     return v.get<std::string>();
   }
   // Token ids may be an integer, a list of integers (first one counts) or null.
+  // -1 when absent (missing, null, an empty list); a list gives its first id.
+  // Other negative ids name no token, and would silently read back as absent.
   int64_t tokenId(const std::string &key) const {
     if (!has(key))
       return -1;
     const json &v = root_.at(key);
+    int64_t id = 0;
     if (v.is_array()) {
       if (v.empty())
         return -1;
-      if (!v.front().is_number_integer())
+      const json &first = v.front();
+      if (!first.is_number_integer() ||
+          (first.is_number_unsigned() && first.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)))
         fail("key '" + key + "' must hold integer token ids");
-      return v.front().get<int64_t>();
+      id = first.get<int64_t>();
+    } else {
+      id = integer(key);
     }
-    return integer(key);
+    if (id < -1)
+      fail("key '" + key + "': token id " + std::to_string(id) + " is negative");
+    return id;
   }
   const json &root() const { return root_; }
 

@@ -1,7 +1,5 @@
 #include "core/io/safetensors.h"
 
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -186,37 +184,6 @@ const SafetensorsTensorInfo *SafetensorsReader::find(const std::string &name) co
   return it == index_.end() ? nullptr : &tensors_[it->second];
 }
 
-at::Tensor SafetensorsReader::load(const SafetensorsTensorInfo &info) const {
-  const uint8_t *src = file_.data() + dataOffset_ + info.begin;
-  at::Tensor out = at::empty(info.shape, at::TensorOptions().dtype(at::kFloat));
-  const int64_t n = out.numel();
-  float *dst = out.data_ptr<float>();
-  if (info.dtype == "F32") {
-    if (n > 0)
-      std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
-  } else if (info.dtype == "F16" || info.dtype == "BF16") {
-    const bool half = info.dtype == "F16";
-    at::parallel_for(0, n, 1 << 16, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        uint16_t bits;
-        std::memcpy(&bits, src + 2 * i, sizeof bits);
-        dst[i] = half ? halfBitsToFloat(bits) : bf16BitsToFloat(bits);
-      }
-    });
-  } else {
-    fail("tensor " + info.name + " has dtype " + info.dtype +
-         ", which cannot be loaded as float (supported: F32, F16, BF16)");
-  }
-  return out;
-}
-
-at::Tensor SafetensorsReader::load(const std::string &name) const {
-  const SafetensorsTensorInfo *info = find(name);
-  if (!info)
-    fail("no tensor named " + name);
-  return load(*info);
-}
-
 void SafetensorsReader::releasePages(const SafetensorsTensorInfo &info) const {
   file_.adviseDontNeed(static_cast<size_t>(dataOffset_ + info.begin),
                        static_cast<size_t>(info.end - info.begin));
@@ -268,63 +235,6 @@ void writeSafetensorsIndex(const std::string &path, const SafetensorsIndex &inde
   root["weight_map"] = wm;
   AtomicFileWriter out(path);
   out.write(root.dump(2) + "\n");
-  out.commit();
-}
-
-void writeSafetensors(const std::string &path,
-                      const std::vector<std::pair<std::string, at::Tensor>> &tensors,
-                      const std::map<std::string, std::string> &metadata) {
-  ordered_json header = ordered_json::object();
-  if (!metadata.empty()) {
-    ordered_json meta = ordered_json::object();
-    for (const auto &kv : metadata)
-      meta[kv.first] = kv.second;
-    header["__metadata__"] = meta;
-  }
-  std::set<std::string> names;
-  uint64_t offset = 0;
-  for (const auto &[name, tensor] : tensors) {
-    if (name.empty() || name == "__metadata__")
-      throw Error("safetensors: '" + name + "' cannot be a tensor name");
-    if (!names.insert(name).second)
-      throw Error("safetensors: duplicate tensor name " + name);
-    if (!tensor.defined())
-      throw Error("safetensors: tensor " + name + " is undefined");
-    const char *dtype = nullptr;
-    switch (tensor.scalar_type()) {
-    case at::kFloat:
-      dtype = "F32";
-      break;
-    case at::kHalf:
-      dtype = "F16";
-      break;
-    case at::kBFloat16:
-      dtype = "BF16";
-      break;
-    default:
-      throw Error("safetensors: tensor " + name + " has dtype " +
-                  std::string(c10::toString(tensor.scalar_type())) +
-                  "; only float32, float16 and bfloat16 can be written");
-    }
-    const auto bytes = static_cast<uint64_t>(tensor.numel()) * tensor.element_size();
-    header[name] = {{"dtype", dtype},
-                    {"shape", tensor.sizes().vec()},
-                    {"data_offsets", {offset, offset + bytes}}};
-    offset += bytes;
-  }
-  std::string text = header.dump();
-  // Pad with spaces so the data section starts 8-byte aligned.
-  text.append((8 - text.size() % 8) % 8, ' ');
-  const uint64_t headerLen = text.size();
-
-  AtomicFileWriter out(path);
-  out.write(&headerLen, sizeof headerLen);
-  out.write(text);
-  // One tensor at a time, so device or strided tensors cost one copy each.
-  for (const auto &entry : tensors) {
-    const at::Tensor t = entry.second.detach().to(at::kCPU).contiguous();
-    out.write(t.data_ptr(), static_cast<size_t>(t.numel()) * t.element_size());
-  }
   out.commit();
 }
 

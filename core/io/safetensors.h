@@ -3,7 +3,6 @@
 // each tensor's dtype, shape and byte range, then the data. The reader maps
 // the file and converts one tensor at a time to float32; the writer writes
 // F32/F16/BF16 tensors atomically.
-#include <ATen/ATen.h>
 
 #include <cstdint>
 #include <map>
@@ -12,6 +11,12 @@
 #include <vector>
 
 #include "core/io/mapped_file.h"
+
+// at::Tensor only appears in declarations here: the parsers compile without
+// LibTorch (tests/fuzz builds them alone).
+namespace at {
+class Tensor;
+} // namespace at
 
 namespace lrq {
 

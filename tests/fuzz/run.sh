@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets (clang, AddressSanitizer + UBSan) into
+# build-fuzz/ and runs each for SECONDS, after replaying every input that once
+# crashed (tests/fuzz/regressions/TARGET/). Prints executions, exec/s and
+# crashes per target; exits non-zero on any crash, sanitizer report, timeout
+# (> 1 s per input) or memory blow-up (> 2 GB). Crashing inputs are saved in
+# tests/fuzz/crashes/TARGET/.
+#
+# Usage: tests/fuzz/run.sh SECONDS [TARGET...]
+# Environment: LRQ_FUZZ_BUILD_DIR (default build-fuzz), LRQ_FUZZ_CRASH_DIR
+# (default tests/fuzz/crashes), LRQ_FUZZ_VOCAB_GGUF (vocabulary for
+# fuzz_tokenizer_encode; default: the cached default model).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+FUZZ_DIR="$ROOT/tests/fuzz"
+SECONDS_PER_TARGET="${1:?usage: tests/fuzz/run.sh SECONDS [TARGET...]}"
+shift
+BUILD_DIR="${LRQ_FUZZ_BUILD_DIR:-$ROOT/build-fuzz}"
+CRASH_DIR="${LRQ_FUZZ_CRASH_DIR:-$FUZZ_DIR/crashes}"
+ALL_TARGETS=(fuzz_gguf fuzz_gguf_model fuzz_safetensors fuzz_safetensors_index fuzz_hf_config
+  fuzz_tokenizer_json fuzz_tokenizer_encode fuzz_scheme fuzz_run_blob)
+TARGETS=("${@:-${ALL_TARGETS[@]}}")
+
+CXX_COMPILER="${LRQ_FUZZ_CXX:-$(command -v clang++ || command -v clang++-14 || true)}"
+if [ -z "$CXX_COMPILER" ]; then
+  echo "fuzz: clang++ not found (packaging/install-deps.sh installs clang and libclang-rt-dev)" >&2
+  exit 1
+fi
+
+echo "== building fuzz targets into $BUILD_DIR"
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$ROOT}"
+generator=()
+command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
+if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
+  cmake -S "$FUZZ_DIR" -B "$BUILD_DIR" "${generator[@]}" -DCMAKE_CXX_COMPILER="$CXX_COMPILER" >/dev/null
+fi
+cmake --build "$BUILD_DIR" -j "$(nproc)" --target "${TARGETS[@]}" >"$BUILD_DIR/build.log" 2>&1 || {
+  tail -40 "$BUILD_DIR/build.log" >&2
+  echo "fuzz: build failed (log: $BUILD_DIR/build.log)" >&2
+  exit 1
+}
+
+rm -rf "$BUILD_DIR/seeds"
+python3 "$FUZZ_DIR/make_seeds.py" "$BUILD_DIR/seeds"
+
+dictionary_for() {
+  case "$1" in
+  fuzz_gguf | fuzz_gguf_model) echo "$FUZZ_DIR/gguf.dict" ;;
+  fuzz_tokenizer_encode | fuzz_run_blob) echo "" ;;
+  *) echo "$FUZZ_DIR/json.dict" ;;
+  esac
+}
+
+# Every sanitizer report stops the target (UBSan is built without recovery);
+# -rss_limit_mb also caps single allocations at 2 GB, so a memory bomb counts.
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+
+failed=0
+summary=()
+for target in "${TARGETS[@]}"; do
+  binary="$BUILD_DIR/$target"
+  log="$BUILD_DIR/$target.log"
+  corpus="$BUILD_DIR/corpus/$target"
+  crashes="$CRASH_DIR/$target"
+  mkdir -p "$corpus" "$crashes"
+
+  # Inputs that once crashed must now pass.
+  regressions=("$FUZZ_DIR/regressions/$target"/*)
+  if [ -e "${regressions[0]}" ]; then
+    if ! "$binary" "${regressions[@]}" >"$log.regressions" 2>&1; then
+      echo "$target: a regression input fails again (log: $log.regressions)" >&2
+      grep -E "ERROR|FUZZ_CHECK|runtime error|Running:" "$log.regressions" | tail -5 >&2 || true
+      summary+=("$(printf '%-24s REGRESSION FAILED' "$target")")
+      failed=1
+      continue
+    fi
+  fi
+
+  options=(-max_total_time="$SECONDS_PER_TARGET" -timeout=1 -rss_limit_mb=2048
+    -print_final_stats=1 -artifact_prefix="$crashes/")
+  dict="$(dictionary_for "$target")"
+  [ -n "$dict" ] && options+=(-dict="$dict")
+  before=$(find "$crashes" -type f | wc -l)
+  status=0
+  "$binary" "${options[@]}" "$corpus" "$BUILD_DIR/seeds/$target" >"$log" 2>&1 || status=$?
+  after=$(find "$crashes" -type f | wc -l)
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+  rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+  found=$((after - before))
+  verdict="ok"
+  if [ "$status" -ne 0 ] || [ "$found" -gt 0 ]; then
+    verdict="FAILED (exit $status; log: $log)"
+    failed=1
+    grep -E "ERROR|FUZZ_CHECK|runtime error|SUMMARY|Test unit written" "$log" | head -6 >&2 || true
+  fi
+  line="$(printf '%-24s executions %10s  exec/s %7s  crashes %d  %s' "$target" "${execs:-?}" \
+    "${rate:-?}" "$found" "$verdict")"
+  echo "$line"
+  summary+=("$line")
+done
+
+echo "== fuzz summary (${SECONDS_PER_TARGET} s per target)"
+printf '%s\n' "${summary[@]}"
+exit "$failed"
