@@ -792,9 +792,12 @@ void CompareView::updateAccuracy() {
           continue;
         const bool ood = metric[0] == 'o';
         const double ref = refs.front();
-        QString name = referenceLabel();
-        if (paired)
-          name += ood ? tr(" (out of domain)") : tr(" (in domain)");
+        // Paired, two reference lines share a narrow legend: short names there,
+        // the full baseline (what "full precision" means) in the plot's tooltip.
+        const QString name =
+            !paired ? referenceLabel()
+                    : (ood ? tr("full precision, out of domain") : tr("full precision, in domain"));
+        plot->setToolTip(paired ? tr("Reference lines: %1").arg(referenceLabel()) : QString());
         QCPGraph *g = addLine(plot, QStringLiteral("%1: %2").arg(name, formatMetric(ref)),
                               kReferenceColor, ood ? Qt::DotLine : Qt::DashLine, 1.6);
         g->setProperty("kind", QStringLiteral("reference"));
