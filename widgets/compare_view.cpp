@@ -795,8 +795,7 @@ void CompareView::updateAccuracy() {
         // Paired, two reference lines share a narrow legend: short names there,
         // the full baseline (what "full precision" means) in the plot's tooltip.
         const QString name =
-            !paired ? referenceLabel()
-                    : (ood ? tr("full precision, out of domain") : tr("full precision, in domain"));
+            !paired ? referenceLabel() : (ood ? tr("FP out of domain") : tr("FP in domain"));
         plot->setToolTip(paired ? tr("Reference lines: %1").arg(referenceLabel()) : QString());
         QCPGraph *g = addLine(plot, QStringLiteral("%1: %2").arg(name, formatMetric(ref)),
                               kReferenceColor, ood ? Qt::DotLine : Qt::DashLine, 1.6);
