@@ -164,6 +164,12 @@ private slots:
   void lrqat_W3A16_g128() { cell("lrqat", "W3A16-g128"); }
   void lqer_W2A16_g64() { cell("lqer", "W2A16-g64"); }
   void l2qer_W8A8() { cell("l2qer", "W8A8"); }
+  // The llama.cpp block formats (f16 / f16-offset steps, groups of 32).
+  void rtn_gguf_q8_0() { cell("rtn", "gguf-q8_0"); }
+  void gptq_gguf_q5_0() { cell("gptq", "gguf-q5_0"); }
+  void lrq_gguf_q4_0() { cell("lrq", "gguf-q4_0"); }
+  void lrqat_gguf_q5_1() { cell("lrqat", "gguf-q5_1"); }
+  void flexround_gguf_q4_1() { cell("flexround", "gguf-q4_1"); }
 
   void everyMethodAndSchemeCovered() {
     // A method or preset added later must get its own function above.
