@@ -161,9 +161,38 @@ def compare_tokens(lrq, model, bin_dir, gguf, text):
 _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 
 
+# llama-perplexity's options for the log parse_perplexity_log reads: info level (the
+# model loader's file size and the perf counters), time-stamped lines.
+LOG_OPTIONS = ["-lv", "4", "--log-timestamps", "--log-prefix", "--log-colors", "off"]
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STAMP = r"([0-9]+)\.([0-9]{2})\.([0-9]{3})\.([0-9]{3}) [A-Z] "
+
+
+def _stamp_before(text, what):
+    m = re.search(_STAMP + re.escape(what), text)
+    if not m:
+        return None
+    minutes, seconds, ms, us = (int(g) for g in m.groups())
+    return minutes * 60 + seconds + ms / 1e3 + us / 1e6
+
+
 def parse_perplexity_log(text):
-    """The figures llama-perplexity prints (plain run or --kl-divergence)."""
+    """The figures llama-perplexity prints (plain run or --kl-divergence, with
+    LOG_OPTIONS). loop_s: from the line announcing the chunks to the final estimate, the
+    time of its evaluation loop (decode, log-softmax and scoring), as `lrq eval` reports
+    its own; decode_ms: libllama's prompt-eval counter (the forward passes alone)."""
+    text = _ANSI.sub("", text)
     found = {}
+    start = _stamp_before(text, "perplexity: calculating perplexity over")
+    end = _stamp_before(text, "Final estimate")
+    if start is not None and end is not None:
+        found["loop_s"] = end - start
+    m = re.search(r"add_bos_token\s+bool\s+=\s+(true|false)", text)
+    if m:
+        found["add_bos"] = m.group(1) == "true"
+    m = re.search(r"flash_attn\s+=\s+(\S+)", text)
+    if m:
+        found["flash_attn"] = m.group(1)
     patterns = {
         "ppl": r"Final estimate: PPL = " + _NUMBER,
         "ppl_q": r"Mean PPL\(Q\)\s*:\s*" + _NUMBER,
@@ -174,14 +203,14 @@ def parse_perplexity_log(text):
         "bpw": r"file size\s*=\s*[0-9.]+ [MG]iB \(" + _NUMBER + r" BPW\)",
         "chunks": r"(?:computing|calculating perplexity) over ([0-9]+) chunks",
         "n_ctx": r"over [0-9]+ chunks, n_ctx=([0-9]+)",
-        "eval_ms": r"prompt eval time =\s*" + _NUMBER + r" ms",
-        "eval_tokens": r"prompt eval time =\s*[0-9.]+ ms /\s*([0-9]+) tokens",
+        "decode_ms": r"prompt eval time =\s*" + _NUMBER + r" ms",
+        "decode_tokens": r"prompt eval time =\s*[0-9.]+ ms /\s*([0-9]+) tokens",
     }
     for key, pattern in patterns.items():
         m = re.search(pattern, text)
         if m:
             value = float(m.group(1))
-            found[key] = int(value) if key in ("chunks", "n_ctx", "eval_tokens") else value
+            found[key] = int(value) if key in ("chunks", "n_ctx", "decode_tokens") else value
     if "same_top_p" in found:
         found["same_top_p"] /= 100.0  # printed in percent
     return found

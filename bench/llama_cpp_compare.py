@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import llama_cpp_common as lc  # noqa: E402
 
 LLAMA_TYPES = {"q4_0": "Q4_0", "q4_k": "Q4_K", "q4_1": "Q4_1", "q5_0": "Q5_0", "q8_0": "Q8_0",
-               "q4_k_s": "Q4_K_S", "q4_k_m": "Q4_K_M", "q6_k": "Q6_K"}
+               "q5_1": "Q5_1", "q4_k_s": "Q4_K_S", "q4_k_m": "Q4_K_M", "q6_k": "Q6_K"}
 
 
 def tool(bin_dir, name):
@@ -53,7 +53,7 @@ def tool(bin_dir, name):
 
 
 def imatrix_file(bin_dir, f32, lrq, args, work):
-    out = os.path.join(work, "imatrix-c%d-n%d.gguf" % (args.ctx, args.imatrix_chunks))
+    out = os.path.join(work, "imatrix-c%s-n%s.gguf" % (args.ctx, args.imatrix_chunks))
     if os.path.exists(out) and os.path.getmtime(out) >= os.path.getmtime(f32):
         return out, None
     calib = lc.write_text(lrq, "calibration", work)
@@ -96,9 +96,13 @@ def lrq_supports_gguf(lrq):
     return rc == 0 and "--gguf" in out
 
 
-def lrq_schemes(lrq):
-    info, _ = lc.lrq_json(lrq, ["methods"])
-    return {s if isinstance(s, str) else s.get("name") for s in info.get("schemes", [])}
+def lrq_scheme_error(lrq, model, fmt, work):
+    """Why this lrq cannot quantize onto gguf-FORMAT (None when it can): its own check of
+    the request (--dry-run runs nothing)."""
+    out, err, _, rc = lc.run([lrq, "quantize", model, "--method", "rtn", "--scheme",
+                              "gguf-" + fmt, "--gguf", os.path.join(work, "dry-run.gguf"),
+                              "--dry-run", "--quiet"], check=False)
+    return None if rc == 0 else (err.strip().splitlines() or ["exit %d" % rc])[-1]
 
 
 def lrq_quantize(lrq, model, method, fmt, args, work):
@@ -107,16 +111,18 @@ def lrq_quantize(lrq, model, method, fmt, args, work):
            "--gguf", out, "--preset", args.preset, "--no-eval", "--no-ood-eval",
            "--no-spectra", "--threads", args.threads, "--quiet"]
     lc.log("quantizing:", lc.quoted(cmd))
+    if os.path.exists(out):
+        os.remove(out)  # an export never replaces a file unless told to
     _, _, seconds, _ = lc.run(cmd)
     return out, {"command": lc.quoted(cmd), "seconds": seconds}
 
 
 def kld_base(bin_dir, f32, text, args, work):
-    base = os.path.join(work, "f32-base-c%d-w%d-%s.kld" % (
+    base = os.path.join(work, "f32-base-c%s-w%s-%s.kld" % (
         args.ctx, args.windows, os.path.splitext(os.path.basename(text))[0]))
     cmd = [tool(bin_dir, "llama-perplexity"), "-m", f32, "-f", text, "-c", args.ctx,
            "-b", args.ctx, "--chunks", args.windows, "-t", args.threads,
-           "--kl-divergence-base", base + ".part", "--no-escape"]
+           "--kl-divergence-base", base + ".part", "--no-escape"] + lc.LOG_OPTIONS
     lc.log("reference logits:", lc.quoted(cmd))
     stdout, stderr, seconds, _ = lc.run(cmd)
     os.replace(base + ".part", base)
@@ -128,7 +134,7 @@ def kld_base(bin_dir, f32, text, args, work):
 
 def kld_of(bin_dir, gguf, base, args):
     cmd = [tool(bin_dir, "llama-perplexity"), "-m", gguf, "--kl-divergence-base", base,
-           "--kl-divergence", "-c", args.ctx, "-b", args.ctx, "-t", args.threads]
+           "--kl-divergence", "-c", args.ctx, "-b", args.ctx, "-t", args.threads] + lc.LOG_OPTIONS
     stdout, stderr, seconds, _ = lc.run(cmd)
     figures = lc.parse_perplexity_log(stdout + stderr)
     for key in ("ppl_q", "kld", "same_top_p"):
@@ -209,13 +215,14 @@ def main():
              "file": f32, "imatrix": False, "bpw": base_figures.get("bpw"),
              "ppl": base_figures["ppl"], "kld": 0.0, "same_top_p": 1.0,
              "command": base_cmd}]
-    skipped, schemes = [], set()
+    skipped, scheme_errors = [], {}
     if methods:
         if not lrq_supports_gguf(lrq):
             skipped.append("all lrq rows: %s has no `quantize --gguf` yet" % lrq)
             methods = []
         else:
-            schemes = lrq_schemes(lrq)
+            scheme_errors = {fmt: lrq_scheme_error(lrq, args.model, fmt, work)
+                             for fmt in formats}
     if methods or args.lrq_eval_llama:
         rows[0]["lrq_eval"] = lrq_eval(lrq, f32, f32, text, sargs)
 
@@ -243,8 +250,8 @@ def main():
 
     for fmt in formats:
         scheme = "gguf-" + fmt
-        if methods and scheme not in schemes:
-            skipped.append("lrq rows for %s: this lrq has no scheme %s" % (fmt, scheme))
+        if methods and scheme_errors.get(fmt):
+            skipped.append("lrq rows for %s: %s" % (scheme, scheme_errors[fmt]))
             continue
         for method in methods:
             out, info = lrq_quantize(lrq, args.model, method, fmt, sargs, work)
@@ -257,18 +264,23 @@ def main():
                          "command": info["command"] + " && " + figures["command"]})
 
     header = ["model", "BPW", "K-quant fallbacks", "mean KLD", "same top p", "PPL (llama.cpp)",
-              "PPL (lrq eval)", "lrq/llama PPL", "KL (lrq eval)", "top-1 (lrq eval)"]
+              "PPL (lrq eval)", "lrq/llama PPL", "PPL/ref llama, lrq", "KL (lrq eval)",
+              "top-1 (lrq eval)"]
     table = []
+    reference_ppl = rows[0]["ppl"]
     for row in rows:
         ours = row.get("lrq_eval") or {}
         if "error" in ours:
-            lrq_cells = ["failed: " + ours["error"][:60], "", "", ""]
+            lrq_cells = ["failed: " + ours["error"][:60], "", "", "", ""]
         elif ours:
             rel = ours["perplexity"] / row["ppl"] - 1.0
-            lrq_cells = [lc.fmt(ours["perplexity"]), "%+.2f%%" % (100 * rel),
+            to_ref = "%+.2f%%, %+.2f%%" % (
+                100 * (row["ppl"] / reference_ppl - 1.0),
+                100 * (ours["perplexity"] / ours["reference_perplexity"] - 1.0))
+            lrq_cells = [lc.fmt(ours["perplexity"]), "%+.2f%%" % (100 * rel), to_ref,
                          lc.fmt(ours["kl"], 5), lc.fmt(ours["top1"])]
         else:
-            lrq_cells = ["–", "", "", ""]
+            lrq_cells = ["–", "", "", "", ""]
         fb = row.get("fallbacks")
         fb_cell = "–" if fb is None else (
             "none" if fb == 0 else "%d (%s)" % (fb, ", ".join(

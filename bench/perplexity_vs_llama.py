@@ -29,7 +29,9 @@ different positions: they are printed side by side, not expected to be equal.
 
 Timing: the tools run interleaved (A B A B ...) --rounds times; each run is timed as a
 whole process (model load and tokenization included) and by the time the tool reports
-for its evaluation loop (ours: the JSON `seconds`; llama.cpp: its "prompt eval time").
+for its evaluation loop (ours: the JSON `seconds`; llama.cpp: the time between its log
+lines announcing the chunks and the final estimate, which covers decoding, log-softmax
+and scoring; libllama's own decode counter is kept in the JSON as llama_decode_s).
 The table shows medians and the ratio ours / llama.cpp. On a loaded machine the times
 are not meaningful.
 """
@@ -47,7 +49,7 @@ import llama_cpp_common as lc  # noqa: E402
 def llama_perplexity_cmd(bin_dir, gguf, text, args):
     return [os.path.join(bin_dir, "llama-perplexity"), "-m", gguf, "-f", text,
             "-c", args.ctx, "-b", args.ctx, "-ub", args.ctx, "--chunks", args.windows,
-            "-t", args.threads, "-tb", args.threads, "--no-escape"]
+            "-t", args.threads, "-tb", args.threads, "--no-escape"] + lc.LOG_OPTIONS
 
 
 def lrq_eval_cmd(lrq, gguf, text, args):
@@ -102,12 +104,15 @@ def main():
             "lrq_wall_s": wall_ours, "lrq_eval_s": ours["seconds"],
             "lrq_perplexity": ours["perplexity"], "lrq_windows": ours["windows"],
             "lrq_scored_tokens": ours["tokens"],
-            "llama_wall_s": wall_theirs, "llama_eval_s": theirs.get("eval_ms", 0) / 1000.0,
+            "llama_wall_s": wall_theirs, "llama_eval_s": theirs.get("loop_s"),
+            "llama_decode_s": theirs["decode_ms"] / 1000.0 if "decode_ms" in theirs else None,
+            "llama_add_bos": theirs.get("add_bos"), "llama_flash_attn": theirs.get("flash_attn"),
             "llama_perplexity": theirs["ppl"], "llama_windows": theirs["chunks"],
             "llama_scored_tokens": theirs["chunks"] * (int(args.ctx) - 1 - int(args.ctx) // 2),
         })
 
-    med = {k: lc.median([r[k] for r in rounds]) for k in rounds[0]}
+    med = {k: lc.median([r[k] for r in rounds]) for k in rounds[0]
+           if isinstance(rounds[0][k], (int, float)) and not isinstance(rounds[0][k], bool)}
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(), "cpus": os.cpu_count(),
