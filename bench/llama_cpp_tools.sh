@@ -62,12 +62,12 @@ log() { echo "llama_cpp_tools.sh: $*" >&2; }
 
 if [[ ! -f "$SRC/CMakeLists.txt" ]]; then
     mkdir -p "$DIR/download" "$DIR/src"
-    if ! ls "$DIR/download"/llama_cpp_python-"$VERSION".tar.gz >/dev/null 2>&1; then
+    tarball="$DIR/download/llama_cpp_python-$VERSION.tar.gz"
+    if [[ ! -f "$tarball" ]]; then
         log "downloading the llama-cpp-python $VERSION source distribution from PyPI"
         python3 -m pip download --quiet --no-deps --no-binary :all: \
             "llama-cpp-python==$VERSION" -d "$DIR/download" >&2
     fi
-    tarball="$DIR/download/llama_cpp_python-$VERSION.tar.gz"
     sha256sum "$tarball" | tee "$DIR/SOURCE_SHA256" >&2
     tar -xzf "$tarball" -C "$DIR/src"
 fi
