@@ -320,7 +320,8 @@ int commandQuantize(const Arguments &args, std::ostream &out, TerminalProgress &
                        {"metrics", outcome.metrics},
                        {"seconds", outcome.seconds},
                        {"export", outcome.exportDir},
-                       {"packed", outcome.packedPath}});
+                       {"packed", outcome.packedPath},
+                       {"compressed_tensors", outcome.compressedTensorsDir}});
     return 0;
   }
   out << "run " << outcome.runId << " finished in " << formatSeconds(outcome.seconds) << "\n";
@@ -330,6 +331,8 @@ int commandQuantize(const Arguments &args, std::ostream &out, TerminalProgress &
     out << "exported to " << outcome.exportDir << "  (lrq eval " << outcome.exportDir << ")\n";
   if (!outcome.packedPath.empty())
     out << "packed export " << outcome.packedPath << "\n";
+  if (!outcome.compressedTensorsDir.empty())
+    out << "compressed-tensors export " << outcome.compressedTensorsDir << "\n";
   out << "store " << outcome.storePath << "  (lrq runs show " << outcome.runId << ")\n";
   return 0;
 }

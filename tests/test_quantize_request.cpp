@@ -45,7 +45,8 @@ QString nonDefaultText(const RequestOption &o, const QString &dir) {
   case ValueType::Path:
     return dir + "/" + QString::fromStdString(o.flag.empty() ? "model" : o.flag) + ".txt";
   case ValueType::Text:
-    return o.key == "scheme" ? "W3A16-g128" : "run-" + QString::fromStdString(o.flag);
+    // A scheme every export can hold (compressed-tensors stores 4 and 8 bits).
+    return o.key == "scheme" ? "W4A16-g128" : "run-" + QString::fromStdString(o.flag);
   case ValueType::Hyperparams:
     return R"({"iters": 7, "batch_size": 1})";
   }

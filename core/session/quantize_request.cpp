@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "core/data/default_assets.h"
+#include "core/quant/compressed_tensors_scheme.h"
 #include "core/runs/run_store.h"
 
 namespace fs = std::filesystem;
@@ -209,6 +210,15 @@ std::vector<RequestOption> buildOptions() {
       afterMethod(option("packed", "packed_path", "Packed export file", "Output", V::Path,
                          "FILE.safetensors", "write integer codes, steps and zero points",
                          &QuantizeRequest::packedPath)),
+      afterMethod(option("compressed-tensors", "compressed_tensors_dir",
+                         "compressed-tensors export folder", "Output", V::Path, "DIR",
+                         "write the model in compressed-tensors' layout (vLLM, llm-compressor): "
+                         "weight-only int4/int8 or W8A8",
+                         &QuantizeRequest::compressedTensorsDir)),
+      afterMethod(option("force", "compressed_tensors_overwrite",
+                         "Replace compressed-tensors folder", "Output", V::Flag, "",
+                         "replace an existing --compressed-tensors folder",
+                         &QuantizeRequest::compressedTensorsOverwrite)),
       place(option("store", "store", "Run store", "Run", V::Path, "FILE",
                    "the run store (default: ~/.local/share/lrq-workbench/runs.sqlite)",
                    &QuantizeRequest::storePath)),
@@ -499,12 +509,23 @@ std::vector<RequestProblem> checkRequest(const QuantizeRequest &request) {
       problem("resume",
               "method " + info->name + " keeps no checkpoint: its runs cannot be resumed");
   }
+  std::string schemeJson;
   try {
-    const std::string scheme = resolveSchemeJson(request.scheme);
+    schemeJson = resolveSchemeJson(request.scheme);
     if (info)
-      info->checkScheme(scheme); // what this method can do with it
+      info->checkScheme(schemeJson); // what this method can do with it
   } catch (const Error &e) {
     problem("scheme", e.what());
+    schemeJson.clear();
+  }
+  if (!request.compressedTensorsDir.empty() && !schemeJson.empty()) {
+    // Refused before the run: a scheme or method the format cannot hold exactly.
+    try {
+      quant::compressedTensorsFormatFor(quant::QuantScheme::fromJson(schemeJson), request.method,
+                                        &request.hyperparameters);
+    } catch (const Error &e) {
+      problem("compressed_tensors_dir", e.what());
+    }
   }
   // Text files: present, readable, UTF-8.
   auto checkText = [&](const std::string &key, const std::string &path) {
@@ -531,6 +552,14 @@ std::vector<RequestProblem> checkRequest(const QuantizeRequest &request) {
     problem("export_dir", request.exportDir + ": exists and is not a folder");
   if (!request.packedPath.empty() && fs::is_directory(request.packedPath, ec))
     problem("packed_path", request.packedPath + ": is a folder, not a file name");
+  if (!request.compressedTensorsDir.empty() && fs::exists(request.compressedTensorsDir, ec)) {
+    if (!fs::is_directory(request.compressedTensorsDir, ec))
+      problem("compressed_tensors_dir",
+              request.compressedTensorsDir + ": exists and is not a folder");
+    else if (!request.compressedTensorsOverwrite)
+      problem("compressed_tensors_dir",
+              request.compressedTensorsDir + ": already exists (--force replaces it)");
+  }
   if (!request.model.empty() && request.model != "default" && !fs::exists(request.model, ec))
     problem("model", request.model + ": no such file or folder");
   return problems;

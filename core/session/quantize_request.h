@@ -91,8 +91,11 @@ struct QuantizeRequest {
   bool spectra = true;
   std::string exportDir;  // HF-layout export with Ŵ; "" = none
   std::string packedPath; // packed integer export (.safetensors); "" = none
-  std::string storePath;  // run store file; "" = the default one
-  std::string workDir;    // caches and checkpoints; "" = a folder under the cache directory
+  // compressed-tensors export (what vLLM and llm-compressor read); "" = none.
+  std::string compressedTensorsDir;
+  bool compressedTensorsOverwrite = false; // replace an existing compressedTensorsDir
+  std::string storePath;                   // run store file; "" = the default one
+  std::string workDir; // caches and checkpoints; "" = a folder under the cache directory
   // Resume this interrupted run (id or unique prefix in the store).
   std::string resumeRunId;
 };
