@@ -462,6 +462,37 @@ private slots:
       }
     QVERIFY(checked >= int64_t(8 * 5 - 1) * 14);
   }
+  // A weight too large for the format's steps: refused, naming the layer and the step.
+  void unstorableStepNamesTheLayer() {
+    const ModelConfig &config = tiny_.config;
+    for (const char *methodName : {"rtn", "lrq"}) {
+      std::map<std::string, at::Tensor> copy;
+      for (const auto &[name, t] : tiny_.tensors)
+        copy[name] = t.clone();
+      DecoderModel model(config, ModelWeights::fromHfTensors(config, copy));
+      model.weights().blocks[1].down.weight[2][7] = 1e9f;
+      const QuantScheme scheme = presetScheme("gguf-q4_1");
+      at::Generator gen = at::detail::createCPUGenerator(7);
+      const CalibrationSet calibration{at::randint(config.vocabSize, {2, 16}, gen, at::kLong),
+                                       "test"};
+      std::unique_ptr<QuantMethod> method = createMethod(methodName);
+      MethodContext ctx{model, scheme,  calibration, mergeHyperparameters(*method, {}),
+                        5,     nullptr, nullptr,     ""};
+      if (ctx.hyper.contains("iters"))
+        ctx.hyper["iters"] = 1;
+      ctx.spectra = false;
+      try {
+        method->run(ctx);
+        QFAIL("expected lrq::Error");
+      } catch (const Error &e) {
+        const std::string msg = e.what();
+        qInfo("%s: %s", methodName, e.what());
+        QVERIFY2(msg.find("block 1") != std::string::npos, e.what());
+        QVERIFY2(msg.find("down_proj") != std::string::npos, e.what());
+        QVERIFY2(msg.find("f16-offset") != std::string::npos, e.what());
+      }
+    }
+  }
 };
 
 QTEST_GUILESS_MAIN(TestGgufGrid)

@@ -233,8 +233,12 @@ MethodReport runReconstructionMethod(MethodContext &ctx, const QuantMethod &meth
           const at::Tensor &weight) -> std::unique_ptr<recon::LearnableLayer> {
     if (!sel.selectsBlock(block) || !sel.selectsLinear(role))
       return nullptr;
-    std::unique_ptr<LearnedRoundingLayer> layer =
-        makeLayer(weight, scheme.weight, mixSeed(ctx.seed, block, role));
+    std::unique_ptr<LearnedRoundingLayer> layer;
+    try { // a step its step format cannot store is refused here
+      layer = makeLayer(weight, scheme.weight, mixSeed(ctx.seed, block, role));
+    } catch (const Error &e) {
+      throw Error(where(block, role) + ": " + e.what());
+    }
     live[role] = layer.get();
     return layer;
   };
@@ -249,7 +253,11 @@ MethodReport runReconstructionMethod(MethodContext &ctx, const QuantMethod &meth
       blockParams += l.learnableParams;
       const auto it = live.find(l.role);
       if (!o.restored && it != live.end()) {
-        report.grids[gridKey(config, o.block, l.role)] = it->second->grid();
+        try { // the learned steps in the step format
+          report.grids[gridKey(config, o.block, l.role)] = it->second->grid();
+        } catch (const Error &e) {
+          throw Error(methodName + ": " + where(o.block, l.role) + ": " + e.what());
+        }
       } else if (o.restored) {
         // Restored from a checkpoint: no layer to ask, the steps come from Ŵ.
         GridParams g = recoverLearnedGrid(l.fpWeight, l.weight, scheme.weight);

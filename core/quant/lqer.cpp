@@ -195,7 +195,13 @@ public:
         Linear &linear = *t.linear;
         const at::ScalarType dtype = linear.weight.scalar_type();
         const at::Tensor w = linear.weight.detach().to(at::kFloat);
-        const GridParams grid = computeGridParams(w, scheme.weight);
+        GridParams grid;
+        try { // a step its step format cannot store is refused here
+          grid = computeGridParams(w, scheme.weight);
+        } catch (const Error &e) {
+          throw Error(name() + ": block " + std::to_string(t.block) + " " + t.layer + ": " +
+                      e.what());
+        }
         const at::Tensor q = fakeQuantizeWeight(w, grid, scheme.weight);
         report.grids[gridKey(ctx.model.config(), t.block, t.layer)] = grid;
         const at::Tensor e = w - q;

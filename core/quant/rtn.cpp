@@ -106,7 +106,12 @@ std::vector<LayerErrorStats> quantizeModelRtn(ModelWeights &weights, const Model
     const Target &t = targets[i];
     const at::Tensor original = t.weight->to(at::kFloat);
     // roundToNearest, keeping the grid.
-    const GridParams params = computeGridParams(original, scheme.weight);
+    GridParams params;
+    try { // a step its step format cannot store is refused here
+      params = computeGridParams(original, scheme.weight);
+    } catch (const Error &e) {
+      throw Error(where(t) + ": " + e.what());
+    }
     const at::Tensor quantized = fakeQuantizeWeight(original, params, scheme.weight).contiguous();
     if (grids)
       (*grids)[gridKey(config, t.block, t.layer)] = params;
