@@ -28,7 +28,46 @@ SCHEME = {"name": "W3A16 blocks 0-3",
           "layers": {"blocks": [0, 1, 2, 3]}}
 
 
+def show(args, run_id):
+    p = subprocess.run([args.lrq, "runs", "show", run_id, "--store", args.store, "--json"],
+                       capture_output=True, text=True, check=True)
+    return json.loads(p.stdout)
+
+
+def summary(run, method, lr, iters, extra, secs):
+    blocks = run.get("block_records", [])
+    return {"method": method, "lr": lr, "iters": iters, "extra": " ".join(extra),
+            "run_id": run["id"], "seconds": secs, "metrics": run.get("metrics", {}),
+            "train": [b.get("final_loss") for b in blocks],
+            "heldout": [b.get("heldout_final_loss") for b in blocks],
+            "heldout_initial": [b.get("heldout_initial_loss") for b in blocks]}
+
+
+def recorded(args, method, lr, iters, extra):
+    """A finished run of this configuration already in the store (an interrupted
+    experiment goes on where it stopped), or None."""
+    if not os.path.exists(args.store):
+        return None
+    p = subprocess.run([args.lrq, "runs", "list", "--store", args.store, "--json"],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        return None
+    rank = int(extra[1]) if extra else None
+    for listed in json.loads(p.stdout).get("runs", []):
+        if listed.get("status") != "finished" or listed.get("method") != method:
+            continue
+        run = show(args, listed["id"])
+        hyper = run.get("hyperparameters", {})
+        if (run.get("scheme", {}).get("name") == SCHEME["name"] and hyper.get("lr") == lr
+                and hyper.get("iters") == iters and hyper.get("rank") == rank):
+            return summary(run, method, lr, iters, extra, run.get("seconds", float("nan")))
+    return None
+
+
 def quantize(args, scheme_path, method, lr, iters, extra=()):
+    known = recorded(args, method, lr, iters, extra)
+    if known:
+        return known
     cmd = [args.lrq, "quantize", "default", "--method", method, "--scheme", scheme_path,
            "--preset", "demo", "--iters", str(iters), "--lr", str(lr), "--json", "--quiet",
            "--no-spectra", "--store", args.store] + list(extra)
@@ -45,15 +84,7 @@ def quantize(args, scheme_path, method, lr, iters, extra=()):
             continue
         if event.get("event") == "finished":
             done = event
-    show = subprocess.run([args.lrq, "runs", "show", done["run_id"], "--store", args.store,
-                           "--json"], capture_output=True, text=True, check=True)
-    run = json.loads(show.stdout)
-    blocks = run.get("blocks", [])
-    return {"method": method, "lr": lr, "iters": iters, "extra": " ".join(extra),
-            "run_id": done["run_id"], "seconds": secs, "metrics": done.get("metrics", {}),
-            "train": [b.get("final_loss") for b in blocks],
-            "heldout": [b.get("heldout_final_loss") for b in blocks],
-            "heldout_initial": [b.get("heldout_initial_loss") for b in blocks]}
+    return summary(show(args, done["run_id"]), method, lr, iters, extra, secs)
 
 
 def mean(values):
