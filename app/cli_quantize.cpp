@@ -125,6 +125,7 @@ nlohmann::json runInfoJson(const RunInfo &r) {
   j["heartbeat"] = r.heartbeat > 0 ? formatIsoUtc(r.heartbeat) : std::string();
   j["export"] = r.exportDir;
   j["packed"] = r.packedPath;
+  j["gguf"] = r.ggufPath;
   return j;
 }
 
@@ -320,7 +321,8 @@ int commandQuantize(const Arguments &args, std::ostream &out, TerminalProgress &
                        {"metrics", outcome.metrics},
                        {"seconds", outcome.seconds},
                        {"export", outcome.exportDir},
-                       {"packed", outcome.packedPath}});
+                       {"packed", outcome.packedPath},
+                       {"gguf", outcome.ggufPath}});
     return 0;
   }
   out << "run " << outcome.runId << " finished in " << formatSeconds(outcome.seconds) << "\n";
@@ -330,6 +332,8 @@ int commandQuantize(const Arguments &args, std::ostream &out, TerminalProgress &
     out << "exported to " << outcome.exportDir << "  (lrq eval " << outcome.exportDir << ")\n";
   if (!outcome.packedPath.empty())
     out << "packed export " << outcome.packedPath << "\n";
+  if (!outcome.ggufPath.empty())
+    out << "GGUF export " << outcome.ggufPath << "  (lrq eval " << outcome.ggufPath << ")\n";
   out << "store " << outcome.storePath << "  (lrq runs show " << outcome.runId << ")\n";
   return 0;
 }
@@ -451,6 +455,8 @@ int commandRuns(const Arguments &args, std::ostream &out) {
       out << "export    " << r.exportDir << "\n";
     if (!r.packedPath.empty())
       out << "packed    " << r.packedPath << "\n";
+    if (!r.ggufPath.empty())
+      out << "gguf      " << r.ggufPath << "\n";
     if (!r.notes.empty())
       out << "notes     " << r.notes << "\n";
     if (!r.error.empty())

@@ -411,28 +411,6 @@ GgufExportSource ggufExportSourceFor(const LoadedModel &model) {
   return s;
 }
 
-std::pair<std::string, GgmlType> parseGgufFloatOverride(const std::string &text) {
-  const size_t eq = text.rfind('=');
-  if (eq == std::string::npos || eq == 0)
-    throw Error("GGUF float type '" + text + "': expected PATTERN=f16 or PATTERN=f32");
-  std::string type = text.substr(eq + 1);
-  std::transform(type.begin(), type.end(), type.begin(),
-                 [](unsigned char c) { return std::tolower(c); });
-  const std::string pattern = text.substr(0, eq);
-  if (pattern.compare(0, 3, "re:") == 0) {
-    try {
-      std::regex check(pattern.substr(3), std::regex::ECMAScript);
-    } catch (const std::regex_error &e) {
-      throw Error("GGUF float type '" + text + "': bad regular expression: " + e.what());
-    }
-  }
-  if (type == "f16")
-    return {pattern, GgmlType::F16};
-  if (type == "f32")
-    return {pattern, GgmlType::F32};
-  throw Error("GGUF float type '" + text + "': type must be f16 or f32, not '" + type + "'");
-}
-
 ExportResult exportGguf(const std::string &path, const PackedModelContents &c,
                         const GgufExportSource &source, const GgufExportOptions &options,
                         ProgressObserver *observer, const CancelToken *cancel) {

@@ -16,6 +16,7 @@
 #include "core/common/progress.h"
 #include "core/io/export.h"
 #include "core/io/ggml_quants.h"
+#include "core/io/gguf_writer.h"
 #include "core/io/model_loader.h"
 #include "core/tokenizer/tokenizer_spec.h"
 
@@ -77,9 +78,6 @@ struct GgufExportOptions {
   // Called before each tensor's data (tests throw from it).
   std::function<void(const std::string &step)> beforeStep;
 };
-
-// Parses "PATTERN=f16" / "PATTERN=f32" (the CLI's --gguf-float); throws lrq::Error.
-std::pair<std::string, GgmlType> parseGgufFloatOverride(const std::string &text);
 
 // Writes the GGUF file of a packed model (quant::packQuantizedModel), one
 // tensor at a time, atomically. Refuses (lrq::Error, no file) layers whose

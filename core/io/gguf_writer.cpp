@@ -1,7 +1,10 @@
 #include "core/io/gguf_writer.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <filesystem>
+#include <regex>
 #include <set>
 
 #include "core/common/error.h"
@@ -260,6 +263,43 @@ GgufWriteResult writeGgufFile(const std::string &path,
   if (observer)
     observer->finished();
   return r;
+}
+
+std::pair<std::string, GgmlType> parseGgufFloatOverride(const std::string &text) {
+  const size_t eq = text.rfind('=');
+  if (eq == std::string::npos || eq == 0)
+    throw Error("GGUF float type '" + text + "': expected PATTERN=f16 or PATTERN=f32");
+  std::string type = text.substr(eq + 1);
+  std::transform(type.begin(), type.end(), type.begin(),
+                 [](unsigned char c) { return std::tolower(c); });
+  const std::string pattern = text.substr(0, eq);
+  if (pattern.compare(0, 3, "re:") == 0) {
+    try {
+      std::regex check(pattern.substr(3), std::regex::ECMAScript);
+    } catch (const std::regex_error &e) {
+      throw Error("GGUF float type '" + text + "': bad regular expression: " + e.what());
+    }
+  }
+  if (type == "f16")
+    return {pattern, GgmlType::F16};
+  if (type == "f32")
+    return {pattern, GgmlType::F32};
+  throw Error("GGUF float type '" + text + "': type must be f16 or f32, not '" + type + "'");
+}
+
+std::vector<std::pair<std::string, GgmlType>> parseGgufFloatTypes(const std::string &list) {
+  std::vector<std::pair<std::string, GgmlType>> out;
+  size_t start = 0;
+  while (start <= list.size()) {
+    size_t comma = list.find(',', start);
+    if (comma == std::string::npos)
+      comma = list.size();
+    const std::string entry = list.substr(start, comma - start);
+    if (!entry.empty())
+      out.push_back(parseGgufFloatOverride(entry));
+    start = comma + 1;
+  }
+  return out;
 }
 
 GgufValue ggufUInt32(uint32_t v) {

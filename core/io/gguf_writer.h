@@ -63,6 +63,13 @@ GgufWriteResult writeGgufFile(const std::string &path,
                               ProgressObserver *observer = nullptr,
                               const CancelToken *cancel = nullptr);
 
+// The storage of a GGUF export's float tensors as the command line gives it
+// (GgufExportOptions::floatTypes): "PATTERN=f16" / "PATTERN=f32", the pattern a
+// glob or "re:REGEX"; a list of them separated by commas. Throw lrq::Error for
+// other types and bad regular expressions.
+std::pair<std::string, GgmlType> parseGgufFloatOverride(const std::string &text);
+std::vector<std::pair<std::string, GgmlType>> parseGgufFloatTypes(const std::string &list);
+
 // Convenience constructors for metadata values.
 GgufValue ggufUInt32(uint32_t v);
 GgufValue ggufInt32(int32_t v);

@@ -91,6 +91,12 @@ struct QuantizeRequest {
   bool spectra = true;
   std::string exportDir;  // HF-layout export with Ŵ; "" = none
   std::string packedPath; // packed integer export (.safetensors); "" = none
+  // GGUF file llama.cpp loads (schemes gguf-q8_0 ... gguf-q5_1); "" = none.
+  std::string ggufPath;
+  // GGUF storage of the tensors left in float: "PATTERN=f16,PATTERN=f32" on GGUF
+  // names (glob, or "re:REGEX"); "" = all F32.
+  std::string ggufFloatTypes;
+  bool overwrite = false; // replace existing exports (else refused before any work)
   std::string storePath;  // run store file; "" = the default one
   std::string workDir;    // caches and checkpoints; "" = a folder under the cache directory
   // Resume this interrupted run (id or unique prefix in the store).
