@@ -128,7 +128,9 @@ void putTokenizer(std::vector<std::pair<std::string, GgufValue>> &meta, const To
     throw Error("GGUF export: the tokenizer's pre-tokenizer is not one llama.cpp knows by name "
                 "(tokenizer.ggml.pre); it cannot be written to GGUF");
   meta.emplace_back("tokenizer.ggml.model", ggufString(spm ? "llama" : "gpt2"));
-  meta.emplace_back("tokenizer.ggml.pre", ggufString(spm ? "default" : s.preTokenizer));
+  // llama.cpp knows GPT-2's regex as "gpt-2" (this project's reader takes both).
+  const std::string pre = spm ? "default" : s.preTokenizer == "gpt2" ? "gpt-2" : s.preTokenizer;
+  meta.emplace_back("tokenizer.ggml.pre", ggufString(pre));
   meta.emplace_back("tokenizer.ggml.tokens", ggufStringArray(s.tokens));
   if (!s.scores.empty())
     meta.emplace_back("tokenizer.ggml.scores", ggufFloat32Array(s.scores));
@@ -136,7 +138,8 @@ void putTokenizer(std::vector<std::pair<std::string, GgufValue>> &meta, const To
   for (size_t i = 0; i < s.tokenTypes.size() && i < types.size(); ++i)
     types[i] = static_cast<int32_t>(s.tokenTypes[i]);
   meta.emplace_back("tokenizer.ggml.token_type", ggufInt32Array(types));
-  if (!s.merges.empty())
+  // llama.cpp requires the merges key of a byte-level vocabulary, even empty.
+  if (!spm || !s.merges.empty())
     meta.emplace_back("tokenizer.ggml.merges", ggufStringArray(s.merges));
   auto id = [&](const char *key, int32_t v) {
     if (v >= 0)
