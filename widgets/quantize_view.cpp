@@ -345,6 +345,13 @@ QWidget *QuantizeView::buildSchemeBox() {
   init_->setToolTip(tr("auto: the method's reference choice (LRQ at W3A16 and W4A8, FlexRound at "
                        "W4A8: clip-search-2d; LR-QAT: symmetric clip-search, p = 4; otherwise "
                        "minmax)"));
+  stepFormat_ = new QComboBox(box);
+  for (auto f :
+       {quant::StepFormat::Float32, quant::StepFormat::Fp16, quant::StepFormat::Fp16Offset})
+    stepFormat_->addItem(QString::fromLatin1(quant::stepFormatName(f)), int(f));
+  stepFormat_->setToolTip(tr("How each step is stored: f32; f16 (llama.cpp Q8_0 / Q5_0 / Q4_0 "
+                             "blocks); f16-offset, an f16 step whose multiples by every zero "
+                             "point are f16 too (Q5_1 / Q4_1 blocks, asymmetric grids)"));
   actMode_ = new QComboBox(box);
   for (auto m : {quant::ActivationMode::None, quant::ActivationMode::PerTokenDynamic,
                  quant::ActivationMode::PerTensorStatic})
@@ -372,6 +379,7 @@ QWidget *QuantizeView::buildSchemeBox() {
   form->addRow(tr("Group size"), groupSize_);
   form->addRow(QString(), symmetric_);
   form->addRow(tr("Step init"), init_);
+  form->addRow(tr("Step format"), stepFormat_);
   form->addRow(tr("Activations"), actMode_);
   form->addRow(tr("Activation bits"), actBits_);
   form->addRow(QString(), kv8_);
@@ -382,7 +390,7 @@ QWidget *QuantizeView::buildSchemeBox() {
   connect(schemePreset_, &QComboBox::currentIndexChanged, this, &QuantizeView::schemePresetChosen);
   for (QSpinBox *s : {bits_, groupSize_, actBits_})
     connect(s, &QSpinBox::valueChanged, this, &QuantizeView::schemeEdited);
-  for (QComboBox *c : {granularity_, init_, actMode_})
+  for (QComboBox *c : {granularity_, init_, stepFormat_, actMode_})
     connect(c, &QComboBox::currentIndexChanged, this, &QuantizeView::schemeEdited);
   for (QCheckBox *c : {symmetric_, kv8_})
     connect(c, &QCheckBox::toggled, this, &QuantizeView::schemeEdited);
@@ -400,6 +408,7 @@ void QuantizeView::setSchemeEditor(const quant::QuantScheme &s) {
   groupSize_->setValue(int(s.weight.groupSize > 0 ? s.weight.groupSize : 128));
   symmetric_->setChecked(s.weight.symmetric);
   init_->setCurrentIndex(init_->findData(int(s.weight.init)));
+  stepFormat_->setCurrentIndex(stepFormat_->findData(int(s.weight.stepFormat)));
   actMode_->setCurrentIndex(actMode_->findData(int(s.activation.mode)));
   actBits_->setValue(s.activation.bits);
   kv8_->setChecked(s.kv8);
@@ -454,6 +463,7 @@ quant::QuantScheme QuantizeView::editedScheme() const {
       s.weight.granularity == quant::Granularity::PerGroup ? groupSize_->value() : 0;
   s.weight.symmetric = symmetric_->isChecked();
   s.weight.init = quant::StepInit(init_->currentData().toInt());
+  s.weight.stepFormat = quant::StepFormat(stepFormat_->currentData().toInt());
   s.activation.mode = quant::ActivationMode(actMode_->currentData().toInt());
   s.activation.bits = actBits_->value();
   s.kv8 = kv8_->isChecked();

@@ -95,7 +95,7 @@ private:
   QWidget *hyperBox_ = nullptr;
 
   QComboBox *schemePreset_ = nullptr, *granularity_ = nullptr, *init_ = nullptr,
-            *actMode_ = nullptr;
+            *stepFormat_ = nullptr, *actMode_ = nullptr;
   QSpinBox *bits_ = nullptr, *groupSize_ = nullptr, *actBits_ = nullptr;
   QCheckBox *symmetric_ = nullptr, *kv8_ = nullptr;
   QLineEdit *blocks_ = nullptr, *linears_ = nullptr;

@@ -274,6 +274,13 @@ std::string findPackagedText(const char *envName, const std::string &fileName,
               package + ")");
 }
 
+// Appends a paragraph to a text of blank-line separated paragraphs.
+void appendParagraph(std::string &text, const std::string &paragraph) {
+  if (!text.empty())
+    text += "\n\n";
+  text += paragraph;
+}
+
 } // namespace
 
 TextSplit defaultText() {
@@ -284,12 +291,8 @@ TextSplit defaultText() {
   TextSplit split;
   split.source = source + " (The Jargon File, Debian package jargon-text; every 20th "
                           "paragraph held out for evaluation)";
-  for (size_t i = 0; i < paragraphs.size(); ++i) {
-    std::string &part = (i % 20 == 19) ? split.evaluation : split.calibration;
-    if (!part.empty())
-      part += "\n\n";
-    part += paragraphs[i];
-  }
+  for (size_t i = 0; i < paragraphs.size(); ++i)
+    appendParagraph((i % 20 == 19) ? split.evaluation : split.calibration, paragraphs[i]);
   if (split.evaluation.empty())
     throw FileError(source, "contains no prose paragraphs");
   return split;
@@ -303,11 +306,8 @@ EvaluationText outOfDomainText() {
   EvaluationText out;
   out.source = source + " (the Debian Policy Manual, Debian package debian-policy; every 6th "
                         "paragraph; out of domain, never calibrated on)";
-  for (size_t i = 5; i < paragraphs.size(); i += 6) {
-    if (!out.text.empty())
-      out.text += "\n\n";
-    out.text += paragraphs[i];
-  }
+  for (size_t i = 5; i < paragraphs.size(); i += 6)
+    appendParagraph(out.text, paragraphs[i]);
   if (out.text.empty())
     throw FileError(source, "contains no prose paragraphs");
   return out;

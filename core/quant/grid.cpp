@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <vector>
 
@@ -88,14 +89,23 @@ Range unitRange(const at::Tensor &units) {
   return {units.amin(1, true).clamp_max(0.0), units.amax(1, true).clamp_min(0.0)};
 }
 
-// Step and zero point of each unit for the range scaled by fraction.
+// Step and zero point of each unit for the range scaled by fraction, the step
+// in spec's step format (the zero point recomputed from the rounded step).
 std::pair<at::Tensor, at::Tensor> paramsFromRange(const Range &range, const GridSpec &spec,
                                                   float fraction) {
-  if (!spec.symmetric)
-    return asymmetricStep(range.lo * fraction, range.hi * fraction, spec.levels());
+  if (!spec.symmetric) {
+    const at::Tensor lo = range.lo * fraction, hi = range.hi * fraction;
+    auto [scale, zero] = asymmetricStep(lo, hi, spec.levels());
+    if (spec.stepFormat == StepFormat::Float32)
+      return {scale, zero};
+    scale = applyStepFormat(scale, spec);
+    zero = at::round(lo.neg() / scale).clamp(0.0, double(spec.levels() - 1));
+    return {scale, zero};
+  }
   const at::Tensor absMax = at::maximum(range.lo.neg(), range.hi) * fraction;
   at::Tensor scale = absMax / (double(spec.levels()) / 2.0 - 1.0);
   scale = at::where(scale > 0, scale, at::ones_like(scale));
+  scale = applyStepFormat(scale, spec);
   at::Tensor zero = at::zeros_like(scale);
   return {scale, zero};
 }
@@ -129,6 +139,82 @@ at::Tensor asFloat(const at::Tensor &weight) {
 }
 
 } // namespace
+
+namespace {
+
+// Significant bits a step of the format keeps (f32 is not rounded).
+int significantBits(const GridSpec &spec) {
+  return spec.stepFormat == StepFormat::Fp16Offset ? 11 - spec.bits : 11;
+}
+
+constexpr double kLargestHalf = 65504.0;
+constexpr int kSmallestHalfExponent = -24; // 2^-24, the smallest positive (subnormal) half
+
+// Powers of two 2^k for an integer tensor k in the normal float range, built
+// from the exponent field so that they are exact whatever exp2 does.
+at::Tensor powerOfTwo(const at::Tensor &k) {
+  return ((k.to(at::kInt) + 127) * (1 << 23)).view(at::kFloat);
+}
+
+} // namespace
+
+double largestStep(const GridSpec &spec) {
+  switch (spec.stepFormat) {
+  case StepFormat::Float32:
+    return std::numeric_limits<double>::infinity();
+  case StepFormat::Fp16:
+    return kLargestHalf;
+  case StepFormat::Fp16Offset:
+    break;
+  }
+  // The largest M 2^e <= 65504 / (n - 1) with M < 2^P.
+  const int p = significantBits(spec);
+  const double limit = kLargestHalf / double(spec.levels() - 1);
+  int e = 0;
+  std::frexp(limit, &e); // limit in [2^(e-1), 2^e)
+  const double quantum = std::ldexp(1.0, e - p);
+  return std::floor(limit / quantum) * quantum;
+}
+
+at::Tensor applyStepFormat(const at::Tensor &step, const GridSpec &spec) {
+  if (spec.stepFormat == StepFormat::Float32)
+    return step;
+  const bool training = step.requires_grad();
+  const double largest = largestStep(spec);
+  at::Tensor rounded;
+  {
+    at::NoGradGuard noGrad;
+    const at::Tensor x = step.detach().to(at::kFloat);
+    if (!training) {
+      const at::Tensor storable = (x > 0).logical_and_(x <= largest);
+      if (!storable.all().item<bool>()) {
+        const double bad = x.masked_select(storable.logical_not()).reshape({-1})[0].item<double>();
+        char text[160];
+        std::snprintf(text, sizeof text,
+                      "weight grid: step %g cannot be stored as %s (steps of %d-bit codes must be "
+                      "in (0, %g])",
+                      bad, stepFormatName(spec.stepFormat), spec.bits, largest);
+        throw Error(text);
+      }
+    }
+    // x = m 2^e with m in [0.5, 1): 2^(e-1) <= x < 2^e, so a value with P
+    // significant bits near x is a multiple of 2^(e - P), and never finer
+    // than 2^-24. Dividing and multiplying by a power of two is exact.
+    const at::Tensor clamped = x.clamp(0.0, largest);
+    const at::Tensor exponent = std::get<1>(at::frexp(clamped));
+    const at::Tensor quantum =
+        powerOfTwo((exponent - significantBits(spec)).clamp_min(kSmallestHalfExponent));
+    rounded = at::round(clamped / quantum).mul_(quantum);
+    rounded = rounded.clamp_(std::ldexp(1.0, kSmallestHalfExponent), largest);
+    if (step.scalar_type() != at::kFloat)
+      rounded = rounded.to(step.scalar_type());
+  }
+  if (!training)
+    return rounded;
+  // rounded + 0 with the gradient of the identity: the forward value is the
+  // rounded step exactly (step + (rounded - step) need not be).
+  return rounded + (step - step.detach());
+}
 
 at::Tensor roundSte(const at::Tensor &x) {
   if (!x.requires_grad())
@@ -204,7 +290,8 @@ std::atomic<int64_t> searchChunkElements{kDefaultSearchChunkElements};
 std::atomic<int> search2DKernel{int(Search2DKernel::Auto)};
 
 // The steps s_k = (hi - lo) (k / clipSteps) / (n - 1) of every unit, [units,
-// clipSteps], in float32 as the 1-D search computes its steps; and the
+// clipSteps], in float32 as the 1-D search computes its steps (then rounded to
+// the step format); and the
 // fractions k / clipSteps, [1, clipSteps].
 std::pair<at::Tensor, at::Tensor> candidateSteps(const Range &range, const GridSpec &spec) {
   const int64_t steps = spec.clipSteps;
@@ -212,8 +299,9 @@ std::pair<at::Tensor, at::Tensor> candidateSteps(const Range &range, const GridS
                                    .div_(double(steps))
                                    .to(at::kFloat)
                                    .unsqueeze(0);
-  const at::Tensor scales =
-      (range.hi * fractions - range.lo * fractions) / double(spec.levels() - 1);
+  // In the step format: every candidate is a step the grid can store.
+  const at::Tensor scales = applyStepFormat(
+      (range.hi * fractions - range.lo * fractions) / double(spec.levels() - 1), spec);
   return {scales, fractions};
 }
 

@@ -28,6 +28,13 @@
 //    is k / clipSteps. On the CPU an exact branch and bound per unit; else
 //    every candidate is evaluated in chunks (bounded memory),
 //    in float32 (|e|^p as exp(p log|e|); chunks' sums added in double).
+//  - A stepFormat other than f32 (quant_spec.h) rounds every step to the
+//    nearest value the format can store (applyStepFormat) where it is made:
+//    MinMax rounds its step and recomputes the asymmetric zero point
+//    z = round(-f lo / s) from the rounded step; the searches round every
+//    candidate step before evaluating it (the 1-D search recomputing z the
+//    same way, the 2-D search trying every z with it), so they choose among
+//    steps the format stores and the chosen grid is exactly one it stores.
 //  - MethodDefault ("auto") is resolved by the method before it runs
 //    (QuantMethod::referenceGrid); here it is MinMax.
 //  - round is at::round: halves to even.
@@ -62,6 +69,23 @@ struct GridParams {
 // identity. Without autograd (x needs no grad) it is plain at::round.
 // at::round rounds halves to even.
 at::Tensor roundSte(const at::Tensor &x);
+
+// The step rounded to spec.stepFormat (identity for f32), elementwise, for
+// steps > 0 in float32:
+//  - f16: the nearest IEEE half;
+//  - f16-offset: the nearest half with at most 11 - bits significant bits (a
+//    multiple of 2^-24, the smallest half), so that s z is an exact half for
+//    every z in 0..2^bits - 1.
+// Nearest in value, ties to the even significand (as a float -> half
+// conversion); a step that would round to 0 becomes 2^-24. When step requires
+// grad the result is straight-through (forward the rounded value, gradient
+// the identity) and a step above the format's largest value is clamped to it,
+// so training sees the grid it will end on; otherwise a step that is not
+// finite, not positive or above the largest value throws lrq::Error naming it.
+at::Tensor applyStepFormat(const at::Tensor &step, const GridSpec &spec);
+// The largest step the format stores: 65504 for f16; for f16-offset the
+// largest allowed step s with s (2^bits - 1) <= 65504; +inf for f32.
+double largestStep(const GridSpec &spec);
 
 // Validates spec, and weight against it: 2-D floating non-empty [out, in]
 // (any group size fits: the last group may be shorter). Throws lrq::Error

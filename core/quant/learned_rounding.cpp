@@ -55,13 +55,15 @@ std::vector<std::pair<std::string, at::Tensor>> LearnedRoundingLayer::parameters
 GridParams LearnedRoundingLayer::grid() const {
   at::NoGradGuard noGrad;
   GridParams p;
-  p.scale = (step0_ * at::exp(logStep_)).detach().clone();
+  p.scale = applyStepFormat((step0_ * at::exp(logStep_)).detach(), spec_).clone();
   p.zeroPoint = zeroParam_.clone();
   return p;
 }
 
 at::Tensor LearnedRoundingLayer::weight() const {
-  const at::Tensor s1 = expandToWeight(step0_ * at::exp(logStep_), spec_, w_.size(1));
+  // Straight through the step format: training sees the steps the grid will store.
+  const at::Tensor s1 =
+      expandToWeight(applyStepFormat(step0_ * at::exp(logStep_), spec_), spec_, w_.size(1));
   const at::Tensor e = exponent();
   const at::Tensor divisor = e.defined() ? s1 * at::exp(e) : s1;
   const at::Tensor q =
@@ -110,7 +112,10 @@ GridParams recoverLearnedGrid(const at::Tensor &fpWeight, const at::Tensor &quan
       for (int nudge = 0; nudge <= 2; ++nudge) {
         for (const at::Tensor &s :
              nudge == 0 ? std::vector<at::Tensor>{down} : std::vector<at::Tensor>{down, up}) {
-          const at::Tensor safe = at::where(s > 0, s, c.s0);
+          // In the step format: s1 itself is one of the candidates (peak / k
+          // is s1 exactly when s1 k is), and no other step may be packed.
+          const at::Tensor safe =
+              applyStepFormat(at::where(s > 0, s, c.s0).clamp_max(largestStep(spec)), spec);
           const at::Tensor codes = (at::round(c.w / safe) + c.z).clamp(qmin, qmax);
           const at::Tensor fits = ((codes - c.z) * safe).eq(c.w).all(1, true);
           const at::Tensor distance = (safe / c.s0).log().abs();

@@ -205,7 +205,8 @@ public:
   // (asymmetric included).
   GridSpec referenceGrid(const QuantScheme &scheme) const override {
     GridSpec g = scheme.weight;
-    g.symmetric = true;
+    // An f16-offset grid stores a zero point (GGUF Q4_1 / Q5_1 blocks): it stays asymmetric.
+    g.symmetric = g.stepFormat != StepFormat::Fp16Offset;
     g.init = StepInit::ClippingSearch;
     g.clipSteps = 100;
     g.clipNorm = 4.0;
@@ -484,7 +485,11 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
       lin.lowRankB = at::Tensor();
       // Ŵ = s (codes − z) on the trained steps: the grid of the packed export.
       GridParams grid;
-      grid.scale = l.scale.detach().clone();
+      try { // the trained step in the step format; refused when the format cannot store it
+        grid.scale = applyStepFormat(l.scale.detach(), l.spec).clone();
+      } catch (const Error &e) {
+        throw Error("lrqat: " + where(targets[i]) + ": " + e.what());
+      }
       grid.zeroPoint = l.zeroPoint.detach().clone();
       report.grids[gridKey(ctx.model.config(), targets[i].block, targets[i].role)] = grid;
       LayerReport lr;

@@ -96,6 +96,10 @@ LrqatLayer initLrqatLayer(const at::Tensor &weight, const GridSpec &spec, int64_
   return layer;
 }
 
+at::Tensor lrqatStep(const LrqatLayer &layer) {
+  return applyStepFormat(layer.scale, layer.spec);
+}
+
 at::Tensor lrqatPhi(const LrqatLayer &layer) {
   return lrqatUpcastPhi(layer.phi0, expandToWeight(layer.zeroPoint, layer.spec, layer.cols()),
                         layer.spec);
@@ -108,7 +112,7 @@ at::Tensor lrqatLatent(const LrqatLayer &layer) {
 at::Tensor lrqatFakeWeight(const LrqatLayer &layer) {
   const GridSpec &spec = layer.spec;
   const int64_t in = layer.cols();
-  const at::Tensor s = expandToWeight(layer.scale, spec, in);
+  const at::Tensor s = expandToWeight(lrqatStep(layer), spec, in);
   const at::Tensor rounded = roundSte(lrqatLatent(layer));
   if (spec.symmetric) // z = 0
     return rounded.clamp(double(spec.qmin()), double(spec.qmax())) * s;
@@ -132,7 +136,7 @@ at::Tensor lrqatMergedWeight(const LrqatLayer &layer) {
   at::Tensor q = lrqatMergedCodes(layer).to(at::kFloat);
   if (!spec.symmetric)
     q = q - expandToWeight(layer.zeroPoint, spec, in);
-  return (q * expandToWeight(layer.scale.detach(), spec, in)).contiguous();
+  return (q * expandToWeight(lrqatStep(layer).detach(), spec, in)).contiguous();
 }
 
 namespace {
@@ -202,14 +206,14 @@ LrqatForward lrqatForward(const LrqatLayer &layer) {
     at::Tensor qc = q.clamp_(qmin, qmax);
     if (!spec.symmetric)
       qc = qc - z;
-    f.weight = qc * expandToWeight(layer.scale.detach(), spec, in);
+    f.weight = qc * expandToWeight(lrqatStep(layer).detach(), spec, in);
     return f;
   }
   // One pass: Φ0_d from its byte, + (α/r) A B, round, codes, Ŵ; the same float
   // operations in the same order as lrqatFakeWeight, so the same bits.
   const at::Tensor ab = at::mm(layer.a.detach() * layer.scaling, layer.b.detach()).contiguous();
   const at::Tensor phi0 = layer.phi0.contiguous();
-  const at::Tensor scale = layer.scale.detach().contiguous();
+  const at::Tensor scale = lrqatStep(layer).detach().contiguous();
   const at::Tensor zero = layer.zeroPoint.contiguous();
   f.weight = at::empty({out, in}, ab.options());
   f.codes = at::empty({out, in}, ab.options().dtype(at::kShort));
@@ -252,7 +256,7 @@ LrqatGradients lrqatBackward(const LrqatLayer &layer, const at::Tensor &codes,
   if (!fusable(layer)) {
     const at::Tensor q = codes.to(gradWeight.scalar_type());
     const at::Tensor inside = (q >= qmin).logical_and_(q <= qmax);
-    const at::Tensor s = expandToWeight(layer.scale.detach(), spec, in);
+    const at::Tensor s = expandToWeight(lrqatStep(layer).detach(), spec, in);
     du = gradWeight * s * inside.to(gradWeight.scalar_type());
     at::Tensor qc = q.clamp(qmin, qmax);
     if (!spec.symmetric)
@@ -260,7 +264,7 @@ LrqatGradients lrqatBackward(const LrqatLayer &layer, const at::Tensor &codes,
     ds = sumUnits(gradWeight * qc, spec);
   } else {
     const at::Tensor g = gradWeight.contiguous(), q = codes.contiguous();
-    const at::Tensor scale = layer.scale.detach().contiguous();
+    const at::Tensor scale = lrqatStep(layer).detach().contiguous();
     const at::Tensor zero = layer.zeroPoint.contiguous();
     du = at::empty({out, in}, g.options());
     const bool perGroup = spec.granularity == Granularity::PerGroup;

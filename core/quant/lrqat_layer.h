@@ -4,6 +4,7 @@
 // Internal to core: includes ATen.
 //
 //   Ŵ = s · (clamp(round_STE(Φ0 + (α/r)·A·B) + z, qmin, qmax) − z)
+// (s in the grid's step format, lrqatStep)
 //
 // Φ0 = W0 / s0 is frozen and kept downcast as int8 fixed point with
 // f = 8 − bits fractional bits (b = 4: 4 fractional bits), which is what the
@@ -61,6 +62,11 @@ struct LrqatLayer {
 LrqatLayer initLrqatLayer(const at::Tensor &weight, const GridSpec &spec, int64_t rank,
                           double alpha, uint64_t seed);
 
+// The step Ŵ uses: s rounded to the grid's step format (grid.h
+// applyStepFormat; s itself for f32), straight through, so training moves s
+// with the gradient of the rounded step and sees the grid it will end on; a
+// step above the format's largest is clamped here (the final grid checks it).
+at::Tensor lrqatStep(const LrqatLayer &layer);
 // Φ0_d as float32 [out, in].
 at::Tensor lrqatPhi(const LrqatLayer &layer);
 // Φ0_d + (α/r) A B: differentiable in A and B.
@@ -83,7 +89,8 @@ struct LrqatForward {
 LrqatForward lrqatForward(const LrqatLayer &layer);
 
 // The straight-through gradients autograd takes through lrqatFakeWeight, in
-// closed form, from dL/dŴ (gradWeight [out, in]) and the forward's codes q:
+// closed form, from dL/dŴ (gradWeight [out, in]) and the forward's codes q
+// (s the formatted step, lrqatStep):
 //   du = dŴ ⊙ s ⊙ [qmin <= q <= qmax],  dA = (α/r) du Bᵀ,  dB = (α/r) Aᵀ du,
 //   ds = Σ over each unit of dŴ ⊙ (clamp(q, qmin, qmax) − z).
 struct LrqatGradients {

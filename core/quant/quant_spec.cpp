@@ -21,6 +21,38 @@ void GridSpec::validate() const {
   if (init == StepInit::ClippingSearch2D && symmetric)
     throw Error("weight grid: clip-search-2d searches zero points, so it needs an asymmetric "
                 "grid (use clip-search on a symmetric one)");
+  // The format exists so that s z is an exact half: without a zero point use f16.
+  if (stepFormat == StepFormat::Fp16Offset && symmetric)
+    throw Error("weight grid: step format f16-offset stores a zero point, so it needs an "
+                "asymmetric grid (use f16 on a symmetric one)");
+}
+
+const char *ggufBlockTypeFor(const GridSpec &spec) {
+  if (spec.granularity != Granularity::PerGroup || spec.groupSize != 32)
+    return nullptr;
+  if (spec.symmetric && spec.stepFormat == StepFormat::Fp16) {
+    switch (spec.bits) {
+    case 8:
+      return "Q8_0";
+    case 5:
+      return "Q5_0";
+    case 4:
+      return "Q4_0";
+    default:
+      return nullptr;
+    }
+  }
+  if (!spec.symmetric && spec.stepFormat == StepFormat::Fp16Offset) {
+    switch (spec.bits) {
+    case 5:
+      return "Q5_1";
+    case 4:
+      return "Q4_1";
+    default:
+      return nullptr;
+    }
+  }
+  return nullptr;
 }
 
 std::string formatClipNorm(double clipNorm) {
@@ -46,6 +78,10 @@ std::string GridSpec::describe() const {
     s += " clip-search";
   else if (init == StepInit::ClippingSearch2D)
     s += " clip-search-2d";
+  if (stepFormat != StepFormat::Float32)
+    s += std::string(" ") + stepFormatName(stepFormat);
+  if (const char *block = ggufBlockTypeFor(*this))
+    s += std::string(" (GGUF ") + block + ")";
   return s;
 }
 
@@ -100,6 +136,18 @@ const char *activationModeName(ActivationMode m) {
   return "?";
 }
 
+const char *stepFormatName(StepFormat f) {
+  switch (f) {
+  case StepFormat::Float32:
+    return "f32";
+  case StepFormat::Fp16:
+    return "f16";
+  case StepFormat::Fp16Offset:
+    return "f16-offset";
+  }
+  return "?";
+}
+
 bool parseGranularity(const std::string &name, Granularity *out) {
   for (Granularity g : {Granularity::PerTensor, Granularity::PerChannel, Granularity::PerGroup})
     if (name == granularityName(g)) {
@@ -124,6 +172,15 @@ bool parseActivationMode(const std::string &name, ActivationMode *out) {
        {ActivationMode::None, ActivationMode::PerTokenDynamic, ActivationMode::PerTensorStatic})
     if (name == activationModeName(m)) {
       *out = m;
+      return true;
+    }
+  return false;
+}
+
+bool parseStepFormat(const std::string &name, StepFormat *out) {
+  for (StepFormat f : {StepFormat::Float32, StepFormat::Fp16, StepFormat::Fp16Offset})
+    if (name == stepFormatName(f)) {
+      *out = f;
       return true;
     }
   return false;

@@ -26,6 +26,19 @@ enum class StepInit {
   MethodDefault,
 };
 
+// How each step of a weight grid is stored, and so which values it may take.
+enum class StepFormat {
+  Float32, // any positive float32
+  // Exactly an IEEE half (> 0): what a llama.cpp Q8_0 / Q4_0 / Q5_0 block
+  // stores as its scale d.
+  Fp16,
+  // A half with at most 11 - bits significant bits, so that s z is an exact
+  // half for every zero point z in 0..2^bits - 1: a llama.cpp Q4_1 / Q5_1 block
+  // stores d = s and m = -s z as halves, and d q + m == s (q - z) exactly.
+  // Asymmetric grids only.
+  Fp16Offset,
+};
+
 // The range accepted for a clipping-search exponent (clipNorm): below it every
 // fraction scores alike (|e|^p -> 1), above it the errors overflow.
 constexpr double kMinClipNorm = 0.1;
@@ -46,6 +59,9 @@ struct GridSpec {
   // tries range sizes k/clipSteps of the min/max range, k = 1..clipSteps.
   int clipSteps = 100;
   double clipNorm = 2.4; // exponent of the clipping-search error (both searches)
+  // Every step is rounded to this format wherever it is computed or learned
+  // (grid.h applyStepFormat), so the grid is one a file format can store.
+  StepFormat stepFormat = StepFormat::Float32;
 
   int64_t levels() const { return int64_t(1) << bits; }
   int64_t qmin() const { return symmetric ? -(levels() / 2) : 0; }
@@ -55,11 +71,16 @@ struct GridSpec {
     return init == StepInit::ClippingSearch || init == StepInit::ClippingSearch2D;
   }
   // Throws lrq::Error naming the bad field (bits outside 2..8, group size < 1,
-  // clip-search-2d on a symmetric grid, ...).
+  // clip-search-2d on a symmetric grid, f16-offset on a symmetric grid, ...).
   void validate() const;
-  // "W4 asym per-channel", "W3 sym g128 clip" ...
+  // "W4 asym per-channel", "W3 sym g128 clip-search", "W4 sym g32 f16" ...
   std::string describe() const;
 };
+
+// The llama.cpp GGUF block type whose blocks store exactly this grid: "Q8_0",
+// "Q4_0", "Q5_0" (symmetric, per-group 32, f16 steps), "Q4_1", "Q5_1"
+// (asymmetric, per-group 32, f16-offset steps); nullptr for any other grid.
+const char *ggufBlockTypeFor(const GridSpec &spec);
 
 enum class ActivationMode {
   None,            // activations stay full precision
@@ -87,10 +108,12 @@ const char *granularityName(Granularity g); // "per-tensor", "per-channel", "per
 // "minmax", "clip-search", "clip-search-2d", "auto" (MethodDefault)
 const char *stepInitName(StepInit s);
 const char *
-activationModeName(ActivationMode m); // "none", "per-token-dynamic", "per-tensor-static"
+activationModeName(ActivationMode m);     // "none", "per-token-dynamic", "per-tensor-static"
+const char *stepFormatName(StepFormat f); // "f32", "f16", "f16-offset"
 // Parse the names above; return false for anything else.
 bool parseGranularity(const std::string &name, Granularity *out);
 bool parseStepInit(const std::string &name, StepInit *out);
 bool parseActivationMode(const std::string &name, ActivationMode *out);
+bool parseStepFormat(const std::string &name, StepFormat *out);
 
 } // namespace lrq::quant

@@ -75,7 +75,8 @@ double readClipNorm(const json &v, const std::string &key) {
 
 GridSpec readWeight(const json &j) {
   checkKeys(j, "weight",
-            {"bits", "symmetric", "granularity", "group_size", "init", "clip_steps", "clip_norm"});
+            {"bits", "symmetric", "granularity", "group_size", "init", "clip_steps", "clip_norm",
+             "step_format"});
   GridSpec g;
   g.init = StepInit::MethodDefault; // no "init": the method's reference choice
   if (j.contains("bits"))
@@ -101,8 +102,16 @@ GridSpec readWeight(const json &j) {
     g.clipSteps = int(readInt(j.at("clip_steps"), "weight.clip_steps", 1, 100000));
   if (j.contains("clip_norm"))
     g.clipNorm = readClipNorm(j.at("clip_norm"), "weight.clip_norm");
+  if (j.contains("step_format")) {
+    const std::string s = readString(j.at("step_format"), "weight.step_format");
+    if (!parseStepFormat(s, &g.stepFormat))
+      fail("weight.step_format", "expected f32, f16 or f16-offset, got \"" + s + "\"");
+  }
   if (g.granularity == Granularity::PerGroup && g.groupSize < 1)
     fail("weight.group_size", "per-group quantization needs a group size >= 1");
+  if (g.stepFormat == StepFormat::Fp16Offset && g.symmetric)
+    fail("weight.step_format", "f16-offset stores a zero point, so it needs an asymmetric grid "
+                               "(use f16 on a symmetric one)");
   if (g.init == StepInit::ClippingSearch2D && g.symmetric)
     fail("weight.init", "clip-search-2d searches zero points, so it needs an asymmetric grid "
                         "(use clip-search on a symmetric one)");
@@ -197,6 +206,17 @@ QuantScheme makePreset(const char *name, int wbits, int64_t group, ActivationMod
   return s;
 }
 
+// A llama.cpp GGUF block format as a scheme (ggufBlockTypeFor gives the block
+// type back): weight-only, groups of 32 inputs, steps stored as halves. The
+// init stays "auto": a method's reference grid changes only the init (LR-QAT
+// keeps an f16-offset grid asymmetric), so the block type stays.
+QuantScheme makeGgufPreset(const char *name, int wbits, bool symmetric) {
+  QuantScheme s = makePreset(name, wbits, 32, ActivationMode::None, false);
+  s.weight.symmetric = symmetric;
+  s.weight.stepFormat = symmetric ? StepFormat::Fp16 : StepFormat::Fp16Offset;
+  return s;
+}
+
 std::vector<QuantScheme> presets() {
   return {
       makePreset("W8A8", 8, 0, ActivationMode::PerTensorStatic, false),
@@ -206,6 +226,11 @@ std::vector<QuantScheme> presets() {
       makePreset("W4A16-g128", 4, 128, ActivationMode::None, false),
       makePreset("W3A16-g128", 3, 128, ActivationMode::None, false),
       makePreset("W2A16-g64", 2, 64, ActivationMode::None, false),
+      makeGgufPreset("gguf-q8_0", 8, true),
+      makeGgufPreset("gguf-q5_0", 5, true),
+      makeGgufPreset("gguf-q4_0", 4, true),
+      makeGgufPreset("gguf-q5_1", 5, false),
+      makeGgufPreset("gguf-q4_1", 4, false),
   };
 }
 
@@ -266,6 +291,9 @@ std::string QuantScheme::toJson(int indent) const {
          {"init", stepInitName(weight.init)},
          {"clip_steps", weight.clipSteps},
          {"clip_norm", weight.clipNorm}};
+  // Left out when f32, so the JSON of every scheme from before the key existed is unchanged.
+  if (weight.stepFormat != StepFormat::Float32)
+    w["step_format"] = stepFormatName(weight.stepFormat);
   json a{{"mode", activationModeName(activation.mode)},
          {"bits", activation.bits},
          {"init", stepInitName(activation.init)},

@@ -42,7 +42,7 @@ struct QuantScheme {
   // {"name": "...",
   //  "weight": {"bits", "symmetric", "granularity": "per-tensor|per-channel|per-group",
   //             "group_size", "init": "auto|minmax|clip-search|clip-search-2d",
-  //             "clip_steps", "clip_norm"},
+  //             "clip_steps", "clip_norm", "step_format": "f32|f16|f16-offset"},
   //  "activation": {"mode": "none|per-token-dynamic|per-tensor-static", "bits"},
   //  "kv8": bool,
   //  "layers": {"blocks": "all" | [int], "linears": "all" | [string],
@@ -54,7 +54,9 @@ struct QuantScheme {
 };
 
 // The named presets, in display order: W8A8, W4A8-KV8, W4A16, W3A16,
-// W4A16-g128, W3A16-g128, W2A16-g64.
+// W4A16-g128, W3A16-g128, W2A16-g64, then the llama.cpp block formats
+// gguf-q8_0, gguf-q5_0, gguf-q4_0, gguf-q5_1, gguf-q4_1 (weight-only, g32,
+// f16 / f16-offset steps: ggufBlockTypeFor names their block type).
 std::vector<std::string> presetNames();
 // Case-insensitive; throws lrq::Error listing the known names.
 QuantScheme presetScheme(const std::string &name);

@@ -21,7 +21,12 @@ double effectiveBitsPerWeight(const GridSpec &grid, int64_t outFeatures, int64_t
     break;
   }
   }
-  const double perStep = 16.0 + (grid.symmetric ? 0.0 : double(grid.bits));
+  // An f16-offset grid stores its zero point as the half m = -s z (llama.cpp's
+  // Q4_1 / Q5_1 blocks); other asymmetric grids as an integer as wide as a code.
+  const double zeroBits = grid.symmetric                              ? 0.0
+                          : grid.stepFormat == StepFormat::Fp16Offset ? 16.0
+                                                                      : double(grid.bits);
+  const double perStep = 16.0 + zeroBits;
   double bits = double(grid.bits) * weights + perStep * double(steps);
   if (lowRank > 0)
     bits += double(lowRank) * double(outFeatures + inFeatures) * (factorBits > 0 ? factorBits : 16);

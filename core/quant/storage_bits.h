@@ -1,7 +1,8 @@
 #pragma once
 // What a quantized linear costs in storage, per weight: the integer codes, each
 // step (a 16-bit float) and, on an asymmetric grid, each zero point (as wide as
-// a code), plus a low-rank correction's factors. Light header: front ends show
+// a code; 16 bits on an f16-offset grid, whose blocks store -s z as a half),
+// plus a low-rank correction's factors. Light header: front ends show
 // it live while a scheme is edited.
 #include <cstdint>
 

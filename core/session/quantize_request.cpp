@@ -131,7 +131,8 @@ std::vector<RequestOption> buildOptions() {
               methodNames),
       option("scheme", "scheme", "Scheme", "Method", V::Text, "S",
              "a scheme preset (W8A8, W4A8-KV8, W4A16, W3A16, W4A16-g128, W3A16-g128, "
-             "W2A16-g64) or a scheme JSON file",
+             "W2A16-g64; llama.cpp GGUF blocks: gguf-q8_0, gguf-q5_0, gguf-q4_0, gguf-q5_1, "
+             "gguf-q4_1) or a scheme JSON file",
              &QuantizeRequest::scheme),
       place(choices(option("preset", "preset", "Preset", "Method", V::Choice, "P",
                            "run size: demo (minutes on 2 cores), extended (at most 15 "

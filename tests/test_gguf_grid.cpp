@@ -1,0 +1,468 @@
+// Grids that are exactly llama.cpp GGUF block formats (Q8_0, Q5_0, Q4_0: an
+// f16 step d, x = d q; Q5_1, Q4_1: f16 d and m, x = d q + m): the step
+// rounding (applyStepFormat) against a scalar reference built from every half
+// bit pattern, the grids computeGridParams makes on them, and the schemes,
+// presets and storage cost that name them.
+#include <ATen/ATen.h>
+
+#include <QtTest>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <QTemporaryDir>
+
+#include "core/common/error.h"
+#include "core/io/export.h"
+#include "core/model/decoder.h"
+#include "core/quant/export_glue.h"
+#include "core/quant/grid.h"
+#include "core/quant/method.h"
+#include "core/quant/scheme.h"
+#include "core/quant/storage_bits.h"
+#include "decoder_test_models.h"
+
+using namespace lrq;
+using namespace lrq::quant;
+
+namespace {
+
+// The value of a half from its bits, by the IEEE 754 formula (no conversion code).
+double halfValue(uint16_t bits) {
+  const int sign = bits >> 15, exponent = (bits >> 10) & 0x1f, mantissa = bits & 0x3ff;
+  double v = exponent == 0 ? std::ldexp(double(mantissa), -24)
+                           : std::ldexp(double(1024 + mantissa), exponent - 25);
+  return sign ? -v : v;
+}
+
+// Significant bits of a positive double: the bit length of its odd significand.
+int significantBitsOf(double v) {
+  int e = 0;
+  auto m = uint64_t(std::ldexp(std::frexp(v, &e), 53));
+  while ((m & 1) == 0)
+    m >>= 1;
+  int n = 0;
+  for (; m; m >>= 1)
+    ++n;
+  return n;
+}
+
+// Every positive finite half the format may take, ascending.
+std::vector<double> allowedSteps(const GridSpec &spec) {
+  const int p = spec.stepFormat == StepFormat::Fp16Offset ? 11 - spec.bits : 11;
+  std::vector<double> out;
+  for (uint32_t bits = 1; bits < 0x7c00; ++bits) {
+    const double v = halfValue(uint16_t(bits));
+    if (significantBitsOf(v) > p)
+      continue;
+    if (spec.stepFormat == StepFormat::Fp16Offset && v * double(spec.levels() - 1) > 65504.0)
+      continue;
+    out.push_back(v);
+  }
+  return out;
+}
+
+// The nearest allowed value; a tie goes to the neighbour that is an even
+// multiple of the gap between the two; below half the smallest, the smallest.
+double nearestAllowed(const std::vector<double> &allowed, double x) {
+  const auto it = std::lower_bound(allowed.begin(), allowed.end(), x);
+  if (it == allowed.begin())
+    return allowed.front();
+  if (it == allowed.end())
+    return allowed.back();
+  const double hi = *it, lo = *(it - 1);
+  if (x - lo < hi - x)
+    return lo;
+  if (hi - x < x - lo)
+    return hi;
+  return std::fmod(lo / (hi - lo), 2.0) == 0.0 ? lo : hi;
+}
+
+GridSpec ggufGrid(const std::string &preset) {
+  return presetScheme(preset).weight;
+}
+
+const std::vector<std::string> &ggufPresets() {
+  static const std::vector<std::string> names{"gguf-q8_0", "gguf-q5_0", "gguf-q4_0", "gguf-q5_1",
+                                              "gguf-q4_1"};
+  return names;
+}
+
+// A weight with rows of very different scales, a zero row, a one-sided row
+// and a ragged last group (in = 80 with groups of 32).
+at::Tensor awkwardWeight(uint64_t seed) {
+  at::manual_seed(int64_t(seed));
+  at::Tensor w = at::randn({6, 80}) * 0.05;
+  w[1] *= 1e-5;   // steps in the subnormal halves
+  w[2] *= 3000.0; // large steps
+  w[3].zero_();   // a zero unit: step 1
+  w[4].abs_();
+  w[5].abs_().mul_(-7.0);
+  return w;
+}
+
+// The block decode of one weight on its grid, as llama.cpp computes it in
+// float32 from halves: d q (f16) or d q + m (f16-offset), with q the code of
+// the block (ours shifted by n/2 on symmetric grids, where x = d (q - n/2)).
+// Checks that d and m are exact halves and returns the decoded weight.
+at::Tensor blockDecode(const at::Tensor &codes, const GridParams &p, const GridSpec &spec,
+                       int64_t in) {
+  const at::Tensor s = expandToWeight(p.scale, spec, in).expand(codes.sizes()).contiguous();
+  const at::Tensor z = expandToWeight(p.zeroPoint, spec, in).expand(codes.sizes()).contiguous();
+  at::Tensor out = at::empty(codes.sizes(), at::kFloat);
+  const auto q = codes.to(at::kInt).contiguous();
+  const int *qp = q.data_ptr<int>();
+  const float *sp = s.data_ptr<float>(), *zp = z.data_ptr<float>();
+  float *op = out.data_ptr<float>();
+  for (int64_t i = 0; i < codes.numel(); ++i) {
+    const float d = float(c10::Half(sp[i]));
+    if (d != sp[i])
+      throw Error("step " + std::to_string(sp[i]) + " is not a half");
+    if (spec.symmetric) {
+      const int blockCode = qp[i] + int(spec.levels() / 2); // 0..n-1 in the block
+      op[i] = d * float(blockCode - int(spec.levels() / 2));
+    } else {
+      const float mExact = -sp[i] * zp[i];
+      const float m = float(c10::Half(mExact));
+      if (m != mExact)
+        throw Error("-s z = " + std::to_string(mExact) + " is not a half");
+      op[i] = d * float(qp[i]) + m;
+    }
+  }
+  return out;
+}
+
+} // namespace
+
+class TestGgufGrid : public QObject {
+  Q_OBJECT
+
+  QTemporaryDir tmp_;
+  lrq::test::TinyModel tiny_;
+
+private slots:
+  void initTestCase() {
+    QVERIFY(tmp_.isValid());
+    QString error;
+    const QStringList names = lrq::test::writeTinyModels(tmp_.filePath("tiny"), &error);
+    QVERIFY2(names.contains("llama_gqa"), qPrintable(error));
+    tiny_ = lrq::test::readTinyModel(tmp_.filePath("tiny"), "llama_gqa");
+    QVERIFY(!tiny_.tensors.empty());
+  }
+
+  void stepFormatMatchesScalarReference() {
+    std::mt19937_64 rng(7);
+    for (const std::string &name : ggufPresets()) {
+      const GridSpec spec = ggufGrid(name);
+      const std::vector<double> allowed = allowedSteps(spec);
+      QVERIFY(!allowed.empty());
+      QCOMPARE(largestStep(spec), allowed.back());
+      std::vector<double> inputs(allowed.begin(), allowed.end()); // each maps to itself
+      for (size_t i = 0; i + 1 < allowed.size(); ++i) {
+        const double mid = 0.5 * (allowed[i] + allowed[i + 1]); // exact in float32: a tie
+        inputs.push_back(mid);
+        inputs.push_back(std::nextafter(float(mid), 0.0f));
+        inputs.push_back(std::nextafter(float(mid), 1e9f));
+      }
+      std::uniform_real_distribution<double> logUniform(-40.0, std::log2(allowed.back()));
+      for (int i = 0; i < 20000; ++i)
+        inputs.push_back(double(float(std::exp2(logUniform(rng)))));
+      for (double tiny : {1e-30, 1e-40, 1e-45, 2.9e-8, 3.0e-8})
+        inputs.push_back(double(float(tiny)));
+      inputs.push_back(allowed.back());
+      std::vector<float> asFloat(inputs.begin(), inputs.end());
+      const at::Tensor x = at::tensor(asFloat, at::kFloat);
+      const at::Tensor y = applyStepFormat(x, spec).contiguous();
+      const float *yp = y.data_ptr<float>();
+      int64_t mismatches = 0;
+      for (size_t i = 0; i < asFloat.size(); ++i) {
+        const double expected = nearestAllowed(allowed, double(asFloat[i]));
+        if (double(yp[i]) != expected && ++mismatches < 5)
+          qWarning("%s: %.9g -> %.9g, expected %.9g", name.c_str(), double(asFloat[i]),
+                   double(yp[i]), expected);
+      }
+      QCOMPARE(mismatches, int64_t(0));
+      // f16: the same as the float -> half conversion wherever that is positive.
+      if (spec.stepFormat == StepFormat::Fp16) {
+        const at::Tensor inRange = (x >= std::ldexp(1.0, -24)).logical_and(x <= 65504.0);
+        QVERIFY(at::equal(y.masked_select(inRange),
+                          x.masked_select(inRange).to(at::kHalf).to(at::kFloat)));
+      }
+      // f16-offset: s z is an exact half for every zero point.
+      if (spec.stepFormat == StepFormat::Fp16Offset)
+        for (int64_t z = 0; z < spec.levels(); ++z) {
+          const at::Tensor sz = y * double(z);
+          QVERIFY(at::equal(sz, sz.to(at::kHalf).to(at::kFloat)));
+        }
+    }
+  }
+
+  void stepFormatRefusesWhatCannotBeStored() {
+    for (const std::string &name : ggufPresets()) {
+      const GridSpec spec = ggufGrid(name);
+      for (float bad :
+           {0.0f, -1.0f, std::numeric_limits<float>::infinity(),
+            std::numeric_limits<float>::quiet_NaN(), float(largestStep(spec)) * 1.01f}) {
+        bool thrown = false;
+        try {
+          applyStepFormat(at::tensor({0.5f, bad}), spec);
+        } catch (const Error &e) {
+          thrown = true;
+          QVERIFY2(std::string(e.what()).find(stepFormatName(spec.stepFormat)) != std::string::npos,
+                   e.what());
+        }
+        QVERIFY2(thrown, name.c_str());
+      }
+    }
+    // f32 leaves every step alone.
+    GridSpec f32;
+    const at::Tensor x = at::tensor({0.1f, 1e-30f, 1e30f});
+    QVERIFY(at::equal(applyStepFormat(x, f32), x));
+  }
+
+  void stepFormatIsStraightThroughWhenTrained() {
+    const GridSpec spec = ggufGrid("gguf-q4_1");
+    const at::Tensor s = (at::rand({4, 3}) * 0.1 + 1e-3).requires_grad_(true);
+    const at::Tensor y = applyStepFormat(s, spec);
+    QVERIFY(at::equal(y.detach(), applyStepFormat(s.detach(), spec)));
+    (y * at::arange(12, at::kFloat).reshape({4, 3})).sum().backward();
+    QVERIFY(at::equal(s.grad(), at::arange(12, at::kFloat).reshape({4, 3})));
+    // Above the largest step: clamped while training, not thrown.
+    const at::Tensor big = at::full({1}, 1e9f).requires_grad_(true);
+    QCOMPARE(double(applyStepFormat(big, spec).item<float>()), largestStep(spec));
+  }
+
+  // Every init on every GGUF grid: steps the block stores, integer zero
+  // points, and Ŵ equal to the block decode bit for bit.
+  void computedGridsAreExactBlocks() {
+    for (const std::string &name : ggufPresets())
+      for (StepInit init :
+           {StepInit::MinMax, StepInit::ClippingSearch, StepInit::ClippingSearch2D}) {
+        GridSpec spec = ggufGrid(name);
+        if (init == StepInit::ClippingSearch2D && spec.symmetric)
+          continue;
+        spec.init = init;
+        spec.clipSteps = 20;
+        const at::Tensor w = awkwardWeight(11);
+        const GridParams p = computeGridParams(w, spec);
+        QCOMPARE(p.scale.size(1), int64_t(3));
+        QVERIFY(at::equal(p.scale, applyStepFormat(p.scale, spec))); // already in the format
+        QVERIFY(at::equal(p.zeroPoint, p.zeroPoint.round()));
+        QVERIFY(p.zeroPoint.min().item<float>() >= 0.0f);
+        QVERIFY(p.zeroPoint.max().item<float>() <= float(spec.levels() - 1));
+        const at::Tensor codes = quantizeWeight(w, p, spec);
+        const at::Tensor fake = fakeQuantizeWeight(w, p, spec);
+        QVERIFY(at::equal(fake, dequantizeWeight(codes, p, spec)));
+        QVERIFY2(at::equal(fake, blockDecode(codes, p, spec, w.size(1))),
+                 (name + " " + stepInitName(init)).c_str());
+        // The zero unit keeps step 1 (a half) and decodes to zeros.
+        QVERIFY(fake[3].abs().max().item<float>() == 0.0f);
+        // The grid stays close: rounding the step moves it by at most 2^-(P) relative.
+        QVERIFY((fake - w).abs().max().item<float>() <= w.abs().max().item<float>());
+      }
+  }
+
+  // The searches choose among rounded steps: never worse than min/max on the
+  // same format, which is one of their candidates.
+  void searchesEvaluateRoundedSteps() {
+    for (const char *name : {"gguf-q4_0", "gguf-q4_1"}) {
+      GridSpec minmax = ggufGrid(name);
+      GridSpec search = minmax;
+      search.init = StepInit::ClippingSearch;
+      at::manual_seed(3);
+      const at::Tensor w = at::randn({8, 64});
+      const at::Tensor a = unitLpError(w, roundToNearest(w, minmax), minmax, search.clipNorm);
+      const at::Tensor b = unitLpError(w, roundToNearest(w, search), search, search.clipNorm);
+      QVERIFY((b <= a).all().item<bool>());
+      QVERIFY((b < a).any().item<bool>());
+    }
+  }
+
+  void minMaxStepIsTheNearestStoredStep() {
+    // Asymmetric: s = round((hi - lo) / (n - 1)) to the format, z = round(-lo / s).
+    GridSpec spec = ggufGrid("gguf-q4_1");
+    spec.granularity = Granularity::PerChannel;
+    spec.groupSize = 0;
+    const at::Tensor w = at::tensor({-0.3f, 0.1f, 0.77f}).reshape({1, 3});
+    const GridParams p = computeGridParams(w, spec);
+    const double raw = double(float(0.77f - -0.3f) / 15.0f);
+    const double expected = nearestAllowed(allowedSteps(ggufGrid("gguf-q4_1")), raw);
+    QCOMPARE(double(p.scale.item<float>()), expected);
+    QCOMPARE(double(p.zeroPoint.item<float>()), std::nearbyint(0.3 / expected));
+  }
+
+  void ggufBlockTypes() {
+    QCOMPARE(std::string(ggufBlockTypeFor(ggufGrid("gguf-q8_0"))), std::string("Q8_0"));
+    QCOMPARE(std::string(ggufBlockTypeFor(ggufGrid("gguf-q5_0"))), std::string("Q5_0"));
+    QCOMPARE(std::string(ggufBlockTypeFor(ggufGrid("gguf-q4_0"))), std::string("Q4_0"));
+    QCOMPARE(std::string(ggufBlockTypeFor(ggufGrid("gguf-q5_1"))), std::string("Q5_1"));
+    QCOMPARE(std::string(ggufBlockTypeFor(ggufGrid("gguf-q4_1"))), std::string("Q4_1"));
+    GridSpec g = ggufGrid("gguf-q4_0");
+    g.stepFormat = StepFormat::Float32; // a float32 step is no block
+    QVERIFY(ggufBlockTypeFor(g) == nullptr);
+    g = ggufGrid("gguf-q4_0");
+    g.groupSize = 64;
+    QVERIFY(ggufBlockTypeFor(g) == nullptr);
+    g = ggufGrid("gguf-q4_1");
+    g.stepFormat = StepFormat::Fp16; // an f16 step with an integer zero point: no block
+    QVERIFY(ggufBlockTypeFor(g) == nullptr);
+    g = ggufGrid("gguf-q4_0");
+    g.bits = 3;
+    QVERIFY(ggufBlockTypeFor(g) == nullptr);
+    for (const std::string &name : presetNames())
+      if (name.rfind("gguf-", 0) != 0)
+        QVERIFY(ggufBlockTypeFor(presetScheme(name).weight) == nullptr);
+    for (const std::string &name : ggufPresets()) {
+      const QuantScheme s = presetScheme(name);
+      const std::vector<std::string> names = presetNames();
+      QVERIFY(std::find(names.begin(), names.end(), name) != names.end());
+      QCOMPARE(int(s.activation.mode), int(ActivationMode::None));
+      QVERIFY(!s.kv8);
+      QVERIFY(s.describe().find("GGUF") != std::string::npos);
+    }
+  }
+
+  void bitsPerWeightMatchBlockStorage() {
+    const std::vector<std::pair<std::string, double>> expected{{"gguf-q8_0", 8.5},
+                                                               {"gguf-q5_0", 5.5},
+                                                               {"gguf-q4_0", 4.5},
+                                                               {"gguf-q5_1", 6.0},
+                                                               {"gguf-q4_1", 5.0}};
+    for (const auto &[name, bits] : expected)
+      QCOMPARE(effectiveBitsPerWeight(ggufGrid(name), 192, 576), bits);
+    // An asymmetric f32 grid keeps its integer zero point as wide as a code.
+    GridSpec g = ggufGrid("gguf-q4_1");
+    g.stepFormat = StepFormat::Float32;
+    QCOMPARE(effectiveBitsPerWeight(g, 192, 576), 4.0 + 20.0 / 32.0);
+  }
+
+  void schemeJsonRoundTrip() {
+    for (const std::string &name : ggufPresets()) {
+      const QuantScheme s = presetScheme(name);
+      const std::string json = s.toJson();
+      QVERIFY(json.find("\"step_format\"") != std::string::npos);
+      const QuantScheme back = QuantScheme::fromJson(json);
+      QCOMPARE(int(back.weight.stepFormat), int(s.weight.stepFormat));
+      QCOMPARE(back.toJson(), json);
+    }
+    // f32 is left out, so older schemes and run records read the same.
+    QVERIFY(presetScheme("W4A16").toJson().find("step_format") == std::string::npos);
+    QCOMPARE(int(QuantScheme::fromJson(R"({"weight": {"bits": 4}})").weight.stepFormat),
+             int(StepFormat::Float32));
+    QCOMPARE(int(QuantScheme::fromJson(R"({"weight": {"step_format": "f32"}})").weight.stepFormat),
+             int(StepFormat::Float32));
+    auto refused = [](const std::string &json, const std::string &needle) {
+      try {
+        QuantScheme::fromJson(json);
+      } catch (const Error &e) {
+        return std::string(e.what()).find(needle) != std::string::npos;
+      }
+      return false;
+    };
+    QVERIFY(refused(R"({"weight": {"step_format": "bf16"}})",
+                    "weight.step_format: expected f32, f16 or f16-offset, got \"bf16\""));
+    QVERIFY(refused(R"({"weight": {"step_format": 16}})", "weight.step_format"));
+    QVERIFY(refused(R"({"weight": {"symmetric": true, "step_format": "f16-offset"}})",
+                    "needs an asymmetric grid"));
+    GridSpec g;
+    g.symmetric = true;
+    g.stepFormat = StepFormat::Fp16Offset;
+    QVERIFY_EXCEPTION_THROWN(g.validate(), Error);
+    StepFormat f = StepFormat::Float32;
+    QVERIFY(parseStepFormat("f16-offset", &f) && f == StepFormat::Fp16Offset);
+    QVERIFY(!parseStepFormat("F16", &f));
+  }
+
+  // Every method on every GGUF grid, on a tiny LLaMA (hidden 64, MLP 96: whole
+  // blocks of 32): each reported step is one the block stores, each zero point
+  // an integer in range, each Ŵ the block decode of its codes bit for bit, and
+  // the packed export holds Ŵ exactly. LR-QAT refuses 8 bits with a clear message.
+  void everyMethodLandsOnBlocks() {
+    const ModelConfig &config = tiny_.config;
+    const std::map<std::string, nlohmann::json> quick = {
+        {"gptq", {{"block_size", 32}}},
+        {"flexround", {{"iters", 3}, {"batch_size", 1}, {"lr", 2e-2}}},
+        {"lrq", {{"iters", 3}, {"batch_size", 1}, {"lr", 2e-2}}},
+        {"rtn-learned-step", {{"iters", 3}, {"batch_size", 1}, {"lr", 2e-2}}},
+        {"lrqat", {{"steps", 3}, {"rank", 4}, {"lr", 1e-2}, {"lr_scale", 1e-4}}},
+        {"lqer", {{"rank", 4}}},
+        {"l2qer", {{"rank", 4}, {"batch_size", 2}}}};
+    at::Generator gen = at::detail::createCPUGenerator(7);
+    const at::Tensor tokens = at::randint(config.vocabSize, {2, 16}, gen, at::kLong);
+    const CalibrationSet calibration{tokens, "test"};
+    std::map<std::string, at::Tensor> fp;
+    for (const auto &[name, t] : tiny_.tensors)
+      fp[name] = t.clone();
+    const ModelWeights original = ModelWeights::fromHfTensors(config, fp);
+    int64_t checked = 0;
+    for (const std::string &methodName : methodNames())
+      for (const std::string &preset : ggufPresets()) {
+        const QuantScheme scheme = presetScheme(preset);
+        const std::string cell = methodName + " " + preset;
+        std::map<std::string, at::Tensor> copy;
+        for (const auto &[name, t] : tiny_.tensors)
+          copy[name] = t.clone();
+        DecoderModel model(config, ModelWeights::fromHfTensors(config, copy));
+        std::unique_ptr<QuantMethod> method = createMethod(methodName);
+        if (methodName == "lrqat" && scheme.weight.bits == 8) {
+          try {
+            method->checkScheme(scheme);
+            QFAIL("lrqat accepted 8-bit weights");
+          } catch (const Error &e) {
+            QVERIFY2(std::string(e.what()).find("2 to 7 bits") != std::string::npos, e.what());
+          }
+          continue;
+        }
+        method->checkScheme(scheme);
+        const auto it = quick.find(methodName);
+        MethodContext ctx{model,
+                          scheme,
+                          calibration,
+                          mergeHyperparameters(*method, it == quick.end() ? nlohmann::json::object()
+                                                                          : it->second),
+                          5,
+                          nullptr,
+                          nullptr,
+                          ""};
+        ctx.spectra = false;
+        const MethodReport report = method->run(ctx);
+        // The method's own grid ("auto" resolved) is still the same block type.
+        const QuantScheme used = resolveReferenceGrid(*method, scheme);
+        QCOMPARE(std::string(ggufBlockTypeFor(used.weight)),
+                 std::string(ggufBlockTypeFor(scheme.weight)));
+        const auto linears = hfLinearsFromWeights(config, model.weights());
+        QCOMPARE(report.grids.size(), size_t(2 * 7));
+        for (const auto &[prefix, linear] : linears) {
+          const auto g = report.grids.find(prefix);
+          QVERIFY2(g != report.grids.end(), (cell + " " + prefix).c_str());
+          const GridParams &p = g->second;
+          const at::Tensor w = linear->weight.to(at::kFloat);
+          QVERIFY2(at::equal(p.scale, applyStepFormat(p.scale, used.weight)),
+                   (cell + " " + prefix).c_str());
+          QVERIFY(at::equal(p.zeroPoint, p.zeroPoint.round()));
+          QVERIFY(p.zeroPoint.min().item<float>() >= 0.0f);
+          QVERIFY(p.zeroPoint.max().item<float>() <= float(used.weight.levels() - 1));
+          const at::Tensor codes = quantizeWeight(w, p, used.weight);
+          QVERIFY2(at::equal(w, dequantizeWeight(codes, p, used.weight)),
+                   (cell + " " + prefix).c_str());
+          QVERIFY2(at::equal(w, blockDecode(codes, p, used.weight, w.size(1))),
+                   (cell + " " + prefix).c_str());
+          ++checked;
+        }
+        PackStats stats;
+        packQuantizedModel(config, model.weights(), original, used, methodName, &report.grids,
+                           &stats);
+        QCOMPARE(stats.layers, int64_t(14));
+        QVERIFY2(stats.maxDeviation == 0.0, cell.c_str());
+      }
+    QVERIFY(checked >= int64_t(8 * 5 - 1) * 14);
+  }
+};
+
+QTEST_GUILESS_MAIN(TestGgufGrid)
+#include "test_gguf_grid.moc"
