@@ -406,6 +406,10 @@ private slots:
     const QString file = path("tiny.gguf");
     const ExportResult r = exportGguf(file.toStdString(), packed, source, options);
     QCOMPARE(r.tensors, int64_t(packed.tensors.size() + packed.quantized.size()));
+    // Left for people to try in llama.cpp (every block type in one file).
+    const QString kept = QDir(test::outputDir()).filePath("gguf-export-tiny.gguf");
+    QFile::remove(kept);
+    QFile::copy(file, kept);
 
     const GgufReader g(file.toStdString());
     QCOMPARE(g.getString("general.architecture"), std::string("llama"));

@@ -131,7 +131,7 @@ private slots:
     writeText(evalText, "evaluation text\n");
     const QString ggufScheme = dir_.filePath("gguf-scheme.json");
     writeText(ggufScheme, R"({"weight": {"bits": 4, "symmetric": true, "granularity": "per-group",
-                         "group_size": 32}})");
+                         "group_size": 32, "step_format": "f16"}})");
     QStringList args{"quantize", "default", "--dry-run", "--quiet"};
     QuantizeRequest expected;
     for (const RequestOption &o : quantizeRequestOptions()) {
@@ -238,14 +238,25 @@ private slots:
   void ggufExportIsRefusedBeforeAnyWork() {
     const QString scheme = dir_.filePath("q4_0-grid.json");
     writeText(scheme, R"({"weight": {"bits": 4, "symmetric": true, "granularity": "per-group",
-                      "group_size": 32}})");
+                      "group_size": 32, "step_format": "f16"}})");
     QuantizeRequest r;
     r.ggufPath = dir_.filePath("out.gguf").toStdString();
     r.scheme = "W3A16";
     QVERIFY(hasProblem(checkRequest(r), "gguf_path", "W3 asym per-channel"));
     QVERIFY(hasProblem(checkRequest(r), "gguf_path", "--scheme gguf-q4_1"));
+    // The block's shape with float32 steps: not storable either.
+    const QString f32Steps = dir_.filePath("q4_0-f32-steps.json");
+    writeText(f32Steps, R"({"weight": {"bits": 4, "symmetric": true, "granularity": "per-group",
+                        "group_size": 32}})");
+    r.scheme = f32Steps.toStdString();
+    QVERIFY(hasProblem(checkRequest(r), "gguf_path", "half-precision"));
+    QVERIFY(hasProblem(checkRequest(r), "gguf_path", "--scheme gguf-q4_0"));
     r.scheme = scheme.toStdString();
     QVERIFY(checkRequest(r).empty());
+    for (const char *preset : {"gguf-q8_0", "gguf-q4_0", "gguf-q5_0", "gguf-q4_1", "gguf-q5_1"}) {
+      r.scheme = preset;
+      QVERIFY2(checkRequest(r).empty(), preset);
+    }
     r.method = "lqer";
     QVERIFY(hasProblem(checkRequest(r), "gguf_path", "low-rank"));
     r.method = "rtn";

@@ -8,10 +8,9 @@ namespace {
 
 // The llama.cpp block type nearest to a grid of `bits` bits.
 std::string nearestBlockType(int bits, bool symmetric) {
-  const std::string width = bits >= 8 ? "8" : bits >= 5 ? "5" : "4";
-  if (width == "8")
+  if (bits >= 8)
     return "Q8_0";
-  return "Q" + width + (symmetric ? "_0" : "_1");
+  return std::string(bits >= 5 ? "Q5" : "Q4") + (symmetric ? "_0" : "_1");
 }
 
 std::string lower(std::string s) {
@@ -28,12 +27,17 @@ std::string ggufExportProblem(const std::string &schemeJson, const std::string &
                     "cannot store; export the HF folder (--out) or the packed file (--packed)";
   const QuantScheme scheme = QuantScheme::fromJson(schemeJson);
   const GridSpec &w = scheme.weight;
-  const bool blockGrid = w.granularity == Granularity::PerGroup && w.groupSize == 32 &&
-                         (w.bits == 8 ? w.symmetric : (w.bits == 4 || w.bits == 5));
-  if (blockGrid)
+  if (ggufBlockTypeFor(w))
     return "";
   const std::string type = nearestBlockType(w.bits, w.symmetric);
-  return w.describe() + " weights cannot be stored as GGUF " + type +
+  const bool blockShaped = w.granularity == Granularity::PerGroup && w.groupSize == 32 &&
+                           (w.bits == 4 || w.bits == 5 || (w.bits == 8 && w.symmetric));
+  // The right shape with steps of the wrong format: say what the block stores.
+  const std::string why = blockShaped
+                              ? std::string(" (its steps are stored as half-precision numbers") +
+                                    (w.symmetric ? "" : ", and so is -s*z") + ")"
+                              : "";
+  return w.describe() + " weights cannot be stored as GGUF " + type + why +
          "; quantize with --scheme gguf-" + lower(type);
 }
 
