@@ -64,6 +64,9 @@ Commands:
   generate MODEL --prompt TEXT   continue a prompt
       [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
   spectrum MODEL --tensor NAME   singular values of a weight (CSV: index,value)
+  tokenize MODEL                 count the tokens of a text as eval splits it (BOS included)
+      [--text FILE | --part P]   default: the held-out evaluation text
+      [--ids]                    also print the token ids
   text [--part evaluation|calibration|out-of-domain]
                                  print the default text's held-out or calibration part, or
                                  the out-of-domain evaluation text
@@ -338,6 +341,56 @@ int commandSpectrum(const Arguments &args, std::ostream &out, TerminalProgress &
   return 0;
 }
 
+// The text a command reads: --text FILE, else the named part of the default texts.
+std::pair<std::string, std::string> chosenText(const Arguments &args) {
+  if (has(args, "text") && has(args, "part"))
+    throw UsageError("give --text FILE or --part, not both");
+  if (has(args, "text")) {
+    const std::string path = stringOption(args, "text", "");
+    return {readTextFile(path), path};
+  }
+  const std::string part = stringOption(args, "part", "evaluation");
+  if (part == "out-of-domain") {
+    auto ood = outOfDomainText();
+    return {ood.text, ood.source};
+  }
+  if (part != "evaluation" && part != "calibration")
+    throw UsageError("--part must be evaluation, calibration or out-of-domain, got '" +
+                     printableText(part) + "'");
+  TextSplit split = defaultText();
+  return {part == "evaluation" ? split.evaluation : split.calibration,
+          split.source + " (" + part + ")"};
+}
+
+// Tokenizes exactly as eval does (one document, BOS prepended when the tokenizer asks
+// for it), so other tools' token counts can be checked against the windows eval scores.
+int commandTokenize(const Arguments &args, std::ostream &out, TerminalProgress &progress) {
+  const std::string model = requireModel(args);
+  const auto [text, textSource] = chosenText(args);
+  auto session = ModelSession::open(model, &progress);
+  const std::vector<int32_t> ids = session->tokenize(text, true);
+  const bool bosAdded = !session->tokenize("", true).empty();
+  if (has(args, "json")) {
+    nlohmann::json j = {{"model", session->summary().path},
+                        {"text", textSource},
+                        {"bytes", text.size()},
+                        {"tokens", ids.size()},
+                        {"bos_added", bosAdded}};
+    if (has(args, "ids"))
+      j["ids"] = ids;
+    out << j.dump() << "\n";
+    return 0;
+  }
+  out << "tokens " << ids.size() << " (" << text.size() << " bytes, BOS "
+      << (bosAdded ? "added" : "not added") << ")\n";
+  if (has(args, "ids")) {
+    for (size_t i = 0; i < ids.size(); ++i)
+      out << (i ? " " : "") << ids[i];
+    out << "\n";
+  }
+  return 0;
+}
+
 int commandText(const Arguments &args, std::ostream &out) {
   if (!args.positional.empty())
     throw UsageError("'text' takes no arguments besides --part");
@@ -436,6 +489,11 @@ int run(int argc, char **argv, std::ostream &out, std::ostream &err) {
       return commandSpectrum(args, out, progress);
     if (args.command == "text")
       return commandText(args, out);
+    if (args.command == "tokenize")
+      return has(args, "json") ? commandTokenize(args, out, progress)
+                               : escapedListing(out, [&](std::ostream &listing) {
+                                   return commandTokenize(args, listing, progress);
+                                 });
     if (args.command == "quantize")
       return commandQuantize(args, out, progress);
     if (args.command == "runs")

@@ -322,7 +322,8 @@ int commandQuantize(const Arguments &args, std::ostream &out, TerminalProgress &
                        {"seconds", outcome.seconds},
                        {"export", outcome.exportDir},
                        {"packed", outcome.packedPath},
-                       {"gguf", outcome.ggufPath}});
+                       {"gguf", outcome.ggufPath},
+                       {"compressed_tensors", outcome.compressedTensorsDir}});
     return 0;
   }
   out << "run " << outcome.runId << " finished in " << formatSeconds(outcome.seconds) << "\n";
@@ -334,6 +335,8 @@ int commandQuantize(const Arguments &args, std::ostream &out, TerminalProgress &
     out << "packed export " << outcome.packedPath << "\n";
   if (!outcome.ggufPath.empty())
     out << "GGUF export " << outcome.ggufPath << "  (lrq eval " << outcome.ggufPath << ")\n";
+  if (!outcome.compressedTensorsDir.empty())
+    out << "compressed-tensors export " << outcome.compressedTensorsDir << "\n";
   out << "store " << outcome.storePath << "  (lrq runs show " << outcome.runId << ")\n";
   return 0;
 }

@@ -58,6 +58,17 @@ else
   echo "== Python venv: ready ($VENV_DIR)"
 fi
 
+# The oldest `tokenizers` release with a wheel for the venv's Python, in its own
+# folder (not the venv): test_compressed_tensors checks through PYTHONPATH that
+# the HF export's tokenizer.json reads there too (merges as "a b" strings).
+OLD_TOKENIZERS="$CACHE_DIR/tokenizers-old"
+if [ ! -d "$OLD_TOKENIZERS/tokenizers" ]; then
+  echo "== installing tokenizers 0.13.3 into $OLD_TOKENIZERS"
+  "$VENV_DIR/bin/python" -m pip install -q --disable-pip-version-check --only-binary=:all: \
+    --no-deps --target "$OLD_TOKENIZERS" "tokenizers==0.13.3" ||
+    echo "   (not installed: the test then checks the current release only)"
+fi
+
 # Default texts: Debian's jargon-text and debian-policy. Images that drop
 # /usr/share/doc get a private copy unpacked from each package into the cache.
 cache_text() { # package, file under /usr/share/doc/PACKAGE

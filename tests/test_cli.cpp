@@ -122,6 +122,47 @@ private slots:
     QVERIFY(relative < 1e-3);
   }
 
+  void tokenizeCountsWhatEvalWindows() {
+    // A few paragraphs of the held-out text: `lrq tokenize` must give HF tokenizers' ids,
+    // and exactly the token count eval splits into windows (one window of N fits, N+1 not).
+    QTemporaryDir dir;
+    Result text = runLrq({"text", "--part", "evaluation"});
+    QCOMPARE(text.exitCode, 0);
+    const QString textPath = dir.filePath("part.txt");
+    QFile f(textPath);
+    QVERIFY(f.open(QIODevice::WriteOnly));
+    f.write(text.out.left(600));
+    f.close();
+    Result tok = runLrq({"tokenize", "default", "--text", textPath, "--ids", "--json", "--quiet"});
+    QVERIFY2(tok.exitCode == 0, qPrintable(tok.err));
+    QJsonObject j = parseJson(tok);
+    const QJsonArray ids = j["ids"].toArray();
+    const int n = j["tokens"].toInt();
+    QCOMPARE(ids.size(), n);
+    QVERIFY(n > 50);
+    QCOMPARE(j["bytes"].toInt(), 600);
+    QString error;
+    QByteArray ref = lrq::test::runReference(
+        "tokenize_reference.py", {QString::fromStdString(lrq::test::defaultModelPath()), textPath},
+        &error);
+    QVERIFY2(!ref.isEmpty(), qPrintable(error));
+    QCOMPARE(ids, QJsonDocument::fromJson(ref).object()["ids"].toArray());
+
+    Result fits = runLrq({"eval", "default", "--text", textPath, "--seq-len", QString::number(n),
+                          "--json", "--quiet"});
+    QVERIFY2(fits.exitCode == 0, qPrintable(fits.err));
+    QCOMPARE(parseJson(fits)["windows"].toInt(), 1);
+    Result over = runLrq(
+        {"eval", "default", "--text", textPath, "--seq-len", QString::number(n + 1), "--quiet"});
+    QCOMPARE(over.exitCode, 1);
+
+    Result plain = runLrq({"tokenize", "default", "--text", textPath, "--quiet"});
+    QCOMPARE(plain.exitCode, 0);
+    QVERIFY2(plain.out.startsWith("tokens " + QByteArray::number(n) + " "), plain.out.constData());
+    Result both = runLrq({"tokenize", "default", "--text", textPath, "--part", "calibration"});
+    QCOMPARE(both.exitCode, 2);
+  }
+
   void evalRejectsBadText() {
     QTemporaryDir dir;
     Result r = runLrq({"eval", "default", "--text", dir.filePath("none.txt")});

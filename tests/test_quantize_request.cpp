@@ -47,7 +47,8 @@ QString nonDefaultText(const RequestOption &o, const QString &dir) {
   case ValueType::Text:
     if (o.key == "gguf_float_types")
       return "token_embd.weight=f16";
-    return o.key == "scheme" ? "W3A16-g128" : "run-" + QString::fromStdString(o.flag);
+    // A scheme every export can hold (compressed-tensors stores 4 and 8 bits).
+    return o.key == "scheme" ? "W4A16-g128" : "run-" + QString::fromStdString(o.flag);
   case ValueType::Hyperparams:
     return R"({"iters": 7, "batch_size": 1})";
   }

@@ -39,11 +39,7 @@ double secondsSince(Clock::time_point t0) {
 
 // --- streaming safetensors writer ---------------------------------------------------
 
-struct StTensor {
-  std::string name;
-  at::Tensor source;     // any dtype/device; converted when written
-  at::ScalarType target; // kFloat, kHalf, kBFloat16, kByte
-};
+using StTensor = SafetensorsEntry;
 
 const char *stDtypeName(at::ScalarType t) {
   switch (t) {
@@ -55,6 +51,12 @@ const char *stDtypeName(at::ScalarType t) {
     return "BF16";
   case at::kByte:
     return "U8";
+  case at::kChar:
+    return "I8";
+  case at::kInt:
+    return "I32";
+  case at::kLong:
+    return "I64";
   default:
     throw Error("export: unsupported storage type " + std::string(c10::toString(t)));
   }
@@ -79,8 +81,8 @@ uint64_t writeSafetensorsStreaming(const std::string &path, const std::vector<St
   for (const StTensor &t : tensors) {
     if (!names.insert(t.name).second)
       throw Error("export: tensor " + t.name + " appears twice");
-    const uint64_t bytes = uint64_t(t.source.numel()) * c10::elementSize(t.target);
-    header[t.name] = {{"dtype", stDtypeName(t.target)},
+    const uint64_t bytes = uint64_t(t.source.numel()) * c10::elementSize(t.storage);
+    header[t.name] = {{"dtype", stDtypeName(t.storage)},
                       {"shape", t.source.sizes().vec()},
                       {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
@@ -98,7 +100,7 @@ uint64_t writeSafetensorsStreaming(const std::string &path, const std::vector<St
       cancel->throwIfCancelled();
     if (options.beforeStep)
       options.beforeStep(t.name);
-    const at::Tensor data = t.source.to(at::kCPU, t.target).contiguous();
+    const at::Tensor data = t.source.to(at::kCPU, t.storage).contiguous();
     out.write(data.data_ptr(), size_t(data.numel()) * data.element_size());
     if (observer && progressDone)
       observer->progress(++*progressDone, progressTotal, t.name);
@@ -191,6 +193,19 @@ at::Tensor effectiveWeight(const Linear &l) {
     return l.weight;
   return l.weight.to(at::kFloat) +
          at::matmul(l.lowRankA.to(at::kFloat), l.lowRankB.to(at::kFloat)).t();
+}
+
+void writeTokenizerFiles(const std::string &dir, const ExportTokenizer &tokenizer) {
+  if (!tokenizer.tokenizerJsonPath.empty()) {
+    writeTextFile(joinPath(dir, "tokenizer.json"), readWholeFile(tokenizer.tokenizerJsonPath));
+    if (!tokenizer.tokenizerConfigPath.empty())
+      writeTextFile(joinPath(dir, "tokenizer_config.json"),
+                    readWholeFile(tokenizer.tokenizerConfigPath));
+  } else if (tokenizer.spec) {
+    writeTextFile(joinPath(dir, "tokenizer.json"), tokenizerJsonFromSpec(*tokenizer.spec));
+    writeTextFile(joinPath(dir, "tokenizer_config.json"),
+                  tokenizerConfigJsonFromSpec(*tokenizer.spec));
+  }
 }
 
 // --- tokenizer reconstruction -------------------------------------------------------------
@@ -323,12 +338,26 @@ std::string tokenizerJsonFromSpec(const TokenizerSpec &spec) {
     if (seen.insert(spec.tokens[i]).second)
       vocab.emplace(spec.tokens[i], int64_t(i));
   model["vocab"] = std::move(vocab);
-  json merges = json::array();
+  // Merges as "a b" strings, which every tokenizers release reads (the pair
+  // form ["a", "b"] needs 0.20 or later); pairs only when a merged token holds
+  // a space, which the string form cannot express.
+  std::vector<std::pair<std::string, std::string>> pairs;
+  pairs.reserve(spec.merges.size());
+  bool spaceInToken = false;
   for (const std::string &m : spec.merges) {
     const size_t space = m.find(' ', 1);
     if (space == std::string::npos)
       throw Error("export: merge '" + m + "' is not \"a b\"");
-    merges.push_back({m.substr(0, space), m.substr(space + 1)});
+    pairs.emplace_back(m.substr(0, space), m.substr(space + 1));
+    spaceInToken = spaceInToken || pairs.back().first.find(' ') != std::string::npos ||
+                   pairs.back().second.find(' ') != std::string::npos;
+  }
+  json merges = json::array();
+  for (const auto &[a, b] : pairs) {
+    if (spaceInToken)
+      merges.push_back({a, b});
+    else
+      merges.push_back(a + " " + b);
   }
   model["merges"] = std::move(merges);
   root["model"] = std::move(model);
@@ -535,8 +564,26 @@ ExportResult exportHfDirectory(const std::string &dir, const ModelConfig &config
                         {"low_rank_folded", folded},
                         {"not_exported", notExported}};
 
+  HfStyleDirectory files;
+  files.configJson = hfConfigJson(outConfig, dtypeName);
+  files.tokenizer = tokenizer;
+  files.tensors = std::move(tensors);
+  files.extraFiles.emplace_back("lrq_metadata.json", meta.dump(2) + "\n");
+  ExportResult r = writeHfStyleDirectory(dir, files, options, observer, cancel);
+  r.seconds = secondsSince(t0);
+  return r;
+}
+
+ExportResult writeHfStyleDirectory(const std::string &dir, const HfStyleDirectory &files,
+                                   const ExportOptions &options, ProgressObserver *observer,
+                                   const CancelToken *cancel) {
+  const auto t0 = Clock::now();
+  if (cancel)
+    cancel->throwIfCancelled();
+  if (!options.overwrite && fs::exists(dir))
+    throw FileError(dir, "already exists (choose another name or allow overwriting)");
   TempDirectory tmp(dir);
-  const int64_t total = int64_t(tensors.size()) + 4;
+  const int64_t total = int64_t(files.tensors.size() + files.extraFiles.size()) + 3;
   int64_t done = 0;
   if (observer)
     observer->started("export", total);
@@ -552,32 +599,24 @@ ExportResult exportHfDirectory(const std::string &dir, const ModelConfig &config
   };
 
   step("config.json");
-  writeHfConfig(joinPath(tmp.path(), "config.json"), outConfig, dtypeName);
+  writeTextFile(joinPath(tmp.path(), "config.json"), files.configJson);
   stepDone("config.json");
 
   step("tokenizer");
-  if (!tokenizer.tokenizerJsonPath.empty()) {
-    writeTextFile(joinPath(tmp.path(), "tokenizer.json"),
-                  readWholeFile(tokenizer.tokenizerJsonPath));
-    if (!tokenizer.tokenizerConfigPath.empty())
-      writeTextFile(joinPath(tmp.path(), "tokenizer_config.json"),
-                    readWholeFile(tokenizer.tokenizerConfigPath));
-  } else if (tokenizer.spec) {
-    writeTextFile(joinPath(tmp.path(), "tokenizer.json"), tokenizerJsonFromSpec(*tokenizer.spec));
-    writeTextFile(joinPath(tmp.path(), "tokenizer_config.json"),
-                  tokenizerConfigJsonFromSpec(*tokenizer.spec));
-  }
+  writeTokenizerFiles(tmp.path(), files.tokenizer);
   stepDone("tokenizer");
 
   const std::string st = joinPath(tmp.path(), "model.safetensors");
   ExportResult r;
-  r.weightsBytes = writeSafetensorsStreaming(st, tensors, {{"format", "pt"}}, options, observer,
-                                             cancel, &done, total);
-  r.tensors = int64_t(tensors.size());
+  r.weightsBytes = writeSafetensorsStreaming(st, files.tensors, {{"format", "pt"}}, options,
+                                             observer, cancel, &done, total);
+  r.tensors = int64_t(files.tensors.size());
 
-  step("lrq_metadata.json");
-  writeTextFile(joinPath(tmp.path(), "lrq_metadata.json"), meta.dump(2) + "\n");
-  stepDone("lrq_metadata.json");
+  for (const auto &[name, text] : files.extraFiles) {
+    step(name);
+    writeTextFile(joinPath(tmp.path(), name), text);
+    stepDone(name);
+  }
 
   step("commit");
   for (const auto &e : fs::directory_iterator(tmp.path()))

@@ -79,6 +79,31 @@ struct ExportResult {
   double seconds = 0;
 };
 
+// One tensor of a safetensors file being written: source is converted to
+// `storage` (kFloat, kHalf, kBFloat16, kByte, kChar, kInt, kLong) as it is written.
+struct SafetensorsEntry {
+  std::string name;
+  at::Tensor source;
+  at::ScalarType storage = at::kFloat;
+};
+
+// What an HF-style directory holds: the shared writer of the HF export and
+// of the compressed-tensors export (core/quant/compressed_tensors.h).
+struct HfStyleDirectory {
+  std::string configJson;                // config.json text
+  ExportTokenizer tokenizer;             // tokenizer.json / tokenizer_config.json (none when empty)
+  std::vector<SafetensorsEntry> tensors; // model.safetensors, in this order
+  std::vector<std::pair<std::string, std::string>> extraFiles; // name, text
+};
+// Writes it into a temporary sibling renamed into place when complete
+// (options.overwrite replaces an existing target; beforeStep and cancel are
+// checked before each file and tensor). Throws lrq::FileError / lrq::Error /
+// lrq::Cancelled and then leaves nothing behind.
+ExportResult writeHfStyleDirectory(const std::string &dir, const HfStyleDirectory &files,
+                                   const ExportOptions &options = {},
+                                   ProgressObserver *observer = nullptr,
+                                   const CancelToken *cancel = nullptr);
+
 // HF directory. metadataJson (a JSON object: scheme, method, source ...) is
 // written as lrq_metadata.json. Low-rank factors are folded into the weights
 // (W + (A B)^T); activation transforms cannot be expressed and are listed in

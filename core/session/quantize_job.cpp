@@ -26,6 +26,7 @@
 #include "core/io/model_loader.h"
 #include "core/model/decoder.h"
 #include "core/quant/activation_install.h"
+#include "core/quant/compressed_tensors.h"
 #include "core/quant/export_glue.h"
 #include "core/quant/method.h"
 #include "core/quant/scheme.h"
@@ -386,10 +387,30 @@ void checkGroupSizeFits(const Job &job) {
   }
 }
 
+// compressed-tensors readers need whole groups: refuse before the run, not after it.
+void checkCompressedTensorsGroups(const Job &job) {
+  const quant::GridSpec &grid = job.scheme.weight;
+  if (job.request.compressedTensorsDir.empty() ||
+      grid.granularity != quant::Granularity::PerGroup || job.reference->weights().blocks.empty())
+    return;
+  BlockWeights block = job.reference->weights().blocks.front();
+  for (const auto &[role, linear] : blockLinears(job.loaded->config, block)) {
+    const int64_t in = linear->weight.size(1);
+    if (job.scheme.layers.selectsLinear(role) && in % grid.groupSize != 0)
+      throw OptionError("compressed_tensors_dir",
+                        "compressed-tensors export: " + role + " has " + std::to_string(in) +
+                            " in-features, not a multiple of the group size " +
+                            std::to_string(grid.groupSize) +
+                            " (the format's readers need whole groups); pick a group size "
+                            "dividing it, or per-channel");
+  }
+}
+
 // Calibration windows, before anything is recorded: a text too short for the
 // requested samples fails here and leaves no run behind.
 void calibrateStage(Job &job) {
   checkGroupSizeFits(job);
+  checkCompressedTensorsGroups(job);
   if (!job.loaded->tokenizer)
     throw FileError(job.modelPath, "the model files contain no tokenizer; calibration needs one");
   const QuantizeRequest &r = job.request;
@@ -734,7 +755,8 @@ void ggufExportStage(Job &job) {
 
 void exportStage(Job &job) {
   const QuantizeRequest &r = job.request;
-  if (r.exportDir.empty() && r.packedPath.empty() && r.ggufPath.empty())
+  if (r.exportDir.empty() && r.packedPath.empty() && r.ggufPath.empty() &&
+      r.compressedTensorsDir.empty())
     return;
   const std::string metadata = nlohmann::json{
       {"method", job.method->name()},
@@ -770,6 +792,30 @@ void exportStage(Job &job) {
   }
   if (!r.ggufPath.empty())
     ggufExportStage(job);
+  if (!r.compressedTensorsDir.empty()) {
+    quant::CompressedTensorsRun run;
+    run.config = &job.loaded->config;
+    run.quantized = &job.model->weights();
+    run.original = &job.reference->weights();
+    run.scheme = &job.scheme;
+    run.method = job.method->name();
+    run.hyperparameters = &r.hyperparameters;
+    run.grids = job.report.grids.empty() ? nullptr : &job.report.grids;
+    run.valueDtypes = &job.sourceTypes;
+    run.metadataJson = metadata;
+    ExportOptions options;
+    options.dtype = job.exportType;
+    options.tensorDtypes = job.sourceTypes;
+    options.overwrite = r.overwrite;
+    quant::CompressedTensorsStats stats;
+    ExportResult e =
+        quant::exportCompressedTensors(r.compressedTensorsDir, run, exportTokenizerFor(*job.loaded),
+                                       options, &stats, job.beating(), job.cancel);
+    job.outcome.compressedTensorsDir = e.path;
+    job.say("compressed-tensors export: " + e.path + " (" + std::to_string(stats.layers) +
+            " layers; " + std::to_string(stats.inexactValues) +
+            " values decode other than the evaluated weight)");
+  }
   // Recorded once complete: what the desktop offers to open.
   job.store->setExports(job.outcome.runId, job.outcome.exportDir, job.outcome.packedPath,
                         job.outcome.ggufPath);

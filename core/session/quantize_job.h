@@ -22,6 +22,7 @@ struct QuantizeOutcome {
   std::string exportDir;
   std::string packedPath;
   std::string ggufPath;
+  std::string compressedTensorsDir;
 };
 
 // Resuming. A run of a method that checkpoints (MethodInfo::canResume) saves

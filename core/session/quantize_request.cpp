@@ -11,6 +11,7 @@
 
 #include "core/data/default_assets.h"
 #include "core/io/gguf_writer.h"
+#include "core/quant/compressed_tensors_scheme.h"
 #include "core/quant/gguf_scheme.h"
 #include "core/runs/run_store.h"
 
@@ -220,8 +221,13 @@ std::vector<RequestOption> buildOptions() {
                          "storage of the GGUF tensors left in float, by name (glob or re:REGEX; "
                          "default F32; norms stay F32)",
                          &QuantizeRequest::ggufFloatTypes)),
+      afterMethod(option("compressed-tensors", "compressed_tensors_dir",
+                         "compressed-tensors export folder", "Output", V::Path, "DIR",
+                         "write the model in compressed-tensors' layout (vLLM, llm-compressor): "
+                         "weight-only int4/int8 or W8A8",
+                         &QuantizeRequest::compressedTensorsDir)),
       place(option("force", "overwrite", "Replace existing exports", "Output", V::Flag, "",
-                   "replace an existing export folder or file (--out, --packed, --gguf)",
+                   "replace an existing export (--out, --packed, --gguf, --compressed-tensors)",
                    &QuantizeRequest::overwrite)),
       place(option("store", "store", "Run store", "Run", V::Path, "FILE",
                    "the run store (default: ~/.local/share/lrq-workbench/runs.sqlite)",
@@ -513,12 +519,23 @@ std::vector<RequestProblem> checkRequest(const QuantizeRequest &request) {
       problem("resume",
               "method " + info->name + " keeps no checkpoint: its runs cannot be resumed");
   }
+  std::string schemeJson;
   try {
-    const std::string scheme = resolveSchemeJson(request.scheme);
+    schemeJson = resolveSchemeJson(request.scheme);
     if (info)
-      info->checkScheme(scheme); // what this method can do with it
+      info->checkScheme(schemeJson); // what this method can do with it
   } catch (const Error &e) {
     problem("scheme", e.what());
+    schemeJson.clear();
+  }
+  if (!request.compressedTensorsDir.empty() && !schemeJson.empty()) {
+    // Refused before the run: a scheme or method the format cannot hold exactly.
+    try {
+      quant::compressedTensorsFormatFor(quant::QuantScheme::fromJson(schemeJson), request.method,
+                                        &request.hyperparameters);
+    } catch (const Error &e) {
+      problem("compressed_tensors_dir", e.what());
+    }
   }
   // Text files: present, readable, UTF-8.
   auto checkText = [&](const std::string &key, const std::string &path) {
@@ -566,6 +583,14 @@ std::vector<RequestProblem> checkRequest(const QuantizeRequest &request) {
     } catch (const Error &e) {
       problem("gguf_float_types", e.what());
     }
+  }
+  if (!request.compressedTensorsDir.empty() && fs::exists(request.compressedTensorsDir, ec)) {
+    if (!fs::is_directory(request.compressedTensorsDir, ec))
+      problem("compressed_tensors_dir",
+              request.compressedTensorsDir + ": exists and is not a folder");
+    else if (!request.overwrite)
+      problem("compressed_tensors_dir",
+              request.compressedTensorsDir + ": already exists (--force replaces it)");
   }
   if (!request.model.empty() && request.model != "default" && !fs::exists(request.model, ec))
     problem("model", request.model + ": no such file or folder");

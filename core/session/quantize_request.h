@@ -96,9 +96,12 @@ struct QuantizeRequest {
   // GGUF storage of the tensors left in float: "PATTERN=f16,PATTERN=f32" on GGUF
   // names (glob, or "re:REGEX"); "" = all F32.
   std::string ggufFloatTypes;
-  bool overwrite = false; // replace existing exports (else refused before any work)
-  std::string storePath;  // run store file; "" = the default one
-  std::string workDir;    // caches and checkpoints; "" = a folder under the cache directory
+  // compressed-tensors export (what vLLM and llm-compressor read); "" = none.
+  std::string compressedTensorsDir;
+  // Replace existing exports (--gguf, --compressed-tensors: else refused before any work).
+  bool overwrite = false;
+  std::string storePath; // run store file; "" = the default one
+  std::string workDir;   // caches and checkpoints; "" = a folder under the cache directory
   // Resume this interrupted run (id or unique prefix in the store).
   std::string resumeRunId;
 };

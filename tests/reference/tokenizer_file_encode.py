@@ -3,6 +3,8 @@
 
 usage: tokenizer_file_encode.py TOKENIZER_JSON TEXT_FILE
 prints JSON: {"ids": [...], "vocab_size": N}
+       tokenizer_file_encode.py --version
+prints the version of the `tokenizers` package imported
 """
 import json
 import sys
@@ -11,6 +13,10 @@ from tokenizers import Tokenizer
 
 
 def main(argv):
+    if len(argv) == 2 and argv[1] == "--version":
+        import tokenizers
+        print(tokenizers.__version__)
+        return
     if len(argv) != 3:
         raise SystemExit(__doc__)
     tok = Tokenizer.from_file(argv[1])
