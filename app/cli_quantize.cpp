@@ -125,6 +125,7 @@ nlohmann::json runInfoJson(const RunInfo &r) {
   j["heartbeat"] = r.heartbeat > 0 ? formatIsoUtc(r.heartbeat) : std::string();
   j["export"] = r.exportDir;
   j["packed"] = r.packedPath;
+  j["gguf"] = r.ggufPath;
   return j;
 }
 
@@ -321,6 +322,7 @@ int commandQuantize(const Arguments &args, std::ostream &out, TerminalProgress &
                        {"seconds", outcome.seconds},
                        {"export", outcome.exportDir},
                        {"packed", outcome.packedPath},
+                       {"gguf", outcome.ggufPath},
                        {"compressed_tensors", outcome.compressedTensorsDir}});
     return 0;
   }
@@ -331,6 +333,8 @@ int commandQuantize(const Arguments &args, std::ostream &out, TerminalProgress &
     out << "exported to " << outcome.exportDir << "  (lrq eval " << outcome.exportDir << ")\n";
   if (!outcome.packedPath.empty())
     out << "packed export " << outcome.packedPath << "\n";
+  if (!outcome.ggufPath.empty())
+    out << "GGUF export " << outcome.ggufPath << "  (lrq eval " << outcome.ggufPath << ")\n";
   if (!outcome.compressedTensorsDir.empty())
     out << "compressed-tensors export " << outcome.compressedTensorsDir << "\n";
   out << "store " << outcome.storePath << "  (lrq runs show " << outcome.runId << ")\n";
@@ -454,6 +458,8 @@ int commandRuns(const Arguments &args, std::ostream &out) {
       out << "export    " << r.exportDir << "\n";
     if (!r.packedPath.empty())
       out << "packed    " << r.packedPath << "\n";
+    if (!r.ggufPath.empty())
+      out << "gguf      " << r.ggufPath << "\n";
     if (!r.notes.empty())
       out << "notes     " << r.notes << "\n";
     if (!r.error.empty())

@@ -45,6 +45,8 @@ QString nonDefaultText(const RequestOption &o, const QString &dir) {
   case ValueType::Path:
     return dir + "/" + QString::fromStdString(o.flag.empty() ? "model" : o.flag) + ".txt";
   case ValueType::Text:
+    if (o.key == "gguf_float_types")
+      return "token_embd.weight=f16";
     // A scheme every export can hold (compressed-tensors stores 4 and 8 bits).
     return o.key == "scheme" ? "W4A16-g128" : "run-" + QString::fromStdString(o.flag);
   case ValueType::Hyperparams:
@@ -128,6 +130,9 @@ private slots:
     const QString calib = dir_.filePath("calib.txt"), evalText = dir_.filePath("eval.txt");
     writeText(calib, "calibration text\n");
     writeText(evalText, "evaluation text\n");
+    const QString ggufScheme = dir_.filePath("gguf-scheme.json");
+    writeText(ggufScheme, R"({"weight": {"bits": 4, "symmetric": true, "granularity": "per-group",
+                         "group_size": 32, "step_format": "f16"}})");
     QStringList args{"quantize", "default", "--dry-run", "--quiet"};
     QuantizeRequest expected;
     for (const RequestOption &o : quantizeRequestOptions()) {
@@ -141,6 +146,8 @@ private slots:
         value = calib;
       if (o.key == "evaluation_text")
         value = evalText;
+      if (o.key == "scheme") // one a GGUF export (--gguf) can store
+        value = ggufScheme;
       args << "--" + QString::fromStdString(o.flag);
       if (o.type == ValueType::Flag) {
         o.set(expected, !o.negated);
@@ -225,6 +232,43 @@ private slots:
     b = a;
     b.calibrationText = QDir::current().absoluteFilePath("calib.txt").toStdString();
     QVERIFY(requestDifferences(a, b).empty());
+  }
+
+  // --gguf: a grid llama.cpp cannot store, LQER factors, an existing file
+  // without --force and a bad --gguf-float are refused before any work.
+  void ggufExportIsRefusedBeforeAnyWork() {
+    const QString scheme = dir_.filePath("q4_0-grid.json");
+    writeText(scheme, R"({"weight": {"bits": 4, "symmetric": true, "granularity": "per-group",
+                      "group_size": 32, "step_format": "f16"}})");
+    QuantizeRequest r;
+    r.ggufPath = dir_.filePath("out.gguf").toStdString();
+    r.scheme = "W3A16";
+    QVERIFY(hasProblem(checkRequest(r), "gguf_path", "W3 asym per-channel"));
+    QVERIFY(hasProblem(checkRequest(r), "gguf_path", "--scheme gguf-q4_1"));
+    // The block's shape with float32 steps: not storable either.
+    const QString f32Steps = dir_.filePath("q4_0-f32-steps.json");
+    writeText(f32Steps, R"({"weight": {"bits": 4, "symmetric": true, "granularity": "per-group",
+                        "group_size": 32}})");
+    r.scheme = f32Steps.toStdString();
+    QVERIFY(hasProblem(checkRequest(r), "gguf_path", "half-precision"));
+    QVERIFY(hasProblem(checkRequest(r), "gguf_path", "--scheme gguf-q4_0"));
+    r.scheme = scheme.toStdString();
+    QVERIFY(checkRequest(r).empty());
+    for (const char *preset : {"gguf-q8_0", "gguf-q4_0", "gguf-q5_0", "gguf-q4_1", "gguf-q5_1"}) {
+      r.scheme = preset;
+      QVERIFY2(checkRequest(r).empty(), preset);
+    }
+    r.method = "lqer";
+    QVERIFY(hasProblem(checkRequest(r), "gguf_path", "low-rank"));
+    r.method = "rtn";
+    r.ggufFloatTypes = "token_embd.weight=q4_0";
+    QVERIFY(hasProblem(checkRequest(r), "gguf_float_types", "f16 or f32"));
+    r.ggufFloatTypes = "token_embd.weight=f16,re:blk\\..*=f32";
+    QVERIFY(checkRequest(r).empty());
+    writeText(QString::fromStdString(r.ggufPath), "old");
+    QVERIFY(hasProblem(checkRequest(r), "gguf_path", "--force"));
+    r.overwrite = true;
+    QVERIFY(checkRequest(r).empty());
   }
 
   void badRequestsAreRefusedBeforeAnyWork() {

@@ -321,6 +321,7 @@ private slots:
     view.setStorePath(store_);
     QSignalSpy resume(&view, &RunsView::resumeRequested);
     QSignalSpy exportSpy(&view, &RunsView::exportRequested);
+    QSignalSpy exportGguf(&view, &RunsView::exportGgufRequested);
     QSignalSpy compare(&view, &RunsView::compareRequested);
     QSignalSpy selected(&view, &RunsView::runSelected);
 
@@ -330,6 +331,7 @@ private slots:
     QCOMPARE(selected.last().at(0).toString(), cancelled_);
     QVERIFY(view.resumeButton()->isEnabled());
     QVERIFY(!view.exportButton()->isEnabled());
+    QVERIFY(!view.exportGgufButton()->isEnabled());
     QVERIFY(!view.compareButton()->isEnabled());
     view.resumeButton()->click();
     QCOMPARE(resume.count(), 1);
@@ -345,6 +347,10 @@ private slots:
     view.exportButton()->click();
     QCOMPARE(exportSpy.count(), 1);
     QCOMPARE(exportSpy.last().at(0).toString(), rtn_);
+    QVERIFY(view.exportGgufButton()->isEnabled());
+    view.exportGgufButton()->click();
+    QCOMPARE(exportGguf.count(), 1);
+    QCOMPARE(exportGguf.last().at(0).toString(), rtn_);
 
     // Add the LRQ run to the selection: compare two.
     auto *proxy = qobject_cast<QSortFilterProxyModel *>(view.table()->model());

@@ -192,6 +192,18 @@ MainWindow::MainWindow(QWidget *parent) : QMainWindow(parent) {
     quantizeView_->resumeRun(runId, runs_->model()->storePath());
   });
   connect(runs_, &RunsView::exportRequested, this, &MainWindow::exportRun);
+  connect(runs_, &RunsView::exportGgufRequested, this, &MainWindow::exportRunGguf);
+  // A GGUF export that fails (e.g. a grid llama.cpp cannot store) says so in a box.
+  connect(quantizeController_, &QuantizeController::failed, this, [this](const QString &message) {
+    if (!ggufExportPending_)
+      return;
+    ggufExportPending_ = false;
+    showError(tr("Export GGUF"), message);
+  });
+  connect(quantizeController_, &QuantizeController::finished, this,
+          [this] { ggufExportPending_ = false; });
+  connect(quantizeController_, &QuantizeController::cancelled, this,
+          [this] { ggufExportPending_ = false; });
   connect(runs_, &RunsView::openModelRequested, this, [this](const QString &path) {
     showView(QStringLiteral("model"));
     openModel(path);
@@ -514,23 +526,65 @@ bool MainWindow::saveComparisonReport(const QString &path) {
   return f.write(compare_->toHtmlReport().toUtf8()) >= 0;
 }
 
-void MainWindow::exportRun(const QString &runId) {
+bool MainWindow::requestToExport(const QString &runId, lrq::QuantizeRequest *request) {
   // The store keeps a run's settings, not its weights: exporting runs the same
-  // request again (same seed; deterministic on the CPU) with an output folder.
-  lrq::QuantizeRequest request;
+  // request again (same seed; deterministic on the CPU) with an output.
   try {
-    request = lrq::requestForRun(runId.toStdString(), runs_->model()->storePath().toStdString());
+    *request = lrq::requestForRun(runId.toStdString(), runs_->model()->storePath().toStdString());
   } catch (const std::exception &e) {
     showError(tr("Export"), QString::fromUtf8(e.what()));
-    return;
+    return false;
   }
   const lrq::ModelSummary *open = controller_->summary();
   if (!open || QFileInfo(QString::fromStdString(open->path)).canonicalFilePath() !=
-                   QFileInfo(QString::fromStdString(request.model)).canonicalFilePath()) {
+                   QFileInfo(QString::fromStdString(request->model)).canonicalFilePath()) {
     showError(tr("Export"), tr("Run %1 quantized %2. Open that model first, then export again.")
-                                .arg(runId, QString::fromStdString(request.model)));
+                                .arg(runId, QString::fromStdString(request->model)));
+    return false;
+  }
+  return true;
+}
+
+void MainWindow::exportRunGguf(const QString &runId) {
+  lrq::QuantizeRequest request;
+  if (!requestToExport(runId, &request))
+    return;
+  const QString file = QFileDialog::getSaveFileName(
+      this, tr("Export run %1 as GGUF").arg(runId),
+      QDir(lastDirectory()).filePath(QStringLiteral("lrq-") + runId + QStringLiteral(".gguf")),
+      tr("GGUF files (*.gguf)"));
+  if (file.isEmpty())
+    return;
+  rememberDirectory(QFileInfo(file).absolutePath());
+  request.ggufPath = file.toStdString();
+  request.overwrite = QFileInfo::exists(file); // the dialog asked before replacing it
+  request.evaluate = false;
+  request.spectra = false;
+  // What can be known before any work (a scheme llama.cpp cannot store, LQER).
+  const std::vector<lrq::RequestProblem> problems = lrq::checkRequest(request);
+  if (!problems.empty()) {
+    QStringList lines;
+    for (const lrq::RequestProblem &p : problems)
+      lines << QString::fromStdString(p.message);
+    showError(tr("Export GGUF"), lines.join(QLatin1Char('\n')));
     return;
   }
+  showView(QStringLiteral("quantize"));
+  quantizeView_->setRequest(request);
+  if (!quantizeController_->start(request)) {
+    showError(tr("Export GGUF"), tr("The export could not start."));
+    return;
+  }
+  ggufExportPending_ = true;
+  statusLabel_->setText(tr("Exporting run %1 to %2 (the method runs again with the run's "
+                           "settings; a new run is recorded)")
+                            .arg(runId, file));
+}
+
+void MainWindow::exportRun(const QString &runId) {
+  lrq::QuantizeRequest request;
+  if (!requestToExport(runId, &request))
+    return;
   const QString dir = QFileDialog::getExistingDirectory(
       this, tr("Export run %1 as a Hugging Face folder").arg(runId), lastDirectory());
   if (dir.isEmpty())

@@ -13,6 +13,10 @@ class QProgressBar;
 class QTabWidget;
 class QToolButton;
 
+namespace lrq {
+struct QuantizeRequest;
+} // namespace lrq
+
 namespace lrq::ui {
 class LiveLabel;
 
@@ -87,6 +91,9 @@ private:
   void showAbout();
   void fitToScreen();
   void exportRun(const QString &runId);
+  void exportRunGguf(const QString &runId);
+  // The request that reproduces a run, when its model is the open one (else an error box).
+  bool requestToExport(const QString &runId, lrq::QuantizeRequest *request);
   QString lastDirectory() const;
   void rememberDirectory(const QString &path);
 
@@ -94,6 +101,7 @@ private:
   ArchitectureView *architecture_ = nullptr;
   TensorInspector *inspector_ = nullptr;
   QTabWidget *tabs_ = nullptr;
+  bool ggufExportPending_ = false; // a GGUF export run is going: its failure gets a box
   QuantizeController *quantizeController_ = nullptr;
   QuantizeView *quantizeView_ = nullptr;
   RunsView *runs_ = nullptr;

@@ -241,6 +241,10 @@ RunsView::RunsView(QWidget *parent) : QWidget(parent) {
   compare_->setToolTip(tr("Compare the selected runs side by side (select two or more)"));
   export_ = new QPushButton(tr("Export…"), this);
   export_->setToolTip(tr("Export the selected finished run's quantized model"));
+  exportGguf_ = new QPushButton(tr("Export GGUF…"), this);
+  exportGguf_->setObjectName(QStringLiteral("exportGguf"));
+  exportGguf_->setToolTip(tr("Write the selected finished run as a GGUF file that llama.cpp "
+                             "loads (runs of the gguf-* schemes)"));
   openExport_ = new QPushButton(tr("Open Export"), this);
   openExport_->setObjectName(QStringLiteral("openExport"));
   resume_ = new QPushButton(tr("Resume"), this);
@@ -256,6 +260,7 @@ RunsView::RunsView(QWidget *parent) : QWidget(parent) {
   bar->addStretch(1);
   bar->addWidget(compare_);
   bar->addWidget(export_);
+  bar->addWidget(exportGguf_);
   bar->addWidget(openExport_);
   bar->addWidget(resume_);
   bar->addWidget(delete_);
@@ -406,6 +411,11 @@ RunsView::RunsView(QWidget *parent) : QWidget(parent) {
     if (ids.size() == 1)
       emit exportRequested(ids.first());
   });
+  connect(exportGguf_, &QPushButton::clicked, this, [this] {
+    const QStringList ids = selectedRunIds();
+    if (ids.size() == 1)
+      emit exportGgufRequested(ids.first());
+  });
   connect(openExport_, &QPushButton::clicked, this, [this] {
     const QStringList ids = selectedRunIds();
     const RunInfo *one = ids.size() == 1 ? model_->runInfo(model_->rowOfRun(ids.first())) : nullptr;
@@ -523,6 +533,7 @@ void RunsView::updateActions() {
     resume_->setToolTip(
         tr("Continue an interrupted, cancelled or failed run from its last checkpoint"));
   export_->setEnabled(one && one->status == RunStatus::Finished);
+  exportGguf_->setEnabled(export_->isEnabled());
   QString why;
   const QString exported = one ? openableExport(*one, &why) : QString();
   openExport_->setEnabled(!exported.isEmpty());
@@ -555,7 +566,7 @@ QString RunsView::openableExport(const RunInfo &run, QString *reason) {
       }
     }
   }
-  if (dir.isEmpty() && packed.isEmpty())
+  if (dir.isEmpty() && packed.isEmpty() && run.ggufPath.empty())
     return fail(tr("Run %1 has no export: give a run an HF folder or a packed file as its "
                    "output (Quantize view, Output), or export it with Export…")
                     .arg(id));
@@ -564,7 +575,9 @@ QString RunsView::openableExport(const RunInfo &run, QString *reason) {
     return dir;
   if (!packed.isEmpty() && QFileInfo(packed).isFile())
     return packed;
-  const QString where = !dir.isEmpty() ? dir : packed;
+  if (!run.ggufPath.empty() && QFileInfo(qs(run.ggufPath)).isFile())
+    return qs(run.ggufPath);
+  const QString where = !dir.isEmpty() ? dir : !packed.isEmpty() ? packed : qs(run.ggufPath);
   if (run.status == RunStatus::Running)
     return fail(tr("Run %1 is still running; its export %2 is written at its end").arg(id, where));
   if (run.status != RunStatus::Finished)
@@ -677,6 +690,8 @@ void RunsView::fillSettings(const RunRecord &run) {
     summary.append({tr("export"), qs(run.exportDir)});
   if (!run.packedPath.empty())
     summary.append({tr("packed export"), qs(run.packedPath)});
+  if (!run.ggufPath.empty())
+    summary.append({tr("GGUF export"), qs(run.ggufPath)});
   html += tableHtml(summary);
 
   section(tr("Hyperparameters"));

@@ -62,6 +62,7 @@ public:
   QPushButton *deleteButton() const { return delete_; }
   QPushButton *resumeButton() const { return resume_; }
   QPushButton *exportButton() const { return export_; }
+  QPushButton *exportGgufButton() const { return exportGguf_; }
   QPushButton *compareButton() const { return compare_; }
   QPushButton *openExportButton() const { return openExport_; }
 
@@ -82,6 +83,8 @@ signals:
   void runSelected(const QString &id);
   void resumeRequested(const QString &runId);
   void exportRequested(const QString &runId);
+  // Export the run as a GGUF file for llama.cpp (gguf-* schemes).
+  void exportGgufRequested(const QString &runId);
   void compareRequested(const QStringList &runIds);
   // Open this export (HF folder or packed file) as the current model.
   void openModelRequested(const QString &path);
@@ -110,6 +113,7 @@ private:
   QPushButton *delete_ = nullptr;
   QPushButton *resume_ = nullptr;
   QPushButton *export_ = nullptr;
+  QPushButton *exportGguf_ = nullptr;
   QPushButton *compare_ = nullptr;
   QPushButton *openExport_ = nullptr;
   QLabel *detailTitle_ = nullptr;

@@ -84,6 +84,8 @@ public:
   GgufValue item(size_t i) const; // element i as a value of its own
   // The elements of an array of strings (empty otherwise).
   const std::vector<std::string> &strings() const { return strings_; }
+  // The elements of an array of numbers or bools, little-endian as in the file.
+  const std::vector<uint8_t> &packedBytes() const { return packed_; }
 
   // Short human-readable rendering ("42", "\"llama\"", "[string x 49152]").
   std::string describe() const;

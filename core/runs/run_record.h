@@ -97,6 +97,7 @@ struct RunInfo {
   // What the run exported, recorded once each export is complete ("" = none).
   std::string exportDir;
   std::string packedPath;
+  std::string ggufPath;
 };
 
 // A run with everything recorded for it.

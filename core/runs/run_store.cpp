@@ -112,13 +112,14 @@ const AddedColumn kAddedColumns[] = {
     {"runs", "heartbeat", "REAL"},
     {"runs", "export_dir", "TEXT"},
     {"runs", "packed_path", "TEXT"},
+    {"runs", "gguf_path", "TEXT"},
     // The reconstruction loss on held-out calibration samples (NULL: none).
     {"run_blocks", "heldout_initial_loss", "REAL"},
     {"run_blocks", "heldout_final_loss", "REAL"},
 };
 const char *const kAddedSelect =
-    ", owner_pid, owner_host, owner_start, heartbeat, export_dir, packed_path";
-const char *const kAddedNulls = ", NULL, NULL, NULL, NULL, NULL, NULL";
+    ", owner_pid, owner_host, owner_start, heartbeat, export_dir, packed_path, gguf_path";
+const char *const kAddedNulls = ", NULL, NULL, NULL, NULL, NULL, NULL, NULL";
 
 struct Timestamp {
   std::string iso;    // 2026-11-23T10:15:02.123Z
@@ -172,6 +173,7 @@ RunInfo readRunInfo(const Statement &q) {
   info.heartbeat = q.isNull(17) ? 0 : q.real(17);
   info.exportDir = q.text(18);
   info.packedPath = q.text(19);
+  info.ggufPath = q.text(20);
   return info;
 }
 
@@ -506,14 +508,15 @@ std::string RunStore::createRun(const RunInfo &info) {
   if (impl_->addedColumns) {
     const RunOwner &owner = info.owner.known() ? info.owner : currentRunOwner();
     Statement o(db, "UPDATE runs SET owner_pid = ?, owner_host = ?, owner_start = ?, "
-                    "heartbeat = ?, export_dir = ?, packed_path = ? WHERE seq = ?");
+                    "heartbeat = ?, export_dir = ?, packed_path = ?, gguf_path = ? WHERE seq = ?");
     o.bind(1, owner.pid)
         .bind(2, owner.host)
         .bind(3, owner.start)
         .bind(4, info.heartbeat > 0 ? info.heartbeat : unixNow())
         .bind(5, info.exportDir)
         .bind(6, info.packedPath)
-        .bind(7, seq)
+        .bind(7, info.ggufPath)
+        .bind(8, seq)
         .run();
   }
   txn.commit();
@@ -721,12 +724,13 @@ RunInfo RunStore::claimRun(const std::string &id) {
 }
 
 void RunStore::setExports(const std::string &id, const std::string &exportDir,
-                          const std::string &packedPath) {
+                          const std::string &packedPath, const std::string &ggufPath) {
   if (!impl_->addedColumns)
     throw FileError(path(), "cannot record exports in this run store (it could not be upgraded)");
   impl_->write(id, [&](int64_t seq) {
-    Statement q(*impl_->db, "UPDATE runs SET export_dir = ?, packed_path = ? WHERE seq = ?");
-    q.bind(1, exportDir).bind(2, packedPath).bind(3, seq).run();
+    Statement q(*impl_->db,
+                "UPDATE runs SET export_dir = ?, packed_path = ?, gguf_path = ? WHERE seq = ?");
+    q.bind(1, exportDir).bind(2, packedPath).bind(3, ggufPath).bind(4, seq).run();
   });
 }
 

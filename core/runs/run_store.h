@@ -110,9 +110,9 @@ public:
   // when its owner is alive, lrq::Error when it has finished; otherwise marks
   // it running, owned by this process, and returns it as it was before.
   RunInfo claimRun(const std::string &id);
-  // What the run exported (either may be "" for none).
+  // What the run exported (any may be "" for none).
   void setExports(const std::string &id, const std::string &exportDir,
-                  const std::string &packedPath);
+                  const std::string &packedPath, const std::string &ggufPath = {});
 
   // Newest first. Runs stored as running show as Interrupted when their owner
   // is gone (also for the status filter).

@@ -22,6 +22,7 @@
 #include "core/data/default_assets.h"
 #include "core/eval/compare.h"
 #include "core/io/export.h"
+#include "core/io/gguf_export.h"
 #include "core/io/model_loader.h"
 #include "core/model/decoder.h"
 #include "core/quant/activation_install.h"
@@ -722,9 +723,40 @@ void evaluateStage(Job &job) {
                "ood_");
 }
 
+// The GGUF file: the codes on the grid the method reports, in llama.cpp's
+// block types (checked exact), the rest float32 unless asked otherwise.
+void ggufExportStage(Job &job) {
+  const QuantizeRequest &r = job.request;
+  const PackedModelContents packed = quant::packQuantizedModel(
+      job.loaded->config, job.model->weights(), job.reference->weights(), job.scheme,
+      job.method->name(), job.report.grids.empty() ? nullptr : &job.report.grids, nullptr,
+      &job.sourceTypes);
+  GgufExportOptions options;
+  options.overwrite = r.overwrite;
+  options.floatTypes = parseGgufFloatTypes(r.ggufFloatTypes);
+  options.runId = job.outcome.runId;
+  const ExportResult e = exportGguf(r.ggufPath, packed, ggufExportSourceFor(*job.loaded), options,
+                                    job.beating(), job.cancel);
+  job.outcome.ggufPath = e.path;
+  job.say("GGUF export: " + e.path + " (" + std::to_string(packed.quantized.size()) +
+          " quantized tensors; lrq eval " + e.path + ")");
+  if (job.scheme.activation.mode != quant::ActivationMode::None || job.scheme.kv8)
+    job.say("the GGUF file holds the quantized weights only: llama.cpp runs it with "
+            "full-precision activations, not the scheme's activation / KV quantizers");
+  for (const PackedTensor &t : packed.quantized)
+    if (t.valueDtype != at::kFloat) {
+      job.say("the GGUF file holds the grid values s (q - z) exactly; the run evaluated them "
+              "rounded to the model's " +
+              std::string(c10::toString(t.valueDtype)) +
+              ", so its figures may differ slightly from the file's");
+      break;
+    }
+}
+
 void exportStage(Job &job) {
   const QuantizeRequest &r = job.request;
-  if (r.exportDir.empty() && r.packedPath.empty() && r.compressedTensorsDir.empty())
+  if (r.exportDir.empty() && r.packedPath.empty() && r.ggufPath.empty() &&
+      r.compressedTensorsDir.empty())
     return;
   const std::string metadata = nlohmann::json{
       {"method", job.method->name()},
@@ -738,6 +770,7 @@ void exportStage(Job &job) {
     ExportOptions options;
     options.dtype = job.exportType;
     options.tensorDtypes = job.sourceTypes;
+    options.overwrite = r.overwrite;
     ExportResult e = exportHfDirectory(r.exportDir, job.loaded->config, job.model->weights(),
                                        exportTokenizerFor(*job.loaded), metadata, options,
                                        job.beating(), job.cancel);
@@ -751,10 +784,14 @@ void exportStage(Job &job) {
         &job.sourceTypes);
     embedTokenizer(packed, exportTokenizerFor(*job.loaded));
     packed.extraMetadataJson = metadata;
-    ExportResult e = writePackedModel(r.packedPath, packed, {}, job.beating(), job.cancel);
+    ExportOptions options;
+    options.overwrite = r.overwrite;
+    ExportResult e = writePackedModel(r.packedPath, packed, options, job.beating(), job.cancel);
     job.outcome.packedPath = e.path;
     job.say("packed export: " + e.path);
   }
+  if (!r.ggufPath.empty())
+    ggufExportStage(job);
   if (!r.compressedTensorsDir.empty()) {
     quant::CompressedTensorsRun run;
     run.config = &job.loaded->config;
@@ -769,7 +806,7 @@ void exportStage(Job &job) {
     ExportOptions options;
     options.dtype = job.exportType;
     options.tensorDtypes = job.sourceTypes;
-    options.overwrite = r.compressedTensorsOverwrite;
+    options.overwrite = r.overwrite;
     quant::CompressedTensorsStats stats;
     ExportResult e =
         quant::exportCompressedTensors(r.compressedTensorsDir, run, exportTokenizerFor(*job.loaded),
@@ -780,7 +817,8 @@ void exportStage(Job &job) {
             " values decode other than the evaluated weight)");
   }
   // Recorded once complete: what the desktop offers to open.
-  job.store->setExports(job.outcome.runId, job.outcome.exportDir, job.outcome.packedPath);
+  job.store->setExports(job.outcome.runId, job.outcome.exportDir, job.outcome.packedPath,
+                        job.outcome.ggufPath);
 }
 
 void recordFinishStage(Job &job) {

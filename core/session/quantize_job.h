@@ -21,6 +21,7 @@ struct QuantizeOutcome {
   double seconds = 0;
   std::string exportDir;
   std::string packedPath;
+  std::string ggufPath;
   std::string compressedTensorsDir;
 };
 

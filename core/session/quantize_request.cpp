@@ -10,7 +10,9 @@
 #include <sstream>
 
 #include "core/data/default_assets.h"
+#include "core/io/gguf_writer.h"
 #include "core/quant/compressed_tensors_scheme.h"
+#include "core/quant/gguf_scheme.h"
 #include "core/runs/run_store.h"
 
 namespace fs = std::filesystem;
@@ -210,15 +212,23 @@ std::vector<RequestOption> buildOptions() {
       afterMethod(option("packed", "packed_path", "Packed export file", "Output", V::Path,
                          "FILE.safetensors", "write integer codes, steps and zero points",
                          &QuantizeRequest::packedPath)),
+      afterMethod(option("gguf", "gguf_path", "GGUF export file", "Output", V::Path, "FILE.gguf",
+                         "write a GGUF file llama.cpp loads (schemes gguf-q8_0, gguf-q4_0, "
+                         "gguf-q5_0, gguf-q4_1, gguf-q5_1)",
+                         &QuantizeRequest::ggufPath)),
+      afterMethod(option("gguf-float", "gguf_float_types", "GGUF float types", "Output", V::Text,
+                         "PATTERN=f16,...",
+                         "storage of the GGUF tensors left in float, by name (glob or re:REGEX; "
+                         "default F32; norms stay F32)",
+                         &QuantizeRequest::ggufFloatTypes)),
       afterMethod(option("compressed-tensors", "compressed_tensors_dir",
                          "compressed-tensors export folder", "Output", V::Path, "DIR",
                          "write the model in compressed-tensors' layout (vLLM, llm-compressor): "
                          "weight-only int4/int8 or W8A8",
                          &QuantizeRequest::compressedTensorsDir)),
-      afterMethod(option("force", "compressed_tensors_overwrite",
-                         "Replace compressed-tensors folder", "Output", V::Flag, "",
-                         "replace an existing --compressed-tensors folder",
-                         &QuantizeRequest::compressedTensorsOverwrite)),
+      place(option("force", "overwrite", "Replace existing exports", "Output", V::Flag, "",
+                   "replace an existing export (--out, --packed, --gguf, --compressed-tensors)",
+                   &QuantizeRequest::overwrite)),
       place(option("store", "store", "Run store", "Run", V::Path, "FILE",
                    "the run store (default: ~/.local/share/lrq-workbench/runs.sqlite)",
                    &QuantizeRequest::storePath)),
@@ -552,11 +562,33 @@ std::vector<RequestProblem> checkRequest(const QuantizeRequest &request) {
     problem("export_dir", request.exportDir + ": exists and is not a folder");
   if (!request.packedPath.empty() && fs::is_directory(request.packedPath, ec))
     problem("packed_path", request.packedPath + ": is a folder, not a file name");
+  if (!request.ggufPath.empty()) {
+    if (fs::is_directory(request.ggufPath, ec))
+      problem("gguf_path", request.ggufPath + ": is a folder, not a file name");
+    else if (!request.overwrite && fs::exists(request.ggufPath, ec))
+      problem("gguf_path", request.ggufPath + ": already exists (replace it with --force)");
+    std::string schemeJson;
+    try {
+      schemeJson = resolveSchemeJson(request.scheme);
+    } catch (const Error &) {
+      // Reported for the scheme above.
+    }
+    if (!schemeJson.empty()) {
+      const std::string why = quant::ggufExportProblem(schemeJson, request.method);
+      if (!why.empty())
+        problem("gguf_path", why);
+    }
+    try {
+      parseGgufFloatTypes(request.ggufFloatTypes);
+    } catch (const Error &e) {
+      problem("gguf_float_types", e.what());
+    }
+  }
   if (!request.compressedTensorsDir.empty() && fs::exists(request.compressedTensorsDir, ec)) {
     if (!fs::is_directory(request.compressedTensorsDir, ec))
       problem("compressed_tensors_dir",
               request.compressedTensorsDir + ": exists and is not a folder");
-    else if (!request.compressedTensorsOverwrite)
+    else if (!request.overwrite)
       problem("compressed_tensors_dir",
               request.compressedTensorsDir + ": already exists (--force replaces it)");
   }

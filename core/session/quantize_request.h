@@ -91,11 +91,17 @@ struct QuantizeRequest {
   bool spectra = true;
   std::string exportDir;  // HF-layout export with Ŵ; "" = none
   std::string packedPath; // packed integer export (.safetensors); "" = none
+  // GGUF file llama.cpp loads (schemes gguf-q8_0 ... gguf-q5_1); "" = none.
+  std::string ggufPath;
+  // GGUF storage of the tensors left in float: "PATTERN=f16,PATTERN=f32" on GGUF
+  // names (glob, or "re:REGEX"); "" = all F32.
+  std::string ggufFloatTypes;
   // compressed-tensors export (what vLLM and llm-compressor read); "" = none.
   std::string compressedTensorsDir;
-  bool compressedTensorsOverwrite = false; // replace an existing compressedTensorsDir
-  std::string storePath;                   // run store file; "" = the default one
-  std::string workDir; // caches and checkpoints; "" = a folder under the cache directory
+  // Replace existing exports (--gguf, --compressed-tensors: else refused before any work).
+  bool overwrite = false;
+  std::string storePath; // run store file; "" = the default one
+  std::string workDir;   // caches and checkpoints; "" = a folder under the cache directory
   // Resume this interrupted run (id or unique prefix in the store).
   std::string resumeRunId;
 };

@@ -1,0 +1,559 @@
+#include "core/io/gguf_export.h"
+
+#include <fnmatch.h>
+
+#include <filesystem>
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <regex>
+
+#include "core/common/error.h"
+#include "core/io/file_util.h"
+#include "core/io/gguf.h"
+#include "core/io/gguf_model.h"
+#include "core/io/gguf_writer.h"
+
+namespace lrq {
+
+namespace {
+
+constexpr int64_t kBlock = 32; // values per block of the legacy types
+
+struct BlockFormat {
+  GgmlType type;
+  int bits;
+  bool symmetric;
+  uint32_t fileType; // LLAMA_FTYPE_MOSTLY_*
+  const char *scheme;
+};
+
+const BlockFormat kFormats[] = {
+    {GgmlType::Q8_0, 8, true, 7, "gguf-q8_0"},  {GgmlType::Q4_0, 4, true, 2, "gguf-q4_0"},
+    {GgmlType::Q5_0, 5, true, 8, "gguf-q5_0"},  {GgmlType::Q4_1, 4, false, 3, "gguf-q4_1"},
+    {GgmlType::Q5_1, 5, false, 9, "gguf-q5_1"},
+};
+
+const BlockFormat *formatOf(GgmlType type) {
+  for (const BlockFormat &f : kFormats)
+    if (f.type == type)
+      return &f;
+  return nullptr;
+}
+
+std::string granularityText(const PackedTensor &t) {
+  if (t.scales.size(1) == 1)
+    return t.scales.size(0) == 1 ? "per-tensor" : "per-channel";
+  return "group-" + std::to_string(t.groupSize);
+}
+
+// The preset to use instead, for a message: the block type of the same bits
+// and symmetry when there is one.
+std::string suggestedSchemes(int bits, bool symmetric) {
+  for (const BlockFormat &f : kFormats)
+    if (f.bits == bits && f.symmetric == symmetric)
+      return std::string("--scheme ") + f.scheme;
+  return "one of --scheme gguf-q8_0, gguf-q4_0, gguf-q5_0, gguf-q4_1, gguf-q5_1";
+}
+
+uint16_t halfBits(float x, bool *exact) {
+  const at::Half h(x);
+  *exact = static_cast<float>(h) == x && std::isfinite(x);
+  return h.x;
+}
+
+void put16(uint8_t *p, uint16_t v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// Bytes of a float tensor in F32 or F16.
+std::vector<uint8_t> floatBytes(const at::Tensor &t, GgmlType type) {
+  const at::Tensor c = t.to(at::kCPU, type == GgmlType::F16 ? at::kHalf : at::kFloat).contiguous();
+  std::vector<uint8_t> out(size_t(c.numel()) * c.element_size());
+  if (!out.empty())
+    std::memcpy(out.data(), c.data_ptr(), out.size());
+  return out;
+}
+
+bool globOrRegexMatches(const std::string &pattern, const std::string &name) {
+  if (pattern.compare(0, 3, "re:") == 0)
+    return std::regex_match(name, std::regex(pattern.substr(3), std::regex::ECMAScript));
+  return fnmatch(pattern.c_str(), name.c_str(), 0) == 0;
+}
+
+// Position of a tensor in llama.cpp's usual order: token_embd, then each block
+// (norms and attention first, then the MLP), then output_norm and output.
+std::pair<int64_t, int> tensorOrder(const std::string &ggufName) {
+  static const char *kRoles[] = {"attn_norm", "attn_q",   "attn_k", "attn_v",  "attn_output",
+                                 "ffn_norm",  "ffn_gate", "ffn_up", "ffn_down"};
+  if (ggufName.compare(0, 10, "token_embd") == 0)
+    return {-1, 0};
+  if (ggufName.compare(0, 11, "output_norm") == 0)
+    return {INT64_MAX, 0};
+  if (ggufName.compare(0, 6, "output") == 0)
+    return {INT64_MAX, 1};
+  const size_t dot = ggufName.find('.', 4);
+  const int64_t block = std::stoll(ggufName.substr(4, dot - 4));
+  const std::string role = ggufName.substr(dot + 1, ggufName.rfind('.') - dot - 1);
+  int rank = 0;
+  for (const char *r : kRoles) {
+    if (role == r)
+      break;
+    ++rank;
+  }
+  return {block, rank * 2 + (ggufName.size() > 5 &&
+                             ggufName.compare(ggufName.size() - 5, 5, ".bias") == 0)};
+}
+
+// The GGUF architecture an HF model is written as, and whether llama.cpp's
+// converter permutes its q/k rows.
+std::string ggufArchitectureFor(const ModelConfig &config) {
+  if (config.arch != Architecture::Llama)
+    throw Error("GGUF export: " + config.architectureName +
+                " models cannot be exported as GGUF (LLaMA-family models only)");
+  if (config.architectureName == "Qwen2ForCausalLM")
+    return "qwen2";
+  return "llama";
+}
+
+void putTokenizer(std::vector<std::pair<std::string, GgufValue>> &meta, const TokenizerSpec &s,
+                  const std::string &chatTemplate) {
+  const bool spm = s.kind == TokenizerKind::SentencePieceBpe;
+  if (!spm && (s.preTokenizer == "custom" || s.preTokenizer.empty()))
+    throw Error("GGUF export: the tokenizer's pre-tokenizer is not one llama.cpp knows by name "
+                "(tokenizer.ggml.pre); it cannot be written to GGUF");
+  meta.emplace_back("tokenizer.ggml.model", ggufString(spm ? "llama" : "gpt2"));
+  // llama.cpp knows GPT-2's regex as "gpt-2" (this project's reader takes both).
+  const std::string pre = spm ? "default" : s.preTokenizer == "gpt2" ? "gpt-2" : s.preTokenizer;
+  meta.emplace_back("tokenizer.ggml.pre", ggufString(pre));
+  meta.emplace_back("tokenizer.ggml.tokens", ggufStringArray(s.tokens));
+  if (!s.scores.empty())
+    meta.emplace_back("tokenizer.ggml.scores", ggufFloat32Array(s.scores));
+  std::vector<int32_t> types(s.tokens.size(), static_cast<int32_t>(TokenType::Normal));
+  for (size_t i = 0; i < s.tokenTypes.size() && i < types.size(); ++i)
+    types[i] = static_cast<int32_t>(s.tokenTypes[i]);
+  meta.emplace_back("tokenizer.ggml.token_type", ggufInt32Array(types));
+  // llama.cpp requires the merges key of a byte-level vocabulary, even empty.
+  if (!spm || !s.merges.empty())
+    meta.emplace_back("tokenizer.ggml.merges", ggufStringArray(s.merges));
+  auto id = [&](const char *key, int32_t v) {
+    if (v >= 0)
+      meta.emplace_back(key, ggufUInt32(static_cast<uint32_t>(v)));
+  };
+  id("tokenizer.ggml.bos_token_id", s.bosId);
+  id("tokenizer.ggml.eos_token_id", s.eosId);
+  id("tokenizer.ggml.unknown_token_id", s.unkId);
+  id("tokenizer.ggml.padding_token_id", s.padId);
+  meta.emplace_back("tokenizer.ggml.add_bos_token", GgufValue::boolean(s.addBos));
+  if (spm)
+    meta.emplace_back("tokenizer.ggml.add_space_prefix", GgufValue::boolean(s.addSpacePrefix));
+  if (!chatTemplate.empty())
+    meta.emplace_back("tokenizer.chat_template", ggufString(chatTemplate));
+}
+
+// Metadata of an HF source: llama.cpp's keys for the architecture and tokenizer.
+std::vector<std::pair<std::string, GgufValue>> hfMetadata(const ModelConfig &c,
+                                                          const GgufExportSource &source) {
+  const std::string arch = ggufArchitectureFor(c);
+  std::vector<std::pair<std::string, GgufValue>> meta;
+  meta.emplace_back("general.architecture", ggufString(arch));
+  if (!source.name.empty())
+    meta.emplace_back("general.name", ggufString(source.name));
+  const std::string p = arch + ".";
+  auto u32 = [](int64_t v) { return ggufUInt32(static_cast<uint32_t>(v)); };
+  meta.emplace_back(p + "context_length", u32(c.maxPositions));
+  meta.emplace_back(p + "embedding_length", u32(c.hiddenSize));
+  meta.emplace_back(p + "block_count", u32(c.numLayers));
+  meta.emplace_back(p + "feed_forward_length", u32(c.intermediateSize));
+  meta.emplace_back(p + "attention.head_count", u32(c.numHeads));
+  meta.emplace_back(p + "attention.head_count_kv", u32(c.numKvHeads));
+  if (c.headDim * c.numHeads != c.hiddenSize) {
+    meta.emplace_back(p + "attention.key_length", u32(c.headDim));
+    meta.emplace_back(p + "attention.value_length", u32(c.headDim));
+  }
+  meta.emplace_back(p + "rope.freq_base", ggufFloat32(static_cast<float>(c.ropeTheta)));
+  meta.emplace_back(p + "attention.layer_norm_rms_epsilon",
+                    ggufFloat32(static_cast<float>(c.normEps)));
+  meta.emplace_back(p + "vocab_size", u32(c.vocabSize));
+  meta.emplace_back(p + "rope.dimension_count", u32(c.headDim));
+  if (source.tokenizer)
+    putTokenizer(meta, *source.tokenizer, source.chatTemplate);
+  return meta;
+}
+
+// One tensor of the file and how to produce its bytes.
+struct PlannedTensor {
+  GgufTensorSpec spec;
+  std::function<std::vector<uint8_t>()> bytes;
+};
+
+double secondsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+} // namespace
+
+bool ggufBlockTypeForGrid(int bits, int64_t qmin, int64_t groupSize, GgmlType *type) {
+  if (groupSize != kBlock)
+    return false;
+  const bool symmetric = qmin == -(int64_t(1) << (bits - 1));
+  if (!symmetric && qmin != 0)
+    return false;
+  for (const BlockFormat &f : kFormats)
+    if (f.bits == bits && f.symmetric == symmetric) {
+      *type = f.type;
+      return true;
+    }
+  return false;
+}
+
+std::string ggufSchemeFor(GgmlType type) {
+  const BlockFormat *f = formatOf(type);
+  return f ? f->scheme : "";
+}
+
+uint32_t ggufFileTypeFor(GgmlType type) {
+  if (type == GgmlType::F16)
+    return 1;
+  const BlockFormat *f = formatOf(type);
+  return f ? f->fileType : 0;
+}
+
+std::vector<uint8_t> encodeGgufBlocks(const PackedTensor &t, GgmlType type) {
+  const BlockFormat *format = formatOf(type);
+  if (!format)
+    throw Error("GGUF export: " + ggmlTypeName(type) + " is not a block type this export writes");
+  const std::string what = "GGUF export: tensor " + t.name;
+  if (t.codes.dim() != 2 || t.scales.dim() != 2 || t.zeroPoints.sizes() != t.scales.sizes())
+    throw Error(what + ": codes are not [out, in] or steps / zero points not [rows, groups]");
+  const int64_t out = t.codes.size(0), in = t.codes.size(1);
+  const bool symmetric = t.qmin != 0;
+  GgmlType own{};
+  const bool gridFits = ggufBlockTypeForGrid(t.bits, t.qmin, t.groupSize, &own) && own == type &&
+                        t.scales.size(0) == out && in % kBlock == 0 &&
+                        t.scales.size(1) == in / kBlock;
+  if (!gridFits)
+    throw Error(what + ": " + std::to_string(t.bits) + "-bit " + granularityText(t) + " " +
+                (symmetric ? "symmetric" : "asymmetric") + " weights cannot be stored as GGUF " +
+                ggmlTypeName(type) + "; quantize with " + suggestedSchemes(t.bits, symmetric) +
+                (in % kBlock != 0 ? " (rows of " + std::to_string(in) +
+                                        " values are not a whole number of 32-value blocks)"
+                                  : ""));
+  if (t.lowRankA.defined() || t.lowRankB.defined())
+    throw Error(what + ": carries low-rank correction factors (LQER), which GGUF cannot store");
+
+  const GgmlTypeTraits *traits = ggmlTypeTraits(static_cast<uint32_t>(type));
+  const at::Tensor codes = t.codes.to(at::kCPU, at::kInt).contiguous();
+  const at::Tensor scales = t.scales.to(at::kCPU, at::kFloat).contiguous();
+  const at::Tensor zeros = t.zeroPoints.to(at::kCPU, at::kFloat).contiguous();
+  const int32_t *q = codes.data_ptr<int32_t>();
+  const float *s = scales.data_ptr<float>();
+  const float *z = zeros.data_ptr<float>();
+  const int64_t groups = in / kBlock;
+  const int32_t levels = 1 << t.bits;
+  std::vector<uint8_t> blocks(size_t(out * groups * traits->typeSize), 0);
+
+  for (int64_t r = 0; r < out; ++r) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t unit = r * groups + g;
+      uint8_t *b = blocks.data() + unit * traits->typeSize;
+      const float step = s[unit];
+      const float zero = z[unit];
+      const std::string where =
+          what + " (row " + std::to_string(r) + ", block " + std::to_string(g) + ")";
+      bool exact = false;
+      const uint16_t d = halfBits(step, &exact);
+      if (!exact || step == 0.0f)
+        throw Error(where + ": step " + std::to_string(step) +
+                    " is not exactly a half-precision number, as GGUF " + ggmlTypeName(type) +
+                    " stores it; quantize with " + suggestedSchemes(t.bits, symmetric) +
+                    " (steps made exact halves)");
+      if (zero != std::round(zero) || zero < float(t.qmin) || zero > float(t.qmin + levels - 1))
+        throw Error(where + ": zero point " + std::to_string(zero) + " is not a code of the grid");
+      if (symmetric && zero != 0.0f)
+        throw Error(where + ": a symmetric grid with zero point " + std::to_string(zero) +
+                    " cannot be stored as GGUF " + ggmlTypeName(type));
+      put16(b, d);
+      int offset = 2;
+      if (!symmetric) {
+        // m = -s z: the value of code 0; exact in float (an 11-bit step times a
+        // 5-bit integer), and it must be a half too.
+        const float m = static_cast<float>(-double(step) * double(zero));
+        const uint16_t mh = halfBits(m, &exact);
+        if (!exact)
+          throw Error(where + ": the offset -s*z = " + std::to_string(m) +
+                      " is not exactly a half-precision number, as GGUF " + ggmlTypeName(type) +
+                      " stores it; quantize with " + suggestedSchemes(t.bits, symmetric) +
+                      " (steps chosen so that -s*z is a half too)");
+        put16(b + 2, mh);
+        offset = 4;
+      }
+      const int32_t *row = q + r * in + g * kBlock;
+      uint32_t u[kBlock];
+      for (int j = 0; j < kBlock; ++j) {
+        const int64_t v = int64_t(row[j]) - t.qmin;
+        if (v < 0 || v >= levels)
+          throw Error(where + ": code " + std::to_string(row[j]) + " is outside [" +
+                      std::to_string(t.qmin) + ", " + std::to_string(t.qmin + levels - 1) + "]");
+        u[j] = static_cast<uint32_t>(v);
+      }
+      if (type == GgmlType::Q8_0) {
+        // int8 codes as they are (u - 128 = q).
+        for (int j = 0; j < kBlock; ++j)
+          b[offset + j] = static_cast<uint8_t>(static_cast<int8_t>(row[j]));
+        continue;
+      }
+      if (t.bits == 5) {
+        uint32_t qh = 0;
+        for (int j = 0; j < kBlock; ++j)
+          qh |= ((u[j] >> 4) & 1u) << j;
+        std::memcpy(b + offset, &qh, sizeof qh);
+        offset += 4;
+      }
+      for (int j = 0; j < kBlock / 2; ++j)
+        b[offset + j] = static_cast<uint8_t>((u[j] & 0x0F) | ((u[j + kBlock / 2] & 0x0F) << 4));
+    }
+  }
+
+  // The blocks must decode to the grid's values s (q - z), as evaluated.
+  const at::Tensor expected =
+      dequantizeCodes(t.codes, t.scales, t.zeroPoints, t.groupSize).to(at::kFloat).contiguous();
+  std::vector<float> decoded(size_t(out * in));
+  dequantizeGgml(type, blocks.data(), decoded.data(), out * in);
+  const float *e = expected.data_ptr<float>();
+  for (int64_t i = 0; i < out * in; ++i)
+    if (!(decoded[size_t(i)] == e[i]))
+      throw Error(what + ": the " + ggmlTypeName(type) + " blocks decode element " +
+                  std::to_string(i) + " to " + std::to_string(decoded[size_t(i)]) +
+                  " instead of s (q - z) = " + std::to_string(e[i]));
+  return blocks;
+}
+
+at::Tensor permuteGgufRotary(const at::Tensor &t, int64_t heads) {
+  if (t.dim() < 1 || heads <= 0 || t.size(0) % (2 * heads) != 0)
+    throw Error("cannot apply the rotary permutation: " + std::to_string(t.dim() ? t.size(0) : 0) +
+                " rows are not a whole number of head pairs for " + std::to_string(heads) +
+                " heads");
+  std::vector<int64_t> split{heads, 2, t.size(0) / heads / 2};
+  for (int64_t d = 1; d < t.dim(); ++d)
+    split.push_back(t.size(d));
+  // HF rows (h, j, i) -> GGUF rows (h, i, j).
+  return t.reshape(split).transpose(1, 2).contiguous().reshape(t.sizes());
+}
+
+std::string ggufTensorNameFromHf(const std::string &hf) {
+  if (hf == "model.embed_tokens.weight")
+    return "token_embd.weight";
+  if (hf == "model.norm.weight")
+    return "output_norm.weight";
+  if (hf == "lm_head.weight")
+    return "output.weight";
+  static const std::string kLayers = "model.layers.";
+  if (hf.compare(0, kLayers.size(), kLayers) != 0)
+    return "";
+  const size_t dot = hf.find('.', kLayers.size());
+  if (dot == std::string::npos)
+    return "";
+  const std::string index = hf.substr(kLayers.size(), dot - kLayers.size());
+  const size_t kindDot = hf.rfind('.');
+  if (kindDot <= dot)
+    return "";
+  const std::string role = hf.substr(dot + 1, kindDot - dot - 1);
+  const std::string kind = hf.substr(kindDot + 1);
+  static const std::pair<const char *, const char *> kRoles[] = {
+      {"self_attn.q_proj", "attn_q"},
+      {"self_attn.k_proj", "attn_k"},
+      {"self_attn.v_proj", "attn_v"},
+      {"self_attn.o_proj", "attn_output"},
+      {"mlp.gate_proj", "ffn_gate"},
+      {"mlp.up_proj", "ffn_up"},
+      {"mlp.down_proj", "ffn_down"},
+      {"input_layernorm", "attn_norm"},
+      {"post_attention_layernorm", "ffn_norm"},
+  };
+  for (const auto &r : kRoles)
+    if (role == r.first) {
+      const std::string gguf = "blk." + index + "." + r.second + "." + kind;
+      // Only names the reader maps back to this very tensor.
+      return hfNameFromGgufTensor(gguf) == hf ? gguf : "";
+    }
+  return "";
+}
+
+GgufExportSource ggufExportSourceFor(const LoadedModel &model) {
+  namespace fs = std::filesystem;
+  GgufExportSource s;
+  const bool folder = directoryExists(model.path);
+  if (model.format == "gguf") {
+    if (!folder)
+      s.sourceGguf = model.path;
+    else // a folder holding one .gguf file, as the loader accepts
+      for (const auto &e : fs::directory_iterator(model.path))
+        if (e.path().extension() == ".gguf")
+          s.sourceGguf = e.path().string();
+  }
+  if (model.tokenizer)
+    s.tokenizer = &model.tokenizer->spec();
+  const std::string dir = folder ? model.path : parentDirectory(model.path);
+  s.name = fs::path(dir).lexically_normal().filename().string();
+  const std::string config = joinPath(dir, "tokenizer_config.json");
+  if (model.format != "gguf" && fileExists(config)) {
+    try {
+      const nlohmann::json j = nlohmann::json::parse(readWholeFile(config));
+      if (j.is_object() && j.contains("chat_template") && j["chat_template"].is_string())
+        s.chatTemplate = j["chat_template"].get<std::string>();
+    } catch (const std::exception &) {
+      // No template then: the file was read when the model was loaded.
+    }
+  }
+  return s;
+}
+
+ExportResult exportGguf(const std::string &path, const PackedModelContents &c,
+                        const GgufExportSource &source, const GgufExportOptions &options,
+                        ProgressObserver *observer, const CancelToken *cancel) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const ModelConfig &config = c.config;
+  for (const auto &[pattern, type] : options.floatTypes)
+    if (type != GgmlType::F32 && type != GgmlType::F16)
+      throw Error("GGUF export: tensors matching " + pattern + " can be F32 or F16, not " +
+                  ggmlTypeName(type));
+
+  // Metadata: the source GGUF's keys, or the configuration's.
+  std::vector<std::pair<std::string, GgufValue>> meta;
+  std::string arch;
+  if (!source.sourceGguf.empty()) {
+    const GgufReader g(source.sourceGguf);
+    arch = g.getString("general.architecture");
+    for (const auto &[key, value] : g.metadata())
+      meta.emplace_back(key, value);
+  } else {
+    meta = hfMetadata(config, source);
+    arch = ggufArchitectureFor(config);
+  }
+  if (config.arch != Architecture::Llama)
+    throw Error("GGUF export: " + config.architectureName +
+                " models cannot be exported as GGUF (LLaMA-family models only)");
+  const bool permute = ggufArchitecturePermutesRotary(arch);
+
+  // Plan: every tensor with its GGUF name, dimensions, type and producer.
+  std::vector<PlannedTensor> plan;
+  std::map<GgmlType, int64_t> quantizedTypes;
+  auto rowsHeads = [&](const std::string &ggufName) -> int64_t {
+    if (!permute)
+      return 0;
+    if (ggufName.find(".attn_q.") != std::string::npos)
+      return config.numHeads;
+    if (ggufName.find(".attn_k.") != std::string::npos)
+      return config.numKvHeads;
+    return 0;
+  };
+  for (const PackedTensor &t : c.quantized) {
+    const std::string name = ggufTensorNameFromHf(t.name + ".weight");
+    if (name.empty())
+      throw Error("GGUF export: tensor " + t.name + " has no llama.cpp name");
+    if (t.lowRankA.defined() || t.lowRankB.defined())
+      throw Error("GGUF export: " + t.name + " carries low-rank correction factors (LQER, rank " +
+                  std::to_string(t.lowRankA.defined() ? t.lowRankA.size(-1) : 0) +
+                  "), which GGUF cannot store; export the HF folder (--out) or the packed file "
+                  "(--packed) instead");
+    GgmlType type{};
+    const bool symmetric = t.qmin != 0;
+    if (t.codes.dim() != 2 || !ggufBlockTypeForGrid(t.bits, t.qmin, t.groupSize, &type) ||
+        t.codes.size(1) % kBlock != 0)
+      throw Error("GGUF export: tensor " + t.name + ": " + std::to_string(t.bits) + "-bit " +
+                  (t.scales.dim() == 2 ? granularityText(t) : std::string("?")) + " " +
+                  (symmetric ? "symmetric" : "asymmetric") +
+                  " weights cannot be stored as a GGUF block type (Q8_0, Q4_0, Q5_0, Q4_1, "
+                  "Q5_1: 32-value groups); quantize with " +
+                  suggestedSchemes(t.bits, symmetric));
+    ++quantizedTypes[type];
+    const int64_t heads = rowsHeads(name);
+    PlannedTensor p;
+    p.spec = {name, {uint64_t(t.codes.size(1)), uint64_t(t.codes.size(0))}, type};
+    const PackedTensor *tensor = &t;
+    p.bytes = [tensor, type, heads]() {
+      if (heads == 0)
+        return encodeGgufBlocks(*tensor, type);
+      // Codes and their per-row steps / zero points move together.
+      PackedTensor permuted = *tensor;
+      permuted.codes = permuteGgufRotary(tensor->codes, heads);
+      permuted.scales = permuteGgufRotary(tensor->scales, heads);
+      permuted.zeroPoints = permuteGgufRotary(tensor->zeroPoints, heads);
+      return encodeGgufBlocks(permuted, type);
+    };
+    plan.push_back(std::move(p));
+  }
+  for (const auto &[hfName, tensor] : c.tensors) {
+    const std::string name = ggufTensorNameFromHf(hfName);
+    if (name.empty())
+      throw Error("GGUF export: tensor " + hfName + " has no llama.cpp name");
+    GgmlType type = GgmlType::F32;
+    if (tensor.dim() >= 2)
+      for (const auto &[pattern, wanted] : options.floatTypes)
+        if (globOrRegexMatches(pattern, name)) {
+          type = wanted;
+          break;
+        }
+    PlannedTensor p;
+    p.spec.name = name;
+    for (int64_t d = tensor.dim() - 1; d >= 0; --d)
+      p.spec.dims.push_back(uint64_t(tensor.size(d)));
+    p.spec.type = type;
+    const at::Tensor *data = &tensor;
+    const int64_t heads = rowsHeads(name);
+    p.bytes = [data, type, heads]() {
+      return floatBytes(heads == 0 ? *data : permuteGgufRotary(*data, heads), type);
+    };
+    plan.push_back(std::move(p));
+  }
+  std::stable_sort(plan.begin(), plan.end(), [](const PlannedTensor &a, const PlannedTensor &b) {
+    return tensorOrder(a.spec.name) < tensorOrder(b.spec.name);
+  });
+
+  // The file type: the block type most tensors use.
+  GgmlType main = GgmlType::F32;
+  int64_t most = 0;
+  for (const auto &[type, count] : quantizedTypes)
+    if (count > most) {
+      main = type;
+      most = count;
+    }
+  auto set = [&meta](const std::string &key, GgufValue value) {
+    for (auto &entry : meta)
+      if (entry.first == key) {
+        entry.second = std::move(value);
+        return;
+      }
+    meta.emplace_back(key, std::move(value));
+  };
+  set("general.file_type", ggufUInt32(ggufFileTypeFor(main)));
+  set("general.quantization_version", ggufUInt32(2));
+  set("lrq.method", ggufString(c.method));
+  set("lrq.scheme", ggufString(c.schemeJson));
+  set("lrq.run_id", ggufString(options.runId));
+
+  std::vector<GgufTensorSpec> specs;
+  for (const PlannedTensor &p : plan)
+    specs.push_back(p.spec);
+  GgufWriteOptions w;
+  w.alignment = options.alignment;
+  w.overwrite = options.overwrite;
+  w.beforeStep = options.beforeStep;
+  const GgufWriteResult written = writeGgufFile(
+      path, meta, specs, [&plan](size_t i) { return plan[i].bytes(); }, w, observer, cancel);
+  ExportResult r;
+  r.path = path;
+  r.bytes = written.bytes;
+  r.weightsBytes = written.bytes;
+  r.tensors = int64_t(plan.size());
+  r.seconds = secondsSince(t0);
+  return r;
+}
+
+} // namespace lrq

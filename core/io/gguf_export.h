@@ -1,0 +1,90 @@
+#pragma once
+// A quantized model as a GGUF file that llama.cpp loads (docs/EXPORT_FORMAT.md,
+// "GGUF"): each quantized linear's codes, steps and zero points in one of
+// llama.cpp's 32-value block types (Q8_0, Q4_0, Q5_0, Q4_1, Q5_1), exactly, never
+// re-rounded; everything else F32 (or F16 by pattern); LLaMA-family tensor
+// names and llama.cpp's q/k row order; metadata carried from a GGUF source or
+// built from the HF configuration and tokenizer.
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/common/progress.h"
+#include "core/io/export.h"
+#include "core/io/ggml_quants.h"
+#include "core/io/gguf_writer.h"
+#include "core/io/model_loader.h"
+#include "core/tokenizer/tokenizer_spec.h"
+
+namespace lrq {
+
+// The block type that holds a grid of `bits` bits whose codes start at qmin
+// (0: asymmetric, -2^(bits-1): symmetric) in groups of groupSize columns:
+// Q8_0 (8 symmetric), Q4_0 / Q5_0 (4 / 5 symmetric), Q4_1 / Q5_1 (4 / 5
+// asymmetric), all with groups of 32. False for every other grid.
+bool ggufBlockTypeForGrid(int bits, int64_t qmin, int64_t groupSize, GgmlType *type);
+// The scheme preset that quantizes onto that block type ("gguf-q4_0").
+std::string ggufSchemeFor(GgmlType type);
+// llama.cpp's LLAMA_FTYPE number for a model mostly in `type` (Q4_0: 2, Q4_1: 3,
+// Q8_0: 7, Q5_0: 8, Q5_1: 9, F32: 0, F16: 1).
+uint32_t ggufFileTypeFor(GgmlType type);
+
+// The blocks of one quantized tensor, as llama.cpp lays them out: row by row,
+// one block per group of 32 columns; d = s (and m = -s z for Q4_1 / Q5_1) as
+// IEEE half, codes u = q - qmin packed (low nibbles: values 0..15 of the block,
+// high nibbles: 16..31; Q5's fifth bits in a 32-bit word). Every d and m must
+// be exactly a half (the grid was made for it), else lrq::Error names the
+// tensor and the scheme to quantize with. The blocks are checked by decoding
+// them with dequantizeGgml: they must give s (q - z) back exactly.
+std::vector<uint8_t> encodeGgufBlocks(const PackedTensor &tensor, GgmlType type);
+
+// llama.cpp's order of the rows of q_proj / k_proj (and their biases), from HF
+// order: HF row h*D + j*D/2 + i becomes row h*D + 2*i + j. Inverse of
+// unpermuteGgufRotary.
+at::Tensor permuteGgufRotary(const at::Tensor &t, int64_t heads);
+
+// llama.cpp's name of an HF tensor of a LLaMA-family model
+// ("model.layers.3.self_attn.q_proj.weight" -> "blk.3.attn_q.weight"); "" when
+// it has none. Inverse of hfNameFromGgufTensor.
+std::string ggufTensorNameFromHf(const std::string &hfName);
+
+// Where the metadata comes from.
+struct GgufExportSource {
+  // A GGUF source file: every metadata key of it is carried over (updated
+  // where the export changes it). Empty: built from the configuration.
+  std::string sourceGguf;
+  const TokenizerSpec *tokenizer = nullptr; // HF sources: the tokenizer.ggml.* keys
+  std::string chatTemplate;                 // HF sources: tokenizer.chat_template when not empty
+  std::string name;                         // general.name (HF sources)
+};
+// The source of a loaded model: its GGUF file, or its tokenizer and the
+// chat_template of its tokenizer_config.json.
+GgufExportSource ggufExportSourceFor(const LoadedModel &model);
+
+struct GgufExportOptions {
+  bool overwrite = false;
+  uint64_t alignment = 32;
+  // Storage type of the tensors that are not quantized (F32 by default), by
+  // their GGUF name: a glob (fnmatch: * ? [...]) or, after "re:", a regular
+  // expression (ECMAScript) that must match the whole name; the first pattern
+  // that matches wins. F32 or F16 only; one-dimensional tensors (norms,
+  // biases) stay F32 whatever matches, as llama.cpp's converter keeps them.
+  std::vector<std::pair<std::string, GgmlType>> floatTypes;
+  std::string runId; // lrq.run_id
+  // Called before each tensor's data (tests throw from it).
+  std::function<void(const std::string &step)> beforeStep;
+};
+
+// Writes the GGUF file of a packed model (quant::packQuantizedModel), one
+// tensor at a time, atomically. Refuses (lrq::Error, no file) layers whose
+// grid has no GGUF block type, steps that are not halves, low-rank factors
+// (LQER) and architectures other than the LLaMA family.
+ExportResult exportGguf(const std::string &path, const PackedModelContents &contents,
+                        const GgufExportSource &source, const GgufExportOptions &options = {},
+                        ProgressObserver *observer = nullptr, const CancelToken *cancel = nullptr);
+
+} // namespace lrq

@@ -1,0 +1,44 @@
+#include "core/quant/gguf_scheme.h"
+
+#include "core/quant/scheme.h"
+
+namespace lrq::quant {
+
+namespace {
+
+// The llama.cpp block type nearest to a grid of `bits` bits.
+std::string nearestBlockType(int bits, bool symmetric) {
+  if (bits >= 8)
+    return "Q8_0";
+  return std::string(bits >= 5 ? "Q5" : "Q4") + (symmetric ? "_0" : "_1");
+}
+
+std::string lower(std::string s) {
+  for (char &c : s)
+    c = char(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+} // namespace
+
+std::string ggufExportProblem(const std::string &schemeJson, const std::string &method) {
+  if (method == "lqer" || method == "l2qer")
+    return method + " adds low-rank correction factors to every quantized linear, which GGUF "
+                    "cannot store; export the HF folder (--out) or the packed file (--packed)";
+  const QuantScheme scheme = QuantScheme::fromJson(schemeJson);
+  const GridSpec &w = scheme.weight;
+  if (ggufBlockTypeFor(w))
+    return "";
+  const std::string type = nearestBlockType(w.bits, w.symmetric);
+  const bool blockShaped = w.granularity == Granularity::PerGroup && w.groupSize == 32 &&
+                           (w.bits == 4 || w.bits == 5 || (w.bits == 8 && w.symmetric));
+  // The right shape with steps of the wrong format: say what the block stores.
+  const std::string why = blockShaped
+                              ? std::string(" (its steps are stored as half-precision numbers") +
+                                    (w.symmetric ? "" : ", and so is -s*z") + ")"
+                              : "";
+  return w.describe() + " weights cannot be stored as GGUF " + type + why +
+         "; quantize with --scheme gguf-" + lower(type);
+}
+
+} // namespace lrq::quant

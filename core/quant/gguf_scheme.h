@@ -1,0 +1,14 @@
+#pragma once
+// Whether a run's result can be written as a GGUF file (core/io/gguf_export.h),
+// known before any work: its weight grid must be one of llama.cpp's 32-value
+// block types and its method must not add low-rank factors. Light header.
+#include <string>
+
+namespace lrq::quant {
+
+// "" when the scheme (JSON, as QuantScheme::toJson) run by `method` exports to
+// GGUF; else the reason, naming the scheme to use ("W3 asym per-channel weights
+// cannot be stored as GGUF Q4_1; quantize with --scheme gguf-q4_1").
+std::string ggufExportProblem(const std::string &schemeJson, const std::string &method);
+
+} // namespace lrq::quant

@@ -1,0 +1,672 @@
+// GGUF export: each llama.cpp block type encodes hand-built codes, steps and
+// zero points so that both the project's reader and gguf-py (the reference
+// implementation llama.cpp ships) decode s (q - z) exactly; the writer's
+// metadata of every value type, alignment, tensor names, q/k row order and
+// tokenizer keys read back; unrepresentable grids, LQER factors, existing
+// files and failures half way are refused and leave no file.
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <QDir>
+#include <QFile>
+#include <QJsonDocument>
+#include <QJsonObject>
+#include <QTemporaryDir>
+#include <QtTest>
+
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/common/error.h"
+#include "core/io/export.h"
+#include "core/io/ggml_quants.h"
+#include "core/io/gguf.h"
+#include "core/io/gguf_export.h"
+#include "core/io/gguf_model.h"
+#include "core/io/gguf_writer.h"
+#include "core/io/model_loader.h"
+#include "test_support.h"
+
+using namespace lrq;
+
+namespace {
+
+struct BlockCase {
+  GgmlType type;
+  int bits;
+  bool symmetric;
+};
+
+const BlockCase kCases[] = {
+    {GgmlType::Q8_0, 8, true},  {GgmlType::Q4_0, 4, true},  {GgmlType::Q5_0, 5, true},
+    {GgmlType::Q4_1, 4, false}, {GgmlType::Q5_1, 5, false},
+};
+
+// A quantized [out, in] tensor on a group-32 grid whose steps are exact halves
+// (k * 2^-e with k < 64, so -s z is a half too for every zero point).
+PackedTensor handBuilt(const std::string &name, int64_t out, int64_t in, int bits, bool symmetric,
+                       uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  PackedTensor t;
+  t.name = name;
+  t.bits = bits;
+  t.qmin = symmetric ? -(int64_t(1) << (bits - 1)) : 0;
+  t.groupSize = 32;
+  const int64_t levels = int64_t(1) << bits;
+  t.codes = at::empty({out, in}, at::kInt);
+  for (int64_t i = 0; i < out * in; ++i)
+    t.codes.data_ptr<int32_t>()[i] = int32_t(t.qmin + int64_t(rng() % uint64_t(levels)));
+  const int64_t groups = in / 32;
+  t.scales = at::empty({out, groups}, at::kFloat);
+  t.zeroPoints = at::zeros({out, groups}, at::kFloat);
+  for (int64_t i = 0; i < out * groups; ++i) {
+    const int k = 1 + int(rng() % 63);
+    const int e = 6 + int(rng() % 8);
+    t.scales.data_ptr<float>()[i] = std::ldexp(float(k), -e);
+    if (!symmetric)
+      t.zeroPoints.data_ptr<float>()[i] = float(rng() % uint64_t(levels));
+  }
+  return t;
+}
+
+std::vector<float> readF32(const QString &path) {
+  QFile f(path);
+  if (!f.open(QIODevice::ReadOnly))
+    return {};
+  const QByteArray b = f.readAll();
+  std::vector<float> v(size_t(b.size()) / 4);
+  std::memcpy(v.data(), b.constData(), v.size() * 4);
+  return v;
+}
+
+// Exact element-wise equality of a float tensor and a vector.
+bool sameValues(const at::Tensor &t, const std::vector<float> &v, QString *why) {
+  const at::Tensor c = t.to(at::kFloat).contiguous();
+  if (size_t(c.numel()) != v.size()) {
+    *why = QString("%1 values vs %2").arg(c.numel()).arg(v.size());
+    return false;
+  }
+  for (size_t i = 0; i < v.size(); ++i)
+    if (!(c.data_ptr<float>()[i] == v[i])) {
+      *why = QString("element %1: %2 vs %3").arg(i).arg(c.data_ptr<float>()[i]).arg(v[i]);
+      return false;
+    }
+  return true;
+}
+
+ModelConfig tinyConfig() {
+  ModelConfig c;
+  c.arch = Architecture::Llama;
+  c.architectureName = "LlamaForCausalLM";
+  c.vocabSize = 264;
+  c.hiddenSize = 64;
+  c.intermediateSize = 96;
+  c.numLayers = 2;
+  c.numHeads = 4;
+  c.numKvHeads = 2;
+  c.headDim = 16;
+  c.maxPositions = 256;
+  c.normEps = 1e-5;
+  c.ropeTheta = 10000.0;
+  c.tieEmbeddings = false;
+  return c;
+}
+
+// GPT-2's byte alphabet as UTF-8 token texts: printable bytes stand for
+// themselves, the others for U+0100 onwards.
+std::vector<std::string> byteAlphabet() {
+  std::vector<std::string> out;
+  int shifted = 0;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+    const uint32_t cp = printable ? uint32_t(b) : uint32_t(0x100 + shifted++);
+    std::string text;
+    if (cp < 0x80) {
+      text += char(cp);
+    } else {
+      text += char(0xC0 | (cp >> 6));
+      text += char(0x80 | (cp & 0x3F));
+    }
+    out.push_back(text);
+  }
+  return out;
+}
+
+// A byte-level spec (ids, merges and special ids to compare): the 256 bytes,
+// two control tokens, three merges and filler up to `vocab`.
+TokenizerSpec tinySpec(int64_t vocab) {
+  TokenizerSpec s;
+  s.kind = TokenizerKind::ByteLevelBpe;
+  s.preTokenizer = "smollm";
+  s.tokens = byteAlphabet();
+  s.tokens.push_back("<|endoftext|>");
+  s.tokens.push_back("<pad>");
+  s.tokens.push_back("he");
+  s.tokens.push_back("ll");
+  s.tokens.push_back("hell");
+  while (int64_t(s.tokens.size()) < vocab)
+    s.tokens.push_back("zz" + std::to_string(s.tokens.size()));
+  s.tokenTypes.assign(s.tokens.size(), TokenType::Normal);
+  s.tokenTypes[256] = TokenType::Control;
+  s.tokenTypes[257] = TokenType::Control;
+  s.merges = {"h e", "l l", "he ll"};
+  s.bosId = 256;
+  s.eosId = 256;
+  s.padId = 257;
+  s.addBos = false;
+  return s;
+}
+
+// A packed tiny model: every linear quantized, each role on another block type.
+PackedModelContents tinyPacked(const ModelConfig &c) {
+  PackedModelContents p;
+  p.config = c;
+  p.method = "rtn";
+  p.schemeJson = R"({"weight":{"bits":4}})";
+  at::Generator gen = at::detail::createCPUGenerator(5);
+  const int64_t h = c.hiddenSize, kv = c.numKvHeads * c.headDim, f = c.intermediateSize;
+  p.tensors.emplace_back("model.embed_tokens.weight", at::randn({c.vocabSize, h}, gen));
+  const std::vector<std::tuple<std::string, int64_t, int64_t, int, bool>> roles = {
+      {"self_attn.q_proj", h, h, 4, true},  {"self_attn.k_proj", kv, h, 5, true},
+      {"self_attn.v_proj", kv, h, 8, true}, {"self_attn.o_proj", h, h, 4, false},
+      {"mlp.gate_proj", f, h, 5, false},    {"mlp.up_proj", f, h, 4, true},
+      {"mlp.down_proj", h, f, 4, true}};
+  uint64_t seed = 100;
+  for (int64_t i = 0; i < c.numLayers; ++i) {
+    const std::string prefix = "model.layers." + std::to_string(i) + ".";
+    p.tensors.emplace_back(prefix + "input_layernorm.weight", 1 + 0.1 * at::randn({h}, gen));
+    p.tensors.emplace_back(prefix + "post_attention_layernorm.weight",
+                           1 + 0.1 * at::randn({h}, gen));
+    for (const auto &[role, out, in, bits, sym] : roles)
+      p.quantized.push_back(handBuilt(prefix + role, out, in, bits, sym, ++seed));
+  }
+  p.tensors.emplace_back("model.norm.weight", 1 + 0.1 * at::randn({h}, gen));
+  p.tensors.emplace_back("lm_head.weight", at::randn({c.vocabSize, h}, gen));
+  return p;
+}
+
+at::Tensor dequantized(const PackedTensor &t) {
+  return dequantizeCodes(t.codes, t.scales, t.zeroPoints, t.groupSize);
+}
+
+// Files in a folder (a failed export must leave none behind, temporaries too).
+QStringList filesIn(const QString &dir) {
+  return QDir(dir).entryList(QDir::Files | QDir::Hidden | QDir::NoDotAndDotDot);
+}
+
+} // namespace
+
+class TestGgufExport : public QObject {
+  Q_OBJECT
+
+  QTemporaryDir tmp_;
+
+  QString path(const QString &name) const { return tmp_.filePath(name); }
+
+private slots:
+  void initTestCase() { QVERIFY(tmp_.isValid()); }
+
+  // One block by hand: Q4_0 stores d, then code j + 8 in the low nibble of
+  // byte j and code j + 16 + 8 in the high nibble.
+  void q4_0BlockByHand() {
+    PackedTensor t = handBuilt("x", 1, 32, 4, true, 1);
+    for (int j = 0; j < 32; ++j)
+      t.codes.data_ptr<int32_t>()[j] = (j % 16) - 8; // u = j % 16
+    t.scales.fill_(0.25f);
+    const std::vector<uint8_t> b = encodeGgufBlocks(t, GgmlType::Q4_0);
+    QCOMPARE(b.size(), size_t(18));
+    QCOMPARE(int(b[0]), 0x00); // 0.25 = half 0x3400, little-endian
+    QCOMPARE(int(b[1]), 0x34);
+    for (int j = 0; j < 16; ++j)
+      QCOMPARE(int(b[size_t(2 + j)]), j | (j << 4));
+    // Q5_1: the fifth bits of u land in a 32-bit word, bit j for value j.
+    PackedTensor a = handBuilt("y", 1, 32, 5, false, 2);
+    for (int j = 0; j < 32; ++j)
+      a.codes.data_ptr<int32_t>()[j] = j;
+    a.scales.fill_(0.5f);
+    a.zeroPoints.fill_(3.0f);
+    const std::vector<uint8_t> c = encodeGgufBlocks(a, GgmlType::Q5_1);
+    QCOMPARE(c.size(), size_t(24));
+    uint16_t m = 0;
+    std::memcpy(&m, c.data() + 2, 2);
+    QCOMPARE(halfBitsToFloat(m), -1.5f); // -s z
+    uint32_t qh = 0;
+    std::memcpy(&qh, c.data() + 4, 4);
+    QCOMPARE(qh, 0xFFFF0000u);         // codes 16..31 have bit 4 set
+    QCOMPARE(int(c[8]), 0 | (0 << 4)); // codes 0 and 16: low nibbles 0 and 0
+    QCOMPARE(int(c[9]), 1 | (1 << 4));
+  }
+
+  // Every block type: random codes and half steps decode to s (q - z) exactly,
+  // in the project's dequantizer (checked inside the encoder too) and in gguf-py.
+  void everyBlockTypeDecodesExactly() {
+    const QString dir = path("blocks");
+    QDir().mkpath(dir);
+    std::map<std::string, at::Tensor> expected;
+    uint64_t seed = 7;
+    for (const BlockCase &c : kCases) {
+      GgmlType type{};
+      const PackedTensor t =
+          handBuilt("model.layers.0.mlp.up_proj", 8, 96, c.bits, c.symmetric, ++seed);
+      QVERIFY(ggufBlockTypeForGrid(c.bits, t.qmin, 32, &type));
+      QCOMPARE(int(type), int(c.type));
+      const std::vector<uint8_t> blocks = encodeGgufBlocks(t, c.type);
+      const GgmlTypeTraits *traits = ggmlTypeTraits(uint32_t(c.type));
+      QCOMPARE(int64_t(blocks.size()), 8 * 96 / 32 * traits->typeSize);
+      std::vector<float> ours(8 * 96);
+      dequantizeGgml(c.type, blocks.data(), ours.data(), 8 * 96);
+      QString why;
+      QVERIFY2(sameValues(dequantized(t), ours, &why), qPrintable(why));
+      QFile f(dir + "/" + QString::fromStdString(ggmlTypeName(c.type)) + ".bin");
+      QVERIFY(f.open(QIODevice::WriteOnly));
+      f.write(reinterpret_cast<const char *>(blocks.data()), qint64(blocks.size()));
+      expected[ggmlTypeName(c.type)] = dequantized(t);
+    }
+    QString error;
+    const QByteArray out = test::runReference("gguf_dequant.py", {dir}, &error);
+    QVERIFY2(!out.isEmpty(), qPrintable(error));
+    for (const auto &[name, values] : expected) {
+      QString why;
+      QVERIFY2(sameValues(values, readF32(dir + "/" + QString::fromStdString(name) + ".f32"), &why),
+               qPrintable(QString::fromStdString(name) + ": " + why));
+    }
+  }
+
+  void rotaryPermutationIsTheInverseOfTheReaders() {
+    const at::Tensor rows = at::arange(4, at::kFloat).reshape({4, 1});
+    // One head of 4 rows: HF (j, i) -> GGUF (i, j): rows 0, 2, 1, 3.
+    const at::Tensor p = permuteGgufRotary(rows, 1);
+    QCOMPARE(p.flatten()[1].item<float>(), 2.0f);
+    QCOMPARE(p.flatten()[2].item<float>(), 1.0f);
+    const at::Tensor w = at::randn({48, 5});
+    QVERIFY(at::equal(unpermuteGgufRotary(permuteGgufRotary(w, 3), 3), w));
+    QVERIFY(!at::equal(permuteGgufRotary(w, 3), w));
+  }
+
+  void namesMapBothWays() {
+    for (const char *g :
+         {"token_embd.weight", "output_norm.weight", "output.weight", "blk.0.attn_q.weight",
+          "blk.11.attn_k.weight", "blk.2.attn_v.weight", "blk.2.attn_output.weight",
+          "blk.3.ffn_gate.weight", "blk.3.ffn_up.weight", "blk.3.ffn_down.weight",
+          "blk.4.attn_norm.weight", "blk.4.ffn_norm.weight", "blk.5.attn_q.bias"}) {
+      const std::string hf = hfNameFromGgufTensor(g);
+      QVERIFY2(!hf.empty(), g);
+      QCOMPARE(ggufTensorNameFromHf(hf), std::string(g));
+    }
+    QCOMPARE(ggufTensorNameFromHf("model.decoder.layers.0.fc1.weight"), std::string());
+  }
+
+  // Metadata of every value type, arrays of each and nested ones, written and
+  // read back by our reader and by gguf-py; the alignment honoured.
+  void writerRoundTripsEveryValueType() {
+    std::vector<std::pair<std::string, GgufValue>> meta;
+    meta.emplace_back("t.u8", GgufValue::unsignedInt(GgufValueType::UInt8, 200));
+    meta.emplace_back("t.i8", GgufValue::signedInt(GgufValueType::Int8, -100));
+    meta.emplace_back("t.u16", GgufValue::unsignedInt(GgufValueType::UInt16, 60000));
+    meta.emplace_back("t.i16", GgufValue::signedInt(GgufValueType::Int16, -30000));
+    meta.emplace_back("t.u32", ggufUInt32(4000000000u));
+    meta.emplace_back("t.i32", ggufInt32(-2000000000));
+    meta.emplace_back("t.u64", ggufUInt64(uint64_t(1) << 40));
+    meta.emplace_back("t.i64", GgufValue::signedInt(GgufValueType::Int64, -(int64_t(1) << 40)));
+    meta.emplace_back("t.f32", ggufFloat32(0.1f));
+    meta.emplace_back("t.f64", GgufValue::floating(GgufValueType::Float64, 0.1));
+    meta.emplace_back("t.bool", GgufValue::boolean(true));
+    meta.emplace_back("t.str", ggufString("héllo"));
+    meta.emplace_back("t.strs", ggufStringArray({"a", "", "ßc"}));
+    meta.emplace_back("t.f32s", ggufFloat32Array({1.5f, -2.0f}));
+    meta.emplace_back("t.i32s", ggufInt32Array({1, -2, 3}));
+    meta.emplace_back("t.bools", GgufValue::packedArray(GgufValueType::Bool, {1, 0, 1}));
+    meta.emplace_back("t.nested",
+                      GgufValue::nestedArray({ggufInt32Array({1, 2}), ggufStringArray({"x"})}));
+    meta.emplace_back("general.alignment", ggufUInt32(32));
+    const std::vector<GgufTensorSpec> tensors = {
+        {"a", {3}, GgmlType::F32}, {"b", {32, 2}, GgmlType::Q8_0}, {"c", {5, 1}, GgmlType::F16}};
+    const QString file = path("values.gguf");
+    GgufWriteOptions options;
+    options.alignment = 64;
+    writeGgufFile(
+        file.toStdString(), meta, tensors,
+        [&](size_t i) {
+          std::vector<uint8_t> b(ggufTensorBytes(tensors[i]));
+          for (size_t k = 0; k < b.size(); ++k)
+            b[k] = uint8_t(i * 16 + k % 7);
+          if (i == 1) // Q8_0 block scales: 1.0 as a half
+            for (size_t blk = 0; blk < 2; ++blk)
+              b[blk * 34] = 0x00, b[blk * 34 + 1] = 0x3C;
+          return b;
+        },
+        options);
+    const GgufReader g(file.toStdString());
+    QCOMPARE(g.version(), uint32_t(3));
+    QCOMPARE(g.alignment(), uint64_t(64));
+    QCOMPARE(g.dataOffset() % 64, uint64_t(0));
+    QCOMPARE(g.metadata().size(), meta.size());
+    for (size_t i = 0; i < meta.size(); ++i) {
+      const auto &[key, value] = g.metadata()[i];
+      QCOMPARE(key, meta[i].first);
+      QCOMPARE(int(value.type()), int(meta[i].second.type()));
+      if (key != "general.alignment")
+        QCOMPARE(value.describe(), meta[i].second.describe());
+    }
+    QCOMPARE(g.getInt("t.i8"), int64_t(-100));
+    QCOMPARE(g.getInt("t.u64"), int64_t(1) << 40);
+    QCOMPARE(float(g.getFloat("t.f32")), 0.1f);
+    QCOMPARE(g.getFloat("t.f64"), 0.1);
+    QCOMPARE(g.getStringArray("t.strs"), (std::vector<std::string>{"a", "", "ßc"}));
+    QCOMPARE(g.getIntArray("t.i32s"), (std::vector<int64_t>{1, -2, 3}));
+    QCOMPARE(g.find("t.nested")->item(1).strings(), std::vector<std::string>{"x"});
+    QCOMPARE(g.find("t.bools")->item(1).describe(), std::string("false"));
+    for (const GgufTensorInfo &t : g.tensors())
+      QCOMPARE(t.offset % 64, uint64_t(0));
+    QCOMPARE(g.tensors()[1].type, GgmlType::Q8_0);
+    QCOMPARE(g.tensorData(g.tensors()[2])[0], uint8_t(32));
+
+    QString error;
+    const QByteArray out = test::runReference("gguf_dump.py", {file}, &error);
+    QVERIFY2(!out.isEmpty(), qPrintable(error));
+    const QJsonObject dump = QJsonDocument::fromJson(out).object();
+    QCOMPARE(dump["alignment"].toInt(), 64);
+    QCOMPARE(qint64(dump["data_offset"].toInteger()), qint64(g.dataOffset()));
+    QCOMPARE(dump["metadata"].toArray().size(), int(meta.size()));
+    std::map<QString, QJsonObject> byKey;
+    for (const auto &v : dump["metadata"].toArray())
+      byKey[v.toObject()["key"].toString()] = v.toObject();
+    QCOMPARE(byKey["t.i16"]["value"].toString(), QString("-30000"));
+    QCOMPARE(byKey["t.u64"]["value"].toString(), QString::number(qint64(1) << 40));
+    QCOMPARE(byKey["t.str"]["value"].toString(), QString::fromUtf8("héllo"));
+    QCOMPARE(byKey["t.f32s"]["value"].toObject()["count"].toInt(), 2);
+    QCOMPARE(byKey["t.nested"]["element_type"].toString(), QString("array"));
+    const QJsonArray ts = dump["tensors"].toArray();
+    QCOMPARE(ts.size(), 3);
+    for (int i = 0; i < 3; ++i) {
+      QCOMPARE(qint64(ts[i].toObject()["offset"].toInteger()),
+               qint64(g.dataOffset() + g.tensors()[size_t(i)].offset));
+      QCOMPARE(ts[i].toObject()["name"].toString(),
+               QString::fromStdString(tensors[size_t(i)].name));
+    }
+  }
+
+  // A whole tiny model with an HF-style source: every block type, the q/k
+  // order, metadata and tokenizer; read back by loadModel and by gguf-py.
+  void modelRoundTrip() {
+    const ModelConfig config = tinyConfig();
+    const PackedModelContents packed = tinyPacked(config);
+    const TokenizerSpec spec = tinySpec(config.vocabSize);
+    GgufExportSource source;
+    source.tokenizer = &spec;
+    source.chatTemplate = "{{ messages }}";
+    source.name = "tiny";
+    GgufExportOptions options;
+    options.runId = "run-42";
+    options.floatTypes = {{"output.weight", GgmlType::F16}, {"*", GgmlType::F32}};
+    const QString file = path("tiny.gguf");
+    const ExportResult r = exportGguf(file.toStdString(), packed, source, options);
+    QCOMPARE(r.tensors, int64_t(packed.tensors.size() + packed.quantized.size()));
+    // Left for people to try in llama.cpp (every block type in one file).
+    const QString kept = QDir(test::outputDir()).filePath("gguf-export-tiny.gguf");
+    QFile::remove(kept);
+    QFile::copy(file, kept);
+
+    const GgufReader g(file.toStdString());
+    QCOMPARE(g.getString("general.architecture"), std::string("llama"));
+    QCOMPARE(g.getInt("general.file_type"), int64_t(2)); // mostly Q4_0
+    QCOMPARE(g.getInt("general.quantization_version"), int64_t(2));
+    QCOMPARE(g.getString("lrq.method"), std::string("rtn"));
+    QCOMPARE(g.getString("lrq.scheme"), packed.schemeJson);
+    QCOMPARE(g.getString("lrq.run_id"), std::string("run-42"));
+    QCOMPARE(g.getString("tokenizer.chat_template"), std::string("{{ messages }}"));
+    QCOMPARE(g.getInt("llama.rope.dimension_count"), int64_t(16));
+    QCOMPARE(g.findTensor("blk.1.attn_k.weight")->type, GgmlType::Q5_0);
+    QCOMPARE(g.findTensor("blk.1.attn_v.weight")->type, GgmlType::Q8_0);
+    QCOMPARE(g.findTensor("blk.0.attn_output.weight")->type, GgmlType::Q4_1);
+    QCOMPARE(g.findTensor("blk.0.ffn_gate.weight")->type, GgmlType::Q5_1);
+    QCOMPARE(g.findTensor("output.weight")->type, GgmlType::F16);
+    QCOMPARE(g.findTensor("token_embd.weight")->type, GgmlType::F32);
+    QCOMPARE(g.findTensor("output_norm.weight")->type, GgmlType::F32);
+    QCOMPARE(g.tensors().front().name, std::string("token_embd.weight"));
+    for (const GgufTensorInfo &t : g.tensors())
+      QCOMPARE(t.offset % 32, uint64_t(0));
+
+    // The config and tokenizer as the loader sees them.
+    const ModelConfig back = modelConfigFromGguf(g);
+    QCOMPARE(back.numLayers, config.numLayers);
+    QCOMPARE(back.hiddenSize, config.hiddenSize);
+    QCOMPARE(back.intermediateSize, config.intermediateSize);
+    QCOMPARE(back.numHeads, config.numHeads);
+    QCOMPARE(back.numKvHeads, config.numKvHeads);
+    QCOMPARE(back.headDim, config.headDim);
+    QCOMPARE(back.maxPositions, config.maxPositions);
+    QCOMPARE(back.vocabSize, config.vocabSize);
+    QCOMPARE(back.tieEmbeddings, false);
+    QCOMPARE(float(back.normEps), float(config.normEps));
+    const TokenizerSpec tok = tokenizerSpecFromGguf(g);
+    QCOMPARE(tok.tokens, spec.tokens);
+    QCOMPARE(tok.merges, spec.merges);
+    QCOMPARE(tok.preTokenizer, spec.preTokenizer);
+    QCOMPARE(tok.bosId, spec.bosId);
+    QCOMPARE(tok.eosId, spec.eosId);
+    QCOMPARE(tok.padId, spec.padId);
+    QCOMPARE(tok.unkId, -1);
+    QCOMPARE(tok.addBos, false);
+    QCOMPARE(int(tok.tokenTypes[257]), int(TokenType::Control));
+
+    // loadModel: HF names and order, exactly s (q - z) for every quantized linear.
+    const LoadedModel m = loadModel(file.toStdString());
+    QVERIFY(m.tokenizer);
+    QCOMPARE(m.tokenizer->encode("hello", false), (std::vector<int32_t>{260, 'o'}));
+    for (const PackedTensor &t : packed.quantized) {
+      const auto it = m.tensors.find(t.name + ".weight");
+      QVERIFY2(it != m.tensors.end(), t.name.c_str());
+      QVERIFY2(at::equal(it->second, dequantized(t)), t.name.c_str());
+    }
+    for (const auto &[name, t] : packed.tensors) {
+      const at::Tensor expect = name == "lm_head.weight" ? t.to(at::kHalf).to(at::kFloat) : t;
+      QVERIFY2(at::equal(m.tensors.at(name), expect), name.c_str());
+    }
+
+    // gguf-py: the same values in GGUF's own row order (q and k permuted).
+    const QString dir = path("tiny-py");
+    QString error;
+    const QByteArray out = test::runReference("gguf_read_tensors.py", {file, dir}, &error);
+    QVERIFY2(!out.isEmpty(), qPrintable(error));
+    const QJsonObject info = QJsonDocument::fromJson(out).object();
+    QCOMPARE(info["blk.0.attn_q.weight"].toObject()["type"].toString(), QString("Q4_0"));
+    for (const PackedTensor &t : packed.quantized) {
+      const std::string name = ggufTensorNameFromHf(t.name + ".weight");
+      at::Tensor expect = dequantized(t);
+      if (name.find("attn_q") != std::string::npos)
+        expect = permuteGgufRotary(expect, config.numHeads);
+      if (name.find("attn_k") != std::string::npos)
+        expect = permuteGgufRotary(expect, config.numKvHeads);
+      QString why;
+      QVERIFY2(sameValues(expect, readF32(dir + "/" + QString::fromStdString(name) + ".f32"), &why),
+               qPrintable(QString::fromStdString(name) + ": " + why));
+    }
+  }
+
+  // A GGUF source: every key carried, the ones the export changes updated.
+  void ggufSourceMetadataIsCarried() {
+    const ModelConfig config = tinyConfig();
+    const PackedModelContents packed = tinyPacked(config);
+    const TokenizerSpec spec = tinySpec(config.vocabSize);
+    GgufExportSource hf;
+    hf.tokenizer = &spec;
+    const QString first = path("source.gguf");
+    exportGguf(first.toStdString(), packed, hf);
+    // Make the "source" carry keys of its own, as real files do.
+    const GgufReader original(first.toStdString());
+    std::vector<std::pair<std::string, GgufValue>> meta = original.metadata();
+    for (auto &[key, value] : meta)
+      if (key == "general.file_type")
+        value = ggufUInt32(15);
+      else if (key == "lrq.run_id")
+        value = ggufString("old");
+    meta.emplace_back("general.license", ggufString("apache-2.0"));
+    meta.emplace_back("custom.nested", GgufValue::nestedArray({ggufInt32Array({7})}));
+    const QString source = path("source2.gguf");
+    std::vector<GgufTensorSpec> specs;
+    for (const GgufTensorInfo &t : original.tensors())
+      specs.push_back({t.name, t.dims, t.type});
+    writeGgufFile(source.toStdString(), meta, specs, [&](size_t i) {
+      const GgufTensorInfo &t = original.tensors()[i];
+      const uint8_t *p = original.tensorData(t);
+      return std::vector<uint8_t>(p, p + t.nbytes);
+    });
+
+    GgufExportSource fromGguf;
+    fromGguf.sourceGguf = source.toStdString();
+    GgufExportOptions options;
+    options.runId = "new";
+    const QString file = path("carried.gguf");
+    exportGguf(file.toStdString(), packed, fromGguf, options);
+    const GgufReader g(file.toStdString());
+    const GgufReader s(source.toStdString());
+    for (const auto &[key, value] : s.metadata()) {
+      const GgufValue *v = g.find(key);
+      QVERIFY2(v, key.c_str());
+      if (key == "general.file_type" || key.compare(0, 4, "lrq.") == 0)
+        continue;
+      QCOMPARE(int(v->type()), int(value.type()));
+      QCOMPARE(v->describe(), value.describe());
+      if (v->isArray() && value.elementType() == GgufValueType::String)
+        QCOMPARE(v->strings(), value.strings());
+      else if (v->isArray())
+        QCOMPARE(v->packedBytes(), value.packedBytes());
+    }
+    QCOMPARE(g.getInt("general.file_type"), int64_t(2));
+    QCOMPARE(g.getString("lrq.run_id"), std::string("new"));
+    QCOMPARE(g.getString("general.license"), std::string("apache-2.0"));
+    QCOMPARE(g.find("custom.nested")->item(0).describe(), std::string("[int32 x 1]"));
+  }
+
+  void unrepresentableGridsAreRefused() {
+    // 3-bit per channel: no block type.
+    PackedModelContents p = tinyPacked(tinyConfig());
+    PackedTensor &q = p.quantized[0];
+    q.bits = 3;
+    q.qmin = 0;
+    q.groupSize = 0;
+    q.scales = q.scales.narrow(1, 0, 1).contiguous();
+    q.zeroPoints = q.zeroPoints.narrow(1, 0, 1).contiguous();
+    q.codes = q.codes.clamp(0, 7);
+    const QString file = path("refused.gguf");
+    try {
+      exportGguf(file.toStdString(), p, {});
+      QFAIL("3-bit per-channel weights were exported");
+    } catch (const Error &e) {
+      const QString m = QString::fromUtf8(e.what());
+      QVERIFY2(m.contains("model.layers.0.self_attn.q_proj") && m.contains("3-bit per-channel") &&
+                   m.contains("cannot be stored") && m.contains("--scheme gguf-"),
+               qPrintable(m));
+    }
+    QVERIFY(!QFile::exists(file));
+
+    // A step that is not a half.
+    PackedTensor t = handBuilt("model.layers.0.mlp.up_proj", 2, 32, 4, true, 3);
+    t.scales.fill_(0.1f);
+    try {
+      encodeGgufBlocks(t, GgmlType::Q4_0);
+      QFAIL("a float32 step was stored as a half");
+    } catch (const Error &e) {
+      const QString m = QString::fromUtf8(e.what());
+      QVERIFY2(m.contains("mlp.up_proj") && m.contains("half") && m.contains("gguf-q4_0"),
+               qPrintable(m));
+    }
+    // Q4_1 whose -s z is not a half: s = 1 + 2^-10 (a half), z = 7.
+    PackedTensor a = handBuilt("model.layers.0.mlp.up_proj", 1, 32, 4, false, 4);
+    a.scales.fill_(1.0f + std::ldexp(1.0f, -10));
+    a.zeroPoints.fill_(7.0f);
+    QVERIFY_THROWS_EXCEPTION(Error, encodeGgufBlocks(a, GgmlType::Q4_1));
+    // Rows that are not whole blocks.
+    PackedTensor odd = handBuilt("model.layers.0.mlp.up_proj", 1, 64, 4, true, 5);
+    odd.codes = odd.codes.narrow(1, 0, 48).contiguous();
+    QVERIFY_THROWS_EXCEPTION(Error, encodeGgufBlocks(odd, GgmlType::Q4_0));
+  }
+
+  void lowRankFactorsAreRefused() {
+    PackedModelContents p = tinyPacked(tinyConfig());
+    p.quantized[2].lowRankA = at::zeros({64, 8});
+    p.quantized[2].lowRankB = at::zeros({8, 32});
+    const QString file = path("lqer.gguf");
+    try {
+      exportGguf(file.toStdString(), p, {});
+      QFAIL("LQER factors were dropped silently");
+    } catch (const Error &e) {
+      const QString m = QString::fromUtf8(e.what());
+      QVERIFY2(m.contains("low-rank") && m.contains("LQER") && m.contains("v_proj"), qPrintable(m));
+    }
+    QVERIFY(!QFile::exists(file));
+  }
+
+  void existingFilesFailuresAndCancelLeaveNothing() {
+    const QString dir = path("atomic");
+    QDir().mkpath(dir);
+    const QString file = dir + "/m.gguf";
+    const PackedModelContents p = tinyPacked(tinyConfig());
+    {
+      QFile f(file);
+      QVERIFY(f.open(QIODevice::WriteOnly));
+      f.write("keep me");
+    }
+    QVERIFY_THROWS_EXCEPTION(FileError, exportGguf(file.toStdString(), p, {}));
+    QCOMPARE(readF32(file).size(), size_t(1)); // untouched ("keep me" is 7 bytes)
+
+    // A failure half way: the previous file stays, no temporary is left.
+    GgufExportOptions failing;
+    failing.overwrite = true;
+    int steps = 0;
+    failing.beforeStep = [&](const std::string &) {
+      if (++steps == 5)
+        throw Error("disk full (simulated)");
+    };
+    QVERIFY_THROWS_EXCEPTION(Error, exportGguf(file.toStdString(), p, {}, failing));
+    QCOMPARE(filesIn(dir), QStringList{"m.gguf"});
+    QCOMPARE(QFileInfo(file).size(), qint64(7));
+
+    // Cancelled between tensors.
+    CancelToken cancel;
+    GgufExportOptions cancelling;
+    cancelling.beforeStep = [&](const std::string &step) {
+      if (step == "blk.0.attn_v.weight")
+        cancel.cancel();
+    };
+    QVERIFY_THROWS_EXCEPTION(Cancelled, exportGguf((dir + "/c.gguf").toStdString(), p, {},
+                                                   cancelling, nullptr, &cancel));
+    QCOMPARE(filesIn(dir), QStringList{"m.gguf"});
+
+    // Overwriting replaces it with a readable file.
+    GgufExportOptions overwrite;
+    overwrite.overwrite = true;
+    exportGguf(file.toStdString(), p, {}, overwrite);
+    QCOMPARE(GgufReader(file.toStdString()).tensors().size(),
+             p.tensors.size() + p.quantized.size());
+    QCOMPARE(filesIn(dir), QStringList{"m.gguf"});
+  }
+
+  void floatOverridesParse() {
+    const auto [pattern, type] = parseGgufFloatOverride("re:blk\\.[0-9]+\\.ffn_.*=F16");
+    QCOMPARE(pattern, std::string("re:blk\\.[0-9]+\\.ffn_.*"));
+    QCOMPARE(int(type), int(GgmlType::F16));
+    QVERIFY_THROWS_EXCEPTION(Error, parseGgufFloatOverride("token_embd.weight=q4_0"));
+    QVERIFY_THROWS_EXCEPTION(Error, parseGgufFloatOverride("re:([=f16"));
+    // Norms stay F32 whatever matches; a 2-D float tensor follows the regex.
+    const ModelConfig config = tinyConfig();
+    const PackedModelContents p = tinyPacked(config);
+    GgufExportOptions options;
+    options.floatTypes = {parseGgufFloatOverride("re:.*=f16")};
+    const QString file = path("f16.gguf");
+    exportGguf(file.toStdString(), p, {}, options);
+    const GgufReader g(file.toStdString());
+    QCOMPARE(g.findTensor("token_embd.weight")->type, GgmlType::F16);
+    QCOMPARE(g.findTensor("blk.0.attn_norm.weight")->type, GgmlType::F32);
+    QCOMPARE(g.findTensor("blk.0.attn_q.weight")->type, GgmlType::Q4_0);
+    QCOMPARE(g.getInt("general.file_type"), int64_t(2));
+  }
+};
+
+QTEST_APPLESS_MAIN(TestGgufExport)
+#include "test_gguf_export.moc"

@@ -1,0 +1,243 @@
+// `lrq quantize TINY --scheme gguf-* --gguf X` on a tiny float32 LLaMA with a
+// tokenizer (an HF folder written here), then `lrq eval X`: the GGUF file
+// loads and gives the run's perplexity; the file's tensors are the block
+// types the scheme names, its metadata the run's, and the run records it.
+#include <QDir>
+#include <QFile>
+#include <QJsonArray>
+#include <QJsonDocument>
+#include <QJsonObject>
+#include <QTemporaryDir>
+#include <QtTest>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "core/io/gguf.h"
+#include "core/io/hf_config.h"
+#include "core/io/safetensors.h"
+#include "test_support.h"
+
+using namespace lrq;
+using lrq::test::Result;
+using lrq::test::runLrq;
+
+namespace {
+
+ModelConfig tinyConfig() {
+  ModelConfig c;
+  c.arch = Architecture::Llama;
+  c.architectureName = "LlamaForCausalLM";
+  c.vocabSize = 256;
+  c.hiddenSize = 64;
+  c.intermediateSize = 96;
+  c.numLayers = 2;
+  c.numHeads = 4;
+  c.numKvHeads = 2;
+  c.headDim = 16;
+  c.maxPositions = 256;
+  c.normEps = 1e-5;
+  c.ropeTheta = 10000.0;
+  c.tieEmbeddings = false;
+  c.activation = "silu";
+  return c;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> tinyTensors(const ModelConfig &c) {
+  at::Generator gen = at::detail::createCPUGenerator(3);
+  const int64_t h = c.hiddenSize, kv = c.numKvHeads * c.headDim, f = c.intermediateSize;
+  std::vector<std::pair<std::string, at::Tensor>> t;
+  t.emplace_back("model.embed_tokens.weight", at::randn({c.vocabSize, h}, gen) * 0.5);
+  for (int64_t i = 0; i < c.numLayers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    auto linear = [&](const std::string &name, int64_t out, int64_t in) {
+      t.emplace_back(p + name + ".weight", at::randn({out, in}, gen) * 0.1);
+    };
+    t.emplace_back(p + "input_layernorm.weight", 1.0 + at::randn({h}, gen) * 0.1);
+    linear("self_attn.q_proj", h, h);
+    linear("self_attn.k_proj", kv, h);
+    linear("self_attn.v_proj", kv, h);
+    linear("self_attn.o_proj", h, h);
+    t.emplace_back(p + "post_attention_layernorm.weight", 1.0 + at::randn({h}, gen) * 0.1);
+    linear("mlp.gate_proj", f, h);
+    linear("mlp.up_proj", f, h);
+    linear("mlp.down_proj", h, f);
+  }
+  t.emplace_back("model.norm.weight", 1.0 + at::randn({h}, gen) * 0.1);
+  t.emplace_back("lm_head.weight", at::randn({c.vocabSize, h}, gen) * 0.2);
+  return t;
+}
+
+// A byte-level BPE tokenizer.json: GPT-2's byte alphabet as ids 0..255, no merges.
+std::string byteTokenizerJson() {
+  nlohmann::json vocab = nlohmann::json::object();
+  int shifted = 0;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+    const uint32_t cp = printable ? uint32_t(b) : uint32_t(0x100 + shifted++);
+    std::string text;
+    if (cp < 0x80) {
+      text += char(cp);
+    } else {
+      text += char(0xC0 | (cp >> 6));
+      text += char(0x80 | (cp & 0x3F));
+    }
+    vocab[text] = b;
+  }
+  return nlohmann::json{
+      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}},
+      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}}},
+      {"decoder", {{"type", "ByteLevel"}}}}
+      .dump();
+}
+
+void writeFile(const QString &path, const std::string &text) {
+  QFile f(path);
+  QVERIFY(f.open(QIODevice::WriteOnly));
+  QCOMPARE(f.write(text.data(), qint64(text.size())), qint64(text.size()));
+}
+
+std::string someText(uint32_t seed, int words) {
+  static const char *vocabulary[] = {"the",   "model", "weights", "round", "grid",  "scale",
+                                     "block", "error", "token",   "layer", "value", "rank"};
+  std::string out;
+  uint32_t x = seed;
+  for (int i = 0; i < words; ++i) {
+    x = x * 1664525u + 1013904223u;
+    out += vocabulary[(x >> 16) % 12];
+    out += (i % 11 == 10) ? ".\n" : " ";
+  }
+  return out;
+}
+
+QJsonObject lastEvent(const Result &r) {
+  QJsonObject last;
+  for (const QByteArray &line : r.out.split('\n'))
+    if (!line.trimmed().isEmpty())
+      last = QJsonDocument::fromJson(line).object();
+  return last;
+}
+
+} // namespace
+
+class TestGgufExportCli : public QObject {
+  Q_OBJECT
+
+  QTemporaryDir tmp_;
+  QString model_, calib_, eval_, store_;
+
+  QStringList quantize(const QString &scheme, const QString &out) const {
+    return {"quantize",       model_,
+            "--method",       "rtn",
+            "--scheme",       scheme,
+            "--gguf",         out,
+            "--calib",        calib_,
+            "--text",         eval_,
+            "--nsamples",     "4",
+            "--seq-len",      "32",
+            "--eval-seq-len", "32",
+            "--eval-windows", "6",
+            "--no-ood-eval",  "--no-spectra",
+            "--store",        store_,
+            "--json",         "--quiet",
+            "--threads",      "2"};
+  }
+
+private slots:
+  void initTestCase() {
+    QVERIFY(tmp_.isValid());
+    model_ = tmp_.filePath("tiny");
+    QDir().mkpath(model_);
+    const ModelConfig config = tinyConfig();
+    writeSafetensors(model_.toStdString() + "/model.safetensors", tinyTensors(config));
+    writeHfConfig(model_.toStdString() + "/config.json", config, "float32");
+    writeFile(model_ + "/tokenizer.json", byteTokenizerJson());
+    calib_ = tmp_.filePath("calib.txt");
+    eval_ = tmp_.filePath("eval.txt");
+    store_ = tmp_.filePath("runs.sqlite");
+    writeFile(calib_, someText(1, 400));
+    writeFile(eval_, someText(2, 300));
+  }
+
+  void exportLoadsAndGivesTheRunsPerplexity_data() {
+    QTest::addColumn<QString>("scheme");
+    QTest::addColumn<QString>("type");
+    QTest::addColumn<int>("fileType");
+    QTest::newRow("q4_0") << "gguf-q4_0"
+                          << "Q4_0" << 2;
+    QTest::newRow("q4_1") << "gguf-q4_1"
+                          << "Q4_1" << 3;
+    QTest::newRow("q8_0") << "gguf-q8_0"
+                          << "Q8_0" << 7;
+    QTest::newRow("q5_0") << "gguf-q5_0"
+                          << "Q5_0" << 8;
+    QTest::newRow("q5_1") << "gguf-q5_1"
+                          << "Q5_1" << 9;
+  }
+  void exportLoadsAndGivesTheRunsPerplexity() {
+    QFETCH(QString, scheme);
+    QFETCH(QString, type);
+    QFETCH(int, fileType);
+    const QString out = tmp_.filePath(scheme + ".gguf");
+    const Result r = runLrq(quantize(scheme, out));
+    QVERIFY2(r.exitCode == 0, qPrintable(r.err));
+    const QJsonObject done = lastEvent(r);
+    QCOMPARE(done["event"].toString(), QString("finished"));
+    QCOMPARE(done["gguf"].toString(), out);
+    const double ppl = done["metrics"].toObject()["perplexity"].toDouble();
+    QVERIFY(ppl > 1);
+
+    const GgufReader g(out.toStdString());
+    QCOMPARE(g.getInt("general.file_type"), int64_t(fileType));
+    QCOMPARE(g.getString("lrq.run_id"), done["run_id"].toString().toStdString());
+    QCOMPARE(g.getString("lrq.method"), std::string("rtn"));
+    QCOMPARE(g.getString("tokenizer.ggml.model"), std::string("gpt2"));
+    QCOMPARE(g.getString("tokenizer.ggml.pre"), std::string("gpt-2"));     // llama.cpp's name
+    QCOMPARE(g.getStringArray("tokenizer.ggml.merges").size(), size_t(0)); // present, as required
+    QCOMPARE(QString::fromStdString(g.findTensor("blk.1.ffn_down.weight")->typeName()), type);
+    QCOMPARE(QString::fromStdString(g.findTensor("blk.0.attn_q.weight")->typeName()), type);
+    QCOMPARE(g.findTensor("token_embd.weight")->typeName(), std::string("F32"));
+
+    const Result e = runLrq({"eval", out, "--text", eval_, "--seq-len", "32", "--max-windows", "6",
+                             "--json", "--quiet", "--threads", "2"});
+    QVERIFY2(e.exitCode == 0, qPrintable(e.err));
+    const double back = lrq::test::parseJson(e)["perplexity"].toDouble();
+    qInfo("%s: run perplexity %.9g, GGUF file %.9g", qPrintable(scheme), ppl, back);
+    QVERIFY2(std::abs(back - ppl) <= 1e-9 * ppl,
+             qPrintable(QString("%1 vs %2").arg(back, 0, 'g', 12).arg(ppl, 0, 'g', 12)));
+
+    // Recorded with the run.
+    const Result show =
+        runLrq({"runs", "show", done["run_id"].toString(), "--store", store_, "--json"});
+    QVERIFY2(show.exitCode == 0, qPrintable(show.err));
+    QCOMPARE(lrq::test::parseJson(show)["gguf"].toString(), out);
+  }
+
+  // Refused before any work: the scheme cannot be stored; the file exists.
+  void refusalsComeFirst() {
+    const QString out = tmp_.filePath("refused.gguf");
+    Result r = runLrq(quantize("W3A16", out));
+    QCOMPARE(r.exitCode, 2);
+    QVERIFY2(r.err.contains("--gguf: W3 asym per-channel weights cannot be stored as GGUF Q4_1; "
+                            "quantize with --scheme gguf-q4_1"),
+             qPrintable(r.err));
+    QVERIFY(!QFile::exists(out));
+    QVERIFY(!r.out.contains("run_started"));
+    writeFile(out, "old");
+    r = runLrq(quantize("gguf-q4_0", out));
+    QCOMPARE(r.exitCode, 2);
+    QVERIFY2(r.err.contains("already exists") && r.err.contains("--force"), qPrintable(r.err));
+    QCOMPARE(QFileInfo(out).size(), qint64(3));
+    r = runLrq(quantize("gguf-q4_0", out) << "--force");
+    QVERIFY2(r.exitCode == 0, qPrintable(r.err));
+    QVERIFY(GgufReader(out.toStdString()).tensors().size() > 3);
+  }
+};
+
+QTEST_GUILESS_MAIN(TestGgufExportCli)
+#include "test_gguf_export_cli.moc"
