@@ -41,61 +41,17 @@
 #include "core/tokenizer/tokenizer.h"
 #include "tensor_files.h"
 #include "test_support.h"
+#include "tiny_llama.h"
 
 using namespace lrq;
+using lrq::test::tinyLlamaConfig;
+using lrq::test::tinyLlamaTensors;
 
 namespace {
 
-ModelConfig tinyConfig() {
-  ModelConfig c;
-  c.arch = Architecture::Llama;
-  c.architectureName = "LlamaForCausalLM";
-  c.vocabSize = 256;
-  c.hiddenSize = 32;
-  c.intermediateSize = 64;
-  c.numLayers = 2;
-  c.numHeads = 4;
-  c.numKvHeads = 2;
-  c.headDim = 8;
-  c.maxPositions = 128;
-  c.normEps = 1e-5;
-  c.ropeTheta = 10000.0;
-  c.tieEmbeddings = false;
-  c.activation = "silu";
-  return c;
-}
-
-// Seeded weights in HF names, linears ~ N(0, 0.1²) with an outlier column.
-std::vector<std::pair<std::string, at::Tensor>> tinyTensors(const ModelConfig &c) {
-  at::Generator gen = at::detail::createCPUGenerator(5);
-  const int64_t h = c.hiddenSize, kv = c.numKvHeads * c.headDim, f = c.intermediateSize;
-  std::vector<std::pair<std::string, at::Tensor>> t;
-  t.emplace_back("model.embed_tokens.weight", at::randn({c.vocabSize, h}, gen) * 0.5);
-  for (int64_t i = 0; i < c.numLayers; ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    auto linear = [&](const std::string &name, int64_t out, int64_t in) {
-      at::Tensor w = at::randn({out, in}, gen) * 0.1;
-      w.select(1, 3).mul_(4.0);
-      t.emplace_back(p + name + ".weight", w);
-    };
-    t.emplace_back(p + "input_layernorm.weight", 1.0 + at::randn({h}, gen) * 0.1);
-    linear("self_attn.q_proj", h, h);
-    linear("self_attn.k_proj", kv, h);
-    linear("self_attn.v_proj", kv, h);
-    linear("self_attn.o_proj", h, h);
-    t.emplace_back(p + "post_attention_layernorm.weight", 1.0 + at::randn({h}, gen) * 0.1);
-    linear("mlp.gate_proj", f, h);
-    linear("mlp.up_proj", f, h);
-    linear("mlp.down_proj", h, f);
-  }
-  t.emplace_back("model.norm.weight", 1.0 + at::randn({h}, gen) * 0.1);
-  t.emplace_back("lm_head.weight", at::randn({c.vocabSize, h}, gen) * 0.2);
-  return t;
-}
-
 ModelWeights tinyWeights(const ModelConfig &c) {
   std::map<std::string, at::Tensor> m;
-  for (auto &[n, t] : tinyTensors(c))
+  for (auto &[n, t] : tinyLlamaTensors(c, 5, 3))
     m[n] = t;
   return ModelWeights::fromHfTensors(c, m);
 }
@@ -188,7 +144,7 @@ class TestCompressedTensors : public QObject {
   Q_OBJECT
 
   QTemporaryDir tmp_;
-  ModelConfig config_ = tinyConfig();
+  ModelConfig config_ = tinyLlamaConfig();
   ModelWeights original_;
 
   // Decodes dir with the numpy decoder; returns its JSON (empty on failure).
@@ -551,7 +507,7 @@ private slots:
     const QString model = tmp_.filePath("bf16-model");
     QDir().mkpath(model);
     std::vector<std::pair<std::string, at::Tensor>> tensors;
-    for (auto &[name, t] : tinyTensors(config_))
+    for (auto &[name, t] : tinyLlamaTensors(config_, 5, 3))
       tensors.emplace_back(name, t.to(at::kBFloat16));
     writeSafetensors(model.toStdString() + "/model.safetensors", tensors);
     writeHfConfig(model.toStdString() + "/config.json", config_, "bfloat16");

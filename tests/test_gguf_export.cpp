@@ -30,10 +30,16 @@
 #include "core/io/gguf_writer.h"
 #include "core/io/model_loader.h"
 #include "test_support.h"
+#include "tiny_llama.h"
 
 using namespace lrq;
 
 namespace {
+
+// Vocabulary 264: the byte alphabet plus a few merged and special tokens.
+ModelConfig tinyConfig() {
+  return lrq::test::tinyLlamaConfig({264, 64, 96, 16, 256});
+}
 
 struct BlockCase {
   GgmlType type;
@@ -98,51 +104,13 @@ bool sameValues(const at::Tensor &t, const std::vector<float> &v, QString *why) 
   return true;
 }
 
-ModelConfig tinyConfig() {
-  ModelConfig c;
-  c.arch = Architecture::Llama;
-  c.architectureName = "LlamaForCausalLM";
-  c.vocabSize = 264;
-  c.hiddenSize = 64;
-  c.intermediateSize = 96;
-  c.numLayers = 2;
-  c.numHeads = 4;
-  c.numKvHeads = 2;
-  c.headDim = 16;
-  c.maxPositions = 256;
-  c.normEps = 1e-5;
-  c.ropeTheta = 10000.0;
-  c.tieEmbeddings = false;
-  return c;
-}
-
-// GPT-2's byte alphabet as UTF-8 token texts: printable bytes stand for
-// themselves, the others for U+0100 onwards.
-std::vector<std::string> byteAlphabet() {
-  std::vector<std::string> out;
-  int shifted = 0;
-  for (int b = 0; b < 256; ++b) {
-    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
-    const uint32_t cp = printable ? uint32_t(b) : uint32_t(0x100 + shifted++);
-    std::string text;
-    if (cp < 0x80) {
-      text += char(cp);
-    } else {
-      text += char(0xC0 | (cp >> 6));
-      text += char(0x80 | (cp & 0x3F));
-    }
-    out.push_back(text);
-  }
-  return out;
-}
-
 // A byte-level spec (ids, merges and special ids to compare): the 256 bytes,
 // two control tokens, three merges and filler up to `vocab`.
 TokenizerSpec tinySpec(int64_t vocab) {
   TokenizerSpec s;
   s.kind = TokenizerKind::ByteLevelBpe;
   s.preTokenizer = "smollm";
-  s.tokens = byteAlphabet();
+  s.tokens = lrq::test::gpt2ByteAlphabet();
   s.tokens.push_back("<|endoftext|>");
   s.tokens.push_back("<pad>");
   s.tokens.push_back("he");

@@ -22,79 +22,13 @@
 #include "core/io/hf_config.h"
 #include "core/io/safetensors.h"
 #include "test_support.h"
+#include "tiny_llama.h"
 
 using namespace lrq;
 using lrq::test::Result;
 using lrq::test::runLrq;
 
 namespace {
-
-ModelConfig tinyConfig() {
-  ModelConfig c;
-  c.arch = Architecture::Llama;
-  c.architectureName = "LlamaForCausalLM";
-  c.vocabSize = 256;
-  c.hiddenSize = 64;
-  c.intermediateSize = 96;
-  c.numLayers = 2;
-  c.numHeads = 4;
-  c.numKvHeads = 2;
-  c.headDim = 16;
-  c.maxPositions = 256;
-  c.normEps = 1e-5;
-  c.ropeTheta = 10000.0;
-  c.tieEmbeddings = false;
-  c.activation = "silu";
-  return c;
-}
-
-std::vector<std::pair<std::string, at::Tensor>> tinyTensors(const ModelConfig &c) {
-  at::Generator gen = at::detail::createCPUGenerator(3);
-  const int64_t h = c.hiddenSize, kv = c.numKvHeads * c.headDim, f = c.intermediateSize;
-  std::vector<std::pair<std::string, at::Tensor>> t;
-  t.emplace_back("model.embed_tokens.weight", at::randn({c.vocabSize, h}, gen) * 0.5);
-  for (int64_t i = 0; i < c.numLayers; ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    auto linear = [&](const std::string &name, int64_t out, int64_t in) {
-      t.emplace_back(p + name + ".weight", at::randn({out, in}, gen) * 0.1);
-    };
-    t.emplace_back(p + "input_layernorm.weight", 1.0 + at::randn({h}, gen) * 0.1);
-    linear("self_attn.q_proj", h, h);
-    linear("self_attn.k_proj", kv, h);
-    linear("self_attn.v_proj", kv, h);
-    linear("self_attn.o_proj", h, h);
-    t.emplace_back(p + "post_attention_layernorm.weight", 1.0 + at::randn({h}, gen) * 0.1);
-    linear("mlp.gate_proj", f, h);
-    linear("mlp.up_proj", f, h);
-    linear("mlp.down_proj", h, f);
-  }
-  t.emplace_back("model.norm.weight", 1.0 + at::randn({h}, gen) * 0.1);
-  t.emplace_back("lm_head.weight", at::randn({c.vocabSize, h}, gen) * 0.2);
-  return t;
-}
-
-// A byte-level BPE tokenizer.json: GPT-2's byte alphabet as ids 0..255, no merges.
-std::string byteTokenizerJson() {
-  nlohmann::json vocab = nlohmann::json::object();
-  int shifted = 0;
-  for (int b = 0; b < 256; ++b) {
-    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
-    const uint32_t cp = printable ? uint32_t(b) : uint32_t(0x100 + shifted++);
-    std::string text;
-    if (cp < 0x80) {
-      text += char(cp);
-    } else {
-      text += char(0xC0 | (cp >> 6));
-      text += char(0x80 | (cp & 0x3F));
-    }
-    vocab[text] = b;
-  }
-  return nlohmann::json{
-      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}},
-      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}}},
-      {"decoder", {{"type", "ByteLevel"}}}}
-      .dump();
-}
 
 void writeFile(const QString &path, const std::string &text) {
   QFile f(path);
@@ -153,10 +87,11 @@ private slots:
     QVERIFY(tmp_.isValid());
     model_ = tmp_.filePath("tiny");
     QDir().mkpath(model_);
-    const ModelConfig config = tinyConfig();
-    writeSafetensors(model_.toStdString() + "/model.safetensors", tinyTensors(config));
+    const ModelConfig config = lrq::test::tinyLlamaConfig({256, 64, 96, 16, 256});
+    writeSafetensors(model_.toStdString() + "/model.safetensors",
+                     lrq::test::tinyLlamaTensors(config, 3));
     writeHfConfig(model_.toStdString() + "/config.json", config, "float32");
-    writeFile(model_ + "/tokenizer.json", byteTokenizerJson());
+    writeFile(model_ + "/tokenizer.json", lrq::test::byteTokenizerJson());
     calib_ = tmp_.filePath("calib.txt");
     eval_ = tmp_.filePath("eval.txt");
     store_ = tmp_.filePath("runs.sqlite");

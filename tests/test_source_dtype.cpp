@@ -30,86 +30,14 @@
 #include "core/session/quantize_job.h"
 #include "core/session/quantize_request.h"
 #include "test_support.h"
+#include "tiny_llama.h"
 
 using namespace lrq;
+using lrq::test::byteTokenizerJson;
+using lrq::test::tinyLlamaConfig;
+using lrq::test::tinyLlamaTensors;
 
 namespace {
-
-ModelConfig tinyLlamaConfig() {
-  ModelConfig c;
-  c.arch = Architecture::Llama;
-  c.architectureName = "LlamaForCausalLM";
-  c.vocabSize = 256;
-  c.hiddenSize = 32;
-  c.intermediateSize = 64;
-  c.numLayers = 2;
-  c.numHeads = 4;
-  c.numKvHeads = 2;
-  c.headDim = 8;
-  c.maxPositions = 128;
-  c.normEps = 1e-5;
-  c.ropeTheta = 10000.0;
-  c.tieEmbeddings = false;
-  c.activation = "silu";
-  return c;
-}
-
-// Seeded weights in HF names: linears ~ N(0, 0.1²) with a few outlier
-// columns (so SmoothQuant has something to move), norms around 1.
-std::vector<std::pair<std::string, at::Tensor>> tinyLlamaTensors(const ModelConfig &c) {
-  at::Generator gen = at::detail::createCPUGenerator(11);
-  const int64_t h = c.hiddenSize, kv = c.numKvHeads * c.headDim, f = c.intermediateSize;
-  std::vector<std::pair<std::string, at::Tensor>> t;
-  t.emplace_back("model.embed_tokens.weight", at::randn({c.vocabSize, h}, gen) * 0.5);
-  for (int64_t i = 0; i < c.numLayers; ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    auto linear = [&](const std::string &name, int64_t out, int64_t in) {
-      at::Tensor w = at::randn({out, in}, gen) * 0.1;
-      w.select(1, 3).mul_(4.0);
-      t.emplace_back(p + name + ".weight", w);
-    };
-    t.emplace_back(p + "input_layernorm.weight", 1.0 + at::randn({h}, gen) * 0.1);
-    linear("self_attn.q_proj", h, h);
-    linear("self_attn.k_proj", kv, h);
-    linear("self_attn.v_proj", kv, h);
-    linear("self_attn.o_proj", h, h);
-    t.emplace_back(p + "post_attention_layernorm.weight", 1.0 + at::randn({h}, gen) * 0.1);
-    linear("mlp.gate_proj", f, h);
-    linear("mlp.up_proj", f, h);
-    linear("mlp.down_proj", h, f);
-  }
-  t.emplace_back("model.norm.weight", 1.0 + at::randn({h}, gen) * 0.1);
-  t.emplace_back("lm_head.weight", at::randn({c.vocabSize, h}, gen) * 0.2);
-  return t;
-}
-
-// A byte-level BPE tokenizer.json without merges: GPT-2's byte alphabet as ids 0..255.
-std::string byteTokenizerJson() {
-  std::vector<bool> printable(256, false);
-  for (int b = '!'; b <= '~'; ++b)
-    printable[size_t(b)] = true;
-  for (int b = 0xA1; b <= 0xAC; ++b)
-    printable[size_t(b)] = true;
-  for (int b = 0xAE; b <= 0xFF; ++b)
-    printable[size_t(b)] = true;
-  nlohmann::json vocab = nlohmann::json::object();
-  int shifted = 0;
-  for (int b = 0; b < 256; ++b) {
-    const uint32_t cp = printable[size_t(b)] ? uint32_t(b) : uint32_t(0x100 + shifted++);
-    std::string text;
-    if (cp < 0x80) {
-      text += char(cp);
-    } else {
-      text += char(0xC0 | (cp >> 6));
-      text += char(0x80 | (cp & 0x3F));
-    }
-    vocab[text] = b;
-  }
-  return nlohmann::json{
-      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}},
-      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}}}}
-      .dump();
-}
 
 void writeFile(const QString &path, const std::string &text) {
   QFile f(path);
@@ -156,7 +84,7 @@ class TestSourceDtype : public QObject {
     QDir().mkpath(dir);
     const ModelConfig config = tinyLlamaConfig();
     std::vector<std::pair<std::string, at::Tensor>> tensors;
-    for (auto &[name, t] : tinyLlamaTensors(config))
+    for (auto &[name, t] : tinyLlamaTensors(config, 11, 3))
       tensors.emplace_back(name, t.to(type));
     writeSafetensors(dir.toStdString() + "/model.safetensors", tensors);
     writeHfConfig(dir.toStdString() + "/config.json", config,
