@@ -11,8 +11,9 @@ Rows are kept in docs/RESULTS.json beside the table, keyed by (preset, scheme, m
 seed, settings): a run of a subset replaces those rows and keeps the others, so the
 tables can be filled in steps (the long ones in the background, across days). With
 several seeds a cell shows mean ± sample standard deviation over the seeds.
-Everything below the line "## Conclusions" in an existing output file is kept: the
-conclusions are written by hand from the numbers above them.
+Everything from the first line "## Conclusions" or "## llama.cpp comparison" of an
+existing output file to its end is kept: the conclusions are written by hand from the
+numbers above them, the llama.cpp table comes from bench/llama_cpp_compare.py.
 Every run is also recorded in the run store (see `lrq runs list`).
 """
 import argparse
@@ -134,14 +135,19 @@ def main():
     write_markdown(args, settings, list(rows.values()))
 
 
+# Sections written by hand or by other benches (bench/llama_cpp_compare.py), kept
+# from the first of them to the end when the tables above are regenerated.
+KEPT_SECTIONS = ("## Conclusions", "## llama.cpp comparison")
+
+
 def write_markdown(args, settings, rows):
     conclusions = ""
     if os.path.exists(args.out):
         with open(args.out, encoding="utf-8") as f:
             text = f.read()
-        at = text.find("\n## Conclusions")
-        if at >= 0:
-            conclusions = text[at + 1:]
+        kept = [i for i in (text.find("\n" + h) for h in KEPT_SECTIONS) if i >= 0]
+        if kept:
+            conclusions = text[min(kept) + 1:]
     windows = (f"first {settings['eval_windows']} windows" if settings["eval_windows"]
                else "all windows")
     lines = [
