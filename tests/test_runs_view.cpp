@@ -347,10 +347,10 @@ private slots:
     view.exportButton()->click();
     QCOMPARE(exportSpy.count(), 1);
     QCOMPARE(exportSpy.last().at(0).toString(), rtn_);
-    QVERIFY(view.exportGgufButton()->isEnabled());
-    view.exportGgufButton()->click();
-    QCOMPARE(exportGguf.count(), 1);
-    QCOMPARE(exportGguf.last().at(0).toString(), rtn_);
+    // W4 per-channel is no llama.cpp block grid: the tooltip names the preset.
+    QVERIFY(!view.exportGgufButton()->isEnabled());
+    QVERIFY2(view.exportGgufButton()->toolTip().contains("--scheme gguf-q4_1"),
+             qPrintable(view.exportGgufButton()->toolTip()));
 
     // Add the LRQ run to the selection: compare two.
     auto *proxy = qobject_cast<QSortFilterProxyModel *>(view.table()->model());
@@ -368,6 +368,42 @@ private slots:
     QStringList expected{rtn_, lrq_};
     expected.sort();
     QCOMPARE(ids, expected);
+  }
+
+  void exportGgufFollowsTheScheme() {
+    QTemporaryDir dir;
+    const QString path = dir.filePath("gguf-runs.sqlite");
+    RunStore s = writer(path);
+    const QString q40 =
+        "{\"name\": \"gguf-q4_0\", \"weight\": {\"bits\": 4, \"granularity\": "
+        "\"per-group\", \"group_size\": 32, \"symmetric\": true, \"step_format\": \"f16\"}}";
+    auto finished = [&](const QString &method, const QString &schemeJson) {
+      RunInfo info = baseInfo(method, schemeJson, "{}");
+      const std::string id = s.createRun(info);
+      s.finishRun(id, RunStatus::Finished, {}, 1.0);
+      return QString::fromStdString(id);
+    };
+    const QString rtn = finished("rtn", q40);
+    const QString lqer = finished("lqer", q40);
+    const QString w4 = finished("rtn", scheme("W4 g32", 4, "per-group", 32, true));
+
+    RunsView view;
+    view.setStorePath(path);
+    QSignalSpy exportGguf(&view, &RunsView::exportGgufRequested);
+    view.selectRun(rtn);
+    QVERIFY(view.exportGgufButton()->isEnabled());
+    view.exportGgufButton()->click();
+    QCOMPARE(exportGguf.count(), 1);
+    QCOMPARE(exportGguf.last().at(0).toString(), rtn);
+    // LQER's factors have no place in GGUF.
+    view.selectRun(lqer);
+    QVERIFY(!view.exportGgufButton()->isEnabled());
+    QVERIFY(view.exportGgufButton()->toolTip().contains("low-rank"));
+    // The block's shape with float32 steps: the half-precision preset is named.
+    view.selectRun(w4);
+    QVERIFY(!view.exportGgufButton()->isEnabled());
+    QVERIFY2(view.exportGgufButton()->toolTip().contains("gguf-q4_0"),
+             qPrintable(view.exportGgufButton()->toolTip()));
   }
 
   void detailPlotsShowTheRun() {

@@ -30,6 +30,7 @@
 #include <cmath>
 #include <set>
 
+#include "core/quant/gguf_scheme.h"
 #include "core/session/quantize_job.h"
 #include "widgets/runs_table_model.h"
 
@@ -533,7 +534,21 @@ void RunsView::updateActions() {
     resume_->setToolTip(
         tr("Continue an interrupted, cancelled or failed run from its last checkpoint"));
   export_->setEnabled(one && one->status == RunStatus::Finished);
-  exportGguf_->setEnabled(export_->isEnabled());
+  // Only a run on one of llama.cpp's block grids can become a GGUF file: for
+  // the others the tooltip says which scheme would (the check runs no work).
+  std::string ggufProblem;
+  if (one && one->status == RunStatus::Finished) {
+    try {
+      ggufProblem = lrq::quant::ggufExportProblem(one->schemeJson, one->method);
+    } catch (const std::exception &e) {
+      ggufProblem = e.what();
+    }
+  }
+  exportGguf_->setEnabled(export_->isEnabled() && ggufProblem.empty());
+  exportGguf_->setToolTip(ggufProblem.empty()
+                              ? tr("Write the selected finished run as a GGUF file that "
+                                   "llama.cpp loads (runs of the gguf-* schemes)")
+                              : tr("Not as GGUF: %1").arg(qs(ggufProblem)));
   QString why;
   const QString exported = one ? openableExport(*one, &why) : QString();
   openExport_->setEnabled(!exported.isEmpty());
