@@ -46,6 +46,7 @@
 using namespace lrq;
 using lrq::test::tinyLlamaConfig;
 using lrq::test::tinyLlamaTensors;
+using lrq::test::writeFile;
 
 namespace {
 
@@ -75,12 +76,6 @@ quant::QuantScheme weightScheme(int bits, bool symmetric, int64_t group) {
   s.weight.groupSize = std::max<int64_t>(group, 0);
   s.weight.init = quant::StepInit::MinMax;
   return s;
-}
-
-void writeFile(const QString &path, const std::string &text) {
-  QFile f(path);
-  QVERIFY(f.open(QIODevice::WriteOnly));
-  QCOMPARE(f.write(text.data(), qint64(text.size())), qint64(text.size()));
 }
 
 QJsonObject readJson(const QString &path) {

@@ -27,27 +27,10 @@
 using namespace lrq;
 using lrq::test::Result;
 using lrq::test::runLrq;
+using lrq::test::someText;
+using lrq::test::writeFile;
 
 namespace {
-
-void writeFile(const QString &path, const std::string &text) {
-  QFile f(path);
-  QVERIFY(f.open(QIODevice::WriteOnly));
-  QCOMPARE(f.write(text.data(), qint64(text.size())), qint64(text.size()));
-}
-
-std::string someText(uint32_t seed, int words) {
-  static const char *vocabulary[] = {"the",   "model", "weights", "round", "grid",  "scale",
-                                     "block", "error", "token",   "layer", "value", "rank"};
-  std::string out;
-  uint32_t x = seed;
-  for (int i = 0; i < words; ++i) {
-    x = x * 1664525u + 1013904223u;
-    out += vocabulary[(x >> 16) % 12];
-    out += (i % 11 == 10) ? ".\n" : " ";
-  }
-  return out;
-}
 
 QJsonObject lastEvent(const Result &r) {
   QJsonObject last;

@@ -34,30 +34,12 @@
 
 using namespace lrq;
 using lrq::test::byteTokenizerJson;
+using lrq::test::someText;
 using lrq::test::tinyLlamaConfig;
 using lrq::test::tinyLlamaTensors;
+using lrq::test::writeFile;
 
 namespace {
-
-void writeFile(const QString &path, const std::string &text) {
-  QFile f(path);
-  QVERIFY(f.open(QIODevice::WriteOnly));
-  QCOMPARE(f.write(text.data(), qint64(text.size())), qint64(text.size()));
-}
-
-// Pseudo-random words, reproducible.
-std::string someText(uint32_t seed, int words) {
-  static const char *vocabulary[] = {"the",   "model", "weights", "round", "grid",  "scale",
-                                     "block", "error", "token",   "layer", "value", "rank"};
-  std::string out;
-  uint32_t x = seed;
-  for (int i = 0; i < words; ++i) {
-    x = x * 1664525u + 1013904223u;
-    out += vocabulary[(x >> 16) % 12];
-    out += (i % 11 == 10) ? ".\n" : " ";
-  }
-  return out;
-}
 
 const char *stName(at::ScalarType t) {
   return t == at::kBFloat16 ? "BF16" : t == at::kHalf ? "F16" : "F32";

@@ -1,6 +1,11 @@
 #pragma once
 // A tiny seeded LLaMA for the export and dtype tests: its config, its tensors
-// under HF names, and a byte-level tokenizer (GPT-2's byte alphabet, no merges).
+// under HF names, a byte-level tokenizer (GPT-2's byte alphabet, no merges),
+// and what writing it to disk with a calibration text takes.
+#include <QFile>
+#include <QString>
+#include <QtTest>
+
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
@@ -104,6 +109,27 @@ inline std::string byteTokenizerJson() {
       {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}}},
       {"decoder", {{"type", "ByteLevel"}}}}
       .dump();
+}
+
+// Writes text to path (a failed write fails the calling test function).
+inline void writeFile(const QString &path, const std::string &text) {
+  QFile f(path);
+  QVERIFY(f.open(QIODevice::WriteOnly));
+  QCOMPARE(f.write(text.data(), qint64(text.size())), qint64(text.size()));
+}
+
+// Pseudo-random words, reproducible: calibration and evaluation text for tiny models.
+inline std::string someText(uint32_t seed, int words) {
+  static const char *vocabulary[] = {"the",   "model", "weights", "round", "grid",  "scale",
+                                     "block", "error", "token",   "layer", "value", "rank"};
+  std::string out;
+  uint32_t x = seed;
+  for (int i = 0; i < words; ++i) {
+    x = x * 1664525u + 1013904223u;
+    out += vocabulary[(x >> 16) % 12];
+    out += (i % 11 == 10) ? ".\n" : " ";
+  }
+  return out;
 }
 
 } // namespace lrq::test
