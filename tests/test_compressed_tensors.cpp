@@ -413,6 +413,9 @@ private slots:
     quant::QuantScheme embeddings = weightScheme(4, true, 0);
     embeddings.layers.embeddings = true;
     QVERIFY_THROWS_EXCEPTION(Error, compressedTensorsFormatFor(embeddings, "rtn"));
+    // A full-range symmetric grid needs zero points (0 or -1) the symmetric form lacks.
+    QVERIFY_THROWS_EXCEPTION(Error,
+                             compressedTensorsFormatFor(quant::presetScheme("gguf-q4_0"), "rtn"));
     const Hyperparameters actOrder{{"act_order", OptionValue(true)}};
     QVERIFY_THROWS_EXCEPTION(
         Error, compressedTensorsFormatFor(weightScheme(4, true, 16), "gptq", &actOrder));

@@ -53,7 +53,8 @@ const BlockCase kCases[] = {
 };
 
 // A quantized [out, in] tensor on a group-32 grid whose steps are exact halves
-// (k * 2^-e with k < 64, so -s z is a half too for every zero point).
+// (k * 2^-e with k < 64, so -s z is a half too for every zero point); on a
+// symmetric grid about half the units have zero point -1 (full range).
 PackedTensor handBuilt(const std::string &name, int64_t out, int64_t in, int bits, bool symmetric,
                        uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -75,6 +76,8 @@ PackedTensor handBuilt(const std::string &name, int64_t out, int64_t in, int bit
     t.scales.data_ptr<float>()[i] = std::ldexp(float(k), -e);
     if (!symmetric)
       t.zeroPoints.data_ptr<float>()[i] = float(rng() % uint64_t(levels));
+    else if (rng() % 2) // a full-range unit on the positive side: stored with d = -s
+      t.zeroPoints.data_ptr<float>()[i] = -1.0f;
   }
   return t;
 }

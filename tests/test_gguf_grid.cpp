@@ -124,8 +124,17 @@ at::Tensor blockDecode(const at::Tensor &codes, const GridParams &p, const GridS
     if (d != sp[i])
       throw Error("step " + std::to_string(sp[i]) + " is not a half");
     if (spec.symmetric) {
-      const int blockCode = qp[i] + int(spec.levels() / 2); // 0..n-1 in the block
-      op[i] = d * float(blockCode - int(spec.levels() / 2));
+      // A unit with z = -1 (full range, extreme positive) is stored as
+      // llama.cpp stores it: d = -s and block code n/2 - (q - z).
+      if (zp[i] != 0.0f && zp[i] != -1.0f)
+        throw Error("symmetric zero point " + std::to_string(zp[i]) + " is neither 0 nor -1");
+      const bool flipped = zp[i] == -1.0f;
+      const float signedD = flipped ? -d : d;
+      const int half = int(spec.levels() / 2);
+      const int blockCode = (flipped ? -(qp[i] + 1) : qp[i]) + half;
+      if (blockCode < 0 || blockCode >= int(spec.levels()))
+        throw Error("block code " + std::to_string(blockCode) + " out of range");
+      op[i] = signedD * float(blockCode - half);
     } else {
       const float mExact = -sp[i] * zp[i];
       const float m = float(c10::Half(mExact));
@@ -253,8 +262,8 @@ private slots:
         QCOMPARE(p.scale.size(1), int64_t(3));
         QVERIFY(at::equal(p.scale, applyStepFormat(p.scale, spec))); // already in the format
         QVERIFY(at::equal(p.zeroPoint, p.zeroPoint.round()));
-        QVERIFY(p.zeroPoint.min().item<float>() >= 0.0f);
-        QVERIFY(p.zeroPoint.max().item<float>() <= float(spec.levels() - 1));
+        QVERIFY(p.zeroPoint.min().item<float>() >= (spec.fullRange ? -1.0f : 0.0f));
+        QVERIFY(p.zeroPoint.max().item<float>() <= (spec.symmetric ? 0.0f : spec.levels() - 1.0f));
         const at::Tensor codes = quantizeWeight(w, p, spec);
         const at::Tensor fake = fakeQuantizeWeight(w, p, spec);
         QVERIFY(at::equal(fake, dequantizeWeight(codes, p, spec)));
@@ -341,6 +350,70 @@ private slots:
     QCOMPARE(effectiveBitsPerWeight(g, 192, 576), 4.0 + 20.0 / 32.0);
   }
 
+  // Q4_0 and Q5_0 use the whole symmetric range, as llama.cpp's quantizer
+  // does; Q8_0 stays balanced, like llama.cpp's.
+  void fullRangePresets() {
+    QVERIFY(ggufGrid("gguf-q4_0").fullRange);
+    QVERIFY(ggufGrid("gguf-q5_0").fullRange);
+    QVERIFY(!ggufGrid("gguf-q8_0").fullRange);
+    QVERIFY(!ggufGrid("gguf-q4_1").fullRange);
+    QVERIFY(ggufGrid("gguf-q4_0").describe().find("full-range") != std::string::npos);
+  }
+
+  // Min/max on the full range against a scalar implementation of llama.cpp's
+  // reference Q4_0 quantizer (d = the signed extreme / -8 in float, codes from
+  // x / d + 8.5 truncated, at most 15, d then stored as a half). Ours rounds d
+  // to a half before choosing the codes, so codes may differ where x / d is
+  // close to a half-way point; the squared error over many blocks must agree
+  // within 1%, and be well below the balanced grid's.
+  void fullRangeMatchesLlamaCppQ4_0() {
+    at::manual_seed(21);
+    // Heavy-tailed rows, like trained weights.
+    const at::Tensor w =
+        (at::randn({256, 256}) / (at::randn({256, 256}).pow(2) + 0.5).sqrt()).contiguous();
+    const GridSpec full = ggufGrid("gguf-q4_0");
+    GridSpec balanced = full;
+    balanced.fullRange = false;
+    const at::Tensor ours = roundToNearest(w, full);
+    const at::Tensor theirs = at::empty_like(w);
+    const float *x = w.data_ptr<float>();
+    float *y = theirs.data_ptr<float>();
+    for (int64_t b = 0; b < w.numel() / 32; ++b) {
+      const float *xb = x + b * 32;
+      float amax = 0.0f, max = 0.0f;
+      for (int j = 0; j < 32; ++j)
+        if (std::fabs(xb[j]) > amax) {
+          amax = std::fabs(xb[j]);
+          max = xb[j];
+        }
+      const float d = max / -8.0f;
+      const float id = d != 0.0f ? 1.0f / d : 0.0f;
+      const float dStored = float(c10::Half(d));
+      for (int j = 0; j < 32; ++j) {
+        const int q = std::min(15, int(int8_t(xb[j] * id + 8.5f)));
+        y[b * 32 + j] = dStored * float(q - 8);
+      }
+    }
+    const double eOurs = (ours - w).pow(2).sum().item<double>();
+    const double eTheirs = (theirs - w).pow(2).sum().item<double>();
+    const double eBalanced = (roundToNearest(w, balanced) - w).pow(2).sum().item<double>();
+    qInfo("squared error: full range %.6g, llama.cpp Q4_0 %.6g, balanced %.6g", eOurs, eTheirs,
+          eBalanced);
+    QVERIFY(std::fabs(eOurs - eTheirs) <= 0.01 * eTheirs);
+    QVERIFY(eOurs < 0.9 * eBalanced);
+    // Codes agree except near half-way points.
+    const double agree = (ours == theirs).to(at::kDouble).mean().item<double>();
+    QVERIFY2(agree > 0.99, std::to_string(agree).c_str());
+    // The side follows the extreme's sign: a block whose extreme is positive
+    // reaches +8 s, one whose extreme is negative -8 s.
+    const at::Tensor block = at::tensor({0.8f, -0.1f, 0.2f, -0.7f}).repeat({8}).reshape({1, 32});
+    const GridParams p = computeGridParams(block, full);
+    QCOMPARE(p.zeroPoint.item<float>(), -1.0f);
+    QCOMPARE(fakeQuantizeWeight(block, p, full).max().item<float>(), 8.0f * p.scale.item<float>());
+    const GridParams n = computeGridParams(block.neg(), full);
+    QCOMPARE(n.zeroPoint.item<float>(), 0.0f);
+  }
+
   void schemeJsonRoundTrip() {
     for (const std::string &name : ggufPresets()) {
       const QuantScheme s = presetScheme(name);
@@ -367,6 +440,11 @@ private slots:
     QVERIFY(refused(R"({"weight": {"step_format": "bf16"}})",
                     "weight.step_format: expected f32, f16 or f16-offset, got \"bf16\""));
     QVERIFY(refused(R"({"weight": {"step_format": 16}})", "weight.step_format"));
+    QVERIFY(
+        refused(R"({"weight": {"symmetric": false, "full_range": true}})", "weight.full_range"));
+    QVERIFY(refused(R"({"weight": {"symmetric": true, "full_range": 1}})", "weight.full_range"));
+    QVERIFY(QuantScheme::fromJson(presetScheme("gguf-q4_0").toJson()).weight.fullRange);
+    QVERIFY(presetScheme("W4A16").toJson().find("full_range") == std::string::npos);
     QVERIFY(refused(R"({"weight": {"symmetric": true, "step_format": "f16-offset"}})",
                     "needs an asymmetric grid"));
     GridSpec g;
@@ -445,8 +523,9 @@ private slots:
           QVERIFY2(at::equal(p.scale, applyStepFormat(p.scale, used.weight)),
                    (cell + " " + prefix).c_str());
           QVERIFY(at::equal(p.zeroPoint, p.zeroPoint.round()));
-          QVERIFY(p.zeroPoint.min().item<float>() >= 0.0f);
-          QVERIFY(p.zeroPoint.max().item<float>() <= float(used.weight.levels() - 1));
+          QVERIFY(p.zeroPoint.min().item<float>() >= (used.weight.fullRange ? -1.0f : 0.0f));
+          QVERIFY(p.zeroPoint.max().item<float>() <=
+                  (used.weight.symmetric ? 0.0f : used.weight.levels() - 1.0f));
           const at::Tensor codes = quantizeWeight(w, p, used.weight);
           QVERIFY2(at::equal(w, dequantizeWeight(codes, p, used.weight)),
                    (cell + " " + prefix).c_str());

@@ -69,7 +69,9 @@ struct GridCase {
             QString::number(rows),
             QString::number(cols),
             QString::number(spec.bits),
-            spec.symmetric ? QStringLiteral("1") : QStringLiteral("0"),
+            spec.fullRange   ? QStringLiteral("full")
+            : spec.symmetric ? QStringLiteral("1")
+                             : QStringLiteral("0"),
             QString::fromUtf8(granName(spec.granularity)),
             QString::number(spec.groupSize),
             QString::fromUtf8(stepInitName(spec.init)),
@@ -112,18 +114,20 @@ GridSpec makeSpec(int bits, bool sym, Granularity g, int64_t group, StepInit ini
 
 void addGridRows(StepInit init, const std::vector<int> &bits) {
   QTest::addColumn<int>("bits");
-  QTest::addColumn<bool>("symmetric");
+  QTest::addColumn<int>("symmetry"); // 0 asymmetric, 1 symmetric, 2 symmetric full range
   QTest::addColumn<int>("granularity");
   QTest::addColumn<int>("group");
   for (int b : bits)
-    for (bool sym : {false, true})
+    for (int sym : {0, 1, 2})
       for (auto [g, group] : {std::pair<Granularity, int>{Granularity::PerTensor, 0},
                               {Granularity::PerChannel, 0},
                               {Granularity::PerGroup, 32},
                               {Granularity::PerGroup, 48}}) { // 256 = 5 x 48 + 16: ragged
         const QByteArray name = QStringLiteral("W%1 %2 %3%4 %5")
                                     .arg(b)
-                                    .arg(sym ? "sym" : "asym")
+                                    .arg(sym == 2 ? "sym-full"
+                                         : sym    ? "sym"
+                                                  : "asym")
                                     .arg(granName(g))
                                     .arg(group ? QStringLiteral(" g%1").arg(group) : QString())
                                     .arg(stepInitName(init))
@@ -679,10 +683,11 @@ private slots:
 private:
   void checkGridAgainstNumpy(StepInit init) {
     QFETCH(int, bits);
-    QFETCH(bool, symmetric);
+    QFETCH(int, symmetry);
     QFETCH(int, granularity);
     QFETCH(int, group);
-    const GridSpec spec = makeSpec(bits, symmetric, Granularity(granularity), group, init);
+    GridSpec spec = makeSpec(bits, symmetry != 0, Granularity(granularity), group, init);
+    spec.fullRange = symmetry == 2;
     const int64_t rows = 48, cols = 256;
     const at::Tensor w = testMatrix(rows, cols, 1000 + uint64_t(bits) * 10 + uint64_t(granularity),
                                     init == StepInit::ClippingSearch);

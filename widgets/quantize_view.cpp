@@ -338,6 +338,10 @@ QWidget *QuantizeView::buildSchemeBox() {
   groupSize_->setRange(1, 1 << 16);
   groupSize_->setValue(128);
   symmetric_ = new QCheckBox(tr("symmetric grid"), box);
+  fullRange_ = new QCheckBox(tr("full range"), box);
+  fullRange_->setToolTip(tr("Symmetric grids: the largest magnitude of each unit lands on level "
+                            "±2^(bits−1) on its own side, as llama.cpp's Q4_0 / Q5_0 do, so one "
+                            "more level is used; off: on ±(2^(bits−1) − 1)"));
   init_ = new QComboBox(box);
   for (auto s : {quant::StepInit::MethodDefault, quant::StepInit::MinMax,
                  quant::StepInit::ClippingSearch, quant::StepInit::ClippingSearch2D})
@@ -377,7 +381,11 @@ QWidget *QuantizeView::buildSchemeBox() {
   form->addRow(tr("Weight bits"), bits_);
   form->addRow(tr("Granularity"), granularity_);
   form->addRow(tr("Group size"), groupSize_);
-  form->addRow(QString(), symmetric_);
+  auto *symmetry = new QHBoxLayout;
+  symmetry->addWidget(symmetric_);
+  symmetry->addWidget(fullRange_);
+  symmetry->addStretch(1);
+  form->addRow(QString(), symmetry);
   form->addRow(tr("Step init"), init_);
   form->addRow(tr("Step format"), stepFormat_);
   form->addRow(tr("Activations"), actMode_);
@@ -392,7 +400,7 @@ QWidget *QuantizeView::buildSchemeBox() {
     connect(s, &QSpinBox::valueChanged, this, &QuantizeView::schemeEdited);
   for (QComboBox *c : {granularity_, init_, stepFormat_, actMode_})
     connect(c, &QComboBox::currentIndexChanged, this, &QuantizeView::schemeEdited);
-  for (QCheckBox *c : {symmetric_, kv8_})
+  for (QCheckBox *c : {symmetric_, fullRange_, kv8_})
     connect(c, &QCheckBox::toggled, this, &QuantizeView::schemeEdited);
   for (QLineEdit *e : {blocks_, linears_})
     connect(e, &QLineEdit::textChanged, this, &QuantizeView::schemeEdited);
@@ -407,6 +415,8 @@ void QuantizeView::setSchemeEditor(const quant::QuantScheme &s) {
   granularity_->setCurrentIndex(granularity_->findData(int(s.weight.granularity)));
   groupSize_->setValue(int(s.weight.groupSize > 0 ? s.weight.groupSize : 128));
   symmetric_->setChecked(s.weight.symmetric);
+  fullRange_->setChecked(s.weight.fullRange);
+  fullRange_->setEnabled(s.weight.symmetric);
   init_->setCurrentIndex(init_->findData(int(s.weight.init)));
   stepFormat_->setCurrentIndex(stepFormat_->findData(int(s.weight.stepFormat)));
   actMode_->setCurrentIndex(actMode_->findData(int(s.activation.mode)));
@@ -436,6 +446,7 @@ void QuantizeView::schemeEdited() {
     return;
   groupSize_->setEnabled(granularity_->currentData().toInt() == int(quant::Granularity::PerGroup));
   actBits_->setEnabled(actMode_->currentData().toInt() != int(quant::ActivationMode::None));
+  fullRange_->setEnabled(symmetric_->isChecked());
   // An edited preset is a custom scheme unless it still equals the preset.
   const quant::QuantScheme edited = editedScheme();
   QString match = tr(kCustomScheme);
@@ -462,6 +473,7 @@ quant::QuantScheme QuantizeView::editedScheme() const {
   s.weight.groupSize =
       s.weight.granularity == quant::Granularity::PerGroup ? groupSize_->value() : 0;
   s.weight.symmetric = symmetric_->isChecked();
+  s.weight.fullRange = s.weight.symmetric && fullRange_->isChecked();
   s.weight.init = quant::StepInit(init_->currentData().toInt());
   s.weight.stepFormat = quant::StepFormat(stepFormat_->currentData().toInt());
   s.activation.mode = quant::ActivationMode(actMode_->currentData().toInt());

@@ -97,7 +97,7 @@ private:
   QComboBox *schemePreset_ = nullptr, *granularity_ = nullptr, *init_ = nullptr,
             *stepFormat_ = nullptr, *actMode_ = nullptr;
   QSpinBox *bits_ = nullptr, *groupSize_ = nullptr, *actBits_ = nullptr;
-  QCheckBox *symmetric_ = nullptr, *kv8_ = nullptr;
+  QCheckBox *symmetric_ = nullptr, *fullRange_ = nullptr, *kv8_ = nullptr;
   QLineEdit *blocks_ = nullptr, *linears_ = nullptr;
   QLabel *schemeInfo_ = nullptr;
   bool fillingScheme_ = false;

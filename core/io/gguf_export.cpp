@@ -266,8 +266,12 @@ std::vector<uint8_t> encodeGgufBlocks(const PackedTensor &t, GgmlType type) {
       const float zero = z[unit];
       const std::string where =
           what + " (row " + std::to_string(r) + ", block " + std::to_string(g) + ")";
+      // A full-range symmetric unit (z = -1, levels -n/2+1..n/2) is stored
+      // with its sign flipped, as llama.cpp stores one whose extreme is
+      // positive: d = -s and codes -(q - z), which lie in -n/2..n/2-1 again.
+      const bool flipped = symmetric && zero == -1.0f;
       bool exact = false;
-      const uint16_t d = halfBits(step, &exact);
+      const uint16_t d = halfBits(flipped ? -step : step, &exact);
       if (!exact || step == 0.0f)
         throw Error(where + ": step " + std::to_string(step) +
                     " is not exactly a half-precision number, as GGUF " + ggmlTypeName(type) +
@@ -275,9 +279,9 @@ std::vector<uint8_t> encodeGgufBlocks(const PackedTensor &t, GgmlType type) {
                     " (steps made exact halves)");
       if (zero != std::round(zero) || zero < float(t.qmin) || zero > float(t.qmin + levels - 1))
         throw Error(where + ": zero point " + std::to_string(zero) + " is not a code of the grid");
-      if (symmetric && zero != 0.0f)
+      if (symmetric && zero != 0.0f && !flipped)
         throw Error(where + ": a symmetric grid with zero point " + std::to_string(zero) +
-                    " cannot be stored as GGUF " + ggmlTypeName(type));
+                    " cannot be stored as GGUF " + ggmlTypeName(type) + " (only 0 and -1 can)");
       put16(b, d);
       int offset = 2;
       if (!symmetric) {
@@ -295,8 +299,11 @@ std::vector<uint8_t> encodeGgufBlocks(const PackedTensor &t, GgmlType type) {
       }
       const int32_t *row = q + r * in + g * kBlock;
       uint32_t u[kBlock];
+      int32_t stored[kBlock];
+      for (int j = 0; j < kBlock; ++j)
+        stored[j] = flipped ? -(row[j] + 1) : row[j];
       for (int j = 0; j < kBlock; ++j) {
-        const int64_t v = int64_t(row[j]) - t.qmin;
+        const int64_t v = int64_t(stored[j]) - t.qmin;
         if (v < 0 || v >= levels)
           throw Error(where + ": code " + std::to_string(row[j]) + " is outside [" +
                       std::to_string(t.qmin) + ", " + std::to_string(t.qmin + levels - 1) + "]");
@@ -305,7 +312,7 @@ std::vector<uint8_t> encodeGgufBlocks(const PackedTensor &t, GgmlType type) {
       if (type == GgmlType::Q8_0) {
         // int8 codes as they are (u - 128 = q).
         for (int j = 0; j < kBlock; ++j)
-          b[offset + j] = static_cast<uint8_t>(static_cast<int8_t>(row[j]));
+          b[offset + j] = static_cast<uint8_t>(static_cast<int8_t>(stored[j]));
         continue;
       }
       if (t.bits == 5) {

@@ -34,6 +34,10 @@ CompressedTensorsFormat compressedTensorsFormatFor(const QuantScheme &scheme,
       throw Error(what + "GPTQ with act_order on a per-group grid puts its groups on permuted "
                          "columns, which this export does not write (no g_idx)");
   }
+  if (w.fullRange)
+    throw Error(what + "a full-range symmetric grid shifts some units' levels by one (zero "
+                       "point -1), and the format's symmetric weights have no zero point; use "
+                       "a scheme without full_range");
   const ActivationSpec &a = scheme.activation;
   if (a.mode == ActivationMode::None) {
     if (w.bits != 4 && w.bits != 8)

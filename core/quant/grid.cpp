@@ -103,10 +103,14 @@ std::pair<at::Tensor, at::Tensor> paramsFromRange(const Range &range, const Grid
     return {scale, zero};
   }
   const at::Tensor absMax = at::maximum(range.lo.neg(), range.hi) * fraction;
-  at::Tensor scale = absMax / (double(spec.levels()) / 2.0 - 1.0);
+  const double half = double(spec.levels()) / 2.0;
+  at::Tensor scale = absMax / (spec.fullRange ? half : half - 1.0);
   scale = at::where(scale > 0, scale, at::ones_like(scale));
   scale = applyStepFormat(scale, spec);
-  at::Tensor zero = at::zeros_like(scale);
+  // Full range: the extreme lands on level n/2 on its own side, so a positive
+  // extreme (strictly larger than the negative one) moves the levels up by one.
+  at::Tensor zero = spec.fullRange ? (range.hi > range.lo.neg()).to(scale.scalar_type()).neg()
+                                   : at::zeros_like(scale);
   return {scale, zero};
 }
 

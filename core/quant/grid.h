@@ -13,6 +13,11 @@
 //    q = clamp(round(x / s), -n/2, n/2 - 1), x^ = s q. The step maps +-a onto
 //    +-(n/2 - 1) exactly (no half-way tie at the extremes); the extra level -n/2
 //    is reached by values clipped by the search.
+//  - Symmetric, full range (GridSpec::fullRange): s = f a / (n/2) and z = -1
+//    when the unit's largest value is larger than minus its smallest (levels
+//    -n/2+1..n/2, the positive extreme on n/2), else z = 0 (levels
+//    -n/2..n/2-1, the negative extreme on -n/2); q = clamp(round(x / s) + z,
+//    -n/2, n/2 - 1), x^ = s (q - z). The clipping search scales a the same way.
 //  - f is the clipping fraction: 1 for MinMax; for ClippingSearch the value of
 //    k / clipSteps (k = clipSteps..1) minimising sum |W - Q(W)|^clipNorm over the
 //    unit, the largest fraction winning ties.

@@ -207,6 +207,9 @@ public:
     GridSpec g = scheme.weight;
     // An f16-offset grid stores a zero point (GGUF Q4_1 / Q5_1 blocks): it stays asymmetric.
     g.symmetric = g.stepFormat != StepFormat::Fp16Offset;
+    // LR-QAT's offsets assume z = 0 on a symmetric grid: the balanced range,
+    // which a full-range format (GGUF Q4_0 / Q5_0) stores as well.
+    g.fullRange = false;
     g.init = StepInit::ClippingSearch;
     g.clipSteps = 100;
     g.clipNorm = 4.0;
@@ -218,6 +221,10 @@ public:
                   std::to_string(scheme.weight.bits) +
                   "-bit weights (LR-QAT keeps W0/s0 as int8 fixed point with 8 - bits fractional "
                   "bits: at 8 bits no code could ever change)");
+    if (scheme.weight.fullRange && scheme.weight.init != StepInit::MethodDefault)
+      throw Error("lrqat keeps the zero point of a symmetric grid at 0, so it cannot train a "
+                  "full-range grid; set weight.full_range to false or weight.init to auto (a "
+                  "GGUF Q4_0 / Q5_0 file stores the balanced grid too)");
     if (scheme.layers.embeddings || scheme.layers.lmHead)
       throw Error("lrqat: the embeddings and the LM head stay full precision in LR-QAT; use a "
                   "scheme that does not select them");

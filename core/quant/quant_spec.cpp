@@ -25,6 +25,9 @@ void GridSpec::validate() const {
   if (stepFormat == StepFormat::Fp16Offset && symmetric)
     throw Error("weight grid: step format f16-offset stores a zero point, so it needs an "
                 "asymmetric grid (use f16 on a symmetric one)");
+  if (fullRange && !symmetric)
+    throw Error("weight grid: full range places the extreme level of a symmetric grid; an "
+                "asymmetric grid already spans its whole range");
 }
 
 const char *ggufBlockTypeFor(const GridSpec &spec) {
@@ -80,6 +83,8 @@ std::string GridSpec::describe() const {
     s += " clip-search-2d";
   if (stepFormat != StepFormat::Float32)
     s += std::string(" ") + stepFormatName(stepFormat);
+  if (fullRange)
+    s += " full-range";
   if (const char *block = ggufBlockTypeFor(*this))
     s += std::string(" (GGUF ") + block + ")";
   return s;

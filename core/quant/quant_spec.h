@@ -49,6 +49,8 @@ std::string formatClipNorm(double clipNorm);
 // A uniform weight grid with n = 2^bits levels.
 //   asymmetric: q = clamp(round(x/s) + z, 0, n-1),     x^ = s (q - z)
 //   symmetric:  q = clamp(round(x/s), -n/2, n/2 - 1),  x^ = s q
+//   symmetric, full range: the same codes with a zero point z in {0, -1},
+//               x^ = s (q - z), so the levels are -n/2..n/2-1 or -n/2+1..n/2
 struct GridSpec {
   int bits = 4;
   bool symmetric = false;
@@ -62,6 +64,14 @@ struct GridSpec {
   // Every step is rounded to this format wherever it is computed or learned
   // (grid.h applyStepFormat), so the grid is one a file format can store.
   StepFormat stepFormat = StepFormat::Float32;
+  // Symmetric grids only. false (balanced): the unit's largest magnitude a maps
+  // to +-(n/2 - 1), s = a / (n/2 - 1), z = 0, and the extra level -n/2 is
+  // reached only by values a clipping search cut. true (full range, as
+  // llama.cpp's Q4_0 / Q5_0 quantizers): s = a / (n/2) and the extreme value
+  // lands on level n/2 on its own side: z = -1 when it is positive (levels
+  // -n/2+1..n/2), z = 0 when it is negative. One more level is used, at the
+  // cost of a sign per unit (free in GGUF: the sign of the stored half d).
+  bool fullRange = false;
 
   int64_t levels() const { return int64_t(1) << bits; }
   int64_t qmin() const { return symmetric ? -(levels() / 2) : 0; }

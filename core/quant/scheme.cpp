@@ -76,7 +76,7 @@ double readClipNorm(const json &v, const std::string &key) {
 GridSpec readWeight(const json &j) {
   checkKeys(j, "weight",
             {"bits", "symmetric", "granularity", "group_size", "init", "clip_steps", "clip_norm",
-             "step_format"});
+             "step_format", "full_range"});
   GridSpec g;
   g.init = StepInit::MethodDefault; // no "init": the method's reference choice
   if (j.contains("bits"))
@@ -107,6 +107,11 @@ GridSpec readWeight(const json &j) {
     if (!parseStepFormat(s, &g.stepFormat))
       fail("weight.step_format", "expected f32, f16 or f16-offset, got \"" + s + "\"");
   }
+  if (j.contains("full_range"))
+    g.fullRange = readBool(j.at("full_range"), "weight.full_range");
+  if (g.fullRange && !g.symmetric)
+    fail("weight.full_range", "places the extreme level of a symmetric grid; an asymmetric grid "
+                              "already spans its whole range");
   if (g.granularity == Granularity::PerGroup && g.groupSize < 1)
     fail("weight.group_size", "per-group quantization needs a group size >= 1");
   if (g.stepFormat == StepFormat::Fp16Offset && g.symmetric)
@@ -209,11 +214,14 @@ QuantScheme makePreset(const char *name, int wbits, int64_t group, ActivationMod
 // A llama.cpp GGUF block format as a scheme (ggufBlockTypeFor gives the block
 // type back): weight-only, groups of 32 inputs, steps stored as halves. The
 // init stays "auto": a method's reference grid changes only the init (LR-QAT
-// keeps an f16-offset grid asymmetric), so the block type stays.
+// keeps an f16-offset grid asymmetric), so the block type stays. Q4_0 and
+// Q5_0 use the full symmetric range, as llama.cpp's own quantizer does (d =
+// the signed extreme / -2^(bits-1)); Q8_0, like llama.cpp's, stays balanced.
 QuantScheme makeGgufPreset(const char *name, int wbits, bool symmetric) {
   QuantScheme s = makePreset(name, wbits, 32, ActivationMode::None, false);
   s.weight.symmetric = symmetric;
   s.weight.stepFormat = symmetric ? StepFormat::Fp16 : StepFormat::Fp16Offset;
+  s.weight.fullRange = symmetric && wbits < 8;
   return s;
 }
 
@@ -294,6 +302,8 @@ std::string QuantScheme::toJson(int indent) const {
   // Left out when f32, so the JSON of every scheme from before the key existed is unchanged.
   if (weight.stepFormat != StepFormat::Float32)
     w["step_format"] = stepFormatName(weight.stepFormat);
+  if (weight.fullRange)
+    w["full_range"] = true;
   json a{{"mode", activationModeName(activation.mode)},
          {"bits", activation.bits},
          {"init", stepInitName(activation.init)},

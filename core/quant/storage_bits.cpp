@@ -23,6 +23,8 @@ double effectiveBitsPerWeight(const GridSpec &grid, int64_t outFeatures, int64_t
   }
   // An f16-offset grid stores its zero point as the half m = -s z (llama.cpp's
   // Q4_1 / Q5_1 blocks); other asymmetric grids as an integer as wide as a code.
+  // A full-range symmetric grid's side (z = 0 or -1) is the sign of the stored
+  // step, as in llama.cpp's Q4_0 / Q5_0 blocks: no extra bits.
   const double zeroBits = grid.symmetric                              ? 0.0
                           : grid.stepFormat == StepFormat::Fp16Offset ? 16.0
                                                                       : double(grid.bits);

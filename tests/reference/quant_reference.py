@@ -11,6 +11,9 @@ there and in the test, without reference to the C++ code:
               z = round(-lo / s); q = clip(round(w / s) + z, 0, n - 1); w^ = s (q - z)
   symmetric:  a = max|unit| * f; s = a / (n/2 - 1) (1 if 0); z = 0;
               q = clip(round(w / s), -n/2, n/2 - 1); w^ = s q
+  symmetric, full range (SYM "full"): s = a / (n/2) (1 if 0); z = -1 when
+              max(unit) > -min(unit), else 0; q = clip(round(w / s) + z, -n/2,
+              n/2 - 1); w^ = s (q - z): the extreme value sits on level +-n/2.
   clipping search: f in {k / steps, k = steps..1}; per unit keep the f with the
               smallest sum |w - w^|^p (p = 2.4), the first (largest) f on ties.
 Step arithmetic is float32 like the engine; error sums are float64.
@@ -98,9 +101,10 @@ def grid_params(units, bits, symmetric, fraction):
     hi = np.maximum(units.max(axis=2, keepdims=True), f32(0))
     if symmetric:
         amax = np.maximum(-lo, hi) * frac
-        s = amax / f32(n // 2 - 1)
+        full = symmetric == "full"
+        s = amax / f32(n // 2 if full else n // 2 - 1)
         s = np.where(s > 0, s, f32(1)).astype(f32)
-        z = np.zeros_like(s)
+        z = np.where(hi > -lo, f32(-1), f32(0)).astype(f32) if full else np.zeros_like(s)
     else:
         lo_f = lo * frac
         hi_f = hi * frac
@@ -165,7 +169,7 @@ def grid_block(units, bits, symmetric, init, steps, p):
 def cmd_grid(args):
     (path, rows, cols, bits, sym, gran, group, init, steps, norm, prefix) = args
     rows, cols, bits, group, steps = int(rows), int(cols), int(bits), int(group), int(steps)
-    symmetric = sym in ("1", "true")
+    symmetric = "full" if sym == "full" else sym in ("1", "true")
     p = float(norm)
     if init == "auto":  # a preset's init, unresolved by any method: min/max (grid.h)
         init = "minmax"
