@@ -22,27 +22,12 @@ std::string u64(uint64_t v) {
 
 // Smallest number of bytes one value of the type can occupy in the file.
 uint64_t minimumEncodedSize(GgufValueType t) {
-  switch (t) {
-  case GgufValueType::UInt8:
-  case GgufValueType::Int8:
-  case GgufValueType::Bool:
-    return 1;
-  case GgufValueType::UInt16:
-  case GgufValueType::Int16:
-    return 2;
-  case GgufValueType::UInt32:
-  case GgufValueType::Int32:
-  case GgufValueType::Float32:
-    return 4;
-  case GgufValueType::UInt64:
-  case GgufValueType::Int64:
-  case GgufValueType::Float64:
-  case GgufValueType::String: // the length prefix
+  if (t == GgufValueType::String) // the length prefix
     return 8;
-  case GgufValueType::Array: // element type + count
+  if (t == GgufValueType::Array) // element type + count
     return 12;
-  }
-  return 1;
+  const uint64_t bytes = ggufScalarBytes(t);
+  return bytes > 0 ? bytes : 1;
 }
 
 bool knownValueType(uint32_t t) {
@@ -194,6 +179,30 @@ bool mulOverflows(uint64_t a, uint64_t b, uint64_t *out) {
 } // namespace
 
 // --- GgufValue ----------------------------------------------------------------
+
+uint64_t ggufScalarBytes(GgufValueType type) {
+  switch (type) {
+  case GgufValueType::UInt8:
+  case GgufValueType::Int8:
+  case GgufValueType::Bool:
+    return 1;
+  case GgufValueType::UInt16:
+  case GgufValueType::Int16:
+    return 2;
+  case GgufValueType::UInt32:
+  case GgufValueType::Int32:
+  case GgufValueType::Float32:
+    return 4;
+  case GgufValueType::UInt64:
+  case GgufValueType::Int64:
+  case GgufValueType::Float64:
+    return 8;
+  case GgufValueType::String:
+  case GgufValueType::Array:
+    break;
+  }
+  return 0;
+}
 
 const char *ggufValueTypeName(GgufValueType type) {
   switch (type) {

@@ -40,6 +40,9 @@ enum class GgufValueType : uint32_t {
 
 // "uint32", "string", "array", ...
 const char *ggufValueTypeName(GgufValueType type);
+// Bytes of one value of a fixed-size scalar type (1, 2, 4 or 8); 0 for
+// strings and arrays, whose size depends on their content.
+uint64_t ggufScalarBytes(GgufValueType type);
 
 // One metadata value: a scalar, a string or an array of values (arrays may
 // nest). Integers keep their own signedness; accessors convert with range

@@ -38,28 +38,6 @@ private:
   std::vector<uint8_t> bytes_;
 };
 
-uint64_t elementBytes(GgufValueType t) {
-  switch (t) {
-  case GgufValueType::UInt8:
-  case GgufValueType::Int8:
-  case GgufValueType::Bool:
-    return 1;
-  case GgufValueType::UInt16:
-  case GgufValueType::Int16:
-    return 2;
-  case GgufValueType::UInt32:
-  case GgufValueType::Int32:
-  case GgufValueType::Float32:
-    return 4;
-  case GgufValueType::UInt64:
-  case GgufValueType::Int64:
-  case GgufValueType::Float64:
-    return 8;
-  default:
-    return 0;
-  }
-}
-
 void putScalar(HeaderBytes &out, const GgufValue &v, const std::string &key) {
   int64_t i = 0;
   uint64_t u = 0;
@@ -135,7 +113,7 @@ void putArray(HeaderBytes &out, const GgufValue &v, const std::string &key) {
     for (size_t i = 0; i < v.arraySize(); ++i)
       putArray(out, v.item(i), key);
   } else {
-    if (v.packedBytes().size() != v.arraySize() * elementBytes(element))
+    if (v.packedBytes().size() != v.arraySize() * ggufScalarBytes(element))
       throw Error("GGUF export: metadata key " + key + ": array bytes do not match its count");
     out.putRaw(v.packedBytes());
   }
