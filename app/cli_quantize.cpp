@@ -126,6 +126,7 @@ nlohmann::json runInfoJson(const RunInfo &r) {
   j["export"] = r.exportDir;
   j["packed"] = r.packedPath;
   j["gguf"] = r.ggufPath;
+  j["compressed_tensors"] = r.compressedTensorsDir;
   return j;
 }
 
@@ -460,6 +461,8 @@ int commandRuns(const Arguments &args, std::ostream &out) {
       out << "packed    " << r.packedPath << "\n";
     if (!r.ggufPath.empty())
       out << "gguf      " << r.ggufPath << "\n";
+    if (!r.compressedTensorsDir.empty())
+      out << "c-tensors " << r.compressedTensorsDir << "  (compressed-tensors, for vLLM)\n";
     if (!r.notes.empty())
       out << "notes     " << r.notes << "\n";
     if (!r.error.empty())

@@ -36,6 +36,7 @@
 #include "core/quant/compressed_tensors.h"
 #include "core/quant/rtn.h"
 #include "core/quant/scheme.h"
+#include "core/runs/run_store.h"
 #include "core/session/quantize_job.h"
 #include "core/session/quantize_request.h"
 #include "core/tokenizer/tokenizer.h"
@@ -554,6 +555,9 @@ private slots:
       r.compressedTensorsDir = tmp_.filePath("job-ct-" + tag).toStdString();
       const QuantizeOutcome o = runQuantizeJob(r);
       QCOMPARE(o.compressedTensorsDir, r.compressedTensorsDir);
+      // Recorded with the run, like the other exports.
+      QCOMPARE(RunStore::open(r.storePath).getRunInfo(o.runId).compressedTensorsDir,
+               r.compressedTensorsDir);
       const QString out = tmp_.filePath("decoded-job-" + tag);
       const QJsonObject decoded = decode(QString::fromStdString(o.compressedTensorsDir), out);
       QCOMPARE(decoded.value("torch_dtype").toString(), QStringLiteral("bfloat16"));

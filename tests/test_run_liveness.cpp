@@ -296,6 +296,12 @@ private slots:
     const RunInfo info = store.getRunInfo(id);
     QCOMPARE(info.exportDir, std::string("/tmp/out dir"));
     QCOMPARE(info.packedPath, std::string("/tmp/model.packed.safetensors"));
+    QVERIFY(info.ggufPath.empty() && info.compressedTensorsDir.empty());
+    store.setExports(id, "", "", "/tmp/m.gguf", "/tmp/ct dir");
+    const RunInfo all = store.getRunInfo(id);
+    QCOMPARE(all.ggufPath, std::string("/tmp/m.gguf"));
+    QCOMPARE(all.compressedTensorsDir, std::string("/tmp/ct dir"));
+    QVERIFY(all.exportDir.empty());
   }
 
   void olderStoresGainTheColumns() {

@@ -73,7 +73,8 @@ bool runInfoDiffers(const RunInfo &a, const RunInfo &b) {
          a.model.path != b.model.path || a.model.digest != b.model.digest ||
          a.engineVersion != b.engineVersion || a.owner.pid != b.owner.pid ||
          a.owner.host != b.owner.host || a.owner.start != b.owner.start ||
-         a.exportDir != b.exportDir || a.packedPath != b.packedPath || a.ggufPath != b.ggufPath;
+         a.exportDir != b.exportDir || a.packedPath != b.packedPath || a.ggufPath != b.ggufPath ||
+         a.compressedTensorsDir != b.compressedTensorsDir;
 }
 
 RunsTableModel::RunsTableModel(QObject *parent) : QAbstractTableModel(parent) {

@@ -707,6 +707,8 @@ void RunsView::fillSettings(const RunRecord &run) {
     summary.append({tr("packed export"), qs(run.packedPath)});
   if (!run.ggufPath.empty())
     summary.append({tr("GGUF export"), qs(run.ggufPath)});
+  if (!run.compressedTensorsDir.empty())
+    summary.append({tr("compressed-tensors export"), qs(run.compressedTensorsDir)});
   html += tableHtml(summary);
 
   section(tr("Hyperparameters"));

@@ -98,6 +98,7 @@ struct RunInfo {
   std::string exportDir;
   std::string packedPath;
   std::string ggufPath;
+  std::string compressedTensorsDir;
 };
 
 // A run with everything recorded for it.

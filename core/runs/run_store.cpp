@@ -113,13 +113,15 @@ const AddedColumn kAddedColumns[] = {
     {"runs", "export_dir", "TEXT"},
     {"runs", "packed_path", "TEXT"},
     {"runs", "gguf_path", "TEXT"},
+    {"runs", "compressed_tensors_dir", "TEXT"},
     // The reconstruction loss on held-out calibration samples (NULL: none).
     {"run_blocks", "heldout_initial_loss", "REAL"},
     {"run_blocks", "heldout_final_loss", "REAL"},
 };
 const char *const kAddedSelect =
-    ", owner_pid, owner_host, owner_start, heartbeat, export_dir, packed_path, gguf_path";
-const char *const kAddedNulls = ", NULL, NULL, NULL, NULL, NULL, NULL, NULL";
+    ", owner_pid, owner_host, owner_start, heartbeat, export_dir, packed_path, gguf_path, "
+    "compressed_tensors_dir";
+const char *const kAddedNulls = ", NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL";
 
 struct Timestamp {
   std::string iso;    // 2026-11-23T10:15:02.123Z
@@ -174,6 +176,7 @@ RunInfo readRunInfo(const Statement &q) {
   info.exportDir = q.text(18);
   info.packedPath = q.text(19);
   info.ggufPath = q.text(20);
+  info.compressedTensorsDir = q.text(21);
   return info;
 }
 
@@ -508,7 +511,8 @@ std::string RunStore::createRun(const RunInfo &info) {
   if (impl_->addedColumns) {
     const RunOwner &owner = info.owner.known() ? info.owner : currentRunOwner();
     Statement o(db, "UPDATE runs SET owner_pid = ?, owner_host = ?, owner_start = ?, "
-                    "heartbeat = ?, export_dir = ?, packed_path = ?, gguf_path = ? WHERE seq = ?");
+                    "heartbeat = ?, export_dir = ?, packed_path = ?, gguf_path = ?, "
+                    "compressed_tensors_dir = ? WHERE seq = ?");
     o.bind(1, owner.pid)
         .bind(2, owner.host)
         .bind(3, owner.start)
@@ -516,7 +520,8 @@ std::string RunStore::createRun(const RunInfo &info) {
         .bind(5, info.exportDir)
         .bind(6, info.packedPath)
         .bind(7, info.ggufPath)
-        .bind(8, seq)
+        .bind(8, info.compressedTensorsDir)
+        .bind(9, seq)
         .run();
   }
   txn.commit();
@@ -724,13 +729,19 @@ RunInfo RunStore::claimRun(const std::string &id) {
 }
 
 void RunStore::setExports(const std::string &id, const std::string &exportDir,
-                          const std::string &packedPath, const std::string &ggufPath) {
+                          const std::string &packedPath, const std::string &ggufPath,
+                          const std::string &compressedTensorsDir) {
   if (!impl_->addedColumns)
     throw FileError(path(), "cannot record exports in this run store (it could not be upgraded)");
   impl_->write(id, [&](int64_t seq) {
-    Statement q(*impl_->db,
-                "UPDATE runs SET export_dir = ?, packed_path = ?, gguf_path = ? WHERE seq = ?");
-    q.bind(1, exportDir).bind(2, packedPath).bind(3, ggufPath).bind(4, seq).run();
+    Statement q(*impl_->db, "UPDATE runs SET export_dir = ?, packed_path = ?, gguf_path = ?, "
+                            "compressed_tensors_dir = ? WHERE seq = ?");
+    q.bind(1, exportDir)
+        .bind(2, packedPath)
+        .bind(3, ggufPath)
+        .bind(4, compressedTensorsDir)
+        .bind(5, seq)
+        .run();
   });
 }
 

@@ -112,7 +112,8 @@ public:
   RunInfo claimRun(const std::string &id);
   // What the run exported (any may be "" for none).
   void setExports(const std::string &id, const std::string &exportDir,
-                  const std::string &packedPath, const std::string &ggufPath = {});
+                  const std::string &packedPath, const std::string &ggufPath = {},
+                  const std::string &compressedTensorsDir = {});
 
   // Newest first. Runs stored as running show as Interrupted when their owner
   // is gone (also for the status filter).

@@ -818,7 +818,7 @@ void exportStage(Job &job) {
   }
   // Recorded once complete: what the desktop offers to open.
   job.store->setExports(job.outcome.runId, job.outcome.exportDir, job.outcome.packedPath,
-                        job.outcome.ggufPath);
+                        job.outcome.ggufPath, job.outcome.compressedTensorsDir);
 }
 
 void recordFinishStage(Job &job) {
