@@ -860,7 +860,6 @@ PackedModel loadPackedModel(const std::string &path, ProgressObserver *observer,
   if (!layers.is_object())
     throw FileError(path, "__metadata__ layers is not a JSON object");
 
-  MappedFile raw(path);
   std::set<std::string> partNames;
   std::vector<std::pair<std::string, json>> packedLayers;
   for (auto it = layers.begin(); it != layers.end(); ++it) {
@@ -935,10 +934,7 @@ PackedModel loadPackedModel(const std::string &path, ProgressObserver *observer,
         q.end - q.begin != packedBytes)
       throw FileError(path, "tensor " + name + ".qweight is not U8 [" + std::to_string(out) + ", " +
                                 std::to_string(rowBytes) + "]");
-    const at::Tensor packed =
-        at::from_blob(const_cast<uint8_t *>(raw.data() + reader.dataOffset() + q.begin),
-                      {out, rowBytes}, at::kByte)
-            .clone();
+    const at::Tensor packed = reader.loadBytes(q).view({out, rowBytes});
     const at::Tensor scales = reader.load(need(".scales"));
     const at::Tensor zeros = reader.load(need(".zero_points"));
     // What the writer refuses to write: steps that are zero or not finite, zero
