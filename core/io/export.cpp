@@ -598,30 +598,39 @@ ExportResult writeHfStyleDirectory(const std::string &dir, const HfStyleDirector
       observer->progress(++done, total, what);
   };
 
-  step("config.json");
-  writeTextFile(joinPath(tmp.path(), "config.json"), files.configJson);
-  stepDone("config.json");
-
-  step("tokenizer");
-  writeTokenizerFiles(tmp.path(), files.tokenizer);
-  stepDone("tokenizer");
-
-  const std::string st = joinPath(tmp.path(), "model.safetensors");
   ExportResult r;
-  r.weightsBytes = writeSafetensorsStreaming(st, files.tensors, {{"format", "pt"}}, options,
-                                             observer, cancel, &done, total);
-  r.tensors = int64_t(files.tensors.size());
+  // The files are written inside the temporary directory; a failure there (a
+  // full disk) names the file under the export's own path.
+  try {
+    step("config.json");
+    writeTextFile(joinPath(tmp.path(), "config.json"), files.configJson);
+    stepDone("config.json");
 
-  for (const auto &[name, text] : files.extraFiles) {
-    step(name);
-    writeTextFile(joinPath(tmp.path(), name), text);
-    stepDone(name);
+    step("tokenizer");
+    writeTokenizerFiles(tmp.path(), files.tokenizer);
+    stepDone("tokenizer");
+
+    const std::string st = joinPath(tmp.path(), "model.safetensors");
+    r.weightsBytes = writeSafetensorsStreaming(st, files.tensors, {{"format", "pt"}}, options,
+                                               observer, cancel, &done, total);
+    r.tensors = int64_t(files.tensors.size());
+
+    for (const auto &[name, text] : files.extraFiles) {
+      step(name);
+      writeTextFile(joinPath(tmp.path(), name), text);
+      stepDone(name);
+    }
+
+    step("commit");
+    for (const auto &e : fs::directory_iterator(tmp.path()))
+      r.bytes += fileSize(e.path().string());
+    tmp.commit(options.overwrite);
+  } catch (const FileError &e) {
+    const std::string &p = e.path();
+    if (p.compare(0, tmp.path().size(), tmp.path()) == 0)
+      throw FileError(tmp.target() + p.substr(tmp.path().size()), e.problem());
+    throw;
   }
-
-  step("commit");
-  for (const auto &e : fs::directory_iterator(tmp.path()))
-    r.bytes += fileSize(e.path().string());
-  tmp.commit(options.overwrite);
   stepDone("commit");
   r.path = tmp.target();
   r.seconds = secondsSince(t0);
