@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/common/error.h"
+#include "core/common/regular_file.h"
 
 namespace lrq {
 
@@ -105,9 +106,13 @@ inline void checkJsonLimits(std::string_view text, const std::string &what,
 // Reads at most maxBytes of a file (so /dev/zero or a huge file cannot fill
 // memory); throws FileError when it is larger, missing or unreadable.
 inline std::string readTextFileLimited(const std::string &path, size_t maxBytes) {
-  std::FILE *f = std::fopen(path.c_str(), "rb");
-  if (!f)
-    throw FileError(path, std::string("cannot open: ") + std::strerror(errno));
+  const int fd = openRegularFile(path); // a FIFO or a directory is named, never waited on
+  std::FILE *f = ::fdopen(fd, "rb");
+  if (!f) {
+    const int err = errno;
+    ::close(fd);
+    throw FileError(path, std::string("cannot open: ") + std::strerror(err));
+  }
   std::string text;
   char buffer[1 << 16];
   bool tooLarge = false;

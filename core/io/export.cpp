@@ -598,30 +598,39 @@ ExportResult writeHfStyleDirectory(const std::string &dir, const HfStyleDirector
       observer->progress(++done, total, what);
   };
 
-  step("config.json");
-  writeTextFile(joinPath(tmp.path(), "config.json"), files.configJson);
-  stepDone("config.json");
-
-  step("tokenizer");
-  writeTokenizerFiles(tmp.path(), files.tokenizer);
-  stepDone("tokenizer");
-
-  const std::string st = joinPath(tmp.path(), "model.safetensors");
   ExportResult r;
-  r.weightsBytes = writeSafetensorsStreaming(st, files.tensors, {{"format", "pt"}}, options,
-                                             observer, cancel, &done, total);
-  r.tensors = int64_t(files.tensors.size());
+  // The files are written inside the temporary directory; a failure there (a
+  // full disk) names the file under the export's own path.
+  try {
+    step("config.json");
+    writeTextFile(joinPath(tmp.path(), "config.json"), files.configJson);
+    stepDone("config.json");
 
-  for (const auto &[name, text] : files.extraFiles) {
-    step(name);
-    writeTextFile(joinPath(tmp.path(), name), text);
-    stepDone(name);
+    step("tokenizer");
+    writeTokenizerFiles(tmp.path(), files.tokenizer);
+    stepDone("tokenizer");
+
+    const std::string st = joinPath(tmp.path(), "model.safetensors");
+    r.weightsBytes = writeSafetensorsStreaming(st, files.tensors, {{"format", "pt"}}, options,
+                                               observer, cancel, &done, total);
+    r.tensors = int64_t(files.tensors.size());
+
+    for (const auto &[name, text] : files.extraFiles) {
+      step(name);
+      writeTextFile(joinPath(tmp.path(), name), text);
+      stepDone(name);
+    }
+
+    step("commit");
+    for (const auto &e : fs::directory_iterator(tmp.path()))
+      r.bytes += fileSize(e.path().string());
+    tmp.commit(options.overwrite);
+  } catch (const FileError &e) {
+    const std::string &p = e.path();
+    if (p.compare(0, tmp.path().size(), tmp.path()) == 0)
+      throw FileError(tmp.target() + p.substr(tmp.path().size()), e.problem());
+    throw;
   }
-
-  step("commit");
-  for (const auto &e : fs::directory_iterator(tmp.path()))
-    r.bytes += fileSize(e.path().string());
-  tmp.commit(options.overwrite);
   stepDone("commit");
   r.path = tmp.target();
   r.seconds = secondsSince(t0);
@@ -860,7 +869,6 @@ PackedModel loadPackedModel(const std::string &path, ProgressObserver *observer,
   if (!layers.is_object())
     throw FileError(path, "__metadata__ layers is not a JSON object");
 
-  MappedFile raw(path);
   std::set<std::string> partNames;
   std::vector<std::pair<std::string, json>> packedLayers;
   for (auto it = layers.begin(); it != layers.end(); ++it) {
@@ -935,10 +943,7 @@ PackedModel loadPackedModel(const std::string &path, ProgressObserver *observer,
         q.end - q.begin != packedBytes)
       throw FileError(path, "tensor " + name + ".qweight is not U8 [" + std::to_string(out) + ", " +
                                 std::to_string(rowBytes) + "]");
-    const at::Tensor packed =
-        at::from_blob(const_cast<uint8_t *>(raw.data() + reader.dataOffset() + q.begin),
-                      {out, rowBytes}, at::kByte)
-            .clone();
+    const at::Tensor packed = reader.loadBytes(q).view({out, rowBytes});
     const at::Tensor scales = reader.load(need(".scales"));
     const at::Tensor zeros = reader.load(need(".zero_points"));
     // What the writer refuses to write: steps that are zero or not finite, zero

@@ -2,13 +2,12 @@
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/common/error.h"
+#include "core/common/regular_file.h"
 
 namespace lrq {
 
@@ -56,16 +55,24 @@ void AtomicFileWriter::commit() {
 }
 
 std::string readWholeFile(const std::string &path) {
-  if (directoryExists(path))
-    throw FileError(path, "is a directory, not a file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    throw FileError(path, fileExists(path) ? "cannot open for reading" : "no such file");
-  std::ostringstream os;
-  os << in.rdbuf();
-  if (in.bad())
-    throw FileError(path, "read failed");
-  return os.str();
+  const int fd = openRegularFile(path); // names a FIFO or a directory, never waits on one
+  std::string text;
+  char buffer[1 << 16];
+  while (true) {
+    const ssize_t n = ::read(fd, buffer, sizeof buffer);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0) {
+      const int err = errno;
+      ::close(fd);
+      throw FileError(path, std::string("read failed: ") + std::strerror(err));
+    }
+    if (n == 0)
+      break;
+    text.append(buffer, size_t(n));
+  }
+  ::close(fd);
+  return text;
 }
 
 bool fileExists(const std::string &path) {

@@ -28,7 +28,8 @@ private:
   uint64_t written_ = 0;
 };
 
-// Whole file as a string; throws lrq::FileError when missing or unreadable.
+// Whole file as a string; throws lrq::FileError when missing, unreadable or
+// not a regular file (regularFileProblem: a FIFO is named, never waited on).
 std::string readWholeFile(const std::string &path);
 bool fileExists(const std::string &path);
 bool directoryExists(const std::string &path);

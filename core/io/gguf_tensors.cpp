@@ -42,7 +42,11 @@ at::Tensor GgufReader::loadTensor(const GgufTensorInfo &info) const {
   if (!traits || !traits->dequantizable)
     fail("tensor " + info.name + " has type " + info.typeName() +
          ", which cannot be dequantized (supported: " + ggmlDequantizableTypeNames() + ")");
-  return dequantizeGgmlTensor(info.type, tensorData(info), info.shape());
+  // Copied out with MappedFile::read rather than dequantized from the mapping:
+  // a file truncated under the run is then an error, not SIGBUS.
+  std::vector<uint8_t> bytes(static_cast<size_t>(info.nbytes));
+  file_.read(dataOffset_ + info.offset, bytes.size(), bytes.data());
+  return dequantizeGgmlTensor(info.type, bytes.data(), info.shape());
 }
 
 at::Tensor GgufReader::loadTensor(const std::string &name) const {

@@ -1,7 +1,9 @@
 #pragma once
-// Read-only memory mapping of a whole file. Model files are read through a
-// mapping so that only the pages a tensor needs are touched, and so that
-// bounds checks can work against one contiguous byte range.
+// Read-only memory mapping of a whole file. Headers are parsed from the
+// mapping, so bounds checks work against one contiguous byte range. Tensor
+// data is copied out with read() instead: a file truncated while mapped makes
+// touching its lost pages raise SIGBUS, while pread() on the descriptor kept
+// open reports the shorter file as an error.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -10,7 +12,8 @@ namespace lrq {
 
 class MappedFile {
 public:
-  // Throws lrq::FileError when the file is missing, a directory or unreadable.
+  // Throws lrq::FileError when the file is missing, not a regular file (a
+  // FIFO, a directory, a device: regularFileProblem) or unreadable.
   explicit MappedFile(const std::string &path);
   ~MappedFile();
   MappedFile(MappedFile &&other) noexcept;
@@ -21,6 +24,12 @@ public:
   const std::string &path() const { return path_; }
   const uint8_t *data() const { return data_; }
   size_t size() const { return size_; }
+
+  // Copies bytes [offset, offset+bytes) of the file into dst. Throws
+  // lrq::FileError naming the file when it has changed since it was opened
+  // (a new size or modification time: truncated or rewritten under a run) or
+  // cannot be read.
+  void read(uint64_t offset, size_t bytes, void *dst) const;
 
   // Hints that [offset, offset+length) will be read soon / sequentially.
   void adviseWillNeed(size_t offset, size_t length) const;
@@ -34,6 +43,8 @@ private:
   std::string path_;
   const uint8_t *data_ = nullptr;
   size_t size_ = 0;
+  int fd_ = -1;            // kept open for read()
+  int64_t modifiedNs_ = 0; // modification time when opened
 };
 
 } // namespace lrq

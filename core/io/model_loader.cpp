@@ -8,6 +8,7 @@
 #include <set>
 
 #include "core/common/error.h"
+#include "core/common/regular_file.h"
 #include "core/io/export.h"
 #include "core/io/file_util.h"
 #include "core/io/gguf.h"
@@ -179,7 +180,7 @@ void checkTokenizerFits(const LoadedModel &m, const std::string &source) {
 }
 
 bool hasGgufMagic(const std::string &path) {
-  std::FILE *f = std::fopen(path.c_str(), "rb");
+  std::FILE *f = ::fdopen(openRegularFile(path), "rb");
   if (!f)
     return false;
   char magic[4] = {};
@@ -193,7 +194,9 @@ std::vector<std::string> ggufFilesIn(const std::string &dir) {
   if (DIR *d = ::opendir(dir.c_str())) {
     while (const dirent *e = ::readdir(d)) {
       const std::string name = e->d_name;
-      if (endsWith(name, ".gguf") && fileExists(joinPath(dir, name)))
+      // A .gguf that is there but not a file (a FIFO, a broken link) is
+      // reported by optionalRegularFile, not passed over.
+      if (endsWith(name, ".gguf") && optionalRegularFile(joinPath(dir, name)))
         out.push_back(joinPath(dir, name));
     }
     ::closedir(d);
@@ -304,7 +307,7 @@ LoadedModel loadSafetensors(const std::string &givenPath, const std::string &dir
   m.path = givenPath;
   m.format = "safetensors";
   const std::string configPath = joinPath(dir, "config.json");
-  if (!fileExists(configPath))
+  if (!optionalRegularFile(configPath))
     throw FileError(configPath, "no such file (the model's config.json must lie beside its "
                                 "safetensors files)");
   m.config = modelConfigFromHfConfigFile(configPath);
@@ -374,10 +377,10 @@ LoadedModel loadSafetensors(const std::string &givenPath, const std::string &dir
   }
 
   const std::string tokenizerJson = joinPath(dir, "tokenizer.json");
-  if (fileExists(tokenizerJson)) {
+  if (optionalRegularFile(tokenizerJson)) {
     const std::string tokenizerConfig = joinPath(dir, "tokenizer_config.json");
     const TokenizerSpec spec = tokenizerSpecFromJsonFiles(
-        tokenizerJson, fileExists(tokenizerConfig) ? tokenizerConfig : std::string());
+        tokenizerJson, optionalRegularFile(tokenizerConfig) ? tokenizerConfig : std::string());
     m.tokenizer = Tokenizer::create(spec);
     checkTokenizerFits(m, tokenizerJson);
   }
@@ -392,8 +395,8 @@ LoadedModel loadSafetensorsIndex(const std::string &givenPath, const std::string
   std::vector<std::string> shardPaths;
   for (const std::string &shard : index.shards) {
     const std::string p = joinPath(dir, shard);
-    if (!fileExists(p))
-      throw FileError(p, "no such file (a shard listed in " + indexPath + ")");
+    if (const std::string problem = regularFileProblem(p); !problem.empty())
+      throw FileError(p, problem + " (a shard listed in " + indexPath + ")");
     shardPaths.push_back(p);
   }
   return loadSafetensors(givenPath, dir, shardPaths, &index, observer, cancel);
@@ -403,10 +406,10 @@ LoadedModel loadModelUnnamed(const std::string &path, ProgressObserver *observer
                              const CancelToken *cancel) {
   if (directoryExists(path)) {
     const std::string index = joinPath(path, "model.safetensors.index.json");
-    if (fileExists(index))
+    if (optionalRegularFile(index))
       return loadSafetensorsIndex(path, index, observer, cancel);
     const std::string single = joinPath(path, "model.safetensors");
-    if (fileExists(single))
+    if (optionalRegularFile(single))
       return loadSafetensors(path, path, {single}, nullptr, observer, cancel);
     const std::vector<std::string> ggufs = ggufFilesIn(path);
     if (ggufs.size() == 1)
@@ -417,8 +420,8 @@ LoadedModel loadModelUnnamed(const std::string &path, ProgressObserver *observer
     throw FileError(path, "no model.safetensors, model.safetensors.index.json or .gguf file "
                           "in this directory");
   }
-  if (!fileExists(path))
-    throw FileError(path, "no such file or directory");
+  if (const std::string problem = regularFileProblem(path); !problem.empty())
+    throw FileError(path, problem == "no such file" ? "no such file or directory" : problem);
   if (hasGgufMagic(path))
     return loadGguf(path, observer, cancel);
   if (endsWith(path, ".gguf"))

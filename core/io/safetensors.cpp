@@ -9,6 +9,7 @@
 
 #include "core/common/error.h"
 #include "core/common/json_limits.h"
+#include "core/common/text_escape.h"
 #include "core/io/file_util.h"
 #include "core/io/ggml_quants.h"
 
@@ -210,10 +211,14 @@ SafetensorsIndex readSafetensorsIndex(const std::string &path) {
   std::set<std::string> seen;
   for (auto it = wm->begin(); it != wm->end(); ++it) {
     if (!it.value().is_string())
-      throw FileError(path, "weight_map entry '" + it.key() + "' is not a file name");
+      throw FileError(path,
+                      "weight_map entry '" + printableText(it.key()) + "' is not a file name");
     const std::string shard = it.value().get<std::string>();
-    if (shard.empty() || shard.find('/') != std::string::npos || shard == "." || shard == "..")
-      throw FileError(path, "weight_map entry '" + it.key() + "' names '" + shard +
+    // A NUL would end the name where open() reads it: "x\0/../y" opens "x".
+    if (shard.empty() || shard.find('/') != std::string::npos ||
+        shard.find('\0') != std::string::npos || shard == "." || shard == "..")
+      throw FileError(path, "weight_map entry '" + printableText(it.key()) + "' names '" +
+                                printableText(shard) +
                                 "', which is not a file in the same directory");
     index.weightMap[it.key()] = shard;
     if (seen.insert(shard).second)

@@ -45,6 +45,8 @@ public:
   // lrq::FileError).
   at::Tensor load(const SafetensorsTensorInfo &info) const;
   at::Tensor load(const std::string &name) const;
+  // The tensor's bytes as they are in the file (uint8, one dimension).
+  at::Tensor loadBytes(const SafetensorsTensorInfo &info) const;
   // Lets the kernel drop the tensor's file pages from the resident set.
   void releasePages(const SafetensorsTensorInfo &info) const;
 

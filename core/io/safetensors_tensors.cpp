@@ -5,6 +5,7 @@
 
 #include <cstring>
 #include <set>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -18,26 +19,33 @@
 namespace lrq {
 
 at::Tensor SafetensorsReader::load(const SafetensorsTensorInfo &info) const {
-  const uint8_t *src = file_.data() + dataOffset_ + info.begin;
+  // The bytes come through MappedFile::read, never from the mapping itself: a
+  // file truncated under the run is then an error, not SIGBUS.
+  const uint64_t offset = dataOffset_ + info.begin;
   at::Tensor out = at::empty(info.shape, at::TensorOptions().dtype(at::kFloat));
   const int64_t n = out.numel();
   float *dst = out.data_ptr<float>();
   if (info.dtype == "F32") {
-    if (n > 0)
-      std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+    file_.read(offset, static_cast<size_t>(n) * sizeof(float), dst);
   } else if (info.dtype == "F16" || info.dtype == "BF16") {
     const bool half = info.dtype == "F16";
+    std::vector<uint16_t> bits(static_cast<size_t>(n));
+    file_.read(offset, bits.size() * sizeof(uint16_t), bits.data());
     at::parallel_for(0, n, 1 << 16, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        uint16_t bits;
-        std::memcpy(&bits, src + 2 * i, sizeof bits);
-        dst[i] = half ? halfBitsToFloat(bits) : bf16BitsToFloat(bits);
-      }
+      for (int64_t i = b; i < e; ++i)
+        dst[i] = half ? halfBitsToFloat(bits[size_t(i)]) : bf16BitsToFloat(bits[size_t(i)]);
     });
   } else {
     fail("tensor " + info.name + " has dtype " + info.dtype +
          ", which cannot be loaded as float (supported: F32, F16, BF16)");
   }
+  return out;
+}
+
+at::Tensor SafetensorsReader::loadBytes(const SafetensorsTensorInfo &info) const {
+  at::Tensor out = at::empty({static_cast<int64_t>(info.end - info.begin)}, at::kByte);
+  file_.read(dataOffset_ + info.begin, static_cast<size_t>(info.end - info.begin),
+             out.data_ptr<uint8_t>());
   return out;
 }
 

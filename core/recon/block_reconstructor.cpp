@@ -18,6 +18,7 @@
 #include <system_error>
 
 #include "core/common/error.h"
+#include "core/common/file_write.h"
 #include "core/recon/hidden_state_store.h"
 
 #if defined(__GLIBC__)
@@ -140,18 +141,23 @@ nlohmann::json readJsonFile(const std::string &path) {
   }
 }
 
-// Writes through a temporary file and a rename, so a crash never leaves half a file.
+// Writes through a temporary file and a rename, so a crash never leaves half a
+// file and a full disk leaves the previous checkpoint as it was (and no
+// temporary file behind).
 void writeFileAtomically(const std::string &path, const std::string &bytes) {
   const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out.write(bytes.data(), std::streamsize(bytes.size())) || !out.flush())
-      throw FileError(tmp, "cannot write the checkpoint (disk full?)");
+  try {
+    writeFileOrRemove(tmp, bytes.data(), bytes.size(), /*sync=*/true, path);
+  } catch (const FileError &e) {
+    throw FileError(path, "cannot write the checkpoint: " + e.problem());
   }
   std::error_code ec;
   fs::rename(tmp, path, ec);
-  if (ec)
+  if (ec) {
+    std::error_code ignored;
+    fs::remove(tmp, ignored);
     throw FileError(path, "cannot write the checkpoint: " + ec.message());
+  }
 }
 
 nlohmann::json blockRecord(const BlockOutcome &o) {

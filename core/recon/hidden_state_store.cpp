@@ -5,6 +5,7 @@
 #include <system_error>
 
 #include "core/common/error.h"
+#include "core/common/file_write.h"
 
 namespace lrq::recon {
 
@@ -70,11 +71,14 @@ void HiddenStateStore::set(int64_t i, const at::Tensor &t) {
     // A private copy: callers may reuse or modify their tensor.
     memory_[size_t(i)] = c.data_ptr() == t.data_ptr() ? c.clone() : c;
   } else {
-    const std::string path = slotPath(i);
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    if (!out.write(static_cast<const char *>(c.data_ptr()), std::streamsize(sampleBytes_)) ||
-        !out.flush())
-      throw FileError(path, "cannot write the spilled hidden states (disk full?)");
+    // A failed write (a full disk) removes the slot's file: the slot is empty
+    // again, never half written.
+    written_[size_t(i)] = false;
+    try {
+      writeFileOrRemove(slotPath(i), c.data_ptr(), size_t(sampleBytes_));
+    } catch (const FileError &e) {
+      throw FileError(e.path(), "cannot spill hidden states: " + e.problem());
+    }
   }
   written_[size_t(i)] = true;
 }

@@ -1,7 +1,9 @@
 #include "core/runs/sqlite_db.h"
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 
 #include "core/common/error.h"
@@ -72,6 +74,12 @@ Database::~Database() {
 
 void Database::fail(int rc, const std::string &what) const {
   const std::string detail = db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
+  // SQLite reports a write that fails with EFBIG or EDQUOT (and a failing one
+  // after a short write) as a generic I/O error: the system's reason tells.
+  const int systemErr = db_ ? sqlite3_system_errno(db_) : 0;
+  if ((rc & 0xff) == SQLITE_IOERR &&
+      (systemErr == ENOSPC || systemErr == EFBIG || systemErr == EDQUOT))
+    throw FileError(path_, "disk full while " + what + " (" + std::strerror(systemErr) + ")");
   switch (rc & 0xff) {
   case SQLITE_NOTADB:
   case SQLITE_CORRUPT:

@@ -71,6 +71,15 @@ void MappedFile::release() noexcept {
   size_ = 0;
 }
 
+// The heap copy cannot change under the reader; the range check is read()'s.
+void MappedFile::read(uint64_t offset, size_t bytes, void *dst) const {
+  if (bytes == 0)
+    return;
+  if (offset > size_ || bytes > size_ - offset)
+    throw FileError(path_, "read outside the file");
+  std::memcpy(dst, data_ + offset, bytes);
+}
+
 // Paging hints do nothing on a heap copy, but the ranges must still lie
 // inside the file: check them so a bad range is a finding.
 void MappedFile::adviseWillNeed(size_t offset, size_t length) const {

@@ -25,6 +25,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       (void)tensor;
       FUZZ_CHECK(!shard.empty() && shard.find('/') == std::string::npos);
       FUZZ_CHECK(shard != "." && shard != "..");
+      FUZZ_CHECK(shard.find('\0') == std::string::npos); // a NUL would end the name early
       FUZZ_CHECK(std::binary_search(index.shards.begin(), index.shards.end(), shard));
     }
   } catch (const lrq::Error &e) {
