@@ -27,8 +27,17 @@ std::string ggufExportProblem(const std::string &schemeJson, const std::string &
                     "cannot store; export the HF folder (--out) or the packed file (--packed)";
   const QuantScheme scheme = QuantScheme::fromJson(schemeJson);
   const GridSpec &w = scheme.weight;
-  if (ggufBlockTypeFor(w))
-    return "";
+  if (ggufBlockTypeFor(w)) {
+    // Each tensor takes its own block type: the fallback grid needs one too.
+    if (!scheme.fallbackWeight || ggufBlockTypeFor(*scheme.fallbackWeight))
+      return "";
+    return "the fallback grid " + scheme.fallbackWeight->describe() +
+           " (rows that are not whole 256-input super-blocks) cannot be stored as a GGUF block "
+           "type; quantize with --scheme gguf-q6_k (its fallback is gguf-q8_0's grid)";
+  }
+  if (w.stepFormat == StepFormat::KSuperblock)
+    return w.describe() + " weights cannot be stored as GGUF Q6_K (6-bit codes only); quantize "
+                          "with --scheme gguf-q6_k";
   const std::string type = nearestBlockType(w.bits, w.symmetric);
   const bool blockShaped = w.granularity == Granularity::PerGroup && w.groupSize == 32 &&
                            (w.bits == 4 || w.bits == 5 || (w.bits == 8 && w.symmetric));

@@ -25,9 +25,23 @@ void GridSpec::validate() const {
   if (stepFormat == StepFormat::Fp16Offset && symmetric)
     throw Error("weight grid: step format f16-offset stores a zero point, so it needs an "
                 "asymmetric grid (use f16 on a symmetric one)");
+  if (stepFormat == StepFormat::KSuperblock) {
+    if (!symmetric || granularity != Granularity::PerGroup || groupSize != kSuperBlockGroupSize)
+      throw Error("weight grid: step format k-superblock is llama.cpp's Q6_K super-block of 16 "
+                  "groups of 16, so it needs a symmetric per-group grid with group size 16");
+    // d (11 significant bits) sc (7) q (bits) must stay within float32's 24.
+    if (bits > 6)
+      throw Error("weight grid: step format k-superblock holds codes of at most 6 bits, got " +
+                  std::to_string(bits));
+  }
 }
 
 const char *ggufBlockTypeFor(const GridSpec &spec) {
+  if (spec.stepFormat == StepFormat::KSuperblock)
+    return spec.bits == 6 && spec.symmetric && spec.granularity == Granularity::PerGroup &&
+                   spec.groupSize == kSuperBlockGroupSize
+               ? "Q6_K"
+               : nullptr;
   if (spec.granularity != Granularity::PerGroup || spec.groupSize != 32)
     return nullptr;
   if (spec.symmetric && spec.stepFormat == StepFormat::Fp16) {
@@ -144,6 +158,8 @@ const char *stepFormatName(StepFormat f) {
     return "f16";
   case StepFormat::Fp16Offset:
     return "f16-offset";
+  case StepFormat::KSuperblock:
+    return "k-superblock";
   }
   return "?";
 }
@@ -178,7 +194,8 @@ bool parseActivationMode(const std::string &name, ActivationMode *out) {
 }
 
 bool parseStepFormat(const std::string &name, StepFormat *out) {
-  for (StepFormat f : {StepFormat::Float32, StepFormat::Fp16, StepFormat::Fp16Offset})
+  for (StepFormat f :
+       {StepFormat::Float32, StepFormat::Fp16, StepFormat::Fp16Offset, StepFormat::KSuperblock})
     if (name == stepFormatName(f)) {
       *out = f;
       return true;
