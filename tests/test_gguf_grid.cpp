@@ -23,7 +23,9 @@
 #include "core/common/error.h"
 #include "core/io/export.h"
 #include "core/model/decoder.h"
+#include "core/quant/compressed_tensors_scheme.h"
 #include "core/quant/export_glue.h"
+#include "core/quant/gguf_scheme.h"
 #include "core/quant/grid.h"
 #include "core/quant/learned_rounding.h"
 #include "core/quant/method.h"
@@ -686,6 +688,23 @@ private slots:
     QVERIFY(refused("{" + q6 + R"(, "fallback_weight": )" + q6.substr(q6.find('{')) + "}",
                     "cannot be k-superblock"));
     QVERIFY(refused("{" + q6 + R"(, "fallback_weight": {"bits": 9}})", "fallback_weight.bits"));
+    // Exports: GGUF takes it (each tensor its own type), also with a method of
+    // its own; a fallback with float32 steps does not; compressed-tensors
+    // holds one grid per model and refuses it.
+    QCOMPARE(ggufExportProblem(json, "gptq"), std::string());
+    QuantScheme f32Fallback = s;
+    f32Fallback.fallbackWeight->stepFormat = StepFormat::Float32;
+    const std::string why = ggufExportProblem(f32Fallback.toJson(), "rtn");
+    QVERIFY2(why.find("fallback") != std::string::npos &&
+                 why.find("gguf-q6_k") != std::string::npos,
+             why.c_str());
+    QVERIFY(ggufExportProblem(json, "lqer").find("low-rank") != std::string::npos);
+    try {
+      compressedTensorsFormatFor(s, "rtn");
+      QFAIL("compressed-tensors took a mixed scheme");
+    } catch (const Error &e) {
+      QVERIFY2(std::string(e.what()).find("different grids") != std::string::npos, e.what());
+    }
     // Without a fallback: a scheme of its own, for models whose rows are all whole super-blocks.
     const QuantScheme plain = QuantScheme::fromJson("{" + q6 + "}");
     QVERIFY(!plain.mixesGrids());
