@@ -136,6 +136,10 @@ private slots:
     const QString out = tmp_.filePath(scheme + "-" + method + ".gguf");
     QStringList args = quantize(scheme, out, downType == "Q6_K" ? model256_ : model_);
     args[args.indexOf("--method") + 1] = method;
+    // gguf-q6_k's mixed grids in the packed file too (each layer its own bits and groups).
+    const QString packed = tmp_.filePath(scheme + "-" + method + ".safetensors");
+    if (downType == "Q6_K")
+      args << "--packed" << packed;
     const Result r = runLrq(args);
     QVERIFY2(r.exitCode == 0, qPrintable(r.err));
     const QJsonObject done = lastEvent(r);
@@ -163,6 +167,15 @@ private slots:
           back);
     QVERIFY2(std::abs(back - ppl) <= 1e-9 * ppl,
              qPrintable(QString("%1 vs %2").arg(back, 0, 'g', 12).arg(ppl, 0, 'g', 12)));
+    if (downType == "Q6_K") {
+      const Result p = runLrq({"eval", packed, "--text", eval_, "--seq-len", "32", "--max-windows",
+                               "6", "--json", "--quiet", "--threads", "2"});
+      QVERIFY2(p.exitCode == 0, qPrintable(p.err));
+      const double fromPacked = lrq::test::parseJson(p)["perplexity"].toDouble();
+      QVERIFY2(
+          std::abs(fromPacked - ppl) <= 1e-9 * ppl,
+          qPrintable(QString("packed %1 vs %2").arg(fromPacked, 0, 'g', 12).arg(ppl, 0, 'g', 12)));
+    }
 
     // Recorded with the run.
     const Result show =
