@@ -699,6 +699,15 @@ private slots:
                  why.find("gguf-q6_k") != std::string::npos,
              why.c_str());
     QVERIFY(ggufExportProblem(json, "lqer").find("low-rank") != std::string::npos);
+    // Q6_K's shape with float32 steps: the preset is named, and why.
+    QuantScheme f32Steps = s;
+    f32Steps.weight.stepFormat = StepFormat::Float32;
+    f32Steps.fallbackWeight.reset();
+    const std::string shape = ggufExportProblem(f32Steps.toJson(), "rtn");
+    QVERIFY2(shape.find("GGUF Q6_K") != std::string::npos &&
+                 shape.find("d*sc") != std::string::npos &&
+                 shape.find("--scheme gguf-q6_k") != std::string::npos,
+             shape.c_str());
     try {
       compressedTensorsFormatFor(s, "rtn");
       QFAIL("compressed-tensors took a mixed scheme");

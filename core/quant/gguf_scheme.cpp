@@ -10,6 +10,8 @@ namespace {
 std::string nearestBlockType(int bits, bool symmetric) {
   if (bits >= 8)
     return "Q8_0";
+  if (bits == 6 && symmetric)
+    return "Q6_K";
   return std::string(bits >= 5 ? "Q5" : "Q4") + (symmetric ? "_0" : "_1");
 }
 
@@ -41,11 +43,15 @@ std::string ggufExportProblem(const std::string &schemeJson, const std::string &
   const std::string type = nearestBlockType(w.bits, w.symmetric);
   const bool blockShaped = w.granularity == Granularity::PerGroup && w.groupSize == 32 &&
                            (w.bits == 4 || w.bits == 5 || (w.bits == 8 && w.symmetric));
+  const bool q6kShaped =
+      w.granularity == Granularity::PerGroup && w.groupSize == 16 && w.bits == 6 && w.symmetric;
   // The right shape with steps of the wrong format: say what the block stores.
-  const std::string why = blockShaped
-                              ? std::string(" (its steps are stored as half-precision numbers") +
-                                    (w.symmetric ? "" : ", and so is -s*z") + ")"
-                              : "";
+  const std::string why =
+      blockShaped ? std::string(" (its steps are stored as half-precision numbers") +
+                        (w.symmetric ? "" : ", and so is -s*z") + ")"
+      : q6kShaped ? std::string(" (its steps are stored as d*sc: one half-precision d per 256 "
+                                "inputs, an integer sc per group)")
+                  : "";
   return w.describe() + " weights cannot be stored as GGUF " + type + why +
          "; quantize with --scheme gguf-" + lower(type);
 }
