@@ -17,6 +17,7 @@
 #include <cmath>
 #include <map>
 
+#include "core/quant/scheme.h"
 #include "core/runs/run_store.h"
 #include "test_support.h"
 #include "widgets/compare_model.h"
@@ -328,6 +329,14 @@ void TestCompareView::bitsPerWeightDefaultModel() {
   // L²QER rank 32: Σ 32·(m+n) = 32·10176 factor values of 16 bits.
   b = lrq::ui::estimateBitsPerWeight("l2qer", kSchemeW3g128, R"({"rank":32})");
   QVERIFY(std::fabs(b.lowRankBits - 32.0 * 10176 * 16 / weights) < 1e-12);
+  // gguf-q6_k: down_proj (1536 inputs = 6 super-blocks) in Q6_K, 210 bytes per
+  // 256 weights; the rest (576 inputs) in the Q8_0 fallback, 34 bytes per 32.
+  const double down = 1536.0 * 576;
+  b = lrq::ui::estimateBitsPerWeight(
+      "rtn", QString::fromStdString(lrq::quant::presetScheme("gguf-q6_k").toJson()), "{}");
+  QVERIFY(b.valid);
+  QVERIFY(std::fabs(b.weightBits - (6.0 * down + 8.0 * (weights - down)) / weights) < 1e-12);
+  QVERIFY(std::fabs(b.total() - (6.5625 * down + 8.5 * (weights - down)) / weights) < 1e-12);
 }
 
 void TestCompareView::schemeLabels() {

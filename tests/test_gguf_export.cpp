@@ -1,6 +1,8 @@
 // GGUF export: each llama.cpp block type encodes hand-built codes, steps and
 // zero points so that both the project's reader and gguf-py (the reference
-// implementation llama.cpp ships) decode s (q - z) exactly; the writer's
+// implementation llama.cpp ships) decode s (q - z) exactly (Q6_K also through
+// llama.cpp's own dequantize_row_q6_K loop, and in a model mixing Q6_K with
+// its Q8_0 fallback); the writer's
 // metadata of every value type, alignment, tensor names, q/k row order and
 // tokenizer keys read back; unrepresentable grids, LQER factors, existing
 // files and failures half way are refused and leave no file.
@@ -80,6 +82,65 @@ PackedTensor handBuilt(const std::string &name, int64_t out, int64_t in, int bit
       t.zeroPoints.data_ptr<float>()[i] = -1.0f;
   }
   return t;
+}
+
+// A quantized [out, in] tensor on llama.cpp's Q6_K grid: 6-bit symmetric
+// codes in groups of 16 whose steps are d sc, d a half per 256 columns (normal
+// and subnormal ones) and sc an integer in 1..127 per group.
+PackedTensor handBuiltQ6K(const std::string &name, int64_t out, int64_t in, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  PackedTensor t;
+  t.name = name;
+  t.bits = 6;
+  t.qmin = -32;
+  t.groupSize = 16;
+  t.codes = at::empty({out, in}, at::kInt);
+  for (int64_t i = 0; i < out * in; ++i)
+    t.codes.data_ptr<int32_t>()[i] = int32_t(int64_t(rng() % 64) - 32);
+  const int64_t groups = in / 16;
+  t.scales = at::empty({out, groups}, at::kFloat);
+  t.zeroPoints = at::zeros({out, groups}, at::kFloat);
+  for (int64_t r = 0; r < out; ++r)
+    for (int64_t b = 0; b < groups / 16; ++b) {
+      // k 2^(m - 24) with k < 2048: always a half; subnormal for small k 2^m.
+      const float d = std::ldexp(float(1 + rng() % 2047), int(rng() % 15) - 24);
+      for (int64_t j = 0; j < 16; ++j)
+        t.scales.data_ptr<float>()[r * groups + b * 16 + j] = d * float(1 + rng() % 127);
+    }
+  return t;
+}
+
+// dequantize_row_q6_K of llama.cpp's ggml-quants.c, line by line: the
+// reference layout the encoder must match.
+std::vector<float> llamaDequantizeQ6K(const std::vector<uint8_t> &blocks, int64_t n) {
+  std::vector<float> out(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n / 256; ++i) {
+    const uint8_t *x = blocks.data() + i * 210;
+    const uint8_t *ql = x, *qh = x + 128;
+    const auto *sc = reinterpret_cast<const int8_t *>(x + 192);
+    uint16_t dBits = 0;
+    std::memcpy(&dBits, x + 208, 2);
+    const float d = halfBitsToFloat(dBits);
+    float *y = out.data() + i * 256;
+    for (int half = 0; half < 256; half += 128) {
+      for (int l = 0; l < 32; ++l) {
+        const int is = l / 16;
+        const int8_t q1 = int8_t((ql[l + 0] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+        const int8_t q2 = int8_t((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+        const int8_t q3 = int8_t((ql[l + 0] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+        const int8_t q4 = int8_t((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+        y[l + 0] = d * sc[is + 0] * q1;
+        y[l + 32] = d * sc[is + 2] * q2;
+        y[l + 64] = d * sc[is + 4] * q3;
+        y[l + 96] = d * sc[is + 6] * q4;
+      }
+      y += 128;
+      ql += 64;
+      qh += 32;
+      sc += 8;
+    }
+  }
+  return out;
 }
 
 std::vector<float> readF32(const QString &path) {
@@ -237,6 +298,21 @@ private slots:
       f.write(reinterpret_cast<const char *>(blocks.data()), qint64(blocks.size()));
       expected[ggmlTypeName(c.type)] = dequantized(t);
     }
+    {
+      const PackedTensor t = handBuiltQ6K("model.layers.0.mlp.down_proj", 8, 512, 99);
+      GgmlType type{};
+      QVERIFY(ggufBlockTypeForGrid(6, -32, 16, &type));
+      QCOMPARE(int(type), int(GgmlType::Q6_K));
+      const std::vector<uint8_t> blocks = encodeGgufBlocks(t, GgmlType::Q6_K);
+      QCOMPARE(blocks.size(), size_t(8 * 2 * 210));
+      QString why;
+      QVERIFY2(sameValues(dequantized(t), llamaDequantizeQ6K(blocks, 8 * 512), &why),
+               qPrintable("llama.cpp's loop: " + why));
+      QFile f(dir + "/Q6_K.bin");
+      QVERIFY(f.open(QIODevice::WriteOnly));
+      f.write(reinterpret_cast<const char *>(blocks.data()), qint64(blocks.size()));
+      expected["Q6_K"] = dequantized(t);
+    }
     QString error;
     const QByteArray out = test::runReference("gguf_dequant.py", {dir}, &error);
     QVERIFY2(!out.isEmpty(), qPrintable(error));
@@ -245,6 +321,116 @@ private slots:
       QVERIFY2(sameValues(values, readF32(dir + "/" + QString::fromStdString(name) + ".f32"), &why),
                qPrintable(QString::fromStdString(name) + ": " + why));
     }
+  }
+
+  // One Q6_K block by hand: d at byte 208, sc_j at 192 + j, value e's low
+  // four bits in ql and high two in qh (llama.cpp's interleaved order).
+  void q6_KBlockByHand() {
+    PackedTensor t = handBuiltQ6K("x", 1, 256, 1);
+    for (int e = 0; e < 256; ++e)
+      t.codes.data_ptr<int32_t>()[e] = (e % 64) - 32; // u = e % 64
+    for (int j = 0; j < 16; ++j)
+      t.scales.data_ptr<float>()[j] = 0.25f * float(j + 1); // d = 0.25, sc = j + 1 ... 16
+    const std::vector<uint8_t> b = encodeGgufBlocks(t, GgmlType::Q6_K);
+    QCOMPARE(b.size(), size_t(210));
+    // d: the half whose multiples are the steps with sc <= 127; the encoder
+    // takes the smallest, s_max / 127 when that is a half, else the next.
+    uint16_t dBits = 0;
+    std::memcpy(&dBits, b.data() + 208, 2);
+    const float d = halfBitsToFloat(dBits);
+    for (int j = 0; j < 16; ++j) {
+      const int sc = int(static_cast<int8_t>(b[size_t(192 + j)]));
+      QVERIFY(sc >= 1 && sc <= 127);
+      QCOMPARE(d * float(sc), 0.25f * float(j + 1));
+    }
+    // Value 0 (u 0), 32 (u 32: ql[32] low nibble 0, qh[0] bits 2..3 = 2),
+    // 64 (u 0, ql[0] high nibble), 100 (u 36: ql[36] high nibble 4, qh[4]
+    // bits 6..7 = 2), 200 (u 8: n 1, k 2, l 8: ql[72] high nibble 8).
+    QCOMPARE(int(b[0]) & 0x0F, 0);
+    QCOMPARE(int(b[32]) & 0x0F, 0);
+    QCOMPARE((int(b[128]) >> 2) & 3, 2);
+    QCOMPARE(int(b[36]) >> 4, 4);
+    QCOMPARE((int(b[128 + 4]) >> 6) & 3, 2);
+    QCOMPARE(int(b[72]) >> 4, 8);
+    QCOMPARE((int(b[128 + 32 + 8]) >> 4) & 3, 0);
+    QString why;
+    QVERIFY2(sameValues(dequantized(t), llamaDequantizeQ6K(b, 256), &why), qPrintable(why));
+    // Steps that are no d sc: 0.1 beside 1000 would need sc < 1 ...
+    PackedTensor bad = t;
+    bad.scales = t.scales.clone();
+    bad.scales.fill_(0.1f);
+    bad.scales[0][3] = 1000.0f;
+    try {
+      encodeGgufBlocks(bad, GgmlType::Q6_K);
+      QFAIL("steps that are not d*sc were stored as Q6_K");
+    } catch (const Error &e) {
+      const QString m = QString::fromUtf8(e.what());
+      QVERIFY2(m.contains("d*sc") && m.contains("gguf-q6_k") && m.contains("super-block 0"),
+               qPrintable(m));
+    }
+    // ... nor do rows that are not whole super-blocks, or a Q8_0 grid.
+    PackedTensor shortRow = handBuiltQ6K("y", 1, 512, 2);
+    shortRow.codes = shortRow.codes.narrow(1, 0, 384).contiguous();
+    shortRow.scales = shortRow.scales.narrow(1, 0, 24).contiguous();
+    shortRow.zeroPoints = shortRow.zeroPoints.narrow(1, 0, 24).contiguous();
+    QVERIFY_THROWS_EXCEPTION(Error, encodeGgufBlocks(shortRow, GgmlType::Q6_K));
+    QVERIFY_THROWS_EXCEPTION(Error,
+                             encodeGgufBlocks(handBuilt("z", 1, 256, 8, true, 3), GgmlType::Q6_K));
+  }
+
+  // gguf-q6_k's shape of model: down_proj (256 inputs) in Q6_K, the other
+  // linears in the Q8_0 fallback; the file is labelled MOSTLY_Q6_K (18) and
+  // both loadModel and gguf-py read every value back exactly.
+  void q6_KModelRoundTrip() {
+    const ModelConfig config = lrq::test::tinyLlamaConfig({264, 64, 256, 16, 256});
+    PackedModelContents packed;
+    packed.config = config;
+    packed.method = "rtn";
+    packed.schemeJson = R"({"name": "gguf-q6_k"})";
+    at::Generator gen = at::detail::createCPUGenerator(9);
+    for (const auto &[name, t] : lrq::test::tinyLlamaTensors(config, 9)) {
+      if (name.find("_proj") == std::string::npos) {
+        packed.tensors.emplace_back(name, t.to(at::kFloat));
+        continue;
+      }
+      const std::string prefix = name.substr(0, name.size() - 7);
+      packed.quantized.push_back(
+          t.size(1) == 256
+              ? handBuiltQ6K(prefix, t.size(0), t.size(1), 40 + packed.quantized.size())
+              : handBuilt(prefix, t.size(0), t.size(1), 8, true, 40 + packed.quantized.size()));
+    }
+    const TokenizerSpec spec = tinySpec(config.vocabSize);
+    GgufExportSource source;
+    source.tokenizer = &spec;
+    const QString file = path("tiny-q6k.gguf");
+    exportGguf(file.toStdString(), packed, source);
+    const GgufReader g(file.toStdString());
+    QCOMPARE(g.getInt("general.file_type"), int64_t(18)); // LLAMA_FTYPE_MOSTLY_Q6_K
+    QCOMPARE(g.findTensor("blk.0.ffn_down.weight")->type, GgmlType::Q6_K);
+    QCOMPARE(g.findTensor("blk.1.ffn_up.weight")->type, GgmlType::Q8_0);
+    QCOMPARE(g.findTensor("blk.0.attn_q.weight")->type, GgmlType::Q8_0);
+    const LoadedModel m = loadModel(file.toStdString());
+    for (const PackedTensor &t : packed.quantized)
+      QVERIFY2(at::equal(m.tensors.at(t.name + ".weight"), dequantized(t)), t.name.c_str());
+    const QString dir = path("tiny-q6k-py");
+    QString error;
+    const QByteArray out = test::runReference("gguf_read_tensors.py", {file, dir}, &error);
+    QVERIFY2(!out.isEmpty(), qPrintable(error));
+    const QJsonObject info = QJsonDocument::fromJson(out).object();
+    QCOMPARE(info["blk.1.ffn_down.weight"].toObject()["type"].toString(), QString("Q6_K"));
+    for (const PackedTensor &t : packed.quantized) {
+      const std::string name = ggufTensorNameFromHf(t.name + ".weight");
+      at::Tensor expect = dequantized(t);
+      if (name.find("attn_q") != std::string::npos)
+        expect = permuteGgufRotary(expect, config.numHeads);
+      if (name.find("attn_k") != std::string::npos)
+        expect = permuteGgufRotary(expect, config.numKvHeads);
+      QString why;
+      QVERIFY2(sameValues(expect, readF32(dir + "/" + QString::fromStdString(name) + ".f32"), &why),
+               qPrintable(QString::fromStdString(name) + ": " + why));
+    }
+    QCOMPARE(ggufFileTypeFor(GgmlType::Q6_K), uint32_t(18));
+    QCOMPARE(ggufSchemeFor(GgmlType::Q6_K), std::string("gguf-q6_k"));
   }
 
   void rotaryPermutationIsTheInverseOfTheReaders() {

@@ -46,10 +46,10 @@ class TestGgufExportCli : public QObject {
   Q_OBJECT
 
   QTemporaryDir tmp_;
-  QString model_, calib_, eval_, store_;
+  QString model_, model256_, calib_, eval_, store_;
 
-  QStringList quantize(const QString &scheme, const QString &out) const {
-    return {"quantize",       model_,
+  QStringList quantize(const QString &scheme, const QString &out, const QString &model = {}) const {
+    return {"quantize",       model.isEmpty() ? model_ : model,
             "--method",       "rtn",
             "--scheme",       scheme,
             "--gguf",         out,
@@ -75,6 +75,15 @@ private slots:
                      lrq::test::tinyLlamaTensors(config, 3));
     writeHfConfig(model_.toStdString() + "/config.json", config, "float32");
     writeFile(model_ + "/tokenizer.json", lrq::test::byteTokenizerJson());
+    // MLP width 256: down_proj's rows are one Q6_K super-block, the other
+    // linears' (64) take gguf-q6_k's Q8_0 fallback.
+    model256_ = tmp_.filePath("tiny256");
+    QDir().mkpath(model256_);
+    const ModelConfig config256 = lrq::test::tinyLlamaConfig({256, 64, 256, 16, 256});
+    writeSafetensors(model256_.toStdString() + "/model.safetensors",
+                     lrq::test::tinyLlamaTensors(config256, 4));
+    writeHfConfig(model256_.toStdString() + "/config.json", config256, "float32");
+    writeFile(model256_ + "/tokenizer.json", lrq::test::byteTokenizerJson());
     calib_ = tmp_.filePath("calib.txt");
     eval_ = tmp_.filePath("eval.txt");
     store_ = tmp_.filePath("runs.sqlite");
@@ -84,25 +93,54 @@ private slots:
 
   void exportLoadsAndGivesTheRunsPerplexity_data() {
     QTest::addColumn<QString>("scheme");
-    QTest::addColumn<QString>("type");
+    QTest::addColumn<QString>("method");
+    QTest::addColumn<QString>("type");     // attn_q's block type
+    QTest::addColumn<QString>("downType"); // ffn_down's
     QTest::addColumn<int>("fileType");
     QTest::newRow("q4_0") << "gguf-q4_0"
+                          << "rtn"
+                          << "Q4_0"
                           << "Q4_0" << 2;
     QTest::newRow("q4_1") << "gguf-q4_1"
+                          << "rtn"
+                          << "Q4_1"
                           << "Q4_1" << 3;
     QTest::newRow("q8_0") << "gguf-q8_0"
+                          << "rtn"
+                          << "Q8_0"
                           << "Q8_0" << 7;
     QTest::newRow("q5_0") << "gguf-q5_0"
+                          << "rtn"
+                          << "Q5_0"
                           << "Q5_0" << 8;
     QTest::newRow("q5_1") << "gguf-q5_1"
+                          << "rtn"
+                          << "Q5_1"
                           << "Q5_1" << 9;
+    // Q6_K where rows are whole super-blocks, Q8_0 elsewhere; MOSTLY_Q6_K.
+    QTest::newRow("q6_k") << "gguf-q6_k"
+                          << "rtn"
+                          << "Q8_0"
+                          << "Q6_K" << 18;
+    QTest::newRow("q6_k gptq") << "gguf-q6_k"
+                               << "gptq"
+                               << "Q8_0"
+                               << "Q6_K" << 18;
   }
   void exportLoadsAndGivesTheRunsPerplexity() {
     QFETCH(QString, scheme);
+    QFETCH(QString, method);
     QFETCH(QString, type);
+    QFETCH(QString, downType);
     QFETCH(int, fileType);
-    const QString out = tmp_.filePath(scheme + ".gguf");
-    const Result r = runLrq(quantize(scheme, out));
+    const QString out = tmp_.filePath(scheme + "-" + method + ".gguf");
+    QStringList args = quantize(scheme, out, downType == "Q6_K" ? model256_ : model_);
+    args[args.indexOf("--method") + 1] = method;
+    // gguf-q6_k's mixed grids in the packed file too (each layer its own bits and groups).
+    const QString packed = tmp_.filePath(scheme + "-" + method + ".safetensors");
+    if (downType == "Q6_K")
+      args << "--packed" << packed;
+    const Result r = runLrq(args);
     QVERIFY2(r.exitCode == 0, qPrintable(r.err));
     const QJsonObject done = lastEvent(r);
     QCOMPARE(done["event"].toString(), QString("finished"));
@@ -113,11 +151,11 @@ private slots:
     const GgufReader g(out.toStdString());
     QCOMPARE(g.getInt("general.file_type"), int64_t(fileType));
     QCOMPARE(g.getString("lrq.run_id"), done["run_id"].toString().toStdString());
-    QCOMPARE(g.getString("lrq.method"), std::string("rtn"));
+    QCOMPARE(g.getString("lrq.method"), method.toStdString());
     QCOMPARE(g.getString("tokenizer.ggml.model"), std::string("gpt2"));
     QCOMPARE(g.getString("tokenizer.ggml.pre"), std::string("gpt-2"));     // llama.cpp's name
     QCOMPARE(g.getStringArray("tokenizer.ggml.merges").size(), size_t(0)); // present, as required
-    QCOMPARE(QString::fromStdString(g.findTensor("blk.1.ffn_down.weight")->typeName()), type);
+    QCOMPARE(QString::fromStdString(g.findTensor("blk.1.ffn_down.weight")->typeName()), downType);
     QCOMPARE(QString::fromStdString(g.findTensor("blk.0.attn_q.weight")->typeName()), type);
     QCOMPARE(g.findTensor("token_embd.weight")->typeName(), std::string("F32"));
 
@@ -125,9 +163,19 @@ private slots:
                              "--json", "--quiet", "--threads", "2"});
     QVERIFY2(e.exitCode == 0, qPrintable(e.err));
     const double back = lrq::test::parseJson(e)["perplexity"].toDouble();
-    qInfo("%s: run perplexity %.9g, GGUF file %.9g", qPrintable(scheme), ppl, back);
+    qInfo("%s %s: run perplexity %.9g, GGUF file %.9g", qPrintable(scheme), qPrintable(method), ppl,
+          back);
     QVERIFY2(std::abs(back - ppl) <= 1e-9 * ppl,
              qPrintable(QString("%1 vs %2").arg(back, 0, 'g', 12).arg(ppl, 0, 'g', 12)));
+    if (downType == "Q6_K") {
+      const Result p = runLrq({"eval", packed, "--text", eval_, "--seq-len", "32", "--max-windows",
+                               "6", "--json", "--quiet", "--threads", "2"});
+      QVERIFY2(p.exitCode == 0, qPrintable(p.err));
+      const double fromPacked = lrq::test::parseJson(p)["perplexity"].toDouble();
+      QVERIFY2(
+          std::abs(fromPacked - ppl) <= 1e-9 * ppl,
+          qPrintable(QString("packed %1 vs %2").arg(fromPacked, 0, 'g', 12).arg(ppl, 0, 'g', 12)));
+    }
 
     // Recorded with the run.
     const Result show =

@@ -2,7 +2,10 @@
 // f16 step d, x = d q; Q5_1, Q4_1: f16 d and m, x = d q + m): the step
 // rounding (applyStepFormat) against a scalar reference built from every half
 // bit pattern, the grids computeGridParams makes on them, and the schemes,
-// presets and storage cost that name them.
+// presets and storage cost that name them. Q6_K (k-superblock steps d sc, one
+// half d per 256 inputs): the super-block rounding against a scalar
+// reference, and every method on gguf-q6_k with its Q8_0 fallback against a
+// Q6_K decode written from the format.
 #include <ATen/ATen.h>
 
 #include <QtTest>
@@ -20,12 +23,16 @@
 #include "core/common/error.h"
 #include "core/io/export.h"
 #include "core/model/decoder.h"
+#include "core/quant/compressed_tensors_scheme.h"
 #include "core/quant/export_glue.h"
+#include "core/quant/gguf_scheme.h"
 #include "core/quant/grid.h"
+#include "core/quant/learned_rounding.h"
 #include "core/quant/method.h"
 #include "core/quant/scheme.h"
 #include "core/quant/storage_bits.h"
 #include "decoder_test_models.h"
+#include "tiny_llama.h"
 
 using namespace lrq;
 using namespace lrq::quant;
@@ -144,6 +151,61 @@ at::Tensor blockDecode(const at::Tensor &codes, const GridParams &p, const GridS
     }
   }
   return out;
+}
+
+// Every positive finite half, ascending (the f16 grid's allowed steps).
+const std::vector<double> &allHalves() {
+  static const std::vector<double> halves = allowedSteps(presetScheme("gguf-q8_0").weight);
+  return halves;
+}
+
+// llama.cpp's Q6_K decode of one row from its steps and codes, written from
+// the format alone: per 256-value super-block, find the half d and integer
+// sc_j in 1..127 with d sc_j equal to each step (d the smallest half >= max
+// step / 127, as the grid picks it; every d is tried if that fails), then
+// value = (d * sc) * q in float32, as dequantize_row_q6_K computes it. Throws
+// when the steps are not of that form.
+at::Tensor q6kDecode(const at::Tensor &codes, const at::Tensor &scale) {
+  const int64_t out = codes.size(0), in = codes.size(1);
+  if (in % 256 != 0 || scale.size(1) != in / 16)
+    throw Error("not a Q6_K shape");
+  const at::Tensor q = codes.to(at::kInt).contiguous();
+  const at::Tensor s = scale.to(at::kFloat).contiguous();
+  at::Tensor result = at::empty({out, in}, at::kFloat);
+  for (int64_t r = 0; r < out; ++r)
+    for (int64_t b = 0; b < in / 256; ++b) {
+      const float *steps = s.data_ptr<float>() + r * (in / 16) + b * 16;
+      const float peak = *std::max_element(steps, steps + 16);
+      auto fits = [&](double d, std::vector<int> *sc) {
+        sc->clear();
+        for (int j = 0; j < 16; ++j) {
+          const double m = double(steps[j]) / d;
+          if (m != std::floor(m) || m < 1 || m > 127)
+            return false;
+          sc->push_back(int(m));
+        }
+        return true;
+      };
+      // From just below max / 127 (float32 division may round it down) up to max.
+      std::vector<int> sc;
+      float d = 0;
+      for (auto it = std::lower_bound(allHalves().begin(), allHalves().end(),
+                                      double(peak) / 127.0 * (1 - 1e-6));
+           it != allHalves().end() && *it <= double(peak) && d == 0; ++it)
+        if (fits(*it, &sc))
+          d = float(*it);
+      if (d == 0)
+        throw Error("steps of row " + std::to_string(r) + " super-block " + std::to_string(b) +
+                    " are not d sc");
+      for (int64_t e = 0; e < 256; ++e) {
+        const int code = q.data_ptr<int>()[r * in + b * 256 + e];
+        if (code < -32 || code > 31)
+          throw Error("code out of range");
+        const float dl = d * float(sc[size_t(e / 16)]);
+        result.data_ptr<float>()[r * in + b * 256 + e] = dl * float(code);
+      }
+    }
+  return result;
 }
 
 } // namespace
@@ -438,7 +500,8 @@ private slots:
       return false;
     };
     QVERIFY(refused(R"({"weight": {"step_format": "bf16"}})",
-                    "weight.step_format: expected f32, f16 or f16-offset, got \"bf16\""));
+                    "weight.step_format: expected f32, f16, f16-offset or k-superblock, got "
+                    "\"bf16\""));
     QVERIFY(refused(R"({"weight": {"step_format": 16}})", "weight.step_format"));
     QVERIFY(
         refused(R"({"weight": {"symmetric": false, "full_range": true}})", "weight.full_range"));
@@ -541,6 +604,287 @@ private slots:
       }
     QVERIFY(checked >= int64_t(8 * 5 - 1) * 14);
   }
+  // The super-block rounding against a scalar reference: d the smallest half
+  // >= max / 127 (found among every half), sc = ceil(max / d) for the largest
+  // step, sc_j = round(s_j / d) for the others, in 1..127.
+  void superBlockStepsMatchScalarReference() {
+    const GridSpec spec = ggufGrid("gguf-q6_k");
+    QCOMPARE(int(spec.stepFormat), int(StepFormat::KSuperblock));
+    std::mt19937_64 rng(5);
+    std::uniform_real_distribution<double> logUniform(-30.0, 20.0);
+    const int64_t rows = 40, groups = 32;
+    at::Tensor x = at::empty({rows, groups}, at::kFloat);
+    for (int64_t r = 0; r < rows; ++r) {
+      const double base = std::exp2(logUniform(rng));
+      for (int64_t j = 0; j < groups; ++j)
+        x[r][j] = float(base * std::exp2(-double(rng() % 12)) * (1.0 + double(rng() % 1000) / 997));
+    }
+    x[0].fill_(1e-3f);
+    x[0][3] = 1000.0f;                       // one large step among small ones: they become d
+    x[1].fill_(0.25f);                       // all equal
+    x[2].fill_(float(std::ldexp(1.0, -24))); // zero groups' step
+    const at::Tensor y = applyStepFormat(x, spec).contiguous();
+    int64_t mismatches = 0;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t b = 0; b < groups / 16; ++b) {
+        float peak = 0;
+        for (int j = 0; j < 16; ++j)
+          peak = std::max(peak, x[r][b * 16 + j].item<float>());
+        const float target = peak / 127.0f;
+        const double d = *std::lower_bound(allHalves().begin(), allHalves().end(), double(target));
+        for (int j = 0; j < 16; ++j) {
+          const float sj = x[r][b * 16 + j].item<float>();
+          const double sc =
+              std::min(127.0, std::max(1.0, sj == peak ? std::ceil(double(sj / float(d)))
+                                                       : std::nearbyint(double(sj / float(d)))));
+          const double expected = d * sc;
+          if (double(y[r][b * 16 + j].item<float>()) != expected && ++mismatches < 5)
+            qWarning("row %d block %d group %d: %.9g -> %.9g, expected %.9g", int(r), int(b), j,
+                     double(sj), double(y[r][b * 16 + j].item<float>()), expected);
+          // The largest step is never cut (but for float32's rounding of max / 127).
+          if (sj == peak)
+            QVERIFY(double(y[r][b * 16 + j].item<float>()) >= double(sj) * (1 - 1e-7));
+        }
+      }
+    QCOMPARE(mismatches, int64_t(0));
+    QVERIFY(at::equal(applyStepFormat(y, spec), y)); // rounded steps stay put
+    QVERIFY((y[1] == y[1][0]).all().item<bool>() && y[1][0].item<float>() >= 0.25f);
+    QCOMPARE(y[2][0].item<float>(), float(std::ldexp(1.0, -24)));
+    QCOMPARE(y[0][0].item<float>(), y[0][1].item<float>()); // small steps became d (sc = 1)
+    QCOMPARE(y[0][3].item<float>(), 127.0f * y[0][0].item<float>());
+    // Refused: steps that are not [rows, 16 k], zero, infinite, too large.
+    QVERIFY_THROWS_EXCEPTION(Error, applyStepFormat(at::full({2, 20}, 0.5f), spec));
+    QVERIFY_THROWS_EXCEPTION(Error, applyStepFormat(at::full({32}, 0.5f), spec));
+    for (float bad : {0.0f, std::numeric_limits<float>::infinity(), 65504.0f * 128.0f}) {
+      at::Tensor t = at::full({1, 16}, 0.5f);
+      t[0][5] = bad;
+      QVERIFY_THROWS_EXCEPTION(Error, applyStepFormat(t, spec));
+    }
+    QCOMPARE(largestStep(spec), 65504.0 * 127.0);
+    // Straight through while training.
+    const at::Tensor s = (at::rand({3, 16}) * 0.1 + 1e-3).requires_grad_(true);
+    const at::Tensor t = applyStepFormat(s, spec);
+    QVERIFY(at::equal(t.detach(), applyStepFormat(s.detach(), spec)));
+    (t * 2).sum().backward();
+    QVERIFY(at::equal(s.grad(), at::full({3, 16}, 2.0f)));
+  }
+
+  // MinMax and the 1-D search on a k-superblock grid: steps d sc, Ŵ equal to
+  // the Q6_K decode bit for bit; zero groups decode to zero without setting d.
+  void superBlockGridsAreExactQ6K() {
+    for (StepInit init : {StepInit::MinMax, StepInit::ClippingSearch}) {
+      GridSpec spec = ggufGrid("gguf-q6_k");
+      spec.init = init;
+      spec.clipSteps = 20;
+      at::manual_seed(4);
+      at::Tensor w = at::randn({6, 512}) * 0.05;
+      w[1] *= 1e-4;                     // subnormal d
+      w[2] *= 3000.0;                   // large steps
+      w[3].narrow(0, 16, 16).zero_();   // a zero group inside a super-block
+      w[4].zero_();                     // a zero row
+      w[5].narrow(0, 0, 16).mul_(40.0); // one group dominates its super-block
+      const GridParams p = computeGridParams(w, spec);
+      QCOMPARE(p.scale.size(1), int64_t(32));
+      QVERIFY(at::equal(p.scale, applyStepFormat(p.scale, spec)));
+      QVERIFY((p.zeroPoint == 0).all().item<bool>());
+      const at::Tensor codes = quantizeWeight(w, p, spec);
+      QVERIFY(codes.min().item<int>() >= -32 && codes.max().item<int>() <= 31);
+      const at::Tensor fake = fakeQuantizeWeight(w, p, spec);
+      QVERIFY(at::equal(fake, dequantizeWeight(codes, p, spec)));
+      QVERIFY2(at::equal(fake, q6kDecode(codes, p.scale)), stepInitName(init));
+      QVERIFY(fake[4].abs().max().item<float>() == 0.0f);
+      QVERIFY(fake[3].narrow(0, 16, 16).abs().max().item<float>() == 0.0f);
+      // The zero group does not set d (a step of 1 would make d >= 1/127):
+      // its step is d itself, the super-block's smallest.
+      const at::Tensor block = p.scale[3].narrow(0, 0, 16);
+      QVERIFY(block.max().item<float>() < 0.05f);
+      QCOMPARE(p.scale[3][1].item<float>(), block.min().item<float>());
+      QVERIFY((fake - w).abs().max().item<float>() <= w.abs().max().item<float>() * 0.1f);
+    }
+    // Rows that are not whole super-blocks are refused, naming the fallback.
+    try {
+      computeGridParams(at::randn({2, 576}), ggufGrid("gguf-q6_k"));
+      QFAIL("a k-superblock grid took rows of 576");
+    } catch (const Error &e) {
+      QVERIFY2(std::string(e.what()).find("multiple of 256") != std::string::npos, e.what());
+    }
+  }
+
+  void q6kSchemeAndFallback() {
+    const QuantScheme s = presetScheme("gguf-q6_k");
+    QCOMPARE(std::string(ggufBlockTypeFor(s.weight)), std::string("Q6_K"));
+    QVERIFY(s.fallbackWeight.has_value());
+    QCOMPARE(std::string(ggufBlockTypeFor(*s.fallbackWeight)), std::string("Q8_0"));
+    QVERIFY(s.mixesGrids());
+    QCOMPARE(&s.weightFor(1536), &s.weight);
+    QCOMPARE(&s.weightFor(256), &s.weight);
+    QCOMPARE(&s.weightFor(576), &*s.fallbackWeight);
+    const QuantScheme q8 = presetScheme("gguf-q8_0");
+    QCOMPARE(&q8.weightFor(576), &q8.weight);
+    const std::string d = s.describe();
+    QVERIFY2(d.find("Q6_K") != std::string::npos && d.find("Q8_0") != std::string::npos &&
+                 d.find("256") != std::string::npos,
+             d.c_str());
+    // Storage: 210 bytes per 256 weights; the fallback 34 bytes per 32.
+    QCOMPARE(effectiveBitsPerWeight(s.weight, 576, 1536), 6.5625);
+    QCOMPARE(effectiveBitsPerWeight(s.weight, 3, 256), 210.0 * 8 / 256);
+    QCOMPARE(effectiveBitsPerWeight(*s.fallbackWeight, 192, 576), 8.5);
+    // JSON round trip, fallback included; other schemes keep no fallback key.
+    const std::string json = s.toJson();
+    QVERIFY(json.find("\"fallback_weight\"") != std::string::npos);
+    QVERIFY(json.find("\"k-superblock\"") != std::string::npos);
+    const QuantScheme back = QuantScheme::fromJson(json);
+    QCOMPARE(back.toJson(), json);
+    QVERIFY(back.fallbackWeight && back.fallbackWeight->bits == 8);
+    QVERIFY(presetScheme("gguf-q4_0").toJson().find("fallback") == std::string::npos);
+    // Grids that are not Q6_K.
+    GridSpec g = s.weight;
+    g.bits = 4;
+    QVERIFY(ggufBlockTypeFor(g) == nullptr);
+    g = s.weight;
+    g.stepFormat = StepFormat::Fp16;
+    QVERIFY(ggufBlockTypeFor(g) == nullptr);
+    auto refused = [](const std::string &json, const std::string &needle) {
+      try {
+        QuantScheme::fromJson(json);
+      } catch (const Error &e) {
+        if (std::string(e.what()).find(needle) != std::string::npos)
+          return true;
+        qWarning("%s", e.what());
+      }
+      return false;
+    };
+    const std::string q6 = R"("weight": {"bits": 6, "symmetric": true, "granularity": "per-group",
+                                         "group_size": 16, "step_format": "k-superblock"})";
+    QVERIFY(refused(R"({"weight": {"bits": 6, "granularity": "per-group", "group_size": 16,
+                                   "step_format": "k-superblock"}})",
+                    "symmetric per-group grid with group size 16"));
+    QVERIFY(refused(R"({"weight": {"bits": 8, "symmetric": true, "granularity": "per-group",
+                                   "group_size": 16, "step_format": "k-superblock"}})",
+                    "at most 6 bits"));
+    QVERIFY(refused(R"({"weight": {"bits": 4}, "fallback_weight": {"bits": 8}})",
+                    "fallback_weight applies to k-superblock"));
+    QVERIFY(refused("{" + q6 + R"(, "fallback_weight": )" + q6.substr(q6.find('{')) + "}",
+                    "cannot be k-superblock"));
+    QVERIFY(refused("{" + q6 + R"(, "fallback_weight": {"bits": 9}})", "fallback_weight.bits"));
+    // Exports: GGUF takes it (each tensor its own type), also with a method of
+    // its own; a fallback with float32 steps does not; compressed-tensors
+    // holds one grid per model and refuses it.
+    QCOMPARE(ggufExportProblem(json, "gptq"), std::string());
+    QuantScheme f32Fallback = s;
+    f32Fallback.fallbackWeight->stepFormat = StepFormat::Float32;
+    const std::string why = ggufExportProblem(f32Fallback.toJson(), "rtn");
+    QVERIFY2(why.find("fallback") != std::string::npos &&
+                 why.find("gguf-q6_k") != std::string::npos,
+             why.c_str());
+    QVERIFY(ggufExportProblem(json, "lqer").find("low-rank") != std::string::npos);
+    // Q6_K's shape with float32 steps: the preset is named, and why.
+    QuantScheme f32Steps = s;
+    f32Steps.weight.stepFormat = StepFormat::Float32;
+    f32Steps.fallbackWeight.reset();
+    const std::string shape = ggufExportProblem(f32Steps.toJson(), "rtn");
+    QVERIFY2(shape.find("GGUF Q6_K") != std::string::npos &&
+                 shape.find("d*sc") != std::string::npos &&
+                 shape.find("--scheme gguf-q6_k") != std::string::npos,
+             shape.c_str());
+    try {
+      compressedTensorsFormatFor(s, "rtn");
+      QFAIL("compressed-tensors took a mixed scheme");
+    } catch (const Error &e) {
+      QVERIFY2(std::string(e.what()).find("different grids") != std::string::npos, e.what());
+    }
+    // Without a fallback: a scheme of its own, for models whose rows are all whole super-blocks.
+    const QuantScheme plain = QuantScheme::fromJson("{" + q6 + "}");
+    QVERIFY(!plain.mixesGrids());
+    QCOMPARE(&plain.weightFor(576), &plain.weight);
+  }
+
+  // Every method on gguf-q6_k, on a tiny LLaMA whose down_proj reads 256
+  // inputs (Q6_K) and whose other linears read 64 (the Q8_0 fallback): each
+  // reported grid is the linear's own, every Ŵ its block decode bit for bit
+  // (the Q6_K decode above, or Q8_0's), and the packed export holds Ŵ exactly.
+  void everyMethodLandsOnQ6K() {
+    const ModelConfig config = lrq::test::tinyLlamaConfig({256, 64, 256, 16, 128});
+    std::map<std::string, at::Tensor> fp;
+    for (const auto &[name, t] : lrq::test::tinyLlamaTensors(config, 21))
+      fp[name] = t.to(at::kFloat);
+    const ModelWeights original = ModelWeights::fromHfTensors(config, fp);
+    const std::map<std::string, nlohmann::json> quick = {
+        {"gptq", {{"block_size", 64}}},
+        {"flexround", {{"iters", 3}, {"batch_size", 1}, {"lr", 2e-2}}},
+        {"lrq", {{"iters", 3}, {"batch_size", 1}, {"lr", 2e-2}}},
+        {"rtn-learned-step", {{"iters", 3}, {"batch_size", 1}, {"lr", 2e-2}}},
+        {"lrqat", {{"steps", 3}, {"rank", 4}, {"lr", 1e-2}, {"lr_scale", 1e-4}}},
+        {"lqer", {{"rank", 4}}},
+        {"l2qer", {{"rank", 4}, {"batch_size", 2}}}};
+    at::Generator gen = at::detail::createCPUGenerator(7);
+    const CalibrationSet calibration{at::randint(config.vocabSize, {2, 16}, gen, at::kLong),
+                                     "test"};
+    const QuantScheme scheme = presetScheme("gguf-q6_k");
+    int64_t q6k = 0, q8 = 0;
+    for (const std::string &methodName : methodNames()) {
+      std::map<std::string, at::Tensor> copy;
+      for (const auto &[name, t] : fp)
+        copy[name] = t.clone();
+      DecoderModel model(config, ModelWeights::fromHfTensors(config, copy));
+      std::unique_ptr<QuantMethod> method = createMethod(methodName);
+      method->checkScheme(scheme);
+      const auto it = quick.find(methodName);
+      MethodContext ctx{
+          model,
+          scheme,
+          calibration,
+          mergeHyperparameters(*method, it == quick.end() ? nlohmann::json::object() : it->second),
+          5,
+          nullptr,
+          nullptr,
+          ""};
+      ctx.spectra = false;
+      const MethodReport report = method->run(ctx);
+      const QuantScheme used = resolveReferenceGrid(*method, scheme);
+      QCOMPARE(std::string(ggufBlockTypeFor(used.weight)), std::string("Q6_K"));
+      QCOMPARE(std::string(ggufBlockTypeFor(*used.fallbackWeight)), std::string("Q8_0"));
+      QCOMPARE(report.grids.size(), size_t(2 * 7));
+      for (const auto &[prefix, linear] : hfLinearsFromWeights(config, model.weights())) {
+        const std::string cell = methodName + " " + prefix;
+        const auto g = report.grids.find(prefix);
+        QVERIFY2(g != report.grids.end(), cell.c_str());
+        const GridParams &p = g->second;
+        const at::Tensor w = linear->weight.to(at::kFloat);
+        const GridSpec &grid = used.weightFor(w.size(1));
+        QVERIFY2(at::equal(p.scale, applyStepFormat(p.scale, grid)), cell.c_str());
+        QVERIFY((p.zeroPoint == 0).all().item<bool>());
+        const at::Tensor codes = quantizeWeight(w, p, grid);
+        QVERIFY2(at::equal(w, dequantizeWeight(codes, p, grid)), cell.c_str());
+        if (w.size(1) == 256) {
+          QVERIFY2(at::equal(w, q6kDecode(codes, p.scale)), cell.c_str());
+          ++q6k;
+          // A resumed run finds the steps from Ŵ alone: d sc again.
+          if (methodName == "lrq") {
+            const GridParams back = recoverLearnedGrid(fp.at(prefix + ".weight"), w, grid);
+            QVERIFY2(back.scale.defined(), cell.c_str());
+            QVERIFY(at::equal(w, q6kDecode(quantizeWeight(w, back, grid), back.scale)));
+          }
+        } else {
+          QCOMPARE(grid.bits, 8);
+          QVERIFY2(at::equal(w, blockDecode(codes, p, grid, w.size(1))), cell.c_str());
+          ++q8;
+        }
+      }
+      PackStats stats;
+      const PackedModelContents packed = packQuantizedModel(config, model.weights(), original, used,
+                                                            methodName, &report.grids, &stats);
+      QCOMPARE(stats.layers, int64_t(14));
+      QVERIFY2(stats.maxDeviation == 0.0, methodName.c_str());
+      for (const PackedTensor &t : packed.quantized)
+        QCOMPARE(std::make_pair(t.bits, t.groupSize), t.codes.size(1) == 256
+                                                          ? std::make_pair(6, int64_t(16))
+                                                          : std::make_pair(8, int64_t(32)));
+    }
+    QCOMPARE(q6k, int64_t(methodNames().size()) * 2);
+    QCOMPARE(q8, int64_t(methodNames().size()) * 12);
+  }
+
   // A weight too large for the format's steps: refused, naming the layer and the step.
   void unstorableStepNamesTheLayer() {
     const ModelConfig &config = tiny_.config;

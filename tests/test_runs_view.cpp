@@ -25,6 +25,7 @@
 
 #include <unistd.h>
 
+#include "core/quant/scheme.h"
 #include "core/runs/run_store.h"
 #include "test_support.h"
 #include "widgets/run_bits.h"
@@ -386,6 +387,14 @@ private slots:
     const QString rtn = finished("rtn", q40);
     const QString lqer = finished("lqer", q40);
     const QString w4 = finished("rtn", scheme("W4 g32", 4, "per-group", 32, true));
+    // gguf-q6_k as a run records it: Q6_K where rows allow, its Q8_0 fallback elsewhere.
+    const QString q6k =
+        finished("gptq", QString::fromStdString(lrq::quant::presetScheme("gguf-q6_k").toJson()));
+    std::string q6kFallbackF32 = lrq::quant::presetScheme("gguf-q6_k").toJson();
+    q6kFallbackF32.replace(q6kFallbackF32.rfind("\"step_format\":\"f16\""),
+                           std::string("\"step_format\":\"f16\"").size(),
+                           "\"step_format\":\"f32\"");
+    const QString q6kBadFallback = finished("rtn", QString::fromStdString(q6kFallbackF32));
 
     RunsView view;
     view.setStorePath(path);
@@ -403,6 +412,14 @@ private slots:
     view.selectRun(w4);
     QVERIFY(!view.exportGgufButton()->isEnabled());
     QVERIFY2(view.exportGgufButton()->toolTip().contains("gguf-q4_0"),
+             qPrintable(view.exportGgufButton()->toolTip()));
+    view.selectRun(q6k);
+    QVERIFY(view.exportGgufButton()->isEnabled());
+    // A fallback grid with float32 steps has no block type: the whole run is refused.
+    view.selectRun(q6kBadFallback);
+    QVERIFY(!view.exportGgufButton()->isEnabled());
+    QVERIFY2(view.exportGgufButton()->toolTip().contains("fallback") &&
+                 view.exportGgufButton()->toolTip().contains("gguf-q6_k"),
              qPrintable(view.exportGgufButton()->toolTip()));
   }
 

@@ -350,12 +350,14 @@ QWidget *QuantizeView::buildSchemeBox() {
                        "W4A8: clip-search-2d; LR-QAT: symmetric clip-search, p = 4; otherwise "
                        "minmax)"));
   stepFormat_ = new QComboBox(box);
-  for (auto f :
-       {quant::StepFormat::Float32, quant::StepFormat::Fp16, quant::StepFormat::Fp16Offset})
+  for (auto f : {quant::StepFormat::Float32, quant::StepFormat::Fp16, quant::StepFormat::Fp16Offset,
+                 quant::StepFormat::KSuperblock})
     stepFormat_->addItem(QString::fromLatin1(quant::stepFormatName(f)), int(f));
   stepFormat_->setToolTip(tr("How each step is stored: f32; f16 (llama.cpp Q8_0 / Q5_0 / Q4_0 "
                              "blocks); f16-offset, an f16 step whose multiples by every zero "
-                             "point are f16 too (Q5_1 / Q4_1 blocks, asymmetric grids)"));
+                             "point are f16 too (Q5_1 / Q4_1 blocks, asymmetric grids); "
+                             "k-superblock, d x sc with one f16 d per 256 inputs and an integer "
+                             "sc per group of 16 (Q6_K; rows of other lengths take Q8_0's grid)"));
   actMode_ = new QComboBox(box);
   for (auto m : {quant::ActivationMode::None, quant::ActivationMode::PerTokenDynamic,
                  quant::ActivationMode::PerTensorStatic})
@@ -411,6 +413,7 @@ QWidget *QuantizeView::buildSchemeBox() {
 
 void QuantizeView::setSchemeEditor(const quant::QuantScheme &s) {
   fillingScheme_ = true;
+  fallbackWeight_ = s.fallbackWeight;
   bits_->setValue(s.weight.bits);
   granularity_->setCurrentIndex(granularity_->findData(int(s.weight.granularity)));
   groupSize_->setValue(int(s.weight.groupSize > 0 ? s.weight.groupSize : 128));
@@ -476,6 +479,9 @@ quant::QuantScheme QuantizeView::editedScheme() const {
   s.weight.fullRange = s.weight.symmetric && fullRange_->isChecked();
   s.weight.init = quant::StepInit(init_->currentData().toInt());
   s.weight.stepFormat = quant::StepFormat(stepFormat_->currentData().toInt());
+  if (s.weight.stepFormat == quant::StepFormat::KSuperblock)
+    s.fallbackWeight =
+        fallbackWeight_ ? *fallbackWeight_ : *quant::presetScheme("gguf-q6_k").fallbackWeight;
   s.activation.mode = quant::ActivationMode(actMode_->currentData().toInt());
   s.activation.bits = actBits_->value();
   s.kv8 = kv8_->isChecked();
@@ -794,8 +800,8 @@ void QuantizeView::updateLive() {
         if (!scheme.layers.selectsLinear(l.role))
           continue;
         const double n = double(l.outFeatures) * double(l.inFeatures);
-        bits += quant::effectiveBitsPerWeight(scheme.weight, l.outFeatures, l.inFeatures, rank,
-                                              int(factorBits)) *
+        bits += quant::effectiveBitsPerWeight(scheme.weightFor(l.inFeatures), l.outFeatures,
+                                              l.inFeatures, rank, int(factorBits)) *
                 n;
         weights += n;
       }

@@ -5,6 +5,8 @@
 // request's option table), then Start, Cancel or Resume; the live monitor
 // shows the run. Bad input never starts a run: problems are listed and the
 // fields they concern are marked; the form keeps its values.
+#include <optional>
+
 #include <QHash>
 #include <QString>
 #include <QWidget>
@@ -101,6 +103,10 @@ private:
   QLineEdit *blocks_ = nullptr, *linears_ = nullptr;
   QLabel *schemeInfo_ = nullptr;
   bool fillingScheme_ = false;
+  // The fallback grid of the scheme last put in the editor (gguf-q6_k's
+  // Q8_0 grid), which the form has no fields for: kept while the weight grid
+  // stays k-superblock.
+  std::optional<quant::GridSpec> fallbackWeight_;
 
   QHash<QString, QWidget *> fields_; // option key or "hyperparameters.NAME" -> editor
   QLabel *problems_ = nullptr;

@@ -1,5 +1,7 @@
 #include "widgets/run_bits.h"
 
+#include "core/common/error.h"
+#include "core/quant/scheme.h"
 #include "core/quant/storage_bits.h"
 
 #include <QDir>
@@ -301,10 +303,21 @@ std::optional<double> estimateBitsPerWeight(const QString &method, const QString
   const bool factors = method == QLatin1String("lqer") || method == QLatin1String("l2qer");
   const qint64 rank = factors ? jsonInt(hyper, "rank") : 0;
   const qint64 factorBitsHyper = jsonInt(hyper, "factor_bits");
+  // A scheme the engine reads gives each matrix its own grid (step formats,
+  // gguf-q6_k's fallback for rows that are not whole super-blocks).
+  std::optional<lrq::quant::QuantScheme> parsed;
+  try {
+    parsed = lrq::quant::QuantScheme::fromJson(schemeJson.toStdString());
+  } catch (const lrq::Error &) {
+  }
+  const bool superBlocks =
+      parsed && parsed->weight.stepFormat == lrq::quant::StepFormat::KSuperblock;
 
   if (!shape) {
-    if (rank > 0)
-      return std::nullopt;
+    if (rank > 0 || (parsed && parsed->mixesGrids()))
+      return std::nullopt; // depends on the shapes
+    if (superBlocks)
+      return lrq::quant::effectiveBitsPerWeight(parsed->weight, 1, lrq::quant::kSuperBlockColumns);
     if (perGroup)
       return double(bits) + stepBits / double(group);
     if (perChannel)
@@ -360,8 +373,9 @@ std::optional<double> estimateBitsPerWeight(const QString &method, const QString
     const double n = double(m.out) * double(m.in);
     const qint64 r = m.lowRank && rank > 0 ? std::min(rank, std::min(m.in, m.out)) : 0;
     weights += n;
-    totalBits += n * lrq::quant::effectiveBitsPerWeight(
-                         grid, m.out, m.in, r, factorBitsHyper > 0 ? int(factorBitsHyper) : 0);
+    totalBits +=
+        n * lrq::quant::effectiveBitsPerWeight(parsed ? parsed->weightFor(m.in) : grid, m.out, m.in,
+                                               r, factorBitsHyper > 0 ? int(factorBitsHyper) : 0);
   }
   return totalBits / weights;
 }

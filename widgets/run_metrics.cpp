@@ -7,6 +7,8 @@
 
 #include <algorithm>
 
+#include "core/common/error.h"
+#include "core/quant/scheme.h"
 #include "core/quant/storage_bits.h"
 
 namespace lrq::ui {
@@ -68,20 +70,29 @@ BitsPerWeight estimateBitsPerWeight(const QString &method, const QString &scheme
   const qint64 rank = hyper.value(QStringLiteral("rank")).toInteger(0);
   const int factorBits = hyper.value(QStringLiteral("factor_bits")).toInt(0);
   // The engine's storage formula (core/quant/storage_bits.h), per linear.
-  lrq::quant::GridSpec grid;
-  grid.bits = bits;
-  grid.symmetric = symmetric;
-  grid.granularity = granularity == QLatin1String("per-group") ? lrq::quant::Granularity::PerGroup
-                     : granularity == QLatin1String("per-channel")
-                         ? lrq::quant::Granularity::PerChannel
-                         : lrq::quant::Granularity::PerTensor;
-  grid.groupSize = groupSize;
-  double weights = 0, scaleBits = 0, factorBitsTotal = 0;
+  lrq::quant::GridSpec fallbackGrid;
+  fallbackGrid.bits = bits;
+  fallbackGrid.symmetric = symmetric;
+  fallbackGrid.granularity =
+      granularity == QLatin1String("per-group")     ? lrq::quant::Granularity::PerGroup
+      : granularity == QLatin1String("per-channel") ? lrq::quant::Granularity::PerChannel
+                                                    : lrq::quant::Granularity::PerTensor;
+  fallbackGrid.groupSize = groupSize;
+  // A scheme the engine reads gives each linear its own grid (step formats,
+  // gguf-q6_k's fallback for rows that are not whole super-blocks).
+  std::optional<lrq::quant::QuantScheme> parsed;
+  try {
+    parsed = lrq::quant::QuantScheme::fromJson(schemeJson.toStdString());
+  } catch (const lrq::Error &) {
+  }
+  double weights = 0, codeBits = 0, scaleBits = 0, factorBitsTotal = 0;
   for (const LinearShape &s : used) {
+    const lrq::quant::GridSpec &grid = parsed ? parsed->weightFor(s.inFeatures) : fallbackGrid;
     const double mn = double(s.outFeatures) * double(s.inFeatures);
     weights += mn;
     const double plain = lrq::quant::effectiveBitsPerWeight(grid, s.outFeatures, s.inFeatures);
-    scaleBits += (plain - bits) * mn;
+    codeBits += double(grid.bits) * mn;
+    scaleBits += (plain - grid.bits) * mn;
     if (keepsFactors && rank > 0) {
       const qint64 r = std::min({rank, s.outFeatures, s.inFeatures});
       factorBitsTotal +=
@@ -91,7 +102,7 @@ BitsPerWeight estimateBitsPerWeight(const QString &method, const QString &scheme
     }
   }
   out.valid = true;
-  out.weightBits = bits;
+  out.weightBits = codeBits / weights;
   out.scaleBits = scaleBits / weights;
   out.lowRankBits = factorBitsTotal / weights;
   return out;

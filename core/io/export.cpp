@@ -846,12 +846,14 @@ PackedModel loadPackedModel(const std::string &path, ProgressObserver *observer,
     throw FileError(path, "packed format version " + std::to_string(pm.formatVersion) +
                               " is not supported (this program reads 1.." +
                               std::to_string(kPackedFormatVersion) + ")");
-  // The scheme says whether the grids are symmetric; the layers must agree.
+  // The scheme says whether the grids are symmetric; the layers must agree
+  // (unless a fallback grid may give some of them another one).
   std::optional<bool> schemeSymmetric;
   {
     const json scheme = json::parse(metaValue("scheme"), nullptr, false);
-    if (scheme.is_object() && scheme.contains("weight") && scheme["weight"].is_object() &&
-        scheme["weight"].contains("symmetric") && scheme["weight"]["symmetric"].is_boolean())
+    if (scheme.is_object() && !scheme.contains("fallback_weight") && scheme.contains("weight") &&
+        scheme["weight"].is_object() && scheme["weight"].contains("symmetric") &&
+        scheme["weight"]["symmetric"].is_boolean())
       schemeSymmetric = scheme["weight"]["symmetric"].get<bool>();
   }
   pm.schemeJson = metaValue("scheme");

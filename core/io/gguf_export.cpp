@@ -24,19 +24,27 @@ namespace lrq {
 namespace {
 
 constexpr int64_t kBlock = 32; // values per block of the legacy types
+// Q6_K: super-blocks of 256 values, 16 sub-blocks of 16 with an int8 scale each.
+constexpr int64_t kSuperBlock = 256;
+constexpr int64_t kSubBlock = 16;
+constexpr int kMaxSubScale = 127;
 
 struct BlockFormat {
   GgmlType type;
   int bits;
   bool symmetric;
+  int64_t groupSize; // values per step
   uint32_t fileType; // LLAMA_FTYPE_MOSTLY_*
   const char *scheme;
 };
 
 const BlockFormat kFormats[] = {
-    {GgmlType::Q8_0, 8, true, 7, "gguf-q8_0"},  {GgmlType::Q4_0, 4, true, 2, "gguf-q4_0"},
-    {GgmlType::Q5_0, 5, true, 8, "gguf-q5_0"},  {GgmlType::Q4_1, 4, false, 3, "gguf-q4_1"},
-    {GgmlType::Q5_1, 5, false, 9, "gguf-q5_1"},
+    {GgmlType::Q8_0, 8, true, kBlock, 7, "gguf-q8_0"},
+    {GgmlType::Q4_0, 4, true, kBlock, 2, "gguf-q4_0"},
+    {GgmlType::Q5_0, 5, true, kBlock, 8, "gguf-q5_0"},
+    {GgmlType::Q4_1, 4, false, kBlock, 3, "gguf-q4_1"},
+    {GgmlType::Q5_1, 5, false, kBlock, 9, "gguf-q5_1"},
+    {GgmlType::Q6_K, 6, true, kSubBlock, 18, "gguf-q6_k"},
 };
 
 const BlockFormat *formatOf(GgmlType type) {
@@ -58,7 +66,7 @@ std::string suggestedSchemes(int bits, bool symmetric) {
   for (const BlockFormat &f : kFormats)
     if (f.bits == bits && f.symmetric == symmetric)
       return std::string("--scheme ") + f.scheme;
-  return "one of --scheme gguf-q8_0, gguf-q4_0, gguf-q5_0, gguf-q4_1, gguf-q5_1";
+  return "one of --scheme gguf-q8_0, gguf-q4_0, gguf-q5_0, gguf-q4_1, gguf-q5_1, gguf-q6_k";
 }
 
 uint16_t halfBits(float x, bool *exact) {
@@ -199,13 +207,11 @@ double secondsSince(std::chrono::steady_clock::time_point t0) {
 } // namespace
 
 bool ggufBlockTypeForGrid(int bits, int64_t qmin, int64_t groupSize, GgmlType *type) {
-  if (groupSize != kBlock)
-    return false;
   const bool symmetric = qmin == -(int64_t(1) << (bits - 1));
   if (!symmetric && qmin != 0)
     return false;
   for (const BlockFormat &f : kFormats)
-    if (f.bits == bits && f.symmetric == symmetric) {
+    if (f.bits == bits && f.symmetric == symmetric && f.groupSize == groupSize) {
       *type = f.type;
       return true;
     }
@@ -224,6 +230,95 @@ uint32_t ggufFileTypeFor(GgmlType type) {
   return f ? f->fileType : 0;
 }
 
+namespace {
+
+// Q6_K blocks of a 6-bit symmetric tensor in groups of 16 (checked by the
+// caller): per 256-value super-block, the half d and the integers sc_j in
+// 1..127 with d sc_j == s_j exactly (the k-superblock grid made them so;
+// d = s_max / k for the first k = 127..1 that fits, which is the grid's own d
+// when its largest step has sc = 127), the codes u = q + 32 split into their
+// low 4 bits (ql) and high 2 bits (qh) in llama.cpp's interleaved order:
+// value n*128 + k*32 + l (n < 2, k < 4, l < 32) has its low bits in
+// ql[n*64 + (k & 1)*32 + l] (low nibble for k < 2, high for k >= 2) and its
+// high bits in qh[n*32 + l] at bit 2k; sc_j of values 16j..16j+15 at byte
+// 192 + j; d at byte 208.
+std::vector<uint8_t> encodeQ6KBlocks(const PackedTensor &t, const std::string &what) {
+  const int64_t out = t.codes.size(0), in = t.codes.size(1);
+  const int64_t superBlocks = in / kSuperBlock, groups = in / kSubBlock;
+  const GgmlTypeTraits *traits = ggmlTypeTraits(static_cast<uint32_t>(GgmlType::Q6_K));
+  const at::Tensor codes = t.codes.to(at::kCPU, at::kInt).contiguous();
+  const at::Tensor scales = t.scales.to(at::kCPU, at::kFloat).contiguous();
+  const at::Tensor zeros = t.zeroPoints.to(at::kCPU, at::kFloat).contiguous();
+  if (!(zeros == 0).all().item<bool>())
+    throw Error(what + ": a symmetric grid with a zero point other than 0 cannot be stored as "
+                       "GGUF Q6_K");
+  const int32_t *q = codes.data_ptr<int32_t>();
+  const float *s = scales.data_ptr<float>();
+  std::vector<uint8_t> blocks(size_t(out * superBlocks * traits->typeSize), 0);
+  for (int64_t r = 0; r < out; ++r) {
+    for (int64_t sb = 0; sb < superBlocks; ++sb) {
+      uint8_t *b = blocks.data() + (r * superBlocks + sb) * traits->typeSize;
+      const float *steps = s + r * groups + sb * (kSuperBlock / kSubBlock);
+      const std::string where =
+          what + " (row " + std::to_string(r) + ", super-block " + std::to_string(sb) + ")";
+      float peak = 0.0f;
+      for (int64_t j = 0; j < kSuperBlock / kSubBlock; ++j)
+        peak = std::max(peak, steps[j]);
+      uint16_t dBits = 0;
+      int8_t sc[kSuperBlock / kSubBlock] = {};
+      bool found = false;
+      for (int k = kMaxSubScale; k >= 1 && !found; --k) {
+        const float d = peak / float(k);
+        bool exact = false;
+        dBits = halfBits(d, &exact);
+        if (!exact || !(d > 0.0f))
+          continue;
+        found = true;
+        for (int64_t j = 0; j < kSuperBlock / kSubBlock && found; ++j) {
+          const float m = std::nearbyint(steps[j] / d);
+          found = m >= 1.0f && m <= float(kMaxSubScale) && d * m == steps[j];
+          sc[j] = static_cast<int8_t>(m);
+        }
+      }
+      if (!found)
+        throw Error(where + ": the steps are not d*sc for one half-precision d and integers sc "
+                            "in 1..127, as GGUF Q6_K stores them; quantize with --scheme "
+                            "gguf-q6_k (steps made so)");
+      uint8_t *ql = b, *qh = b + 128;
+      std::memcpy(b + 192, sc, sizeof sc);
+      put16(b + 208, dBits);
+      const int32_t *row = q + r * in + sb * kSuperBlock;
+      for (int64_t e = 0; e < kSuperBlock; ++e) {
+        const int64_t u = int64_t(row[e]) + 32;
+        if (u < 0 || u > 63)
+          throw Error(where + ": code " + std::to_string(row[e]) + " is outside [-32, 31]");
+        const int64_t n = e / 128, k = (e % 128) / 32, l = e % 32;
+        ql[n * 64 + (k & 1) * 32 + l] |= uint8_t((u & 0x0F) << (k < 2 ? 0 : 4));
+        qh[n * 32 + l] |= uint8_t(((u >> 4) & 3) << (2 * k));
+      }
+    }
+  }
+  return blocks;
+}
+
+// The blocks must decode to the grid's values s (q - z), as evaluated.
+void checkBlocksDecode(const PackedTensor &t, GgmlType type, const std::vector<uint8_t> &blocks,
+                       const std::string &what) {
+  const int64_t out = t.codes.size(0), in = t.codes.size(1);
+  const at::Tensor expected =
+      dequantizeCodes(t.codes, t.scales, t.zeroPoints, t.groupSize).to(at::kFloat).contiguous();
+  std::vector<float> decoded(size_t(out * in));
+  dequantizeGgml(type, blocks.data(), decoded.data(), out * in);
+  const float *e = expected.data_ptr<float>();
+  for (int64_t i = 0; i < out * in; ++i)
+    if (!(decoded[size_t(i)] == e[i]))
+      throw Error(what + ": the " + ggmlTypeName(type) + " blocks decode element " +
+                  std::to_string(i) + " to " + std::to_string(decoded[size_t(i)]) +
+                  " instead of s (q - z) = " + std::to_string(e[i]));
+}
+
+} // namespace
+
 std::vector<uint8_t> encodeGgufBlocks(const PackedTensor &t, GgmlType type) {
   const BlockFormat *format = formatOf(type);
   if (!format)
@@ -233,19 +328,26 @@ std::vector<uint8_t> encodeGgufBlocks(const PackedTensor &t, GgmlType type) {
     throw Error(what + ": codes are not [out, in] or steps / zero points not [rows, groups]");
   const int64_t out = t.codes.size(0), in = t.codes.size(1);
   const bool symmetric = t.qmin != 0;
+  const int64_t blockValues = ggmlTypeTraits(static_cast<uint32_t>(type))->blockSize;
   GgmlType own{};
   const bool gridFits = ggufBlockTypeForGrid(t.bits, t.qmin, t.groupSize, &own) && own == type &&
-                        t.scales.size(0) == out && in % kBlock == 0 &&
-                        t.scales.size(1) == in / kBlock;
+                        t.scales.size(0) == out && in % blockValues == 0 &&
+                        t.scales.size(1) == in / format->groupSize;
   if (!gridFits)
     throw Error(what + ": " + std::to_string(t.bits) + "-bit " + granularityText(t) + " " +
                 (symmetric ? "symmetric" : "asymmetric") + " weights cannot be stored as GGUF " +
                 ggmlTypeName(type) + "; quantize with " + suggestedSchemes(t.bits, symmetric) +
-                (in % kBlock != 0 ? " (rows of " + std::to_string(in) +
-                                        " values are not a whole number of 32-value blocks)"
-                                  : ""));
+                (in % blockValues != 0
+                     ? " (rows of " + std::to_string(in) + " values are not a whole number of " +
+                           std::to_string(blockValues) + "-value blocks)"
+                     : ""));
   if (t.lowRankA.defined() || t.lowRankB.defined())
     throw Error(what + ": carries low-rank correction factors (LQER), which GGUF cannot store");
+  if (type == GgmlType::Q6_K) {
+    std::vector<uint8_t> blocks = encodeQ6KBlocks(t, what);
+    checkBlocksDecode(t, type, blocks, what);
+    return blocks;
+  }
 
   const GgmlTypeTraits *traits = ggmlTypeTraits(static_cast<uint32_t>(type));
   const at::Tensor codes = t.codes.to(at::kCPU, at::kInt).contiguous();
@@ -327,17 +429,7 @@ std::vector<uint8_t> encodeGgufBlocks(const PackedTensor &t, GgmlType type) {
     }
   }
 
-  // The blocks must decode to the grid's values s (q - z), as evaluated.
-  const at::Tensor expected =
-      dequantizeCodes(t.codes, t.scales, t.zeroPoints, t.groupSize).to(at::kFloat).contiguous();
-  std::vector<float> decoded(size_t(out * in));
-  dequantizeGgml(type, blocks.data(), decoded.data(), out * in);
-  const float *e = expected.data_ptr<float>();
-  for (int64_t i = 0; i < out * in; ++i)
-    if (!(decoded[size_t(i)] == e[i]))
-      throw Error(what + ": the " + ggmlTypeName(type) + " blocks decode element " +
-                  std::to_string(i) + " to " + std::to_string(decoded[size_t(i)]) +
-                  " instead of s (q - z) = " + std::to_string(e[i]));
+  checkBlocksDecode(t, type, blocks, what);
   return blocks;
 }
 
@@ -472,12 +564,13 @@ ExportResult exportGguf(const std::string &path, const PackedModelContents &c,
     GgmlType type{};
     const bool symmetric = t.qmin != 0;
     if (t.codes.dim() != 2 || !ggufBlockTypeForGrid(t.bits, t.qmin, t.groupSize, &type) ||
-        t.codes.size(1) % kBlock != 0)
+        t.codes.size(1) % ggmlTypeTraits(static_cast<uint32_t>(type))->blockSize != 0)
       throw Error("GGUF export: tensor " + t.name + ": " + std::to_string(t.bits) + "-bit " +
                   (t.scales.dim() == 2 ? granularityText(t) : std::string("?")) + " " +
                   (symmetric ? "symmetric" : "asymmetric") +
                   " weights cannot be stored as a GGUF block type (Q8_0, Q4_0, Q5_0, Q4_1, "
-                  "Q5_1: 32-value groups); quantize with " +
+                  "Q5_1: 32-value groups; Q6_K: 6-bit groups of 16 in rows of a multiple of "
+                  "256); quantize with " +
                   suggestedSchemes(t.bits, symmetric));
     ++quantizedTypes[type];
     const int64_t heads = rowsHeads(name);
@@ -523,7 +616,9 @@ ExportResult exportGguf(const std::string &path, const PackedModelContents &c,
     return tensorOrder(a.spec.name) < tensorOrder(b.spec.name);
   });
 
-  // The file type: the block type most tensors use.
+  // The file type: the block type most tensors use; Q6_K whenever a tensor
+  // is Q6_K, as llama-quantize labels a Q6_K file whose rows that are not
+  // whole super-blocks fell back to Q8_0.
   GgmlType main = GgmlType::F32;
   int64_t most = 0;
   for (const auto &[type, count] : quantizedTypes)
@@ -531,6 +626,8 @@ ExportResult exportGguf(const std::string &path, const PackedModelContents &c,
       main = type;
       most = count;
     }
+  if (quantizedTypes.count(GgmlType::Q6_K))
+    main = GgmlType::Q6_K;
   auto set = [&meta](const std::string &key, GgufValue value) {
     for (auto &entry : meta)
       if (entry.first == key) {

@@ -1,7 +1,7 @@
 #pragma once
 // A quantized model as a GGUF file that llama.cpp loads (docs/EXPORT_FORMAT.md,
 // "GGUF"): each quantized linear's codes, steps and zero points in one of
-// llama.cpp's 32-value block types (Q8_0, Q4_0, Q5_0, Q4_1, Q5_1), exactly, never
+// llama.cpp's block types (Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, Q6_K), exactly, never
 // re-rounded; everything else F32 (or F16 by pattern); LLaMA-family tensor
 // names and llama.cpp's q/k row order; metadata carried from a GGUF source or
 // built from the HF configuration and tokenizer.
@@ -25,12 +25,13 @@ namespace lrq {
 // The block type that holds a grid of `bits` bits whose codes start at qmin
 // (0: asymmetric, -2^(bits-1): symmetric) in groups of groupSize columns:
 // Q8_0 (8 symmetric), Q4_0 / Q5_0 (4 / 5 symmetric), Q4_1 / Q5_1 (4 / 5
-// asymmetric), all with groups of 32. False for every other grid.
+// asymmetric), all with groups of 32; Q6_K (6 symmetric, groups of 16). False
+// for every other grid.
 bool ggufBlockTypeForGrid(int bits, int64_t qmin, int64_t groupSize, GgmlType *type);
 // The scheme preset that quantizes onto that block type ("gguf-q4_0").
 std::string ggufSchemeFor(GgmlType type);
 // llama.cpp's LLAMA_FTYPE number for a model mostly in `type` (Q4_0: 2, Q4_1: 3,
-// Q8_0: 7, Q5_0: 8, Q5_1: 9, F32: 0, F16: 1).
+// Q8_0: 7, Q5_0: 8, Q5_1: 9, Q6_K: 18, F32: 0, F16: 1).
 uint32_t ggufFileTypeFor(GgmlType type);
 
 // The blocks of one quantized tensor, as llama.cpp lays them out: row by row,
@@ -38,8 +39,10 @@ uint32_t ggufFileTypeFor(GgmlType type);
 // IEEE half, codes u = q - qmin packed (low nibbles: values 0..15 of the block,
 // high nibbles: 16..31; Q5's fifth bits in a 32-bit word). Every d and m must
 // be exactly a half (the grid was made for it), else lrq::Error names the
-// tensor and the scheme to quantize with. The blocks are checked by decoding
-// them with dequantizeGgml: they must give s (q - z) back exactly.
+// tensor and the scheme to quantize with. Q6_K: one 210-byte block per 256
+// columns, each 16-column step s_j = d sc_j stored as a half d and int8 sc_j
+// (llama.cpp's ql / qh / scales / d layout; see encodeQ6KBlocks). The blocks are checked by
+// decoding them with dequantizeGgml: they must give s (q - z) back exactly.
 std::vector<uint8_t> encodeGgufBlocks(const PackedTensor &tensor, GgmlType type);
 
 // llama.cpp's order of the rows of q_proj / k_proj (and their biases), from HF

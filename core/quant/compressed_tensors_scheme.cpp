@@ -20,6 +20,14 @@ CompressedTensorsFormat compressedTensorsFormatFor(const QuantScheme &scheme,
         what + method +
         " adds low-rank corrections (x A) B to each linear, which the format cannot "
         "hold; use the packed export (--packed) or the HF export (--out), which folds them");
+  if (scheme.mixesGrids())
+    throw Error(what + scheme.name +
+                " gives linears different grids (a fallback grid for rows that are not whole "
+                "256-input super-blocks), which the format's single config group cannot hold; "
+                "export GGUF (--gguf) or the packed file (--packed)");
+  if (scheme.weight.stepFormat == StepFormat::KSuperblock)
+    throw Error(what + "k-superblock steps (d sc, GGUF Q6_K) have no compressed-tensors form; "
+                       "export GGUF (--gguf) or the packed file (--packed)");
   if (scheme.kv8)
     throw Error(what + "KV8 (int8 per-token keys and values) has no compressed-tensors form "
                        "that vLLM runs; use a scheme without KV8");

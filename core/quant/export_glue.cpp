@@ -52,7 +52,6 @@ PackedModelContents packQuantizedModel(const ModelConfig &config, const ModelWei
                                        PackStats *stats,
                                        const std::map<std::string, at::ScalarType> *valueDtypes) {
   scheme.validate();
-  const GridSpec &spec = scheme.weight;
   PackedModelContents c;
   c.config = config;
   c.schemeJson = scheme.toJson();
@@ -63,6 +62,9 @@ PackedModelContents packQuantizedModel(const ModelConfig &config, const ModelWei
                   const Linear *linear) {
     c10::InferenceMode guard;
     const at::Tensor w = what.to(at::kCPU, at::kFloat);
+    if (w.dim() != 2)
+      throw Error("pack " + prefix + ": expected a 2-D weight");
+    const GridSpec &spec = scheme.weightFor(w.size(1)); // the grid the method used for it
     GridParams p;
     const bool reported = params && params->count(prefix);
     if (reported) {

@@ -23,12 +23,13 @@ struct PackStats {
 // asks). Each Ŵ = quantized's weight is put on its grid: params[prefix]
 // ("model.layers.0.self_attn.q_proj", "model.embed_tokens", "lm_head"; see
 // gridKey in method.h), the grid the method reports Ŵ lies on, or else
-// computeGridParams(original, scheme.weight) as RTN uses. The grid must have
-// the [rows, groups] shape of scheme.weight, non-zero finite steps and integer
-// zero points within [qmin, qmax]. The codes are quantizeWeight(Ŵ, grid),
-// within [qmin, qmax]; they must dequantize back to Ŵ within 1e-6 of each
-// element's step, else lrq::Error names the layer: its Ŵ is not on that grid,
-// and no file is written from it. Low-rank factors are carried along.
+// computeGridParams(original, scheme.weightFor(in)) as RTN uses. The grid
+// must have the [rows, groups] shape of scheme.weightFor(in) (each tensor's
+// own grid), non-zero finite steps and integer zero points within [qmin,
+// qmax]. The codes are quantizeWeight(Ŵ, grid), within [qmin, qmax]; they
+// must dequantize back to Ŵ within 1e-6 of each element's step, else
+// lrq::Error names the layer: its Ŵ is not on that grid, and no file is
+// written from it. Low-rank factors are carried along.
 // valueDtypes (by HF weight name, "...q_proj.weight"): a Ŵ that was rounded
 // to kHalf / kBFloat16 (a model stored in that type) is compared with its
 // codes' s (q - z) rounded the same way, and the packed layer records the type

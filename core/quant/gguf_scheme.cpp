@@ -10,6 +10,8 @@ namespace {
 std::string nearestBlockType(int bits, bool symmetric) {
   if (bits >= 8)
     return "Q8_0";
+  if (bits == 6 && symmetric)
+    return "Q6_K";
   return std::string(bits >= 5 ? "Q5" : "Q4") + (symmetric ? "_0" : "_1");
 }
 
@@ -27,16 +29,29 @@ std::string ggufExportProblem(const std::string &schemeJson, const std::string &
                     "cannot store; export the HF folder (--out) or the packed file (--packed)";
   const QuantScheme scheme = QuantScheme::fromJson(schemeJson);
   const GridSpec &w = scheme.weight;
-  if (ggufBlockTypeFor(w))
-    return "";
+  if (ggufBlockTypeFor(w)) {
+    // Each tensor takes its own block type: the fallback grid needs one too.
+    if (!scheme.fallbackWeight || ggufBlockTypeFor(*scheme.fallbackWeight))
+      return "";
+    return "the fallback grid " + scheme.fallbackWeight->describe() +
+           " (rows that are not whole 256-input super-blocks) cannot be stored as a GGUF block "
+           "type; quantize with --scheme gguf-q6_k (its fallback is gguf-q8_0's grid)";
+  }
+  if (w.stepFormat == StepFormat::KSuperblock)
+    return w.describe() + " weights cannot be stored as GGUF Q6_K (6-bit codes only); quantize "
+                          "with --scheme gguf-q6_k";
   const std::string type = nearestBlockType(w.bits, w.symmetric);
   const bool blockShaped = w.granularity == Granularity::PerGroup && w.groupSize == 32 &&
                            (w.bits == 4 || w.bits == 5 || (w.bits == 8 && w.symmetric));
+  const bool q6kShaped =
+      w.granularity == Granularity::PerGroup && w.groupSize == 16 && w.bits == 6 && w.symmetric;
   // The right shape with steps of the wrong format: say what the block stores.
-  const std::string why = blockShaped
-                              ? std::string(" (its steps are stored as half-precision numbers") +
-                                    (w.symmetric ? "" : ", and so is -s*z") + ")"
-                              : "";
+  const std::string why =
+      blockShaped ? std::string(" (its steps are stored as half-precision numbers") +
+                        (w.symmetric ? "" : ", and so is -s*z") + ")"
+      : q6kShaped ? std::string(" (its steps are stored as d*sc: one half-precision d per 256 "
+                                "inputs, an integer sc per group)")
+                  : "";
   return w.describe() + " weights cannot be stored as GGUF " + type + why +
          "; quantize with --scheme gguf-" + lower(type);
 }

@@ -1,7 +1,8 @@
 #pragma once
 // Whether a run's result can be written as a GGUF file (core/io/gguf_export.h),
-// known before any work: its weight grid must be one of llama.cpp's 32-value
-// block types and its method must not add low-rank factors. Light header.
+// known before any work: its weight grid (and fallback grid, if any) must be
+// one of llama.cpp's block types (Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, Q6_K) and its
+// method must not add low-rank factors. Light header.
 #include <string>
 
 namespace lrq::quant {

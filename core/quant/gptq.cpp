@@ -57,6 +57,9 @@ GptqLayerResult gptqQuantizeLayer(const at::Tensor &weight, const at::Tensor &h,
   at::Tensor W = weight.detach().to(at::kDouble).clone();
   at::Tensor H = h.detach().to(weight.device(), at::kDouble).clone();
   const bool perGroup = spec.granularity == Granularity::PerGroup;
+  // k-superblock (GGUF Q6_K): checkWeightForGrid made cols a multiple of 256.
+  const bool superBlocks = spec.stepFormat == StepFormat::KSuperblock;
+  at::Tensor superScale;      // [rows, 16] double: steps of the current super-block
   GridSpec columnSpec = spec; // a group's slice [rows, <= g] as one unit per row
   columnSpec.granularity = Granularity::PerChannel;
   columnSpec.groupSize = 0;
@@ -111,7 +114,16 @@ GptqLayerResult gptqQuantizeLayer(const at::Tensor &weight, const at::Tensor &h,
     std::vector<int64_t> unitOf(size_t(count), 0);
     for (int64_t i = 0; i < count; ++i) {
       const int64_t c = i1 + i;
-      if (perGroup && c % spec.groupSize == 0) {
+      if (superBlocks && c % kSuperBlockColumns == 0) {
+        // The 16 groups of a k-superblock share d: their steps are made
+        // together, from W as it stands at the super-block's first column.
+        const at::Tensor slice = W.narrow(1, c, kSuperBlockColumns);
+        superScale = computeGridParams(slice.to(at::kFloat), spec).scale.to(at::kDouble);
+      }
+      if (superBlocks && c % spec.groupSize == 0) {
+        const at::Tensor s = superScale.narrow(1, (c % kSuperBlockColumns) / spec.groupSize, 1);
+        units.emplace_back(s.contiguous(), at::zeros_like(s));
+      } else if (perGroup && c % spec.groupSize == 0) {
         const at::Tensor slice = W.narrow(1, c, std::min(spec.groupSize, cols - c));
         const GridParams p = computeGridParams(slice.to(at::kFloat), columnSpec);
         units.emplace_back(p.scale.to(at::kDouble).contiguous(),
@@ -328,13 +340,14 @@ public:
         const at::Tensor h = sum.to(at::kDouble).mul_(2.0 / double(tokens));
         for (auto &[role, linear] : group) {
           const at::Tensor original = linear->weight.detach();
+          const GridSpec &grid = scheme.weightFor(original.size(1));
           GptqLayerResult r;
           try {
-            r = gptqQuantizeLayer(original, h, scheme.weight, options);
+            r = gptqQuantizeLayer(original, h, grid, options);
           } catch (const Error &e) {
             throw Error("block " + std::to_string(b) + " " + role + ": " + e.what());
           }
-          const double eRtn = gptqOutputError(original, roundToNearest(original, scheme.weight), h);
+          const double eRtn = gptqOutputError(original, roundToNearest(original, grid), h);
           const double eGptq = gptqOutputError(original, r.weight, h);
           rtnError += eRtn;
           gptqError += eGptq;
@@ -385,8 +398,9 @@ private:
         w.lmHead.defined() && w.tokenEmbedding.defined() && w.lmHead.is_same(w.tokenEmbedding);
     auto rtn = [&](at::Tensor &t, const char *name) {
       const at::Tensor original = t.to(at::kFloat);
-      const GridParams params = computeGridParams(original, ctx.scheme.weight);
-      const at::Tensor q = fakeQuantizeWeight(original, params, ctx.scheme.weight).contiguous();
+      const GridSpec &grid = ctx.scheme.weightFor(original.size(1));
+      const GridParams params = computeGridParams(original, grid);
+      const at::Tensor q = fakeQuantizeWeight(original, params, grid).contiguous();
       report.grids[gridKey(ctx.model.config(), -1, name)] = params;
       LayerErrorStats s = weightErrorStats(original, q);
       s.layer = name;

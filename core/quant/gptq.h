@@ -48,7 +48,10 @@ at::Tensor gptqHessian(const at::Tensor &x);
 //    up to the start of the current block: the reference implementation reads
 //    them from its lazily updated matrix, so updates made earlier in the same
 //    block are not yet visible (identical when groups start on block
-//    boundaries, e.g. g128 with blocks of 128).
+//    boundaries, e.g. g128 with blocks of 128); on a k-superblock grid (GGUF
+//    Q6_K) the 16 group steps of a 256-column super-block are made together
+//    (computeGridParams on its columns) when the quantization reaches its
+//    first column, so that they share one d.
 // Computes in float64. Throws lrq::Error when H is not positive definite even
 // after dampening (more damping helps).
 GptqLayerResult gptqQuantizeLayer(const at::Tensor &weight, const at::Tensor &h,

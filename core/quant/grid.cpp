@@ -89,8 +89,11 @@ Range unitRange(const at::Tensor &units) {
   return {units.amin(1, true).clamp_max(0.0), units.amax(1, true).clamp_min(0.0)};
 }
 
+constexpr float kSmallestHalf = 5.9604644775390625e-08f; // 2^-24
+
 // Step and zero point of each unit for the range scaled by fraction, the step
-// in spec's step format (the zero point recomputed from the rounded step).
+// in spec's step format (the zero point recomputed from the rounded step); a
+// k-superblock step is left unrounded (see the KSuperblock branch).
 std::pair<at::Tensor, at::Tensor> paramsFromRange(const Range &range, const GridSpec &spec,
                                                   float fraction) {
   if (!spec.symmetric) {
@@ -105,12 +108,19 @@ std::pair<at::Tensor, at::Tensor> paramsFromRange(const Range &range, const Grid
   const at::Tensor absMax = at::maximum(range.lo.neg(), range.hi) * fraction;
   const double half = double(spec.levels()) / 2.0;
   at::Tensor scale = absMax / (spec.fullRange ? half : half - 1.0);
-  scale = at::where(scale > 0, scale, at::ones_like(scale));
-  scale = applyStepFormat(scale, spec);
   // Full range: the extreme lands on level n/2 on its own side, so a positive
   // extreme (strictly larger than the negative one) moves the levels up by one.
-  at::Tensor zero = spec.fullRange ? (range.hi > range.lo.neg()).to(scale.scalar_type()).neg()
-                                   : at::zeros_like(scale);
+  const at::Tensor zero = spec.fullRange ? (range.hi > range.lo.neg()).to(scale.scalar_type()).neg()
+                                         : at::zeros_like(scale);
+  if (spec.stepFormat == StepFormat::KSuperblock) {
+    // A zero unit's step is the smallest half, so that it never sets the
+    // super-block's d; its codes are 0 whatever the step. The rounding couples
+    // the units of a super-block: the caller applies it on [rows, groups].
+    scale = at::where(scale > 0, scale, at::full_like(scale, kSmallestHalf));
+    return {scale, zero};
+  }
+  scale = at::where(scale > 0, scale, at::ones_like(scale));
+  scale = applyStepFormat(scale, spec);
   return {scale, zero};
 }
 
@@ -168,6 +178,8 @@ double largestStep(const GridSpec &spec) {
     return std::numeric_limits<double>::infinity();
   case StepFormat::Fp16:
     return kLargestHalf;
+  case StepFormat::KSuperblock:
+    return kLargestHalf * kSuperBlockMaxScale;
   case StepFormat::Fp16Offset:
     break;
   }
@@ -179,6 +191,41 @@ double largestStep(const GridSpec &spec) {
   const double quantum = std::ldexp(1.0, e - p);
   return std::floor(limit / quantum) * quantum;
 }
+
+namespace {
+
+// The smallest half >= x, for x > 0 (float32): a half with 11 significant
+// bits near x is a multiple of 2^(e - 11) for 2^(e-1) <= x < 2^e, and never
+// finer than 2^-24.
+at::Tensor halfAtOrAbove(const at::Tensor &x) {
+  const at::Tensor exponent = std::get<1>(at::frexp(x));
+  const at::Tensor quantum = powerOfTwo((exponent - 11).clamp_min(kSmallestHalfExponent));
+  return at::ceil(x / quantum).mul_(quantum);
+}
+
+// The k-superblock rounding of steps [rows, groups] (float32, > 0, at most
+// largestStep): per super-block of 16 groups, d = the smallest half >= max_j
+// s_j / 127; the largest step gets sc = ceil(s_max / d) (127 unless d is one
+// of the smallest subnormal halves; never cut), the others sc_j =
+// clamp(round(s_j / d), 1, 127); s_j := d sc_j (exact in float32). Steps
+// already rounded stay put: d sc_max / 127 leads back to the same d.
+at::Tensor roundToSuperBlocks(const at::Tensor &x) {
+  if (x.dim() != 2 || x.size(1) % kSuperBlockGroups != 0)
+    throw Error("weight grid: k-superblock steps must be [rows, groups] with groups a multiple "
+                "of 16 (rows of a multiple of 256 inputs), got " +
+                std::to_string(x.dim() == 2 ? x.size(1) : -1) + " groups");
+  const int64_t rows = x.size(0), blocks = x.size(1) / kSuperBlockGroups;
+  const at::Tensor s = x.reshape({rows, blocks, kSuperBlockGroups});
+  const at::Tensor peak = s.amax(2, true);
+  const at::Tensor d =
+      halfAtOrAbove(peak / float(kSuperBlockMaxScale)).clamp_(double(kSmallestHalf), kLargestHalf);
+  const at::Tensor ratio = s / d;
+  const at::Tensor sc = at::where(s == peak, at::ceil(ratio), at::round(ratio))
+                            .clamp_(1.0, double(kSuperBlockMaxScale));
+  return (sc * d).reshape({rows, blocks * kSuperBlockGroups});
+}
+
+} // namespace
 
 at::Tensor applyStepFormat(const at::Tensor &step, const GridSpec &spec) {
   if (spec.stepFormat == StepFormat::Float32)
@@ -201,15 +248,19 @@ at::Tensor applyStepFormat(const at::Tensor &step, const GridSpec &spec) {
         throw Error(text);
       }
     }
-    // x = m 2^e with m in [0.5, 1): 2^(e-1) <= x < 2^e, so a value with P
-    // significant bits near x is a multiple of 2^(e - P), and never finer
-    // than 2^-24. Dividing and multiplying by a power of two is exact.
-    const at::Tensor clamped = x.clamp(0.0, largest);
-    const at::Tensor exponent = std::get<1>(at::frexp(clamped));
-    const at::Tensor quantum =
-        powerOfTwo((exponent - significantBits(spec)).clamp_min(kSmallestHalfExponent));
-    rounded = at::round(clamped / quantum).mul_(quantum);
-    rounded = rounded.clamp_(std::ldexp(1.0, kSmallestHalfExponent), largest);
+    if (spec.stepFormat == StepFormat::KSuperblock) {
+      rounded = roundToSuperBlocks(x.clamp(double(kSmallestHalf), largest));
+    } else {
+      // x = m 2^e with m in [0.5, 1): 2^(e-1) <= x < 2^e, so a value with P
+      // significant bits near x is a multiple of 2^(e - P), and never finer
+      // than 2^-24. Dividing and multiplying by a power of two is exact.
+      const at::Tensor clamped = x.clamp(0.0, largest);
+      const at::Tensor exponent = std::get<1>(at::frexp(clamped));
+      const at::Tensor quantum =
+          powerOfTwo((exponent - significantBits(spec)).clamp_min(kSmallestHalfExponent));
+      rounded = at::round(clamped / quantum).mul_(quantum);
+      rounded = rounded.clamp_(std::ldexp(1.0, kSmallestHalfExponent), largest);
+    }
     if (step.scalar_type() != at::kFloat)
       rounded = rounded.to(step.scalar_type());
   }
@@ -234,7 +285,22 @@ void checkWeightForGrid(const at::Tensor &weight, const GridSpec &spec) {
     throw Error("weight grid: expected a floating-point weight");
   if (weight.size(0) < 1 || weight.size(1) < 1)
     throw Error("weight grid: empty weight");
+  if (spec.stepFormat == StepFormat::KSuperblock && weight.size(1) % kSuperBlockColumns != 0)
+    throw Error("weight grid: step format k-superblock (GGUF Q6_K) needs rows of a multiple of " +
+                std::to_string(kSuperBlockColumns) + " inputs, got " +
+                std::to_string(weight.size(1)) +
+                " (llama.cpp stores such tensors as Q8_0: the gguf-q6_k preset's fallback grid)");
 }
+
+namespace {
+
+// Steps [rows, groups] of a k-superblock grid, made per unit, rounded
+// together; other formats rounded their steps per unit already.
+at::Tensor superBlockRounded(const at::Tensor &scale, const GridSpec &spec) {
+  return spec.stepFormat == StepFormat::KSuperblock ? applyStepFormat(scale, spec) : scale;
+}
+
+} // namespace
 
 GridParams gridParamsForFraction(const at::Tensor &weight, const GridSpec &spec, double fraction) {
   checkWeightForGrid(weight, spec);
@@ -246,7 +312,7 @@ GridParams gridParamsForFraction(const at::Tensor &weight, const GridSpec &spec,
   const auto [scale, zero] = paramsFromRange(unitRange(unitsView(w, spec)), spec, float(fraction));
   const int64_t out = w.size(0), in = w.size(1);
   GridParams p;
-  p.scale = paramShape(scale, spec, out, in);
+  p.scale = superBlockRounded(paramShape(scale, spec, out, in), spec);
   p.zeroPoint = paramShape(zero, spec, out, in);
   return p;
 }
@@ -510,7 +576,7 @@ GridParams computeGridParams(const at::Tensor &weight, const GridSpec &spec) {
   }
   const int64_t out = w.size(0), in = w.size(1);
   GridParams p;
-  p.scale = paramShape(best.scale, spec, out, in);
+  p.scale = superBlockRounded(paramShape(best.scale, spec, out, in), spec);
   p.zeroPoint = paramShape(best.zero, spec, out, in);
   p.clipFraction = paramShape(best.fraction, spec, out, in);
   return p;

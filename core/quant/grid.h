@@ -40,6 +40,20 @@
 //    candidate step before evaluating it (the 1-D search recomputing z the
 //    same way, the 2-D search trying every z with it), so they choose among
 //    steps the format stores and the chosen grid is exactly one it stores.
+//  - k-superblock (llama.cpp's Q6_K; quant_spec.h) couples the 16 groups of
+//    a 256-column super-block: s_j = d sc_j with one half d per super-block.
+//    Steps are made per group as for f32 (MinMax, or the 1-D search choosing
+//    each group's fraction on its own, with unrounded candidate steps), then
+//    rounded together once (applyStepFormat on [rows, groups]): d = the
+//    smallest half >= max_j s_j / 127; the largest step becomes d
+//    ceil(s_max / d), 127 d but for the tiniest d (never cut: at most one
+//    step of d's precision above it, 2^-10 relative for a normal half,
+//    coarser for the subnormal d of steps below ~0.008), the others sc_j =
+//    clamp(round(s_j / d), 1, 127), s_j := d sc_j: the nearest multiple of d
+//    (a step below d becomes d). Rounded steps stay put. The search does not look at
+//    the rounded grid: searching 16 coupled groups jointly would be a different, far larger search.
+//    A zero group's step is 2^-24 (not 1), so that it never sets d. clipFraction is the fraction
+//    found before the rounding.
 //  - MethodDefault ("auto") is resolved by the method before it runs
 //    (QuantMethod::referenceGrid); here it is MinMax.
 //  - round is at::round: halves to even.
@@ -81,6 +95,8 @@ at::Tensor roundSte(const at::Tensor &x);
 //  - f16-offset: the nearest half with at most 11 - bits significant bits (a
 //    multiple of 2^-24, the smallest half), so that s z is an exact half for
 //    every z in 0..2^bits - 1.
+//  - k-superblock: step must be [rows, groups] with groups a multiple of 16;
+//    the super-block rounding described above (not elementwise).
 // Nearest in value, ties to the even significand (as a float -> half
 // conversion); a step that would round to 0 becomes 2^-24. When step requires
 // grad the result is straight-through (forward the rounded value, gradient
@@ -89,11 +105,13 @@ at::Tensor roundSte(const at::Tensor &x);
 // finite, not positive or above the largest value throws lrq::Error naming it.
 at::Tensor applyStepFormat(const at::Tensor &step, const GridSpec &spec);
 // The largest step the format stores: 65504 for f16; for f16-offset the
-// largest allowed step s with s (2^bits - 1) <= 65504; +inf for f32.
+// largest allowed step s with s (2^bits - 1) <= 65504; 65504 x 127 for
+// k-superblock; +inf for f32.
 double largestStep(const GridSpec &spec);
 
 // Validates spec, and weight against it: 2-D floating non-empty [out, in]
-// (any group size fits: the last group may be shorter). Throws lrq::Error
+// (any group size fits: the last group may be shorter; a k-superblock grid
+// needs in to be a multiple of 256). Throws lrq::Error
 // naming the problem.
 void checkWeightForGrid(const at::Tensor &weight, const GridSpec &spec);
 

@@ -81,6 +81,12 @@ GridParams recoverLearnedGrid(const at::Tensor &fpWeight, const at::Tensor &quan
     throw Error("recover grid: the quantized weight's shape differs from the original's");
   const GridParams rtn = computeGridParams(fp, spec);
   const int64_t out = fp.size(0), in = fp.size(1);
+  // A k-superblock step is not a per-unit rounding: recover each unit's step
+  // in float32, then require the steps to be a super-block grid as they are.
+  const bool superBlocks = spec.stepFormat == StepFormat::KSuperblock;
+  GridSpec candidateSpec = spec;
+  if (superBlocks)
+    candidateSpec.stepFormat = StepFormat::Float32;
   // Units as [units, elements] chunks with their s0 and z as [units, 1].
   struct Chunk {
     at::Tensor w, s0, z;
@@ -114,8 +120,8 @@ GridParams recoverLearnedGrid(const at::Tensor &fpWeight, const at::Tensor &quan
              nudge == 0 ? std::vector<at::Tensor>{down} : std::vector<at::Tensor>{down, up}) {
           // In the step format: s1 itself is one of the candidates (peak / k
           // is s1 exactly when s1 k is), and no other step may be packed.
-          const at::Tensor safe =
-              applyStepFormat(at::where(s > 0, s, c.s0).clamp_max(largestStep(spec)), spec);
+          const at::Tensor safe = applyStepFormat(
+              at::where(s > 0, s, c.s0).clamp_max(largestStep(candidateSpec)), candidateSpec);
           const at::Tensor codes = (at::round(c.w / safe) + c.z).clamp(qmin, qmax);
           const at::Tensor fits = ((codes - c.z) * safe).eq(c.w).all(1, true);
           const at::Tensor distance = (safe / c.s0).log().abs();
@@ -137,6 +143,8 @@ GridParams recoverLearnedGrid(const at::Tensor &fpWeight, const at::Tensor &quan
     p.scale = at::cat(scales, 1).contiguous();
   else
     p.scale = scales.front().reshape(rtn.scale.sizes()).contiguous();
+  if (superBlocks && !at::equal(applyStepFormat(p.scale, spec), p.scale))
+    return {}; // steps that reproduce Ŵ, but not as d sc
   return p;
 }
 
@@ -198,7 +206,7 @@ MethodReport runReconstructionMethod(MethodContext &ctx, const QuantMethod &meth
       if (!sel.selectsLinear(role) || !linear->weight.defined())
         continue;
       try {
-        checkWeightForGrid(linear->weight, scheme.weight);
+        checkWeightForGrid(linear->weight, scheme.weightFor(linear->weight.size(1)));
       } catch (const Error &e) {
         throw Error(where(b, role) + ": " + e.what());
       }
@@ -235,7 +243,7 @@ MethodReport runReconstructionMethod(MethodContext &ctx, const QuantMethod &meth
       return nullptr;
     std::unique_ptr<LearnedRoundingLayer> layer;
     try { // a step its step format cannot store is refused here
-      layer = makeLayer(weight, scheme.weight, mixSeed(ctx.seed, block, role));
+      layer = makeLayer(weight, scheme.weightFor(weight.size(1)), mixSeed(ctx.seed, block, role));
     } catch (const Error &e) {
       throw Error(where(block, role) + ": " + e.what());
     }
@@ -260,7 +268,8 @@ MethodReport runReconstructionMethod(MethodContext &ctx, const QuantMethod &meth
         }
       } else if (o.restored) {
         // Restored from a checkpoint: no layer to ask, the steps come from Ŵ.
-        GridParams g = recoverLearnedGrid(l.fpWeight, l.weight, scheme.weight);
+        GridParams g =
+            recoverLearnedGrid(l.fpWeight, l.weight, scheme.weightFor(l.fpWeight.size(1)));
         if (g.scale.defined())
           report.grids[gridKey(config, o.block, l.role)] = std::move(g);
       }
@@ -301,13 +310,14 @@ MethodReport runReconstructionMethod(MethodContext &ctx, const QuantMethod &meth
                     weights.lmHead.is_same(weights.tokenEmbedding);
   auto rtn = [&](at::Tensor &t, const std::string &name) {
     try {
-      checkWeightForGrid(t, scheme.weight);
+      checkWeightForGrid(t, scheme.weightFor(t.size(-1)));
     } catch (const Error &e) {
       throw Error(name + ": " + e.what());
     }
     const at::Tensor original = t.to(at::kFloat);
-    const GridParams params = computeGridParams(original, scheme.weight);
-    const at::Tensor quantized = fakeQuantizeWeight(original, params, scheme.weight).contiguous();
+    const GridSpec &grid = scheme.weightFor(original.size(1));
+    const GridParams params = computeGridParams(original, grid);
+    const at::Tensor quantized = fakeQuantizeWeight(original, params, grid).contiguous();
     report.grids[gridKey(config, -1, name)] = params;
     LayerErrorStats s = weightErrorStats(original, quantized);
     s.layer = name;

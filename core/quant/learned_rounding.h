@@ -105,7 +105,8 @@ std::unique_ptr<LearnedRoundingLayer> makeLearnedStepLayer(const at::Tensor &wei
 // within two ulps of max|Ŵ| / k for k = 1 .. n−1 (where s1 lies), the one
 // closest to s0 when several do (an all-zero unit keeps s0). Any such step serves the packed
 // export: its codes give Ŵ back. An undefined scale when some unit fits no step (Ŵ is on no grid
-// with z).
+// with z). On a k-superblock grid the steps are recovered in float32 and kept only when they
+// are d sc as they are (applyStepFormat leaves them unchanged); else undefined.
 GridParams recoverLearnedGrid(const at::Tensor &fpWeight, const at::Tensor &quantized,
                               const GridSpec &spec);
 

@@ -150,15 +150,15 @@ public:
     // Check every grid before touching anything.
     for (const Target &t : targets) {
       try {
-        checkWeightForGrid(t.linear->weight, scheme.weight);
+        checkWeightForGrid(t.linear->weight, scheme.weightFor(t.linear->weight.size(1)));
       } catch (const Error &e) {
         throw Error("block " + std::to_string(t.block) + " " + t.layer + ": " + e.what());
       }
     }
     if (sel.embeddings && weights.tokenEmbedding.defined())
-      checkWeightForGrid(weights.tokenEmbedding, scheme.weight);
+      checkWeightForGrid(weights.tokenEmbedding, scheme.weightFor(weights.tokenEmbedding.size(-1)));
     if (sel.lmHead && weights.lmHead.defined())
-      checkWeightForGrid(weights.lmHead, scheme.weight);
+      checkWeightForGrid(weights.lmHead, scheme.weightFor(weights.lmHead.size(-1)));
 
     using Clock = std::chrono::steady_clock;
     MethodReport report;
@@ -197,12 +197,12 @@ public:
         const at::Tensor w = linear.weight.detach().to(at::kFloat);
         GridParams grid;
         try { // a step its step format cannot store is refused here
-          grid = computeGridParams(w, scheme.weight);
+          grid = computeGridParams(w, scheme.weightFor(w.size(1)));
         } catch (const Error &e) {
           throw Error(name() + ": block " + std::to_string(t.block) + " " + t.layer + ": " +
                       e.what());
         }
-        const at::Tensor q = fakeQuantizeWeight(w, grid, scheme.weight);
+        const at::Tensor q = fakeQuantizeWeight(w, grid, scheme.weightFor(w.size(1)));
         report.grids[gridKey(ctx.model.config(), t.block, t.layer)] = grid;
         const at::Tensor e = w - q;
         if (scaled_ && (stats[i].block != t.block || stats[i].layer != t.layer))
@@ -274,8 +274,8 @@ public:
                       weights.lmHead.is_same(weights.tokenEmbedding);
     auto roundTensor = [&](at::Tensor &tensor, const std::string &layer) {
       const at::Tensor w = tensor.detach().to(at::kFloat);
-      const GridParams grid = computeGridParams(w, scheme.weight);
-      const at::Tensor q = fakeQuantizeWeight(w, grid, scheme.weight);
+      const GridParams grid = computeGridParams(w, scheme.weightFor(w.size(1)));
+      const at::Tensor q = fakeQuantizeWeight(w, grid, scheme.weightFor(w.size(1)));
       report.grids[gridKey(ctx.model.config(), -1, layer)] = grid;
       LayerErrorStats es = weightErrorStats(w, q);
       es.layer = layer;

@@ -215,6 +215,10 @@ public:
     g.clipNorm = 4.0;
     return g;
   }
+  // gguf-q6_k's fallback grid (Q8_0, 8 bits) is allowed: the linears it
+  // covers train with an integer Φ0 (no fractional bits), so only their steps
+  // and codes pushed past half a step by A·B move, and they still land on
+  // their Q8_0 grid.
   void checkScheme(const QuantScheme &scheme) const override {
     if (scheme.weight.bits < 2 || scheme.weight.bits > 7)
       throw Error("lrqat trains weights of 2 to 7 bits; this scheme has " +
@@ -301,7 +305,7 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
   }
   for (const Target &t : targets) {
     try {
-      checkWeightForGrid(t.original, scheme.weight);
+      checkWeightForGrid(t.original, scheme.weightFor(t.original.size(1)));
     } catch (const Error &e) {
       throw Error(where(t) + ": " + e.what());
     }
@@ -321,7 +325,8 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
   int64_t learnable = 0;
   for (size_t i = 0; i < targets.size(); ++i) {
     try {
-      layers.push_back(initLrqatLayer(targets[i].original, scheme.weight, rank, alpha,
+      layers.push_back(initLrqatLayer(targets[i].original,
+                                      scheme.weightFor(targets[i].original.size(1)), rank, alpha,
                                       seed * 1000003ULL + uint64_t(i)));
     } catch (const Error &e) {
       throw Error(where(targets[i]) + ": " + e.what());

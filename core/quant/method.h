@@ -139,8 +139,9 @@ public:
 nlohmann::json toJson(const OptionValue &value);
 OptionValue optionValueOf(const nlohmann::json &value);
 
-// scheme with an "auto" weight init replaced by method.referenceGrid(scheme);
-// any other scheme unchanged. What a run records is the resolved scheme.
+// scheme with an "auto" weight init replaced by method.referenceGrid(scheme),
+// and an "auto" fallback_weight init by referenceGrid of the scheme whose
+// weight is that fallback; any other scheme unchanged. What a run records is the resolved scheme.
 QuantScheme resolveReferenceGrid(const QuantMethod &method, QuantScheme scheme);
 
 // The LRQ / FlexRound reference's "clipping" init (ClippingSearch2D, 100 range

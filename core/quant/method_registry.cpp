@@ -106,6 +106,16 @@ GridSpec QuantMethod::referenceGrid(const QuantScheme &scheme) const {
 }
 
 QuantScheme resolveReferenceGrid(const QuantMethod &method, QuantScheme scheme) {
+  // The fallback grid is resolved as the weight grid of a scheme of its own.
+  if (scheme.fallbackWeight && scheme.fallbackWeight->init == StepInit::MethodDefault) {
+    QuantScheme fallback = scheme;
+    fallback.weight = *scheme.fallbackWeight;
+    fallback.fallbackWeight.reset();
+    scheme.fallbackWeight = method.referenceGrid(fallback);
+    if (scheme.fallbackWeight->init == StepInit::MethodDefault)
+      throw Error(method.name() +
+                  ": its reference grid leaves the fallback weight init unresolved");
+  }
   if (scheme.weight.init != StepInit::MethodDefault)
     return scheme;
   scheme.weight = method.referenceGrid(scheme);

@@ -28,9 +28,23 @@ void GridSpec::validate() const {
   if (fullRange && !symmetric)
     throw Error("weight grid: full range places the extreme level of a symmetric grid; an "
                 "asymmetric grid already spans its whole range");
+  if (stepFormat == StepFormat::KSuperblock) {
+    if (!symmetric || granularity != Granularity::PerGroup || groupSize != kSuperBlockGroupSize)
+      throw Error("weight grid: step format k-superblock is llama.cpp's Q6_K super-block of 16 "
+                  "groups of 16, so it needs a symmetric per-group grid with group size 16");
+    // d (11 significant bits) sc (7) q (bits) must stay within float32's 24.
+    if (bits > 6)
+      throw Error("weight grid: step format k-superblock holds codes of at most 6 bits, got " +
+                  std::to_string(bits));
+  }
 }
 
 const char *ggufBlockTypeFor(const GridSpec &spec) {
+  if (spec.stepFormat == StepFormat::KSuperblock)
+    return spec.bits == 6 && spec.symmetric && spec.granularity == Granularity::PerGroup &&
+                   spec.groupSize == kSuperBlockGroupSize
+               ? "Q6_K"
+               : nullptr;
   if (spec.granularity != Granularity::PerGroup || spec.groupSize != 32)
     return nullptr;
   if (spec.symmetric && spec.stepFormat == StepFormat::Fp16) {
@@ -149,6 +163,8 @@ const char *stepFormatName(StepFormat f) {
     return "f16";
   case StepFormat::Fp16Offset:
     return "f16-offset";
+  case StepFormat::KSuperblock:
+    return "k-superblock";
   }
   return "?";
 }
@@ -183,7 +199,8 @@ bool parseActivationMode(const std::string &name, ActivationMode *out) {
 }
 
 bool parseStepFormat(const std::string &name, StepFormat *out) {
-  for (StepFormat f : {StepFormat::Float32, StepFormat::Fp16, StepFormat::Fp16Offset})
+  for (StepFormat f :
+       {StepFormat::Float32, StepFormat::Fp16, StepFormat::Fp16Offset, StepFormat::KSuperblock})
     if (name == stepFormatName(f)) {
       *out = f;
       return true;

@@ -37,7 +37,21 @@ enum class StepFormat {
   // stores d = s and m = -s z as halves, and d q + m == s (q - z) exactly.
   // Asymmetric grids only.
   Fp16Offset,
+  // llama.cpp's K-quant super-block (Q6_K): the steps of 16 consecutive
+  // groups of 16 (a 256-column super-block of a row) are s_j = d sc_j, d an
+  // IEEE half shared by the super-block and sc_j an integer in 1..kSuperBlockMaxScale.
+  // Symmetric per-group 16 grids of at most 6 bits (d sc q is then exact in
+  // float32), on rows of a multiple of 256 inputs (QuantScheme::weightFor
+  // gives other rows the scheme's fallback grid).
+  KSuperblock,
 };
+
+// The K-quant super-block (StepFormat::KSuperblock): groups per super-block,
+// group size, and the largest integer sub-block scale.
+constexpr int64_t kSuperBlockGroups = 16;
+constexpr int64_t kSuperBlockGroupSize = 16;
+constexpr int64_t kSuperBlockColumns = kSuperBlockGroups * kSuperBlockGroupSize;
+constexpr int kSuperBlockMaxScale = 127;
 
 // The range accepted for a clipping-search exponent (clipNorm): below it every
 // fraction scores alike (|e|^p -> 1), above it the errors overflow.
@@ -89,7 +103,8 @@ struct GridSpec {
 
 // The llama.cpp GGUF block type whose blocks store exactly this grid: "Q8_0",
 // "Q4_0", "Q5_0" (symmetric, per-group 32, f16 steps), "Q4_1", "Q5_1"
-// (asymmetric, per-group 32, f16-offset steps); nullptr for any other grid.
+// (asymmetric, per-group 32, f16-offset steps), "Q6_K" (6-bit symmetric,
+// per-group 16, k-superblock steps); nullptr for any other grid.
 const char *ggufBlockTypeFor(const GridSpec &spec);
 
 enum class ActivationMode {
@@ -119,7 +134,7 @@ const char *granularityName(Granularity g); // "per-tensor", "per-channel", "per
 const char *stepInitName(StepInit s);
 const char *
 activationModeName(ActivationMode m);     // "none", "per-token-dynamic", "per-tensor-static"
-const char *stepFormatName(StepFormat f); // "f32", "f16", "f16-offset"
+const char *stepFormatName(StepFormat f); // "f32", "f16", "f16-offset", "k-superblock"
 // Parse the names above; return false for anything else.
 bool parseGranularity(const std::string &name, Granularity *out);
 bool parseStepInit(const std::string &name, StepInit *out);

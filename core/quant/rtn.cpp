@@ -89,7 +89,7 @@ std::vector<LayerErrorStats> quantizeModelRtn(ModelWeights &weights, const Model
   }
   for (const Target &t : targets) {
     try {
-      checkWeightForGrid(*t.weight, scheme.weight);
+      checkWeightForGrid(*t.weight, scheme.weightFor(t.weight->size(-1)));
     } catch (const Error &e) {
       throw Error(where(t) + ": " + e.what());
     }
@@ -105,14 +105,15 @@ std::vector<LayerErrorStats> quantizeModelRtn(ModelWeights &weights, const Model
       cancel->throwIfCancelled();
     const Target &t = targets[i];
     const at::Tensor original = t.weight->to(at::kFloat);
+    const GridSpec &grid = scheme.weightFor(original.size(1));
     // roundToNearest, keeping the grid.
     GridParams params;
     try { // a step its step format cannot store is refused here
-      params = computeGridParams(original, scheme.weight);
+      params = computeGridParams(original, grid);
     } catch (const Error &e) {
       throw Error(where(t) + ": " + e.what());
     }
-    const at::Tensor quantized = fakeQuantizeWeight(original, params, scheme.weight).contiguous();
+    const at::Tensor quantized = fakeQuantizeWeight(original, params, grid).contiguous();
     if (grids)
       (*grids)[gridKey(config, t.block, t.layer)] = params;
     LayerErrorStats s = weightErrorStats(original, quantized);

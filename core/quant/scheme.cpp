@@ -73,57 +73,58 @@ double readClipNorm(const json &v, const std::string &key) {
   return x;
 }
 
-GridSpec readWeight(const json &j) {
-  checkKeys(j, "weight",
+GridSpec readWeight(const json &j, const std::string &where) {
+  checkKeys(j, where,
             {"bits", "symmetric", "granularity", "group_size", "init", "clip_steps", "clip_norm",
              "step_format", "full_range"});
   GridSpec g;
   g.init = StepInit::MethodDefault; // no "init": the method's reference choice
   if (j.contains("bits"))
-    g.bits = int(readInt(j.at("bits"), "weight.bits", 2, 8));
+    g.bits = int(readInt(j.at("bits"), where + ".bits", 2, 8));
   if (j.contains("symmetric"))
-    g.symmetric = readBool(j.at("symmetric"), "weight.symmetric");
+    g.symmetric = readBool(j.at("symmetric"), where + ".symmetric");
   if (j.contains("granularity")) {
-    const std::string s = readString(j.at("granularity"), "weight.granularity");
+    const std::string s = readString(j.at("granularity"), where + ".granularity");
     if (!parseGranularity(s, &g.granularity))
-      fail("weight.granularity",
+      fail(where + ".granularity",
            "expected per-tensor, per-channel or per-group, got \"" + s + "\"");
   }
   if (j.contains("group_size"))
     g.groupSize =
-        readInt(j.at("group_size"), "weight.group_size", 0, std::numeric_limits<int32_t>::max());
+        readInt(j.at("group_size"), where + ".group_size", 0, std::numeric_limits<int32_t>::max());
   if (j.contains("init")) {
-    const std::string s = readString(j.at("init"), "weight.init");
+    const std::string s = readString(j.at("init"), where + ".init");
     if (!parseStepInit(s, &g.init))
-      fail("weight.init",
+      fail(where + ".init",
            "expected auto, minmax, clip-search or clip-search-2d, got \"" + s + "\"");
   }
   if (j.contains("clip_steps"))
-    g.clipSteps = int(readInt(j.at("clip_steps"), "weight.clip_steps", 1, 100000));
+    g.clipSteps = int(readInt(j.at("clip_steps"), where + ".clip_steps", 1, 100000));
   if (j.contains("clip_norm"))
-    g.clipNorm = readClipNorm(j.at("clip_norm"), "weight.clip_norm");
+    g.clipNorm = readClipNorm(j.at("clip_norm"), where + ".clip_norm");
   if (j.contains("step_format")) {
-    const std::string s = readString(j.at("step_format"), "weight.step_format");
+    const std::string s = readString(j.at("step_format"), where + ".step_format");
     if (!parseStepFormat(s, &g.stepFormat))
-      fail("weight.step_format", "expected f32, f16 or f16-offset, got \"" + s + "\"");
+      fail(where + ".step_format",
+           "expected f32, f16, f16-offset or k-superblock, got \"" + s + "\"");
   }
   if (j.contains("full_range"))
-    g.fullRange = readBool(j.at("full_range"), "weight.full_range");
+    g.fullRange = readBool(j.at("full_range"), where + ".full_range");
   if (g.fullRange && !g.symmetric)
-    fail("weight.full_range", "places the extreme level of a symmetric grid; an asymmetric grid "
-                              "already spans its whole range");
+    fail(where + ".full_range", "places the extreme level of a symmetric grid; an asymmetric grid "
+                                "already spans its whole range");
   if (g.granularity == Granularity::PerGroup && g.groupSize < 1)
-    fail("weight.group_size", "per-group quantization needs a group size >= 1");
+    fail(where + ".group_size", "per-group quantization needs a group size >= 1");
   if (g.stepFormat == StepFormat::Fp16Offset && g.symmetric)
-    fail("weight.step_format", "f16-offset stores a zero point, so it needs an asymmetric grid "
-                               "(use f16 on a symmetric one)");
+    fail(where + ".step_format", "f16-offset stores a zero point, so it needs an asymmetric grid "
+                                 "(use f16 on a symmetric one)");
   if (g.init == StepInit::ClippingSearch2D && g.symmetric)
-    fail("weight.init", "clip-search-2d searches zero points, so it needs an asymmetric grid "
-                        "(use clip-search on a symmetric one)");
+    fail(where + ".init", "clip-search-2d searches zero points, so it needs an asymmetric grid "
+                          "(use clip-search on a symmetric one)");
   if (g.granularity != Granularity::PerGroup && g.groupSize != 0)
-    fail("weight.group_size", "applies to per-group quantization only, not " +
-                                  std::string(granularityName(g.granularity)) +
-                                  " (remove it or set it to 0)");
+    fail(where + ".group_size", "applies to per-group quantization only, not " +
+                                    std::string(granularityName(g.granularity)) +
+                                    " (remove it or set it to 0)");
   return g;
 }
 
@@ -225,6 +226,17 @@ QuantScheme makeGgufPreset(const char *name, int wbits, bool symmetric) {
   return s;
 }
 
+// llama.cpp's Q6_K: 6-bit symmetric groups of 16 whose steps are d sc (one
+// half d per 256-input super-block, integer sc); rows of other lengths get
+// gguf-q8_0's grid, as llama-quantize demotes such tensors to Q8_0.
+QuantScheme makeQ6KPreset() {
+  QuantScheme s = makePreset("gguf-q6_k", 6, kSuperBlockGroupSize, ActivationMode::None, false);
+  s.weight.symmetric = true;
+  s.weight.stepFormat = StepFormat::KSuperblock;
+  s.fallbackWeight = makeGgufPreset("gguf-q8_0", 8, true).weight;
+  return s;
+}
+
 std::vector<QuantScheme> presets() {
   return {
       makePreset("W8A8", 8, 0, ActivationMode::PerTensorStatic, false),
@@ -239,6 +251,7 @@ std::vector<QuantScheme> presets() {
       makeGgufPreset("gguf-q4_0", 4, true),
       makeGgufPreset("gguf-q5_1", 5, false),
       makeGgufPreset("gguf-q4_1", 4, false),
+      makeQ6KPreset(),
   };
 }
 
@@ -259,6 +272,13 @@ const std::vector<std::string> &knownLinearNames() {
   return names;
 }
 
+const GridSpec &QuantScheme::weightFor(int64_t inFeatures) const {
+  if (fallbackWeight && weight.stepFormat == StepFormat::KSuperblock &&
+      inFeatures % kSuperBlockColumns != 0)
+    return *fallbackWeight;
+  return weight;
+}
+
 void QuantScheme::validate() const {
   weight.validate();
   // A scheme is recorded with every run: it must not hold a group size its grid ignores.
@@ -266,6 +286,25 @@ void QuantScheme::validate() const {
     throw Error("scheme: a group size (" + std::to_string(weight.groupSize) +
                 ") applies to per-group quantization only, not " +
                 granularityName(weight.granularity));
+  if (fallbackWeight) {
+    // Nothing else consults it: a fallback there would be recorded but never used.
+    if (weight.stepFormat != StepFormat::KSuperblock)
+      throw Error("scheme: fallback_weight applies to k-superblock weight grids only (rows that "
+                  "are not whole 256-input super-blocks), not " +
+                  weight.describe());
+    if (fallbackWeight->stepFormat == StepFormat::KSuperblock)
+      throw Error("scheme: fallback_weight is for rows a k-superblock grid cannot hold, so it "
+                  "cannot be k-superblock itself");
+    try {
+      fallbackWeight->validate();
+    } catch (const Error &e) {
+      throw Error(std::string("scheme: fallback_weight: ") + e.what());
+    }
+    if (fallbackWeight->granularity != Granularity::PerGroup && fallbackWeight->groupSize != 0)
+      throw Error("scheme: fallback_weight: a group size (" +
+                  std::to_string(fallbackWeight->groupSize) +
+                  ") applies to per-group quantization only");
+  }
   activation.validate();
   for (const std::string &n : layers.linears) {
     const auto &known = knownLinearNames();
@@ -279,6 +318,8 @@ void QuantScheme::validate() const {
 
 std::string QuantScheme::describe() const {
   std::string s = name + ": " + weight.describe();
+  if (fallbackWeight)
+    s += ", in % " + std::to_string(kSuperBlockColumns) + " != 0: " + fallbackWeight->describe();
   if (activation.mode == ActivationMode::None)
     s += ", A16";
   else
@@ -291,7 +332,9 @@ std::string QuantScheme::describe() const {
   return s;
 }
 
-std::string QuantScheme::toJson(int indent) const {
+namespace {
+
+json weightJson(const GridSpec &weight) {
   json w{{"bits", weight.bits},
          {"symmetric", weight.symmetric},
          {"granularity", granularityName(weight.granularity)},
@@ -304,6 +347,12 @@ std::string QuantScheme::toJson(int indent) const {
     w["step_format"] = stepFormatName(weight.stepFormat);
   if (weight.fullRange)
     w["full_range"] = true;
+  return w;
+}
+
+} // namespace
+
+std::string QuantScheme::toJson(int indent) const {
   json a{{"mode", activationModeName(activation.mode)},
          {"bits", activation.bits},
          {"init", stepInitName(activation.init)},
@@ -313,7 +362,14 @@ std::string QuantScheme::toJson(int indent) const {
          {"linears", layers.linears.empty() ? json("all") : json(layers.linears)},
          {"embeddings", layers.embeddings},
          {"lm_head", layers.lmHead}};
-  json j{{"name", name}, {"weight", w}, {"activation", a}, {"kv8", kv8}, {"layers", l}};
+  json j{{"name", name},
+         {"weight", weightJson(weight)},
+         {"activation", a},
+         {"kv8", kv8},
+         {"layers", l}};
+  // Only when there is one, so the JSON of every other scheme is unchanged.
+  if (fallbackWeight)
+    j["fallback_weight"] = weightJson(*fallbackWeight);
   return j.dump(indent);
 }
 
@@ -331,12 +387,14 @@ QuantScheme QuantScheme::fromJson(const std::string &text) {
   } catch (const json::exception &e) {
     throw Error(std::string("scheme JSON: not valid JSON: ") + e.what());
   }
-  checkKeys(j, "", {"name", "weight", "activation", "kv8", "layers"});
+  checkKeys(j, "", {"name", "weight", "fallback_weight", "activation", "kv8", "layers"});
   QuantScheme s;
   if (j.contains("name"))
     s.name = readString(j.at("name"), "name");
   if (j.contains("weight"))
-    s.weight = readWeight(j.at("weight"));
+    s.weight = readWeight(j.at("weight"), "weight");
+  if (j.contains("fallback_weight"))
+    s.fallbackWeight = readWeight(j.at("fallback_weight"), "fallback_weight");
   if (j.contains("activation"))
     s.activation = readActivation(j.at("activation"));
   if (j.contains("kv8"))

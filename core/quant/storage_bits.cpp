@@ -28,8 +28,17 @@ double effectiveBitsPerWeight(const GridSpec &grid, int64_t outFeatures, int64_t
   const double zeroBits = grid.symmetric                              ? 0.0
                           : grid.stepFormat == StepFormat::Fp16Offset ? 16.0
                                                                       : double(grid.bits);
-  const double perStep = 16.0 + zeroBits;
-  double bits = double(grid.bits) * weights + perStep * double(steps);
+  double perStep = 16.0 + zeroBits;
+  double superBlockBits = 0.0;
+  if (grid.stepFormat == StepFormat::KSuperblock) {
+    // Each step is an int8 sc; each 16 of a row share one half d (Q6_K: 210
+    // bytes per 256 weights, 6.5625 bits each).
+    perStep = 8.0;
+    const int64_t groups = (steps + outFeatures - 1) / outFeatures; // per row
+    superBlockBits =
+        16.0 * double(outFeatures) * double((groups + kSuperBlockGroups - 1) / kSuperBlockGroups);
+  }
+  double bits = double(grid.bits) * weights + perStep * double(steps) + superBlockBits;
   if (lowRank > 0)
     bits += double(lowRank) * double(outFeatures + inFeatures) * (factorBits > 0 ? factorBits : 16);
   return bits / weights;

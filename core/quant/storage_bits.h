@@ -2,7 +2,8 @@
 // What a quantized linear costs in storage, per weight: the integer codes, each
 // step (a 16-bit float) and, on an asymmetric grid, each zero point (as wide as
 // a code; 16 bits on an f16-offset grid, whose blocks store -s z as a half),
-// plus a low-rank correction's factors. Light header: front ends show
+// plus a low-rank correction's factors. A k-superblock grid (GGUF Q6_K) stores
+// an 8-bit sc per step and a 16-bit d per 16 steps of a row. Light header: front ends show
 // it live while a scheme is edited.
 #include <cstdint>
 

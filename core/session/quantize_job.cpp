@@ -373,12 +373,14 @@ void borrowStage(Job &job, const ModelSession &session) {
 // A group larger than a row would pad every row up to the group size (614 MB
 // for a group of 100,000): refuse it before any work, naming the layer.
 void checkGroupSizeFits(const Job &job) {
-  const quant::GridSpec &grid = job.scheme.weight;
-  if (grid.granularity != quant::Granularity::PerGroup || job.reference->weights().blocks.empty())
+  if (job.reference->weights().blocks.empty())
     return;
   BlockWeights block = job.reference->weights().blocks.front(); // every block has these shapes
   for (const auto &[role, linear] : blockLinears(job.loaded->config, block)) {
     const int64_t in = linear->weight.size(1);
+    const quant::GridSpec &grid = job.scheme.weightFor(in);
+    if (grid.granularity != quant::Granularity::PerGroup)
+      continue;
     if (job.scheme.layers.selectsLinear(role) && grid.groupSize > in)
       throw Error("scheme: weight.group_size " + std::to_string(grid.groupSize) +
                   " is larger than the " + std::to_string(in) + " in-features of " + role +
@@ -389,13 +391,14 @@ void checkGroupSizeFits(const Job &job) {
 
 // compressed-tensors readers need whole groups: refuse before the run, not after it.
 void checkCompressedTensorsGroups(const Job &job) {
-  const quant::GridSpec &grid = job.scheme.weight;
-  if (job.request.compressedTensorsDir.empty() ||
-      grid.granularity != quant::Granularity::PerGroup || job.reference->weights().blocks.empty())
+  if (job.request.compressedTensorsDir.empty() || job.reference->weights().blocks.empty())
     return;
   BlockWeights block = job.reference->weights().blocks.front();
   for (const auto &[role, linear] : blockLinears(job.loaded->config, block)) {
     const int64_t in = linear->weight.size(1);
+    const quant::GridSpec &grid = job.scheme.weightFor(in);
+    if (grid.granularity != quant::Granularity::PerGroup)
+      continue;
     if (job.scheme.layers.selectsLinear(role) && in % grid.groupSize != 0)
       throw OptionError("compressed_tensors_dir",
                         "compressed-tensors export: " + role + " has " + std::to_string(in) +
@@ -647,8 +650,8 @@ double bitsPerWeight(Job &job) {
       continue;
     const int64_t out = weight->size(0), in = weight->size(1);
     const int64_t r = std::min({rank, out, in});
-    bits += quant::effectiveBitsPerWeight(job.scheme.weight, out, in, r, factorBits) * double(out) *
-            double(in);
+    bits += quant::effectiveBitsPerWeight(job.scheme.weightFor(in), out, in, r, factorBits) *
+            double(out) * double(in);
     weights += double(out) * double(in);
   }
   return weights > 0 ? bits / weights : 0.0;

@@ -133,7 +133,7 @@ std::vector<RequestOption> buildOptions() {
       option("scheme", "scheme", "Scheme", "Method", V::Text, "S",
              "a scheme preset (W8A8, W4A8-KV8, W4A16, W3A16, W4A16-g128, W3A16-g128, "
              "W2A16-g64; llama.cpp GGUF blocks: gguf-q8_0, gguf-q5_0, gguf-q4_0, gguf-q5_1, "
-             "gguf-q4_1) or a scheme JSON file",
+             "gguf-q4_1, gguf-q6_k) or a scheme JSON file",
              &QuantizeRequest::scheme),
       place(choices(option("preset", "preset", "Preset", "Method", V::Choice, "P",
                            "run size: demo (minutes on 2 cores), extended (at most 15 "
@@ -214,7 +214,7 @@ std::vector<RequestOption> buildOptions() {
                          &QuantizeRequest::packedPath)),
       afterMethod(option("gguf", "gguf_path", "GGUF export file", "Output", V::Path, "FILE.gguf",
                          "write a GGUF file llama.cpp loads (schemes gguf-q8_0, gguf-q4_0, "
-                         "gguf-q5_0, gguf-q4_1, gguf-q5_1)",
+                         "gguf-q5_0, gguf-q4_1, gguf-q5_1, gguf-q6_k)",
                          &QuantizeRequest::ggufPath)),
       afterMethod(option("gguf-float", "gguf_float_types", "GGUF float types", "Output", V::Text,
                          "PATTERN=f16,...",
