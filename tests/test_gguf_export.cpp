@@ -86,7 +86,8 @@ PackedTensor handBuilt(const std::string &name, int64_t out, int64_t in, int bit
 
 // A quantized [out, in] tensor on llama.cpp's Q6_K grid: 6-bit symmetric
 // codes in groups of 16 whose steps are d sc, d a half per 256 columns (normal
-// and subnormal ones) and sc an integer in 1..127 per group.
+// and subnormal ones) and sc an integer in 1..127 per group; about half the
+// groups have zero point -1 (full range).
 PackedTensor handBuiltQ6K(const std::string &name, int64_t out, int64_t in, uint64_t seed) {
   std::mt19937_64 rng(seed);
   PackedTensor t;
@@ -104,8 +105,11 @@ PackedTensor handBuiltQ6K(const std::string &name, int64_t out, int64_t in, uint
     for (int64_t b = 0; b < groups / 16; ++b) {
       // k 2^(m - 24) with k < 2048: always a half; subnormal for small k 2^m.
       const float d = std::ldexp(float(1 + rng() % 2047), int(rng() % 15) - 24);
-      for (int64_t j = 0; j < 16; ++j)
+      for (int64_t j = 0; j < 16; ++j) {
         t.scales.data_ptr<float>()[r * groups + b * 16 + j] = d * float(1 + rng() % 127);
+        if (rng() % 2) // a full-range group on the positive side: stored with sc < 0
+          t.zeroPoints.data_ptr<float>()[r * groups + b * 16 + j] = -1.0f;
+      }
     }
   return t;
 }
@@ -327,6 +331,7 @@ private slots:
   // four bits in ql and high two in qh (llama.cpp's interleaved order).
   void q6_KBlockByHand() {
     PackedTensor t = handBuiltQ6K("x", 1, 256, 1);
+    t.zeroPoints.zero_();
     for (int e = 0; e < 256; ++e)
       t.codes.data_ptr<int32_t>()[e] = (e % 64) - 32; // u = e % 64
     for (int j = 0; j < 16; ++j)
@@ -355,6 +360,14 @@ private slots:
     QCOMPARE((int(b[128 + 32 + 8]) >> 4) & 3, 0);
     QString why;
     QVERIFY2(sameValues(dequantized(t), llamaDequantizeQ6K(b, 256), &why), qPrintable(why));
+    // Group 0 on the positive side of a full range (z = -1): sc negated and
+    // codes stored as -(q + 1), so value 0 (q -32) is u = 31 + 32 = 63.
+    t.zeroPoints.data_ptr<float>()[0] = -1.0f;
+    const std::vector<uint8_t> f = encodeGgufBlocks(t, GgmlType::Q6_K);
+    QCOMPARE(int(static_cast<int8_t>(f[192])), -int(static_cast<int8_t>(b[192])));
+    QCOMPARE(int(f[0]) & 0x0F, 63 & 0x0F);
+    QCOMPARE(int(f[128]) & 3, 63 >> 4);
+    QVERIFY2(sameValues(dequantized(t), llamaDequantizeQ6K(f, 256), &why), qPrintable(why));
     // Steps that are no d sc: 0.1 beside 1000 would need sc < 1 ...
     PackedTensor bad = t;
     bad.scales = t.scales.clone();

@@ -165,12 +165,13 @@ const std::vector<double> &allHalves() {
 // step / 127, as the grid picks it; every d is tried if that fails), then
 // value = (d * sc) * q in float32, as dequantize_row_q6_K computes it. Throws
 // when the steps are not of that form.
-at::Tensor q6kDecode(const at::Tensor &codes, const at::Tensor &scale) {
+at::Tensor q6kDecode(const at::Tensor &codes, const at::Tensor &scale, const at::Tensor &zero) {
   const int64_t out = codes.size(0), in = codes.size(1);
   if (in % 256 != 0 || scale.size(1) != in / 16)
     throw Error("not a Q6_K shape");
   const at::Tensor q = codes.to(at::kInt).contiguous();
   const at::Tensor s = scale.to(at::kFloat).contiguous();
+  const at::Tensor z = zero.to(at::kFloat).contiguous();
   at::Tensor result = at::empty({out, in}, at::kFloat);
   for (int64_t r = 0; r < out; ++r)
     for (int64_t b = 0; b < in / 256; ++b) {
@@ -201,8 +202,18 @@ at::Tensor q6kDecode(const at::Tensor &codes, const at::Tensor &scale) {
         const int code = q.data_ptr<int>()[r * in + b * 256 + e];
         if (code < -32 || code > 31)
           throw Error("code out of range");
-        const float dl = d * float(sc[size_t(e / 16)]);
-        result.data_ptr<float>()[r * in + b * 256 + e] = dl * float(code);
+        // A full-range group with zero point -1 is stored as llama.cpp
+        // stores one whose extreme is positive: sc negated, codes -(q + 1).
+        const float zp = z.data_ptr<float>()[r * (in / 16) + b * 16 + e / 16];
+        if (zp != 0.0f && zp != -1.0f)
+          throw Error("zero point neither 0 nor -1");
+        const bool flipped = zp == -1.0f;
+        const int scStored = flipped ? -sc[size_t(e / 16)] : sc[size_t(e / 16)];
+        const int codeStored = flipped ? -(code + 1) : code;
+        if (codeStored < -32 || codeStored > 31)
+          throw Error("stored code out of range");
+        const float dl = d * float(scStored);
+        result.data_ptr<float>()[r * in + b * 256 + e] = dl * float(codeStored);
       }
     }
   return result;
@@ -686,12 +697,12 @@ private slots:
       const GridParams p = computeGridParams(w, spec);
       QCOMPARE(p.scale.size(1), int64_t(32));
       QVERIFY(at::equal(p.scale, applyStepFormat(p.scale, spec)));
-      QVERIFY((p.zeroPoint == 0).all().item<bool>());
+      QVERIFY(((p.zeroPoint == 0) | ((p.zeroPoint == -1) & spec.fullRange)).all().item<bool>());
       const at::Tensor codes = quantizeWeight(w, p, spec);
       QVERIFY(codes.min().item<int>() >= -32 && codes.max().item<int>() <= 31);
       const at::Tensor fake = fakeQuantizeWeight(w, p, spec);
       QVERIFY(at::equal(fake, dequantizeWeight(codes, p, spec)));
-      QVERIFY2(at::equal(fake, q6kDecode(codes, p.scale)), stepInitName(init));
+      QVERIFY2(at::equal(fake, q6kDecode(codes, p.scale, p.zeroPoint)), stepInitName(init));
       QVERIFY(fake[4].abs().max().item<float>() == 0.0f);
       QVERIFY(fake[3].narrow(0, 16, 16).abs().max().item<float>() == 0.0f);
       // The zero group does not set d (a step of 1 would make d >= 1/127):
@@ -853,17 +864,18 @@ private slots:
         const at::Tensor w = linear->weight.to(at::kFloat);
         const GridSpec &grid = used.weightFor(w.size(1));
         QVERIFY2(at::equal(p.scale, applyStepFormat(p.scale, grid)), cell.c_str());
-        QVERIFY((p.zeroPoint == 0).all().item<bool>());
+        QVERIFY(((p.zeroPoint == 0) | ((p.zeroPoint == -1) & grid.fullRange)).all().item<bool>());
         const at::Tensor codes = quantizeWeight(w, p, grid);
         QVERIFY2(at::equal(w, dequantizeWeight(codes, p, grid)), cell.c_str());
         if (w.size(1) == 256) {
-          QVERIFY2(at::equal(w, q6kDecode(codes, p.scale)), cell.c_str());
+          QVERIFY2(at::equal(w, q6kDecode(codes, p.scale, p.zeroPoint)), cell.c_str());
           ++q6k;
           // A resumed run finds the steps from Ŵ alone: d sc again.
           if (methodName == "lrq") {
             const GridParams back = recoverLearnedGrid(fp.at(prefix + ".weight"), w, grid);
             QVERIFY2(back.scale.defined(), cell.c_str());
-            QVERIFY(at::equal(w, q6kDecode(quantizeWeight(w, back, grid), back.scale)));
+            QVERIFY(
+                at::equal(w, q6kDecode(quantizeWeight(w, back, grid), back.scale, back.zeroPoint)));
           }
         } else {
           QCOMPARE(grid.bits, 8);

@@ -234,7 +234,8 @@ namespace {
 
 // Q6_K blocks of a 6-bit symmetric tensor in groups of 16 (checked by the
 // caller): per 256-value super-block, the half d and the integers sc_j in
-// 1..127 with d sc_j == s_j exactly (the k-superblock grid made them so;
+// 1..127 with d sc_j == s_j exactly (negated, with codes -(q + 1), for a
+// full-range group whose zero point is -1; the k-superblock grid made them so;
 // d = s_max / k for the first k = 127..1 that fits, which is the grid's own d
 // when its largest step has sc = 127), the codes u = q + 32 split into their
 // low 4 bits (ql) and high 2 bits (qh) in llama.cpp's interleaved order:
@@ -249,11 +250,12 @@ std::vector<uint8_t> encodeQ6KBlocks(const PackedTensor &t, const std::string &w
   const at::Tensor codes = t.codes.to(at::kCPU, at::kInt).contiguous();
   const at::Tensor scales = t.scales.to(at::kCPU, at::kFloat).contiguous();
   const at::Tensor zeros = t.zeroPoints.to(at::kCPU, at::kFloat).contiguous();
-  if (!(zeros == 0).all().item<bool>())
-    throw Error(what + ": a symmetric grid with a zero point other than 0 cannot be stored as "
-                       "GGUF Q6_K");
+  if (!((zeros == 0) | (zeros == -1)).all().item<bool>())
+    throw Error(what + ": a symmetric grid with a zero point other than 0 or -1 cannot be stored "
+                       "as GGUF Q6_K");
   const int32_t *q = codes.data_ptr<int32_t>();
   const float *s = scales.data_ptr<float>();
+  const float *z = zeros.data_ptr<float>();
   std::vector<uint8_t> blocks(size_t(out * superBlocks * traits->typeSize), 0);
   for (int64_t r = 0; r < out; ++r) {
     for (int64_t sb = 0; sb < superBlocks; ++sb) {
@@ -277,7 +279,10 @@ std::vector<uint8_t> encodeQ6KBlocks(const PackedTensor &t, const std::string &w
         for (int64_t j = 0; j < kSuperBlock / kSubBlock && found; ++j) {
           const float m = std::nearbyint(steps[j] / d);
           found = m >= 1.0f && m <= float(kMaxSubScale) && d * m == steps[j];
-          sc[j] = static_cast<int8_t>(m);
+          // A full-range group on the positive side (z = -1) is stored with
+          // its sign flipped, as llama.cpp stores one: sc < 0, codes -(q - z).
+          const bool flipped = z[r * groups + sb * (kSuperBlock / kSubBlock) + j] == -1.0f;
+          sc[j] = static_cast<int8_t>(flipped ? -m : m);
         }
       }
       if (!found)
@@ -289,7 +294,8 @@ std::vector<uint8_t> encodeQ6KBlocks(const PackedTensor &t, const std::string &w
       put16(b + 208, dBits);
       const int32_t *row = q + r * in + sb * kSuperBlock;
       for (int64_t e = 0; e < kSuperBlock; ++e) {
-        const int64_t u = int64_t(row[e]) + 32;
+        const bool flipped = sc[e / kSubBlock] < 0;
+        const int64_t u = (flipped ? -(int64_t(row[e]) + 1) : int64_t(row[e])) + 32;
         if (u < 0 || u > 63)
           throw Error(where + ": code " + std::to_string(row[e]) + " is outside [-32, 31]");
         const int64_t n = e / 128, k = (e % 128) / 32, l = e % 32;

@@ -226,13 +226,15 @@ QuantScheme makeGgufPreset(const char *name, int wbits, bool symmetric) {
   return s;
 }
 
-// llama.cpp's Q6_K: 6-bit symmetric groups of 16 whose steps are d sc (one
-// half d per 256-input super-block, integer sc); rows of other lengths get
+// llama.cpp's Q6_K: 6-bit symmetric full-range groups of 16 whose steps are
+// d sc (one half d per 256-input super-block, integer sc); rows of other lengths get
 // gguf-q8_0's grid, as llama-quantize demotes such tensors to Q8_0.
 QuantScheme makeQ6KPreset() {
   QuantScheme s = makePreset("gguf-q6_k", 6, kSuperBlockGroupSize, ActivationMode::None, false);
   s.weight.symmetric = true;
   s.weight.stepFormat = StepFormat::KSuperblock;
+  // The extreme of each group on level +-32, as llama.cpp's Q6_K quantizer puts it.
+  s.weight.fullRange = true;
   s.fallbackWeight = makeGgufPreset("gguf-q8_0", 8, true).weight;
   return s;
 }
