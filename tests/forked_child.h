@@ -11,13 +11,14 @@
 
 #include <chrono>
 #include <exception>
+#include <new>
 #include <string>
 
 #include "core/common/error.h"
 
 namespace lrq::test {
 
-// "error: <what()>" for an lrq::Error, "no error", "other: <what()>",
+// "error: <what()>" for an lrq::Error, "no error", "bad_alloc", "other: <what()>",
 // "crashed (signal N)" or "hung (killed after N s)".
 template <typename F> QString runInForkedChild(F f, int timeoutSeconds = 60) {
   int fds[2];
@@ -34,6 +35,8 @@ template <typename F> QString runInForkedChild(F f, int timeoutSeconds = 60) {
       message = "no error";
     } catch (const Error &e) {
       message = std::string("error: ") + e.what();
+    } catch (const std::bad_alloc &) {
+      message = "bad_alloc";
     } catch (const std::exception &e) {
       message = std::string("other: ") + e.what();
     }

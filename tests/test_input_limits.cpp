@@ -35,6 +35,7 @@
 #include "core/tokenizer/regex_splitter.h"
 #include "core/tokenizer/tokenizer.h"
 #include "core/tokenizer/tokenizer_json.h"
+#include "forked_child.h"
 #include "test_support.h"
 
 using namespace lrq;
@@ -52,49 +53,14 @@ size_t mappedBytes() {
 // extraBytes; returns "error: <message>" for an lrq::Error, "no error",
 // "bad_alloc", "crashed (signal N)" or "other: <what>".
 template <typename F> QString runInChild(F f, size_t extraBytes = size_t(1) << 30) {
-  int fds[2];
-  if (::pipe(fds) != 0)
-    return "pipe failed";
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::close(fds[0]);
-    rlimit limit{};
-    limit.rlim_cur = limit.rlim_max = mappedBytes() + extraBytes;
-    ::setrlimit(RLIMIT_AS, &limit);
-    std::string message;
-    try {
-      f();
-      message = "no error";
-    } catch (const Error &e) {
-      message = std::string("error: ") + e.what();
-    } catch (const std::bad_alloc &) {
-      message = "bad_alloc";
-    } catch (const std::exception &e) {
-      message = std::string("other: ") + e.what();
-    }
-    const char *p = message.data();
-    size_t left = message.size();
-    while (left > 0) {
-      const ssize_t n = ::write(fds[1], p, left);
-      if (n <= 0)
-        break;
-      p += n;
-      left -= size_t(n);
-    }
-    ::_exit(0);
-  }
-  ::close(fds[1]);
-  QByteArray out;
-  char buffer[4096];
-  ssize_t n = 0;
-  while ((n = ::read(fds[0], buffer, sizeof buffer)) > 0)
-    out.append(buffer, int(n));
-  ::close(fds[0]);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  if (WIFSIGNALED(status))
-    return QString("crashed (signal %1)").arg(WTERMSIG(status));
-  return QString::fromUtf8(out);
+  return lrq::test::runInForkedChild(
+      [&] {
+        rlimit limit{};
+        limit.rlim_cur = limit.rlim_max = mappedBytes() + extraBytes;
+        ::setrlimit(RLIMIT_AS, &limit);
+        f();
+      },
+      600);
 }
 
 void writeBytes(const QString &path, const std::string &bytes) {
