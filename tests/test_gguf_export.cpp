@@ -229,6 +229,31 @@ at::Tensor dequantized(const PackedTensor &t) {
   return dequantizeCodes(t.codes, t.scales, t.zeroPoints, t.groupSize);
 }
 
+// gguf-py (in the reference venv) reads `file` and writes each tensor to
+// dir/NAME.f32; every quantized tensor of `packed` must hold s (q - z) in
+// GGUF's own row order (q and k rows permuted). Returns "" or what differs;
+// *info gets gguf-py's table of tensors.
+QString ggufPyMismatch(const QString &file, const QString &dir, const PackedModelContents &packed,
+                       const ModelConfig &config, QJsonObject *info) {
+  QString error;
+  const QByteArray out = test::runReference("gguf_read_tensors.py", {file, dir}, &error);
+  if (out.isEmpty())
+    return "gguf_read_tensors.py: " + error;
+  *info = QJsonDocument::fromJson(out).object();
+  for (const PackedTensor &t : packed.quantized) {
+    const std::string name = ggufTensorNameFromHf(t.name + ".weight");
+    at::Tensor expect = dequantized(t);
+    if (name.find("attn_q") != std::string::npos)
+      expect = permuteGgufRotary(expect, config.numHeads);
+    if (name.find("attn_k") != std::string::npos)
+      expect = permuteGgufRotary(expect, config.numKvHeads);
+    QString why;
+    if (!sameValues(expect, readF32(dir + "/" + QString::fromStdString(name) + ".f32"), &why))
+      return QString::fromStdString(name) + ": " + why;
+  }
+  return "";
+}
+
 // Files in a folder (a failed export must leave none behind, temporaries too).
 QStringList filesIn(const QString &dir) {
   return QDir(dir).entryList(QDir::Files | QDir::Hidden | QDir::NoDotAndDotDot);
@@ -425,23 +450,10 @@ private slots:
     const LoadedModel m = loadModel(file.toStdString());
     for (const PackedTensor &t : packed.quantized)
       QVERIFY2(at::equal(m.tensors.at(t.name + ".weight"), dequantized(t)), t.name.c_str());
-    const QString dir = path("tiny-q6k-py");
-    QString error;
-    const QByteArray out = test::runReference("gguf_read_tensors.py", {file, dir}, &error);
-    QVERIFY2(!out.isEmpty(), qPrintable(error));
-    const QJsonObject info = QJsonDocument::fromJson(out).object();
+    QJsonObject info;
+    const QString mismatch = ggufPyMismatch(file, path("tiny-q6k-py"), packed, config, &info);
+    QVERIFY2(mismatch.isEmpty(), qPrintable(mismatch));
     QCOMPARE(info["blk.1.ffn_down.weight"].toObject()["type"].toString(), QString("Q6_K"));
-    for (const PackedTensor &t : packed.quantized) {
-      const std::string name = ggufTensorNameFromHf(t.name + ".weight");
-      at::Tensor expect = dequantized(t);
-      if (name.find("attn_q") != std::string::npos)
-        expect = permuteGgufRotary(expect, config.numHeads);
-      if (name.find("attn_k") != std::string::npos)
-        expect = permuteGgufRotary(expect, config.numKvHeads);
-      QString why;
-      QVERIFY2(sameValues(expect, readF32(dir + "/" + QString::fromStdString(name) + ".f32"), &why),
-               qPrintable(QString::fromStdString(name) + ": " + why));
-    }
     QCOMPARE(ggufFileTypeFor(GgmlType::Q6_K), uint32_t(18));
     QCOMPARE(ggufSchemeFor(GgmlType::Q6_K), std::string("gguf-q6_k"));
   }
@@ -639,23 +651,10 @@ private slots:
     }
 
     // gguf-py: the same values in GGUF's own row order (q and k permuted).
-    const QString dir = path("tiny-py");
-    QString error;
-    const QByteArray out = test::runReference("gguf_read_tensors.py", {file, dir}, &error);
-    QVERIFY2(!out.isEmpty(), qPrintable(error));
-    const QJsonObject info = QJsonDocument::fromJson(out).object();
+    QJsonObject info;
+    const QString mismatch = ggufPyMismatch(file, path("tiny-py"), packed, config, &info);
+    QVERIFY2(mismatch.isEmpty(), qPrintable(mismatch));
     QCOMPARE(info["blk.0.attn_q.weight"].toObject()["type"].toString(), QString("Q4_0"));
-    for (const PackedTensor &t : packed.quantized) {
-      const std::string name = ggufTensorNameFromHf(t.name + ".weight");
-      at::Tensor expect = dequantized(t);
-      if (name.find("attn_q") != std::string::npos)
-        expect = permuteGgufRotary(expect, config.numHeads);
-      if (name.find("attn_k") != std::string::npos)
-        expect = permuteGgufRotary(expect, config.numKvHeads);
-      QString why;
-      QVERIFY2(sameValues(expect, readF32(dir + "/" + QString::fromStdString(name) + ".f32"), &why),
-               qPrintable(QString::fromStdString(name) + ": " + why));
-    }
   }
 
   // A GGUF source: every key carried, the ones the export changes updated.
