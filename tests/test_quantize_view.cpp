@@ -24,6 +24,7 @@
 
 #include <unistd.h>
 
+#include "core/quant/scheme.h"
 #include "core/runs/run_store.h"
 #include "test_support.h"
 #include "widgets/compare_model.h"
@@ -164,6 +165,22 @@ private slots:
     // W3A16-g128: 3 bits + (16 + 3) bits per 128 weights (ragged last groups count whole).
     QVERIFY2(view()->bitsPerWeight() > 3.14 && view()->bitsPerWeight() < 3.17,
              qPrintable(QString::number(view()->bitsPerWeight())));
+  }
+
+  // Every preset survives the scheme editor: chosen, shown in the form and
+  // read back, it is the same scheme (full range and fallback grids included)
+  // and the preset box still names it.
+  void schemeEditorHoldsEveryPreset() {
+    auto *box = qobject_cast<QComboBox *>(view()->field("scheme"));
+    QVERIFY(box);
+    for (const std::string &name : lrq::quant::presetNames()) {
+      box->setCurrentText(QString::fromStdString(name));
+      QCOMPARE(view()->editedScheme().toJson(), lrq::quant::presetScheme(name).toJson());
+      QCOMPARE(box->currentText(), QString::fromStdString(name));
+    }
+    box->setCurrentText("gguf-q4_0");
+    QVERIFY(view()->editedScheme().weight.fullRange);
+    box->setCurrentText("W3A16-g128");
   }
 
   void badInputNeverStartsARun() {

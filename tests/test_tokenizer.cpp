@@ -572,7 +572,7 @@ private slots:
     expect(json, toStd(config), toStd(config), "bos_token");
     writeFile(config, R"({"add_bos_token": "yes"})");
     expect(json, toStd(config), toStd(config), "add_bos_token");
-    expect(toStd(path("missing.json")), "", toStd(path("missing.json")), "cannot open");
+    expect(toStd(path("missing.json")), "", toStd(path("missing.json")), "no such file");
   }
 };
 
