@@ -219,6 +219,17 @@ at::Tensor q6kDecode(const at::Tensor &codes, const at::Tensor &scale, const at:
   return result;
 }
 
+// A few iterations of every method: enough to move the grid, seconds to run.
+std::map<std::string, nlohmann::json> quickHyperparameters(int64_t gptqBlockSize) {
+  return {{"gptq", {{"block_size", gptqBlockSize}}},
+          {"flexround", {{"iters", 3}, {"batch_size", 1}, {"lr", 2e-2}}},
+          {"lrq", {{"iters", 3}, {"batch_size", 1}, {"lr", 2e-2}}},
+          {"rtn-learned-step", {{"iters", 3}, {"batch_size", 1}, {"lr", 2e-2}}},
+          {"lrqat", {{"steps", 3}, {"rank", 4}, {"lr", 1e-2}, {"lr_scale", 1e-4}}},
+          {"lqer", {{"rank", 4}}},
+          {"l2qer", {{"rank", 4}, {"batch_size", 2}}}};
+}
+
 } // namespace
 
 class TestGgufGrid : public QObject {
@@ -536,14 +547,7 @@ private slots:
   // the packed export holds Ŵ exactly. LR-QAT refuses 8 bits with a clear message.
   void everyMethodLandsOnBlocks() {
     const ModelConfig &config = tiny_.config;
-    const std::map<std::string, nlohmann::json> quick = {
-        {"gptq", {{"block_size", 32}}},
-        {"flexround", {{"iters", 3}, {"batch_size", 1}, {"lr", 2e-2}}},
-        {"lrq", {{"iters", 3}, {"batch_size", 1}, {"lr", 2e-2}}},
-        {"rtn-learned-step", {{"iters", 3}, {"batch_size", 1}, {"lr", 2e-2}}},
-        {"lrqat", {{"steps", 3}, {"rank", 4}, {"lr", 1e-2}, {"lr_scale", 1e-4}}},
-        {"lqer", {{"rank", 4}}},
-        {"l2qer", {{"rank", 4}, {"batch_size", 2}}}};
+    const std::map<std::string, nlohmann::json> quick = quickHyperparameters(32);
     at::Generator gen = at::detail::createCPUGenerator(7);
     const at::Tensor tokens = at::randint(config.vocabSize, {2, 16}, gen, at::kLong);
     const CalibrationSet calibration{tokens, "test"};
@@ -820,14 +824,7 @@ private slots:
     for (const auto &[name, t] : lrq::test::tinyLlamaTensors(config, 21))
       fp[name] = t.to(at::kFloat);
     const ModelWeights original = ModelWeights::fromHfTensors(config, fp);
-    const std::map<std::string, nlohmann::json> quick = {
-        {"gptq", {{"block_size", 64}}},
-        {"flexround", {{"iters", 3}, {"batch_size", 1}, {"lr", 2e-2}}},
-        {"lrq", {{"iters", 3}, {"batch_size", 1}, {"lr", 2e-2}}},
-        {"rtn-learned-step", {{"iters", 3}, {"batch_size", 1}, {"lr", 2e-2}}},
-        {"lrqat", {{"steps", 3}, {"rank", 4}, {"lr", 1e-2}, {"lr_scale", 1e-4}}},
-        {"lqer", {{"rank", 4}}},
-        {"l2qer", {{"rank", 4}, {"batch_size", 2}}}};
+    const std::map<std::string, nlohmann::json> quick = quickHyperparameters(64);
     at::Generator gen = at::detail::createCPUGenerator(7);
     const CalibrationSet calibration{at::randint(config.vocabSize, {2, 16}, gen, at::kLong),
                                      "test"};
