@@ -53,7 +53,20 @@ WorkbenchTour::WorkbenchTour(MainWindow *window, const QString &dir)
 void WorkbenchTour::start() {
   window_->runsView()->setStorePath(store_);
   window_->showView(QStringLiteral("quantize"));
-  runNext();
+  // The scheme editor holding a GGUF preset (full-range symmetric Q4_0), then the runs.
+  lrq::QuantizeRequest r;
+  r.method = "flexround";
+  r.scheme = "gguf-q4_0";
+  r.preset = "demo";
+  lrq::applyPreset(r);
+  window_->quantizeView()->setRequest(r);
+  QTimer::singleShot(500, this, [this] {
+    window_->quantizeView()->revealSchemeEditor();
+    QTimer::singleShot(300, this, [this] {
+      shoot(QStringLiteral("scheme.png"));
+      runNext();
+    });
+  });
 }
 
 void WorkbenchTour::runNext() {

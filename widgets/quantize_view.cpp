@@ -1,5 +1,6 @@
 #include "widgets/quantize_view.h"
 #include "widgets/live_label.h"
+#include <cstdio>
 
 #include <QCheckBox>
 #include <QComboBox>
@@ -20,6 +21,7 @@
 #include <QProgressBar>
 #include <QPushButton>
 #include <QScrollArea>
+#include <QScrollBar>
 #include <QSpinBox>
 #include <QSplitter>
 #include <QStandardPaths>
@@ -112,10 +114,11 @@ QuantizeView::QuantizeView(SessionController *session, QuantizeController *contr
   auto *form = new QVBoxLayout(formColumn);
   form->setContentsMargins(4, 4, 4, 4);
   form->addWidget(buildMethodBox());
-  form->addWidget(buildSchemeBox());
+  schemeBox_ = buildSchemeBox();
+  form->addWidget(schemeBox_);
   form->addWidget(buildOptionBoxes());
   form->addStretch(1);
-  auto *scroll = new QScrollArea(this);
+  auto *scroll = formScroll_ = new QScrollArea(this);
   scroll->setWidget(formColumn);
   scroll->setWidgetResizable(true);
   scroll->setHorizontalScrollBarPolicy(Qt::ScrollBarAlwaysOff);
@@ -159,7 +162,7 @@ QuantizeView::QuantizeView(SessionController *session, QuantizeController *contr
   splitter->addWidget(right);
   splitter->setStretchFactor(0, 0);
   splitter->setStretchFactor(1, 1);
-  splitter->setSizes({380, 900});
+  splitter->setSizes({400, 880}); // the form fits without a sideways cut at 1280 wide
   auto *layout = new QVBoxLayout(this);
   layout->setContentsMargins(0, 0, 0, 0);
   layout->addWidget(splitter);
@@ -317,6 +320,11 @@ void QuantizeView::applyPresetToForm() {
     return; // a method without that preset: the form stays
   }
   setRequest(r);
+}
+
+void QuantizeView::revealSchemeEditor() {
+  // Vertical only: ensureWidgetVisible would also shift the column sideways.
+  formScroll_->verticalScrollBar()->setValue(schemeBox_->y());
 }
 
 QWidget *QuantizeView::buildSchemeBox() {

@@ -21,6 +21,7 @@ class QLabel;
 class QLineEdit;
 class QProgressBar;
 class QPushButton;
+class QScrollArea;
 class QSpinBox;
 class QTimer;
 
@@ -56,6 +57,8 @@ public:
   QComboBox *methodBox() const { return method_; }
   // The editor of a request option (by key) or hyperparameter ("hyperparameters.NAME").
   QWidget *field(const QString &key) const { return fields_.value(key); }
+  // Scrolls the form so the scheme editor is in view (small screens show the method first).
+  void revealSchemeEditor();
 
 public slots:
   void startRun();
@@ -99,6 +102,8 @@ private:
   QComboBox *schemePreset_ = nullptr, *granularity_ = nullptr, *init_ = nullptr,
             *stepFormat_ = nullptr, *actMode_ = nullptr;
   QSpinBox *bits_ = nullptr, *groupSize_ = nullptr, *actBits_ = nullptr;
+  QScrollArea *formScroll_ = nullptr;
+  QWidget *schemeBox_ = nullptr;
   QCheckBox *symmetric_ = nullptr, *fullRange_ = nullptr, *kv8_ = nullptr;
   QLineEdit *blocks_ = nullptr, *linears_ = nullptr;
   QLabel *schemeInfo_ = nullptr;

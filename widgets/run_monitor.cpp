@@ -184,6 +184,7 @@ RunMonitor::RunMonitor(QWidget *parent) : QWidget(parent) {
   layerTable_->setHorizontalHeaderLabels({tr("block"), tr("layer"), tr("MSE"), tr("SQNR (dB)")});
   layerTable_->horizontalHeader()->setSectionResizeMode(QHeaderView::Stretch);
   layerTable_->verticalHeader()->setVisible(false);
+  layerTable_->setWordWrap(false);
   layerTable_->setEditTriggers(QAbstractItemView::NoEditTriggers);
   layerTable_->setSelectionBehavior(QAbstractItemView::SelectRows);
   enableTableExport(layerTable_);
@@ -453,11 +454,13 @@ void RunMonitor::refreshLayers(int firstNewRow) {
   for (int r = firstNewRow; r < int(layers_.size()); ++r) {
     const LayerRow &l = layers_[r];
     const QStringList cells = {l.block < 0 ? QStringLiteral("–") : QString::number(l.block), l.role,
-                               formatNumber(l.mse), QString::number(l.sqnrDb, 'f', 2)};
+                               QString::number(l.mse, 'g', 3), QString::number(l.sqnrDb, 'f', 2)};
     for (int c = 0; c < 4; ++c) {
       auto *item = new QTableWidgetItem(cells[c]);
       item->setTextAlignment(c == 1 ? Qt::AlignLeft | Qt::AlignVCenter
                                     : Qt::AlignRight | Qt::AlignVCenter);
+      if (c == 2)
+        item->setToolTip(formatNumber(l.mse)); // three digits in the cell, all of them here
       layerTable_->setItem(r, c, item);
     }
     if (l.block < 0)

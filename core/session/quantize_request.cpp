@@ -222,7 +222,7 @@ std::vector<RequestOption> buildOptions() {
                          "default F32; norms stay F32)",
                          &QuantizeRequest::ggufFloatTypes)),
       afterMethod(option("compressed-tensors", "compressed_tensors_dir",
-                         "compressed-tensors export folder", "Output", V::Path, "DIR",
+                         "compressed-tensors folder", "Output", V::Path, "DIR",
                          "write the model in compressed-tensors' layout (vLLM, llm-compressor): "
                          "weight-only int4/int8 or W8A8",
                          &QuantizeRequest::compressedTensorsDir)),
