@@ -60,6 +60,8 @@ Commands:
   info MODEL                     architecture, parameter counts, per-tensor table
   eval MODEL                     perplexity on held-out text
       [--text FILE] [--seq-len N] [--max-windows N]
+      [--score all|second-half]  positions scored: all (default), or llama.cpp's
+                                 llama-perplexity rule (second half of each window)
       [--reference REF]          also KL divergence and top-1 agreement against REF
   generate MODEL --prompt TEXT   continue a prompt
       [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
@@ -235,6 +237,13 @@ int commandEval(const Arguments &args, std::ostream &out, TerminalProgress &prog
   const std::string model = requireModel(args);
   const long long seqLen = intOption(args, "seq-len", 512, 2, 1 << 20);
   const long long maxWindows = intOption(args, "max-windows", 0, 0, 1LL << 40);
+  const std::string score = stringOption(args, "score", "all");
+  if (score != "all" && score != "second-half")
+    throw UsageError("--score must be 'all' or 'second-half', not '" + score + "'");
+  const ScoredPositions scored =
+      score == "all" ? ScoredPositions::All : ScoredPositions::SecondHalf;
+  if (scored != ScoredPositions::All && has(args, "reference"))
+    throw UsageError("--score second-half applies to perplexity only, not to --reference");
   std::string text, textSource;
   if (has(args, "text")) {
     textSource = stringOption(args, "text", "");
@@ -254,7 +263,8 @@ int commandEval(const Arguments &args, std::ostream &out, TerminalProgress &prog
   if (has(args, "reference"))
     return evalAgainstReference(args, out, progress, *session, text, textSource, seqLen,
                                 maxWindows);
-  PerplexityReport r = session->perplexity(text, seqLen, &progress, &interruptToken(), maxWindows);
+  PerplexityReport r =
+      session->perplexity(text, seqLen, &progress, &interruptToken(), maxWindows, scored);
   const ModelSummary &s = session->summary();
   if (has(args, "json")) {
     nlohmann::json j = {{"model", s.path},
@@ -265,6 +275,8 @@ int commandEval(const Arguments &args, std::ostream &out, TerminalProgress &prog
                         {"tokens", r.tokens},
                         {"windows", r.windows},
                         {"seq_len", r.seqLen},
+                        {"score", score},
+                        {"first_scored", r.firstScored},
                         {"seconds", r.seconds},
                         {"tokens_per_second", r.tokensPerSecond},
                         {"threads", runtimeThreads()},
@@ -278,8 +290,11 @@ int commandEval(const Arguments &args, std::ostream &out, TerminalProgress &prog
       << r.meanNll << " nats)\n"
       << std::setprecision(1) << "tokens " << r.tokens << " in " << r.windows << " windows of "
       << r.seqLen << ", " << r.seconds << " s, " << r.tokensPerSecond << " tokens/s, "
-      << runtimeThreads() << " threads\n"
-      << "model " << s.path << " (full precision = " << baselineLine(s) << ")\n"
+      << runtimeThreads() << " threads\n";
+  if (r.firstScored > 0)
+    out << "scored positions " << r.firstScored << ".." << r.seqLen - 2
+        << " of each window (llama-perplexity's rule)\n";
+  out << "model " << s.path << " (full precision = " << baselineLine(s) << ")\n"
       << "text " << textSource << "\n";
   if (!missing.empty())
     out << "note " << notExportedNote(missing) << "\n";

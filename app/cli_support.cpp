@@ -15,19 +15,16 @@ namespace {
 // table (core/session/quantize_request.h); the rest belong to other commands.
 const std::map<std::string, bool> &knownOptions() {
   static const std::map<std::string, bool> options = [] {
-    std::map<std::string, bool> o = {{"threads", true},        {"device", true},
-                                     {"json", false},          {"quiet", false},
-                                     {"help", false},          {"version", false},
-                                     {"text", true},           {"seq-len", true},
-                                     {"max-windows", true},    {"prompt", true},
-                                     {"max-new-tokens", true}, {"temperature", true},
-                                     {"top-k", true},          {"top-p", true},
-                                     {"seed", true},           {"tensor", true},
-                                     {"part", true},           {"spectra", false},
-                                     {"reference", true},      {"model", true},
-                                     {"limit", true},          {"differences", false},
-                                     {"store", true},          {"dry-run", false},
-                                     {"status", true},         {"ids", false}};
+    std::map<std::string, bool> o = {
+        {"threads", true},      {"device", true},         {"json", false},
+        {"quiet", false},       {"help", false},          {"version", false},
+        {"text", true},         {"seq-len", true},        {"max-windows", true},
+        {"prompt", true},       {"max-new-tokens", true}, {"temperature", true},
+        {"top-k", true},        {"top-p", true},          {"seed", true},
+        {"tensor", true},       {"part", true},           {"spectra", false},
+        {"reference", true},    {"model", true},          {"limit", true},
+        {"differences", false}, {"store", true},          {"dry-run", false},
+        {"status", true},       {"ids", false},           {"score", true}};
     for (const RequestOption &r : quantizeRequestOptions())
       if (!r.flag.empty())
         o[r.flag] = r.type != ValueType::Flag;

@@ -19,13 +19,14 @@ non-overlapping windows of --ctx tokens, the first --windows of them. The script
 that both tokenizers give the same ids (llama-tokenize against `lrq tokenize`).
 
 What each tool computes per window: one forward pass over --ctx tokens (llama-perplexity
-with -b = -c: one window per decode, as ours). `lrq eval` applies the LM head to every
-position and scores ctx-1 predictions; llama-perplexity asks for logits of the second
-half only and scores ctx/2-1 predictions (first = ctx/2), and would put BOS in the first
-position of every window when the model adds BOS (SmolLM2 does not). So the transformer
-blocks do the same work, the LM head (576 x 49152 on SmolLM2, about a fifth of its
-FLOPs per token) does twice the work in ours, and the two perplexities are over
-different positions: they are printed side by side, not expected to be equal.
+with -b = -c: one window per decode, as ours). `lrq eval` by default applies the LM head
+to every position and scores ctx-1 predictions; llama-perplexity asks for logits of the
+second half only and scores ctx/2-1 predictions (first = ctx/2), and puts BOS in the first
+position of every window when the model adds BOS (SmolLM2 does not). `lrq eval --score
+second-half` follows llama-perplexity's rule, so it does the same work and must give the
+same perplexity (checked: relative difference printed, must be under 1e-4). The default
+mode is timed too: it does the same block work and twice the LM-head work (576 x 49152 on
+SmolLM2, about a fifth of its FLOPs per token).
 
 Timing: the tools run interleaved (A B A B ...) --rounds times; each run is timed as a
 whole process (model load and tokenization included) and by the time the tool reports
@@ -52,9 +53,9 @@ def llama_perplexity_cmd(bin_dir, gguf, text, args):
             "-t", args.threads, "-tb", args.threads, "--no-escape"] + lc.LOG_OPTIONS
 
 
-def lrq_eval_cmd(lrq, gguf, text, args):
+def lrq_eval_cmd(lrq, gguf, text, args, score="all"):
     return [lrq, "eval", gguf, "--text", text, "--seq-len", args.ctx, "--max-windows",
-            args.windows, "--threads", args.threads, "--json", "--quiet"]
+            args.windows, "--threads", args.threads, "--score", score, "--json", "--quiet"]
 
 
 def main():
@@ -88,12 +89,16 @@ def main():
     tokens = lc.compare_tokens(lrq, args.model, bin_dir, f32, text)
 
     ours_cmd = lrq_eval_cmd(lrq, f32, text, args)
+    half_cmd = lrq_eval_cmd(lrq, f32, text, args, "second-half")
     theirs_cmd = llama_perplexity_cmd(bin_dir, f32, text, args)
     rounds = []
     for r in range(int(args.rounds)):
         lc.log("round %d/%s: lrq eval" % (r + 1, args.rounds))
         out, _, wall_ours, _ = lc.run(ours_cmd)
         ours = json.loads(out.strip().splitlines()[-1])
+        lc.log("round %d/%s: lrq eval --score second-half" % (r + 1, args.rounds))
+        out, _, wall_half, _ = lc.run(half_cmd)
+        half = json.loads(out.strip().splitlines()[-1])
         lc.log("round %d/%s: llama-perplexity" % (r + 1, args.rounds))
         out, err, wall_theirs, _ = lc.run(theirs_cmd)
         theirs = lc.parse_perplexity_log(out + err)
@@ -104,6 +109,8 @@ def main():
             "lrq_wall_s": wall_ours, "lrq_eval_s": ours["seconds"],
             "lrq_perplexity": ours["perplexity"], "lrq_windows": ours["windows"],
             "lrq_scored_tokens": ours["tokens"],
+            "half_wall_s": wall_half, "half_eval_s": half["seconds"],
+            "half_perplexity": half["perplexity"], "half_scored_tokens": half["tokens"],
             "llama_wall_s": wall_theirs, "llama_eval_s": theirs.get("loop_s"),
             "llama_decode_s": theirs["decode_ms"] / 1000.0 if "decode_ms" in theirs else None,
             "llama_add_bos": theirs.get("add_bos"), "llama_flash_attn": theirs.get("flash_attn"),
@@ -122,8 +129,14 @@ def main():
         "rounds": rounds, "median": med,
         "ratio_wall": med["lrq_wall_s"] / med["llama_wall_s"],
         "ratio_eval": (med["lrq_eval_s"] / med["llama_eval_s"]) if med["llama_eval_s"] else None,
+        "ratio_wall_same_positions": med["half_wall_s"] / med["llama_wall_s"],
+        "ratio_eval_same_positions": (med["half_eval_s"] / med["llama_eval_s"])
+        if med["llama_eval_s"] else None,
+        "same_positions_relative_ppl_difference":
+            abs(med["half_perplexity"] / med["llama_perplexity"] - 1.0),
         "reference_check": reference, "tokens": tokens,
-        "commands": {"lrq": lc.quoted(ours_cmd), "llama": lc.quoted(theirs_cmd)},
+        "commands": {"lrq": lc.quoted(ours_cmd), "lrq_second_half": lc.quoted(half_cmd),
+                     "llama": lc.quoted(theirs_cmd)},
         "reproduce": lc.quoted([sys.argv[0]] + sys.argv[1:]),
     }
 
@@ -131,14 +144,17 @@ def main():
           (args.windows, args.ctx, args.threads, result["llama_cpp"]))
     print("model %s\ntext %s\n" % (f32, text))
     rows = []
+    half = "last %d positions" % (int(args.ctx) - 1 - int(args.ctx) // 2)
     for name, prefix, scored in (("lrq eval", "lrq", "all %d positions" % (int(args.ctx) - 1)),
-                                 ("llama-perplexity", "llama",
-                                  "last %d positions" % (int(args.ctx) - 1 - int(args.ctx) // 2))):
+                                 ("lrq eval --score second-half", "half", half),
+                                 ("llama-perplexity", "llama", half)):
         rows.append([name, lc.fmt(med[prefix + "_wall_s"], 2), lc.fmt(med[prefix + "_eval_s"], 2),
                      " ".join(lc.fmt(r[prefix + "_wall_s"], 2) for r in rounds),
                      lc.fmt(med[prefix + "_perplexity"]), scored])
-    rows.append(["ours / llama.cpp", lc.fmt(result["ratio_wall"], 2),
+    rows.append(["ours (all) / llama.cpp", lc.fmt(result["ratio_wall"], 2),
                  lc.fmt(result["ratio_eval"], 2), "", "", ""])
+    rows.append(["ours (second half) / llama.cpp", lc.fmt(result["ratio_wall_same_positions"], 2),
+                 lc.fmt(result["ratio_eval_same_positions"], 2), "", "", ""])
     print(lc.markdown_table(["tool", "wall s (median)", "eval s (median)", "wall s per round",
                              "perplexity", "scored per window"], rows))
     print()
@@ -154,12 +170,19 @@ def main():
               (tokens["llama_tokenize"], tokens["lrq_tokenize"],
                "identical" if tokens["same_ids"] else
                "differ from position %s" % tokens["first_difference"]))
-    print("commands:\n  %s\n  %s" % (result["commands"]["lrq"], result["commands"]["llama"]))
+    same = result["same_positions_relative_ppl_difference"] < 1e-4
+    print("same positions: lrq eval --score second-half %.6f, llama-perplexity %.6f "
+          "(relative %.1e): %s" % (med["half_perplexity"], med["llama_perplexity"],
+                                   result["same_positions_relative_ppl_difference"],
+                                   "equal" if same else "DIFFERENT"))
+    print("commands:\n  %s\n  %s\n  %s" % (result["commands"]["lrq"],
+                                          result["commands"]["lrq_second_half"],
+                                          result["commands"]["llama"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
             f.write("\n")
-    ok = reference["equal"] and tokens["same_ids"] is not False
+    ok = reference["equal"] and tokens["same_ids"] is not False and same
     return 0 if ok else 1
 
 

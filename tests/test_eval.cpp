@@ -47,18 +47,21 @@ struct RecordingObserver : ProgressObserver {
 };
 
 // Mean NLL computed the long way: full forward per window, then for every
-// position log(sum exp(logits)) - logit[target] in double, element by element.
+// position from `first` on, log(sum exp(logits)) - logit[target] in double, element
+// by element. bos >= 0 replaces each window's first token.
 double handMeanNll(const DecoderModel &model, const std::vector<int32_t> &tokens, int64_t seqLen,
-                   int64_t windows, int64_t *count) {
+                   int64_t windows, int64_t *count, int64_t first = 0, int32_t bos = -1) {
   double sum = 0;
   *count = 0;
   for (int64_t w = 0; w < windows; ++w) {
     std::vector<int64_t> ids(tokens.begin() + w * seqLen, tokens.begin() + (w + 1) * seqLen);
+    if (bos >= 0)
+      ids[0] = bos;
     const at::Tensor logits =
         model.forward(at::tensor(ids, at::kLong).view({1, -1}))[0].to(at::kDouble).contiguous();
     const int64_t V = logits.size(1);
     const double *p = logits.data_ptr<double>();
-    for (int64_t t = 0; t + 1 < seqLen; ++t) {
+    for (int64_t t = first; t + 1 < seqLen; ++t) {
       const double *row = p + t * V;
       double mx = row[0];
       for (int64_t v = 1; v < V; ++v)
@@ -152,6 +155,52 @@ private slots:
     QCOMPARE(two.windows, int64_t(2));
     QCOMPARE(two.tokens, int64_t(18));
     QVERIFY(std::abs(two.meanNll - hand2) < 1e-5);
+  }
+
+  // llama-perplexity's rule: only positions from seqLen/2 on are scored, and BOS
+  // replaces each window's first token. Checked against the long way, and shown to
+  // differ from scoring every position (so the rule is really applied).
+  void perplexityScoresSecondHalf() {
+    const DecoderModel &model = *tiny_;
+    const auto tokens = randomTokens(40, model.config().vocabSize, 17);
+    int64_t count = 0;
+    for (int32_t bos : {-1, 3}) {
+      PerplexityScoring scoring;
+      scoring.firstScored = 5;
+      scoring.windowBos = bos;
+      const PerplexityResult r =
+          evaluatePerplexity(model, tokens, 10, nullptr, nullptr, 0, scoring);
+      c10::InferenceMode guard;
+      const double hand = handMeanNll(model, tokens, 10, 4, &count, 5, bos);
+      QCOMPARE(r.firstScored, int64_t(5));
+      QCOMPARE(r.tokens, int64_t(4 * 4)); // positions 5..8 of each window
+      QCOMPARE(count, r.tokens);
+      QVERIFY2(std::abs(r.meanNll - hand) < 1e-5,
+               qPrintable(QString("bos %1: %2 vs %3").arg(bos).arg(r.meanNll).arg(hand)));
+      const double all = handMeanNll(model, tokens, 10, 4, &count, 0, bos);
+      QVERIFY(std::abs(all - hand) > 1e-3);
+    }
+    // The BOS only changes the context: with a different first token, the NLL moves.
+    PerplexityScoring withBos;
+    withBos.firstScored = 5;
+    withBos.windowBos = tokens[0] == 3 ? 4 : 3;
+    PerplexityScoring plain;
+    plain.firstScored = 5;
+    QVERIFY(std::abs(evaluatePerplexity(model, tokens, 10, nullptr, nullptr, 0, withBos).meanNll -
+                     evaluatePerplexity(model, tokens, 10, nullptr, nullptr, 0, plain).meanNll) >
+            1e-7);
+    // Nothing left to score, or a BOS outside the vocabulary: clear errors.
+    PerplexityScoring bad;
+    bad.firstScored = 9;
+    QVERIFY_THROWS_EXCEPTION(Error,
+                             evaluatePerplexity(model, tokens, 10, nullptr, nullptr, 0, bad));
+    bad.firstScored = -1;
+    QVERIFY_THROWS_EXCEPTION(Error,
+                             evaluatePerplexity(model, tokens, 10, nullptr, nullptr, 0, bad));
+    bad.firstScored = 5;
+    bad.windowBos = int32_t(model.config().vocabSize);
+    QVERIFY_THROWS_EXCEPTION(Error,
+                             evaluatePerplexity(model, tokens, 10, nullptr, nullptr, 0, bad));
   }
 
   void perplexityNeedsAWindow() {

@@ -38,8 +38,16 @@ at::Tensor summedNll(const DecoderModel &model, const at::Tensor &hidden,
 
 PerplexityResult evaluatePerplexity(const DecoderModel &model, const std::vector<int32_t> &tokens,
                                     int64_t seqLen, ProgressObserver *observer,
-                                    const CancelToken *cancel, int64_t maxWindows) {
+                                    const CancelToken *cancel, int64_t maxWindows,
+                                    const PerplexityScoring &scoring) {
   c10::InferenceMode guard;
+  const int64_t first = scoring.firstScored;
+  if (first < 0 || first > seqLen - 2)
+    throw Error("perplexity: the first scored position " + std::to_string(first) +
+                " leaves nothing to score in windows of " + std::to_string(seqLen) + " tokens");
+  if (scoring.windowBos >= model.config().vocabSize)
+    throw Error("perplexity: BOS id " + std::to_string(scoring.windowBos) +
+                " is outside the vocabulary");
   const auto t0 = std::chrono::steady_clock::now();
   const TokenWindows split = tokenWindows(tokens, seqLen, maxWindows, model.device(), "perplexity");
   const int64_t windows = split.count;
@@ -48,18 +56,23 @@ PerplexityResult evaluatePerplexity(const DecoderModel &model, const std::vector
     observer->started("perplexity", windows * seqLen);
 
   double nllSum = 0;
-  const int64_t predictedPerWindow = seqLen - 1;
+  const int64_t predictedPerWindow = seqLen - 1 - first;
   for (int64_t w = 0; w < windows; ++w) {
     if (cancel)
       cancel->throwIfCancelled();
-    const at::Tensor ids = all.narrow(0, w * seqLen, seqLen);
+    at::Tensor ids = all.narrow(0, w * seqLen, seqLen);
+    if (scoring.windowBos >= 0) {
+      ids = ids.clone();
+      ids.narrow(0, 0, 1).fill_(int64_t(scoring.windowBos));
+    }
     at::Tensor h = model.embed(ids.unsqueeze(0), 0);
     for (int64_t b = 0; b < model.numBlocks(); ++b)
       h = model.runBlock(b, h, 0);
-    // Position i predicts token i+1; the last position predicts nothing.
-    nllSum +=
-        summedNll(model, h.narrow(1, 0, predictedPerWindow), ids.narrow(0, 1, predictedPerWindow))
-            .item<double>();
+    // Position i predicts token i+1; the last position predicts nothing. Positions
+    // before `first` are context only: the LM head never sees them.
+    nllSum += summedNll(model, h.narrow(1, first, predictedPerWindow),
+                        ids.narrow(0, first + 1, predictedPerWindow))
+                  .item<double>();
     if (observer) {
       const double running = std::exp(nllSum / double((w + 1) * predictedPerWindow));
       char detail[96];
@@ -72,6 +85,7 @@ PerplexityResult evaluatePerplexity(const DecoderModel &model, const std::vector
   PerplexityResult r;
   r.windows = windows;
   r.seqLen = seqLen;
+  r.firstScored = first;
   r.tokens = windows * predictedPerWindow;
   r.meanNll = nllSum / double(r.tokens);
   r.perplexity = std::exp(r.meanNll);

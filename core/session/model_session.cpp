@@ -328,18 +328,26 @@ std::string ModelSession::detokenize(const std::vector<int32_t> &ids) const {
 
 PerplexityReport ModelSession::perplexity(const std::string &text, int64_t seqLen,
                                           ProgressObserver *observer, const CancelToken *cancel,
-                                          int64_t maxWindows) const {
+                                          int64_t maxWindows, ScoredPositions scored) const {
   if (observer)
     observer->log(LogLevel::Info, "Tokenizing " + std::to_string(text.size()) + " bytes of text");
-  std::vector<int32_t> tokens = impl_->tokenizer().encode(text, true);
+  const Tokenizer &tokenizer = impl_->tokenizer();
+  std::vector<int32_t> tokens = tokenizer.encode(text, true);
+  PerplexityScoring scoring;
+  if (scored == ScoredPositions::SecondHalf) {
+    scoring.firstScored = seqLen / 2;
+    if (tokenizer.spec().addBos)
+      scoring.windowBos = tokenizer.bosId();
+  }
   PerplexityResult r =
-      evaluatePerplexity(*impl_->model, tokens, seqLen, observer, cancel, maxWindows);
+      evaluatePerplexity(*impl_->model, tokens, seqLen, observer, cancel, maxWindows, scoring);
   PerplexityReport out;
   out.perplexity = r.perplexity;
   out.meanNll = r.meanNll;
   out.tokens = r.tokens;
   out.windows = r.windows;
   out.seqLen = r.seqLen;
+  out.firstScored = r.firstScored;
   out.seconds = r.seconds;
   out.tokensPerSecond = r.tokensPerSecond;
   return out;

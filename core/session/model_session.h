@@ -74,12 +74,20 @@ struct Histogram {
   std::vector<double> counts; // equal-width bins over [lo, hi]
 };
 
+// Which positions of each window perplexity scores.
+enum class ScoredPositions {
+  All,       // every prediction in the window (the project's perplexity)
+  SecondHalf // llama.cpp's llama-perplexity: positions seqLen/2 on; BOS starts each window
+             // when the tokenizer adds BOS. Same figures as that tool, on the same tokens.
+};
+
 struct PerplexityReport {
   double perplexity = 0;
   double meanNll = 0;
   int64_t tokens = 0;
   int64_t windows = 0;
   int64_t seqLen = 0;
+  int64_t firstScored = 0;
   double seconds = 0;
   double tokensPerSecond = 0;
 };
@@ -143,7 +151,8 @@ public:
   // (shared/ALGORITHMS.md). maxWindows 0: all.
   PerplexityReport perplexity(const std::string &text, int64_t seqLen,
                               ProgressObserver *observer = nullptr,
-                              const CancelToken *cancel = nullptr, int64_t maxWindows = 0) const;
+                              const CancelToken *cancel = nullptr, int64_t maxWindows = 0,
+                              ScoredPositions scored = ScoredPositions::All) const;
 
   // Perplexity of this model plus KL divergence and top-1 agreement against a
   // reference model (same tokenizer and vocabulary) on the same windows.
