@@ -29,7 +29,9 @@ private slots:
     for (const QStringList &args :
          {QStringList{"eval"}, QStringList{"--bogus"}, QStringList{"frobnicate", "x"},
           QStringList{"eval", "default", "--seq-len", "abc"}, QStringList{"generate", "default"},
-          QStringList{"spectrum", "default"}, QStringList{"eval", "default", "--device", "tpu"}}) {
+          QStringList{"spectrum", "default"}, QStringList{"eval", "default", "--device", "tpu"},
+          QStringList{"eval", "default", "--score", "half"},
+          QStringList{"eval", "default", "--score", "second-half", "--reference", "default"}}) {
       Result r = runLrq(args);
       QVERIFY2(r.exitCode == 2, qPrintable(args.join(' ') + " -> " + QString::number(r.exitCode)));
       QVERIFY2(r.err.startsWith("lrq: "), qPrintable(r.err));
@@ -90,6 +92,18 @@ private slots:
     QVERIFY(std::abs(std::log(ppl) - j["mean_nll"].toDouble()) < 1e-6);
     QCOMPARE(j["threads"].toInt(), 2);
     QVERIFY(j["full_precision_reference"].toString().contains("dequantized from Q4_1"));
+    QCOMPARE(j["score"].toString(), QString("all"));
+    QCOMPARE(j["first_scored"].toInt(), 0);
+
+    // llama-perplexity's rule: the same windows, positions 64..126 of each scored.
+    Result half = runLrq({"eval", "default", "--seq-len", "128", "--max-windows", "2", "--json",
+                          "--threads", "2", "--score", "second-half"});
+    QVERIFY2(half.exitCode == 0, qPrintable(half.err));
+    QJsonObject h = parseJson(half);
+    QCOMPARE(h["score"].toString(), QString("second-half"));
+    QCOMPARE(h["first_scored"].toInt(), 64);
+    QCOMPARE(h["tokens"].toInt(), 2 * 63);
+    QVERIFY(h["perplexity"].toDouble() != ppl);
   }
 
   void evalMatchesIndependentReference() {
