@@ -132,6 +132,17 @@ void setLogY(QCustomPlot *plot, bool log) {
 
 // Log axis range over [lo, hi] with a margin; a log ticker only when the
 // range spans more than a decade (otherwise plain ticks label it better).
+// An axis of block indices 0..maxBlock: every block labelled while they fit,
+// multiples of a step beyond.
+void setBlockAxis(QCPAxis *axis, int maxBlock) {
+  auto ticker = QSharedPointer<QCPAxisTickerFixed>(new QCPAxisTickerFixed);
+  ticker->setTickStep(1);
+  ticker->setScaleStrategy(maxBlock <= 40 ? QCPAxisTickerFixed::ssNone
+                                          : QCPAxisTickerFixed::ssMultiples);
+  axis->setTicker(ticker);
+  axis->setRange(-0.5, maxBlock + 0.5);
+}
+
 void setLogRange(QCPAxis *axis, double lo, double hi) {
   if (!(lo > 0) || !(hi > 0)) {
     axis->setRange(1e-3, 1);
@@ -880,13 +891,7 @@ void CompareView::updateDepth() {
     notes << tr("%1 not quantized: %2").arg(role, joinNames(noRole));
   depthNote_->setText(notes.join(QStringLiteral(" · ")));
   depthNote_->setVisible(!notes.isEmpty());
-  auto ticker = QSharedPointer<QCPAxisTickerFixed>(new QCPAxisTickerFixed);
-  ticker->setTickStep(1);
-  // Every block labelled while they fit; multiples of a step beyond.
-  ticker->setScaleStrategy(maxBlock <= 40 ? QCPAxisTickerFixed::ssNone
-                                          : QCPAxisTickerFixed::ssMultiples);
-  plot->xAxis->setTicker(ticker);
-  plot->xAxis->setRange(-0.5, maxBlock + 0.5);
+  setBlockAxis(plot->xAxis, maxBlock);
   if (series == 0) {
     showMessage(plot, runs.empty() ? tr("No runs selected.")
                                    : tr("None of the selected runs recorded per-layer errors."));
@@ -972,12 +977,7 @@ void CompareView::updateHeldout() {
               "held-out calibration samples never trained on. The factor is the held-out sum "
               "over the training sum.");
   heldoutNote_->setText(notes.join(QStringLiteral(" · ")));
-  auto ticker = QSharedPointer<QCPAxisTickerFixed>(new QCPAxisTickerFixed);
-  ticker->setTickStep(1);
-  ticker->setScaleStrategy(maxBlock <= 40 ? QCPAxisTickerFixed::ssNone
-                                          : QCPAxisTickerFixed::ssMultiples);
-  plot->xAxis->setTicker(ticker);
-  plot->xAxis->setRange(-0.5, maxBlock + 0.5);
+  setBlockAxis(plot->xAxis, maxBlock);
   if (series == 0) {
     showMessage(plot, runs.empty() ? tr("No runs selected.")
                                    : tr("None of the selected runs trained blocks."));
