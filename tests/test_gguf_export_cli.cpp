@@ -211,6 +211,11 @@ private slots:
              qPrintable(r.err));
     QVERIFY(!QFile::exists(out));
     QVERIFY(!r.out.contains("run_started"));
+    // gguf-q4_k's offset grid has no packed form: refused before the run, too.
+    r = runLrq(quantize("gguf-q4_k", out) << "--packed" << tmp_.filePath("q4k.safetensors"));
+    QCOMPARE(r.exitCode, 2);
+    QVERIFY2(r.err.contains("no packed form") && r.err.contains("--gguf"), qPrintable(r.err));
+    QVERIFY(!r.out.contains("run_started"));
     writeFile(out, "old");
     r = runLrq(quantize("gguf-q4_0", out));
     QCOMPARE(r.exitCode, 2);
