@@ -216,7 +216,7 @@ at::Tensor halfAtOrAbove(const at::Tensor &x) {
 }
 
 // The super-block rounding of values [rows, groups] (float32, >= 0, at most
-// d's largest half times maxScale), `groups` per super-block: d = the
+// 65504 maxScale), `groups` per super-block: d = the
 // smallest half >= max_j x_j / maxScale; the largest value gets ceil(x_max /
 // d) (maxScale unless d is one of the smallest subnormal halves; never cut),
 // the others clamp(round(x_j / d), minScale, maxScale); x_j := d sc_j (exact
