@@ -337,6 +337,13 @@ void TestCompareView::bitsPerWeightDefaultModel() {
   QVERIFY(b.valid);
   QVERIFY(std::fabs(b.weightBits - (6.0 * down + 8.0 * (weights - down)) / weights) < 1e-12);
   QVERIFY(std::fabs(b.total() - (6.5625 * down + 8.5 * (weights - down)) / weights) < 1e-12);
+  // gguf-q4_k: down_proj in Q4_K, 144 bytes per 256 weights; the rest in the
+  // Q5_0 fallback, 22 bytes per 32.
+  b = lrq::ui::estimateBitsPerWeight(
+      "rtn", QString::fromStdString(lrq::quant::presetScheme("gguf-q4_k").toJson()), "{}");
+  QVERIFY(b.valid);
+  QVERIFY(std::fabs(b.weightBits - (4.0 * down + 5.0 * (weights - down)) / weights) < 1e-12);
+  QVERIFY(std::fabs(b.total() - (4.5 * down + 5.5 * (weights - down)) / weights) < 1e-12);
 }
 
 void TestCompareView::schemeLabels() {

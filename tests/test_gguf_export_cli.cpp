@@ -126,6 +126,19 @@ private slots:
                                << "gptq"
                                << "Q8_0"
                                << "Q6_K" << 18;
+    // Q4_K where rows are whole super-blocks, Q5_0 elsewhere; MOSTLY_Q4_K_S.
+    QTest::newRow("q4_k") << "gguf-q4_k"
+                          << "rtn"
+                          << "Q5_0"
+                          << "Q4_K" << 14;
+    QTest::newRow("q4_k gptq") << "gguf-q4_k"
+                               << "gptq"
+                               << "Q5_0"
+                               << "Q4_K" << 14;
+    QTest::newRow("q4_k lrq") << "gguf-q4_k"
+                              << "lrq"
+                              << "Q5_0"
+                              << "Q4_K" << 14;
   }
   void exportLoadsAndGivesTheRunsPerplexity() {
     QFETCH(QString, scheme);
@@ -134,8 +147,12 @@ private slots:
     QFETCH(QString, downType);
     QFETCH(int, fileType);
     const QString out = tmp_.filePath(scheme + "-" + method + ".gguf");
-    QStringList args = quantize(scheme, out, downType == "Q6_K" ? model256_ : model_);
+    QStringList args =
+        quantize(scheme, out, downType == "Q6_K" || downType == "Q4_K" ? model256_ : model_);
     args[args.indexOf("--method") + 1] = method;
+    if (method == "lrq")
+      args << "--iters"
+           << "5"; // a few steps move the learned grid; seconds to run
     // gguf-q6_k's mixed grids in the packed file too (each layer its own bits and groups).
     const QString packed = tmp_.filePath(scheme + "-" + method + ".safetensors");
     if (downType == "Q6_K")
@@ -193,6 +210,11 @@ private slots:
                             "quantize with --scheme gguf-q4_1"),
              qPrintable(r.err));
     QVERIFY(!QFile::exists(out));
+    QVERIFY(!r.out.contains("run_started"));
+    // gguf-q4_k's offset grid has no packed form: refused before the run, too.
+    r = runLrq(quantize("gguf-q4_k", out) << "--packed" << tmp_.filePath("q4k.safetensors"));
+    QCOMPARE(r.exitCode, 2);
+    QVERIFY2(r.err.contains("no packed form") && r.err.contains("--gguf"), qPrintable(r.err));
     QVERIFY(!r.out.contains("run_started"));
     writeFile(out, "old");
     r = runLrq(quantize("gguf-q4_0", out));

@@ -522,8 +522,8 @@ private slots:
       return false;
     };
     QVERIFY(refused(R"({"weight": {"step_format": "bf16"}})",
-                    "weight.step_format: expected f32, f16, f16-offset or k-superblock, got "
-                    "\"bf16\""));
+                    "weight.step_format: expected f32, f16, f16-offset, k-superblock or "
+                    "k-superblock-offset, got \"bf16\""));
     QVERIFY(refused(R"({"weight": {"step_format": 16}})", "weight.step_format"));
     QVERIFY(
         refused(R"({"weight": {"symmetric": false, "full_range": true}})", "weight.full_range"));

@@ -167,6 +167,7 @@ private slots:
   // The llama.cpp block formats (f16 / f16-offset steps, groups of 32).
   void rtn_gguf_q8_0() { cell("rtn", "gguf-q8_0"); }
   void rtn_gguf_q6_k() { cell("rtn", "gguf-q6_k"); }
+  void lrq_gguf_q4_k() { cell("lrq", "gguf-q4_k"); }
   void gptq_gguf_q5_0() { cell("gptq", "gguf-q5_0"); }
   void lrq_gguf_q4_0() { cell("lrq", "gguf-q4_0"); }
   void lrqat_gguf_q5_1() { cell("lrqat", "gguf-q5_1"); }

@@ -379,9 +379,10 @@ private slots:
   }
 
   void presetsAreTheIssuesSchemes() {
-    const std::vector<std::string> expected{
-        "W8A8",      "W4A8-KV8",  "W4A16",     "W3A16",     "W4A16-g128", "W3A16-g128", "W2A16-g64",
-        "gguf-q8_0", "gguf-q5_0", "gguf-q4_0", "gguf-q5_1", "gguf-q4_1",  "gguf-q6_k"};
+    const std::vector<std::string> expected{"W8A8",       "W4A8-KV8",   "W4A16",     "W3A16",
+                                            "W4A16-g128", "W3A16-g128", "W2A16-g64", "gguf-q8_0",
+                                            "gguf-q5_0",  "gguf-q4_0",  "gguf-q5_1", "gguf-q4_1",
+                                            "gguf-q6_k",  "gguf-q4_k"};
     QCOMPARE(presetNames(), expected);
     const QuantScheme w8a8 = presetScheme("w8a8");
     QCOMPARE(w8a8.weight.bits, 8);

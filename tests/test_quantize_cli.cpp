@@ -199,7 +199,7 @@ private slots:
       names << m.toObject()["name"].toString();
     for (const char *expected : {"rtn", "lqer", "l2qer"})
       QVERIFY2(names.contains(expected), expected);
-    QVERIFY(j["schemes"].toArray().size() == 13); // 7 integer grids, 6 GGUF block formats
+    QVERIFY(j["schemes"].toArray().size() == 14); // 7 integer grids, 7 GGUF block formats
   }
 };
 

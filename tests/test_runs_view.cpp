@@ -395,6 +395,14 @@ private slots:
                            std::string("\"step_format\":\"f16\"").size(),
                            "\"step_format\":\"f32\"");
     const QString q6kBadFallback = finished("rtn", QString::fromStdString(q6kFallbackF32));
+    // gguf-q4_k: Q4_K with its Q5_0 fallback; LR-QAT never runs it, LRQ does.
+    const QString q4k =
+        finished("lrq", QString::fromStdString(lrq::quant::presetScheme("gguf-q4_k").toJson()));
+    std::string q4kFallbackF32 = lrq::quant::presetScheme("gguf-q4_k").toJson();
+    q4kFallbackF32.replace(q4kFallbackF32.rfind("\"step_format\":\"f16\""),
+                           std::string("\"step_format\":\"f16\"").size(),
+                           "\"step_format\":\"f32\"");
+    const QString q4kBadFallback = finished("rtn", QString::fromStdString(q4kFallbackF32));
 
     RunsView view;
     view.setStorePath(path);
@@ -420,6 +428,12 @@ private slots:
     QVERIFY(!view.exportGgufButton()->isEnabled());
     QVERIFY2(view.exportGgufButton()->toolTip().contains("fallback") &&
                  view.exportGgufButton()->toolTip().contains("gguf-q6_k"),
+             qPrintable(view.exportGgufButton()->toolTip()));
+    view.selectRun(q4k);
+    QVERIFY(view.exportGgufButton()->isEnabled());
+    view.selectRun(q4kBadFallback);
+    QVERIFY(!view.exportGgufButton()->isEnabled());
+    QVERIFY2(view.exportGgufButton()->toolTip().contains("gguf-q4_k"),
              qPrintable(view.exportGgufButton()->toolTip()));
   }
 

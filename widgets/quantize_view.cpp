@@ -359,13 +359,15 @@ QWidget *QuantizeView::buildSchemeBox() {
                        "minmax)"));
   stepFormat_ = new QComboBox(box);
   for (auto f : {quant::StepFormat::Float32, quant::StepFormat::Fp16, quant::StepFormat::Fp16Offset,
-                 quant::StepFormat::KSuperblock})
+                 quant::StepFormat::KSuperblock, quant::StepFormat::KSuperblockOffset})
     stepFormat_->addItem(QString::fromLatin1(quant::stepFormatName(f)), int(f));
   stepFormat_->setToolTip(tr("How each step is stored: f32; f16 (llama.cpp Q8_0 / Q5_0 / Q4_0 "
                              "blocks); f16-offset, an f16 step whose multiples by every zero "
                              "point are f16 too (Q5_1 / Q4_1 blocks, asymmetric grids); "
                              "k-superblock, d x sc with one f16 d per 256 inputs and an integer "
-                             "sc per group of 16 (Q6_K; rows of other lengths take Q8_0's grid)"));
+                             "sc per group of 16 (Q6_K; rows of other lengths take Q8_0's grid); "
+                             "k-superblock-offset, d x sc steps and dmin x m offsets per group "
+                             "of 32, asymmetric (Q4_K; rows of other lengths take Q5_0's grid)"));
   actMode_ = new QComboBox(box);
   for (auto m : {quant::ActivationMode::None, quant::ActivationMode::PerTokenDynamic,
                  quant::ActivationMode::PerTensorStatic})
@@ -487,9 +489,13 @@ quant::QuantScheme QuantizeView::editedScheme() const {
   s.weight.fullRange = s.weight.symmetric && fullRange_->isChecked();
   s.weight.init = quant::StepInit(init_->currentData().toInt());
   s.weight.stepFormat = quant::StepFormat(stepFormat_->currentData().toInt());
-  if (s.weight.stepFormat == quant::StepFormat::KSuperblock)
+  if (quant::isSuperBlockFormat(s.weight.stepFormat))
     s.fallbackWeight =
-        fallbackWeight_ ? *fallbackWeight_ : *quant::presetScheme("gguf-q6_k").fallbackWeight;
+        fallbackWeight_ ? *fallbackWeight_
+                        : *quant::presetScheme(s.weight.stepFormat == quant::StepFormat::KSuperblock
+                                                   ? "gguf-q6_k"
+                                                   : "gguf-q4_k")
+                               .fallbackWeight;
   s.activation.mode = quant::ActivationMode(actMode_->currentData().toInt());
   s.activation.bits = actBits_->value();
   s.kv8 = kv8_->isChecked();

@@ -310,8 +310,7 @@ std::optional<double> estimateBitsPerWeight(const QString &method, const QString
     parsed = lrq::quant::QuantScheme::fromJson(schemeJson.toStdString());
   } catch (const lrq::Error &) {
   }
-  const bool superBlocks =
-      parsed && parsed->weight.stepFormat == lrq::quant::StepFormat::KSuperblock;
+  const bool superBlocks = parsed && lrq::quant::isSuperBlockFormat(parsed->weight.stepFormat);
 
   if (!shape) {
     if (rank > 0 || (parsed && parsed->mixesGrids()))

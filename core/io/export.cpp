@@ -705,7 +705,7 @@ at::Tensor unpackCodes(const at::Tensor &packed, int bits, int64_t qmin, int64_t
 }
 
 at::Tensor dequantizeCodes(const at::Tensor &codes, const at::Tensor &scales,
-                           const at::Tensor &zeroPoints, int64_t groupSize) {
+                           const at::Tensor &zeroPoints, int64_t groupSize, bool offsets) {
   const int64_t cols = codes.size(1);
   at::Tensor s = scales.to(at::kFloat), z = zeroPoints.to(at::kFloat);
   if (s.dim() != 2 || z.sizes() != s.sizes() || (s.size(0) != 1 && s.size(0) != codes.size(0)))
@@ -718,6 +718,8 @@ at::Tensor dequantizeCodes(const at::Tensor &codes, const at::Tensor &scales,
     s = s.index_select(1, group);
     z = z.index_select(1, group);
   }
+  if (offsets)
+    return codes.to(at::kFloat) * s - z;
   return s * (codes.to(at::kFloat) - z);
 }
 
@@ -744,6 +746,10 @@ ExportResult writePackedModel(const std::string &path, const PackedModelContents
     const int64_t out = p.codes.size(0), in = p.codes.size(1);
     if (p.scales.dim() != 2 || p.zeroPoints.sizes() != p.scales.sizes())
       throw Error("export: scales/zero points of " + p.name + " are not [rows, groups]");
+    if (p.offsets)
+      throw Error("export: " + p.name +
+                  " is on a k-superblock-offset grid (values s q - M, GGUF Q4_K), which the "
+                  "packed file's s (q - z) layout cannot hold; export GGUF (--gguf) instead");
     tensors.push_back({p.name + ".qweight", packCodes(p.codes, p.bits, p.qmin), at::kByte});
     tensors.push_back({p.name + ".scales", p.scales, at::kFloat});
     tensors.push_back({p.name + ".zero_points", p.zeroPoints, at::kFloat});

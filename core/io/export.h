@@ -126,6 +126,10 @@ struct PackedTensor {
   at::Tensor codes;      // integer [out, in] (any integer dtype), within [qmin, qmin + 2^bits - 1]
   at::Tensor scales;     // [rows, groups]: [1,1] per tensor, [out,1] per channel, [out,ceil(in/g)]
   at::Tensor zeroPoints; // same shape as scales (integers as floats; 0 for symmetric grids)
+  // Offset form (GGUF Q4_K's k-superblock-offset grid): zeroPoints hold
+  // offsets M >= 0 in value units and the values are s q - M (grid.h). The
+  // packed file cannot store it (GGUF can).
+  bool offsets = false;
   int bits = 4;          // 2..8
   int64_t qmin = 0;      // 0 (asymmetric) or -2^(bits-1) (symmetric)
   int64_t groupSize = 0; // columns per group; 0 when scales has one column
@@ -158,9 +162,10 @@ at::Tensor packCodes(const at::Tensor &codes, int bits, int64_t qmin);
 // Inverse: int32 [rows, cols].
 at::Tensor unpackCodes(const at::Tensor &packed, int bits, int64_t qmin, int64_t cols);
 // s (q - z) in float32 with scales/zero points [rows, groups] expanded over
-// groups of groupSize columns (the last group may be shorter).
+// groups of groupSize columns (the last group may be shorter); with offsets,
+// zeroPoints are offsets M and the values s q - M (two float32 operations).
 at::Tensor dequantizeCodes(const at::Tensor &codes, const at::Tensor &scales,
-                           const at::Tensor &zeroPoints, int64_t groupSize);
+                           const at::Tensor &zeroPoints, int64_t groupSize, bool offsets = false);
 
 // Writes the packed file (a temporary sibling renamed into place).
 ExportResult writePackedModel(const std::string &path, const PackedModelContents &contents,

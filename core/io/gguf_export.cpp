@@ -36,6 +36,7 @@ struct BlockFormat {
   int64_t groupSize; // values per step
   uint32_t fileType; // LLAMA_FTYPE_MOSTLY_*
   const char *scheme;
+  bool offsets = false; // zero points in offset form (PackedTensor::offsets)
 };
 
 const BlockFormat kFormats[] = {
@@ -45,6 +46,9 @@ const BlockFormat kFormats[] = {
     {GgmlType::Q4_1, 4, false, kBlock, 3, "gguf-q4_1"},
     {GgmlType::Q5_1, 5, false, kBlock, 9, "gguf-q5_1"},
     {GgmlType::Q6_K, 6, true, kSubBlock, 18, "gguf-q6_k"},
+    // LLAMA_FTYPE_MOSTLY_Q4_K_S: every tensor Q4_K (or its Q5_0 fallback); _M
+    // would mean some tensors promoted to Q6_K, which this export never does.
+    {GgmlType::Q4_K, 4, false, kBlock, 14, "gguf-q4_k", true},
 };
 
 const BlockFormat *formatOf(GgmlType type) {
@@ -66,7 +70,8 @@ std::string suggestedSchemes(int bits, bool symmetric) {
   for (const BlockFormat &f : kFormats)
     if (f.bits == bits && f.symmetric == symmetric)
       return std::string("--scheme ") + f.scheme;
-  return "one of --scheme gguf-q8_0, gguf-q4_0, gguf-q5_0, gguf-q4_1, gguf-q5_1, gguf-q6_k";
+  return "one of --scheme gguf-q8_0, gguf-q4_0, gguf-q5_0, gguf-q4_1, gguf-q5_1, gguf-q6_k, "
+         "gguf-q4_k";
 }
 
 uint16_t halfBits(float x, bool *exact) {
@@ -206,12 +211,13 @@ double secondsSince(std::chrono::steady_clock::time_point t0) {
 
 } // namespace
 
-bool ggufBlockTypeForGrid(int bits, int64_t qmin, int64_t groupSize, GgmlType *type) {
+bool ggufBlockTypeForGrid(int bits, int64_t qmin, int64_t groupSize, GgmlType *type, bool offsets) {
   const bool symmetric = qmin == -(int64_t(1) << (bits - 1));
   if (!symmetric && qmin != 0)
     return false;
   for (const BlockFormat &f : kFormats)
-    if (f.bits == bits && f.symmetric == symmetric && f.groupSize == groupSize) {
+    if (f.bits == bits && f.symmetric == symmetric && f.groupSize == groupSize &&
+        f.offsets == offsets) {
       *type = f.type;
       return true;
     }
@@ -307,12 +313,106 @@ std::vector<uint8_t> encodeQ6KBlocks(const PackedTensor &t, const std::string &w
   return blocks;
 }
 
-// The blocks must decode to the grid's values s (q - z), as evaluated.
+// Q4_K blocks of a 4-bit asymmetric tensor in offset form, groups of 32
+// (checked by the caller): per 256-value super-block the halves d and dmin
+// and 6-bit integers sc_j in 1..63, m_j in 0..63 with d sc_j == s_j and
+// dmin m_j == M_j exactly (the k-superblock-offset grid made them so; d =
+// s_max / k for the first k = 63..1 that fits, the grid's own d when its
+// largest step has sc = 63; dmin likewise, 0 when no group has an offset).
+// llama.cpp's layout: d at byte 0, dmin at 2, the 12 scale bytes at 4 (for j
+// < 4: byte j = sc_j | (sc_{j+4} >> 4) << 6, byte j+4 = m_j | (m_{j+4} >> 4)
+// << 6; byte j+8 = (sc_{j+4} & 15) | (m_{j+4} & 15) << 4), then 128 bytes of
+// codes: value p*64 + h*32 + l (p < 4, h < 2, l < 32) in nibble h of byte 16
+// + p*32 + l. Decoded as (d sc_j) q - (dmin m_j) in float32.
+std::vector<uint8_t> encodeQ4KBlocks(const PackedTensor &t, const std::string &what) {
+  constexpr int64_t kGroups = kSuperBlock / kBlock; // 8
+  constexpr int kMax6 = 63;
+  const int64_t out = t.codes.size(0), in = t.codes.size(1);
+  const int64_t superBlocks = in / kSuperBlock, groups = in / kBlock;
+  const GgmlTypeTraits *traits = ggmlTypeTraits(static_cast<uint32_t>(GgmlType::Q4_K));
+  const at::Tensor codes = t.codes.to(at::kCPU, at::kInt).contiguous();
+  const at::Tensor scales = t.scales.to(at::kCPU, at::kFloat).contiguous();
+  const at::Tensor offsets = t.zeroPoints.to(at::kCPU, at::kFloat).contiguous();
+  const int32_t *q = codes.data_ptr<int32_t>();
+  const float *s = scales.data_ptr<float>();
+  const float *z = offsets.data_ptr<float>();
+  // The half h and integers k_j in [lo, 63] with h k_j == v_j exactly, h =
+  // max v / k for the first k = 63..1 that is a half; all zeros: h = 0.
+  auto factor = [](const float *v, int lo, uint16_t *hBits, uint8_t *k) {
+    float peak = 0.0f;
+    for (int64_t j = 0; j < kGroups; ++j)
+      peak = std::max(peak, v[j]);
+    if (peak == 0.0f && lo == 0) {
+      *hBits = 0;
+      for (int64_t j = 0; j < kGroups; ++j)
+        if (v[j] != 0.0f)
+          return false;
+      std::fill(k, k + kGroups, uint8_t(0));
+      return true;
+    }
+    for (int c = kMax6; c >= 1; --c) {
+      const float h = peak / float(c);
+      bool exact = false;
+      *hBits = halfBits(h, &exact);
+      if (!exact || !(h > 0.0f))
+        continue;
+      bool fits = true;
+      for (int64_t j = 0; j < kGroups && fits; ++j) {
+        const float m = std::nearbyint(v[j] / h);
+        fits = m >= float(lo) && m <= float(kMax6) && h * m == v[j];
+        k[j] = static_cast<uint8_t>(fits ? m : 0.0f);
+      }
+      if (fits)
+        return true;
+    }
+    return false;
+  };
+  std::vector<uint8_t> blocks(size_t(out * superBlocks * traits->typeSize), 0);
+  for (int64_t r = 0; r < out; ++r) {
+    for (int64_t sb = 0; sb < superBlocks; ++sb) {
+      uint8_t *b = blocks.data() + (r * superBlocks + sb) * traits->typeSize;
+      const int64_t first = r * groups + sb * kGroups;
+      const std::string where =
+          what + " (row " + std::to_string(r) + ", super-block " + std::to_string(sb) + ")";
+      uint16_t dBits = 0, dminBits = 0;
+      uint8_t sc[kGroups] = {}, m[kGroups] = {};
+      if (!factor(s + first, 1, &dBits, sc))
+        throw Error(where + ": the steps are not d*sc for one half-precision d and integers sc "
+                            "in 1..63, as GGUF Q4_K stores them; quantize with --scheme "
+                            "gguf-q4_k (steps made so)");
+      if (!factor(z + first, 0, &dminBits, m))
+        throw Error(where + ": the offsets are not dmin*m for one half-precision dmin and "
+                            "integers m in 0..63, as GGUF Q4_K stores them; quantize with "
+                            "--scheme gguf-q4_k (offsets made so)");
+      put16(b, dBits);
+      put16(b + 2, dminBits);
+      uint8_t *packed = b + 4;
+      for (int j = 0; j < 4; ++j) {
+        packed[j] = uint8_t(sc[j] | ((sc[j + 4] >> 4) << 6));
+        packed[j + 4] = uint8_t(m[j] | ((m[j + 4] >> 4) << 6));
+        packed[j + 8] = uint8_t((sc[j + 4] & 0x0F) | ((m[j + 4] & 0x0F) << 4));
+      }
+      uint8_t *qs = b + 16;
+      const int32_t *row = q + r * in + sb * kSuperBlock;
+      for (int64_t e = 0; e < kSuperBlock; ++e) {
+        if (row[e] < 0 || row[e] > 15)
+          throw Error(where + ": code " + std::to_string(row[e]) + " is outside [0, 15]");
+        const int64_t p = e / 64, h = (e % 64) / 32, l = e % 32;
+        qs[p * 32 + l] |= uint8_t(row[e] << (4 * h));
+      }
+    }
+  }
+  return blocks;
+}
+
+// The blocks must decode to the grid's values s (q - z) (s q - M), as evaluated.
 void checkBlocksDecode(const PackedTensor &t, GgmlType type, const std::vector<uint8_t> &blocks,
                        const std::string &what) {
   const int64_t out = t.codes.size(0), in = t.codes.size(1);
   const at::Tensor expected =
-      dequantizeCodes(t.codes, t.scales, t.zeroPoints, t.groupSize).to(at::kFloat).contiguous();
+      dequantizeCodes(t.codes, t.scales, t.zeroPoints, t.groupSize, t.offsets)
+          .to(at::kFloat)
+          .contiguous();
   std::vector<float> decoded(size_t(out * in));
   dequantizeGgml(type, blocks.data(), decoded.data(), out * in);
   const float *e = expected.data_ptr<float>();
@@ -336,8 +436,8 @@ std::vector<uint8_t> encodeGgufBlocks(const PackedTensor &t, GgmlType type) {
   const bool symmetric = t.qmin != 0;
   const int64_t blockValues = ggmlTypeTraits(static_cast<uint32_t>(type))->blockSize;
   GgmlType own{};
-  const bool gridFits = ggufBlockTypeForGrid(t.bits, t.qmin, t.groupSize, &own) && own == type &&
-                        t.scales.size(0) == out && in % blockValues == 0 &&
+  const bool gridFits = ggufBlockTypeForGrid(t.bits, t.qmin, t.groupSize, &own, t.offsets) &&
+                        own == type && t.scales.size(0) == out && in % blockValues == 0 &&
                         t.scales.size(1) == in / format->groupSize;
   if (!gridFits)
     throw Error(what + ": " + std::to_string(t.bits) + "-bit " + granularityText(t) + " " +
@@ -349,8 +449,9 @@ std::vector<uint8_t> encodeGgufBlocks(const PackedTensor &t, GgmlType type) {
                      : ""));
   if (t.lowRankA.defined() || t.lowRankB.defined())
     throw Error(what + ": carries low-rank correction factors (LQER), which GGUF cannot store");
-  if (type == GgmlType::Q6_K) {
-    std::vector<uint8_t> blocks = encodeQ6KBlocks(t, what);
+  if (type == GgmlType::Q6_K || type == GgmlType::Q4_K) {
+    std::vector<uint8_t> blocks =
+        type == GgmlType::Q6_K ? encodeQ6KBlocks(t, what) : encodeQ4KBlocks(t, what);
     checkBlocksDecode(t, type, blocks, what);
     return blocks;
   }
@@ -569,14 +670,15 @@ ExportResult exportGguf(const std::string &path, const PackedModelContents &c,
                   "(--packed) instead");
     GgmlType type{};
     const bool symmetric = t.qmin != 0;
-    if (t.codes.dim() != 2 || !ggufBlockTypeForGrid(t.bits, t.qmin, t.groupSize, &type) ||
+    if (t.codes.dim() != 2 ||
+        !ggufBlockTypeForGrid(t.bits, t.qmin, t.groupSize, &type, t.offsets) ||
         t.codes.size(1) % ggmlTypeTraits(static_cast<uint32_t>(type))->blockSize != 0)
       throw Error("GGUF export: tensor " + t.name + ": " + std::to_string(t.bits) + "-bit " +
                   (t.scales.dim() == 2 ? granularityText(t) : std::string("?")) + " " +
                   (symmetric ? "symmetric" : "asymmetric") +
                   " weights cannot be stored as a GGUF block type (Q8_0, Q4_0, Q5_0, Q4_1, "
-                  "Q5_1: 32-value groups; Q6_K: 6-bit groups of 16 in rows of a multiple of "
-                  "256); quantize with " +
+                  "Q5_1: 32-value groups; Q6_K: 6-bit groups of 16 and Q4_K: 4-bit offset "
+                  "groups of 32, in rows of a multiple of 256); quantize with " +
                   suggestedSchemes(t.bits, symmetric));
     ++quantizedTypes[type];
     const int64_t heads = rowsHeads(name);
@@ -622,9 +724,9 @@ ExportResult exportGguf(const std::string &path, const PackedModelContents &c,
     return tensorOrder(a.spec.name) < tensorOrder(b.spec.name);
   });
 
-  // The file type: the block type most tensors use; Q6_K whenever a tensor
-  // is Q6_K, as llama-quantize labels a Q6_K file whose rows that are not
-  // whole super-blocks fell back to Q8_0.
+  // The file type: the block type most tensors use; Q6_K (Q4_K) whenever a
+  // tensor is, as llama-quantize labels a Q6_K (Q4_K_S) file whose rows that
+  // are not whole super-blocks fell back to Q8_0 (Q5_0).
   GgmlType main = GgmlType::F32;
   int64_t most = 0;
   for (const auto &[type, count] : quantizedTypes)
@@ -634,6 +736,8 @@ ExportResult exportGguf(const std::string &path, const PackedModelContents &c,
     }
   if (quantizedTypes.count(GgmlType::Q6_K))
     main = GgmlType::Q6_K;
+  else if (quantizedTypes.count(GgmlType::Q4_K))
+    main = GgmlType::Q4_K;
   auto set = [&meta](const std::string &key, GgufValue value) {
     for (auto &entry : meta)
       if (entry.first == key) {

@@ -25,13 +25,15 @@ namespace lrq {
 // The block type that holds a grid of `bits` bits whose codes start at qmin
 // (0: asymmetric, -2^(bits-1): symmetric) in groups of groupSize columns:
 // Q8_0 (8 symmetric), Q4_0 / Q5_0 (4 / 5 symmetric), Q4_1 / Q5_1 (4 / 5
-// asymmetric), all with groups of 32; Q6_K (6 symmetric, groups of 16). False
-// for every other grid.
-bool ggufBlockTypeForGrid(int bits, int64_t qmin, int64_t groupSize, GgmlType *type);
+// asymmetric), all with groups of 32; Q6_K (6 symmetric, groups of 16); with
+// offsets (zero points in offset form, PackedTensor::offsets) Q4_K (4
+// asymmetric, groups of 32) only. False for every other grid.
+bool ggufBlockTypeForGrid(int bits, int64_t qmin, int64_t groupSize, GgmlType *type,
+                          bool offsets = false);
 // The scheme preset that quantizes onto that block type ("gguf-q4_0").
 std::string ggufSchemeFor(GgmlType type);
 // llama.cpp's LLAMA_FTYPE number for a model mostly in `type` (Q4_0: 2, Q4_1: 3,
-// Q8_0: 7, Q5_0: 8, Q5_1: 9, Q6_K: 18, F32: 0, F16: 1).
+// Q8_0: 7, Q5_0: 8, Q5_1: 9, Q6_K: 18, Q4_K: 14 (Q4_K_S), F32: 0, F16: 1).
 uint32_t ggufFileTypeFor(GgmlType type);
 
 // The blocks of one quantized tensor, as llama.cpp lays them out: row by row,
@@ -41,8 +43,10 @@ uint32_t ggufFileTypeFor(GgmlType type);
 // be exactly a half (the grid was made for it), else lrq::Error names the
 // tensor and the scheme to quantize with. Q6_K: one 210-byte block per 256
 // columns, each 16-column step s_j = d sc_j stored as a half d and int8 sc_j
-// (llama.cpp's ql / qh / scales / d layout; see encodeQ6KBlocks). The blocks are checked by
-// decoding them with dequantizeGgml: they must give s (q - z) back exactly.
+// (llama.cpp's ql / qh / scales / d layout; see encodeQ6KBlocks). Q4_K: one 144-byte block
+// per 256 columns, each 32-column group's step d sc_j and offset dmin m_j stored as the
+// halves d, dmin and 6-bit sc_j, m_j (see encodeQ4KBlocks). The blocks are checked by
+// decoding them with dequantizeGgml: they must give s (q - z) (s q - M) back exactly.
 std::vector<uint8_t> encodeGgufBlocks(const PackedTensor &tensor, GgmlType type);
 
 // llama.cpp's order of the rows of q_proj / k_proj (and their biases), from HF

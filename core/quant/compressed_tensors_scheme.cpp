@@ -28,6 +28,9 @@ CompressedTensorsFormat compressedTensorsFormatFor(const QuantScheme &scheme,
   if (scheme.weight.stepFormat == StepFormat::KSuperblock)
     throw Error(what + "k-superblock steps (d sc, GGUF Q6_K) have no compressed-tensors form; "
                        "export GGUF (--gguf) or the packed file (--packed)");
+  if (scheme.weight.stepFormat == StepFormat::KSuperblockOffset)
+    throw Error(what + "k-superblock-offset grids (s q - M, GGUF Q4_K) have no "
+                       "compressed-tensors form; export GGUF (--gguf)");
   if (scheme.kv8)
     throw Error(what + "KV8 (int8 per-token keys and values) has no compressed-tensors form "
                        "that vLLM runs; use a scheme without KV8");

@@ -85,11 +85,20 @@ PackedModelContents packQuantizedModel(const ModelConfig &config, const ModelWei
     t.zeroPoints = p.zeroPoint.to(at::kCPU, at::kFloat).contiguous();
     if (!at::isfinite(t.scales).all().item<bool>() || !(t.scales != 0).all().item<bool>())
       throw Error("pack " + prefix + ": a step of the grid is zero or not finite");
-    if (!at::equal(t.zeroPoints, at::round(t.zeroPoints)) ||
-        (t.zeroPoints < double(spec.qmin())).any().item<bool>() ||
-        (t.zeroPoints > double(spec.qmax())).any().item<bool>())
+    t.offsets = spec.offsetForm();
+    if (t.offsets) {
+      // Offsets M in value units: stored as dmin m, so they must already be so.
+      if (!at::equal(applyOffsetFormat(t.zeroPoints, spec), t.zeroPoints) ||
+          !at::equal(applyStepFormat(t.scales, spec), t.scales))
+        throw Error("pack " + prefix +
+                    ": the grid's steps and offsets are not d*sc and dmin*m "
+                    "of its k-superblock-offset format");
+    } else if (!at::equal(t.zeroPoints, at::round(t.zeroPoints)) ||
+               (t.zeroPoints < double(spec.qmin())).any().item<bool>() ||
+               (t.zeroPoints > double(spec.qmax())).any().item<bool>()) {
       throw Error("pack " + prefix + ": a zero point is not an integer within [" +
                   std::to_string(spec.qmin()) + ", " + std::to_string(spec.qmax()) + "]");
+    }
     t.codes = quantizeWeight(w, {t.scales, t.zeroPoints, at::Tensor()}, spec);
     t.bits = spec.bits;
     t.qmin = spec.qmin();
@@ -102,7 +111,7 @@ PackedModelContents packQuantizedModel(const ModelConfig &config, const ModelWei
     // The codes must give Ŵ back: within 1e-6 of the element's step (float
     // rounding; a Ŵ on the grid comes back exactly), after the rounding to
     // the model's own type that Ŵ went through.
-    at::Tensor back = dequantizeCodes(t.codes, t.scales, t.zeroPoints, t.groupSize);
+    at::Tensor back = dequantizeCodes(t.codes, t.scales, t.zeroPoints, t.groupSize, t.offsets);
     if (t.valueDtype != at::kFloat)
       back = back.to(t.valueDtype).to(at::kFloat);
     const at::Tensor step = expandToWeight(t.scales, spec, w.size(1)).abs();

@@ -57,10 +57,12 @@ GptqLayerResult gptqQuantizeLayer(const at::Tensor &weight, const at::Tensor &h,
   at::Tensor W = weight.detach().to(at::kDouble).clone();
   at::Tensor H = h.detach().to(weight.device(), at::kDouble).clone();
   const bool perGroup = spec.granularity == Granularity::PerGroup;
-  // k-superblock (GGUF Q6_K): checkWeightForGrid made cols a multiple of 256.
-  const bool superBlocks = spec.stepFormat == StepFormat::KSuperblock;
-  at::Tensor superScale;      // [rows, 16] double: steps of the current super-block
-  GridSpec columnSpec = spec; // a group's slice [rows, <= g] as one unit per row
+  // k-superblock (GGUF Q6_K, Q4_K): checkWeightForGrid made cols a multiple of 256.
+  const bool superBlocks = isSuperBlockFormat(spec.stepFormat);
+  // Offset form (Q4_K): zero points are offsets M, x^ = fl32(s q - M).
+  const bool offsets = spec.offsetForm();
+  at::Tensor superScale, superZero; // [rows, groups] double: the current super-block's grid
+  GridSpec columnSpec = spec;       // a group's slice [rows, <= g] as one unit per row
   columnSpec.granularity = Granularity::PerChannel;
   columnSpec.groupSize = 0;
 
@@ -115,14 +117,17 @@ GptqLayerResult gptqQuantizeLayer(const at::Tensor &weight, const at::Tensor &h,
     for (int64_t i = 0; i < count; ++i) {
       const int64_t c = i1 + i;
       if (superBlocks && c % kSuperBlockColumns == 0) {
-        // The 16 groups of a k-superblock share d: their steps are made
-        // together, from W as it stands at the super-block's first column.
+        // The groups of a k-superblock share d (and dmin): their steps are
+        // made together, from W as it stands at the super-block's first column.
         const at::Tensor slice = W.narrow(1, c, kSuperBlockColumns);
-        superScale = computeGridParams(slice.to(at::kFloat), spec).scale.to(at::kDouble);
+        const GridParams p = computeGridParams(slice.to(at::kFloat), spec);
+        superScale = p.scale.to(at::kDouble);
+        superZero = p.zeroPoint.to(at::kDouble);
       }
       if (superBlocks && c % spec.groupSize == 0) {
-        const at::Tensor s = superScale.narrow(1, (c % kSuperBlockColumns) / spec.groupSize, 1);
-        units.emplace_back(s.contiguous(), at::zeros_like(s));
+        const int64_t group = (c % kSuperBlockColumns) / spec.groupSize;
+        units.emplace_back(superScale.narrow(1, group, 1).contiguous(),
+                           superZero.narrow(1, group, 1).contiguous());
       } else if (perGroup && c % spec.groupSize == 0) {
         const at::Tensor slice = W.narrow(1, c, std::min(spec.groupSize, cols - c));
         const GridParams p = computeGridParams(slice.to(at::kFloat), columnSpec);
@@ -157,8 +162,16 @@ GptqLayerResult gptqQuantizeLayer(const at::Tensor &weight, const at::Tensor &h,
             const double s = sp[size_t(u)][r], z = zp[size_t(u)][r];
             const double w = wr[i];
             // std::nearbyint rounds halves to even, like at::round.
-            const double q = std::min(std::max(std::nearbyint(w / s) + z, qmin), qmax);
-            const double qv = (q - z) * s;
+            double q, qv;
+            if (offsets) {
+              q = std::min(std::max(std::nearbyint((w + z) / s), qmin), qmax);
+              // s q is exact in float32; the subtraction rounds once, as the
+              // grid (and llama.cpp) computes it.
+              qv = double(float(q) * float(s) - float(z));
+            } else {
+              q = std::min(std::max(std::nearbyint(w / s) + z, qmin), qmax);
+              qv = (q - z) * s;
+            }
             const double d = u1[i * count + i];
             const double err = (w - qv) / d;
             c1[r * count + i] = q;
@@ -181,8 +194,12 @@ GptqLayerResult gptqQuantizeLayer(const at::Tensor &weight, const at::Tensor &h,
       for (int64_t i = 0; i < count; ++i) {
         const auto &[us, uz] = units[size_t(unitOf[size_t(i)])];
         const at::Tensor w = W1.narrow(1, i, 1); // [rows, 1]
-        const at::Tensor q = at::round(w / us).add_(uz).clamp_(qmin, qmax);
-        const at::Tensor qv = (q - uz).mul_(us);
+        const at::Tensor q = offsets ? at::round((w + uz) / us).clamp_(qmin, qmax)
+                                     : at::round(w / us).add_(uz).clamp_(qmin, qmax);
+        // Offset form: s q - M is exact in double (both are float32 values),
+        // so one rounding to float32 gives the grid's fl32(s q - M).
+        const at::Tensor qv =
+            offsets ? (q * us).sub_(uz).to(at::kFloat).to(at::kDouble) : (q - uz).mul_(us);
         C1.narrow(1, i, 1).copy_(q);
         Q1.narrow(1, i, 1).copy_(qv);
         S1.narrow(1, i, 1).copy_(us.expand({rows, 1}));

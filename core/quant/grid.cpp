@@ -96,6 +96,16 @@ constexpr float kSmallestHalf = 5.9604644775390625e-08f; // 2^-24
 // k-superblock step is left unrounded (see the KSuperblock branch).
 std::pair<at::Tensor, at::Tensor> paramsFromRange(const Range &range, const GridSpec &spec,
                                                   float fraction) {
+  if (spec.offsetForm()) {
+    // Offset form: s = (hi - lo) / (n - 1) and M = -lo, so that code 0 is lo
+    // and code n-1 is hi. Both are rounded together on [rows, groups] by the
+    // caller (the super-block couples the units). A zero unit's step is the
+    // smallest half, so that it never sets the super-block's d.
+    const at::Tensor lo = range.lo * fraction, hi = range.hi * fraction;
+    at::Tensor scale = (hi - lo) / double(spec.levels() - 1);
+    scale = at::where(scale > 0, scale, at::full_like(scale, kSmallestHalf));
+    return {scale, lo.neg()};
+  }
   if (!spec.symmetric) {
     const at::Tensor lo = range.lo * fraction, hi = range.hi * fraction;
     auto [scale, zero] = asymmetricStep(lo, hi, spec.levels());
@@ -180,6 +190,8 @@ double largestStep(const GridSpec &spec) {
     return kLargestHalf;
   case StepFormat::KSuperblock:
     return kLargestHalf * kSuperBlockMaxScale;
+  case StepFormat::KSuperblockOffset:
+    return kLargestHalf * kOffsetSuperBlockMaxScale;
   case StepFormat::Fp16Offset:
     break;
   }
@@ -203,26 +215,28 @@ at::Tensor halfAtOrAbove(const at::Tensor &x) {
   return at::ceil(x / quantum).mul_(quantum);
 }
 
-// The k-superblock rounding of steps [rows, groups] (float32, > 0, at most
-// largestStep): per super-block of 16 groups, d = the smallest half >= max_j
-// s_j / 127; the largest step gets sc = ceil(s_max / d) (127 unless d is one
-// of the smallest subnormal halves; never cut), the others sc_j =
-// clamp(round(s_j / d), 1, 127); s_j := d sc_j (exact in float32). Steps
-// already rounded stay put: d sc_max / 127 leads back to the same d.
-at::Tensor roundToSuperBlocks(const at::Tensor &x) {
-  if (x.dim() != 2 || x.size(1) % kSuperBlockGroups != 0)
+// The super-block rounding of values [rows, groups] (float32, >= 0, at most
+// 65504 maxScale), `groups` per super-block: d = the
+// smallest half >= max_j x_j / maxScale; the largest value gets ceil(x_max /
+// d) (maxScale unless d is one of the smallest subnormal halves; never cut),
+// the others clamp(round(x_j / d), minScale, maxScale); x_j := d sc_j (exact
+// in float32). Values already rounded stay put: d sc_max / maxScale leads
+// back to the same d. A super-block of zeros (offsets only) stays zero.
+at::Tensor roundToSuperBlocks(const at::Tensor &x, int64_t groups, int maxScale, int minScale) {
+  if (x.dim() != 2 || x.size(1) % groups != 0)
     throw Error("weight grid: k-superblock steps must be [rows, groups] with groups a multiple "
-                "of 16 (rows of a multiple of 256 inputs), got " +
+                "of " +
+                std::to_string(groups) + " (rows of a multiple of 256 inputs), got " +
                 std::to_string(x.dim() == 2 ? x.size(1) : -1) + " groups");
-  const int64_t rows = x.size(0), blocks = x.size(1) / kSuperBlockGroups;
-  const at::Tensor s = x.reshape({rows, blocks, kSuperBlockGroups});
+  const int64_t rows = x.size(0), blocks = x.size(1) / groups;
+  const at::Tensor s = x.reshape({rows, blocks, groups});
   const at::Tensor peak = s.amax(2, true);
   const at::Tensor d =
-      halfAtOrAbove(peak / float(kSuperBlockMaxScale)).clamp_(double(kSmallestHalf), kLargestHalf);
+      halfAtOrAbove(peak / float(maxScale)).clamp_(double(kSmallestHalf), kLargestHalf);
   const at::Tensor ratio = s / d;
   const at::Tensor sc = at::where(s == peak, at::ceil(ratio), at::round(ratio))
-                            .clamp_(1.0, double(kSuperBlockMaxScale));
-  return (sc * d).reshape({rows, blocks * kSuperBlockGroups});
+                            .clamp_(double(minScale), double(maxScale));
+  return (sc * d).reshape({rows, blocks * groups});
 }
 
 } // namespace
@@ -249,7 +263,11 @@ at::Tensor applyStepFormat(const at::Tensor &step, const GridSpec &spec) {
       }
     }
     if (spec.stepFormat == StepFormat::KSuperblock) {
-      rounded = roundToSuperBlocks(x.clamp(double(kSmallestHalf), largest));
+      rounded = roundToSuperBlocks(x.clamp(double(kSmallestHalf), largest), kSuperBlockGroups,
+                                   kSuperBlockMaxScale, 1);
+    } else if (spec.stepFormat == StepFormat::KSuperblockOffset) {
+      rounded = roundToSuperBlocks(x.clamp(double(kSmallestHalf), largest), kOffsetSuperBlockGroups,
+                                   kOffsetSuperBlockMaxScale, 1);
     } else {
       // x = m 2^e with m in [0.5, 1): 2^(e-1) <= x < 2^e, so a value with P
       // significant bits near x is a multiple of 2^(e - P), and never finer
@@ -271,6 +289,36 @@ at::Tensor applyStepFormat(const at::Tensor &step, const GridSpec &spec) {
   return rounded + (step - step.detach());
 }
 
+at::Tensor applyOffsetFormat(const at::Tensor &offset, const GridSpec &spec) {
+  if (!spec.offsetForm())
+    return offset;
+  const bool training = offset.requires_grad();
+  const double largest = kLargestHalf * kOffsetSuperBlockMaxScale;
+  at::Tensor rounded;
+  {
+    at::NoGradGuard noGrad;
+    const at::Tensor x = offset.detach().to(at::kFloat);
+    if (!training) {
+      const at::Tensor storable = (x >= 0).logical_and_(x <= largest);
+      if (!storable.all().item<bool>()) {
+        const double bad = x.masked_select(storable.logical_not()).reshape({-1})[0].item<double>();
+        char text[160];
+        std::snprintf(text, sizeof text,
+                      "weight grid: offset %g cannot be stored as %s (offsets must be in [0, %g])",
+                      bad, stepFormatName(spec.stepFormat), largest);
+        throw Error(text);
+      }
+    }
+    rounded = roundToSuperBlocks(x.clamp(0.0, largest), kOffsetSuperBlockGroups,
+                                 kOffsetSuperBlockMaxScale, 0);
+    if (offset.scalar_type() != at::kFloat)
+      rounded = rounded.to(offset.scalar_type());
+  }
+  if (!training)
+    return rounded;
+  return rounded + (offset - offset.detach());
+}
+
 at::Tensor roundSte(const at::Tensor &x) {
   if (!x.requires_grad())
     return at::round(x);
@@ -290,14 +338,23 @@ void checkWeightForGrid(const at::Tensor &weight, const GridSpec &spec) {
                 std::to_string(kSuperBlockColumns) + " inputs, got " +
                 std::to_string(weight.size(1)) +
                 " (llama.cpp stores such tensors as Q8_0: the gguf-q6_k preset's fallback grid)");
+  if (spec.stepFormat == StepFormat::KSuperblockOffset && weight.size(1) % kSuperBlockColumns != 0)
+    throw Error("weight grid: step format k-superblock-offset (GGUF Q4_K) needs rows of a "
+                "multiple of " +
+                std::to_string(kSuperBlockColumns) + " inputs, got " +
+                std::to_string(weight.size(1)) +
+                " (llama.cpp stores such tensors as Q5_0: the gguf-q4_k preset's fallback grid)");
 }
 
 namespace {
 
-// Steps [rows, groups] of a k-superblock grid, made per unit, rounded
-// together; other formats rounded their steps per unit already.
-at::Tensor superBlockRounded(const at::Tensor &scale, const GridSpec &spec) {
-  return spec.stepFormat == StepFormat::KSuperblock ? applyStepFormat(scale, spec) : scale;
+// Steps (and offsets) [rows, groups] of a super-block grid, made per unit,
+// rounded together; other formats rounded their steps per unit already.
+void roundSuperBlocks(GridParams &p, const GridSpec &spec) {
+  if (!isSuperBlockFormat(spec.stepFormat))
+    return;
+  p.scale = applyStepFormat(p.scale, spec);
+  p.zeroPoint = applyOffsetFormat(p.zeroPoint, spec);
 }
 
 } // namespace
@@ -312,8 +369,9 @@ GridParams gridParamsForFraction(const at::Tensor &weight, const GridSpec &spec,
   const auto [scale, zero] = paramsFromRange(unitRange(unitsView(w, spec)), spec, float(fraction));
   const int64_t out = w.size(0), in = w.size(1);
   GridParams p;
-  p.scale = superBlockRounded(paramShape(scale, spec, out, in), spec);
+  p.scale = paramShape(scale, spec, out, in);
   p.zeroPoint = paramShape(zero, spec, out, in);
+  roundSuperBlocks(p, spec);
   return p;
 }
 
@@ -335,9 +393,16 @@ UnitSearch searchFractions(const at::Tensor &units, const GridSpec &spec) {
     const float fraction = float(double(k) / double(spec.clipSteps));
     const auto [scale, zero] = paramsFromRange(range, spec, fraction);
     // fakeQuantizeElementwise's arithmetic, in place on temporaries of our own.
-    at::Tensor e = units / scale;
-    e.round_().add_(zero).clamp_(double(spec.qmin()), double(spec.qmax()));
-    e.sub_(zero).mul_(scale).sub_(units).abs_();
+    at::Tensor e;
+    if (spec.offsetForm()) {
+      e = (units + zero).div_(scale);
+      e.round_().clamp_(double(spec.qmin()), double(spec.qmax()));
+      e.mul_(scale).sub_(zero).sub_(units).abs_();
+    } else {
+      e = units / scale;
+      e.round_().add_(zero).clamp_(double(spec.qmin()), double(spec.qmax()));
+      e.sub_(zero).mul_(scale).sub_(units).abs_();
+    }
     const at::Tensor error = powerInPlace(e.to(at::kDouble), spec.clipNorm).sum(1, true);
     if (!bestError.defined()) {
       bestError = error;
@@ -576,9 +641,10 @@ GridParams computeGridParams(const at::Tensor &weight, const GridSpec &spec) {
   }
   const int64_t out = w.size(0), in = w.size(1);
   GridParams p;
-  p.scale = superBlockRounded(paramShape(best.scale, spec, out, in), spec);
+  p.scale = paramShape(best.scale, spec, out, in);
   p.zeroPoint = paramShape(best.zero, spec, out, in);
   p.clipFraction = paramShape(best.fraction, spec, out, in);
+  roundSuperBlocks(p, spec);
   return p;
 }
 
@@ -612,12 +678,26 @@ at::Tensor fakeQuantizeClamped(const at::Tensor &x, const at::Tensor &scale,
 at::Tensor quantizeElementwise(const at::Tensor &x, const at::Tensor &scale,
                                const at::Tensor &zeroPoint, const GridSpec &spec) {
   at::NoGradGuard noGrad;
+  if (spec.offsetForm())
+    return at::round((x + zeroPoint) / scale).clamp(double(spec.qmin()), double(spec.qmax()));
   return (at::round(x / scale) + zeroPoint).clamp(double(spec.qmin()), double(spec.qmax()));
 }
 
 at::Tensor fakeQuantizeElementwise(const at::Tensor &x, const at::Tensor &scale,
                                    const at::Tensor &zeroPoint, const GridSpec &spec) {
+  if (spec.offsetForm())
+    return dequantizeOffset(
+        roundSte((x + zeroPoint) / scale).clamp(double(spec.qmin()), double(spec.qmax())), scale,
+        zeroPoint);
   return fakeQuantizeClamped(x, scale, zeroPoint, spec.qmin(), spec.qmax());
+}
+
+at::Tensor dequantizeOffset(const at::Tensor &codes, const at::Tensor &scale,
+                            const at::Tensor &offset) {
+  // Two operations, each rounding once in float32: s q is exact (d sc q has at
+  // most 22 significant bits), so the result is fl(s q - M) as llama.cpp's
+  // dequantize_row_q4_K computes it.
+  return codes * scale - offset;
 }
 
 at::Tensor quantizeWeight(const at::Tensor &weight, const GridParams &params,
@@ -634,6 +714,11 @@ at::Tensor dequantizeWeight(const at::Tensor &codes, const GridParams &params,
                             const GridSpec &spec) {
   const at::Tensor q = codes.to(at::kFloat);
   checkWeightForGrid(q, spec);
+  if (spec.offsetForm())
+    return fromUnits(dequantizeOffset(unitsView(q, spec), unitParam(params.scale),
+                                      unitParam(params.zeroPoint)),
+                     spec, q.size(0), q.size(1))
+        .contiguous();
   return fromUnits((unitsView(q, spec) - unitParam(params.zeroPoint)) * unitParam(params.scale),
                    spec, q.size(0), q.size(1))
       .contiguous();

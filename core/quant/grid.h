@@ -54,6 +54,26 @@
 //    the rounded grid: searching 16 coupled groups jointly would be a different, far larger search.
 //    A zero group's step is 2^-24 (not 1), so that it never sets d. clipFraction is the fraction
 //    found before the rounding.
+//  - k-superblock-offset (llama.cpp's Q4_K; quant_spec.h) is an asymmetric
+//    grid in offset form: GridParams::zeroPoint holds an offset M >= 0 in
+//    value units instead of an integer zero point, and
+//      q = clamp(round((x + M) / s), 0, n-1),   x^ = fl(s q - M),
+//    computed in float32 in that order (s q is exact; the subtraction rounds
+//    once), which is llama.cpp's y = (d sc) q - (dmin m) bit for bit. An
+//    integer zero point cannot express it: s (q - z) equals s q - M only when
+//    M / s is an integer, and Q4_K's d sc and dmin m are independent. Init per
+//    group of 32: the min/max (or 1-D search fraction f) range, s = f (hi -
+//    lo) / (n-1), M = -f lo; then per 256-column super-block of 8 groups the
+//    steps are rounded as k-superblock's with 63 for 127 (d = the smallest half
+//    >= s_max / 63, sc_max = ceil, the others clamp(round(s_j / d), 1, 63)),
+//    and the offsets the same way with dmin (m_max = ceil(M_max / dmin), the
+//    others clamp(round(M_j / dmin), 0, 63); a super-block without offsets
+//    keeps M = 0): applyStepFormat and applyOffsetFormat. Both roundings are
+//    idempotent, so a stored grid passes through them unchanged. Every
+//    quantization site (grid.cpp, GPTQ's column loop, the learned methods'
+//    layers, the export's packing) asks GridSpec::offsetForm() and uses
+//    these two formulas; methods that keep an integer zero point (LR-QAT)
+//    refuse the format.
 //  - MethodDefault ("auto") is resolved by the method before it runs
 //    (QuantMethod::referenceGrid); here it is MinMax.
 //  - round is at::round: halves to even.
@@ -104,9 +124,14 @@ at::Tensor roundSte(const at::Tensor &x);
 // so training sees the grid it will end on; otherwise a step that is not
 // finite, not positive or above the largest value throws lrq::Error naming it.
 at::Tensor applyStepFormat(const at::Tensor &step, const GridSpec &spec);
+// The offsets of a k-superblock-offset grid [rows, groups] (>= 0) rounded to
+// d_min m, m in 0..63, per super-block of 8 groups (see above); the identity
+// for every other format. Straight-through when offset requires grad (then
+// clamped into range); otherwise an offset outside [0, 65504 x 63] throws.
+at::Tensor applyOffsetFormat(const at::Tensor &offset, const GridSpec &spec);
 // The largest step the format stores: 65504 for f16; for f16-offset the
 // largest allowed step s with s (2^bits - 1) <= 65504; 65504 x 127 for
-// k-superblock; +inf for f32.
+// k-superblock, 65504 x 63 for k-superblock-offset; +inf for f32.
 double largestStep(const GridSpec &spec);
 
 // Validates spec, and weight against it: 2-D floating non-empty [out, in]
@@ -158,9 +183,14 @@ at::Tensor quantizeElementwise(const at::Tensor &x, const at::Tensor &scale,
 at::Tensor fakeQuantizeElementwise(const at::Tensor &x, const at::Tensor &scale,
                                    const at::Tensor &zeroPoint, const GridSpec &spec);
 
+// An offset-form grid's values: codes * scale - offset (broadcasting), two
+// float32 operations in that order.
+at::Tensor dequantizeOffset(const at::Tensor &codes, const at::Tensor &scale,
+                            const at::Tensor &offset);
+
 // Integer codes of weight [out, in] (int32, within [qmin, qmax]).
 at::Tensor quantizeWeight(const at::Tensor &weight, const GridParams &params, const GridSpec &spec);
-// s (q - z) back to float32 [out, in].
+// s (q - z) back to float32 [out, in] (s q - M in offset form).
 at::Tensor dequantizeWeight(const at::Tensor &codes, const GridParams &params,
                             const GridSpec &spec);
 // Dequantize(quantize(W)) in one differentiable expression: gradients reach

@@ -56,7 +56,9 @@ GridParams LearnedRoundingLayer::grid() const {
   at::NoGradGuard noGrad;
   GridParams p;
   p.scale = applyStepFormat((step0_ * at::exp(logStep_)).detach(), spec_).clone();
-  p.zeroPoint = zeroParam_.clone();
+  p.zeroPoint = spec_.offsetForm()
+                    ? applyOffsetFormat((zeroParam_ * at::exp(logStep_)).detach(), spec_).clone()
+                    : zeroParam_.clone();
   return p;
 }
 
@@ -66,6 +68,16 @@ at::Tensor LearnedRoundingLayer::weight() const {
       expandToWeight(applyStepFormat(step0_ * at::exp(logStep_), spec_), spec_, w_.size(1));
   const at::Tensor e = exponent();
   const at::Tensor divisor = e.defined() ? s1 * at::exp(e) : s1;
+  if (spec_.offsetForm()) {
+    // The offset follows the step (M1 = M0 s1 / s0, as a frozen integer zero
+    // point does), straight through its super-block rounding. With E = 0 and
+    // δ = 0 the divisor is s0 and M1 is M0 exactly: RTN's codes and values.
+    const at::Tensor m1 =
+        expandToWeight(applyOffsetFormat(zeroParam_ * at::exp(logStep_), spec_), spec_, w_.size(1));
+    const at::Tensor q =
+        roundSte((w_ + m1) / divisor).clamp(double(spec_.qmin()), double(spec_.qmax()));
+    return dequantizeOffset(q, s1, m1);
+  }
   const at::Tensor q =
       (roundSte(w_ / divisor) + zero_).clamp(double(spec_.qmin()), double(spec_.qmax()));
   return (q - zero_) * s1;
@@ -79,6 +91,11 @@ GridParams recoverLearnedGrid(const at::Tensor &fpWeight, const at::Tensor &quan
   checkWeightForGrid(fp, spec);
   if (wq.sizes() != fp.sizes())
     throw Error("recover grid: the quantized weight's shape differs from the original's");
+  // An offset-form grid's offset moved with each learned step through its own
+  // super-block rounding: not recoverable from Ŵ by this search. The export
+  // then refuses the layer (no grid reported) rather than guess one.
+  if (spec.offsetForm())
+    return {};
   const GridParams rtn = computeGridParams(fp, spec);
   const int64_t out = fp.size(0), in = fp.size(1);
   // A k-superblock step is not a per-unit rounding: recover each unit's step

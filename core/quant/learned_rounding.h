@@ -7,7 +7,11 @@
 // group, [1,1] per tensor) and is learned as log s1 = log s0 + δ, δ starting at
 // 0, where s0 is the round-to-nearest step: s0 · exp(0) is s0 exactly, so with
 // E = 0 the layer's Ŵ is the RTN weight bit for bit. Each method defines the
-// scale exponent E and its parameters. Internal to core/.
+// scale exponent E and its parameters. On an offset-form grid (grid.h,
+// k-superblock-offset) the zero point is an offset M1 that follows s1:
+//   Ŵ = s1 · clamp(round((W + M1) / (s1 · exp(E))), 0, n−1) − M1,
+// M1 = M0 · exp(δ) rounded straight through to its super-block format.
+// Internal to core/.
 #include <ATen/ATen.h>
 
 #include <cstdint>
@@ -41,7 +45,9 @@ public:
   virtual at::Tensor scaleExponentMatrix() const { return at::Tensor(); }
 
   // The grid Ŵ lies on, without gradient: the learned step s1 = s0 · exp(δ)
-  // and the frozen zero point, [rows, groups] as grid.h lays them out.
+  // and the frozen zero point, [rows, groups] as grid.h lays them out. On an
+  // offset-form grid (k-superblock-offset) the offset follows the step,
+  // M1 = M0 · exp(δ) rounded to its format, and Ŵ = s1 · q − M1.
   // Ŵ = s1 · (q − z) with the same float32 s1, so the packed export of these
   // codes and steps dequantizes to Ŵ bit for bit.
   GridParams grid() const;
@@ -106,7 +112,8 @@ std::unique_ptr<LearnedRoundingLayer> makeLearnedStepLayer(const at::Tensor &wei
 // closest to s0 when several do (an all-zero unit keeps s0). Any such step serves the packed
 // export: its codes give Ŵ back. An undefined scale when some unit fits no step (Ŵ is on no grid
 // with z). On a k-superblock grid the steps are recovered in float32 and kept only when they
-// are d sc as they are (applyStepFormat leaves them unchanged); else undefined.
+// are d sc as they are (applyStepFormat leaves them unchanged); else undefined. Always
+// undefined on a k-superblock-offset grid (its offsets follow the learned steps).
 GridParams recoverLearnedGrid(const at::Tensor &fpWeight, const at::Tensor &quantized,
                               const GridSpec &spec);
 

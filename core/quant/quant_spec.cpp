@@ -37,6 +37,23 @@ void GridSpec::validate() const {
       throw Error("weight grid: step format k-superblock holds codes of at most 6 bits, got " +
                   std::to_string(bits));
   }
+  if (stepFormat == StepFormat::KSuperblockOffset) {
+    if (symmetric || granularity != Granularity::PerGroup ||
+        groupSize != kOffsetSuperBlockGroupSize)
+      throw Error("weight grid: step format k-superblock-offset is llama.cpp's Q4_K super-block "
+                  "of 8 groups of 32 with a step and an offset each, so it needs an asymmetric "
+                  "per-group grid with group size 32");
+    // d (11 significant bits) sc (6) q (bits) must stay within float32's 24.
+    if (bits > 5)
+      throw Error("weight grid: step format k-superblock-offset holds codes of at most 5 bits, "
+                  "got " +
+                  std::to_string(bits));
+    // Its zero points are offsets in value units: there are no integer zero points to search.
+    if (init == StepInit::ClippingSearch2D)
+      throw Error("weight grid: clip-search-2d searches integer zero points, which a "
+                  "k-superblock-offset grid (offsets d_min m) does not have; use minmax or "
+                  "clip-search");
+  }
 }
 
 const char *ggufBlockTypeFor(const GridSpec &spec) {
@@ -44,6 +61,11 @@ const char *ggufBlockTypeFor(const GridSpec &spec) {
     return spec.bits == 6 && spec.symmetric && spec.granularity == Granularity::PerGroup &&
                    spec.groupSize == kSuperBlockGroupSize
                ? "Q6_K"
+               : nullptr;
+  if (spec.stepFormat == StepFormat::KSuperblockOffset)
+    return spec.bits == 4 && !spec.symmetric && spec.granularity == Granularity::PerGroup &&
+                   spec.groupSize == kOffsetSuperBlockGroupSize
+               ? "Q4_K"
                : nullptr;
   if (spec.granularity != Granularity::PerGroup || spec.groupSize != 32)
     return nullptr;
@@ -165,6 +187,8 @@ const char *stepFormatName(StepFormat f) {
     return "f16-offset";
   case StepFormat::KSuperblock:
     return "k-superblock";
+  case StepFormat::KSuperblockOffset:
+    return "k-superblock-offset";
   }
   return "?";
 }
@@ -199,8 +223,8 @@ bool parseActivationMode(const std::string &name, ActivationMode *out) {
 }
 
 bool parseStepFormat(const std::string &name, StepFormat *out) {
-  for (StepFormat f :
-       {StepFormat::Float32, StepFormat::Fp16, StepFormat::Fp16Offset, StepFormat::KSuperblock})
+  for (StepFormat f : {StepFormat::Float32, StepFormat::Fp16, StepFormat::Fp16Offset,
+                       StepFormat::KSuperblock, StepFormat::KSuperblockOffset})
     if (name == stepFormatName(f)) {
       *out = f;
       return true;

@@ -44,14 +44,37 @@ enum class StepFormat {
   // float32), on rows of a multiple of 256 inputs (QuantScheme::weightFor
   // gives other rows the scheme's fallback grid).
   KSuperblock,
+  // llama.cpp's Q4_K super-block: the steps of 8 consecutive groups of 32 (a
+  // 256-column super-block of a row) are s_j = d sc_j, and their offsets
+  // M_j = dmin m_j, with halves d and dmin per super-block, sc_j in
+  // 1..kOffsetSuperBlockMaxScale and m_j in 0..kOffsetSuperBlockMaxScale.
+  // The grid is in offset form (grid.h): GridParams::zeroPoint holds M, not an
+  // integer zero point, and x^ = s q - M, q = clamp(round((x + M) / s), 0, n-1).
+  // Asymmetric per-group 32 grids of at most 5 bits (d sc q is then exact in
+  // float32), on rows of a multiple of 256 inputs (QuantScheme::weightFor
+  // gives other rows the scheme's fallback grid).
+  KSuperblockOffset,
 };
 
-// The K-quant super-block (StepFormat::KSuperblock): groups per super-block,
-// group size, and the largest integer sub-block scale.
+// The K-quant super-block (StepFormat::KSuperblock, Q6_K): groups per
+// super-block, group size, and the largest integer sub-block scale.
 constexpr int64_t kSuperBlockGroups = 16;
 constexpr int64_t kSuperBlockGroupSize = 16;
 constexpr int64_t kSuperBlockColumns = kSuperBlockGroups * kSuperBlockGroupSize;
 constexpr int kSuperBlockMaxScale = 127;
+// The Q4_K super-block (StepFormat::KSuperblockOffset): 8 groups of 32, 6-bit
+// scales sc and mins m (the largest of either is 63), 256 columns as well.
+constexpr int64_t kOffsetSuperBlockGroups = 8;
+constexpr int64_t kOffsetSuperBlockGroupSize = 32;
+constexpr int kOffsetSuperBlockMaxScale = 63;
+static_assert(kOffsetSuperBlockGroups * kOffsetSuperBlockGroupSize == kSuperBlockColumns,
+              "both K-quant super-blocks span 256 columns");
+
+// k-superblock or k-superblock-offset: steps shared across a 256-column
+// super-block, so rows must be whole super-blocks.
+inline bool isSuperBlockFormat(StepFormat f) {
+  return f == StepFormat::KSuperblock || f == StepFormat::KSuperblockOffset;
+}
 
 // The range accepted for a clipping-search exponent (clipNorm): below it every
 // fraction scores alike (|e|^p -> 1), above it the errors overflow.
@@ -94,6 +117,9 @@ struct GridSpec {
   bool searchesClipping() const {
     return init == StepInit::ClippingSearch || init == StepInit::ClippingSearch2D;
   }
+  // The grid's zero points are offsets M in value units (x^ = s q - M), not
+  // integers z (x^ = s (q - z)): k-superblock-offset.
+  bool offsetForm() const { return stepFormat == StepFormat::KSuperblockOffset; }
   // Throws lrq::Error naming the bad field (bits outside 2..8, group size < 1,
   // clip-search-2d on a symmetric grid, f16-offset on a symmetric grid, ...).
   void validate() const;
@@ -104,7 +130,8 @@ struct GridSpec {
 // The llama.cpp GGUF block type whose blocks store exactly this grid: "Q8_0",
 // "Q4_0", "Q5_0" (symmetric, per-group 32, f16 steps), "Q4_1", "Q5_1"
 // (asymmetric, per-group 32, f16-offset steps), "Q6_K" (6-bit symmetric,
-// per-group 16, k-superblock steps); nullptr for any other grid.
+// per-group 16, k-superblock steps), "Q4_K" (4-bit asymmetric, per-group 32,
+// k-superblock-offset steps); nullptr for any other grid.
 const char *ggufBlockTypeFor(const GridSpec &spec);
 
 enum class ActivationMode {
@@ -133,8 +160,9 @@ const char *granularityName(Granularity g); // "per-tensor", "per-channel", "per
 // "minmax", "clip-search", "clip-search-2d", "auto" (MethodDefault)
 const char *stepInitName(StepInit s);
 const char *
-activationModeName(ActivationMode m);     // "none", "per-token-dynamic", "per-tensor-static"
-const char *stepFormatName(StepFormat f); // "f32", "f16", "f16-offset", "k-superblock"
+activationModeName(ActivationMode m); // "none", "per-token-dynamic", "per-tensor-static"
+// "f32", "f16", "f16-offset", "k-superblock", "k-superblock-offset"
+const char *stepFormatName(StepFormat f);
 // Parse the names above; return false for anything else.
 bool parseGranularity(const std::string &name, Granularity *out);
 bool parseStepInit(const std::string &name, StepInit *out);

@@ -106,7 +106,7 @@ GridSpec readWeight(const json &j, const std::string &where) {
     const std::string s = readString(j.at("step_format"), where + ".step_format");
     if (!parseStepFormat(s, &g.stepFormat))
       fail(where + ".step_format",
-           "expected f32, f16, f16-offset or k-superblock, got \"" + s + "\"");
+           "expected f32, f16, f16-offset, k-superblock or k-superblock-offset, got \"" + s + "\"");
   }
   if (j.contains("full_range"))
     g.fullRange = readBool(j.at("full_range"), where + ".full_range");
@@ -239,6 +239,18 @@ QuantScheme makeQ6KPreset() {
   return s;
 }
 
+// llama.cpp's Q4_K: 4-bit asymmetric groups of 32 in offset form, steps d sc
+// and offsets dmin m (one half d and one half dmin per 256-input
+// super-block, 6-bit sc and m); rows of other lengths get gguf-q5_0's grid,
+// as llama-quantize demotes such tensors to Q5_0.
+QuantScheme makeQ4KPreset() {
+  QuantScheme s =
+      makePreset("gguf-q4_k", 4, kOffsetSuperBlockGroupSize, ActivationMode::None, false);
+  s.weight.stepFormat = StepFormat::KSuperblockOffset;
+  s.fallbackWeight = makeGgufPreset("gguf-q5_0", 5, true).weight;
+  return s;
+}
+
 std::vector<QuantScheme> presets() {
   return {
       makePreset("W8A8", 8, 0, ActivationMode::PerTensorStatic, false),
@@ -254,6 +266,7 @@ std::vector<QuantScheme> presets() {
       makeGgufPreset("gguf-q5_1", 5, false),
       makeGgufPreset("gguf-q4_1", 4, false),
       makeQ6KPreset(),
+      makeQ4KPreset(),
   };
 }
 
@@ -275,7 +288,7 @@ const std::vector<std::string> &knownLinearNames() {
 }
 
 const GridSpec &QuantScheme::weightFor(int64_t inFeatures) const {
-  if (fallbackWeight && weight.stepFormat == StepFormat::KSuperblock &&
+  if (fallbackWeight && isSuperBlockFormat(weight.stepFormat) &&
       inFeatures % kSuperBlockColumns != 0)
     return *fallbackWeight;
   return weight;
@@ -290,11 +303,11 @@ void QuantScheme::validate() const {
                 granularityName(weight.granularity));
   if (fallbackWeight) {
     // Nothing else consults it: a fallback there would be recorded but never used.
-    if (weight.stepFormat != StepFormat::KSuperblock)
+    if (!isSuperBlockFormat(weight.stepFormat))
       throw Error("scheme: fallback_weight applies to k-superblock weight grids only (rows that "
                   "are not whole 256-input super-blocks), not " +
                   weight.describe());
-    if (fallbackWeight->stepFormat == StepFormat::KSuperblock)
+    if (isSuperBlockFormat(fallbackWeight->stepFormat))
       throw Error("scheme: fallback_weight is for rows a k-superblock grid cannot hold, so it "
                   "cannot be k-superblock itself");
     try {

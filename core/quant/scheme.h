@@ -29,9 +29,10 @@ struct LayerSelection {
 struct QuantScheme {
   std::string name = "custom"; // preset name, or "custom"
   GridSpec weight;
-  // k-superblock weight grids only (GGUF Q6_K, whose super-blocks span 256
-  // inputs): the grid of the linears whose in_features is not a multiple of
-  // 256, as llama.cpp's llama-quantize stores such Q6_K tensors as Q8_0.
+  // k-superblock and k-superblock-offset weight grids only (GGUF Q6_K and
+  // Q4_K, whose super-blocks span 256 inputs): the grid of the linears whose
+  // in_features is not a multiple of 256, as llama.cpp's llama-quantize
+  // stores such Q6_K tensors as Q8_0 and Q4_K tensors as Q5_0.
   // Without it such linears are refused. Never itself k-superblock.
   std::optional<GridSpec> fallbackWeight;
   ActivationSpec activation;
@@ -39,7 +40,7 @@ struct QuantScheme {
   LayerSelection layers;
 
   // The grid of a weight [out, inFeatures]: fallbackWeight when weight is a
-  // k-superblock grid, inFeatures is not a multiple of 256 and there is a
+  // k-superblock(-offset) grid, inFeatures is not a multiple of 256 and there is a
   // fallback; else weight. Every method and export quantizes each linear (and
   // the embeddings / LM head) on the grid this gives for its in_features.
   const GridSpec &weightFor(int64_t inFeatures) const;
@@ -59,7 +60,7 @@ struct QuantScheme {
   //  "weight": {"bits", "symmetric", "granularity": "per-tensor|per-channel|per-group",
   //             "group_size", "init": "auto|minmax|clip-search|clip-search-2d",
   //             "clip_steps", "clip_norm",
-  //             "step_format": "f32|f16|f16-offset|k-superblock",
+  //             "step_format": "f32|f16|f16-offset|k-superblock|k-superblock-offset",
   //             "full_range": bool (symmetric only; left out when false)},
   //  "fallback_weight": {same keys as weight} (k-superblock weight grids only;
   //                     absent: none),
@@ -79,7 +80,9 @@ struct QuantScheme {
 // f16 / f16-offset steps: ggufBlockTypeFor names their block type), and
 // gguf-q6_k (6-bit symmetric g16 k-superblock steps: llama.cpp's Q6_K, with
 // the gguf-q8_0 grid as its fallback for rows not a multiple of 256, as
-// llama-quantize demotes them).
+// llama-quantize demotes them), and gguf-q4_k (4-bit asymmetric g32
+// k-superblock-offset steps and offsets: llama.cpp's Q4_K, with the
+// gguf-q5_0 grid as its fallback, as llama-quantize demotes such rows).
 std::vector<std::string> presetNames();
 // Case-insensitive; throws lrq::Error listing the known names.
 QuantScheme presetScheme(const std::string &name);

@@ -37,6 +37,13 @@ double effectiveBitsPerWeight(const GridSpec &grid, int64_t outFeatures, int64_t
     const int64_t groups = (steps + outFeatures - 1) / outFeatures; // per row
     superBlockBits =
         16.0 * double(outFeatures) * double((groups + kSuperBlockGroups - 1) / kSuperBlockGroups);
+  } else if (grid.stepFormat == StepFormat::KSuperblockOffset) {
+    // Each group stores a 6-bit sc and a 6-bit m; each 8 of a row share the
+    // halves d and dmin (Q4_K: 144 bytes per 256 weights, 4.5 bits each).
+    perStep = 12.0;
+    const int64_t groups = (steps + outFeatures - 1) / outFeatures; // per row
+    superBlockBits = 32.0 * double(outFeatures) *
+                     double((groups + kOffsetSuperBlockGroups - 1) / kOffsetSuperBlockGroups);
   }
   double bits = double(grid.bits) * weights + perStep * double(steps) + superBlockBits;
   if (lowRank > 0)

@@ -562,6 +562,10 @@ std::vector<RequestProblem> checkRequest(const QuantizeRequest &request) {
     problem("export_dir", request.exportDir + ": exists and is not a folder");
   if (!request.packedPath.empty() && fs::is_directory(request.packedPath, ec))
     problem("packed_path", request.packedPath + ": is a folder, not a file name");
+  if (!request.packedPath.empty() && !schemeJson.empty() &&
+      quant::QuantScheme::fromJson(schemeJson).weight.offsetForm())
+    problem("packed_path", "k-superblock-offset grids (values s q - M, GGUF Q4_K) have no "
+                           "packed form (it stores s (q - z)); export GGUF (--gguf) instead");
   if (!request.ggufPath.empty()) {
     if (fs::is_directory(request.ggufPath, ec))
       problem("gguf_path", request.ggufPath + ": is a folder, not a file name");
