@@ -332,9 +332,10 @@ private slots:
   }
 
   // Found by reading the packed reader for fuzz_packed: values that overflow
-  // once dequantized, factors that are not finite, and steps of a shape that
-  // matches no granularity were accepted (inf or NaN weights, or a grid read
-  // with the wrong groups).
+  // once dequantized and factors that are not finite were accepted (inf or
+  // NaN weights); steps of a shape that matches no granularity are now refused
+  // from the header (before, mostly by the dequantization, and one row of
+  // steps for several groups was read).
   void packedReaderRefusesOverflowsAndMisfits() {
     struct Case {
       const char *name;
