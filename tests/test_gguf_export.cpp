@@ -756,6 +756,67 @@ private slots:
     QVERIFY_THROWS_EXCEPTION(Error, encodeGgufBlocks(odd, GgmlType::Q4_0));
   }
 
+  // tests/fuzz/seeds/fuzz_gguf/export-*.gguf are files this exporter writes, so
+  // fuzz_gguf starts from them: a full-range Q4_0 layer (units on the positive
+  // side of the grid are stored with a negative d) and a Q6_K layer beside a
+  // Q8_0 one. They must stay what the exporter writes; after an intended
+  // change, LRQ_UPDATE_FUZZ_SEEDS=1 rewrites them.
+  void fuzzSeedsAreWhatTheExporterWrites() {
+    ModelConfig config = lrq::test::tinyLlamaConfig({64, 64, 256, 16, 256});
+    config.numLayers = 1;
+    auto contentsWith = [&](std::vector<PackedTensor> quantized, const char *scheme) {
+      PackedModelContents c;
+      c.config = config;
+      c.method = "rtn";
+      c.schemeJson = scheme;
+      c.tensors.emplace_back("model.norm.weight", at::ones({4}));
+      c.quantized = std::move(quantized);
+      return c;
+    };
+    const std::vector<std::pair<QString, PackedModelContents>> seeds = {
+        {"export-q4_0-full-range.gguf",
+         contentsWith({handBuilt("model.layers.0.self_attn.o_proj", 4, 64, 4, true, 71)},
+                      R"({"name": "gguf-q4_0"})")},
+        {"export-q6_k.gguf",
+         contentsWith({handBuiltQ6K("model.layers.0.mlp.down_proj", 2, 256, 72),
+                       handBuilt("model.layers.0.mlp.up_proj", 2, 64, 8, true, 73)},
+                      R"({"name": "gguf-q6_k"})")},
+    };
+    const bool update = qEnvironmentVariableIsSet("LRQ_UPDATE_FUZZ_SEEDS");
+    for (const auto &[name, contents] : seeds) {
+      const QString file = path(name);
+      exportGguf(file.toStdString(), contents, GgufExportSource{});
+      const GgufReader g(file.toStdString());
+      if (name.contains("q4_0")) {
+        // The case the seed is there for: some d below zero.
+        const GgufTensorInfo *t = g.findTensor("blk.0.attn_output.weight");
+        QVERIFY(t && t->type == GgmlType::Q4_0);
+        int negative = 0;
+        for (uint64_t b = 0; b < t->nbytes; b += 18) {
+          uint16_t d = 0;
+          std::memcpy(&d, g.tensorData(*t) + b, 2);
+          negative += halfBitsToFloat(d) < 0;
+        }
+        QVERIFY2(negative > 0, "no Q4_0 block with a negative d");
+      } else {
+        QCOMPARE(g.findTensor("blk.0.ffn_down.weight")->type, GgmlType::Q6_K);
+      }
+      QFile written(file);
+      QVERIFY(written.open(QIODevice::ReadOnly));
+      const QByteArray bytes = written.readAll();
+      const QString seed = QString(LRQ_SOURCE_DIR) + "/tests/fuzz/seeds/fuzz_gguf/" + name;
+      if (update) {
+        QFile::remove(seed);
+        QVERIFY(QFile::copy(file, seed));
+      }
+      QFile kept(seed);
+      QVERIFY2(kept.open(QIODevice::ReadOnly), qPrintable(seed));
+      QVERIFY2(kept.readAll() == bytes,
+               qPrintable(seed + " is not what the exporter writes now; if the change is "
+                                 "intended, run this test with LRQ_UPDATE_FUZZ_SEEDS=1"));
+    }
+  }
+
   void lowRankFactorsAreRefused() {
     PackedModelContents p = tinyPacked(tinyConfig());
     p.quantized[2].lowRankA = at::zeros({64, 8});

@@ -331,6 +331,87 @@ private slots:
     QVERIFY2(msg.startsWith(p) && msg.contains("zero point"), qPrintable(msg));
   }
 
+  // Found by reading the packed reader for fuzz_packed: values that overflow
+  // once dequantized and factors that are not finite were accepted (inf or
+  // NaN weights); steps of a shape that matches no granularity are now refused
+  // from the header (before, mostly by the dequantization, and one row of
+  // steps for several groups was read).
+  void packedReaderRefusesOverflowsAndMisfits() {
+    struct Case {
+      const char *name;
+      std::function<void(PackedModelContents &)> spoil;
+      std::function<void(const QString &)> edit;
+      const char *mentions;
+    };
+    const std::vector<Case> cases = {
+        // 1e38 * (0 - 8) is -8e38: infinite in float32.
+        {"step past float32", [](PackedModelContents &c) { c.quantized[0].scales.fill_(1e38f); },
+         nullptr, "overflow float32"},
+        // 10000 * (0 - 8) = -80000 rounds to infinity in float16 (largest 65504).
+        {"step past float16",
+         [](PackedModelContents &c) {
+           c.quantized[0].scales.fill_(10000.0f);
+           c.quantized[0].valueDtype = at::kHalf;
+         },
+         nullptr, "overflow F16"},
+        {"NaN in a low-rank factor",
+         [](PackedModelContents &c) {
+           c.quantized[0].lowRankA = at::zeros({8, 2});
+           c.quantized[0].lowRankB = at::zeros({2, 16});
+           c.quantized[0].lowRankA[3][1] = NAN;
+         },
+         nullptr, "not finite"},
+        {"two columns of steps without a group size",
+         [](PackedModelContents &c) {
+           c.quantized[0].scales = at::full({16, 2}, 0.01f);
+           c.quantized[0].zeroPoints = at::full({16, 2}, 8.0f);
+           c.quantized[0].groupSize = 4;
+         },
+         [](const QString &p) { editLayer(p, [](json &l) { l["group_size"] = 0; }); },
+         "does not fit 1 group(s)"},
+        {"one row of steps for groups",
+         [](PackedModelContents &c) {
+           c.quantized[0].scales = at::full({1, 2}, 0.01f);
+           c.quantized[0].zeroPoints = at::full({1, 2}, 8.0f);
+           c.quantized[0].groupSize = 4;
+         },
+         nullptr, "does not fit 2 group(s)"},
+        {"zero points shaped unlike the steps",
+         [](PackedModelContents &c) {
+           c.quantized[0].zeroPoints = at::full({16, 1}, 8.0f);
+         },
+         [](const QString &p) {
+           editHeader(p, [](json &h) {
+             h["model.layers.0.mlp.up_proj.zero_points"]["shape"] = {1, 16};
+           });
+         },
+         "zero_points does not have the shape of its scales"},
+    };
+    for (const Case &c : cases) {
+      PackedModelContents contents = tinyPacked();
+      c.spoil(contents);
+      const QString p = path(QString("misfit-%1.safetensors").arg(c.name).replace(' ', '_'));
+      QFile::remove(p);
+      writePackedModel(p.toStdString(), contents);
+      if (c.edit)
+        c.edit(p);
+      const QString msg = errorOf([&] { loadPackedModel(p.toStdString()); });
+      QVERIFY2(msg.startsWith(p) && msg.contains(c.mentions),
+               qPrintable(QString(c.name) + ": " + msg));
+    }
+    // The largest step that stays finite in float16 is still read.
+    PackedModelContents edge = tinyPacked();
+    edge.quantized[0].scales.fill_(8000.0f); // 8000 * 8 = 64000 < 65504
+    edge.quantized[0].valueDtype = at::kHalf;
+    const QString p = path("edge-f16.safetensors");
+    writePackedModel(p.toStdString(), edge);
+    const PackedModel pm = loadPackedModel(p.toStdString());
+    QVERIFY(
+        at::isfinite(pm.model.tensors.at("model.layers.0.mlp.up_proj.weight")).all().item<bool>());
+    QCOMPARE(pm.model.tensors.at("model.layers.0.mlp.up_proj.weight").abs().max().item<float>(),
+             64000.0f);
+  }
+
   // --- tokenizers -----------------------------------------------------------------
 
   void templateBosIdIsCheckedBeforeNarrowing() {

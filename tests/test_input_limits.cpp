@@ -332,6 +332,30 @@ private slots:
     QVERIFY2(e.contains("header JSON holds more than 4194304 elements"), qPrintable(e));
   }
 
+  void packedDetectionIsBoundedLikeTheReader() {
+    // loadModel asks isPackedModelFile of every .safetensors before reading it.
+    // It parsed the whole header with no limits when the text named the packed
+    // format: 40 MB of empty arrays took 1.1 GB (lrq info), so 64 MB fails the
+    // child's 1 GiB allowance if the parse comes back.
+    std::string header = R"({"__metadata__":{"format":"lrq-packed"},"x":[)";
+    header.reserve(header.size() + (64u << 20));
+    for (int i = 0; i < (64 << 20) / 3; ++i)
+      header += "[],";
+    header += "[]]}";
+    const QString file = path("wide-packed.safetensors");
+    writeBytes(file, safetensorsWithHeader(header));
+    const QString e = runInChild([&] {
+      if (isPackedModelFile(file.toStdString()))
+        throw Error("recognised as packed");
+    });
+    QCOMPARE(e, QString("no error"));
+    // A valid packed header is still recognised.
+    nlohmann::json meta = {{"format", kPackedFormatName}};
+    const QString small = path("small-packed.safetensors");
+    writeBytes(small, safetensorsWithHeader(nlohmann::json{{"__metadata__", meta}}.dump()));
+    QVERIFY(isPackedModelFile(small.toStdString()));
+  }
+
   void packedExportWithDeepLayers() {
     // The packed reader copies each layer's JSON (recursively): a deep one is refused.
     const std::string config = R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 4, )"

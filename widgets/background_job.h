@@ -16,6 +16,7 @@
 #include <optional>
 
 #include "core/common/progress.h"
+#include "widgets/concurrent_run.h"
 
 namespace lrq::ui {
 
@@ -49,7 +50,7 @@ public:
       QString error;
       bool cancelled = false;
     };
-    auto future = QtConcurrent::run(&pool_, [work = std::move(work), cancel]() {
+    auto future = runConcurrently(&pool_, [work = std::move(work), cancel]() {
       Outcome out;
       try {
         out.value.emplace(work(*cancel));

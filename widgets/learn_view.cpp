@@ -1,5 +1,6 @@
 #include "widgets/learn_view.h"
 
+#include "widgets/concurrent_run.h"
 #include "widgets/plot_style.h"
 
 #include <QCheckBox>
@@ -848,7 +849,7 @@ void LearnView::loadLayer() {
     QString error;
   };
   auto out = std::make_shared<Loaded>();
-  QFuture<void> future = QtConcurrent::run([=] {
+  QFuture<void> future = runConcurrently([=] {
     try {
       if (synthetic) {
         out->layer = std::make_shared<const LessonLayer>(lesson::syntheticLayer());
@@ -938,7 +939,7 @@ void LearnView::startGrid() {
   job->wantSweep = job->sweepKey != sweepKey_;
   gridJob_ = job;
   ++gridComputations_;
-  gridWatcher_.setFuture(QtConcurrent::run([job] {
+  gridWatcher_.setFuture(runConcurrently([job] {
     try {
       job->result = lesson::gridLesson(*job->layer, job->options);
       if (job->wantSweep)
@@ -1155,7 +1156,7 @@ void LearnView::startActivations() {
   job->layer = layer_;
   job->options.alpha = alpha_->value() / 100.0;
   actJob_ = job;
-  actWatcher_.setFuture(QtConcurrent::run([job] {
+  actWatcher_.setFuture(runConcurrently([job] {
     try {
       job->result = lesson::activationLesson(*job->layer, job->options);
     } catch (const std::exception &e) {
@@ -1271,7 +1272,7 @@ void LearnView::runFit() {
   auto relay = fitRelay_;
   auto cancel = fitCancel_;
   fitTimer_->start();
-  fitWatcher_.setFuture(QtConcurrent::run([layer, relay, cancel, o] {
+  fitWatcher_.setFuture(runConcurrently([layer, relay, cancel, o] {
     try {
       relay->result = lesson::fitLesson(*layer, o, relay.get(), cancel.get());
     } catch (const lrq::Cancelled &) {

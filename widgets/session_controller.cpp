@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "core/data/default_assets.h"
+#include "widgets/concurrent_run.h"
 #include "widgets/progress_relay.h"
 
 namespace lrq::ui {
@@ -168,7 +169,7 @@ void SessionController::requestAnalysis(const QString &tensor) {
   auto session = session_;
   const quint64 generation = generation_;
   const std::string name = tensor.toStdString();
-  auto future = QtConcurrent::run(&statsPool_, [this, session, name, ticket]() {
+  auto future = runConcurrently(&statsPool_, [this, session, name, ticket]() {
     AnalysisOutcome out;
     if (latestAnalysisTicket_.load() != ticket) {
       out.skipped = true;
@@ -223,7 +224,7 @@ void SessionController::requestSpectrum(const QString &tensor) {
   const quint64 generation = generation_;
   const std::string name = tensor.toStdString();
   spdlog::debug("computing singular values of {}", name);
-  auto future = QtConcurrent::run(&svdPool_, [this, session, name, ticket]() {
+  auto future = runConcurrently(&svdPool_, [this, session, name, ticket]() {
     AnalysisOutcome out;
     if (latestSpectrumTicket_.load() != ticket) {
       out.skipped = true;

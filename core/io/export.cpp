@@ -681,25 +681,11 @@ at::Tensor unpackCodes(const at::Tensor &packed, int bits, int64_t qmin, int64_t
   if (packed.dim() != 2 || packed.scalar_type() != at::kByte || packed.size(1) != rowBytes)
     throw Error("unpack: expected uint8 [rows, " + std::to_string(rowBytes) + "]");
   const at::Tensor p = packed.to(at::kCPU).contiguous();
-  const int64_t rows = p.size(0);
-  at::Tensor out = at::empty({rows, cols}, at::kInt);
+  at::Tensor out = at::empty({p.size(0), cols}, at::kInt);
   const uint8_t *src = p.data_ptr<uint8_t>();
   int32_t *dst = out.data_ptr<int32_t>();
-  const uint32_t mask = (uint32_t(1) << bits) - 1;
-  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const uint8_t *in = src + r * rowBytes;
-      int32_t *o = dst + r * cols;
-      for (int64_t j = 0; j < cols; ++j) {
-        const int64_t bit = j * bits;
-        const int64_t byte = bit >> 3;
-        const int off = int(bit & 7);
-        uint32_t v = uint32_t(in[byte]) >> off;
-        if (off + bits > 8)
-          v |= uint32_t(in[byte + 1]) << (8 - off);
-        o[j] = int32_t(v & mask) + int32_t(qmin);
-      }
-    }
+  at::parallel_for(0, p.size(0), 16, [&](int64_t r0, int64_t r1) {
+    unpackCodeRows(src, rowBytes, r0, r1, cols, bits, qmin, dst);
   });
   return out;
 }
@@ -803,93 +789,28 @@ ExportResult writePackedModel(const std::string &path, const PackedModelContents
   return r;
 }
 
-bool isPackedModelFile(const std::string &path) {
-  std::FILE *f = std::fopen(path.c_str(), "rb");
-  if (!f)
-    return false;
-  uint64_t len = 0;
-  bool packed = false;
-  if (std::fread(&len, sizeof len, 1, f) == 1 && len >= 2 && len < 100ull * 1000 * 1000) {
-    std::string text(size_t(len), '\0');
-    if (std::fread(text.data(), 1, text.size(), f) == text.size() &&
-        text.find(kPackedFormatName) != std::string::npos) {
-      const json header = json::parse(text, nullptr, false);
-      if (header.is_object() && header.contains("__metadata__")) {
-        const json &m = header["__metadata__"];
-        packed = m.is_object() && m.contains("format") && m["format"] == kPackedFormatName;
-      }
-    }
-  }
-  std::fclose(f);
-  return packed;
-}
-
 PackedModel loadPackedModel(const std::string &path, ProgressObserver *observer,
                             const CancelToken *cancel, bool foldLowRank) {
   SafetensorsReader reader(path);
-  const auto &meta = reader.metadata();
-  auto metaValue = [&](const std::string &key) -> const std::string & {
-    auto it = meta.find(key);
-    if (it == meta.end())
-      throw FileError(path, "__metadata__ has no '" + key + "' (not an LRQ packed export)");
-    return it->second;
-  };
-  if (metaValue("format") != kPackedFormatName)
-    throw FileError(path, "__metadata__ format is '" + metaValue("format") + "', not '" +
-                              kPackedFormatName + "'");
+  // Everything the header declares is checked here, before any data is read.
+  const PackedHeader header = readPackedHeader(reader);
   PackedModel pm;
-  {
-    // Digits only, as the writer writes it: "1abc", " 1" or "+1" are not versions.
-    const std::string &text = metaValue("format_version");
-    const bool digits =
-        !text.empty() && text.size() <= 9 &&
-        std::all_of(text.begin(), text.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
-    if (!digits)
-      throw FileError(path, "format_version '" + printableText(text) + "' is not a number");
-    pm.formatVersion = std::stoi(text);
-  }
-  if (pm.formatVersion < 1 || pm.formatVersion > kPackedFormatVersion)
-    throw FileError(path, "packed format version " + std::to_string(pm.formatVersion) +
-                              " is not supported (this program reads 1.." +
-                              std::to_string(kPackedFormatVersion) + ")");
-  // The scheme says whether the grids are symmetric; the layers must agree
-  // (unless a fallback grid may give some of them another one).
-  std::optional<bool> schemeSymmetric;
-  {
-    const json scheme = json::parse(metaValue("scheme"), nullptr, false);
-    if (scheme.is_object() && !scheme.contains("fallback_weight") && scheme.contains("weight") &&
-        scheme["weight"].is_object() && scheme["weight"].contains("symmetric") &&
-        scheme["weight"]["symmetric"].is_boolean())
-      schemeSymmetric = scheme["weight"]["symmetric"].get<bool>();
-  }
-  pm.schemeJson = metaValue("scheme");
-  pm.method = metaValue("method");
-  if (auto it = meta.find("metadata"); it != meta.end())
-    pm.extraMetadataJson = it->second;
+  pm.formatVersion = header.formatVersion;
+  pm.schemeJson = header.schemeJson;
+  pm.method = header.method;
+  pm.extraMetadataJson = header.extraMetadataJson;
+  const auto &meta = reader.metadata();
   LoadedModel &m = pm.model;
   m.path = path;
   m.format = "lrq-packed";
-  m.config = modelConfigFromHfConfigJson(metaValue("config"), path + " (__metadata__ config)");
-  if (const std::string problem = jsonLimitProblem(metaValue("layers"), defaultJsonLimits());
-      !problem.empty())
-    throw FileError(path, "__metadata__ layers " + problem); // copies below recurse
-  const json layers = json::parse(metaValue("layers"), nullptr, false);
-  if (!layers.is_object())
-    throw FileError(path, "__metadata__ layers is not a JSON object");
+  m.config = modelConfigFromHfConfigJson(header.configJson, path + " (__metadata__ config)");
 
-  std::set<std::string> partNames;
-  std::vector<std::pair<std::string, json>> packedLayers;
-  for (auto it = layers.begin(); it != layers.end(); ++it) {
-    for (const char *suffix : {".qweight", ".scales", ".zero_points", ".low_rank_a", ".low_rank_b"})
-      partNames.insert(it.key() + suffix);
-    packedLayers.emplace_back(it.key(), it.value());
-  }
   const int64_t total = int64_t(reader.tensors().size());
   int64_t done = 0;
   if (observer)
     observer->started("load", total);
   for (const SafetensorsTensorInfo &info : reader.tensors()) {
-    if (partNames.count(info.name))
+    if (header.layerTensorNames.count(info.name))
       continue;
     if (cancel)
       cancel->throwIfCancelled();
@@ -899,114 +820,56 @@ PackedModel loadPackedModel(const std::string &path, ProgressObserver *observer,
       observer->progress(++done, total, info.name);
   }
   std::map<int, int64_t> bitsCount;
-  for (const auto &[name, layer] : packedLayers) {
+  for (const PackedLayerLayout &layer : header.layers) {
     if (cancel)
       cancel->throwIfCancelled();
-    auto need = [&](const std::string &suffix) -> const SafetensorsTensorInfo & {
-      const SafetensorsTensorInfo *info = reader.find(name + suffix);
-      if (!info)
-        throw FileError(path, "missing tensor " + name + suffix);
-      return *info;
-    };
-    // Integers only (2^32 + 4 or 4.7 bits are not 4 bits), then the writer's ranges.
-    auto integer = [&](const json &v, const char *key) -> int64_t {
-      if (!v.is_number_integer() ||
-          (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX)))
-        throw FileError(path,
-                        "__metadata__ layers entry of " + name + ": " + key + " is not an integer");
-      return v.get<int64_t>();
-    };
-    int64_t bits = 0, qmin = 0, groupSize = 0, out = 0, in = 0;
-    if (!layer.is_object() || !layer.contains("bits") || !layer.contains("qmin") ||
-        !layer.contains("group_size") || !layer.contains("shape") || !layer["shape"].is_array() ||
-        layer["shape"].size() != 2)
-      throw FileError(path,
-                      "__metadata__ layers entry of " + name + " lacks bits/qmin/group_size/shape");
-    bits = integer(layer["bits"], "bits");
-    qmin = integer(layer["qmin"], "qmin");
-    groupSize = integer(layer["group_size"], "group_size");
-    out = integer(layer["shape"][0], "shape");
-    in = integer(layer["shape"][1], "shape");
-    // Rows of at most 2^40 elements keep in * bits and out * rowBytes far from overflow
-    // once compared with the file's own size below.
-    constexpr int64_t kMaxDim = int64_t(1) << 40;
-    if (bits < 1 || bits > 8 || out <= 0 || in <= 0 || out > kMaxDim || in > kMaxDim ||
-        groupSize < 0 || groupSize > in)
-      throw FileError(path, "__metadata__ layers entry of " + name + " is out of range");
-    const int64_t symmetricQmin = -(int64_t(1) << (bits - 1));
-    if (qmin != 0 && qmin != symmetricQmin)
-      throw FileError(path, "__metadata__ layers entry of " + name + ": qmin " +
-                                std::to_string(qmin) + " is neither 0 (asymmetric) nor " +
-                                std::to_string(symmetricQmin) + " (symmetric " +
-                                std::to_string(bits) + "-bit)");
-    if (schemeSymmetric && (qmin != 0) != *schemeSymmetric)
-      throw FileError(path, "__metadata__ layers entry of " + name + ": qmin " +
-                                std::to_string(qmin) + " contradicts the scheme's " +
-                                (*schemeSymmetric ? "symmetric" : "asymmetric") + " grid");
-    const SafetensorsTensorInfo &q = need(".qweight");
-    const int64_t rowBytes = (in * bits + 7) / 8;
-    uint64_t packedBytes = 0;
-    if (q.dtype != "U8" || q.shape != std::vector<int64_t>{out, rowBytes} ||
-        __builtin_mul_overflow(uint64_t(out), uint64_t(rowBytes), &packedBytes) ||
-        q.end - q.begin != packedBytes)
-      throw FileError(path, "tensor " + name + ".qweight is not U8 [" + std::to_string(out) + ", " +
-                                std::to_string(rowBytes) + "]");
-    const at::Tensor packed = reader.loadBytes(q).view({out, rowBytes});
-    const at::Tensor scales = reader.load(need(".scales"));
-    const at::Tensor zeros = reader.load(need(".zero_points"));
+    const std::string &name = layer.name;
+    const at::Tensor packed = reader.loadBytes(*layer.qweight).view({layer.out, layer.rowBytes});
+    const at::Tensor scales = reader.load(*layer.scales).contiguous();
+    const at::Tensor zeros = reader.load(*layer.zeroPoints).contiguous();
     // What the writer refuses to write: steps that are zero or not finite, zero
-    // points off the integer grid [qmin, qmin + 2^bits - 1].
-    if (!at::isfinite(scales).all().item<bool>() || !(scales != 0).all().item<bool>())
-      throw FileError(path, "tensor " + name + ".scales: a step is zero or not finite");
-    const int64_t qmax = qmin + (int64_t(1) << bits) - 1;
-    if (zeros.numel() > 0 &&
-        (!at::equal(zeros, at::round(zeros)) || zeros.min().item<double>() < double(qmin) ||
-         zeros.max().item<double>() > double(qmax)))
-      throw FileError(path, "tensor " + name +
-                                ".zero_points: a zero point is not an integer within [" +
-                                std::to_string(qmin) + ", " + std::to_string(qmax) + "]");
-    // Optional: the type the writer rounded Ŵ to (older files have none).
-    at::ScalarType valueDtype = at::kFloat;
-    if (layer.contains("value_dtype")) {
-      const json &v = layer["value_dtype"];
-      const std::string text = v.is_string() ? v.get<std::string>() : v.dump();
-      valueDtype = text == "F16" ? at::kHalf : text == "BF16" ? at::kBFloat16 : at::kFloat;
-      if (valueDtype == at::kFloat)
-        throw FileError(path, "__metadata__ layers entry of " + name + ": value_dtype " +
-                                  printableText(text.substr(0, 32)) + " is neither F16 nor BF16");
-    }
+    // points off the integer grid, values that overflow.
+    if (const std::string problem =
+            packedGridProblem(scales.data_ptr<float>(), zeros.data_ptr<float>(),
+                              size_t(scales.numel()), layer.qmin, layer.qmax, layer.valueDtype);
+        !problem.empty())
+      throw FileError(path, "tensors " + printableText(name) + ".scales/.zero_points: " + problem);
     at::Tensor w;
     try {
-      w = dequantizeCodes(unpackCodes(packed, int(bits), qmin, in), scales, zeros, groupSize);
+      w = dequantizeCodes(unpackCodes(packed, layer.bits, layer.qmin, layer.in), scales, zeros,
+                          layer.groupSize);
     } catch (const Error &e) {
-      throw FileError(path, name + ": " + e.what());
+      throw FileError(path, printableText(name) + ": " + e.what());
     }
-    if (valueDtype != at::kFloat)
-      w = w.to(valueDtype).to(at::kFloat);
-    const SafetensorsTensorInfo *a = reader.find(name + ".low_rank_a");
-    const SafetensorsTensorInfo *b = reader.find(name + ".low_rank_b");
-    if ((a == nullptr) != (b == nullptr))
-      throw FileError(path, name + " has only one of low_rank_a / low_rank_b");
-    if (a) {
-      const at::Tensor la = reader.load(*a), lb = reader.load(*b);
-      if (la.dim() != 2 || lb.dim() != 2 || la.size(0) != in || lb.size(1) != out ||
-          la.size(1) != lb.size(0))
-        throw FileError(path, "low-rank factors of " + name + " do not fit its weight");
-      if (foldLowRank)
+    if (layer.valueDtype == "F16")
+      w = w.to(at::kHalf).to(at::kFloat);
+    else if (layer.valueDtype == "BF16")
+      w = w.to(at::kBFloat16).to(at::kFloat);
+    if (layer.lowRankA) {
+      const at::Tensor la = reader.load(*layer.lowRankA), lb = reader.load(*layer.lowRankB);
+      if (!at::isfinite(la).all().item<bool>() || !at::isfinite(lb).all().item<bool>())
+        throw FileError(path, "low-rank factors of " + printableText(name) +
+                                  " hold values that are not finite");
+      if (foldLowRank) {
         w = w + at::matmul(la, lb).t();
-      else
+        if (!at::isfinite(w).all().item<bool>())
+          throw FileError(path, "low-rank factors of " + printableText(name) +
+                                    " make the weight overflow float32");
+      } else {
         pm.lowRank[name] = {la, lb};
+      }
     }
     const std::string weightName = name + ".weight";
     m.tensors[weightName] = w;
     m.sources.push_back({weightName,
                          name + ".qweight",
-                         "W" + std::to_string(bits) + (qmin < 0 ? " sym" : " asym") +
-                             (groupSize > 0 ? " g" + std::to_string(groupSize) : "") + " packed",
-                         {out, in}});
+                         "W" + std::to_string(layer.bits) + (layer.qmin < 0 ? " sym" : " asym") +
+                             (layer.groupSize > 0 ? " g" + std::to_string(layer.groupSize) : "") +
+                             " packed",
+                         {layer.out, layer.in}});
     pm.quantizedNames.push_back(name);
-    bitsCount[int(bits)] += out * in;
-    done += a ? 5 : 3;
+    bitsCount[layer.bits] += layer.out * layer.in;
+    done += layer.lowRankA ? 5 : 3;
     if (observer)
       observer->progress(done, total, weightName);
   }

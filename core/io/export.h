@@ -19,6 +19,7 @@
 
 #include "core/common/progress.h"
 #include "core/io/model_loader.h"
+#include "core/io/packed_format.h"
 #include "core/model/config.h"
 #include "core/model/weights.h"
 #include "core/tokenizer/tokenizer_spec.h"
@@ -117,9 +118,6 @@ ExportResult exportHfDirectory(const std::string &dir, const ModelConfig &config
 
 // --- packed integer format -------------------------------------------------------
 
-constexpr int kPackedFormatVersion = 1;
-constexpr const char *kPackedFormatName = "lrq-packed";
-
 // One quantized linear (or embedding) as plain tensors.
 struct PackedTensor {
   std::string name;      // HF weight name without ".weight": "model.layers.0.mlp.up_proj"
@@ -172,9 +170,6 @@ ExportResult writePackedModel(const std::string &path, const PackedModelContents
                               const ExportOptions &options = {},
                               ProgressObserver *observer = nullptr,
                               const CancelToken *cancel = nullptr);
-
-// True when path is a safetensors file whose __metadata__ names the packed format.
-bool isPackedModelFile(const std::string &path);
 
 struct PackedModel {
   LoadedModel model; // Ŵ dequantized into the HF weight names; format "lrq-packed"

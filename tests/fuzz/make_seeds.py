@@ -172,6 +172,119 @@ def safetensors_seeds():
     }
 
 
+def pack_row(codes, bits, qmin):
+    """One row of the packed format: u = q - qmin, LSB first into a little-endian
+    bit stream (docs/EXPORT_FORMAT.md, section 2)."""
+    out = bytearray((len(codes) * bits + 7) // 8)
+    for j, q in enumerate(codes):
+        u = q - qmin
+        for b in range(bits):
+            k = j * bits + b
+            out[k // 8] |= ((u >> b) & 1) << (k % 8)
+    return bytes(out)
+
+
+def packed_file(layers, scheme, method="rtn"):
+    """layers: dicts with name, bits, symmetric, group_size (0: per channel, -1: per
+    tensor), shape (out, in), and optional low_rank k, value_dtype, full_range,
+    scale_dtype."""
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 16,
+              "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 32,
+              "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": True}
+    header, blobs, offset, meta_layers = {}, [], 0, {}
+
+    def add(name, dtype, shape, data):
+        nonlocal offset
+        header[name] = {"dtype": dtype, "shape": shape,
+                        "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+
+    def floats(values, dtype="F32"):
+        if dtype == "F16":
+            return b"".join(struct.pack("<e", v) for v in values)
+        return b"".join(struct.pack("<f", v) for v in values)
+
+    add("model.norm.weight", "F32", [8], floats([1.0] * 8))
+    for l in layers:
+        bits, (out, inp), g = l["bits"], l["shape"], l["group_size"]
+        qmin = -(1 << (bits - 1)) if l["symmetric"] else 0
+        levels = 1 << bits
+        rows, groups = (1, 1) if g < 0 else (out, 1 if g == 0 else -(-inp // g))
+        codes = [[qmin + rng.randrange(levels) for _ in range(inp)] for _ in range(out)]
+        steps = [rng.choice([0.5, 0.25, 0.125, 0.0625]) * (1 + rng.randrange(4))
+                 for _ in range(rows * groups)]
+        if not l["symmetric"]:
+            zeros = [float(rng.randrange(levels)) for _ in range(rows * groups)]
+        elif l.get("full_range"):
+            zeros = [float(-rng.randrange(2)) for _ in range(rows * groups)]
+        else:
+            zeros = [0.0] * (rows * groups)
+        sd = l.get("scale_dtype", "F32")
+        add(l["name"] + ".qweight", "U8", [out, (inp * bits + 7) // 8],
+            b"".join(pack_row(row, bits, qmin) for row in codes))
+        add(l["name"] + ".scales", sd, [rows, groups], floats(steps, sd))
+        add(l["name"] + ".zero_points", sd, [rows, groups], floats(zeros, sd))
+        entry = {"bits": bits, "qmin": qmin, "group_size": max(g, 0) if groups > 1 else 0,
+                 "shape": [out, inp], "low_rank": l.get("low_rank", 0)}
+        if l.get("low_rank"):
+            k = l["low_rank"]
+            add(l["name"] + ".low_rank_a", "F32", [inp, k],
+                floats([rng.uniform(-0.1, 0.1) for _ in range(inp * k)]))
+            add(l["name"] + ".low_rank_b", "F32", [k, out],
+                floats([rng.uniform(-0.1, 0.1) for _ in range(k * out)]))
+        if l.get("value_dtype"):
+            entry["value_dtype"] = l["value_dtype"]
+        meta_layers[l["name"]] = entry
+    header["__metadata__"] = {
+        "format": "lrq-packed", "format_version": "1", "config": json.dumps(config),
+        "scheme": json.dumps(scheme), "method": method,
+        "layers": json.dumps(meta_layers), "metadata": "{}"}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * ((-len(text)) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
+
+
+def packed_seeds():
+    q, k, up = ("model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj",
+                "model.layers.0.mlp.up_proj")
+
+    def scheme(bits, symmetric, granularity, group_size=0):
+        w = {"bits": bits, "symmetric": symmetric, "granularity": granularity}
+        if group_size:
+            w["group_size"] = group_size
+        return {"weight": w}
+
+    return {
+        "w4-sym-per-channel.safetensors": packed_file(
+            [dict(name=q, bits=4, symmetric=True, group_size=0, shape=(8, 8)),
+             dict(name=up, bits=4, symmetric=True, group_size=0, shape=(16, 8))],
+            scheme(4, True, "per_channel")),
+        "w3-asym-per-group.safetensors": packed_file(
+            [dict(name=q, bits=3, symmetric=False, group_size=3, shape=(4, 8))],
+            scheme(3, False, "per_group", 3)),
+        "w4-full-range-g16.safetensors": packed_file(
+            [dict(name=up, bits=4, symmetric=True, group_size=16, shape=(4, 40),
+                  full_range=True)],
+            {"name": "gguf-q4_0", "weight": {"bits": 4, "symmetric": True,
+                                             "granularity": "per_group", "group_size": 16,
+                                             "full_range": True}}),
+        "w2-per-tensor-bf16.safetensors": packed_file(
+            [dict(name=k, bits=2, symmetric=True, group_size=-1, shape=(8, 8),
+                  value_dtype="BF16")],
+            scheme(2, True, "per_tensor")),
+        "w8-asym-low-rank.safetensors": packed_file(
+            [dict(name=q, bits=8, symmetric=False, group_size=0, shape=(8, 8), low_rank=2),
+             dict(name=k, bits=8, symmetric=False, group_size=0, shape=(4, 8), low_rank=1,
+                  value_dtype="F16", scale_dtype="F16")],
+            scheme(8, False, "per_channel"), method="lqer"),
+        "w5-mixed-no-scheme.safetensors": packed_file(
+            [dict(name=q, bits=5, symmetric=True, group_size=0, shape=(3, 7)),
+             dict(name=up, bits=6, symmetric=False, group_size=4, shape=(2, 9))], {}),
+    }
+
+
 def config_seeds():
     llama = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 32000,
              "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -295,7 +408,7 @@ def main():
         "fuzz_safetensors": safetensors_seeds(), "fuzz_safetensors_index": index_seeds(),
         "fuzz_hf_config": config_seeds(), "fuzz_tokenizer_json": tokenizer_json_seeds(),
         "fuzz_tokenizer_encode": encode_seeds(), "fuzz_scheme": scheme_seeds(),
-        "fuzz_run_blob": run_blob_seeds(),
+        "fuzz_run_blob": run_blob_seeds(), "fuzz_packed": packed_seeds(),
     }
     for target, seeds in targets.items():
         folder = os.path.join(out, target)

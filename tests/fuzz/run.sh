@@ -18,7 +18,7 @@ shift
 BUILD_DIR="${LRQ_FUZZ_BUILD_DIR:-$ROOT/build-fuzz}"
 CRASH_DIR="${LRQ_FUZZ_CRASH_DIR:-$FUZZ_DIR/crashes}"
 ALL_TARGETS=(fuzz_gguf fuzz_gguf_model fuzz_safetensors fuzz_safetensors_index fuzz_hf_config
-  fuzz_tokenizer_json fuzz_tokenizer_encode fuzz_scheme fuzz_run_blob)
+  fuzz_tokenizer_json fuzz_tokenizer_encode fuzz_scheme fuzz_run_blob fuzz_packed)
 TARGETS=("${@:-${ALL_TARGETS[@]}}")
 
 CXX_COMPILER="${LRQ_FUZZ_CXX:-$(command -v clang++ || command -v clang++-14 || true)}"
@@ -42,6 +42,14 @@ cmake --build "$BUILD_DIR" -j "$(nproc)" --target "${TARGETS[@]}" >"$BUILD_DIR/b
 
 rm -rf "$BUILD_DIR/seeds"
 python3 "$FUZZ_DIR/make_seeds.py" "$BUILD_DIR/seeds"
+# Seeds written by the project's own writers (the GGUF export), kept as files;
+# test_gguf_export checks they are still what the exporter writes.
+for kept in "$FUZZ_DIR"/seeds/*/; do
+  [ -d "$kept" ] || continue
+  target="$(basename "$kept")"
+  mkdir -p "$BUILD_DIR/seeds/$target"
+  cp "$kept"* "$BUILD_DIR/seeds/$target/"
+done
 
 dictionary_for() {
   case "$1" in
