@@ -10,6 +10,8 @@
 #include <QJsonObject>
 #include <QtTest>
 
+#include <cmath>
+
 #include "cli_process.h"
 #include "test_support.h"
 
@@ -24,15 +26,22 @@ class TestResumeCli : public QObject {
 
   QTemporaryDir dir_;
   QString store_;
-  QString scheme_; // W4 on blocks 0-5: blocks 6-29 are not even run, which keeps runs short
+  QString scheme_;    // W4 on blocks 0-5: blocks 6-29 are not even run, which keeps runs short
+  QString q4kScheme_; // gguf-q4_k's grids on blocks 0-5
   static constexpr int kBlocks = 6;
 
   // Tiny settings: 2 calibration windows of 32 tokens, 3 iterations per block.
-  QStringList tiny(const QString &method) const {
-    return {"quantize",   "default", "--method",  method,   "--scheme",     scheme_,
-            "--nsamples", "2",       "--seq-len", "32",     "--iters",      "3",
-            "--no-eval",  "--store", store_,      "--json", "--no-spectra", "--quiet",
-            "--threads",  "2"};
+  QStringList tiny(const QString &method, const QString &scheme = QString()) const {
+    return {"quantize",     "default",
+            "--method",     method,
+            "--scheme",     scheme.isEmpty() ? scheme_ : scheme,
+            "--nsamples",   "2",
+            "--seq-len",    "32",
+            "--iters",      "3",
+            "--no-eval",    "--store",
+            store_,         "--json",
+            "--no-spectra", "--quiet",
+            "--threads",    "2"};
   }
 
   QJsonObject showRun(const QString &id) const {
@@ -55,32 +64,53 @@ private slots:
     f.write("{\"name\": \"W4 blocks 0-5\", \"weight\": {\"bits\": 4, \"granularity\": "
             "\"per-channel\"}, \"layers\": {\"blocks\": [0, 1, 2, 3, 4, 5]}}");
     f.close();
+    // Q4_K: offsets dmin m that Ŵ alone does not give back; the checkpoint keeps the grid.
+    q4kScheme_ = dir_.filePath("q4k-blocks-0-5.json");
+    QFile q(q4kScheme_);
+    QVERIFY(q.open(QIODevice::WriteOnly));
+    q.write("{\"name\": \"Q4_K blocks 0-5\", \"weight\": {\"bits\": 4, \"granularity\": "
+            "\"per-group\", \"group_size\": 32, \"step_format\": \"k-superblock-offset\"}, "
+            "\"fallback_weight\": {\"bits\": 5, \"symmetric\": true, \"granularity\": "
+            "\"per-group\", \"group_size\": 32, \"step_format\": \"f16\", \"full_range\": "
+            "true}, \"layers\": {\"blocks\": [0, 1, 2, 3, 4, 5]}}");
+    q.close();
     lrq::test::defaultModelPath();
   }
 
   void resumedRunMatchesUninterrupted_data() {
     QTest::addColumn<QString>("method");
     QTest::addColumn<bool>("ownWorkDir");
-    QTest::newRow("lrq, default work dir") << "lrq" << false;
-    QTest::newRow("flexround, --work-dir") << "flexround" << true;
+    QTest::addColumn<bool>("q4k"); // gguf-q4_k grids, also exported as GGUF
+    QTest::newRow("lrq, default work dir") << "lrq" << false << false;
+    QTest::newRow("flexround, --work-dir") << "flexround" << true << false;
+    QTest::newRow("lrq, gguf-q4_k, --gguf") << "lrq" << true << true;
   }
 
   void resumedRunMatchesUninterrupted() {
     QFETCH(QString, method);
     QFETCH(bool, ownWorkDir);
+    QFETCH(bool, q4k);
     const int interruptAfter = 2; // Ctrl-C once block 2 of 0-5 has finished
+    const QString tag = method + (q4k ? "-q4k" : "");
+    const QString scheme = q4k ? q4kScheme_ : QString();
 
     // Uninterrupted.
-    const QString straightOut = dir_.filePath(method + "-straight");
-    Result straight = runLrq(tiny(method) << "--out" << straightOut << "--work-dir"
-                                          << dir_.filePath(method + "-work-straight"),
-                             kLongRun);
+    const QString straightOut = dir_.filePath(tag + "-straight");
+    const QString straightGguf = dir_.filePath(tag + "-straight.gguf");
+    QStringList straightArgs = tiny(method, scheme) << "--out" << straightOut << "--work-dir"
+                                                    << dir_.filePath(tag + "-work-straight");
+    if (q4k)
+      straightArgs << "--gguf" << straightGguf;
+    Result straight = runLrq(straightArgs, kLongRun);
     QVERIFY2(straight.exitCode == 0, qPrintable(straight.err));
 
     // Interrupted after block k.
-    const QString resumedOut = dir_.filePath(method + "-resumed");
-    const QString workDir = dir_.filePath(method + "-work");
-    QStringList args = tiny(method) << "--out" << resumedOut;
+    const QString resumedOut = dir_.filePath(tag + "-resumed");
+    const QString resumedGguf = dir_.filePath(tag + "-resumed.gguf");
+    const QString workDir = dir_.filePath(tag + "-work");
+    QStringList args = tiny(method, scheme) << "--out" << resumedOut;
+    if (q4k)
+      args << "--gguf" << resumedGguf;
     if (ownWorkDir)
       args << "--work-dir" << workDir;
     const int runsBefore = runCount();
@@ -142,6 +172,22 @@ private slots:
         lrq::test::compareSafetensors(QDir(straightOut).filePath("model.safetensors"),
                                       QDir(resumedOut).filePath("model.safetensors"));
     QVERIFY2(difference.isEmpty(), qPrintable(difference));
+    if (q4k) {
+      // Restored blocks export on the grid they trained on: the GGUF files hold the
+      // same weights (same perplexity as each other and as the HF export).
+      auto ppl = [](const QString &model) {
+        Result e = runLrq({"eval", model, "--seq-len", "128", "--max-windows", "1", "--json",
+                           "--quiet", "--threads", "2"},
+                          kLongRun);
+        return e.exitCode == 0 ? lrq::test::parseJson(e)["perplexity"].toDouble() : -1.0;
+      };
+      const double straightPpl = ppl(straightGguf), resumedPpl = ppl(resumedGguf);
+      QVERIFY2(resumedPpl > 1 && resumedPpl == straightPpl,
+               qPrintable(QString("%1 vs %2").arg(resumedPpl).arg(straightPpl)));
+      const double hfPpl = ppl(resumedOut);
+      QVERIFY2(std::abs(hfPpl - resumedPpl) < 1e-4 * hfPpl,
+               qPrintable(QString("%1 vs %2").arg(hfPpl).arg(resumedPpl)));
+    }
 
     // One run, finished, with every block; the checkpoint was used.
     QCOMPARE(runCount(), runsBefore + 1);
@@ -162,6 +208,8 @@ private slots:
 
     QDir(straightOut).removeRecursively();
     QDir(resumedOut).removeRecursively();
+    QFile::remove(straightGguf);
+    QFile::remove(resumedGguf);
   }
 
   void interruptDuringExportLeavesNothing() {

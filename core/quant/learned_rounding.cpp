@@ -52,6 +52,15 @@ std::vector<std::pair<std::string, at::Tensor>> LearnedRoundingLayer::parameters
   return all;
 }
 
+std::vector<std::pair<std::string, at::Tensor>> LearnedRoundingLayer::checkpointExtras() const {
+  try {
+    GridParams g = grid();
+    return {{"grid.scale", g.scale}, {"grid.zero_point", g.zeroPoint}};
+  } catch (const Error &) {
+    return {};
+  }
+}
+
 GridParams LearnedRoundingLayer::grid() const {
   at::NoGradGuard noGrad;
   GridParams p;
@@ -284,9 +293,17 @@ MethodReport runReconstructionMethod(MethodContext &ctx, const QuantMethod &meth
           throw Error(methodName + ": " + where(o.block, l.role) + ": " + e.what());
         }
       } else if (o.restored) {
-        // Restored from a checkpoint: no layer to ask, the steps come from Ŵ.
-        GridParams g =
-            recoverLearnedGrid(l.fpWeight, l.weight, scheme.weightFor(l.fpWeight.size(1)));
+        // Restored from a checkpoint: no layer to ask. The grid it saved, or for
+        // checkpoints written without one, the steps searched back from Ŵ.
+        GridParams g;
+        for (const auto &[name, t] : l.extras) {
+          if (name == "grid.scale")
+            g.scale = t;
+          else if (name == "grid.zero_point")
+            g.zeroPoint = t;
+        }
+        if (!g.scale.defined() || !g.zeroPoint.defined())
+          g = recoverLearnedGrid(l.fpWeight, l.weight, scheme.weightFor(l.fpWeight.size(1)));
         if (g.scale.defined())
           report.grids[gridKey(config, o.block, l.role)] = std::move(g);
       }

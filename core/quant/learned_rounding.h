@@ -51,6 +51,10 @@ public:
   // Ŵ = s1 · (q − z) with the same float32 s1, so the packed export of these
   // codes and steps dequantizes to Ŵ bit for bit.
   GridParams grid() const;
+  // grid() as "grid.scale" and "grid.zero_point", so that a block restored from
+  // a checkpoint exports on the grid it trained on (an offset-form grid cannot
+  // be searched back from Ŵ); empty when grid() refuses (the export reports why).
+  std::vector<std::pair<std::string, at::Tensor>> checkpointExtras() const override;
 
   const at::Tensor &fpWeight() const { return w_; }
   const GridSpec &spec() const { return spec_; }

@@ -170,6 +170,14 @@ nlohmann::json blockRecord(const BlockOutcome &o) {
                       {"cols", l.weight.size(1)},
                       {"offset", offset}});
     offset += l.weight.numel();
+    // The extras follow the layer's Ŵ in the block file, in this order.
+    nlohmann::json extras = nlohmann::json::array();
+    for (const auto &[name, t] : l.extras) {
+      extras.push_back({{"name", name}, {"shape", t.sizes().vec()}, {"offset", offset}});
+      offset += t.numel();
+    }
+    if (!extras.empty())
+      layers.back()["extras"] = std::move(extras);
   }
   return {{"block", o.block},
           {"initial_loss", o.initialLoss},
@@ -416,6 +424,22 @@ ReconSummary BlockReconstructor::run(const LayerFactory &factory,
         LayerOutcome lo;
         lo.role = role;
         lo.learnableParams = lr.at("params").get<int64_t>();
+        if (const auto extras = lr.find("extras"); extras != lr.end())
+          for (const nlohmann::json &e : *extras) {
+            // At most the layer's own size: [rows, groups] grids are smaller.
+            const std::vector<int64_t> shape = e.at("shape").get<std::vector<int64_t>>();
+            int64_t count = 1;
+            for (int64_t d : shape) {
+              if (d < 0 || d > linear->weight.numel() || count * d > linear->weight.numel())
+                throw FileError(statePath, "checkpointed " + role + " has a misshapen extra");
+              count *= d;
+            }
+            at::Tensor t = at::empty(shape, at::kFloat);
+            in.seekg(std::streamoff(e.at("offset").get<int64_t>() * 4));
+            if (!in.read(static_cast<char *>(t.data_ptr()), std::streamsize(t.numel() * 4)))
+              throw FileError(path, "truncated checkpointed weights");
+            lo.extras.emplace_back(e.at("name").get<std::string>(), std::move(t));
+          }
         lo.fpWeight = linear->weight;
         lo.weight = w.to(device, linear->weight.scalar_type()).contiguous();
         linear->weight = lo.weight;
@@ -547,8 +571,12 @@ ReconSummary BlockReconstructor::run(const LayerFactory &factory,
     }
     restore.armed = false;
     out.seconds = secondsSince(blockStart);
-    for (const ActiveLayer &l : active)
-      out.layers.push_back({l.role, l.learn->parameterCount(), l.fpWeight, l.linear->weight});
+    for (const ActiveLayer &l : active) {
+      LayerOutcome lo{l.role, l.learn->parameterCount(), l.fpWeight, l.linear->weight, {}};
+      for (auto &[name, t] : l.learn->checkpointExtras())
+        lo.extras.emplace_back(name, t.detach().to(at::kCPU, at::kFloat).contiguous());
+      out.layers.push_back(std::move(lo));
+    }
 
     const auto checkpointStart = Clock::now();
     if (!ckDir.empty()) {
@@ -556,6 +584,9 @@ ReconSummary BlockReconstructor::run(const LayerFactory &factory,
       for (const LayerOutcome &l : out.layers) {
         const at::Tensor w = l.weight.to(at::kCPU, at::kFloat).contiguous();
         bytes.append(static_cast<const char *>(w.data_ptr()), size_t(w.numel()) * 4);
+        for (const auto &extra : l.extras) // already float32, CPU, contiguous
+          bytes.append(static_cast<const char *>(extra.second.data_ptr()),
+                       size_t(extra.second.numel()) * 4);
       }
       writeFileAtomically(blockFile(ckDir, j), bytes);
       state["blocks"].push_back(blockRecord(out));
@@ -576,8 +607,10 @@ ReconSummary BlockReconstructor::run(const LayerFactory &factory,
     }
     if (onBlock)
       onBlock(out);
-    for (LayerOutcome &l : out.layers)
+    for (LayerOutcome &l : out.layers) {
       l.fpWeight = l.weight = at::Tensor();
+      l.extras.clear();
+    }
     summary.blocks.push_back(std::move(out));
     releaseFreeMemory();
   }

@@ -55,6 +55,10 @@ public:
   virtual std::vector<std::pair<std::string, at::Tensor>> parameters() const = 0;
   // Ŵ(θ) [out, in], differentiable in the parameters.
   virtual at::Tensor weight() const = 0;
+  // Tensors a block restored from the checkpoint needs beside Ŵ (e.g. the grid
+  // the learned steps ended on, which Ŵ alone may not determine), read after the
+  // final iteration; saved as float32.
+  virtual std::vector<std::pair<std::string, at::Tensor>> checkpointExtras() const { return {}; }
   int64_t parameterCount() const;
 };
 
@@ -87,6 +91,9 @@ struct LayerOutcome {
   int64_t learnableParams = 0;
   at::Tensor fpWeight; // before (only in the per-block callback)
   at::Tensor weight;   // the Ŵ installed (only in the per-block callback)
+  // The layer's checkpointExtras(), float32 on the CPU (only in the per-block
+  // callback; also for restored blocks, empty for checkpoints written without).
+  std::vector<std::pair<std::string, at::Tensor>> extras;
 };
 
 struct BlockOutcome {
