@@ -32,6 +32,7 @@
 #include "core/quant/scheme.h"
 #include "core/quant/storage_bits.h"
 #include "decoder_test_models.h"
+#include "quick_method_run.h"
 #include "tiny_llama.h"
 
 using namespace lrq;
@@ -217,17 +218,6 @@ at::Tensor q6kDecode(const at::Tensor &codes, const at::Tensor &scale, const at:
       }
     }
   return result;
-}
-
-// A few iterations of every method: enough to move the grid, seconds to run.
-std::map<std::string, nlohmann::json> quickHyperparameters(int64_t gptqBlockSize) {
-  return {{"gptq", {{"block_size", gptqBlockSize}}},
-          {"flexround", {{"iters", 3}, {"batch_size", 1}, {"lr", 2e-2}}},
-          {"lrq", {{"iters", 3}, {"batch_size", 1}, {"lr", 2e-2}}},
-          {"rtn-learned-step", {{"iters", 3}, {"batch_size", 1}, {"lr", 2e-2}}},
-          {"lrqat", {{"steps", 3}, {"rank", 4}, {"lr", 1e-2}, {"lr_scale", 1e-4}}},
-          {"lqer", {{"rank", 4}}},
-          {"l2qer", {{"rank", 4}, {"batch_size", 2}}}};
 }
 
 } // namespace
@@ -547,7 +537,7 @@ private slots:
   // the packed export holds Ŵ exactly. LR-QAT refuses 8 bits with a clear message.
   void everyMethodLandsOnBlocks() {
     const ModelConfig &config = tiny_.config;
-    const std::map<std::string, nlohmann::json> quick = quickHyperparameters(32);
+    const std::map<std::string, nlohmann::json> quick = lrq::test::quickHyperparameters(32);
     at::Generator gen = at::detail::createCPUGenerator(7);
     const at::Tensor tokens = at::randint(config.vocabSize, {2, 16}, gen, at::kLong);
     const CalibrationSet calibration{tokens, "test"};
@@ -560,10 +550,6 @@ private slots:
       for (const std::string &preset : ggufPresets()) {
         const QuantScheme scheme = presetScheme(preset);
         const std::string cell = methodName + " " + preset;
-        std::map<std::string, at::Tensor> copy;
-        for (const auto &[name, t] : tiny_.tensors)
-          copy[name] = t.clone();
-        DecoderModel model(config, ModelWeights::fromHfTensors(config, copy));
         std::unique_ptr<QuantMethod> method = createMethod(methodName);
         if (methodName == "lrqat" && scheme.weight.bits == 8) {
           try {
@@ -575,18 +561,10 @@ private slots:
           continue;
         }
         method->checkScheme(scheme);
-        const auto it = quick.find(methodName);
-        MethodContext ctx{model,
-                          scheme,
-                          calibration,
-                          mergeHyperparameters(*method, it == quick.end() ? nlohmann::json::object()
-                                                                          : it->second),
-                          5,
-                          nullptr,
-                          nullptr,
-                          ""};
-        ctx.spectra = false;
-        const MethodReport report = method->run(ctx);
+        const lrq::test::QuickRun run = lrq::test::runQuick(config, tiny_.tensors, *method,
+                                                            methodName, scheme, calibration, quick);
+        const DecoderModel &model = *run.model;
+        const MethodReport &report = run.report;
         // The method's own grid ("auto" resolved) is still the same block type.
         const QuantScheme used = resolveReferenceGrid(*method, scheme);
         QCOMPARE(std::string(ggufBlockTypeFor(used.weight)),
@@ -824,31 +802,19 @@ private slots:
     for (const auto &[name, t] : lrq::test::tinyLlamaTensors(config, 21))
       fp[name] = t.to(at::kFloat);
     const ModelWeights original = ModelWeights::fromHfTensors(config, fp);
-    const std::map<std::string, nlohmann::json> quick = quickHyperparameters(64);
+    const std::map<std::string, nlohmann::json> quick = lrq::test::quickHyperparameters(64);
     at::Generator gen = at::detail::createCPUGenerator(7);
     const CalibrationSet calibration{at::randint(config.vocabSize, {2, 16}, gen, at::kLong),
                                      "test"};
     const QuantScheme scheme = presetScheme("gguf-q6_k");
     int64_t q6k = 0, q8 = 0;
     for (const std::string &methodName : methodNames()) {
-      std::map<std::string, at::Tensor> copy;
-      for (const auto &[name, t] : fp)
-        copy[name] = t.clone();
-      DecoderModel model(config, ModelWeights::fromHfTensors(config, copy));
       std::unique_ptr<QuantMethod> method = createMethod(methodName);
       method->checkScheme(scheme);
-      const auto it = quick.find(methodName);
-      MethodContext ctx{
-          model,
-          scheme,
-          calibration,
-          mergeHyperparameters(*method, it == quick.end() ? nlohmann::json::object() : it->second),
-          5,
-          nullptr,
-          nullptr,
-          ""};
-      ctx.spectra = false;
-      const MethodReport report = method->run(ctx);
+      const lrq::test::QuickRun run =
+          lrq::test::runQuick(config, fp, *method, methodName, scheme, calibration, quick);
+      const DecoderModel &model = *run.model;
+      const MethodReport &report = run.report;
       const QuantScheme used = resolveReferenceGrid(*method, scheme);
       QCOMPARE(std::string(ggufBlockTypeFor(used.weight)), std::string("Q6_K"));
       QCOMPARE(std::string(ggufBlockTypeFor(*used.fallbackWeight)), std::string("Q8_0"));

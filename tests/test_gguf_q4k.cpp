@@ -36,6 +36,7 @@
 #include "core/quant/method.h"
 #include "core/quant/scheme.h"
 #include "core/quant/storage_bits.h"
+#include "quick_method_run.h"
 #include "test_support.h"
 #include "tiny_llama.h"
 
@@ -157,16 +158,6 @@ void appendFile(const QString &file, const std::vector<uint8_t> &bytes) {
   if (!f.open(QIODevice::Append))
     throw Error("cannot write " + file.toStdString());
   f.write(reinterpret_cast<const char *>(bytes.data()), qint64(bytes.size()));
-}
-
-// A few iterations of every method: enough to move the grid, seconds to run.
-std::map<std::string, nlohmann::json> quickHyperparameters() {
-  return {{"gptq", {{"block_size", 64}}},
-          {"flexround", {{"iters", 3}, {"batch_size", 1}, {"lr", 2e-2}}},
-          {"lrq", {{"iters", 3}, {"batch_size", 1}, {"lr", 2e-2}}},
-          {"rtn-learned-step", {{"iters", 3}, {"batch_size", 1}, {"lr", 2e-2}}},
-          {"lqer", {{"rank", 4}}},
-          {"l2qer", {{"rank", 4}, {"batch_size", 2}}}};
 }
 
 } // namespace
@@ -440,7 +431,7 @@ private slots:
     for (const auto &[name, t] : lrq::test::tinyLlamaTensors(config, 23))
       fp[name] = t.to(at::kFloat);
     const ModelWeights original = ModelWeights::fromHfTensors(config, fp);
-    const std::map<std::string, nlohmann::json> quick = quickHyperparameters();
+    const std::map<std::string, nlohmann::json> quick = lrq::test::quickHyperparameters(64);
     at::Generator gen = at::detail::createCPUGenerator(7);
     const CalibrationSet calibration{at::randint(config.vocabSize, {2, 16}, gen, at::kLong),
                                      "test"};
@@ -456,22 +447,10 @@ private slots:
         continue;
       }
       method->checkScheme(scheme);
-      std::map<std::string, at::Tensor> copy;
-      for (const auto &[name, t] : fp)
-        copy[name] = t.clone();
-      DecoderModel model(config, ModelWeights::fromHfTensors(config, copy));
-      const auto it = quick.find(methodName);
-      MethodContext ctx{
-          model,
-          scheme,
-          calibration,
-          mergeHyperparameters(*method, it == quick.end() ? nlohmann::json::object() : it->second),
-          5,
-          nullptr,
-          nullptr,
-          ""};
-      ctx.spectra = false;
-      const MethodReport report = method->run(ctx);
+      const lrq::test::QuickRun run =
+          lrq::test::runQuick(config, fp, *method, methodName, scheme, calibration, quick);
+      const DecoderModel &model = *run.model;
+      const MethodReport &report = run.report;
       ++methods;
       const QuantScheme used = resolveReferenceGrid(*method, scheme);
       QCOMPARE(std::string(ggufBlockTypeFor(used.weight)), std::string("Q4_K"));
