@@ -7,8 +7,10 @@
 # tests/fuzz/crashes/TARGET/.
 #
 # Usage: tests/fuzz/run.sh SECONDS [TARGET...]
-# Environment: LRQ_FUZZ_BUILD_DIR (default build-fuzz), LRQ_FUZZ_CRASH_DIR
-# (default tests/fuzz/crashes), LRQ_FUZZ_VOCAB_GGUF (vocabulary for
+# Environment: LRQ_FUZZ_RUNS (stop a target after this many executions, or
+# after SECONDS, whichever comes first: the 10-million campaign is
+# `LRQ_FUZZ_RUNS=10000000 tests/fuzz/run.sh 36000`), LRQ_FUZZ_BUILD_DIR
+# (default build-fuzz), LRQ_FUZZ_CRASH_DIR (default tests/fuzz/crashes), LRQ_FUZZ_VOCAB_GGUF (vocabulary for
 # fuzz_tokenizer_encode; default: the cached default model).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -86,6 +88,7 @@ for target in "${TARGETS[@]}"; do
 
   options=(-max_total_time="$SECONDS_PER_TARGET" -timeout=1 -rss_limit_mb=2048
     -print_final_stats=1 -artifact_prefix="$crashes/")
+  [ -n "${LRQ_FUZZ_RUNS:-}" ] && options+=(-runs="$LRQ_FUZZ_RUNS")
   dict="$(dictionary_for "$target")"
   [ -n "$dict" ] && options+=(-dict="$dict")
   before=$(find "$crashes" -type f | wc -l)
