@@ -33,6 +33,7 @@
 #include "core/quant/gguf_scheme.h"
 #include "core/quant/grid.h"
 #include "core/quant/learned_rounding.h"
+#include "core/quant/lrqat_layer.h"
 #include "core/quant/method.h"
 #include "core/quant/scheme.h"
 #include "core/quant/storage_bits.h"
@@ -378,13 +379,6 @@ private slots:
     } catch (const Error &e) {
       QVERIFY2(std::string(e.what()).find("k-superblock-offset") != std::string::npos, e.what());
     }
-    // LR-QAT's integer zero points cannot hold the offsets: a clear refusal.
-    try {
-      createMethod("lrqat")->checkScheme(s);
-      QFAIL("lrqat took gguf-q4_k");
-    } catch (const Error &e) {
-      QVERIFY2(std::string(e.what()).find("k-superblock-offset") != std::string::npos, e.what());
-    }
   }
 
   // The learned layers start on the RTN grid bit for bit, and train on the
@@ -421,10 +415,44 @@ private slots:
     }
   }
 
+  // LR-QAT in offset form: Φ0 = (W + M) / s on the codes 0..15, stored with
+  // 4 fractional bits, so its first codes are RTN's except where Φ0 lies
+  // within 2^-5 of a half-way point (double rounding); Ŵ = fl(s q - M) with
+  // M frozen at the format's offsets, also once A, B and s have moved.
+  void lrqatStartsOnRtnAndStaysOnTheGrid() {
+    const GridSpec spec = presetScheme("gguf-q4_k").weight;
+    at::manual_seed(5);
+    const at::Tensor w = at::randn({8, 512}) * 0.05;
+    const GridParams rtn = computeGridParams(w, spec);
+    LrqatLayer l = initLrqatLayer(w, spec, 4, 4.0, 11);
+    QVERIFY(at::equal(l.zeroPoint, rtn.zeroPoint));
+    const at::Tensor rtnCodes = quantizeWeight(w, rtn, spec).to(at::kInt);
+    const at::Tensor phi =
+        (w + expandToWeight(rtn.zeroPoint, spec, 512)) / expandToWeight(rtn.scale, spec, 512);
+    const at::Tensor nearHalf = (phi - phi.floor() - 0.5).abs() < 1.0 / 32;
+    const at::Tensor differ = lrqatMergedCodes(l) != rtnCodes;
+    QVERIFY(at::all(differ.logical_and(nearHalf.logical_not()).logical_not()).item<bool>());
+    QVERIFY(at::equal(lrqatFakeWeight(l).detach(),
+                      q4kDecode(lrqatMergedCodes(l).to(at::kFloat), rtn.scale, rtn.zeroPoint)));
+    {
+      at::NoGradGuard noGrad;
+      l.a.copy_(at::randn_like(l.a) * 10.0); // (α/r) A B of order one code
+      l.scale.mul_(1.0 + at::rand_like(l.scale) * 0.1);
+    }
+    const at::Tensor step = lrqatStep(l).detach();
+    QVERIFY(at::equal(step, applyStepFormat(step, spec)));
+    QVERIFY(!at::equal(step, rtn.scale));
+    const at::Tensor codes = lrqatMergedCodes(l);
+    QVERIFY((codes != rtnCodes).sum().item<int64_t>() > 4 * differ.sum().item<int64_t>());
+    const at::Tensor merged = lrqatMergedWeight(l);
+    QVERIFY(at::equal(merged, q4kDecode(codes.to(at::kFloat), step, rtn.zeroPoint)));
+    QVERIFY(at::equal(lrqatForward(l).weight, merged));
+  }
+
   // Every method on gguf-q4_k on a tiny LLaMA: down_proj (256 inputs) Q4_K,
   // the others the Q5_0 fallback. Ŵ is the decode of the reported grid, and
   // the GGUF blocks of the packed run decode to Ŵ bit for bit, by our decoder
-  // and by gguf-py's. LR-QAT refuses the scheme.
+  // and by gguf-py's. LR-QAT included: its offsets stay frozen, its steps train.
   void everyMethodLandsOnQ4K() {
     const ModelConfig config = lrq::test::tinyLlamaConfig({256, 64, 256, 16, 128});
     std::map<std::string, at::Tensor> fp;
@@ -442,10 +470,6 @@ private slots:
     int64_t q4k = 0, q5 = 0, methods = 0;
     for (const std::string &methodName : methodNames()) {
       std::unique_ptr<QuantMethod> method = createMethod(methodName);
-      if (methodName == "lrqat") {
-        QVERIFY_THROWS_EXCEPTION(Error, method->checkScheme(scheme));
-        continue;
-      }
       method->checkScheme(scheme);
       const lrq::test::QuickRun run =
           lrq::test::runQuick(config, fp, *method, methodName, scheme, calibration, quick);

@@ -343,19 +343,27 @@ private slots:
     QTest::addColumn<bool>("symmetric");
     QTest::addColumn<int>("granularity");
     QTest::addColumn<int>("group");
-    QTest::newRow("W3 sym g32") << 3 << true << int(Granularity::PerGroup) << 32;
-    QTest::newRow("W3 asym g32") << 3 << false << int(Granularity::PerGroup) << 32;
-    QTest::newRow("W4 asym per-channel") << 4 << false << int(Granularity::PerChannel) << 0;
-    QTest::newRow("W4 sym per-tensor") << 4 << true << int(Granularity::PerTensor) << 0;
-    QTest::newRow("W2 asym g40 (ragged)") << 2 << false << int(Granularity::PerGroup) << 40;
+    QTest::addColumn<bool>("offsetForm"); // gguf-q4_k's grid: Ŵ = s q − M
+    QTest::newRow("W3 sym g32") << 3 << true << int(Granularity::PerGroup) << 32 << false;
+    QTest::newRow("W3 asym g32") << 3 << false << int(Granularity::PerGroup) << 32 << false;
+    QTest::newRow("W4 asym per-channel")
+        << 4 << false << int(Granularity::PerChannel) << 0 << false;
+    QTest::newRow("W4 sym per-tensor") << 4 << true << int(Granularity::PerTensor) << 0 << false;
+    QTest::newRow("W2 asym g40 (ragged)")
+        << 2 << false << int(Granularity::PerGroup) << 40 << false;
+    QTest::newRow("Q4_K offsets") << 4 << false << int(Granularity::PerGroup) << 32 << true;
   }
   void steGradientsReachABAndS() {
     QFETCH(int, bits);
     QFETCH(bool, symmetric);
     QFETCH(int, granularity);
     QFETCH(int, group);
-    const GridSpec spec = makeSpec(bits, symmetric, Granularity(granularity), group);
-    const int64_t rows = 24, cols = 96;
+    QFETCH(bool, offsetForm);
+    const GridSpec spec = offsetForm ? presetScheme("gguf-q4_k").weight
+                                     : makeSpec(bits, symmetric, Granularity(granularity), group);
+    QCOMPARE(spec.offsetForm(), offsetForm);
+    QCOMPARE(spec.groupSize, int64_t(group));
+    const int64_t rows = 24, cols = offsetForm ? 256 : 96; // Q4_K: super-blocks of 256
     LrqatLayer l = initLrqatLayer(testMatrix(rows, cols, 9), spec, 4, 8.0, 21);
     at::Generator gen = at::detail::createCPUGenerator(77);
     const at::Tensor G = at::randn({rows, cols}, gen, at::kFloat);
@@ -377,13 +385,14 @@ private slots:
         QVERIFY(l.b.grad().abs().max().item<float>() > 0);
 
       // Closed form: u = Φ0_d + c A B; inside = qmin <= round(u) + z <= qmax.
+      // In offset form z = 0 (zeroPoint holds M, which only shifts Ŵ).
       const double c = l.scaling;
       QCOMPARE(c, 2.0);
       const at::Tensor u = lrqatPhi(l) + c * at::mm(l.a, l.b);
-      const at::Tensor z = expandToWeight(l.zeroPoint, spec, cols);
+      const at::Tensor z = offsetForm ? at::zeros({1, 1}) : expandToWeight(l.zeroPoint, spec, cols);
       const at::Tensor q = at::round(u) + z;
       const at::Tensor inside = (q >= double(spec.qmin())) & (q <= double(spec.qmax()));
-      const at::Tensor s = expandToWeight(l.scale, spec, cols);
+      const at::Tensor s = expandToWeight(lrqatStep(l).detach(), spec, cols);
       const at::Tensor du = G * s * inside.to(at::kFloat);
       QVERIFY(at::allclose(l.a.grad(), c * at::mm(du, l.b.t()), 1e-4, 1e-5));
       QVERIFY(at::allclose(l.b.grad(), c * at::mm(l.a.t(), du), 1e-4, 1e-5));
@@ -396,6 +405,16 @@ private slots:
           ds[ri][gi] += dsFull[r][col];
         }
       QVERIFY(at::allclose(l.scale.grad(), ds, 1e-4, 1e-4));
+
+      // Ŵ is the grid's value of the clamped codes: s (q − z), or fl(s q − M).
+      {
+        const at::Tensor qc = q.clamp(double(spec.qmin()), double(spec.qmax()));
+        const at::Tensor wHat = lrqatFakeWeight(l).detach();
+        if (offsetForm)
+          QVERIFY(at::equal(wHat, qc * s - expandToWeight(l.zeroPoint, spec, cols)));
+        else
+          QVERIFY(at::equal(wHat, (qc - z) * s));
+      }
 
       // The trainer's path: the same Ŵ bit for bit, the same gradients.
       const LrqatForward f = lrqatForward(l);

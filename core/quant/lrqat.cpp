@@ -207,7 +207,7 @@ public:
     GridSpec g = scheme.weight;
     // An f16-offset grid stores a zero point (GGUF Q4_1 / Q5_1 blocks): it stays asymmetric.
     g.symmetric = g.stepFormat != StepFormat::Fp16Offset &&
-                  g.stepFormat != StepFormat::KSuperblockOffset; // checkScheme refuses the latter
+                  g.stepFormat != StepFormat::KSuperblockOffset; // Q4_K: offsets M, frozen
     // LR-QAT's offsets assume z = 0 on a symmetric grid: the balanced range,
     // which a full-range format (GGUF Q4_0 / Q5_0) stores as well.
     g.fullRange = false;
@@ -221,12 +221,6 @@ public:
   // and codes pushed past half a step by A·B move, and they still land on
   // their Q8_0 grid.
   void checkScheme(const QuantScheme &scheme) const override {
-    // Φ0 = W0 / s0 and the merged codes round(Φ0 + C) assume x^ = s (q - z)
-    // with an integer z; Q4_K's offsets M = dmin m are not multiples of the step.
-    if (scheme.weight.offsetForm())
-      throw Error("lrqat trains codes around an integer zero point, which a k-superblock-offset "
-                  "grid (GGUF Q4_K: offsets dmin*m independent of the steps) does not have; "
-                  "use rtn, gptq, flexround, lrq or rtn-learned-step for gguf-q4_k");
     if (scheme.weight.bits < 2 || scheme.weight.bits > 7)
       throw Error("lrqat trains weights of 2 to 7 bits; this scheme has " +
                   std::to_string(scheme.weight.bits) +
@@ -502,7 +496,7 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
       lin.weight = merged;
       lin.lowRankA = at::Tensor();
       lin.lowRankB = at::Tensor();
-      // Ŵ = s (codes − z) on the trained steps: the grid of the packed export.
+      // Ŵ = s (codes − z), or s codes − M, on the trained steps: the grid of the exports.
       GridParams grid;
       try { // the trained step in the step format; refused when the format cannot store it
         grid.scale = applyStepFormat(l.scale.detach(), l.spec).clone();

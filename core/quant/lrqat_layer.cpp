@@ -19,6 +19,12 @@ double storageOffset(const GridSpec &spec) {
   return double(spec.qmin() + spec.levels() / 2);
 }
 
+// Whether the codes carry an integer zero point z: asymmetric grids but the
+// offset form, whose zeroPoint holds the value offset M (Ŵ = s q − M).
+bool integerZero(const GridSpec &spec) {
+  return !spec.symmetric && !spec.offsetForm();
+}
+
 // SplitMix64: decorrelates nearby seeds.
 uint64_t mix(uint64_t x) {
   x += 0x9e3779b97f4a7c15ULL;
@@ -54,7 +60,9 @@ at::Tensor lrqatDowncastPhi(const at::Tensor &phi, const at::Tensor &zeroExpande
   // round(Φ0 · 2^f) first (multiplying by a power of two is exact), then the
   // integer shift (z − c) · 2^f, so the rounding never depends on the shift.
   at::Tensor v = at::round(phi.to(at::kFloat) * unit);
-  if (!spec.symmetric)
+  if (spec.offsetForm()) // Φ0 = (W0 + M) / s0 already lies on the codes 0..n−1
+    v = v - storageOffset(spec) * unit;
+  else if (!spec.symmetric)
     v = v + (zeroExpanded - storageOffset(spec)) * unit;
   return v.clamp(-128.0, 127.0).to(at::kChar);
 }
@@ -64,7 +72,9 @@ at::Tensor lrqatUpcastPhi(const at::Tensor &stored, const at::Tensor &zeroExpand
   at::NoGradGuard noGrad;
   const double unit = std::ldexp(1.0, lrqatFractionalBits(spec));
   at::Tensor phi = stored.to(at::kFloat).mul_(1.0 / unit);
-  if (!spec.symmetric)
+  if (spec.offsetForm())
+    phi = phi + storageOffset(spec);
+  else if (!spec.symmetric)
     phi = phi - (zeroExpanded - storageOffset(spec));
   return phi;
 }
@@ -86,7 +96,9 @@ LrqatLayer initLrqatLayer(const at::Tensor &weight, const GridSpec &spec, int64_
   layer.scaling = alpha / double(rank);
   layer.zeroPoint = p.zeroPoint.clone();
   const at::Tensor zExp = expandToWeight(layer.zeroPoint, spec, in);
-  const at::Tensor phi = w / expandToWeight(p.scale, spec, in); // the grid's own division
+  const at::Tensor sExp = expandToWeight(p.scale, spec, in);
+  // The grid's own arithmetic (quantizeElementwise): W0 / s0, or (W0 + M) / s0 in offset form.
+  const at::Tensor phi = spec.offsetForm() ? (w + zExp) / sExp : w / sExp;
   layer.phi0 = lrqatDowncastPhi(phi, zExp, spec).contiguous();
   layer.scale = p.scale.clone().set_requires_grad(true);
   layer.a = at::zeros({out, rank}, w.options()).set_requires_grad(true);
@@ -114,6 +126,9 @@ at::Tensor lrqatFakeWeight(const LrqatLayer &layer) {
   const int64_t in = layer.cols();
   const at::Tensor s = expandToWeight(lrqatStep(layer), spec, in);
   const at::Tensor rounded = roundSte(lrqatLatent(layer));
+  if (spec.offsetForm())
+    return dequantizeOffset(rounded.clamp(double(spec.qmin()), double(spec.qmax())), s,
+                            expandToWeight(layer.zeroPoint, spec, in));
   if (spec.symmetric) // z = 0
     return rounded.clamp(double(spec.qmin()), double(spec.qmax())) * s;
   const at::Tensor z = expandToWeight(layer.zeroPoint, spec, in);
@@ -124,7 +139,7 @@ at::Tensor lrqatMergedCodes(const LrqatLayer &layer) {
   at::NoGradGuard noGrad;
   const GridSpec &spec = layer.spec;
   at::Tensor q = lrqatLatent(layer).round_();
-  if (!spec.symmetric)
+  if (integerZero(spec))
     q.add_(expandToWeight(layer.zeroPoint, spec, layer.cols()));
   return q.clamp_(double(spec.qmin()), double(spec.qmax())).to(at::kInt);
 }
@@ -134,9 +149,12 @@ at::Tensor lrqatMergedWeight(const LrqatLayer &layer) {
   const GridSpec &spec = layer.spec;
   const int64_t in = layer.cols();
   at::Tensor q = lrqatMergedCodes(layer).to(at::kFloat);
+  const at::Tensor s = expandToWeight(lrqatStep(layer).detach(), spec, in);
+  if (spec.offsetForm())
+    return dequantizeOffset(q, s, expandToWeight(layer.zeroPoint, spec, in)).contiguous();
   if (!spec.symmetric)
     q = q - expandToWeight(layer.zeroPoint, spec, in);
-  return (q * expandToWeight(lrqatStep(layer).detach(), spec, in)).contiguous();
+  return (q * s).contiguous();
 }
 
 namespace {
@@ -200,13 +218,18 @@ LrqatForward lrqatForward(const LrqatLayer &layer) {
   if (!fusable(layer)) {
     const at::Tensor z = expandToWeight(layer.zeroPoint, spec, in);
     at::Tensor q = lrqatLatent(layer).round_();
-    if (!spec.symmetric)
+    if (integerZero(spec))
       q.add_(z);
     f.codes = q.clamp(-32768.0, 32767.0).to(at::kShort);
     at::Tensor qc = q.clamp_(qmin, qmax);
+    const at::Tensor s = expandToWeight(lrqatStep(layer).detach(), spec, in);
+    if (spec.offsetForm()) {
+      f.weight = dequantizeOffset(qc, s, z);
+      return f;
+    }
     if (!spec.symmetric)
       qc = qc - z;
-    f.weight = qc * expandToWeight(lrqatStep(layer).detach(), spec, in);
+    f.weight = qc * s;
     return f;
   }
   // One pass: Φ0_d from its byte, + (α/r) A B, round, codes, Ŵ; the same float
@@ -224,22 +247,26 @@ LrqatForward lrqatForward(const LrqatLayer &layer) {
   int16_t *codes = f.codes.data_ptr<int16_t>();
   const float inv = float(1.0 / std::ldexp(1.0, lrqatFractionalBits(spec)));
   const float offset = float(storageOffset(spec));
-  const bool sym = spec.symmetric;
+  const bool sym = spec.symmetric, offsets = spec.offsetForm(), zInt = integerZero(spec);
   const UnitIndex unit = unitIndex(layer);
   at::parallel_for(0, out, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
       for (int64_t c = 0; c < in; ++c) {
         const int64_t k = r * in + c, u = unit(r, c);
         float phi = float(v[k]) * inv;
-        if (!sym)
+        if (offsets)
+          phi = phi + offset;
+        else if (!sym)
           phi = phi - (zp[u] - offset);
         float q = std::nearbyint(phi + abp[k]); // halves to even, as at::round
-        if (!sym)
+        if (zInt)
           q = q + zp[u];
         codes[k] =
             std::isfinite(q) ? int16_t(std::min(std::max(q, -32768.0f), 32767.0f)) : int16_t(0);
         const float qc = std::min(std::max(q, qmin), qmax);
-        w[k] = sym ? qc * sp[u] : (qc - zp[u]) * sp[u];
+        // Offset form: fl(s q − M) in two roundings, as dequantizeOffset (no FMA: ISO C++
+        // mode keeps -ffp-contract off).
+        w[k] = offsets ? qc * sp[u] - zp[u] : zInt ? (qc - zp[u]) * sp[u] : qc * sp[u];
       }
   });
   return f;
@@ -259,7 +286,7 @@ LrqatGradients lrqatBackward(const LrqatLayer &layer, const at::Tensor &codes,
     const at::Tensor s = expandToWeight(lrqatStep(layer).detach(), spec, in);
     du = gradWeight * s * inside.to(gradWeight.scalar_type());
     at::Tensor qc = q.clamp(qmin, qmax);
-    if (!spec.symmetric)
+    if (integerZero(spec)) // dŴ/ds = q − z; in offset form q (M is frozen)
       qc = qc - expandToWeight(layer.zeroPoint, spec, in);
     ds = sumUnits(gradWeight * qc, spec);
   } else {
@@ -275,7 +302,7 @@ LrqatGradients lrqatBackward(const LrqatLayer &layer, const at::Tensor &codes,
     const int16_t *qp = q.data_ptr<int16_t>();
     float *dup = du.data_ptr<float>();
     double *pp = partial.data_ptr<double>();
-    const bool sym = spec.symmetric;
+    const bool zInt = integerZero(spec);
     const UnitIndex unit = unitIndex(layer);
     at::parallel_for(0, out, 16, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r)
@@ -286,7 +313,7 @@ LrqatGradients lrqatBackward(const LrqatLayer &layer, const at::Tensor &codes,
           dup[k] = inside ? gp[k] * sp[u] : 0.0f;
           const float qc = std::min(std::max(qv, qmin), qmax);
           pp[r * groups + (perGroup ? c / spec.groupSize : 0)] +=
-              double(gp[k]) * double(sym ? qc : qc - zp[u]);
+              double(gp[k]) * double(zInt ? qc - zp[u] : qc);
         }
     });
     switch (spec.granularity) {

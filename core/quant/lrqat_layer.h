@@ -20,6 +20,15 @@
 // bound 1/√in), so Ŵ at initialisation is round-to-nearest of Φ0_d: the same
 // codes as plain RTN except, possibly, where Φ0_d is exactly half-way between
 // two integers while Φ0 was not (double rounding, a difference of one code).
+//
+// Offset form (GridSpec::offsetForm, GGUF Q4_K: x̂ = fl(s q − M), M = dmin m
+// not a multiple of s): zeroPoint holds the frozen offset M, and
+//   Φ0 = (W0 + M) / s0,   Ŵ = fl(s · clamp(round_STE(Φ0 + (α/r)·A·B), qmin, qmax) − M),
+// the grid's own quantize and dequantize with the adapters added to the
+// codes' argument. Φ0 lies on the codes 0..n−1, so it is stored as the
+// asymmetric grids' byte with z = 0: v = round(Φ0 · 2^f) − c · 2^f. Only s
+// trains among the grid parameters (rounded to d·sc straight through); M
+// stays as the init formatted it (dmin·m), so dŴ/ds = q.
 #include <ATen/ATen.h>
 
 #include <cstdint>
@@ -33,7 +42,8 @@ namespace lrq::quant {
 int lrqatFractionalBits(const GridSpec &spec);
 
 // Downcast of Φ0 [out, in] (float) to the int8 fixed point described above;
-// zeroExpanded is the zero point broadcastable against Φ0 (expandToWeight).
+// zeroExpanded is the zero point broadcastable against Φ0 (expandToWeight),
+// unused in offset form.
 at::Tensor lrqatDowncastPhi(const at::Tensor &phi, const at::Tensor &zeroExpanded,
                             const GridSpec &spec);
 // Φ0_d from the int8 storage, float32.
@@ -45,7 +55,7 @@ struct LrqatLayer {
   int64_t rank = 0;
   double scaling = 1.0; // α / r
   at::Tensor phi0;      // int8 [out, in], frozen
-  at::Tensor zeroPoint; // [rows, groups] float holding integers, frozen
+  at::Tensor zeroPoint; // [rows, groups] float holding integers (offset form: M), frozen
   at::Tensor scale;     // [rows, groups], trained (starts at the grid's s0)
   at::Tensor a;         // [out, r], trained, starts at 0
   at::Tensor b;         // [r, in], trained, kaiming-uniform
@@ -56,8 +66,8 @@ struct LrqatLayer {
   int64_t learnableParams() const { return a.numel() + b.numel() + scale.numel(); }
 };
 
-// Builds the state for weight W0 [out, in]: s0 and z by computeGridParams,
-// Φ0 = W0 / s0 downcast, A = 0, B ~ U(−1/√in, 1/√in) from a generator seeded
+// Builds the state for weight W0 [out, in]: s0 and z (or M) by computeGridParams,
+// Φ0 = W0 / s0 (or (W0 + M) / s0) downcast, A = 0, B ~ U(−1/√in, 1/√in) from a generator seeded
 // with `seed` (same seed, same B). a, b and scale are created requiring grad.
 LrqatLayer initLrqatLayer(const at::Tensor &weight, const GridSpec &spec, int64_t rank,
                           double alpha, uint64_t seed);
@@ -74,9 +84,11 @@ at::Tensor lrqatLatent(const LrqatLayer &layer);
 // s (clamp(roundSte(latent) + z, qmin, qmax) − z): gradients reach A and B
 // through the straight-through round (zero where clamped) and s directly.
 at::Tensor lrqatFakeWeight(const LrqatLayer &layer);
-// The merged integer codes clamp(round(Φ0_d + (α/r) A B) + z, qmin, qmax), int32.
+// The merged integer codes clamp(round(Φ0_d + (α/r) A B) + z, qmin, qmax), int32
+// (no z in offset form).
 at::Tensor lrqatMergedCodes(const LrqatLayer &layer);
-// s (codes − z) as float32 [out, in]: the plain dequantized weight, no low-rank terms.
+// s (codes − z), or fl(s codes − M), as float32 [out, in]: the plain dequantized
+// weight, no low-rank terms.
 at::Tensor lrqatMergedWeight(const LrqatLayer &layer);
 
 // Training without a graph through the weights (lrqat.cpp). The forward gives
@@ -92,7 +104,7 @@ LrqatForward lrqatForward(const LrqatLayer &layer);
 // closed form, from dL/dŴ (gradWeight [out, in]) and the forward's codes q
 // (s the formatted step, lrqatStep):
 //   du = dŴ ⊙ s ⊙ [qmin <= q <= qmax],  dA = (α/r) du Bᵀ,  dB = (α/r) Aᵀ du,
-//   ds = Σ over each unit of dŴ ⊙ (clamp(q, qmin, qmax) − z).
+//   ds = Σ over each unit of dŴ ⊙ (clamp(q, qmin, qmax) − z)   (offset form: no − z).
 struct LrqatGradients {
   at::Tensor a, b, scale;
 };
