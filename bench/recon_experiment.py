@@ -2,7 +2,7 @@
 """LRQ against FlexRound at equal budgets, the experiment docs/RECONSTRUCTION.md reports.
 
 usage: bench/recon_experiment.py [--lrq build/app/lrq] [--store FILE] [--out FILE.md]
-                                 [--long-iters 400] [--skip-long]
+                                 [--long-iters 400] [--skip-long] [--reuse-short FILE.json]
 
 Scheme W3A16 on blocks 0-3 of the default model, demo calibration (16 x 128 tokens):
   1. 50 iterations: FlexRound at 3e-3 and 1e-2, LRQ at 3e-3, 1e-2 and 2e-2, and
@@ -14,6 +14,8 @@ Scheme W3A16 on blocks 0-3 of the default model, demo calibration (16 x 128 toke
      express any S2, so its training loss should approach FlexRound's.
 Per run it prints and writes each block's training and held-out loss (final), the KL
 and top-1 against the full-precision model on both evaluation texts, and seconds.
+--reuse-short takes the 50-iteration rows from an earlier run's JSON (e.g.
+docs/RECON_EXPERIMENT.json) instead of running them again.
 """
 import argparse
 import json
@@ -109,14 +111,22 @@ def main():
     ap.add_argument("--out", default="docs/RECON_EXPERIMENT.md")
     ap.add_argument("--long-iters", type=int, default=400)
     ap.add_argument("--skip-long", action="store_true")
+    ap.add_argument("--reuse-short", metavar="FILE.json",
+                    help="the 50-iteration rows of an earlier run, instead of running them")
     args = ap.parse_args()
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(SCHEME, f)
         scheme_path = f.name
 
     short = []
-    for method, rates in [("flexround", [3e-3, 1e-2]), ("lrq", [3e-3, 1e-2, 2e-2]),
-                          ("rtn-learned-step", [1e-3])]:
+    if args.reuse_short:
+        with open(args.reuse_short, encoding="utf-8") as f:
+            short = json.load(f)["short"]
+        for r in short:
+            print(describe(r), file=sys.stderr)
+    for method, rates in ([] if short else [("flexround", [3e-3, 1e-2]),
+                                             ("lrq", [3e-3, 1e-2, 2e-2]),
+                                             ("rtn-learned-step", [1e-3])]):
         for lr in rates:
             r = quantize(args, scheme_path, method, lr, 50)
             print(describe(r), file=sys.stderr)

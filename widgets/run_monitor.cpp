@@ -177,7 +177,11 @@ RunMonitor::RunMonitor(QWidget *parent) : QWidget(parent) {
   layerPlot_->plotLayout()->addElement(1, 1, layerPlot_->legend);
   layerPlot_->plotLayout()->setColumnStretchFactor(1, 0.001);
   layerPlot_->legend->setRowSpacing(0);
+  layerPlot_->legend->setColumnSpacing(2);
   layerPlot_->legend->setMargins(QMargins(4, 2, 4, 2));
+  // Two columns of four rows: the seven roles fit beside a plot 110 px high.
+  layerPlot_->legend->setFillOrder(QCPLayoutGrid::foRowsFirst);
+  layerPlot_->legend->setWrap(4);
   layerMessage_ = addMessage(layerPlot_);
 
   layerTable_ = new QTableWidget(0, 4, this);
@@ -185,6 +189,8 @@ RunMonitor::RunMonitor(QWidget *parent) : QWidget(parent) {
   layerTable_->horizontalHeader()->setSectionResizeMode(QHeaderView::Stretch);
   layerTable_->verticalHeader()->setVisible(false);
   layerTable_->setWordWrap(false);
+  // Rows one line high: more layers in view when the window is short.
+  layerTable_->verticalHeader()->setDefaultSectionSize(fontMetrics().height() + 6);
   layerTable_->setEditTriggers(QAbstractItemView::NoEditTriggers);
   layerTable_->setSelectionBehavior(QAbstractItemView::SelectRows);
   enableTableExport(layerTable_);
