@@ -445,6 +445,10 @@ private slots:
     Result r = runLrq({"quantize", "--help"});
     QCOMPARE(r.exitCode, 0);
     QVERIFY(r.out.contains("--eval-windows") && r.out.contains("--dry-run"));
+    // Every scheme preset is named in the help (generated from the preset table).
+    for (const std::string &preset : schemePresets())
+      QVERIFY2(r.out.contains(QByteArray::fromStdString(preset)), preset.c_str());
+    QVERIFY(r.out.contains("gguf-q4_k"));
     Result runs = runLrq({"runs", "--help"});
     QCOMPARE(runs.exitCode, 0);
     QVERIFY(runs.out.contains("--differences") && !runs.out.contains("--eval-windows"));

@@ -104,6 +104,15 @@ RequestOption hyperShortcut(const std::string &name, const std::string &label, V
   return o;
 }
 
+// The scheme presets, comma-separated: the GGUF block formats or the others.
+std::string presetList(bool gguf) {
+  std::string list;
+  for (const std::string &name : schemePresets())
+    if ((name.rfind("gguf-", 0) == 0) == gguf)
+      list += (list.empty() ? "" : ", ") + name;
+  return list;
+}
+
 std::vector<RequestOption> buildOptions() {
   using V = ValueType;
   std::vector<std::string> methodNames;
@@ -131,9 +140,8 @@ std::vector<RequestOption> buildOptions() {
                      "the quantization method (lrq methods lists them)", &QuantizeRequest::method),
               methodNames),
       option("scheme", "scheme", "Scheme", "Method", V::Text, "S",
-             "a scheme preset (W8A8, W4A8-KV8, W4A16, W3A16, W4A16-g128, W3A16-g128, "
-             "W2A16-g64; llama.cpp GGUF blocks: gguf-q8_0, gguf-q5_0, gguf-q4_0, gguf-q5_1, "
-             "gguf-q4_1, gguf-q6_k) or a scheme JSON file",
+             "a scheme preset (" + presetList(false) +
+                 "; llama.cpp GGUF blocks: " + presetList(true) + ") or a scheme JSON file",
              &QuantizeRequest::scheme),
       place(choices(option("preset", "preset", "Preset", "Method", V::Choice, "P",
                            "run size: demo (minutes on 2 cores), extended (at most 15 "
@@ -213,8 +221,7 @@ std::vector<RequestOption> buildOptions() {
                          "FILE.safetensors", "write integer codes, steps and zero points",
                          &QuantizeRequest::packedPath)),
       afterMethod(option("gguf", "gguf_path", "GGUF export file", "Output", V::Path, "FILE.gguf",
-                         "write a GGUF file llama.cpp loads (schemes gguf-q8_0, gguf-q4_0, "
-                         "gguf-q5_0, gguf-q4_1, gguf-q5_1, gguf-q6_k)",
+                         "write a GGUF file llama.cpp loads (schemes " + presetList(true) + ")",
                          &QuantizeRequest::ggufPath)),
       afterMethod(option("gguf-float", "gguf_float_types", "GGUF float types", "Output", V::Text,
                          "PATTERN=f16,...",
