@@ -3,14 +3,17 @@
 # build-fuzz/ and runs each for SECONDS, after replaying every input that once
 # crashed (tests/fuzz/regressions/TARGET/). Prints executions, exec/s and
 # crashes per target; exits non-zero on any crash, sanitizer report, timeout
-# (> 1 s per input) or memory blow-up (> 2 GB). Crashing inputs are saved in
-# tests/fuzz/crashes/TARGET/.
+# (> 1 s per input, LRQ_FUZZ_TIMEOUT) or memory blow-up (> 2 GB). Crashing
+# inputs are saved in tests/fuzz/crashes/TARGET/.
 #
 # Usage: tests/fuzz/run.sh SECONDS [TARGET...]
 # Environment: LRQ_FUZZ_RUNS (stop a target after this many executions, or
 # after SECONDS, whichever comes first: the 10-million campaign is
-# `LRQ_FUZZ_RUNS=10000000 tests/fuzz/run.sh 36000`), LRQ_FUZZ_BUILD_DIR
-# (default build-fuzz), LRQ_FUZZ_CRASH_DIR (default tests/fuzz/crashes), LRQ_FUZZ_VOCAB_GGUF (vocabulary for
+# `LRQ_FUZZ_RUNS=10000000 tests/fuzz/run.sh 36000`), LRQ_FUZZ_TIMEOUT
+# (seconds of wall time per input, default 1; libFuzzer measures wall time, so
+# on a loaded machine a starved process can pass it on a millisecond input),
+# LRQ_FUZZ_BUILD_DIR (default build-fuzz), LRQ_FUZZ_CRASH_DIR (default
+# tests/fuzz/crashes), LRQ_FUZZ_VOCAB_GGUF (vocabulary for
 # fuzz_tokenizer_encode; default: the cached default model).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -86,7 +89,7 @@ for target in "${TARGETS[@]}"; do
     fi
   fi
 
-  options=(-max_total_time="$SECONDS_PER_TARGET" -timeout=1 -rss_limit_mb=2048
+  options=(-max_total_time="$SECONDS_PER_TARGET" -timeout="${LRQ_FUZZ_TIMEOUT:-1}" -rss_limit_mb=2048
     -print_final_stats=1 -artifact_prefix="$crashes/")
   [ -n "${LRQ_FUZZ_RUNS:-}" ] && options+=(-runs="$LRQ_FUZZ_RUNS")
   dict="$(dictionary_for "$target")"
