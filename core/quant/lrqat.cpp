@@ -6,11 +6,12 @@
 //
 // Memory and speed: each step the fake-quantized Ŵ of every linear is computed
 // without a graph (one fused pass, lrqatForward) and handed to the decoder as a
-// leaf requiring grad; after the model's backward, dL/dŴ is turned into the
-// straight-through gradients of A, B and s in closed form (lrqatBackward,
-// checked against autograd in the tests), one layer at a time. No elementwise
-// graph of the weights is kept: the resident extra is Ŵ, dL/dŴ and the int16
-// codes of every linear plus the activations of one batch.
+// leaf requiring grad; during the model's backward, a hook on each leaf turns
+// dL/dŴ into the straight-through gradients of A, B and s in closed form
+// (lrqatBackward, checked against autograd in the tests) as soon as the
+// engine delivers it, and drops the dŴ delivered before. No elementwise graph
+// of the weights is kept: the resident extra is Ŵ and the int16 codes of every
+// linear, dL/dŴ of at most two, plus the activations of one batch.
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -401,19 +402,36 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
   auto since = [](Clock::time_point t) {
     return std::chrono::duration<double>(Clock::now() - t).count();
   };
-  double secWeights = 0.0, secModel = 0.0, secLayers = 0.0; // where a step's time goes
+  // Where a step's time goes; the hooks' closed-form gradients run inside the
+  // model's backward and are counted with the AdamW updates, not the model.
+  double secWeights = 0.0, secModel = 0.0, secLayers = 0.0, secHooks = 0.0;
   for (int64_t step = 0; step < steps; ++step) {
     if (ctx.cancel)
       ctx.cancel->throwIfCancelled();
     const double factor = lrFactor(step);
     auto phase = Clock::now();
     // Ŵ of every linear, as leaves the model's backward fills with dL/dŴ;
-    // the codes stay for the backward.
+    // the codes stay for the backward. Each leaf's hook reduces its dL/dŴ to
+    // the gradients of A, B and s as the engine delivers it (leaves' gradients
+    // are delivered first, as soon as they are computed), then drops the dŴ
+    // stored for the leaf before, so at most two are alive at once instead of
+    // one per linear (0.4 GB on the default model).
+    std::vector<LrqatGradients> grads(layers.size());
+    Linear *delivered = nullptr; // the last leaf whose dŴ the engine stored
     for (size_t i = 0; i < layers.size(); ++i) {
       LrqatForward f = lrqatForward(layers[i]);
       const at::ScalarType type = targets[i].original.scalar_type(); // half models stay half
-      targets[i].linear->weight =
-          (type == at::kFloat ? f.weight : f.weight.to(type)).requires_grad_(true);
+      at::Tensor weight = (type == at::kFloat ? f.weight : f.weight.to(type)).requires_grad_(true);
+      weight.register_hook([&, i](const at::Tensor &gradW) {
+        const auto hookStart = Clock::now();
+        grads[i] = lrqatBackward(layers[i], codes[i], gradW);
+        codes[i] = at::Tensor();
+        if (delivered)
+          delivered->weight.mutable_grad() = at::Tensor();
+        delivered = targets[i].linear;
+        secHooks += since(hookStart);
+      });
+      targets[i].linear->weight = std::move(weight);
       codes[i] = std::move(f.codes);
     }
     secWeights += since(phase);
@@ -434,16 +452,14 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
                     " (try a smaller lr or lr_scale)");
       loss.backward();
     }
-    secModel += since(phase);
+    secModel += since(phase) - secHooks;
+    secLayers += secHooks;
+    secHooks = 0.0;
     phase = Clock::now();
-    // Per layer: dL/dŴ through Ŵ(A, B, s); the norm over all of them clipped;
-    // then AdamW on A, B, s.
-    std::vector<LrqatGradients> grads(layers.size());
+    // The hooks made every layer's gradients (a linear the loss does not reach
+    // has none); the norm over all of them clipped; then AdamW on A, B, s.
     for (size_t i = 0; i < layers.size(); ++i) {
-      at::Tensor gradW = targets[i].linear->weight.grad();
       targets[i].linear->weight = at::Tensor();
-      if (gradW.defined()) // undefined: a linear the loss does not reach
-        grads[i] = lrqatBackward(layers[i], codes[i], gradW);
       codes[i] = at::Tensor();
     }
     const double gradNorm = clipGradientNorm(grads, gradClip);
