@@ -13,6 +13,7 @@
 #include <QFile>
 #include <QJsonDocument>
 #include <QJsonObject>
+#include <QProcess>
 #include <QTemporaryDir>
 #include <QtTest>
 
@@ -1054,6 +1055,60 @@ private slots:
     QVERIFY_THROWS_EXCEPTION(Error, quantizeGgmlReference(GgmlType::Q4_0, nan + 1, 0));
     const float huge[32] = {1e10f};
     QVERIFY_THROWS_EXCEPTION(Error, quantizeGgmlReference(GgmlType::Q8_0, huge, 32));
+  }
+
+  // The rounding is llama-quantize's, byte for byte: a float model written F32
+  // and quantized by llama.cpp's own llama-quantize (Q6_K, token embedding
+  // Q8_0, output Q6_K; rows of 96 fall back to Q8_0) has the very tensor data
+  // of the export rounding the same float tensors with --gguf-float. Skipped
+  // without llama.cpp's binaries (LRQ_LLAMA_CPP_BIN, default the workbench
+  // cache's llama.cpp-0.3.36/bin).
+  void roundedTensorsAreLlamaQuantizes() {
+    QString bin = qEnvironmentVariable("LRQ_LLAMA_CPP_BIN");
+    if (bin.isEmpty())
+      bin = QDir::home().filePath(".cache/lrq-workbench/llama.cpp-0.3.36/bin");
+    const QString quantizeTool = QDir(bin).filePath("llama-quantize");
+    if (!QFileInfo(quantizeTool).isExecutable())
+      QSKIP("llama-quantize not found (LRQ_LLAMA_CPP_BIN)");
+    const ModelConfig config = lrq::test::tinyLlamaConfig({264, 256, 96, 64, 256});
+    PackedModelContents floats;
+    floats.config = config;
+    floats.method = "none";
+    floats.tensors = lrq::test::tinyLlamaTensors(config, 11);
+    floats.tensors.front().second[0].zero_(); // an all-zero super-block and blocks
+    const TokenizerSpec spec = tinySpec(config.vocabSize);
+    GgufExportSource source;
+    source.tokenizer = &spec;
+    const QString f32 = path("floats-f32.gguf"), theirs = path("floats-llama.gguf"),
+                  ours = path("floats-ours.gguf");
+    exportGguf(f32.toStdString(), floats, source);
+    QProcess tool;
+    tool.start(quantizeTool, {"--token-embedding-type", "q8_0", "--output-tensor-type", "q6_k", f32,
+                              theirs, "Q6_K", "1"});
+    QVERIFY(tool.waitForFinished(120000));
+    QVERIFY2(tool.exitCode() == 0, tool.readAllStandardError().constData());
+    GgufExportOptions options;
+    options.floatTypes = parseGgufFloatTypes("token_embd.weight=q8_0,re:.*=q6_k");
+    exportGguf(ours.toStdString(), floats, source, options);
+
+    const GgufReader a(theirs.toStdString()), b(ours.toStdString());
+    const QByteArray aBytes = fileBytes(theirs), bBytes = fileBytes(ours);
+    QCOMPARE(a.tensors().size(), b.tensors().size());
+    std::map<std::string, int> types;
+    for (const GgufTensorInfo &t : a.tensors()) {
+      const GgufTensorInfo *mine = b.findTensor(t.name);
+      QVERIFY2(mine, t.name.c_str());
+      QVERIFY2(mine->type == t.type,
+               (t.name + ": " + mine->typeName() + " vs " + t.typeName() + " from llama-quantize")
+                   .c_str());
+      const qsizetype size = qsizetype(t.nbytes);
+      QVERIFY2(aBytes.mid(qsizetype(a.dataOffset() + t.offset), size) ==
+                   bBytes.mid(qsizetype(b.dataOffset() + mine->offset), size),
+               t.name.c_str());
+      ++types[t.typeName()];
+    }
+    QCOMPARE(types["Q6_K"], 2 * 6 + 1); // q, k, v, o, gate, up of each layer; output
+    QCOMPARE(types["Q8_0"], 2 * 1 + 1); // down (rows of 96); token_embd
   }
 
   void floatOverridesParse() {
