@@ -1001,6 +1001,33 @@ private slots:
     QVERIFY(ours == reference);
   }
 
+  // An embedding already on the Q8_0 grid (a model dequantized from a file
+  // that stored it Q8_0, as the default model's) comes through unchanged: no
+  // warning, a note that the values are exactly the evaluated ones.
+  void floatTensorsOnTheGridAreNotWarnedAbout() {
+    const ModelConfig config = tinyConfig();
+    PackedModelContents packed = tinyPacked(config);
+    at::Tensor &embedding = packed.tensors.front().second;
+    const std::vector<float> onGrid = q8_0RoundToNearest(embedding);
+    embedding = at::tensor(at::ArrayRef<float>(onGrid)).reshape(embedding.sizes());
+    GgufExportOptions options;
+    options.floatTypes = parseGgufFloatTypes("token_embd.weight=q8_0");
+    std::vector<std::pair<LogLevel, std::string>> notes;
+    options.note = [&notes](LogLevel level, const std::string &line) {
+      notes.emplace_back(level, line);
+    };
+    const QString file = path("embd-on-grid.gguf");
+    exportGguf(file.toStdString(), packed, {}, options);
+    QCOMPARE(notes.size(), size_t(1));
+    QCOMPARE(int(notes[0].first), int(LogLevel::Info));
+    QVERIFY2(notes[0].second.find("token_embd.weight (Q8_0) already on that grid") !=
+                 std::string::npos,
+             notes[0].second.c_str());
+    QCOMPARE(GgufReader(file.toStdString()).findTensor("token_embd.weight")->type, GgmlType::Q8_0);
+    QVERIFY(at::equal(loadModel(file.toStdString()).tensors.at("model.embed_tokens.weight"),
+                      embedding));
+  }
+
   // --gguf-float token_embd.weight=q6_k on rows of 256: ggml's reference Q6_K.
   // Values already on a Q6_K grid (a power-of-two step, codes -32..31) come
   // back exactly, an all-zero super-block as zeros; random rows within 6-bit

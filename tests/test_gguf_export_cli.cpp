@@ -212,7 +212,7 @@ private slots:
         runLrq(quantize("gguf-q4_0", out) << "--gguf-float"
                                           << "token_embd.weight=q8_0,output.weight=q6_k");
     QVERIFY2(r.exitCode == 0, qPrintable(r.err));
-    QVERIFY2(r.err.contains("GGUF export rounds token_embd.weight (Q8_0), output.weight (Q8_0)") &&
+    QVERIFY2(r.err.contains("GGUF export rounded token_embd.weight (Q8_0), output.weight (Q8_0)") &&
                  r.err.contains("no longer exactly the evaluated model") &&
                  r.err.contains("lrq eval " + out),
              qPrintable(r.err));

@@ -212,6 +212,19 @@ void quantizeQ6KBlock(const float *x, uint8_t *block) {
   }
 }
 
+// Whether blocks of `type` decode to exactly the n values they were made from
+// (one block at a time: no second copy of the tensor).
+bool decodesTo(GgmlType type, const std::vector<uint8_t> &blocks, const float *values, int64_t n) {
+  const GgmlTypeTraits *traits = ggmlTypeTraits(static_cast<uint32_t>(type));
+  std::vector<float> decoded(size_t(traits->blockSize));
+  for (int64_t b = 0; b < n / traits->blockSize; ++b) {
+    dequantizeGgml(type, blocks.data() + b * traits->typeSize, decoded.data(), traits->blockSize);
+    if (!std::equal(decoded.begin(), decoded.end(), values + b * traits->blockSize))
+      return false;
+  }
+  return true;
+}
+
 bool globOrRegexMatches(const std::string &pattern, const std::string &name) {
   if (pattern.compare(0, 3, "re:") == 0)
     return std::regex_match(name, std::regex(pattern.substr(3), std::regex::ECMAScript));
@@ -858,7 +871,9 @@ ExportResult exportGguf(const std::string &path, const PackedModelContents &c,
     };
     plan.push_back(std::move(p));
   }
-  std::vector<std::string> rounded; // float tensors stored in a block type
+  // Float tensors stored in a block type: whether their values changed (filled
+  // as they are written).
+  std::map<std::string, bool> roundedChanged;
   for (const auto &[hfName, tensor] : c.tensors) {
     const std::string name = ggufTensorNameFromHf(hfName);
     if (name.empty())
@@ -885,8 +900,6 @@ ExportResult exportGguf(const std::string &path, const PackedModelContents &c,
                " values are not whole 32-value Q8_0 blocks; stored as F16, as llama-quantize does");
       type = GgmlType::F16;
     }
-    if (type == GgmlType::Q8_0 || type == GgmlType::Q6_K)
-      rounded.push_back(name + " (" + ggmlTypeName(type) + ")");
     PlannedTensor p;
     p.spec.name = name;
     for (int64_t d = tensor.dim() - 1; d >= 0; --d)
@@ -894,7 +907,8 @@ ExportResult exportGguf(const std::string &path, const PackedModelContents &c,
     p.spec.type = type;
     const at::Tensor *data = &tensor;
     const int64_t heads = rowsHeads(name);
-    p.bytes = [data, type, heads, name]() {
+    std::map<std::string, bool> *changed = &roundedChanged;
+    p.bytes = [data, type, heads, name, changed]() {
       const at::Tensor rows = heads == 0 ? *data : permuteGgufRotary(*data, heads);
       if (type != GgmlType::Q8_0 && type != GgmlType::Q6_K)
         return floatBytes(rows, type);
@@ -902,22 +916,15 @@ ExportResult exportGguf(const std::string &path, const PackedModelContents &c,
       // float32 already).
       const at::Tensor values = rows.to(at::kCPU, at::kFloat).contiguous();
       try {
-        return quantizeGgmlReference(type, values.data_ptr<float>(), values.numel());
+        std::vector<uint8_t> blocks =
+            quantizeGgmlReference(type, values.data_ptr<float>(), values.numel());
+        (*changed)[name] = !decodesTo(type, blocks, values.data_ptr<float>(), values.numel());
+        return blocks;
       } catch (const Error &e) {
         throw Error("GGUF export: " + name + ": " + e.what());
       }
     };
     plan.push_back(std::move(p));
-  }
-  if (!rounded.empty()) {
-    std::string list;
-    for (const std::string &r : rounded)
-      list += (list.empty() ? "" : ", ") + r;
-    note(LogLevel::Warning,
-         "GGUF export rounds " + list +
-             " at export (--gguf-float): the file is no longer exactly the evaluated model, which "
-             "kept them in float; measure the file with lrq eval " +
-             path);
   }
   std::stable_sort(plan.begin(), plan.end(), [](const PlannedTensor &a, const PlannedTensor &b) {
     return tensorOrder(a.spec.name) < tensorOrder(b.spec.name);
@@ -966,6 +973,26 @@ ExportResult exportGguf(const std::string &path, const PackedModelContents &c,
   r.weightsBytes = written.bytes;
   r.tensors = int64_t(plan.size());
   r.seconds = secondsSince(t0);
+
+  // Which rounded tensors now differ from the evaluated values (in file order).
+  std::string changedList, unchangedList;
+  for (const PlannedTensor &p : plan) {
+    const auto it = roundedChanged.find(p.spec.name);
+    if (it == roundedChanged.end())
+      continue;
+    std::string &list = it->second ? changedList : unchangedList;
+    list += (list.empty() ? "" : ", ") + p.spec.name + " (" + ggmlTypeName(p.spec.type) + ")";
+  }
+  if (!changedList.empty())
+    note(LogLevel::Warning,
+         "GGUF export rounded " + changedList +
+             " (--gguf-float): the file is no longer exactly the evaluated model, which kept "
+             "them in float; measure the file with lrq eval " +
+             path);
+  if (!unchangedList.empty())
+    note(LogLevel::Info, "GGUF export: " + unchangedList +
+                             " already on that grid (e.g. dequantized from it): stored unchanged, "
+                             "exactly the evaluated values");
   return r;
 }
 
