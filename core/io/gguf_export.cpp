@@ -701,10 +701,8 @@ std::vector<uint8_t> quantizeGgmlReference(GgmlType type, const float *src, int6
     uint16_t d;
     std::memcpy(&d, out.data() + b * traits->typeSize + dAt, sizeof d);
     if ((d & 0x7c00) == 0x7c00)
-      throw Error("block " + std::to_string(b) +
-                  ": its scale overflows a half; the values are "
-                  "too large for " +
-                  traits->name);
+      throw Error("block " + std::to_string(b) + ": its scale overflows a half (values too " +
+                  "large for " + traits->name + ")");
   }
   return out;
 }
@@ -888,10 +886,10 @@ ExportResult exportGguf(const std::string &path, const PackedModelContents &c,
     // llama-quantize's fallbacks for rows that are not whole blocks.
     const int64_t rowLength = tensor.dim() >= 1 ? tensor.size(-1) : 0;
     if (type == GgmlType::Q6_K && rowLength % kSuperBlock != 0) {
-      note(LogLevel::Info, "GGUF export: " + name + ": rows of " + std::to_string(rowLength) +
-                               " values are not whole 256-value Q6_K super-blocks; stored as Q8_0, "
-                               "as llama-quantize "
-                               "does");
+      note(LogLevel::Info,
+           "GGUF export: " + name + ": rows of " + std::to_string(rowLength) +
+               " values are not whole 256-value Q6_K super-blocks; stored as Q8_0, as "
+               "llama-quantize does");
       type = GgmlType::Q8_0;
     }
     if (type == GgmlType::Q8_0 && rowLength % kBlock != 0) {

@@ -88,14 +88,15 @@ struct GgufExportOptions {
   std::string runId; // lrq.run_id
   // Called before each tensor's data (tests throw from it).
   std::function<void(const std::string &step)> beforeStep;
-  // Told (one line each) of fallbacks (Info) and, once, of the float tensors
-  // rounded to a block type (Warning).
+  // Told (one line each) of fallbacks (Info) and, once the file is written, of
+  // the float tensors the rounding changed (Warning: the file is not the
+  // evaluated model) and of those it left unchanged (Info: already on the grid).
   std::function<void(LogLevel level, const std::string &line)> note;
 };
 
 // llama.cpp's reference quantizer of n float values (a multiple of the type's
 // block size) into Q8_0 (quantize_row_q8_0_ref: per 32 values d = amax/127,
-// stored as a half, q = roundf(x / d) with the unrounded d) or Q6_K
+// stored as a half, q = roundf(x * (1/d)) with the unrounded d) or Q6_K
 // (quantize_row_q6_K_ref: per 16 values the weighted least-squares scale of
 // make_qx_quants, per 256 a half d and int8 sub-scales, then the codes
 // re-rounded on d sc). Deterministic; bit-equal to llama-quantize without an
