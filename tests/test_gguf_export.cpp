@@ -13,6 +13,7 @@
 #include <QFile>
 #include <QJsonDocument>
 #include <QJsonObject>
+#include <QProcess>
 #include <QTemporaryDir>
 #include <QtTest>
 
@@ -252,6 +253,33 @@ QString ggufPyMismatch(const QString &file, const QString &dir, const PackedMode
       return QString::fromStdString(name) + ": " + why;
   }
   return "";
+}
+
+// Q8_0 round to nearest as ggml's reference quantizer defines it, written out
+// here: per 32 values the step amax / 127 kept as a half, each code the value
+// times the reciprocal of the unrounded step, rounded half away from zero.
+// Returns the decoded values (half step times code).
+std::vector<float> q8_0RoundToNearest(const at::Tensor &t) {
+  const at::Tensor c = t.to(at::kFloat).contiguous();
+  const float *x = c.data_ptr<float>();
+  std::vector<float> out(size_t(c.numel()));
+  for (int64_t b = 0; b < c.numel() / 32; ++b) {
+    float amax = 0.0f;
+    for (int j = 0; j < 32; ++j)
+      amax = std::fabs(x[b * 32 + j]) > amax ? std::fabs(x[b * 32 + j]) : amax;
+    const float step = amax / 127.0f;
+    const float inverse = step == 0.0f ? 0.0f : 1.0f / step;
+    const float storedStep = static_cast<float>(at::Half(step));
+    for (int j = 0; j < 32; ++j)
+      out[size_t(b * 32 + j)] = storedStep * std::round(x[b * 32 + j] * inverse);
+  }
+  return out;
+}
+
+// The bytes of a file.
+QByteArray fileBytes(const QString &path) {
+  QFile f(path);
+  return f.open(QIODevice::ReadOnly) ? f.readAll() : QByteArray();
 }
 
 // Files in a folder (a failed export must leave none behind, temporaries too).
@@ -877,11 +905,252 @@ private slots:
     QCOMPARE(filesIn(dir), QStringList{"m.gguf"});
   }
 
+  // --gguf-float token_embd.weight=q8_0: the embedding rounded at export by
+  // ggml's reference Q8_0 (the bytes gguf-py's quantizer gives, a half-way
+  // case rounded away from zero, an all-zero block), decoded by the reader and
+  // by gguf-py to a Q8_0 round to nearest computed here; output.weight=q6_k on
+  // rows of 64 falls back to Q8_0 and says so; the warning names both.
+  void floatTensorsRoundedToQ8_0() {
+    const ModelConfig config = tinyConfig();
+    PackedModelContents packed = tinyPacked(config);
+    at::Tensor &embedding = packed.tensors.front().second;
+    QCOMPARE(packed.tensors.front().first, std::string("model.embed_tokens.weight"));
+    embedding[0].slice(0, 0, 32).zero_(); // d = 0
+    // amax 127: step 1, so 2.5 -> 3 and -3.5 -> -4 (half away from zero, not to even).
+    embedding[1].slice(0, 0, 4) = at::tensor({127.0f, 2.5f, -3.5f, 0.5f});
+    GgufExportOptions options;
+    options.floatTypes = parseGgufFloatTypes("token_embd.weight=q8_0,output.weight=Q6_K");
+    std::vector<std::pair<LogLevel, std::string>> notes;
+    options.note = [&notes](LogLevel level, const std::string &line) {
+      notes.emplace_back(level, line);
+    };
+    const QString file = path("embd-q8_0.gguf");
+    exportGguf(file.toStdString(), packed, {}, options);
+
+    QCOMPARE(notes.size(), size_t(2));
+    QCOMPARE(int(notes[0].first), int(LogLevel::Info));
+    QVERIFY2(notes[0].second.find("output.weight: rows of 64 values are not whole 256-value Q6_K "
+                                  "super-blocks; stored as Q8_0") != std::string::npos,
+             notes[0].second.c_str());
+    QCOMPARE(int(notes[1].first), int(LogLevel::Warning));
+    QVERIFY2(notes[1].second.find("token_embd.weight (Q8_0), output.weight (Q8_0)") !=
+                     std::string::npos &&
+                 notes[1].second.find("no longer exactly the evaluated model") !=
+                     std::string::npos &&
+                 notes[1].second.find("lrq eval " + file.toStdString()) != std::string::npos,
+             notes[1].second.c_str());
+
+    const GgufReader g(file.toStdString());
+    QCOMPARE(g.findTensor("token_embd.weight")->type, GgmlType::Q8_0);
+    QCOMPARE(g.findTensor("output.weight")->type, GgmlType::Q8_0);
+    QCOMPARE(g.findTensor("output_norm.weight")->type, GgmlType::F32);
+    QCOMPARE(g.getInt("general.file_type"), int64_t(2)); // still mostly Q4_0
+
+    const at::Tensor &head = packed.tensors.back().second;
+    QCOMPARE(packed.tensors.back().first, std::string("lm_head.weight"));
+    const std::vector<float> embeddingExpected = q8_0RoundToNearest(embedding);
+    const std::vector<float> headExpected = q8_0RoundToNearest(head);
+    QCOMPARE(embeddingExpected[1 * 64 + 1], 3.0f);
+    QCOMPARE(embeddingExpected[1 * 64 + 2], -4.0f);
+    QCOMPARE(embeddingExpected[0], 0.0f);
+
+    // The reader: the rounded values, which differ from the float ones.
+    const LoadedModel m = loadModel(file.toStdString());
+    QString why;
+    QVERIFY2(sameValues(m.tensors.at("model.embed_tokens.weight"), embeddingExpected, &why),
+             qPrintable(why));
+    QVERIFY2(sameValues(m.tensors.at("lm_head.weight"), headExpected, &why), qPrintable(why));
+    QVERIFY(!at::equal(m.tensors.at("model.embed_tokens.weight"), embedding));
+    // Round to nearest: within half a step (amax / 254) of the float value, plus
+    // the step's rounding to a half (2^-11 relative) times up to 127.
+    const at::Tensor blocks = embedding.reshape({-1, 32});
+    const at::Tensor error =
+        (m.tensors.at("model.embed_tokens.weight").reshape({-1, 32}) - blocks).abs().amax(1);
+    QVERIFY((error <= blocks.abs().amax(1) / 127 * (0.5 + 127.0 / 2048)).all().item<bool>());
+    QVERIFY((error > blocks.abs().amax(1) / 127 * 0.4).any().item<bool>()); // really rounded
+    for (const PackedTensor &t : packed.quantized) // the quantized linears untouched
+      QVERIFY2(at::equal(m.tensors.at(t.name + ".weight"), dequantized(t)), t.name.c_str());
+
+    // gguf-py decodes the same values...
+    QJsonObject info;
+    const QString mismatch = ggufPyMismatch(file, path("embd-q8_0-py"), packed, config, &info);
+    QVERIFY2(mismatch.isEmpty(), qPrintable(mismatch));
+    QCOMPARE(info["token_embd.weight"].toObject()["type"].toString(), QString("Q8_0"));
+    QVERIFY2(sameValues(at::tensor(at::ArrayRef<float>(embeddingExpected)),
+                        readF32(path("embd-q8_0-py/token_embd.weight.f32")), &why),
+             qPrintable(why));
+    QVERIFY2(sameValues(at::tensor(at::ArrayRef<float>(headExpected)),
+                        readF32(path("embd-q8_0-py/output.weight.f32")), &why),
+             qPrintable(why));
+    // ... and its quantizer (bit-exact with ggml's reference) gives the very bytes.
+    const at::Tensor values = embedding.contiguous();
+    QFile raw(path("embd.f32"));
+    QVERIFY(raw.open(QIODevice::WriteOnly));
+    raw.write(reinterpret_cast<const char *>(values.data_ptr<float>()), values.numel() * 4);
+    raw.close();
+    QString error2;
+    QVERIFY2(!test::runReference("ggml_quantize.py",
+                                 {"Q8_0", path("embd.f32"), "64", path("embd.q8_0")}, &error2)
+                  .isEmpty(),
+             qPrintable(error2));
+    const QByteArray reference = fileBytes(path("embd.q8_0"));
+    const GgufTensorInfo *info2 = g.findTensor("token_embd.weight");
+    QCOMPARE(uint64_t(reference.size()), ggufTensorBytes({"", {64, 264}, GgmlType::Q8_0}));
+    const QByteArray ours =
+        fileBytes(file).mid(qsizetype(g.dataOffset() + info2->offset), reference.size());
+    QVERIFY(ours == reference);
+  }
+
+  // An embedding already on the Q8_0 grid (a model dequantized from a file
+  // that stored it Q8_0, as the default model's) comes through unchanged: no
+  // warning, a note that the values are exactly the evaluated ones.
+  void floatTensorsOnTheGridAreNotWarnedAbout() {
+    const ModelConfig config = tinyConfig();
+    PackedModelContents packed = tinyPacked(config);
+    at::Tensor &embedding = packed.tensors.front().second;
+    const std::vector<float> onGrid = q8_0RoundToNearest(embedding);
+    embedding = at::tensor(at::ArrayRef<float>(onGrid)).reshape(embedding.sizes());
+    GgufExportOptions options;
+    options.floatTypes = parseGgufFloatTypes("token_embd.weight=q8_0");
+    std::vector<std::pair<LogLevel, std::string>> notes;
+    options.note = [&notes](LogLevel level, const std::string &line) {
+      notes.emplace_back(level, line);
+    };
+    const QString file = path("embd-on-grid.gguf");
+    exportGguf(file.toStdString(), packed, {}, options);
+    QCOMPARE(notes.size(), size_t(1));
+    QCOMPARE(int(notes[0].first), int(LogLevel::Info));
+    QVERIFY2(notes[0].second.find("token_embd.weight (Q8_0) already on that grid") !=
+                 std::string::npos,
+             notes[0].second.c_str());
+    QCOMPARE(GgufReader(file.toStdString()).findTensor("token_embd.weight")->type, GgmlType::Q8_0);
+    QVERIFY(at::equal(loadModel(file.toStdString()).tensors.at("model.embed_tokens.weight"),
+                      embedding));
+  }
+
+  // --gguf-float token_embd.weight=q6_k on rows of 256: ggml's reference Q6_K.
+  // Values already on a Q6_K grid (a power-of-two step, codes -32..31) come
+  // back exactly, an all-zero super-block as zeros; random rows within 6-bit
+  // accuracy; the reader, gguf-py and dequantizeGgml agree.
+  void floatTensorsRoundedToQ6_K() {
+    const ModelConfig config = lrq::test::tinyLlamaConfig({264, 256, 96, 64, 256});
+    PackedModelContents packed = tinyPacked(config);
+    at::Tensor &embedding = packed.tensors.front().second;
+    // Each 16-value group holds -32 c (c = 2^-7), so its least-squares step is c.
+    for (int64_t j = 0; j < 256; ++j)
+      embedding[0][j] = std::ldexp(j % 16 == 0 ? -32.0f : float((j * 7) % 63 - 31), -7);
+    embedding[1].zero_();
+    GgufExportOptions options;
+    options.floatTypes = parseGgufFloatTypes("token_embd.weight=q6_k");
+    std::vector<std::string> notes;
+    options.note = [&notes](LogLevel, const std::string &line) { notes.push_back(line); };
+    const QString file = path("embd-q6_k.gguf");
+    exportGguf(file.toStdString(), packed, {}, options);
+    QCOMPARE(notes.size(), size_t(1));
+    QVERIFY2(notes[0].find("token_embd.weight (Q6_K)") != std::string::npos, notes[0].c_str());
+
+    const GgufReader g(file.toStdString());
+    QCOMPARE(g.findTensor("token_embd.weight")->type, GgmlType::Q6_K);
+    QCOMPARE(g.findTensor("output.weight")->type, GgmlType::F32);
+    const at::Tensor back = loadModel(file.toStdString()).tensors.at("model.embed_tokens.weight");
+    QVERIFY(at::equal(back[0], embedding[0]));
+    QVERIFY((back[1] == 0).all().item<bool>());
+    const at::Tensor rest = embedding.slice(0, 2), restBack = back.slice(0, 2);
+    const double rms = (restBack - rest).pow(2).mean().sqrt().item<double>();
+    const double scale = rest.pow(2).mean().sqrt().item<double>();
+    qInfo("Q6_K round to nearest of N(0,1) values: rms error %.4g of rms %.4g", rms, scale);
+    QVERIFY(rms > 0 && rms < 0.03 * scale);
+
+    const at::Tensor values = embedding.contiguous();
+    const std::vector<uint8_t> blocks =
+        quantizeGgmlReference(GgmlType::Q6_K, values.data_ptr<float>(), values.numel());
+    std::vector<float> decoded(size_t(values.numel()));
+    dequantizeGgml(GgmlType::Q6_K, blocks.data(), decoded.data(), values.numel());
+    QString why;
+    QVERIFY2(sameValues(back, decoded, &why), qPrintable(why));
+    QVERIFY2(sameValues(back, llamaDequantizeQ6K(blocks, values.numel()), &why), qPrintable(why));
+    QJsonObject info;
+    const QString mismatch = ggufPyMismatch(file, path("embd-q6_k-py"), packed, config, &info);
+    QVERIFY2(mismatch.isEmpty(), qPrintable(mismatch));
+    QVERIFY2(sameValues(back, readF32(path("embd-q6_k-py/token_embd.weight.f32")), &why),
+             qPrintable(why));
+
+    // Bad input to the quantizer itself.
+    const float nan[32] = {std::nanf("")};
+    QVERIFY_THROWS_EXCEPTION(Error, quantizeGgmlReference(GgmlType::Q8_0, nan, 32));
+    QVERIFY_THROWS_EXCEPTION(Error, quantizeGgmlReference(GgmlType::Q8_0, nan + 1, 16));
+    QVERIFY_THROWS_EXCEPTION(Error, quantizeGgmlReference(GgmlType::Q4_0, nan + 1, 0));
+    const float huge[32] = {1e10f};
+    QVERIFY_THROWS_EXCEPTION(Error, quantizeGgmlReference(GgmlType::Q8_0, huge, 32));
+  }
+
+  // The rounding is llama-quantize's, byte for byte: a float model written F32
+  // and quantized by llama.cpp's own llama-quantize (Q6_K, token embedding
+  // Q8_0, output Q6_K; rows of 96 fall back to Q8_0) has the very tensor data
+  // of the export rounding the same float tensors with --gguf-float. Skipped
+  // without llama.cpp's binaries (LRQ_LLAMA_CPP_BIN, default the workbench
+  // cache's llama.cpp-0.3.36/bin).
+  void roundedTensorsAreLlamaQuantizes() {
+    QString bin = qEnvironmentVariable("LRQ_LLAMA_CPP_BIN");
+    if (bin.isEmpty())
+      bin = QDir::home().filePath(".cache/lrq-workbench/llama.cpp-0.3.36/bin");
+    const QString quantizeTool = QDir(bin).filePath("llama-quantize");
+    if (!QFileInfo(quantizeTool).isExecutable())
+      QSKIP("llama-quantize not found (LRQ_LLAMA_CPP_BIN)");
+    const ModelConfig config = lrq::test::tinyLlamaConfig({264, 256, 96, 64, 256});
+    PackedModelContents floats;
+    floats.config = config;
+    floats.method = "none";
+    floats.tensors = lrq::test::tinyLlamaTensors(config, 11);
+    floats.tensors.front().second[0].zero_(); // an all-zero super-block and blocks
+    const TokenizerSpec spec = tinySpec(config.vocabSize);
+    GgufExportSource source;
+    source.tokenizer = &spec;
+    const QString f32 = path("floats-f32.gguf"), theirs = path("floats-llama.gguf"),
+                  ours = path("floats-ours.gguf");
+    exportGguf(f32.toStdString(), floats, source);
+    QProcess tool;
+    tool.start(quantizeTool, {"--token-embedding-type", "q8_0", "--output-tensor-type", "q6_k", f32,
+                              theirs, "Q6_K", "1"});
+    QVERIFY(tool.waitForFinished(120000));
+    QVERIFY2(tool.exitCode() == 0, tool.readAllStandardError().constData());
+    GgufExportOptions options;
+    options.floatTypes = parseGgufFloatTypes("token_embd.weight=q8_0,re:.*=q6_k");
+    exportGguf(ours.toStdString(), floats, source, options);
+
+    const GgufReader a(theirs.toStdString()), b(ours.toStdString());
+    const QByteArray aBytes = fileBytes(theirs), bBytes = fileBytes(ours);
+    QCOMPARE(a.tensors().size(), b.tensors().size());
+    std::map<std::string, int> types;
+    for (const GgufTensorInfo &t : a.tensors()) {
+      const GgufTensorInfo *mine = b.findTensor(t.name);
+      QVERIFY2(mine, t.name.c_str());
+      QVERIFY2(mine->type == t.type,
+               (t.name + ": " + mine->typeName() + " vs " + t.typeName() + " from llama-quantize")
+                   .c_str());
+      const qsizetype size = qsizetype(t.nbytes);
+      QVERIFY2(aBytes.mid(qsizetype(a.dataOffset() + t.offset), size) ==
+                   bBytes.mid(qsizetype(b.dataOffset() + mine->offset), size),
+               t.name.c_str());
+      ++types[t.typeName()];
+    }
+    QCOMPARE(types["Q6_K"], 2 * 6 + 1); // q, k, v, o, gate, up of each layer; output
+    QCOMPARE(types["Q8_0"], 2 * 1 + 1); // down (rows of 96); token_embd
+  }
+
   void floatOverridesParse() {
     const auto [pattern, type] = parseGgufFloatOverride("re:blk\\.[0-9]+\\.ffn_.*=F16");
     QCOMPARE(pattern, std::string("re:blk\\.[0-9]+\\.ffn_.*"));
     QCOMPARE(int(type), int(GgmlType::F16));
+    QCOMPARE(int(parseGgufFloatOverride("token_embd.weight=q8_0").second), int(GgmlType::Q8_0));
+    QCOMPARE(int(parseGgufFloatOverride("output.weight=Q6_K").second), int(GgmlType::Q6_K));
     QVERIFY_THROWS_EXCEPTION(Error, parseGgufFloatOverride("token_embd.weight=q4_0"));
+    QVERIFY_THROWS_EXCEPTION(Error, parseGgufFloatOverride("token_embd.weight=banana"));
+    GgufExportOptions refused;
+    refused.floatTypes = {{"token_embd.weight", GgmlType::Q4_0}};
+    QVERIFY_THROWS_EXCEPTION(Error, exportGguf(path("refused.gguf").toStdString(),
+                                               tinyPacked(tinyConfig()), {}, refused));
+    QVERIFY(!QFile::exists(path("refused.gguf")));
     QVERIFY_THROWS_EXCEPTION(Error, parseGgufFloatOverride("re:([=f16"));
     // Norms stay F32 whatever matches; a 2-D float tensor follows the regex.
     const ModelConfig config = tinyConfig();

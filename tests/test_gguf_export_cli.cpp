@@ -2,6 +2,8 @@
 // tokenizer (an HF folder written here), then `lrq eval X`: the GGUF file
 // loads and gives the run's perplexity; the file's tensors are the block
 // types the scheme names, its metadata the run's, and the run records it.
+// Float tensors rounded by --gguf-float are warned about, and lrq eval measures
+// the file; bad --gguf-float types are refused before the run.
 #include <QDir>
 #include <QFile>
 #include <QJsonArray>
@@ -199,6 +201,52 @@ private slots:
         runLrq({"runs", "show", done["run_id"].toString(), "--store", store_, "--json"});
     QVERIFY2(show.exitCode == 0, qPrintable(show.err));
     QCOMPARE(lrq::test::parseJson(show)["gguf"].toString(), out);
+  }
+
+  // --gguf-float token_embd.weight=q8_0 (and output.weight=q6_k, which rows of
+  // 64 turn into Q8_0): the run warns that the file is no longer the evaluated
+  // model; lrq eval of the file runs and its perplexity moves a little.
+  void roundedFloatTensorsAreWarnedAndMeasurable() {
+    const QString out = tmp_.filePath("embd-q8_0.gguf");
+    const Result r =
+        runLrq(quantize("gguf-q4_0", out) << "--gguf-float"
+                                          << "token_embd.weight=q8_0,output.weight=q6_k");
+    QVERIFY2(r.exitCode == 0, qPrintable(r.err));
+    QVERIFY2(r.err.contains("GGUF export rounded token_embd.weight (Q8_0), output.weight (Q8_0)") &&
+                 r.err.contains("no longer exactly the evaluated model") &&
+                 r.err.contains("lrq eval " + out),
+             qPrintable(r.err));
+    const double ppl = lastEvent(r)["metrics"].toObject()["perplexity"].toDouble();
+    const GgufReader g(out.toStdString());
+    QCOMPARE(g.findTensor("token_embd.weight")->typeName(), std::string("Q8_0"));
+    QCOMPARE(g.findTensor("output.weight")->typeName(), std::string("Q8_0"));
+    QCOMPARE(g.findTensor("output_norm.weight")->typeName(), std::string("F32"));
+    QCOMPARE(g.findTensor("blk.0.attn_q.weight")->typeName(), std::string("Q4_0"));
+
+    const Result e = runLrq({"eval", out, "--text", eval_, "--seq-len", "32", "--max-windows", "6",
+                             "--json", "--quiet", "--threads", "2"});
+    QVERIFY2(e.exitCode == 0, qPrintable(e.err));
+    const double back = lrq::test::parseJson(e)["perplexity"].toDouble();
+    const double relative = std::abs(back - ppl) / ppl;
+    qInfo("gguf-q4_0 with Q8_0 token_embd and output: run perplexity %.9g, GGUF file %.9g "
+          "(relative difference %.3g)",
+          ppl, back, relative);
+    QVERIFY2(relative > 0 && relative < 1e-2,
+             qPrintable(QString("%1 vs %2").arg(back, 0, 'g', 12).arg(ppl, 0, 'g', 12)));
+  }
+
+  // A --gguf-float type the export cannot store: refused before the run.
+  void badFloatTypesAreRefusedFirst() {
+    const QString out = tmp_.filePath("bad-float.gguf");
+    for (const QString type : {"q4_0", "banana"}) {
+      const Result r = runLrq(quantize("gguf-q4_0", out) << "--gguf-float"
+                                                         << "token_embd.weight=" + type);
+      QCOMPARE(r.exitCode, 2);
+      QVERIFY2(r.err.contains("type must be f32, f16, q8_0 or q6_k, not '" + type + "'"),
+               qPrintable(r.err));
+      QVERIFY(!r.out.contains("run_started"));
+      QVERIFY(!QFile::exists(out));
+    }
   }
 
   // Refused before any work: the scheme cannot be stored; the file exists.

@@ -262,7 +262,9 @@ private slots:
     QVERIFY(hasProblem(checkRequest(r), "gguf_path", "low-rank"));
     r.method = "rtn";
     r.ggufFloatTypes = "token_embd.weight=q4_0";
-    QVERIFY(hasProblem(checkRequest(r), "gguf_float_types", "f16 or f32"));
+    QVERIFY(hasProblem(checkRequest(r), "gguf_float_types", "f32, f16, q8_0 or q6_k"));
+    r.ggufFloatTypes = "token_embd.weight=q8_0,output.weight=q6_k";
+    QVERIFY(checkRequest(r).empty());
     r.ggufFloatTypes = "token_embd.weight=f16,re:blk\\..*=f32";
     QVERIFY(checkRequest(r).empty());
     writeText(QString::fromStdString(r.ggufPath), "old");

@@ -1,5 +1,7 @@
 #include "core/io/gguf_export.h"
 
+#include <ATen/Parallel.h>
+
 #include <fnmatch.h>
 
 #include <filesystem>
@@ -91,6 +93,136 @@ std::vector<uint8_t> floatBytes(const at::Tensor &t, GgmlType type) {
   if (!out.empty())
     std::memcpy(out.data(), c.data_ptr(), out.size());
   return out;
+}
+
+// ggml's nearest_int: adding 1.5 * 2^23 leaves round(x) (halves to even) in
+// the low mantissa bits, for |x| < 2^22.
+int ggmlNearestInt(float x) {
+  const float shifted = x + 12582912.f;
+  int32_t bits;
+  std::memcpy(&bits, &shifted, sizeof bits);
+  return (bits & 0x007fffff) - 0x00400000;
+}
+
+// quantize_row_q8_0_ref of one 32-value block: d = amax / 127 stored as a
+// half, codes roundf(x * (1 / d)) with the float d, not the half.
+void quantizeQ8_0Block(const float *x, uint8_t *block) {
+  float amax = 0.0f;
+  for (int64_t j = 0; j < kBlock; ++j)
+    amax = std::max(amax, std::fabs(x[j]));
+  const float d = amax / 127.0f;
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  put16(block, at::Half(d).x);
+  for (int64_t j = 0; j < kBlock; ++j)
+    block[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(std::round(x[j] * id)));
+}
+
+// make_qx_quants of ggml with rmse_type 1 and no importance weights: codes
+// L = l + nmax (l in -nmax..nmax-1) and the scale minimising the x²-weighted
+// squared error over the grids -(nmax + 0.1 k) / max, k = -9..9 (the first,
+// k = 0, wins ties).
+float makeQxQuants(int n, int nmax, const float *x, int8_t *L) {
+  float max = 0.0f, amax = 0.0f;
+  for (int i = 0; i < n; ++i) {
+    const float ax = std::fabs(x[i]);
+    if (ax > amax) {
+      amax = ax;
+      max = x[i];
+    }
+  }
+  if (amax < 1e-15f) { // GROUP_MAX_EPS: all zero
+    std::fill(L, L + n, int8_t(0));
+    return 0.0f;
+  }
+  auto fit = [&](float iscale, float *sumlx, float *suml2, bool store) {
+    *sumlx = 0.0f;
+    *suml2 = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      const int l = std::max(-nmax, std::min(nmax - 1, ggmlNearestInt(iscale * x[i])));
+      if (store)
+        L[i] = static_cast<int8_t>(l + nmax);
+      const float w = x[i] * x[i];
+      *sumlx += w * x[i] * float(l);
+      *suml2 += w * float(l) * float(l);
+    }
+  };
+  float sumlx, suml2;
+  fit(-float(nmax) / max, &sumlx, &suml2, true);
+  float scale = suml2 != 0.0f ? sumlx / suml2 : 0.0f;
+  float best = scale * sumlx;
+  for (int is = -9; is <= 9; ++is) {
+    if (is == 0)
+      continue;
+    const float iscale = -(float(nmax) + 0.1f * float(is)) / max;
+    fit(iscale, &sumlx, &suml2, false);
+    if (suml2 > 0.0f && sumlx * sumlx > best * suml2) {
+      fit(iscale, &sumlx, &suml2, true);
+      scale = sumlx / suml2;
+      best = scale * sumlx;
+    }
+  }
+  return scale;
+}
+
+// quantize_row_q6_K_ref of one 256-value super-block (layout: encodeQ6KBlocks).
+void quantizeQ6KBlock(const float *x, uint8_t *block) {
+  constexpr int kGroups = int(kSuperBlock / kSubBlock);
+  int8_t L[kSuperBlock];
+  float scales[kGroups];
+  float maxScale = 0.0f, maxAbsScale = 0.0f;
+  for (int ib = 0; ib < kGroups; ++ib) {
+    const float scale = makeQxQuants(int(kSubBlock), 32, x + kSubBlock * ib, L + kSubBlock * ib);
+    scales[ib] = scale;
+    if (std::fabs(scale) > maxAbsScale) {
+      maxAbsScale = std::fabs(scale);
+      maxScale = scale;
+    }
+  }
+  std::memset(block, 0, 210);
+  if (maxAbsScale < 1e-15f) // d = 0, everything zero
+    return;
+  const float iscale = -128.0f / maxScale;
+  const at::Half dHalf(1.0f / iscale);
+  put16(block + 208, dHalf.x);
+  int8_t sc[kGroups];
+  for (int ib = 0; ib < kGroups; ++ib)
+    sc[ib] = static_cast<int8_t>(std::min(127, ggmlNearestInt(iscale * scales[ib])));
+  std::memcpy(block + 192, sc, sizeof sc);
+  for (int j = 0; j < kGroups; ++j) {
+    const float d = static_cast<float>(dHalf) * float(sc[j]);
+    if (d == 0.0f) // keeps make_qx_quants' codes, as the reference does
+      continue;
+    for (int64_t i = 0; i < kSubBlock; ++i) {
+      const int l = std::max(-32, std::min(31, ggmlNearestInt(x[kSubBlock * j + i] / d)));
+      L[kSubBlock * j + i] = static_cast<int8_t>(l + 32);
+    }
+  }
+  uint8_t *ql = block, *qh = block + 128;
+  for (int64_t j = 0; j < kSuperBlock; j += 128) {
+    for (int64_t l = 0; l < 32; ++l) {
+      const uint8_t q1 = L[j + l] & 0xF, q2 = L[j + l + 32] & 0xF;
+      const uint8_t q3 = L[j + l + 64] & 0xF, q4 = L[j + l + 96] & 0xF;
+      ql[l] = uint8_t(q1 | (q3 << 4));
+      ql[l + 32] = uint8_t(q2 | (q4 << 4));
+      qh[l] = uint8_t((L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2) | ((L[j + l + 64] >> 4) << 4) |
+                      ((L[j + l + 96] >> 4) << 6));
+    }
+    ql += 64;
+    qh += 32;
+  }
+}
+
+// Whether blocks of `type` decode to exactly the n values they were made from
+// (one block at a time: no second copy of the tensor).
+bool decodesTo(GgmlType type, const std::vector<uint8_t> &blocks, const float *values, int64_t n) {
+  const GgmlTypeTraits *traits = ggmlTypeTraits(static_cast<uint32_t>(type));
+  std::vector<float> decoded(size_t(traits->blockSize));
+  for (int64_t b = 0; b < n / traits->blockSize; ++b) {
+    dequantizeGgml(type, blocks.data() + b * traits->typeSize, decoded.data(), traits->blockSize);
+    if (!std::equal(decoded.begin(), decoded.end(), values + b * traits->blockSize))
+      return false;
+  }
+  return true;
 }
 
 bool globOrRegexMatches(const std::string &pattern, const std::string &name) {
@@ -540,6 +672,41 @@ std::vector<uint8_t> encodeGgufBlocks(const PackedTensor &t, GgmlType type) {
   return blocks;
 }
 
+std::vector<uint8_t> quantizeGgmlReference(GgmlType type, const float *src, int64_t n) {
+  if (type != GgmlType::Q8_0 && type != GgmlType::Q6_K)
+    throw Error("float tensors can be rounded to GGUF Q8_0 or Q6_K, not " + ggmlTypeName(type));
+  const GgmlTypeTraits *traits = ggmlTypeTraits(static_cast<uint32_t>(type));
+  if (n < 0 || n % traits->blockSize != 0)
+    throw Error(std::to_string(n) + " values are not a whole number of " +
+                std::to_string(traits->blockSize) + "-value " + traits->name + " blocks");
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(src[i]))
+      throw Error("value " + std::to_string(i) + " is not finite; it cannot be rounded to " +
+                  traits->name);
+  const int64_t blocks = n / traits->blockSize;
+  std::vector<uint8_t> out(size_t(blocks * traits->typeSize));
+  // Blocks are independent: the result does not depend on the split.
+  at::parallel_for(0, blocks, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const float *x = src + b * traits->blockSize;
+      uint8_t *block = out.data() + b * traits->typeSize;
+      if (type == GgmlType::Q8_0)
+        quantizeQ8_0Block(x, block);
+      else
+        quantizeQ6KBlock(x, block);
+    }
+  });
+  const int64_t dAt = type == GgmlType::Q8_0 ? 0 : 208;
+  for (int64_t b = 0; b < blocks; ++b) {
+    uint16_t d;
+    std::memcpy(&d, out.data() + b * traits->typeSize + dAt, sizeof d);
+    if ((d & 0x7c00) == 0x7c00)
+      throw Error("block " + std::to_string(b) + ": its scale overflows a half (values too " +
+                  "large for " + traits->name + ")");
+  }
+  return out;
+}
+
 at::Tensor permuteGgufRotary(const at::Tensor &t, int64_t heads) {
   if (t.dim() < 1 || heads <= 0 || t.size(0) % (2 * heads) != 0)
     throw Error("cannot apply the rotary permutation: " + std::to_string(t.dim() ? t.size(0) : 0) +
@@ -626,9 +793,14 @@ ExportResult exportGguf(const std::string &path, const PackedModelContents &c,
   const auto t0 = std::chrono::steady_clock::now();
   const ModelConfig &config = c.config;
   for (const auto &[pattern, type] : options.floatTypes)
-    if (type != GgmlType::F32 && type != GgmlType::F16)
-      throw Error("GGUF export: tensors matching " + pattern + " can be F32 or F16, not " +
-                  ggmlTypeName(type));
+    if (type != GgmlType::F32 && type != GgmlType::F16 && type != GgmlType::Q8_0 &&
+        type != GgmlType::Q6_K)
+      throw Error("GGUF export: tensors matching " + pattern +
+                  " can be F32, F16, Q8_0 or Q6_K, not " + ggmlTypeName(type));
+  auto note = [&options](LogLevel level, const std::string &line) {
+    if (options.note)
+      options.note(level, line);
+  };
 
   // Metadata: the source GGUF's keys, or the configuration's.
   std::vector<std::pair<std::string, GgufValue>> meta;
@@ -697,6 +869,9 @@ ExportResult exportGguf(const std::string &path, const PackedModelContents &c,
     };
     plan.push_back(std::move(p));
   }
+  // Float tensors stored in a block type: whether their values changed (filled
+  // as they are written).
+  std::map<std::string, bool> roundedChanged;
   for (const auto &[hfName, tensor] : c.tensors) {
     const std::string name = ggufTensorNameFromHf(hfName);
     if (name.empty())
@@ -708,6 +883,21 @@ ExportResult exportGguf(const std::string &path, const PackedModelContents &c,
           type = wanted;
           break;
         }
+    // llama-quantize's fallbacks for rows that are not whole blocks.
+    const int64_t rowLength = tensor.dim() >= 1 ? tensor.size(-1) : 0;
+    if (type == GgmlType::Q6_K && rowLength % kSuperBlock != 0) {
+      note(LogLevel::Info,
+           "GGUF export: " + name + ": rows of " + std::to_string(rowLength) +
+               " values are not whole 256-value Q6_K super-blocks; stored as Q8_0, as "
+               "llama-quantize does");
+      type = GgmlType::Q8_0;
+    }
+    if (type == GgmlType::Q8_0 && rowLength % kBlock != 0) {
+      note(LogLevel::Info,
+           "GGUF export: " + name + ": rows of " + std::to_string(rowLength) +
+               " values are not whole 32-value Q8_0 blocks; stored as F16, as llama-quantize does");
+      type = GgmlType::F16;
+    }
     PlannedTensor p;
     p.spec.name = name;
     for (int64_t d = tensor.dim() - 1; d >= 0; --d)
@@ -715,8 +905,22 @@ ExportResult exportGguf(const std::string &path, const PackedModelContents &c,
     p.spec.type = type;
     const at::Tensor *data = &tensor;
     const int64_t heads = rowsHeads(name);
-    p.bytes = [data, type, heads]() {
-      return floatBytes(heads == 0 ? *data : permuteGgufRotary(*data, heads), type);
+    std::map<std::string, bool> *changed = &roundedChanged;
+    p.bytes = [data, type, heads, name, changed]() {
+      const at::Tensor rows = heads == 0 ? *data : permuteGgufRotary(*data, heads);
+      if (type != GgmlType::Q8_0 && type != GgmlType::Q6_K)
+        return floatBytes(rows, type);
+      // One tensor at a time, from its float32 values (no copy when it is
+      // float32 already).
+      const at::Tensor values = rows.to(at::kCPU, at::kFloat).contiguous();
+      try {
+        std::vector<uint8_t> blocks =
+            quantizeGgmlReference(type, values.data_ptr<float>(), values.numel());
+        (*changed)[name] = !decodesTo(type, blocks, values.data_ptr<float>(), values.numel());
+        return blocks;
+      } catch (const Error &e) {
+        throw Error("GGUF export: " + name + ": " + e.what());
+      }
     };
     plan.push_back(std::move(p));
   }
@@ -767,6 +971,26 @@ ExportResult exportGguf(const std::string &path, const PackedModelContents &c,
   r.weightsBytes = written.bytes;
   r.tensors = int64_t(plan.size());
   r.seconds = secondsSince(t0);
+
+  // Which rounded tensors now differ from the evaluated values (in file order).
+  std::string changedList, unchangedList;
+  for (const PlannedTensor &p : plan) {
+    const auto it = roundedChanged.find(p.spec.name);
+    if (it == roundedChanged.end())
+      continue;
+    std::string &list = it->second ? changedList : unchangedList;
+    list += (list.empty() ? "" : ", ") + p.spec.name + " (" + ggmlTypeName(p.spec.type) + ")";
+  }
+  if (!changedList.empty())
+    note(LogLevel::Warning,
+         "GGUF export rounded " + changedList +
+             " (--gguf-float): the file is no longer exactly the evaluated model, which kept "
+             "them in float; measure the file with lrq eval " +
+             path);
+  if (!unchangedList.empty())
+    note(LogLevel::Info, "GGUF export: " + unchangedList +
+                             " already on that grid (e.g. dequantized from it): stored unchanged, "
+                             "exactly the evaluated values");
   return r;
 }
 

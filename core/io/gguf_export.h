@@ -2,7 +2,7 @@
 // A quantized model as a GGUF file that llama.cpp loads (docs/EXPORT_FORMAT.md,
 // "GGUF"): each quantized linear's codes, steps and zero points in one of
 // llama.cpp's block types (Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, Q6_K), exactly, never
-// re-rounded; everything else F32 (or F16 by pattern); LLaMA-family tensor
+// re-rounded; everything else F32 (or F16, Q8_0, Q6_K by pattern); LLaMA-family tensor
 // names and llama.cpp's q/k row order; metadata carried from a GGUF source or
 // built from the HF configuration and tokenizer.
 #include <ATen/ATen.h>
@@ -78,13 +78,31 @@ struct GgufExportOptions {
   // Storage type of the tensors that are not quantized (F32 by default), by
   // their GGUF name: a glob (fnmatch: * ? [...]) or, after "re:", a regular
   // expression (ECMAScript) that must match the whole name; the first pattern
-  // that matches wins. F32 or F16 only; one-dimensional tensors (norms,
-  // biases) stay F32 whatever matches, as llama.cpp's converter keeps them.
+  // that matches wins. F32, F16, or Q8_0 / Q6_K: rounded at export with
+  // llama.cpp's reference quantizer (quantizeGgmlReference), so the file is no
+  // longer exactly the evaluated model; Q6_K on rows that are not whole
+  // 256-value super-blocks falls back to Q8_0, and Q8_0 on rows that are not
+  // whole 32-value blocks to F16, as llama-quantize does. One-dimensional
+  // tensors (norms, biases) stay F32 whatever matches, as llama.cpp keeps them.
   std::vector<std::pair<std::string, GgmlType>> floatTypes;
   std::string runId; // lrq.run_id
   // Called before each tensor's data (tests throw from it).
   std::function<void(const std::string &step)> beforeStep;
+  // Told (one line each) of fallbacks (Info) and, once the file is written, of
+  // the float tensors the rounding changed (Warning: the file is not the
+  // evaluated model) and of those it left unchanged (Info: already on the grid).
+  std::function<void(LogLevel level, const std::string &line)> note;
 };
+
+// llama.cpp's reference quantizer of n float values (a multiple of the type's
+// block size) into Q8_0 (quantize_row_q8_0_ref: per 32 values d = amax/127,
+// stored as a half, q = roundf(x * (1/d)) with the unrounded d) or Q6_K
+// (quantize_row_q6_K_ref: per 16 values the weighted least-squares scale of
+// make_qx_quants, per 256 a half d and int8 sub-scales, then the codes
+// re-rounded on d sc). Deterministic; bit-equal to llama-quantize without an
+// importance matrix. Throws lrq::Error for other types, a bad n or values that
+// are not finite.
+std::vector<uint8_t> quantizeGgmlReference(GgmlType type, const float *src, int64_t n);
 
 // Writes the GGUF file of a packed model (quant::packQuantizedModel), one
 // tensor at a time, atomically. Refuses (lrq::Error, no file) layers whose

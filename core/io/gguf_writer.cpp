@@ -246,7 +246,8 @@ GgufWriteResult writeGgufFile(const std::string &path,
 std::pair<std::string, GgmlType> parseGgufFloatOverride(const std::string &text) {
   const size_t eq = text.rfind('=');
   if (eq == std::string::npos || eq == 0)
-    throw Error("GGUF float type '" + text + "': expected PATTERN=f16 or PATTERN=f32");
+    throw Error("GGUF float type '" + text +
+                "': expected PATTERN=TYPE, TYPE one of f32, f16, q8_0, q6_k");
   std::string type = text.substr(eq + 1);
   std::transform(type.begin(), type.end(), type.begin(),
                  [](unsigned char c) { return std::tolower(c); });
@@ -262,7 +263,12 @@ std::pair<std::string, GgmlType> parseGgufFloatOverride(const std::string &text)
     return {pattern, GgmlType::F16};
   if (type == "f32")
     return {pattern, GgmlType::F32};
-  throw Error("GGUF float type '" + text + "': type must be f16 or f32, not '" + type + "'");
+  if (type == "q8_0")
+    return {pattern, GgmlType::Q8_0};
+  if (type == "q6_k")
+    return {pattern, GgmlType::Q6_K};
+  throw Error("GGUF float type '" + text + "': type must be f32, f16, q8_0 or q6_k, not '" + type +
+              "'");
 }
 
 std::vector<std::pair<std::string, GgmlType>> parseGgufFloatTypes(const std::string &list) {

@@ -64,9 +64,9 @@ GgufWriteResult writeGgufFile(const std::string &path,
                               const CancelToken *cancel = nullptr);
 
 // The storage of a GGUF export's float tensors as the command line gives it
-// (GgufExportOptions::floatTypes): "PATTERN=f16" / "PATTERN=f32", the pattern a
-// glob or "re:REGEX"; a list of them separated by commas. Throw lrq::Error for
-// other types and bad regular expressions.
+// (GgufExportOptions::floatTypes): "PATTERN=TYPE", TYPE f32, f16, q8_0 or q6_k
+// (any case), the pattern a glob or "re:REGEX"; a list of them separated by
+// commas. Throw lrq::Error for other types and bad regular expressions.
 std::pair<std::string, GgmlType> parseGgufFloatOverride(const std::string &text);
 std::vector<std::pair<std::string, GgmlType>> parseGgufFloatTypes(const std::string &list);
 

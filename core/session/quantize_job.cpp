@@ -727,7 +727,8 @@ void evaluateStage(Job &job) {
 }
 
 // The GGUF file: the codes on the grid the method reports, in llama.cpp's
-// block types (checked exact), the rest float32 unless asked otherwise.
+// block types (checked exact), the rest float32 unless asked otherwise
+// (--gguf-float: F16, or Q8_0 / Q6_K rounded at export, with a warning).
 void ggufExportStage(Job &job) {
   const QuantizeRequest &r = job.request;
   const PackedModelContents packed = quant::packQuantizedModel(
@@ -738,6 +739,12 @@ void ggufExportStage(Job &job) {
   options.overwrite = r.overwrite;
   options.floatTypes = parseGgufFloatTypes(r.ggufFloatTypes);
   options.runId = job.outcome.runId;
+  options.note = [&job](LogLevel level, const std::string &line) {
+    if (level == LogLevel::Warning)
+      job.warn(line);
+    else
+      job.say(line);
+  };
   const ExportResult e = exportGguf(r.ggufPath, packed, ggufExportSourceFor(*job.loaded), options,
                                     job.beating(), job.cancel);
   job.outcome.ggufPath = e.path;

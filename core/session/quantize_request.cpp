@@ -224,9 +224,12 @@ std::vector<RequestOption> buildOptions() {
                          "write a GGUF file llama.cpp loads (schemes " + presetList(true) + ")",
                          &QuantizeRequest::ggufPath)),
       afterMethod(option("gguf-float", "gguf_float_types", "GGUF float types", "Output", V::Text,
-                         "PATTERN=f16,...",
-                         "storage of the GGUF tensors left in float, by name (glob or re:REGEX; "
-                         "default F32; norms stay F32)",
+                         "PATTERN=TYPE,...",
+                         "storage of the GGUF tensors left in float, by name (glob or re:REGEX), "
+                         "TYPE f32 (default: the file is the evaluated model), f16, or q8_0 / "
+                         "q6_k as llama-quantize rounds them (e.g. token_embd.weight=q8_0): "
+                         "then the file is no longer exactly the evaluated model, measure it "
+                         "with lrq eval FILE.gguf; norms stay F32",
                          &QuantizeRequest::ggufFloatTypes)),
       afterMethod(option("compressed-tensors", "compressed_tensors_dir",
                          "compressed-tensors folder", "Output", V::Path, "DIR",

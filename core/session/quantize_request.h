@@ -93,8 +93,8 @@ struct QuantizeRequest {
   std::string packedPath; // packed integer export (.safetensors); "" = none
   // GGUF file llama.cpp loads (schemes gguf-q8_0 ... gguf-q5_1); "" = none.
   std::string ggufPath;
-  // GGUF storage of the tensors left in float: "PATTERN=f16,PATTERN=f32" on GGUF
-  // names (glob, or "re:REGEX"); "" = all F32.
+  // GGUF storage of the tensors left in float: "PATTERN=TYPE,..." on GGUF
+  // names (glob, or "re:REGEX"), TYPE f32, f16, q8_0 or q6_k; "" = all F32.
   std::string ggufFloatTypes;
   // compressed-tensors export (what vLLM and llm-compressor read); "" = none.
   std::string compressedTensorsDir;
