@@ -5,6 +5,7 @@
 #include <QDir>
 #include <QElapsedTimer>
 #include <QFile>
+#include <QFileInfo>
 #include <QJsonArray>
 #include <QJsonDocument>
 #include <QJsonObject>
@@ -17,6 +18,8 @@
 #include <sys/types.h>
 
 #include <functional>
+#include <memory>
+#include <vector>
 
 #include "test_support.h"
 
@@ -24,6 +27,41 @@ namespace lrq::test {
 
 inline QString lrqPath() {
   return QDir(QStringLiteral(LRQ_BINARY_DIR)).filePath("app/lrq");
+}
+
+// A QTemporaryDir template for bulky scratch files (model exports, run work
+// directories): on tmpfs (/dev/shm) where the system has one, since every
+// export ends in an fsync that costs seconds on a disk; else the temp folder.
+inline QString scratchDirTemplate(const QString &name) {
+  const QFileInfo shm(QStringLiteral("/dev/shm"));
+  const QString root = shm.isDir() && shm.isWritable() ? shm.filePath() : QDir::tempPath();
+  return QDir(root).filePath(name + QStringLiteral("-XXXXXX"));
+}
+
+// Independent lrq commands run side by side (each its own process; start-up
+// and model loading are mostly one core's work), results in their order. A
+// command printing more than a pipe holds (64 KB) waits for its turn to be read.
+inline QList<Result> runLrqTogether(const QList<QStringList> &commands) {
+  std::vector<std::unique_ptr<QProcess>> procs;
+  for (const QStringList &args : commands) {
+    procs.push_back(std::make_unique<QProcess>());
+    procs.back()->start(lrqPath(), args);
+  }
+  QList<Result> results;
+  for (auto &proc : procs) {
+    Result r;
+    if (!proc->waitForFinished(600000)) {
+      proc->kill();
+      proc->waitForFinished();
+      r.err = "timed out";
+    } else {
+      r.exitCode = proc->exitStatus() == QProcess::NormalExit ? proc->exitCode() : -1;
+      r.out = proc->readAllStandardOutput();
+      r.err = QString::fromUtf8(proc->readAllStandardError());
+    }
+    results << r;
+  }
+  return results;
 }
 
 // The JSON-lines events of a `quantize --json` run, in order.

@@ -4,11 +4,41 @@
 #include <QJsonObject>
 #include <QtTest>
 
+#include <memory>
+
+#include "cli_process.h"
 #include "test_support.h"
 
 using lrq::test::parseJson;
 using lrq::test::Result;
 using lrq::test::runLrq;
+
+namespace {
+
+// A reference script under tests/reference started without waiting, so that
+// the independent computation (a numpy forward takes seconds, on one core for
+// much of it) runs while `lrq` computes its side on the other.
+std::unique_ptr<QProcess> startReference(const QString &script, const QStringList &args) {
+  auto proc = std::make_unique<QProcess>();
+  proc->start(
+      QStringLiteral(LRQ_PYTHON),
+      QStringList{QDir(QStringLiteral(LRQ_SOURCE_DIR)).filePath("tests/reference/" + script)}
+          << args);
+  return proc;
+}
+
+// Its stdout once it has succeeded, or an empty string with *error set.
+QByteArray finishReference(QProcess &proc, QString *error) {
+  if (!proc.waitForFinished(600000) || proc.exitStatus() != QProcess::NormalExit ||
+      proc.exitCode() != 0) {
+    *error = QStringLiteral("%1 failed: %2")
+                 .arg(proc.arguments().value(0), QString::fromUtf8(proc.readAllStandardError()));
+    return {};
+  }
+  return proc.readAllStandardOutput();
+}
+
+} // namespace
 
 class TestCli : public QObject {
   Q_OBJECT
@@ -26,18 +56,26 @@ private slots:
   }
 
   void usageErrorsExitTwo() {
-    for (const QStringList &args :
-         {QStringList{"eval"}, QStringList{"--bogus"}, QStringList{"frobnicate", "x"},
-          QStringList{"eval", "default", "--seq-len", "abc"}, QStringList{"generate", "default"},
-          QStringList{"spectrum", "default"}, QStringList{"eval", "default", "--device", "tpu"},
-          QStringList{"eval", "default", "--score", "half"},
-          QStringList{"eval", "default", "--score", "second-half", "--reference", "default"}}) {
-      Result r = runLrq(args);
-      QVERIFY2(r.exitCode == 2, qPrintable(args.join(' ') + " -> " + QString::number(r.exitCode)));
+    const QList<QStringList> commands{
+        {"eval"},
+        {"--bogus"},
+        {"frobnicate", "x"},
+        {"eval", "default", "--seq-len", "abc"},
+        {"generate", "default"},
+        {"spectrum", "default"},
+        {"eval", "default", "--device", "tpu"},
+        {"eval", "default", "--score", "half"},
+        {"eval", "default", "--score", "second-half", "--reference", "default"},
+        {}};
+    const QList<Result> results = lrq::test::runLrqTogether(commands);
+    for (int i = 0; i + 1 < commands.size(); ++i) {
+      const Result &r = results[i];
+      QVERIFY2(r.exitCode == 2,
+               qPrintable(commands[i].join(' ') + " -> " + QString::number(r.exitCode)));
       QVERIFY2(r.err.startsWith("lrq: "), qPrintable(r.err));
       QCOMPARE(r.err.count('\n'), 1);
     }
-    Result none = runLrq({});
+    const Result &none = results.last();
     QCOMPARE(none.exitCode, 2);
     QVERIFY(none.err.startsWith("usage: lrq"));
   }
@@ -80,8 +118,12 @@ private slots:
   }
 
   void evalJsonReportsPerplexity() {
-    Result r = runLrq(
-        {"eval", "default", "--seq-len", "128", "--max-windows", "2", "--json", "--threads", "2"});
+    // Both scorings at once: two independent processes.
+    const QList<Result> both = lrq::test::runLrqTogether(
+        {{"eval", "default", "--seq-len", "128", "--max-windows", "2", "--json", "--threads", "2"},
+         {"eval", "default", "--seq-len", "128", "--max-windows", "2", "--json", "--threads", "2",
+          "--score", "second-half"}});
+    const Result &r = both[0];
     QVERIFY2(r.exitCode == 0, qPrintable(r.err));
     QJsonObject j = parseJson(r);
     QCOMPARE(j["windows"].toInt(), 2);
@@ -96,8 +138,7 @@ private slots:
     QCOMPARE(j["first_scored"].toInt(), 0);
 
     // llama-perplexity's rule: the same windows, positions 64..126 of each scored.
-    Result half = runLrq({"eval", "default", "--seq-len", "128", "--max-windows", "2", "--json",
-                          "--threads", "2", "--score", "second-half"});
+    const Result &half = both[1];
     QVERIFY2(half.exitCode == 0, qPrintable(half.err));
     QJsonObject h = parseJson(half);
     QCOMPARE(h["score"].toString(), QString("second-half"));
@@ -117,14 +158,15 @@ private slots:
     QVERIFY(f.open(QIODevice::WriteOnly));
     f.write(text.out);
     f.close();
+    const auto reference =
+        startReference("eval_reference.py", {QString::fromStdString(lrq::test::defaultModelPath()),
+                                             textPath, "256", "3"});
     Result ours = runLrq({"eval", "default", "--text", textPath, "--seq-len", "256",
                           "--max-windows", "3", "--json", "--quiet"});
+    QString error;
+    const QByteArray ref = finishReference(*reference, &error);
     QVERIFY2(ours.exitCode == 0, qPrintable(ours.err));
     QJsonObject o = parseJson(ours);
-    QString error;
-    QByteArray ref = lrq::test::runReference(
-        "eval_reference.py",
-        {QString::fromStdString(lrq::test::defaultModelPath()), textPath, "256", "3"}, &error);
     QVERIFY2(!ref.isEmpty(), qPrintable(error));
     QJsonObject r = QJsonDocument::fromJson(ref).object();
     QCOMPARE(o["tokens"].toInt(), r["tokens"].toInt());
@@ -147,7 +189,11 @@ private slots:
     QVERIFY(f.open(QIODevice::WriteOnly));
     f.write(text.out.left(600));
     f.close();
+    const auto reference = startReference(
+        "tokenize_reference.py", {QString::fromStdString(lrq::test::defaultModelPath()), textPath});
     Result tok = runLrq({"tokenize", "default", "--text", textPath, "--ids", "--json", "--quiet"});
+    QString error;
+    const QByteArray ref = finishReference(*reference, &error);
     QVERIFY2(tok.exitCode == 0, qPrintable(tok.err));
     QJsonObject j = parseJson(tok);
     const QJsonArray ids = j["ids"].toArray();
@@ -155,25 +201,24 @@ private slots:
     QCOMPARE(ids.size(), n);
     QVERIFY(n > 50);
     QCOMPARE(j["bytes"].toInt(), 600);
-    QString error;
-    QByteArray ref = lrq::test::runReference(
-        "tokenize_reference.py", {QString::fromStdString(lrq::test::defaultModelPath()), textPath},
-        &error);
     QVERIFY2(!ref.isEmpty(), qPrintable(error));
     QCOMPARE(ids, QJsonDocument::fromJson(ref).object()["ids"].toArray());
 
-    Result fits = runLrq({"eval", "default", "--text", textPath, "--seq-len", QString::number(n),
-                          "--json", "--quiet"});
+    const QList<Result> evals = lrq::test::runLrqTogether(
+        {{"eval", "default", "--text", textPath, "--seq-len", QString::number(n), "--json",
+          "--quiet"},
+         {"eval", "default", "--text", textPath, "--seq-len", QString::number(n + 1), "--quiet"}});
+    const Result &fits = evals[0], &over = evals[1];
     QVERIFY2(fits.exitCode == 0, qPrintable(fits.err));
     QCOMPARE(parseJson(fits)["windows"].toInt(), 1);
-    Result over = runLrq(
-        {"eval", "default", "--text", textPath, "--seq-len", QString::number(n + 1), "--quiet"});
     QCOMPARE(over.exitCode, 1);
 
-    Result plain = runLrq({"tokenize", "default", "--text", textPath, "--quiet"});
+    const QList<Result> tokenizes = lrq::test::runLrqTogether(
+        {{"tokenize", "default", "--text", textPath, "--quiet"},
+         {"tokenize", "default", "--text", textPath, "--part", "calibration"}});
+    const Result &plain = tokenizes[0], &both = tokenizes[1];
     QCOMPARE(plain.exitCode, 0);
     QVERIFY2(plain.out.startsWith("tokens " + QByteArray::number(n) + " "), plain.out.constData());
-    Result both = runLrq({"tokenize", "default", "--text", textPath, "--part", "calibration"});
     QCOMPARE(both.exitCode, 2);
   }
 

@@ -285,6 +285,45 @@ private slots:
     QVERIFY(at::allclose(e1, e2, 1e-6, 0.0));
   }
 
+  // The 1-D search in row blocks, one thread each (which keeps its temporaries
+  // in cache), finds exactly, bit for bit, what one pass of multi-threaded
+  // operations over the whole tensor finds: every grid kind the search serves,
+  // one-row blocks, a remainder block larger than the others, and a
+  // per-tensor unit (one row, never split).
+  void oneDimensionalBlocksKeepTheResult() {
+    at::manual_seed(5);
+    const at::Tensor w = at::randn({61, 96}) * at::linspace(0.1, 3, 96);
+    const int64_t previous = setClipSearchBlockElements(int64_t(1) << 40);
+    struct Case {
+      Granularity granularity;
+      bool symmetric;
+      StepFormat format;
+    };
+    for (const Case &c : {Case{Granularity::PerChannel, true, StepFormat::Float32},
+                          Case{Granularity::PerChannel, false, StepFormat::Float32},
+                          Case{Granularity::PerGroup, true, StepFormat::Fp16},
+                          Case{Granularity::PerGroup, false, StepFormat::Fp16Offset},
+                          Case{Granularity::PerTensor, true, StepFormat::Float32}}) {
+      GridSpec spec = spec2d(4, c.granularity);
+      spec.init = StepInit::ClippingSearch;
+      spec.symmetric = c.symmetric;
+      spec.stepFormat = c.format;
+      spec.groupSize = 32;
+      spec.clipNorm = 4.0;
+      spec.clipSteps = 20; // each candidate the same arithmetic; fewer keep the test quick
+      setClipSearchBlockElements(int64_t(1) << 40);
+      const GridParams whole = computeGridParams(w, spec);
+      for (int64_t budget : {int64_t(1), int64_t(700), int64_t(5000)}) {
+        setClipSearchBlockElements(budget);
+        const GridParams blocked = computeGridParams(w, spec);
+        QVERIFY(at::equal(blocked.scale, whole.scale));
+        QVERIFY(at::equal(blocked.zeroPoint, whole.zeroPoint));
+        QVERIFY(at::equal(blocked.clipFraction, whole.clipFraction));
+      }
+    }
+    setClipSearchBlockElements(previous);
+  }
+
   // The 1-D search with integer exponents (LR-QAT's p = 4 takes repeated
   // squaring instead of exp(p log)): the brute force's minimum over fractions.
   void oneDimensionalSearchIntegerNorms() {

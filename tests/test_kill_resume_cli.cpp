@@ -106,7 +106,9 @@ int count(const QList<QJsonObject> &events, const QString &name) {
 class TestKillResumeCli : public QObject {
   Q_OBJECT
 
-  QTemporaryDir dir_;
+  // Store, work directories and exports (538 MB each) on tmpfs where there is one
+  // (lrq::test::scratchDirTemplate): a disk adds seconds of fsync per export.
+  QTemporaryDir dir_{lrq::test::scratchDirTemplate("lrq-kill-resume")};
   QString store_;
   QString scheme_; // W4 on blocks 0-2: the other blocks are not even run
   QString straightOut_;

@@ -651,7 +651,7 @@ private slots:
   // SmolLM2-135M: a few steps on real text at W4 and W3 per-channel (the
   // presets' asymmetric grids, and the paper's symmetric W4): the loss on the
   // training windows falls; held-out perplexity of FP, RTN and LR-QAT reported.
-  // For figures: LRQ_LRQAT_STEPS / _SAMPLES / _SEQ lengthen the run, _ALL=1 adds
+  // For figures: LRQ_LRQAT_STEPS / _SAMPLES / _SEQ / _EVAL_WINDOWS lengthen the run, _ALL=1 adds
   // the FP perplexity and symmetric grids, _LR / _LR_SCALE / _CASE for ablations.
   void defaultModel() {
     const LoadedModel &lm = real();
@@ -669,7 +669,11 @@ private slots:
     const int64_t samples = qEnvironmentVariableIntValue("LRQ_LRQAT_SAMPLES") > 0
                                 ? qEnvironmentVariableIntValue("LRQ_LRQAT_SAMPLES")
                                 : 2;
-    const int64_t evalWindows = 8;
+    // Held-out perplexity is asserted finite only (the figures are for
+    // reading), which one window shows; LRQ_LRQAT_EVAL_WINDOWS=8 for figures.
+    const int64_t evalWindows = qEnvironmentVariableIntValue("LRQ_LRQAT_EVAL_WINDOWS") > 0
+                                    ? qEnvironmentVariableIntValue("LRQ_LRQAT_EVAL_WINDOWS")
+                                    : 1;
     const bool all = qEnvironmentVariableIntValue("LRQ_LRQAT_ALL") > 0;
     const double lr = qEnvironmentVariableIsSet("LRQ_LRQAT_LR")
                           ? qEnvironmentVariable("LRQ_LRQAT_LR").toDouble()

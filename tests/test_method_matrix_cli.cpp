@@ -15,6 +15,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <memory>
 
 #include "cli_process.h"
 #include "test_support.h"
@@ -25,10 +27,44 @@ using lrq::test::runLrq;
 // A safety net against hangs only: on a busy machine a run takes many minutes.
 constexpr int kLongRun = 3600 * 1000;
 
+struct Cell {
+  const char *method;
+  const char *scheme;
+};
+
+// Every method once, every scheme preset once, in the order of the test
+// functions below. The pairs avoid the reference settings whose default init
+// is the 2-D clipping search (LRQ at W3A16 and W4A8, FlexRound at W4A8): on
+// this model it costs minutes for 30 blocks, and test_grid_init checks it;
+// this test is about the plumbing. The out-of-domain text and held-out samples
+// are checked elsewhere too (test_quantize_cli, test_recon).
+const Cell kCells[] = {
+    {"rtn", "W8A8"},
+    {"gptq", "W4A8-KV8"},
+    {"flexround", "W4A16"},
+    {"lrq", "W4A16-g128"},
+    {"rtn-learned-step", "W3A16"},
+    {"lrqat", "W3A16-g128"},
+    {"lqer", "W2A16-g64"},
+    {"l2qer", "W8A8"},
+    // The llama.cpp block formats (f16 / f16-offset steps, groups of 32).
+    {"rtn", "gguf-q8_0"},
+    {"rtn", "gguf-q6_k"},
+    {"lrq", "gguf-q4_k"},
+    {"gptq", "gguf-q5_0"},
+    {"lrq", "gguf-q4_0"},
+    {"lrqat", "gguf-q5_1"},
+    {"flexround", "gguf-q4_1"},
+};
+constexpr int kCellCount = int(sizeof(kCells) / sizeof(kCells[0]));
+
 class TestMethodMatrixCli : public QObject {
   Q_OBJECT
 
-  QTemporaryDir dir_;
+  // Store, work directories and exports (538 MB each, f32) on tmpfs where the
+  // system has one: the exporter's fsync costs seconds per cell on a disk and
+  // proves nothing here (test_full_disk checks the writers).
+  QTemporaryDir dir_{lrq::test::scratchDirTemplate("lrq-method-matrix")};
   QString store_;
   QStringList runIds_;
 
@@ -36,52 +72,98 @@ class TestMethodMatrixCli : public QObject {
   QStringList schemes_;
   QSet<QString> covered_;
 
-  // One quantize + eval; each pair is its own test function so that each gets
-  // the per-function time limit.
-  void cell(const QString &method, const QString &scheme) {
-    QVERIFY2(defaults_.contains(method), qPrintable(method));
-    const QJsonObject defaults = defaults_[method];
-    covered_ << method << scheme;
+  // Cell i's `lrq quantize`, started ahead: while one cell's export is
+  // evaluated the next cell quantizes, so both cores work through the
+  // single-threaded parts (start-up, loading, export). One intra-op thread
+  // each, since two processes share the cores. Output goes to files: a full
+  // pipe would stall the child while the test waits on the other process.
+  std::map<int, std::unique_ptr<QProcess>> quantizes_;
+
+  QString cellOut(int i) const {
+    return dir_.filePath(QString::fromUtf8(kCells[i].method) + "-" + kCells[i].scheme);
+  }
+
+  void startQuantize(int i) {
+    if (i >= kCellCount || quantizes_.count(i))
+      return;
+    const QString method = QString::fromUtf8(kCells[i].method);
+    const QJsonObject defaults = defaults_.value(method);
     QJsonObject hyper;
     if (defaults.contains("iters"))
       hyper["iters"] = 3;
     if (defaults.contains("steps"))
       hyper["steps"] = 3;
-    const QString out = dir_.filePath(method + "-" + scheme);
     const QString hyperText =
         QString::fromUtf8(QJsonDocument(hyper).toJson(QJsonDocument::Compact));
-    const QString work = dir_.filePath("work");
-    Result q = runLrq({"quantize",
-                       "default",
-                       "--method",
-                       method,
-                       "--scheme",
-                       scheme,
-                       "--nsamples",
-                       "2",
-                       "--seq-len",
-                       "32",
-                       "--eval-seq-len",
-                       "128",
-                       "--eval-windows",
-                       "1",
-                       "--hyper",
-                       hyperText,
-                       "--out",
-                       out,
-                       "--work-dir",
-                       work,
-                       "--store",
-                       store_,
-                       "--json",
-                       "--quiet",
-                       "--no-spectra",
-                       "--threads",
-                       "2",
-                       "--no-ood-eval",
-                       "--heldout-samples",
-                       "0"},
-                      kLongRun);
+    const QString prefix = dir_.filePath(QString("cell%1").arg(i));
+    auto proc = std::make_unique<QProcess>();
+    proc->setStandardOutputFile(prefix + ".out");
+    proc->setStandardErrorFile(prefix + ".err");
+    proc->start(lrq::test::lrqPath(), {"quantize",
+                                       "default",
+                                       "--method",
+                                       method,
+                                       "--scheme",
+                                       QString::fromUtf8(kCells[i].scheme),
+                                       "--nsamples",
+                                       "2",
+                                       "--seq-len",
+                                       "32",
+                                       "--eval-seq-len",
+                                       "128",
+                                       "--eval-windows",
+                                       "1",
+                                       "--hyper",
+                                       hyperText,
+                                       "--out",
+                                       cellOut(i),
+                                       "--work-dir",
+                                       prefix + "-work",
+                                       "--store",
+                                       store_,
+                                       "--json",
+                                       "--quiet",
+                                       "--no-spectra",
+                                       "--threads",
+                                       "1",
+                                       "--no-ood-eval",
+                                       "--heldout-samples",
+                                       "0"});
+    quantizes_[i] = std::move(proc);
+  }
+
+  Result finishQuantize(int i) {
+    Result r;
+    QProcess &proc = *quantizes_.at(i);
+    if (!proc.waitForFinished(kLongRun)) {
+      proc.kill();
+      proc.waitForFinished();
+      r.err = "timed out: " + proc.errorString();
+      return r;
+    }
+    r.exitCode = proc.exitStatus() == QProcess::NormalExit ? proc.exitCode() : -1;
+    const QString prefix = dir_.filePath(QString("cell%1").arg(i));
+    QFile out(prefix + ".out"), err(prefix + ".err");
+    if (out.open(QIODevice::ReadOnly))
+      r.out = out.readAll();
+    if (err.open(QIODevice::ReadOnly))
+      r.err = QString::fromUtf8(err.readAll());
+    return r;
+  }
+
+  // One quantize + eval; each pair is its own test function so that each gets
+  // the per-function time limit.
+  void cell(const QString &method, const QString &scheme) {
+    int i = 0;
+    while (i < kCellCount && !(method == kCells[i].method && scheme == kCells[i].scheme))
+      ++i;
+    QVERIFY2(i < kCellCount, qPrintable(method + " " + scheme + " is not in kCells"));
+    QVERIFY2(defaults_.contains(method), qPrintable(method));
+    covered_ << method << scheme;
+    const QString out = cellOut(i);
+    startQuantize(i);
+    startQuantize(i + 1);
+    Result q = finishQuantize(i);
     QVERIFY2(q.exitCode == 0, qPrintable(q.err));
     const QJsonObject done = lrq::test::jsonEvents(q.out).last();
     QCOMPARE(done["event"].toString(), QString("finished"));
@@ -105,7 +187,7 @@ class TestMethodMatrixCli : public QObject {
         s["activation"].toObject()["mode"].toString() != "none" || s["kv8"].toBool();
 
     Result e = runLrq({"eval", out, "--seq-len", "128", "--max-windows", "1", "--json", "--quiet",
-                       "--threads", "2"},
+                       "--threads", "1"},
                       kLongRun);
     QVERIFY2(e.exitCode == 0, qPrintable(e.err));
     const QJsonObject ev = lrq::test::parseJson(e);
@@ -150,12 +232,7 @@ private slots:
     QVERIFY(defaults_.size() >= 8 && schemes_.size() >= 7);
   }
 
-  // Every method once, every scheme preset once. The pairs avoid the
-  // reference settings whose default init is the 2-D clipping search (LRQ at
-  // W3A16 and W4A8, FlexRound at W4A8): on this model it costs minutes for
-  // 30 blocks, and test_grid_init checks it; this test is about the plumbing.
-  // The out-of-domain text and held-out samples are checked elsewhere too
-  // (test_quantize_cli, test_recon).
+  // One function per entry of kCells, in its order.
   void rtn_W8A8() { cell("rtn", "W8A8"); }
   void gptq_W4A8_KV8() { cell("gptq", "W4A8-KV8"); }
   void flexround_W4A16() { cell("flexround", "W4A16"); }
@@ -182,6 +259,7 @@ private slots:
     Result list = runLrq({"runs", "list", "--store", store_, "--json"});
     const QJsonArray runs = lrq::test::parseJson(list)["runs"].toArray();
     QCOMPARE(runs.size(), runIds_.size());
+    QCOMPARE(runIds_.size(), kCellCount); // one function per cell
   }
 };
 

@@ -5,6 +5,7 @@
 #include <QJsonObject>
 #include <QtTest>
 
+#include "cli_process.h"
 #include "test_support.h"
 
 using lrq::test::Result;
@@ -26,7 +27,9 @@ QList<QJsonObject> events(const Result &r) {
 class TestQuantizeCli : public QObject {
   Q_OBJECT
 
-  QTemporaryDir dir_;
+  // The store and the export (538 MB) on tmpfs where there is one: a disk adds
+  // seconds of fsync (lrq::test::scratchDirTemplate).
+  QTemporaryDir dir_{lrq::test::scratchDirTemplate("lrq-quantize-cli")};
   QString store_;
   QString rtnRun_, lqerRun_;
 
@@ -70,17 +73,24 @@ private slots:
     QVERIFY2(std::abs(m["bits_per_weight"].toDouble() - expectedBits) < 1e-9,
              qPrintable(QString::number(m["bits_per_weight"].toDouble(), 'g', 12)));
 
+    // Three independent commands at once: the export evaluated alone and
+    // against the reference, and the out-of-domain text printed.
+    const QList<Result> results =
+        lrq::test::runLrqTogether({{"eval", dir_.filePath("rtn-export"), "--seq-len", "128",
+                                    "--max-windows", "2", "--json", "--quiet"},
+                                   {"eval", dir_.filePath("rtn-export"), "--reference", "default",
+                                    "--seq-len", "128", "--max-windows", "2", "--json", "--quiet"},
+                                   {"text", "--part", "out-of-domain"}});
+
     // The HF export loads in `lrq eval` and reproduces the run's perplexity on the same windows.
-    Result e = runLrq({"eval", dir_.filePath("rtn-export"), "--seq-len", "128", "--max-windows",
-                       "2", "--json", "--quiet"});
+    const Result &e = results[0];
     QVERIFY2(e.exitCode == 0, qPrintable(e.err));
     const double exported = lrq::test::parseJson(e)["perplexity"].toDouble();
     QVERIFY2(std::abs(exported - ppl) / ppl < 1e-4,
              qPrintable(QString("%1 vs %2").arg(exported).arg(ppl)));
 
     // `eval --reference` measures the same KL as the run did.
-    Result k = runLrq({"eval", dir_.filePath("rtn-export"), "--reference", "default", "--seq-len",
-                       "128", "--max-windows", "2", "--json", "--quiet"});
+    const Result &k = results[1];
     QVERIFY2(k.exitCode == 0, qPrintable(k.err));
     QJsonObject kj = lrq::test::parseJson(k);
     QVERIFY(std::abs(kj["kl"].toDouble() - m["kl"].toDouble()) < 1e-4);
@@ -90,7 +100,7 @@ private slots:
     // `eval --reference` on the text `lrq text --part out-of-domain` prints.
     QVERIFY(m.contains("ood_kl") && m.contains("ood_top1") && m.contains("ood_perplexity"));
     QVERIFY(m["ood_reference_perplexity"].toDouble() != ref);
-    Result t = runLrq({"text", "--part", "out-of-domain"});
+    const Result &t = results[2];
     QCOMPARE(t.exitCode, 0);
     const QString oodPath = dir_.filePath("ood.txt");
     QFile ood(oodPath);
@@ -136,25 +146,28 @@ private slots:
 
   void runsListShowCompareDelete() {
     QVERIFY(!rtnRun_.isEmpty() && !lqerRun_.isEmpty());
-    Result list = runLrq({"runs", "list", "--store", store_, "--json"});
+    // The reading commands at once, then the delete.
+    const QList<Result> reads =
+        lrq::test::runLrqTogether({{"runs", "list", "--store", store_, "--json"},
+                                   {"runs", "show", rtnRun_, "--store", store_, "--json"},
+                                   {"runs", "show", rtnRun_, "--store", store_},
+                                   {"runs", "compare", rtnRun_, lqerRun_, "--store", store_}});
+    const Result &list = reads[0], &show = reads[1], &text = reads[2], &cmp = reads[3];
     QCOMPARE(list.exitCode, 0);
     QJsonArray runs = lrq::test::parseJson(list)["runs"].toArray();
     QCOMPARE(runs.size(), 2);
     QCOMPARE(runs[0].toObject()["id"].toString(), lqerRun_); // newest first
     QCOMPARE(runs[1].toObject()["status"].toString(), QString("finished"));
 
-    Result show = runLrq({"runs", "show", rtnRun_, "--store", store_, "--json"});
     QCOMPARE(show.exitCode, 0);
     QJsonObject s = lrq::test::parseJson(show);
     QCOMPARE(s["method"].toString(), QString("rtn"));
     QCOMPARE(s["layers"].toArray().size(), 210); // 30 blocks x 7 linears
     QCOMPARE(s["scheme"].toObject()["name"].toString(), QString("W4A16"));
 
-    Result text = runLrq({"runs", "show", rtnRun_, "--store", store_});
     QCOMPARE(text.exitCode, 0);
     QVERIFY(text.out.contains("q_proj"));
 
-    Result cmp = runLrq({"runs", "compare", rtnRun_, lqerRun_, "--store", store_});
     QCOMPARE(cmp.exitCode, 0);
     QVERIFY(cmp.out.contains("perplexity"));
     QVERIFY(cmp.out.contains("lqer"));
@@ -168,24 +181,28 @@ private slots:
 
   void badRequestsGiveClearErrors() {
     // A bad value of an option is a usage error (exit 2) naming the flag.
-    Result method = runLrq(quick("nosuch", "W4A16"));
+    // Five independent commands at once.
+    const QList<Result> results =
+        lrq::test::runLrqTogether({quick("nosuch", "W4A16"),
+                                   quick("rtn", "W5A5"),
+                                   quick("rtn", "W4A16") << "--rank"
+                                                         << "8",
+                                   quick("lqer", "W4A16") << "--hyper"
+                                                          << "{\"rnk\": 3}",
+                                   {"quantize", "default", "--method", "rtn", "--nsamples",
+                                    "100000", "--store", store_, "--quiet"}});
+    const Result &method = results[0], &scheme = results[1], &rank = results[2],
+                 &hyper = results[3], &samples = results[4];
     QCOMPARE(method.exitCode, 2);
     QVERIFY2(method.err.contains("--method"), qPrintable(method.err));
     QVERIFY2(method.err.contains("nosuch") && method.err.contains("rtn"), qPrintable(method.err));
-    Result scheme = runLrq(quick("rtn", "W5A5"));
     QCOMPARE(scheme.exitCode, 2);
     QVERIFY2(scheme.err.contains("--scheme"), qPrintable(scheme.err));
     QVERIFY2(scheme.err.contains("W5A5"), qPrintable(scheme.err));
-    Result rank = runLrq(quick("rtn", "W4A16") << "--rank"
-                                               << "8");
     QCOMPARE(rank.exitCode, 2);
     QVERIFY2(rank.err.contains("rank"), qPrintable(rank.err));
-    Result hyper = runLrq(quick("lqer", "W4A16") << "--hyper"
-                                                 << "{\"rnk\": 3}");
     QCOMPARE(hyper.exitCode, 2);
     QVERIFY2(hyper.err.contains("rnk"), qPrintable(hyper.err));
-    Result samples = runLrq({"quantize", "default", "--method", "rtn", "--nsamples", "100000",
-                             "--store", store_, "--quiet"});
     QCOMPARE(samples.exitCode, 1);
     QVERIFY2(samples.err.contains("calibration"), qPrintable(samples.err));
   }

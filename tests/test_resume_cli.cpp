@@ -24,7 +24,9 @@ constexpr int kLongRun = 3600 * 1000;
 class TestResumeCli : public QObject {
   Q_OBJECT
 
-  QTemporaryDir dir_;
+  // Store, work directories and exports (538 MB each) on tmpfs where there is one
+  // (lrq::test::scratchDirTemplate): a disk adds seconds of fsync per export.
+  QTemporaryDir dir_{lrq::test::scratchDirTemplate("lrq-resume-cli")};
   QString store_;
   QString scheme_;    // W4 on blocks 0-5: blocks 6-29 are not even run, which keeps runs short
   QString q4kScheme_; // gguf-q4_k's grids on blocks 0-5

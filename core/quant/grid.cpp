@@ -147,13 +147,15 @@ at::Tensor powerInPlace(at::Tensor e, double p) {
   const double whole = std::round(p);
   if (whole != p || whole < 1.0)
     return e.log_().mul_(p).exp_();
+  // The same products as base * base and result * base, written into e and
+  // one buffer instead of a fresh tensor for each.
   at::Tensor result;
   at::Tensor base = e;
   for (int64_t n = int64_t(whole); n > 0; n >>= 1) {
     if (n & 1)
-      result = result.defined() ? result.mul_(base) : base.clone();
+      result = result.defined() ? result.mul_(base) : (n > 1 ? base.clone() : base);
     if (n > 1)
-      base = base * base;
+      base.mul_(base);
   }
   return result;
 }
@@ -384,8 +386,17 @@ struct UnitSearch {
 
 // The 1-D clipping search on units [units, elements]: one pass over the units
 // per candidate fraction, every unit at once; a strictly smaller error
-// replaces, so ties keep the larger fraction.
-UnitSearch searchFractions(const at::Tensor &units, const GridSpec &spec) {
+// replaces, so ties keep the larger fraction. A layer of many units is cut into
+// row blocks of about searchBlockElements, which the threads share, each block
+// searched by one thread on its own: a candidate's temporaries then stay in
+// that core's cache, instead of the whole layer streaming through memory a
+// dozen times per candidate, and the threads meet once per layer rather than
+// at every operation. Each unit's arithmetic, its error sum included, is the
+// same as on the whole tensor (test_grid_init compares them bit for bit).
+constexpr int64_t kDefaultSearchBlockElements = int64_t(1) << 18;
+std::atomic<int64_t> searchBlockElements{kDefaultSearchBlockElements};
+
+UnitSearch searchFractionsBlock(const at::Tensor &units, const GridSpec &spec) {
   const Range range = unitRange(units);
   at::Tensor bestError;
   UnitSearch best;
@@ -416,6 +427,29 @@ UnitSearch searchFractions(const at::Tensor &units, const GridSpec &spec) {
     best.fraction = at::where(better, at::full_like(scale, fraction), best.fraction);
   }
   return best;
+}
+
+UnitSearch searchFractions(const at::Tensor &units, const GridSpec &spec) {
+  const int64_t rows = units.size(0), width = std::max<int64_t>(units.size(1), 1);
+  const int64_t blockRows = std::max<int64_t>(searchBlockElements / width, 1);
+  if (rows < 2 * blockRows)
+    return searchFractionsBlock(units, spec);
+  const int64_t blocks = rows / blockRows; // the last one takes the remainder
+  std::vector<UnitSearch> found(size_t(blocks), UnitSearch{});
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t start = b * blockRows;
+      const int64_t length = b + 1 == blocks ? rows - start : blockRows;
+      found[size_t(b)] = searchFractionsBlock(units.narrow(0, start, length), spec);
+    }
+  });
+  std::vector<at::Tensor> scales, zeros, fractions;
+  for (const UnitSearch &f : found) {
+    scales.push_back(f.scale);
+    zeros.push_back(f.zero);
+    fractions.push_back(f.fraction);
+  }
+  return {at::cat(scales), at::cat(zeros), at::cat(fractions)};
 }
 
 // Elements of one [units, sizes, elements] temporary of the 2-D search: three
@@ -598,6 +632,10 @@ UnitSearch searchRangesAndZeros(const at::Tensor &units, const GridSpec &spec) {
 }
 
 } // namespace
+
+int64_t setClipSearchBlockElements(int64_t elements) {
+  return searchBlockElements.exchange(elements > 0 ? elements : kDefaultSearchBlockElements);
+}
 
 int64_t setClipSearchChunkElements(int64_t elements) {
   return searchChunkElements.exchange(elements > 0 ? elements : kDefaultSearchChunkElements);

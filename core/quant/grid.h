@@ -145,6 +145,10 @@ void checkWeightForGrid(const at::Tensor &weight, const GridSpec &spec);
 // zero. See grid.cpp for the exact conventions.
 GridParams computeGridParams(const at::Tensor &weight, const GridSpec &spec);
 
+// Elements per row block of the 1-D search (default 2^18; same result for
+// any size). Tests change it to compare blocks with the whole tensor; <= 0
+// restores the default. Returns the previous value.
+int64_t setClipSearchBlockElements(int64_t elements);
 // Elements per temporary of the 2-D search (three live at once; default 2^21,
 // 24 MB in all). Tests lower it to exercise the chunking; <= 0 restores the
 // default. Returns the previous value.

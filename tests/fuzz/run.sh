@@ -7,7 +7,8 @@
 # inputs are saved in tests/fuzz/crashes/TARGET/.
 #
 # Usage: tests/fuzz/run.sh SECONDS [TARGET...]
-# Environment: LRQ_FUZZ_RUNS (stop a target after this many executions, or
+# Environment: LRQ_FUZZ_JOBS (targets run at once; default: the number of cores),
+# LRQ_FUZZ_RUNS (stop a target after this many executions, or
 # after SECONDS, whichever comes first: the 10-million campaign is
 # `LRQ_FUZZ_RUNS=10000000 tests/fuzz/run.sh 36000`), LRQ_FUZZ_TIMEOUT
 # (seconds of wall time per input, default 1; libFuzzer measures wall time, so
@@ -68,48 +69,69 @@ dictionary_for() {
 # -rss_limit_mb also caps single allocations at 2 GB, so a memory bomb counts.
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 
-failed=0
-summary=()
-for target in "${TARGETS[@]}"; do
-  binary="$BUILD_DIR/$target"
-  log="$BUILD_DIR/$target.log"
-  corpus="$BUILD_DIR/corpus/$target"
-  crashes="$CRASH_DIR/$target"
+# One target's regressions and campaign; its summary line, ending in "  ok"
+# when it passed, goes to $BUILD_DIR/TARGET.summary.
+fuzz_target() {
+  local target="$1"
+  local binary="$BUILD_DIR/$target"
+  local log="$BUILD_DIR/$target.log"
+  local corpus="$BUILD_DIR/corpus/$target"
+  local crashes="$CRASH_DIR/$target"
+  local summary_file="$BUILD_DIR/$target.summary"
   mkdir -p "$corpus" "$crashes"
 
   # Inputs that once crashed must now pass.
-  regressions=("$FUZZ_DIR/regressions/$target"/*)
+  local regressions=("$FUZZ_DIR/regressions/$target"/*)
   if [ -e "${regressions[0]}" ]; then
     if ! "$binary" "${regressions[@]}" >"$log.regressions" 2>&1; then
       echo "$target: a regression input fails again (log: $log.regressions)" >&2
       grep -E "ERROR|FUZZ_CHECK|runtime error|Running:" "$log.regressions" | tail -5 >&2 || true
-      summary+=("$(printf '%-24s REGRESSION FAILED' "$target")")
-      failed=1
-      continue
+      printf '%-24s REGRESSION FAILED\n' "$target" >"$summary_file"
+      return 1
     fi
   fi
 
-  options=(-max_total_time="$SECONDS_PER_TARGET" -timeout="${LRQ_FUZZ_TIMEOUT:-1}" -rss_limit_mb=2048
+  local options=(-max_total_time="$SECONDS_PER_TARGET" -timeout="${LRQ_FUZZ_TIMEOUT:-1}" -rss_limit_mb=2048
     -print_final_stats=1 -artifact_prefix="$crashes/")
   [ -n "${LRQ_FUZZ_RUNS:-}" ] && options+=(-runs="$LRQ_FUZZ_RUNS")
+  local dict
   dict="$(dictionary_for "$target")"
   [ -n "$dict" ] && options+=(-dict="$dict")
+  local before after status=0
   before=$(find "$crashes" -type f | wc -l)
-  status=0
   "$binary" "${options[@]}" "$corpus" "$BUILD_DIR/seeds/$target" >"$log" 2>&1 || status=$?
   after=$(find "$crashes" -type f | wc -l)
+  local execs rate found verdict="ok" result=0
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
   found=$((after - before))
-  verdict="ok"
   if [ "$status" -ne 0 ] || [ "$found" -gt 0 ]; then
     verdict="FAILED (exit $status; log: $log)"
-    failed=1
+    result=1
     grep -E "ERROR|FUZZ_CHECK|runtime error|SUMMARY|Test unit written" "$log" | head -6 >&2 || true
   fi
-  line="$(printf '%-24s executions %10s  exec/s %7s  crashes %d  %s' "$target" "${execs:-?}" \
-    "${rate:-?}" "$found" "$verdict")"
-  echo "$line"
+  printf '%-24s executions %10s  exec/s %7s  crashes %d  %s\n' "$target" "${execs:-?}" \
+    "${rate:-?}" "$found" "$verdict" | tee "$summary_file"
+  return "$result"
+}
+
+# libFuzzer runs one input at a time on one core: the targets run side by side,
+# LRQ_FUZZ_JOBS at once (default: one per core), each for its full SECONDS.
+jobs_max="${LRQ_FUZZ_JOBS:-$(nproc)}"
+[ "$jobs_max" -ge 1 ] 2>/dev/null || jobs_max=1
+failed=0
+for target in "${TARGETS[@]}"; do
+  rm -f "$BUILD_DIR/$target.summary"
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do
+    wait -n || true # each verdict is read from its summary file below
+  done
+  fuzz_target "$target" &
+done
+wait
+summary=()
+for target in "${TARGETS[@]}"; do
+  line="$(cat "$BUILD_DIR/$target.summary" 2>/dev/null || printf '%-24s NO RESULT' "$target")"
+  [[ "$line" == *"  ok" ]] || failed=1
   summary+=("$line")
 done
 
