@@ -71,8 +71,10 @@ private slots:
              qPrintable(QString::number(m["bits_per_weight"].toDouble(), 'g', 12)));
 
     // The HF export loads in `lrq eval` and reproduces the run's perplexity on the same windows.
+    // Evaluations below use the run's thread count: the same windows, shapes and
+    // threads give the same bits (KL and top-1 equal to the run's).
     Result e = runLrq({"eval", dir_.filePath("rtn-export"), "--seq-len", "128", "--max-windows",
-                       "2", "--json", "--quiet"});
+                       "2", "--json", "--quiet", "--threads", "2"});
     QVERIFY2(e.exitCode == 0, qPrintable(e.err));
     const double exported = lrq::test::parseJson(e)["perplexity"].toDouble();
     QVERIFY2(std::abs(exported - ppl) / ppl < 1e-4,
@@ -80,7 +82,7 @@ private slots:
 
     // `eval --reference` measures the same KL as the run did.
     Result k = runLrq({"eval", dir_.filePath("rtn-export"), "--reference", "default", "--seq-len",
-                       "128", "--max-windows", "2", "--json", "--quiet"});
+                       "128", "--max-windows", "2", "--json", "--quiet", "--threads", "2"});
     QVERIFY2(k.exitCode == 0, qPrintable(k.err));
     QJsonObject kj = lrq::test::parseJson(k);
     QVERIFY(std::abs(kj["kl"].toDouble() - m["kl"].toDouble()) < 1e-4);
@@ -97,8 +99,9 @@ private slots:
     QVERIFY(ood.open(QIODevice::WriteOnly));
     ood.write(t.out);
     ood.close();
-    Result o = runLrq({"eval", dir_.filePath("rtn-export"), "--reference", "default", "--text",
-                       oodPath, "--seq-len", "128", "--max-windows", "2", "--json", "--quiet"});
+    Result o =
+        runLrq({"eval", dir_.filePath("rtn-export"), "--reference", "default", "--text", oodPath,
+                "--seq-len", "128", "--max-windows", "2", "--json", "--quiet", "--threads", "2"});
     QVERIFY2(o.exitCode == 0, qPrintable(o.err));
     QJsonObject oj = lrq::test::parseJson(o);
     qInfo("RTN W4A16 out of domain: perplexity %.3f (reference %.3f), KL %.4f, top-1 %.4f",
