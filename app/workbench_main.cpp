@@ -9,6 +9,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <clocale>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -48,6 +49,9 @@ int fail(const QString &message) {
 int main(int argc, char **argv) {
   preferOffscreenForScreenshots(argc, argv);
   QApplication app(argc, argv);
+  // QApplication took LC_ALL from the environment; printf and strtod in the
+  // libraries below keep '.' as the decimal separator (as Qt's docs advise).
+  std::setlocale(LC_NUMERIC, "C");
   QApplication::setOrganizationName(QStringLiteral("lrq-workbench"));
   QApplication::setApplicationName(QStringLiteral("LRQ Workbench"));
   QApplication::setApplicationVersion(lrq::ui::applicationVersion());

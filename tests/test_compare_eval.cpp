@@ -160,7 +160,11 @@ private slots:
     QVERIFY(r.meanKl > 1e-4); // W3 must visibly change the distribution
     QVERIFY2(std::abs(r.meanKl - ref.value("mean_kl").toDouble()) < 1e-5, "mean KL");
     QVERIFY2(std::abs(r.maxKl - ref.value("max_kl").toDouble()) < 1e-5, "max KL");
-    QVERIFY2(std::abs(r.top1Agreement - ref.value("top1").toDouble()) < 1e-12, "top-1");
+    // float32 here, float64 in numpy: a position whose two best logits are
+    // within rounding may go either way, so one token of the count may differ.
+    QVERIFY2(std::abs(r.top1Agreement - ref.value("top1").toDouble()) <=
+                 1.0 / double(r.tokens) + 1e-12,
+             "top-1");
     QVERIFY(std::abs(r.meanNll - ref.value("nll").toDouble()) < 1e-5);
     QVERIFY(std::abs(r.referenceMeanNll - ref.value("ref_nll").toDouble()) < 1e-5);
   }

@@ -268,14 +268,22 @@ private slots:
     const at::Tensor logits = model.forward(at::tensor(ids, at::kLong).view({1, -1}))[0];
     const double diff = maxAbsDiff(logits, ref);
     const double scale = ref.abs().max().item<double>();
-    const double agree = logits.argmax(-1).eq(ref.argmax(-1)).to(at::kDouble).mean().item<double>();
+    const at::Tensor same = logits.argmax(-1).eq(ref.argmax(-1));
+    const double agree = same.to(at::kDouble).mean().item<double>();
+    // Top-1 is only defined up to the logits' tolerance: where numpy's two best
+    // logits are closer than 2e-3, float32 rounding on another CPU (or thread
+    // count) may pick the other one.
+    const at::Tensor top2 = std::get<0>(ref.topk(2, -1));
+    const at::Tensor decided = (top2.select(1, 0) - top2.select(1, 1)) > 2e-3;
     qInfo("SmolLM2-135M: max |ours - numpy| = %.3g over 48x%lld logits (max |logit| %.3g), "
-          "top-1 agreement %.3f",
-          diff, static_cast<long long>(V), scale, agree);
+          "top-1 agreement %.3f (%lld of 48 positions with a top-2 margin over 2e-3)",
+          diff, static_cast<long long>(V), scale, agree,
+          static_cast<long long>(decided.sum().item<int64_t>()));
     // float32 through 30 blocks vs float64 is ~1e-4 of rounding; a wrong
     // convention (rotary layout, GQA grouping, norm) gives differences of O(1).
     QVERIFY2(diff < 1e-3, qPrintable(QString::number(diff)));
-    QCOMPARE(agree, 1.0);
+    QVERIFY(decided.sum().item<int64_t>() >= 40);
+    QVERIFY(same.masked_select(decided).all().item<bool>());
   }
 };
 

@@ -60,8 +60,11 @@ private slots:
 
     // Lower bits: bigger error.
     shown.clear();
+    QElapsedTimer one;
+    one.start();
     view.setBits(2);
     QVERIFY(waitGrid(shown));
+    const qint64 oneMs = one.elapsed(); // one change, computed and shown
     QVERIFY(view.gridResult()->relativeError > 2 * err4);
 
     // A burst of changes: the UI thread is not blocked (each setter returns at
@@ -77,7 +80,11 @@ private slots:
     view.setBits(3);
     view.setGroupSize(32);
     view.setClipRatio(0.9);
-    QVERIFY2(t.elapsed() < 500, qPrintable(QString::number(t.elapsed())));
+    // Setters that computed in place would take 17 computations; on a loaded
+    // machine even queuing them can take a while, so the bound scales with one
+    // computation's wall time measured above.
+    QVERIFY2(t.elapsed() < std::max<qint64>(500, 3 * oneMs),
+             qPrintable(QString("%1 ms (one change: %2 ms)").arg(t.elapsed()).arg(oneMs)));
     while (view.gridResult() == nullptr || view.gridResult()->grid.find("W3") != 0 ||
            view.gridResult()->grid.find("g32") == std::string::npos ||
            view.gridResult()->grid.find("0.90") == std::string::npos)

@@ -74,13 +74,15 @@ private slots:
              qPrintable(QString::number(m["bits_per_weight"].toDouble(), 'g', 12)));
 
     // Three independent commands at once: the export evaluated alone and
-    // against the reference, and the out-of-domain text printed.
-    const QList<Result> results =
-        lrq::test::runLrqTogether({{"eval", dir_.filePath("rtn-export"), "--seq-len", "128",
-                                    "--max-windows", "2", "--json", "--quiet"},
-                                   {"eval", dir_.filePath("rtn-export"), "--reference", "default",
-                                    "--seq-len", "128", "--max-windows", "2", "--json", "--quiet"},
-                                   {"text", "--part", "out-of-domain"}});
+    // against the reference, and the out-of-domain text printed. The
+    // evaluations use the run's thread count: the same windows, shapes and
+    // threads give the same bits (KL and top-1 equal to the run's).
+    const QList<Result> results = lrq::test::runLrqTogether(
+        {{"eval", dir_.filePath("rtn-export"), "--seq-len", "128", "--max-windows", "2", "--json",
+          "--quiet", "--threads", "2"},
+         {"eval", dir_.filePath("rtn-export"), "--reference", "default", "--seq-len", "128",
+          "--max-windows", "2", "--json", "--quiet", "--threads", "2"},
+         {"text", "--part", "out-of-domain"}});
 
     // The HF export loads in `lrq eval` and reproduces the run's perplexity on the same windows.
     const Result &e = results[0];
@@ -107,8 +109,9 @@ private slots:
     QVERIFY(ood.open(QIODevice::WriteOnly));
     ood.write(t.out);
     ood.close();
-    Result o = runLrq({"eval", dir_.filePath("rtn-export"), "--reference", "default", "--text",
-                       oodPath, "--seq-len", "128", "--max-windows", "2", "--json", "--quiet"});
+    Result o =
+        runLrq({"eval", dir_.filePath("rtn-export"), "--reference", "default", "--text", oodPath,
+                "--seq-len", "128", "--max-windows", "2", "--json", "--quiet", "--threads", "2"});
     QVERIFY2(o.exitCode == 0, qPrintable(o.err));
     QJsonObject oj = lrq::test::parseJson(o);
     qInfo("RTN W4A16 out of domain: perplexity %.3f (reference %.3f), KL %.4f, top-1 %.4f",

@@ -57,6 +57,15 @@ void setSpin(QWidget *w, int value) {
   spin->setValue(value);
 }
 
+// The form checks itself 150 ms after an edit (a single-shot timer). qWait
+// returns once its time is up without processing events again, so on a busy
+// machine that wakes this thread late the check could still be pending:
+// process the overdue timer too.
+void waitForLiveCheck() {
+  QTest::qWait(300);
+  QCoreApplication::processEvents();
+}
+
 } // namespace
 
 class TestQuantizeView : public QObject {
@@ -92,7 +101,7 @@ class TestQuantizeView : public QObject {
   QString runToEnd() {
     QSignalSpy finished(controller(), &QuantizeController::finished);
     QSignalSpy failed(controller(), &QuantizeController::failed);
-    QTest::qWait(300); // the form's live check
+    waitForLiveCheck();
     if (!view()->startButton()->isEnabled()) {
       qWarning("%s", qPrintable(view()->problemText()));
       return {};
@@ -160,7 +169,7 @@ private slots:
     QCOMPARE(r.samples, int64_t(16));
     QCOMPARE(std::get<int64_t>(r.hyperparameters.at("iters")), int64_t(50));
     // LRQ at rank 0 (min/4) learns 1,333,248 parameters per block of the default model.
-    QTest::qWait(300);
+    waitForLiveCheck();
     QCOMPARE(view()->learnablePerBlock(), qint64(1333248));
     // W3A16-g128: 3 bits + (16 + 3) bits per 128 weights (ragged last groups count whole).
     QVERIFY2(view()->bitsPerWeight() > 3.14 && view()->bitsPerWeight() < 3.17,
@@ -188,7 +197,7 @@ private slots:
     smallSettings();
     QWidget *lr = view()->field("hyperparameters.lr");
     setText(lr, "5");
-    QTest::qWait(300);
+    waitForLiveCheck();
     QVERIFY(!view()->startButton()->isEnabled());
     QVERIFY2(view()->problemText().contains("lr"), qPrintable(view()->problemText()));
     QVERIFY(!lr->styleSheet().isEmpty());                          // the field is marked
@@ -196,7 +205,7 @@ private slots:
     setText(lr, "0.003");
 
     setText(view()->field("calibration_text"), dir_.filePath("missing.txt"));
-    QTest::qWait(300);
+    waitForLiveCheck();
     QVERIFY(!view()->startButton()->isEnabled());
     QVERIFY(view()->problemText().contains("missing.txt"));
     QFile latin1(dir_.filePath("latin1.txt"));
@@ -204,7 +213,7 @@ private slots:
     latin1.write("caf\xe9\n");
     latin1.close();
     setText(view()->field("calibration_text"), latin1.fileName());
-    QTest::qWait(300);
+    waitForLiveCheck();
     QVERIFY(view()->problemText().contains("UTF-8"));
     setText(view()->field("calibration_text"), QString());
 
@@ -214,14 +223,14 @@ private slots:
     corrupt.write(QByteArray(4096, 'x'));
     corrupt.close();
     setText(view()->field("store"), corrupt.fileName());
-    QTest::qWait(300);
+    waitForLiveCheck();
     QSignalSpy rejected(controller(), &QuantizeController::rejected);
     view()->startRun();
     QVERIFY(!controller()->isRunning());
     QCOMPARE(rejected.count(), 1);
     QVERIFY2(view()->problemText().contains("corrupt.sqlite"), qPrintable(view()->problemText()));
     setText(view()->field("store"), store_);
-    QTest::qWait(300);
+    waitForLiveCheck();
     QVERIFY2(view()->startButton()->isEnabled(), qPrintable(view()->problemText()));
     QVERIFY(!QFile::exists(store_)); // nothing ran
   }
@@ -319,7 +328,7 @@ private slots:
     setSpin(view()->field("hyperparameters.iters"), 400);
     QSignalSpy cancelled(controller(), &QuantizeController::cancelled);
     QSignalSpy events(controller(), &QuantizeController::eventsReady);
-    QTest::qWait(300);
+    waitForLiveCheck();
     view()->startRun();
     QVERIFY(controller()->isRunning());
     // Cancel once the first iterations arrived.

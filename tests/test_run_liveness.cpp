@@ -13,9 +13,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <clocale>
 #include <fstream>
 #include <string>
 
+#include "core/common/c_number.h"
 #include "core/runs/run_recorder.h"
 #include "core/runs/run_store.h"
 
@@ -144,6 +146,31 @@ private slots:
     QCOMPARE(parseIsoUtc("garbage"), 0.0);
     const double now = unixNow();
     QVERIFY(std::abs(parseIsoUtc(formatIsoUtc(now)) - now) < 0.001);
+  }
+
+  // Qt programs take LC_ALL from the environment (QCoreApplication calls
+  // setlocale): under a decimal comma, times and numbers as text keep '.'.
+  void numbersIgnoreTheLocale() {
+    const std::string saved = std::setlocale(LC_NUMERIC, nullptr);
+    bool comma = false;
+    for (const char *name : {"de_DE.UTF-8", "de_DE.utf8", "fr_FR.UTF-8", "de_DE", "fr_FR"})
+      if (std::setlocale(LC_NUMERIC, name) && std::localeconv()->decimal_point[0] == ',') {
+        comma = true;
+        break;
+      }
+    if (!comma) {
+      std::setlocale(LC_NUMERIC, saved.c_str());
+      QSKIP("no locale with a decimal comma is installed");
+    }
+    const double heartbeat = parseIsoUtc("1970-01-01T00:01:40.250Z");
+    const std::string half = formatNumberC("%.2f", 0.5);
+    size_t used = 0;
+    const double quarter = parseNumberC("0.25", &used);
+    std::setlocale(LC_NUMERIC, saved.c_str());
+    QCOMPARE(heartbeat, 100.25);
+    QCOMPARE(half, std::string("0.50"));
+    QCOMPARE(quarter, 0.25);
+    QCOMPARE(used, size_t(4));
   }
 
   void storeShowsInterruptedRuns() {

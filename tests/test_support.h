@@ -36,7 +36,7 @@ inline QString outputDir() {
 // Runs a reference script under tests/reference with the configured Python;
 // returns stdout, or an empty string with *error set on failure.
 inline QByteArray runReference(const QString &script, const QStringList &args, QString *error,
-                               int timeoutMs = 600000) {
+                               int timeoutMs = 1200000) {
   QProcess proc;
   QStringList full{QDir(QStringLiteral(LRQ_SOURCE_DIR)).filePath("tests/reference/" + script)};
   full << args;
@@ -58,7 +58,7 @@ struct Result {
   QString err;
 };
 
-inline Result runLrq(const QStringList &args, int timeoutMs = 600000) {
+inline Result runLrq(const QStringList &args, int timeoutMs = 1200000) {
   QProcess proc;
   proc.start(QDir(QStringLiteral(LRQ_BINARY_DIR)).filePath("app/lrq"), args);
   Result r;

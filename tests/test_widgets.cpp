@@ -163,7 +163,9 @@ private slots:
     qInfo("default model loaded in %lld ms; openModel() returned after %lld ms; longest UI "
           "stall %lld ms",
           loadMs, callMs, worstGap);
-    QVERIFY2(callMs < 500, "openModel blocked the UI thread");
+    // A blocking openModel() would take the whole load; the bound grows with
+    // the load time so that a slow (busy) machine does not fail a correct build.
+    QVERIFY2(callMs < std::max<qint64>(500, loadMs / 3), "openModel blocked the UI thread");
     QVERIFY2(worstGap < std::max<qint64>(2000, loadMs / 3), "UI thread stalled while loading");
     QVERIFY(controller()->hasModel());
     QCOMPARE(QString::fromStdString(controller()->summary()->path), modelPath_);

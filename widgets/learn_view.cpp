@@ -229,6 +229,7 @@ struct LearnView::FitRelay : public ProgressObserver {
 };
 
 LearnView::LearnView(QWidget *parent) : QWidget(parent) {
+  jobs_.setMaxThreadCount(4);
   buildUi();
   connect(&gridWatcher_, &QFutureWatcher<void>::finished, this, &LearnView::onGridDone);
   connect(&fitWatcher_, &QFutureWatcher<void>::finished, this, &LearnView::onFitDone);
@@ -849,7 +850,7 @@ void LearnView::loadLayer() {
     QString error;
   };
   auto out = std::make_shared<Loaded>();
-  QFuture<void> future = runConcurrently([=] {
+  QFuture<void> future = runConcurrently(&jobs_, [=] {
     try {
       if (synthetic) {
         out->layer = std::make_shared<const LessonLayer>(lesson::syntheticLayer());
@@ -939,7 +940,7 @@ void LearnView::startGrid() {
   job->wantSweep = job->sweepKey != sweepKey_;
   gridJob_ = job;
   ++gridComputations_;
-  gridWatcher_.setFuture(runConcurrently([job] {
+  gridWatcher_.setFuture(runConcurrently(&jobs_, [job] {
     try {
       job->result = lesson::gridLesson(*job->layer, job->options);
       if (job->wantSweep)
@@ -1156,7 +1157,7 @@ void LearnView::startActivations() {
   job->layer = layer_;
   job->options.alpha = alpha_->value() / 100.0;
   actJob_ = job;
-  actWatcher_.setFuture(runConcurrently([job] {
+  actWatcher_.setFuture(runConcurrently(&jobs_, [job] {
     try {
       job->result = lesson::activationLesson(*job->layer, job->options);
     } catch (const std::exception &e) {
@@ -1272,7 +1273,7 @@ void LearnView::runFit() {
   auto relay = fitRelay_;
   auto cancel = fitCancel_;
   fitTimer_->start();
-  fitWatcher_.setFuture(runConcurrently([layer, relay, cancel, o] {
+  fitWatcher_.setFuture(runConcurrently(&jobs_, [layer, relay, cancel, o] {
     try {
       relay->result = lesson::fitLesson(*layer, o, relay.get(), cancel.get());
     } catch (const lrq::Cancelled &) {

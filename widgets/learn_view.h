@@ -10,6 +10,7 @@
 #include <QFutureWatcher>
 #include <QList>
 #include <QString>
+#include <QThreadPool>
 #include <QWidget>
 
 #include <future>
@@ -133,6 +134,11 @@ private:
   std::unique_ptr<lrq::lesson::ActivationLessonResult> act_;
   QString sweepKey_; // symmetric/clip/layer the sweep was computed for
 
+  // The view's own threads, one per kind of job (layer, grid, activations,
+  // fit). Not Qt's global pool: the raster paint engine splits large fills
+  // over that pool and waits for them on the UI thread, so a long fit there
+  // (one thread on a one-CPU machine) froze painting until it ended.
+  QThreadPool jobs_;
   // Layer loading (latest request wins).
   int layerTicket_ = 0;
   QFutureWatcher<void> layerWatcher_;

@@ -2,6 +2,7 @@
 
 #include <cstdio>
 
+#include "core/common/c_number.h"
 #include "core/common/error.h"
 
 namespace lrq {
@@ -29,9 +30,7 @@ const ArchitectureInfo *findArchitecture(const std::string &name) {
 }
 
 std::string numberText(double x) {
-  char text[32];
-  std::snprintf(text, sizeof text, "%g", x);
-  return text;
+  return formatNumberC("%g", x);
 }
 
 [[noreturn]] void fail(const GgufReader &g, const std::string &problem) {

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/common/c_number.h"
 #include "core/common/error.h"
 #include "core/common/json_limits.h"
 #include "core/common/text_escape.h"
@@ -234,9 +235,7 @@ std::string packedGridProblem(const float *scales, const float *zeroPoints, size
     const float reach = std::max(std::fabs(float(qmin) - z), std::fabs(float(qmax) - z));
     const float largest = std::fabs(s) * reach;
     if (!std::isfinite(largest) || double(largest) >= limit) {
-      char step[32];
-      std::snprintf(step, sizeof step, "%g", double(s));
-      return std::string("a step of ") + step + " makes dequantized values overflow " +
+      return "a step of " + formatNumberC("%g", double(s)) + " makes dequantized values overflow " +
              (valueDtype.empty() ? std::string("float32") : valueDtype);
     }
   }

@@ -19,6 +19,7 @@
 #include <mutex>
 
 #include "core/analysis/tensor_analysis.h"
+#include "core/common/c_number.h"
 #include "core/common/error.h"
 #include "core/data/default_assets.h"
 #include "core/io/model_loader.h"
@@ -153,9 +154,7 @@ at::Tensor learnedCodes(const quant::LearnedRoundingLayer &layer, const at::Tens
 }
 
 std::string fmt(const char *format, double value) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, format, value);
-  return buf;
+  return formatNumberC(format, value);
 }
 
 } // namespace

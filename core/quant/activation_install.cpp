@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <utility>
 
+#include "core/common/c_number.h"
 #include "core/common/error.h"
 #include "core/quant/calibration_runner.h"
 #include "core/quant/transform_capture.h"
@@ -15,9 +16,7 @@ namespace lrq::quant {
 namespace {
 
 std::string formatDouble(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.6g", v);
-  return buf;
+  return formatNumberC("%.6g", v);
 }
 
 bool isOurs(const std::shared_ptr<const TensorTransform> &t) {

@@ -2,6 +2,7 @@
 
 #include <cstdio>
 
+#include "core/common/c_number.h"
 #include "core/common/error.h"
 
 namespace lrq::quant {
@@ -95,9 +96,7 @@ const char *ggufBlockTypeFor(const GridSpec &spec) {
 }
 
 std::string formatClipNorm(double clipNorm) {
-  char text[32];
-  std::snprintf(text, sizeof text, "%g", clipNorm);
-  return text;
+  return formatNumberC("%g", clipNorm);
 }
 
 std::string GridSpec::describe() const {

@@ -7,6 +7,7 @@
 #include <map>
 #include <set>
 
+#include "core/common/c_number.h"
 #include "core/common/error.h"
 #include "core/common/json_limits.h"
 
@@ -26,12 +27,7 @@ std::string formatNumber(double v) {
     return "nan";
   if (std::isinf(v))
     return v > 0 ? "inf" : "-inf";
-  char buf[40];
-  if (v == std::floor(v) && std::fabs(v) < 1e15)
-    std::snprintf(buf, sizeof buf, "%.0f", v);
-  else
-    std::snprintf(buf, sizeof buf, "%.6g", v);
-  return buf;
+  return formatNumberC(v == std::floor(v) && std::fabs(v) < 1e15 ? "%.0f" : "%.6g", v);
 }
 
 Cell numberCell(double v) {

@@ -14,6 +14,8 @@
 #include <sstream>
 #include <vector>
 
+#include "core/common/c_number.h"
+
 namespace lrq {
 namespace {
 
@@ -144,9 +146,12 @@ double unixNow() {
 }
 
 double parseIsoUtc(const std::string &iso) {
-  int y = 0, mo = 0, d = 0, h = 0, mi = 0;
-  double s = 0;
-  if (std::sscanf(iso.c_str(), "%d-%d-%dT%d:%d:%lf", &y, &mo, &d, &h, &mi, &s) != 6)
+  int y = 0, mo = 0, d = 0, h = 0, mi = 0, at = 0;
+  if (std::sscanf(iso.c_str(), "%d-%d-%dT%d:%d:%n", &y, &mo, &d, &h, &mi, &at) != 5 || at == 0)
+    return 0;
+  size_t used = 0; // the seconds in C notation, whatever the locale (%lf is not)
+  const double s = parseNumberC(iso.substr(size_t(at)), &used);
+  if (used == 0)
     return 0;
   std::tm t{};
   t.tm_year = y - 1900;

@@ -9,6 +9,7 @@
 #include <set>
 #include <sstream>
 
+#include "core/common/c_number.h"
 #include "core/data/default_assets.h"
 #include "core/io/gguf_writer.h"
 #include "core/quant/compressed_tensors_scheme.h"
@@ -381,12 +382,7 @@ OptionValue parseOptionValue(const RequestOption &o, const std::string &text) {
   }
   case ValueType::Number: {
     size_t used = 0;
-    double v = 0;
-    try {
-      v = std::stod(text, &used);
-    } catch (const std::exception &) {
-      used = 0;
-    }
+    const double v = parseNumberC(text, &used); // std::stod follows the locale's separator
     if (used == 0 || used != text.size() || !std::isfinite(v))
       throw bad("must be a number");
     if (v < o.minimum || v > o.maximum)
