@@ -3,6 +3,7 @@
 
 usage: bench/recon_experiment.py [--lrq build/app/lrq] [--store FILE] [--out FILE.md]
                                  [--long-iters 400] [--skip-long] [--reuse-short FILE.json]
+                                 [--extra-long METHOD:LR ...]
 
 Scheme W3A16 on blocks 0-3 of the default model, demo calibration (16 x 128 tokens):
   1. 50 iterations: FlexRound at 3e-3 and 1e-2, LRQ at 3e-3, 1e-2 and 2e-2, and
@@ -111,6 +112,8 @@ def main():
     ap.add_argument("--out", default="docs/RECON_EXPERIMENT.md")
     ap.add_argument("--long-iters", type=int, default=400)
     ap.add_argument("--skip-long", action="store_true")
+    ap.add_argument("--extra-long", metavar="METHOD:LR", action="append", default=[],
+                    help="another --long-iters run beside the best rates (repeatable), e.g. lrq:0.01")
     ap.add_argument("--reuse-short", metavar="FILE.json",
                     help="the 50-iteration rows of an earlier run, instead of running them")
     args = ap.parse_args()
@@ -145,6 +148,11 @@ def main():
                      ("--rank", "1000000"))
         print(describe(r), file=sys.stderr)
         long.append(r)
+        for spec in args.extra_long:
+            method, lr = spec.split(":")
+            r = quantize(args, scheme_path, method, float(lr), args.long_iters)
+            print(describe(r), file=sys.stderr)
+            long.append(r)
 
     header = ["| method | lr | iters | per block: train/held-out loss (blocks 0-3) | "
               "train mean | held-out mean | KL in | KL ood | top-1 in % | seconds |",
