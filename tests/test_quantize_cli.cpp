@@ -33,12 +33,13 @@ class TestQuantizeCli : public QObject {
   QString store_;
   QString rtnRun_, lqerRun_;
 
-  // A small, fast run: few calibration windows, one evaluation window.
+  // A small, fast run: few calibration windows, two evaluation windows, no
+  // spectra (test_run_spectra checks those; here they would be 420 SVDs).
   QStringList quick(const QString &method, const QString &scheme) const {
-    return {"quantize",       "default", "--method",  method, "--scheme",       scheme,
-            "--nsamples",     "4",       "--seq-len", "64",   "--eval-seq-len", "128",
-            "--eval-windows", "2",       "--store",   store_, "--json",         "--quiet",
-            "--threads",      "2"};
+    return {"quantize",       "default", "--method",    method, "--scheme",       scheme,
+            "--nsamples",     "4",       "--seq-len",   "64",   "--eval-seq-len", "128",
+            "--eval-windows", "2",       "--store",     store_, "--json",         "--quiet",
+            "--threads",      "2",       "--no-spectra"};
   }
 
 private slots:
