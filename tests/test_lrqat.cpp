@@ -463,6 +463,67 @@ private slots:
     }
   }
 
+  // The training kernels (Ŵ derived in each linear's forward and again in its
+  // backward, gradients in closed form) against autograd through
+  // lrqatFakeWeight on the whole tiny model, with A away from zero so that
+  // every term of the gradient counts (asymmetric groups of 16): the same loss
+  // to the bit and the same gradients of A, B and s for every layer, though all
+  // layers share one set of scratch buffers.
+  void kernelsGiveAutogradsGradients() {
+    std::unique_ptr<DecoderModel> model = tinyModel();
+    const GridSpec spec = makeSpec(3, false, Granularity::PerGroup, 16);
+    std::vector<LrqatLayer> layers;
+    std::vector<Linear *> linears;
+    std::vector<at::Tensor> originals;
+    for (auto &b : model->weights().blocks)
+      for (auto &[role, lin] : blockLinears(model->config(), b)) {
+        (void)role;
+        layers.push_back(initLrqatLayer(lin->weight, spec, 4, 4.0, 11 + layers.size()));
+        at::NoGradGuard noGrad;
+        layers.back().a.copy_(at::randn_like(layers.back().a) * 0.3);
+        linears.push_back(lin);
+        originals.push_back(lin->weight);
+      }
+    const at::Tensor tokens = tiny_.longTokens.narrow(1, 0, 32);
+    auto lossOf = [&] {
+      const at::Tensor logits = model->forward(tokens);
+      return at::nll_loss(at::log_softmax(logits.narrow(1, 0, 31).reshape({31, -1}), -1),
+                          tokens.narrow(1, 1, 31).reshape({-1}));
+    };
+
+    // Autograd: Ŵ with its graph into A, B and s.
+    for (size_t i = 0; i < layers.size(); ++i)
+      linears[i]->weight = lrqatFakeWeight(layers[i]);
+    const at::Tensor reference = lossOf();
+    reference.backward();
+
+    // The kernels, the model's weights back to W0 (unused while a kernel is set).
+    std::vector<LrqatGradients> grads(layers.size());
+    LrqatScratch scratch;
+    std::vector<LrqatLinearState> states(layers.size());
+    for (size_t i = 0; i < layers.size(); ++i) {
+      linears[i]->weight = originals[i];
+      states[i].layer = &layers[i];
+      states[i].grads = &grads[i];
+      states[i].scratch = &scratch;
+      linears[i]->kernel = makeLrqatKernel(&states[i]);
+    }
+    const at::Tensor loss = lossOf();
+    loss.backward();
+    for (Linear *l : linears)
+      l->kernel.reset();
+    QCOMPARE(loss.item<double>(), reference.item<double>());
+    auto close = [](const at::Tensor &got, const at::Tensor &want) {
+      const double scale = want.abs().max().item<double>();
+      return scale > 0 && (got - want).abs().max().item<double>() <= 1e-5 * scale;
+    };
+    for (size_t i = 0; i < layers.size(); ++i) {
+      QVERIFY2(close(grads[i].a, layers[i].a.grad()), qPrintable(QString::number(i)));
+      QVERIFY2(close(grads[i].b, layers[i].b.grad()), qPrintable(QString::number(i)));
+      QVERIFY2(close(grads[i].scale, layers[i].scale.grad()), qPrintable(QString::number(i)));
+    }
+  }
+
   // Training on the tiny model: the loss on the training windows falls, events
   // arrive, the merge leaves plain weights on the grid, same seed -> same bits.
   void trainsMergesAndReproducesOnTinyModel() {

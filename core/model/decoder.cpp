@@ -29,7 +29,9 @@ at::ScalarType computeType(at::ScalarType t) {
 
 at::Tensor linear(const at::Tensor &x2d, const Linear &l) {
   const at::Tensor x = l.inputTransform ? l.inputTransform->apply(x2d) : x2d;
-  at::Tensor y = l.bias.defined() ? at::addmm(l.bias, x, l.weight.t()) : at::mm(x, l.weight.t());
+  at::Tensor y = l.kernel           ? l.kernel->apply(x)
+                 : l.bias.defined() ? at::addmm(l.bias, x, l.weight.t())
+                                    : at::mm(x, l.weight.t());
   if (l.lowRankA.defined()) {
     const at::Tensor xa = at::mm(x, l.lowRankA);
     y = recordsGraph() ? at::addmm(y, xa, l.lowRankB) : y.addmm_(xa, l.lowRankB);

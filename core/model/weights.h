@@ -22,6 +22,15 @@ public:
   virtual std::string describe() const = 0;
 };
 
+// Stands in for x W^T + b where the weight is computed rather than stored:
+// LR-QAT training derives each linear's Ŵ from its state in the forward and
+// again in the backward, so no Ŵ stays in memory between the two.
+class LinearKernel {
+public:
+  virtual ~LinearKernel() = default;
+  virtual at::Tensor apply(const at::Tensor &x2d) const = 0; // x2d [tokens, in] -> [tokens, out]
+};
+
 struct Linear {
   at::Tensor weight; // [out, in]
   at::Tensor bias;   // [out] or undefined
@@ -31,6 +40,8 @@ struct Linear {
   std::shared_ptr<const TensorTransform> outputTransform;
   at::Tensor lowRankA; // [in, k] (LQER error reconstruction), or undefined
   at::Tensor lowRankB; // [k, out]
+  // While set (during LR-QAT training only), T_in(x) W^T + b is kernel->apply(T_in(x)).
+  std::shared_ptr<const LinearKernel> kernel;
 };
 
 struct NormWeights {

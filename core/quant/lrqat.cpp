@@ -4,20 +4,22 @@
 // cross-entropy through the whole model, then merged into plain integer codes.
 // Per-layer math in lrqat_layer.h.
 //
-// Memory and speed: each step the fake-quantized Ŵ of every linear is computed
-// without a graph (one fused pass, lrqatForward) and handed to the decoder as a
-// leaf requiring grad; during the model's backward, a hook on each leaf turns
-// dL/dŴ into the straight-through gradients of A, B and s in closed form
-// (lrqatBackward, checked against autograd in the tests) as soon as the
-// engine delivers it, and drops the dŴ delivered before. No elementwise graph
-// of the weights is kept: the resident extra is Ŵ and the int16 codes of every
-// linear, dL/dŴ of at most two, plus the activations of one batch.
+// Memory and speed: every selected linear computes y = x Ŵᵀ through a custom
+// autograd function (LrqatLinearFunction). Its forward derives Ŵ from Φ0, A, B
+// and s without a graph (one fused pass, lrqatForward), multiplies, and keeps
+// only x; its backward derives Ŵ and the codes again from the same state, gives
+// dL/dx, and turns dL/dŴ into the straight-through gradients of A, B and s in
+// closed form (lrqatBackward, checked against autograd in the tests). No Ŵ,
+// codes or dL/dŴ outlive one layer's forward or backward: the resident extra is
+// Φ0 (int8), A, B, s with their AdamW moments, and the activations of one
+// batch. The price is computing Ŵ twice per step.
 #include <ATen/ATen.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <malloc.h>
 #include <memory>
 #include <random>
 #include <set>
@@ -135,14 +137,17 @@ private:
 };
 
 // Puts the original weights back unless dismissed: a failed or cancelled run
-// leaves the full-precision model, never a half-trained one.
+// leaves the full-precision model, never a half-trained one. Removes the
+// training kernels in every case.
 class RestoreGuard {
 public:
   explicit RestoreGuard(std::vector<Target> &targets) : targets_(targets) {}
   ~RestoreGuard() {
-    if (armed_)
-      for (Target &t : targets_)
+    for (Target &t : targets_) {
+      t.linear->kernel.reset();
+      if (armed_)
         t.linear->weight = t.original;
+    }
   }
   void dismiss() { armed_ = false; }
   RestoreGuard(const RestoreGuard &) = delete;
@@ -335,10 +340,6 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
     }
     learnable += layers.back().learnableParams();
   }
-  // Codes of the initial state (RTN on the downcast grid), to report how many moved.
-  std::vector<at::Tensor> initialCodes;
-  for (const LrqatLayer &l : layers)
-    initialCodes.push_back(lrqatMergedCodes(l).to(at::kChar));
 
   RestoreGuard restore(targets);
   std::vector<Linear *> trained;
@@ -348,7 +349,21 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
   if (quantizeActivations)
     activations = std::make_unique<TrainingActivations>(ctx.model, scheme, trained);
   std::vector<AdamState> adam(layers.size() * 3);
-  std::vector<at::Tensor> codes(layers.size()); // unclamped codes of this step's forward
+  // Every trained linear computes through its kernel until the guard removes it.
+  std::vector<LrqatGradients> grads(layers.size());
+  double secForwardWeights = 0.0, secBackward = 0.0;
+  LrqatScratch scratch;
+  std::vector<LrqatLinearState> states(layers.size());
+  for (size_t i = 0; i < layers.size(); ++i) {
+    states[i] = {&layers[i],
+                 targets[i].linear->bias,
+                 targets[i].original.scalar_type(),
+                 &grads[i],
+                 &scratch,
+                 &secForwardWeights,
+                 &secBackward};
+    targets[i].linear->kernel = makeLrqatKernel(&states[i]);
+  }
   const int64_t warmup = int64_t(std::llround(warmupFraction * double(steps)));
   auto lrFactor = [&](int64_t step) { // step counts from 0
     if (step < warmup)
@@ -402,40 +417,17 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
   auto since = [](Clock::time_point t) {
     return std::chrono::duration<double>(Clock::now() - t).count();
   };
-  // Where a step's time goes; the hooks' closed-form gradients run inside the
-  // model's backward and are counted with the AdamW updates, not the model.
-  double secWeights = 0.0, secModel = 0.0, secLayers = 0.0, secHooks = 0.0;
+  // Where a step's time goes; Ŵ in the kernels' forwards counts as weights, the
+  // kernels' backwards (Ŵ again and the closed-form gradients) with the AdamW
+  // updates, not the model.
+  double secWeights = 0.0, secModel = 0.0, secLayers = 0.0;
   for (int64_t step = 0; step < steps; ++step) {
     if (ctx.cancel)
       ctx.cancel->throwIfCancelled();
     const double factor = lrFactor(step);
+    for (LrqatGradients &g : grads)
+      g = LrqatGradients();
     auto phase = Clock::now();
-    // Ŵ of every linear, as leaves the model's backward fills with dL/dŴ;
-    // the codes stay for the backward. Each leaf's hook reduces its dL/dŴ to
-    // the gradients of A, B and s as the engine delivers it (leaves' gradients
-    // are delivered first, as soon as they are computed), then drops the dŴ
-    // stored for the leaf before, so at most two are alive at once instead of
-    // one per linear (0.4 GB on the default model).
-    std::vector<LrqatGradients> grads(layers.size());
-    Linear *delivered = nullptr; // the last leaf whose dŴ the engine stored
-    for (size_t i = 0; i < layers.size(); ++i) {
-      LrqatForward f = lrqatForward(layers[i]);
-      const at::ScalarType type = targets[i].original.scalar_type(); // half models stay half
-      at::Tensor weight = (type == at::kFloat ? f.weight : f.weight.to(type)).requires_grad_(true);
-      weight.register_hook([&, i](const at::Tensor &gradW) {
-        const auto hookStart = Clock::now();
-        grads[i] = lrqatBackward(layers[i], codes[i], gradW);
-        codes[i] = at::Tensor();
-        if (delivered)
-          delivered->weight.mutable_grad() = at::Tensor();
-        delivered = targets[i].linear;
-        secHooks += since(hookStart);
-      });
-      targets[i].linear->weight = std::move(weight);
-      codes[i] = std::move(f.codes);
-    }
-    secWeights += since(phase);
-    phase = Clock::now();
     const at::Tensor tokens = nextBatch().to(device);
     double lossValue = 0.0;
     {
@@ -452,16 +444,14 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
                     " (try a smaller lr or lr_scale)");
       loss.backward();
     }
-    secModel += since(phase) - secHooks;
-    secLayers += secHooks;
-    secHooks = 0.0;
+    secModel += since(phase) - secForwardWeights - secBackward;
+    secWeights += secForwardWeights;
+    secLayers += secBackward;
+    secForwardWeights = secBackward = 0.0;
     phase = Clock::now();
-    // The hooks made every layer's gradients (a linear the loss does not reach
-    // has none); the norm over all of them clipped; then AdamW on A, B, s.
-    for (size_t i = 0; i < layers.size(); ++i) {
-      targets[i].linear->weight = at::Tensor();
-      codes[i] = at::Tensor();
-    }
+    // The kernels' backwards made every layer's gradients (a linear the loss
+    // does not reach has none); the norm over all of them clipped; then AdamW
+    // on A, B, s.
     const double gradNorm = clipGradientNorm(grads, gradClip);
     gradNorms.push_back(gradNorm);
     for (size_t i = 0; i < layers.size(); ++i) {
@@ -489,6 +479,10 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
                               ": loss " + fmt("%.4f", lossValue) + ", lr " +
                               fmt("%.3g", lrAb * factor));
   }
+  for (Target &t : targets) // the states the kernels point to end with this function
+    t.linear->kernel.reset();
+  scratch = LrqatScratch();
+  malloc_trim(0); // the steps' activations and temporaries, before the merged weights
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const int64_t clippedSteps = std::count_if(
@@ -502,12 +496,33 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
   int64_t moved = 0, total = 0;
   {
     at::NoGradGuard noGrad;
+    // Every merged weight is a slice of one block allocated up front: made one
+    // by one between the merge's temporaries, the weights pinned the freed
+    // temporaries' memory (776 MiB resident for 405 MiB of weights on the
+    // default model).
+    const at::ScalarType type = targets.front().original.scalar_type();
+    int64_t elements = 0;
+    for (const LrqatLayer &l : layers)
+      elements += l.rows() * l.cols();
+    at::Tensor block = at::empty({elements}, targets.front().original.options().dtype(type));
+    int64_t offset = 0;
     for (size_t i = 0; i < layers.size(); ++i) {
       const LrqatLayer &l = layers[i];
       const at::Tensor codes = lrqatMergedCodes(l);
-      moved += (codes.to(at::kChar) != initialCodes[i]).sum().item<int64_t>();
+      // The initial codes (RTN on the downcast grid): A started at zero, and
+      // (α/r)·0·B adds zero to Φ0_d exactly, so they are the codes of A = 0.
+      LrqatLayer start = l;
+      start.a = at::zeros_like(l.a);
+      moved += (codes != lrqatMergedCodes(start)).sum().item<int64_t>();
       total += codes.numel();
-      at::Tensor merged = lrqatMergedWeight(l).to(targets[i].original.scalar_type());
+      at::Tensor merged;
+      if (targets[i].original.scalar_type() == type) {
+        merged = block.narrow(0, offset, l.rows() * l.cols()).view({l.rows(), l.cols()});
+        offset += l.rows() * l.cols();
+        merged.copy_(lrqatMergedWeight(l));
+      } else {
+        merged = lrqatMergedWeight(l).to(targets[i].original.scalar_type());
+      }
       Linear &lin = *targets[i].linear;
       lin.weight = merged;
       lin.lowRankA = at::Tensor();
@@ -528,6 +543,9 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
       lr.learnableParams = l.learnableParams();
       report.layers.push_back(lr);
       reportLayer(ctx.observer, lr.error);
+      // Its training state is spent: freed as the merged weights take its place.
+      adam[3 * i] = adam[3 * i + 1] = adam[3 * i + 2] = AdamState();
+      layers[i] = LrqatLayer();
     }
   }
   restore.dismiss();

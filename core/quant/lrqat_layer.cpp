@@ -3,8 +3,10 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <vector>
 
@@ -209,7 +211,15 @@ at::Tensor sumUnits(const at::Tensor &p, const GridSpec &spec) {
 
 } // namespace
 
-LrqatForward lrqatForward(const LrqatLayer &layer) {
+at::Tensor LrqatScratch::take(at::Tensor &buffer, int64_t rows, int64_t cols,
+                              const at::TensorOptions &options) {
+  const int64_t n = rows * cols;
+  if (!buffer.defined() || buffer.numel() < n || buffer.scalar_type() != options.dtype())
+    buffer = at::empty({n}, options);
+  return buffer.narrow(0, 0, n).view({rows, cols});
+}
+
+LrqatForward lrqatForward(const LrqatLayer &layer, LrqatScratch *scratch) {
   at::NoGradGuard noGrad;
   const GridSpec &spec = layer.spec;
   const int64_t out = layer.rows(), in = layer.cols();
@@ -234,12 +244,21 @@ LrqatForward lrqatForward(const LrqatLayer &layer) {
   }
   // One pass: Φ0_d from its byte, + (α/r) A B, round, codes, Ŵ; the same float
   // operations in the same order as lrqatFakeWeight, so the same bits.
-  const at::Tensor ab = at::mm(layer.a.detach() * layer.scaling, layer.b.detach()).contiguous();
+  const at::TensorOptions floats = layer.b.options().dtype(at::kFloat);
+  at::Tensor ab;
+  if (scratch) {
+    ab = LrqatScratch::take(scratch->ab, out, in, floats);
+    at::mm_out(ab, layer.a.detach() * layer.scaling, layer.b.detach());
+    f.weight = LrqatScratch::take(scratch->weight, out, in, floats);
+    f.codes = LrqatScratch::take(scratch->codes, out, in, floats.dtype(at::kShort));
+  } else {
+    ab = at::mm(layer.a.detach() * layer.scaling, layer.b.detach()).contiguous();
+    f.weight = at::empty({out, in}, ab.options());
+    f.codes = at::empty({out, in}, ab.options().dtype(at::kShort));
+  }
   const at::Tensor phi0 = layer.phi0.contiguous();
   const at::Tensor scale = lrqatStep(layer).detach().contiguous();
   const at::Tensor zero = layer.zeroPoint.contiguous();
-  f.weight = at::empty({out, in}, ab.options());
-  f.codes = at::empty({out, in}, ab.options().dtype(at::kShort));
   const int8_t *v = phi0.data_ptr<int8_t>();
   const float *abp = ab.data_ptr<float>(), *sp = scale.data_ptr<float>();
   const float *zp = zero.data_ptr<float>();
@@ -273,7 +292,7 @@ LrqatForward lrqatForward(const LrqatLayer &layer) {
 }
 
 LrqatGradients lrqatBackward(const LrqatLayer &layer, const at::Tensor &codes,
-                             const at::Tensor &gradWeightAnyType) {
+                             const at::Tensor &gradWeightAnyType, LrqatScratch *scratch) {
   at::NoGradGuard noGrad;
   const at::Tensor gradWeight = gradWeightAnyType.to(at::kFloat);
   const GridSpec &spec = layer.spec;
@@ -293,7 +312,8 @@ LrqatGradients lrqatBackward(const LrqatLayer &layer, const at::Tensor &codes,
     const at::Tensor g = gradWeight.contiguous(), q = codes.contiguous();
     const at::Tensor scale = lrqatStep(layer).detach().contiguous();
     const at::Tensor zero = layer.zeroPoint.contiguous();
-    du = at::empty({out, in}, g.options());
+    du = scratch ? LrqatScratch::take(scratch->du, out, in, g.options())
+                 : at::empty({out, in}, g.options());
     const bool perGroup = spec.granularity == Granularity::PerGroup;
     const int64_t groups = perGroup ? scale.size(1) : 1;
     at::Tensor partial = at::zeros({out, groups}, g.options().dtype(at::kDouble));
@@ -332,6 +352,84 @@ LrqatGradients lrqatBackward(const LrqatLayer &layer, const at::Tensor &codes,
   grads.b = at::mm(layer.a.detach().t(), du).mul_(layer.scaling);
   grads.scale = ds.view_as(layer.scale);
   return grads;
+}
+
+namespace {
+
+double secondsSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+// Ŵ of the layer in the model's dtype, and the unclamped codes.
+LrqatForward weightFor(const LrqatLinearState &st) {
+  LrqatForward f = lrqatForward(*st.layer, st.scratch);
+  if (f.weight.scalar_type() != st.type)
+    f.weight = f.weight.to(st.type);
+  return f;
+}
+
+// y = x Ŵᵀ (+ b) with Ŵ derived from the state, in the forward and again in the
+// backward. `token` is the layer's s (a leaf requiring grad), passed only so
+// that the node is recorded when x itself needs no gradient (the first layers);
+// its gradient is delivered through the state, not through autograd. The
+// products are the ones autograd's own mm uses for x Wᵀ with W contiguous, so
+// the gradients are the same bits as with Ŵ as a leaf.
+class LrqatLinearFunction : public torch::autograd::Function<LrqatLinearFunction> {
+public:
+  static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &x,
+                            const at::Tensor &token, int64_t statePointer) {
+    (void)token;
+    const auto &st = *reinterpret_cast<const LrqatLinearState *>(statePointer);
+    const auto start = std::chrono::steady_clock::now();
+    const at::Tensor w = weightFor(st).weight;
+    if (st.forwardSeconds)
+      *st.forwardSeconds += secondsSince(start);
+    ctx->save_for_backward({x});
+    ctx->saved_data["state"] = statePointer;
+    return st.bias.defined() ? at::addmm(st.bias, x, w.t()) : at::mm(x, w.t());
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
+                                                 torch::autograd::variable_list gradOutputs) {
+    const auto &st = *reinterpret_cast<const LrqatLinearState *>(ctx->saved_data["state"].toInt());
+    const auto start = std::chrono::steady_clock::now();
+    const at::Tensor x = ctx->get_saved_variables()[0];
+    const at::Tensor &dy = gradOutputs[0];
+    LrqatForward f = weightFor(st);
+    at::Tensor dx;
+    if (ctx->needs_input_grad(0))
+      dx = at::mm(dy, f.weight);
+    f.weight = at::Tensor();
+    // dL/dŴ = dyᵀ x, as autograd's mm backward computes it.
+    at::Tensor gradWeight;
+    if (dy.scalar_type() == at::kFloat && st.scratch) {
+      gradWeight = LrqatScratch::take(st.scratch->gradWeight, dy.size(1), x.size(1), dy.options());
+      at::mm_out(gradWeight, dy.t(), x);
+    } else {
+      gradWeight = at::mm(dy.t(), x);
+    }
+    *st.grads = lrqatBackward(*st.layer, f.codes, gradWeight, st.scratch);
+    if (st.backwardSeconds)
+      *st.backwardSeconds += secondsSince(start);
+    return {dx, at::Tensor(), at::Tensor()};
+  }
+};
+
+class LrqatKernel : public LinearKernel {
+public:
+  explicit LrqatKernel(const LrqatLinearState *state) : state_(state) {}
+  at::Tensor apply(const at::Tensor &x2d) const override {
+    return LrqatLinearFunction::apply(x2d, state_->layer->scale, reinterpret_cast<int64_t>(state_));
+  }
+
+private:
+  const LrqatLinearState *state_;
+};
+
+} // namespace
+
+std::shared_ptr<const LinearKernel> makeLrqatKernel(const LrqatLinearState *state) {
+  return std::make_shared<LrqatKernel>(state);
 }
 
 double clipGradientNorm(std::vector<LrqatGradients> &gradients, double maxNorm) {

@@ -32,8 +32,10 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
+#include "core/model/weights.h"
 #include "core/quant/grid.h"
 
 namespace lrq::quant {
@@ -98,7 +100,20 @@ struct LrqatForward {
   at::Tensor weight; // float32 [out, in]
   at::Tensor codes;  // int16 [out, in], before clamping to [qmin, qmax]
 };
-LrqatForward lrqatForward(const LrqatLayer &layer);
+// Buffers the training reuses for every linear of every step (grown to the
+// largest layer): allocating and freeing Ŵ-sized tensors around the
+// activations that stay alive for the backward leaves the heap fragmented,
+// hundreds of MiB resident on the default model. Used by the fused path only.
+struct LrqatScratch {
+  at::Tensor ab, weight, codes, gradWeight, du; // flat
+  // A [rows, cols] tensor of this type over the start of `buffer`, grown when short.
+  static at::Tensor take(at::Tensor &buffer, int64_t rows, int64_t cols,
+                         const at::TensorOptions &options);
+};
+
+// With scratch, the returned tensors are views of its buffers, valid until
+// the next call with the same scratch.
+LrqatForward lrqatForward(const LrqatLayer &layer, LrqatScratch *scratch = nullptr);
 
 // The straight-through gradients autograd takes through lrqatFakeWeight, in
 // closed form, from dL/dŴ (gradWeight [out, in]) and the forward's codes q
@@ -109,7 +124,26 @@ struct LrqatGradients {
   at::Tensor a, b, scale;
 };
 LrqatGradients lrqatBackward(const LrqatLayer &layer, const at::Tensor &codes,
-                             const at::Tensor &gradWeight);
+                             const at::Tensor &gradWeight, LrqatScratch *scratch = nullptr);
+
+// Training through the model (lrqat.cpp): each selected linear computes
+// y = x Ŵᵀ (+ b) through a kernel (Linear::kernel) that derives Ŵ from the
+// layer's state in its forward and again in its backward, keeping only x in
+// between, and writes the closed-form gradients of A, B and s into `grads`
+// (lrqatBackward of dL/dŴ = dyᵀ x, the product autograd's own mm backward
+// uses, so the same bits as with Ŵ as a leaf). The kernel records a node even
+// when x needs no gradient (the first layers).
+struct LrqatLinearState {
+  const LrqatLayer *layer = nullptr;
+  at::Tensor bias;                   // undefined without one
+  at::ScalarType type = at::kFloat;  // the model's dtype for Ŵ (half models stay half)
+  LrqatGradients *grads = nullptr;   // this step's dA, dB, ds, written by the backward
+  LrqatScratch *scratch = nullptr;   // shared by every layer: one computes at a time
+  double *forwardSeconds = nullptr;  // time deriving Ŵ in forwards (may be null)
+  double *backwardSeconds = nullptr; // time in backwards (may be null)
+};
+// The state must outlive the kernel's use (forward and backward).
+std::shared_ptr<const LinearKernel> makeLrqatKernel(const LrqatLinearState *state);
 
 // Gradient-norm clipping over every trainable tensor together, as torch's
 // clip_grad_norm_: total = ||(||g_1||, ||g_2||, ...)||_2 over the defined
