@@ -55,14 +55,14 @@ def recorded(args, method, lr, iters, extra):
                        capture_output=True, text=True)
     if p.returncode != 0:
         return None
-    rank = int(extra[1]) if extra else None
+    rank = int(extra[1]) if extra else 0  # 0: the method's default rank, as runs record it
     for listed in json.loads(p.stdout).get("runs", []):
         if listed.get("status") != "finished" or listed.get("method") != method:
             continue
         run = show(args, listed["id"])
         hyper = run.get("hyperparameters", {})
         if (run.get("scheme", {}).get("name") == SCHEME["name"] and hyper.get("lr") == lr
-                and hyper.get("iters") == iters and hyper.get("rank") == rank):
+                and hyper.get("iters") == iters and hyper.get("rank", 0) == rank):
             return summary(run, method, lr, iters, extra, run.get("seconds", float("nan")))
     return None
 
