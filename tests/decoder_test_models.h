@@ -100,4 +100,13 @@ inline TinyModel readTinyModel(const QString &dir, const QString &name) {
   return m;
 }
 
+// Writes the tiny models into dir and reads `name` back into out. A failure
+// fails the calling test function (check QTest::currentTestFailed()).
+inline void writeAndReadTinyModel(const QString &dir, const QString &name, TinyModel &out) {
+  QString error;
+  const QStringList names = writeTinyModels(dir, &error);
+  QVERIFY2(names.contains(name), qPrintable(error));
+  out = readTinyModel(dir, name);
+}
+
 } // namespace lrq::test

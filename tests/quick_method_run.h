@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/model/decoder.h"
+#include "core/model/weight_arena.h"
 #include "core/quant/method.h"
 #include "core/quant/scheme.h"
 
@@ -31,11 +32,13 @@ struct QuickRun {
 };
 
 // Runs `method` (its scheme already checked) with `quick`'s hyperparameters for
-// it, seed 5, no spectra, on a model built from clones of `fp`.
+// it, seed 5, no spectra, on a model built from clones of `fp`, placing Ŵ in
+// `arena` where one is given.
 inline QuickRun runQuick(const ModelConfig &config, const std::map<std::string, at::Tensor> &fp,
                          quant::QuantMethod &method, const std::string &methodName,
                          const quant::QuantScheme &scheme, const quant::CalibrationSet &calibration,
-                         const std::map<std::string, nlohmann::json> &quick) {
+                         const std::map<std::string, nlohmann::json> &quick,
+                         WeightArena *arena = nullptr) {
   std::map<std::string, at::Tensor> copy;
   for (const auto &[name, t] : fp)
     copy[name] = t.clone();
@@ -52,6 +55,7 @@ inline QuickRun runQuick(const ModelConfig &config, const std::map<std::string, 
                            nullptr,
                            ""};
   ctx.spectra = false;
+  ctx.arena = arena;
   out.report = method.run(ctx);
   return out;
 }

@@ -21,8 +21,6 @@
 #include <vector>
 
 #include "core/io/gguf.h"
-#include "core/io/hf_config.h"
-#include "core/io/safetensors.h"
 #include "test_support.h"
 #include "tiny_llama.h"
 
@@ -71,21 +69,13 @@ private slots:
   void initTestCase() {
     QVERIFY(tmp_.isValid());
     model_ = tmp_.filePath("tiny");
-    QDir().mkpath(model_);
-    const ModelConfig config = lrq::test::tinyLlamaConfig({256, 64, 96, 16, 256});
-    writeSafetensors(model_.toStdString() + "/model.safetensors",
-                     lrq::test::tinyLlamaTensors(config, 3));
-    writeHfConfig(model_.toStdString() + "/config.json", config, "float32");
-    writeFile(model_ + "/tokenizer.json", lrq::test::byteTokenizerJson());
+    lrq::test::writeTinyLlamaDir(model_, {256, 64, 96, 16, 256}, 3);
     // MLP width 256: down_proj's rows are one Q6_K super-block, the other
     // linears' (64) take gguf-q6_k's Q8_0 fallback.
     model256_ = tmp_.filePath("tiny256");
-    QDir().mkpath(model256_);
-    const ModelConfig config256 = lrq::test::tinyLlamaConfig({256, 64, 256, 16, 256});
-    writeSafetensors(model256_.toStdString() + "/model.safetensors",
-                     lrq::test::tinyLlamaTensors(config256, 4));
-    writeHfConfig(model256_.toStdString() + "/config.json", config256, "float32");
-    writeFile(model256_ + "/tokenizer.json", lrq::test::byteTokenizerJson());
+    lrq::test::writeTinyLlamaDir(model256_, {256, 64, 256, 16, 256}, 4);
+    if (QTest::currentTestFailed())
+      return;
     calib_ = tmp_.filePath("calib.txt");
     eval_ = tmp_.filePath("eval.txt");
     store_ = tmp_.filePath("runs.sqlite");

@@ -155,10 +155,7 @@ class TestLrqat : public QObject {
 private slots:
   void initTestCase() {
     QVERIFY(dir_.isValid());
-    QString error;
-    const QStringList names = test::writeTinyModels(dir_.path(), &error);
-    QVERIFY2(names.contains("llama_gqa"), qPrintable(error));
-    tiny_ = test::readTinyModel(dir_.path(), "llama_gqa");
+    test::writeAndReadTinyModel(dir_.path(), "llama_gqa", tiny_);
     QVERIFY(tiny_.longTokens.defined());
   }
 

@@ -21,8 +21,6 @@
 #include <memory>
 
 #include "cli_process.h"
-#include "core/io/hf_config.h"
-#include "core/io/safetensors.h"
 #include "test_support.h"
 #include "tiny_llama.h"
 
@@ -235,12 +233,9 @@ private slots:
     store_ = dir_.filePath("runs.sqlite");
     lrq::test::defaultModelPath();
     tinyModel_ = dir_.filePath("tiny");
-    QVERIFY(QDir().mkpath(tinyModel_));
-    const lrq::ModelConfig config = lrq::test::tinyLlamaConfig(kTinyShape);
-    lrq::writeSafetensors(tinyModel_.toStdString() + "/model.safetensors",
-                          lrq::test::tinyLlamaTensors(config, 21));
-    lrq::writeHfConfig(tinyModel_.toStdString() + "/config.json", config, "float32");
-    lrq::test::writeFile(tinyModel_ + "/tokenizer.json", lrq::test::byteTokenizerJson());
+    lrq::test::writeTinyLlamaDir(tinyModel_, kTinyShape, 21);
+    if (QTest::currentTestFailed())
+      return;
     Result r = runLrq({"methods", "--json"});
     QCOMPARE(r.exitCode, 0);
     const QJsonObject catalogue = lrq::test::parseJson(r);

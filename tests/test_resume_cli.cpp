@@ -3,7 +3,10 @@
 // `lrq quantize --resume RUN_ID` exports bit-identical weights to an
 // uninterrupted run and is recorded as one finished run; resuming refuses
 // finished runs, runs without a checkpoint and changed settings; Ctrl-C during
-// an export leaves nothing behind.
+// an export leaves nothing behind. The resumed runs use a tiny seeded LLaMA of
+// six blocks (what is checked is the bookkeeping, not the model); the
+// interrupted export uses the default model, whose export lasts long enough
+// for Ctrl-C to land in it.
 #include <QDir>
 #include <QFileInfo>
 #include <QJsonArray>
@@ -14,6 +17,7 @@
 
 #include "cli_process.h"
 #include "test_support.h"
+#include "tiny_llama.h"
 
 using lrq::test::Result;
 using lrq::test::runLrq;
@@ -24,17 +28,21 @@ constexpr int kLongRun = 3600 * 1000;
 class TestResumeCli : public QObject {
   Q_OBJECT
 
-  // Store, work directories and exports (538 MB each) on tmpfs where there is one
+  // Store, work directories and exports on tmpfs where there is one
   // (lrq::test::scratchDirTemplate): a disk adds seconds of fsync per export.
   QTemporaryDir dir_{lrq::test::scratchDirTemplate("lrq-resume-cli")};
   QString store_;
+  // Six blocks; widths 256 (a whole Q4_K super-block) and 320 (down_proj, which
+  // takes gguf-q4_k's Q5_0 fallback, as the default model's odd widths do).
+  QString model_;
   QString scheme_;    // W4 on blocks 0-5: blocks 6-29 are not even run, which keeps runs short
   QString q4kScheme_; // gguf-q4_k's grids on blocks 0-5
   static constexpr int kBlocks = 6;
 
   // Tiny settings: 2 calibration windows of 32 tokens, 3 iterations per block.
-  QStringList tiny(const QString &method, const QString &scheme = QString()) const {
-    return {"quantize",     "default",
+  QStringList tiny(const QString &method, const QString &scheme = QString(),
+                   const QString &model = QString()) const {
+    return {"quantize",     model.isEmpty() ? model_ : model,
             "--method",     method,
             "--scheme",     scheme.isEmpty() ? scheme_ : scheme,
             "--nsamples",   "2",
@@ -76,6 +84,8 @@ private slots:
             "\"per-group\", \"group_size\": 32, \"step_format\": \"f16\", \"full_range\": "
             "true}, \"layers\": {\"blocks\": [0, 1, 2, 3, 4, 5]}}");
     q.close();
+    model_ = dir_.filePath("tiny");
+    lrq::test::writeTinyLlamaDir(model_, {256, 256, 320, 64, 256, kBlocks}, 17);
     lrq::test::defaultModelPath();
   }
 
@@ -220,7 +230,7 @@ private slots:
     QTemporaryDir outParent;
     QVERIFY(outParent.isValid());
     const QString out = QDir(outParent.path()).filePath("export");
-    QStringList args = tiny("rtn");
+    QStringList args = tiny("rtn", QString(), "default");
     args.removeAt(args.indexOf("--iters") + 1);
     args.removeAt(args.indexOf("--iters"));
     bool sent = false;

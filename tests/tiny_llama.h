@@ -2,6 +2,7 @@
 // A tiny seeded LLaMA for the export and dtype tests: its config, its tensors
 // under HF names, a byte-level tokenizer (GPT-2's byte alphabet, no merges),
 // and what writing it to disk with a calibration text takes.
+#include <QDir>
 #include <QFile>
 #include <QString>
 #include <QtTest>
@@ -15,6 +16,8 @@
 #include <utility>
 #include <vector>
 
+#include "core/io/hf_config.h"
+#include "core/io/safetensors.h"
 #include "core/model/config.h"
 
 namespace lrq::test {
@@ -25,6 +28,7 @@ struct TinyLlamaShape {
   int64_t intermediate = 64;
   int64_t headDim = 8;
   int64_t maxPositions = 128;
+  int64_t layers = 2;
 };
 
 inline ModelConfig tinyLlamaConfig(const TinyLlamaShape &shape = {}) {
@@ -34,7 +38,7 @@ inline ModelConfig tinyLlamaConfig(const TinyLlamaShape &shape = {}) {
   c.vocabSize = shape.vocab;
   c.hiddenSize = shape.hidden;
   c.intermediateSize = shape.intermediate;
-  c.numLayers = 2;
+  c.numLayers = shape.layers;
   c.numHeads = 4;
   c.numKvHeads = 2;
   c.headDim = shape.headDim;
@@ -130,6 +134,17 @@ inline std::string someText(uint32_t seed, int words) {
     out += (i % 11 == 10) ? ".\n" : " ";
   }
   return out;
+}
+
+// Writes a tiny LLaMA of `shape` with weights seeded by `seed` as an HF model
+// directory (model.safetensors, config.json, the byte-level tokenizer.json)
+// that `lrq` loads like any other model.
+inline void writeTinyLlamaDir(const QString &dir, const TinyLlamaShape &shape, uint64_t seed) {
+  QVERIFY(QDir().mkpath(dir));
+  const ModelConfig config = tinyLlamaConfig(shape);
+  writeSafetensors(dir.toStdString() + "/model.safetensors", tinyLlamaTensors(config, seed));
+  writeHfConfig(dir.toStdString() + "/config.json", config, "float32");
+  writeFile(dir + "/tokenizer.json", byteTokenizerJson());
 }
 
 } // namespace lrq::test

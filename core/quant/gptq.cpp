@@ -378,7 +378,7 @@ public:
                                  {"output_error_rtn", eRtn},
                                  {"output_error_gptq", eGptq},
                                  {"gptq_loss", r.loss}});
-          linear->weight = r.weight.to(original.scalar_type());
+          linear->weight = placeWeight(ctx.arena, r.weight.to(original.scalar_type()));
           // Undefined only for per-group steps with act-order (groups over
           // permuted columns), which [rows, groups] cannot express.
           if (r.params.scale.defined())
@@ -423,7 +423,7 @@ private:
       s.layer = name;
       report.layers.push_back({s, 0});
       reportLayer(ctx.observer, s);
-      t = q.to(t.scalar_type());
+      t = placeWeight(ctx.arena, q.to(t.scalar_type()));
     };
     if (sel.embeddings && w.tokenEmbedding.defined()) {
       rtn(w.tokenEmbedding, "embeddings");

@@ -252,6 +252,7 @@ MethodReport runReconstructionMethod(MethodContext &ctx, const QuantMethod &meth
   options.keepCheckpoint = ctx.keepCheckpoint;
   options.observer = ctx.observer;
   options.cancel = ctx.cancel;
+  options.arena = ctx.arena;
   nlohmann::json identity = hyper;
   identity.erase("resume");
   identity.erase("cache_mb");
@@ -356,7 +357,7 @@ MethodReport runReconstructionMethod(MethodContext &ctx, const QuantMethod &meth
     LayerErrorStats s = weightErrorStats(original, quantized);
     s.layer = name;
     report.layers.push_back({s, 0});
-    t = quantized;
+    t = placeWeight(ctx.arena, quantized);
   };
   if (sel.embeddings && weights.tokenEmbedding.defined()) {
     rtn(weights.tokenEmbedding, "embeddings");

@@ -253,7 +253,7 @@ public:
         }
         layersJson.push_back(lj);
 
-        linear.weight = q.to(dtype).contiguous();
+        linear.weight = placeWeight(ctx.arena, q.to(dtype).contiguous());
         linear.lowRankA = f.a.to(linear.weight.device(), dtype).contiguous();
         linear.lowRankB = f.b.to(linear.weight.device(), dtype).contiguous();
         if (ctx.observer)
@@ -281,7 +281,7 @@ public:
       es.layer = layer;
       report.layers.push_back({es, 0});
       reportLayer(ctx.observer, es);
-      tensor = q.to(tensor.scalar_type()).contiguous();
+      tensor = placeWeight(ctx.arena, q.to(tensor.scalar_type()).contiguous());
     };
     if (sel.embeddings && weights.tokenEmbedding.defined())
       roundTensor(weights.tokenEmbedding, "embeddings");

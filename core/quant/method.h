@@ -17,6 +17,7 @@
 #include "core/common/option_value.h"
 #include "core/common/progress.h"
 #include "core/model/decoder.h"
+#include "core/model/weight_arena.h"
 #include "core/quant/grid.h"
 #include "core/quant/rtn.h"
 #include "core/quant/scheme.h"
@@ -57,6 +58,9 @@ struct MethodContext {
   // Leave the checkpoint in workDir when the method ends (the caller removes
   // it once the whole run is recorded); false: the method removes it.
   bool keepCheckpoint = false;
+  // Where the Ŵ the method keeps are placed (placeWeight), or none: see
+  // weight_arena.h. Only where the weights go changes, never their values.
+  WeightArena *arena = nullptr;
 };
 
 // Per-layer outcome; LayerErrorStats (rtn.h) plus what the method learned.
@@ -148,6 +152,13 @@ QuantScheme resolveReferenceGrid(const QuantMethod &method, QuantScheme scheme);
 // sizes, p = 2.4) on scheme's grid, keeping its bits, granularity and group
 // size. Throws lrq::Error for a symmetric grid.
 GridSpec referenceClippingGrid(const QuantScheme &scheme);
+
+// An arena (weight_arena.h) with room for every weight `sel` lets a method
+// replace: the selected block linears, and the token embedding and LM head
+// when selected; in the dtype and on the device of the first of them. An
+// empty arena where nothing is selected.
+WeightArena weightArenaFor(const ModelConfig &config, ModelWeights &weights,
+                           const LayerSelection &sel);
 
 using MethodFactory = std::function<std::unique_ptr<QuantMethod>()>;
 

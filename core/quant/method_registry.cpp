@@ -166,6 +166,30 @@ std::vector<MethodPreset> QuantMethod::presets() const {
   return {demo, extended, thorough};
 }
 
+WeightArena weightArenaFor(const ModelConfig &config, ModelWeights &w, const LayerSelection &sel) {
+  int64_t elements = 0;
+  at::TensorOptions options;
+  bool found = false;
+  auto add = [&](const at::Tensor &t) {
+    if (!t.defined())
+      return;
+    if (!found)
+      options = t.options();
+    found = true;
+    elements += WeightArena::slotElements(t);
+  };
+  for (int64_t b = 0; b < int64_t(w.blocks.size()); ++b)
+    if (sel.selectsBlock(b))
+      for (const auto &[role, linear] : blockLinears(config, w.blocks[size_t(b)]))
+        if (sel.selectsLinear(role))
+          add(linear->weight);
+  if (sel.embeddings)
+    add(w.tokenEmbedding);
+  if (sel.lmHead)
+    add(w.lmHead);
+  return found ? WeightArena(elements, options) : WeightArena();
+}
+
 std::vector<std::string> methodNames() {
   std::vector<std::string> names;
   for (const auto &entry : registry())

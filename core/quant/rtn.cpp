@@ -47,7 +47,8 @@ LayerErrorStats weightErrorStats(const at::Tensor &weight, const at::Tensor &app
 std::vector<LayerErrorStats> quantizeModelRtn(ModelWeights &weights, const ModelConfig &config,
                                               const QuantScheme &scheme, ProgressObserver *observer,
                                               const CancelToken *cancel,
-                                              std::map<std::string, GridParams> *grids) {
+                                              std::map<std::string, GridParams> *grids,
+                                              WeightArena *arena) {
   scheme.validate();
   const LayerSelection &sel = scheme.layers;
   const int64_t blockCount = int64_t(weights.blocks.size());
@@ -121,7 +122,7 @@ std::vector<LayerErrorStats> quantizeModelRtn(ModelWeights &weights, const Model
     s.layer = t.layer;
     stats.push_back(s);
     reportLayer(observer, s);
-    *t.weight = quantized; // a new tensor: a tied LM head keeps the original
+    *t.weight = placeWeight(arena, quantized); // a new tensor: a tied LM head keeps the original
     if (observer)
       observer->progress(int64_t(i + 1), int64_t(targets.size()), where(t));
   }

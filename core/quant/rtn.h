@@ -10,6 +10,7 @@
 
 #include "core/common/progress.h"
 #include "core/model/config.h"
+#include "core/model/weight_arena.h"
 #include "core/model/weights.h"
 #include "core/quant/grid.h"
 #include "core/quant/scheme.h"
@@ -39,10 +40,9 @@ inline void reportLayer(ProgressObserver *observer, const LayerErrorStats &s) {
 // A tied LM head quantized without the embeddings is untied first. With grids,
 // each tensor's grid (computeGridParams of its original) is stored under its
 // gridKey (method.h).
-std::vector<LayerErrorStats> quantizeModelRtn(ModelWeights &weights, const ModelConfig &config,
-                                              const QuantScheme &scheme,
-                                              ProgressObserver *observer = nullptr,
-                                              const CancelToken *cancel = nullptr,
-                                              std::map<std::string, GridParams> *grids = nullptr);
+std::vector<LayerErrorStats>
+quantizeModelRtn(ModelWeights &weights, const ModelConfig &config, const QuantScheme &scheme,
+                 ProgressObserver *observer = nullptr, const CancelToken *cancel = nullptr,
+                 std::map<std::string, GridParams> *grids = nullptr, WeightArena *arena = nullptr);
 
 } // namespace lrq::quant

@@ -19,7 +19,7 @@ public:
     MethodReport report;
     for (const LayerErrorStats &s :
          quantizeModelRtn(ctx.model.weights(), ctx.model.config(), ctx.scheme, ctx.observer,
-                          ctx.cancel, &report.grids))
+                          ctx.cancel, &report.grids, ctx.arena))
       report.layers.push_back({s, 0});
     return report;
   }

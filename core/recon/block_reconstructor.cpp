@@ -441,7 +441,8 @@ ReconSummary BlockReconstructor::run(const LayerFactory &factory,
             lo.extras.emplace_back(e.at("name").get<std::string>(), std::move(t));
           }
         lo.fpWeight = linear->weight;
-        lo.weight = w.to(device, linear->weight.scalar_type()).contiguous();
+        lo.weight =
+            placeWeight(options_.arena, w.to(device, linear->weight.scalar_type()).contiguous());
         linear->weight = lo.weight;
         out.layers.push_back(std::move(lo));
       }
@@ -553,7 +554,7 @@ ReconSummary BlockReconstructor::run(const LayerFactory &factory,
 
       at::NoGradGuard noGrad;
       for (ActiveLayer &l : active) {
-        l.linear->weight = l.learn->weight().detach().contiguous();
+        l.linear->weight = placeWeight(options_.arena, l.learn->weight().detach().contiguous());
         if (!allFinite(l.linear->weight))
           throw Error(blockName(j) + ", layer " + l.role +
                       ": final quantized weight is not finite");

@@ -44,6 +44,7 @@
 
 #include "core/common/progress.h"
 #include "core/model/decoder.h"
+#include "core/model/weight_arena.h"
 
 namespace lrq::recon {
 
@@ -84,6 +85,7 @@ struct ReconOptions {
   std::string fingerprint; // the run's settings; a checkpoint of other settings is refused
   ProgressObserver *observer = nullptr;
   const CancelToken *cancel = nullptr;
+  WeightArena *arena = nullptr; // where each block's final Ŵ go (weight_arena.h), or none
 };
 
 struct LayerOutcome {

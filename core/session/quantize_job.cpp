@@ -546,6 +546,9 @@ void methodStage(Job &job) {
   quant::MethodContext ctx{
       *job.model,         job.scheme, job.calibration, job.hyper, uint64_t(job.request.seed),
       job.recorder.get(), job.cancel, job.workDir};
+  WeightArena arena =
+      quant::weightArenaFor(job.loaded->config, job.model->weights(), job.scheme.layers);
+  ctx.arena = &arena;
   ctx.spectra = job.request.spectra;
   // The checkpoint outlives the method: a run interrupted while it evaluates
   // or exports resumes without redoing the reconstruction.

@@ -1,0 +1,196 @@
+// The weight arena (core/model/weight_arena.h): where a method's Ŵ are placed
+// changes nothing of their values. Every method, run with and without an
+// arena on a tiny model, must give the same weights to the bit, and with one
+// every weight it replaced must lie in the arena.
+#include <ATen/ATen.h>
+
+#include <QTemporaryDir>
+#include <QtTest>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/common/error.h"
+#include "core/io/export.h"
+#include "core/model/weight_arena.h"
+#include "core/quant/method.h"
+#include "core/quant/scheme.h"
+#include "decoder_test_models.h"
+#include "quick_method_run.h"
+
+using namespace lrq;
+using namespace lrq::quant;
+
+namespace {
+
+uintptr_t address(const at::Tensor &t) {
+  return reinterpret_cast<uintptr_t>(t.data_ptr());
+}
+
+} // namespace
+
+class TestWeightArena : public QObject {
+  Q_OBJECT
+
+  QTemporaryDir dir_;
+  test::TinyModel tiny_;
+
+private slots:
+  void initTestCase() {
+    QVERIFY(dir_.isValid());
+    test::writeAndReadTinyModel(dir_.path(), "llama_gqa", tiny_);
+    QVERIFY(!tiny_.tensors.empty());
+  }
+
+  void placesCopiesSideBySideAligned() {
+    at::Generator gen = at::detail::createCPUGenerator(3);
+    const at::Tensor a = at::randn({5, 7}, gen);
+    const at::Tensor b = at::randn({3, 4}, gen).t(); // not contiguous
+    WeightArena arena(WeightArena::slotElements(a) + WeightArena::slotElements(b), a.options());
+    // 35 floats round up to 48 (64-byte slots), 12 to 16.
+    QCOMPARE(WeightArena::slotElements(a), int64_t(48));
+    QCOMPARE(WeightArena::slotElements(b), int64_t(16));
+    const at::Tensor pa = arena.place(a);
+    const at::Tensor pb = arena.place(b);
+    QVERIFY(at::equal(pa, a));
+    QVERIFY(at::equal(pb, b));
+    QCOMPARE(pa.sizes().vec(), a.sizes().vec());
+    QCOMPARE(pb.sizes().vec(), b.sizes().vec());
+    QVERIFY(pa.is_contiguous() && pb.is_contiguous());
+    QVERIFY(arena.holds(pa) && arena.holds(pb));
+    QVERIFY(!arena.holds(a));
+    QCOMPARE(address(pa) % WeightArena::kAlignBytes, uintptr_t(0));
+    QCOMPARE(address(pb) - address(pa), uintptr_t(48 * sizeof(float)));
+    QCOMPARE(arena.placedElements(), int64_t(64));
+    // A copy, not a view of the source.
+    QVERIFY(address(pa) != address(a));
+
+    // Full: the tensor itself comes back.
+    const at::Tensor c = at::ones({2, 2});
+    QVERIFY(arena.place(c).is_same(c));
+    // Another dtype: the tensor itself.
+    WeightArena roomy(1024, a.options());
+    const at::Tensor d = at::ones({2, 2}, at::kDouble);
+    QVERIFY(roomy.place(d).is_same(d));
+    QCOMPARE(roomy.placedElements(), int64_t(0));
+    // No arena: placeWeight passes the tensor through.
+    QVERIFY(placeWeight(nullptr, c).is_same(c));
+    WeightArena none;
+    QVERIFY(none.place(c).is_same(c));
+    QVERIFY(!none.holds(c));
+  }
+
+  void sizedForTheSelection() {
+    const ModelConfig &config = tiny_.config;
+    std::map<std::string, at::Tensor> copy;
+    for (const auto &[name, t] : tiny_.tensors)
+      copy[name] = t.clone();
+    ModelWeights w = ModelWeights::fromHfTensors(config, copy);
+    LayerSelection sel;
+    sel.blocks = {1};
+    sel.linears = {"q_proj", "down_proj"};
+    WeightArena arena = weightArenaFor(config, w, sel);
+    Linear *q = nullptr, *down = nullptr;
+    for (const auto &[role, linear] : blockLinears(config, w.blocks[1])) {
+      if (role == "q_proj")
+        q = linear;
+      if (role == "down_proj")
+        down = linear;
+    }
+    QVERIFY(q && down);
+    // Exactly room for the two: a third weight no longer fits.
+    QVERIFY(arena.holds(arena.place(q->weight)));
+    QVERIFY(arena.holds(arena.place(down->weight)));
+    QCOMPARE(arena.placedElements(),
+             WeightArena::slotElements(q->weight) + WeightArena::slotElements(down->weight));
+    QVERIFY(!arena.holds(arena.place(q->weight)));
+    // Nothing selected: no arena.
+    LayerSelection nothing;
+    nothing.blocks = {99};
+    QVERIFY(!weightArenaFor(config, w, nothing).holds(w.blocks[0].down.weight));
+  }
+
+  void everyMethodGivesTheSameWeightsInTheArena() {
+    const ModelConfig &config = tiny_.config;
+    const std::map<std::string, nlohmann::json> quick = test::quickHyperparameters(32);
+    at::Generator gen = at::detail::createCPUGenerator(11);
+    const at::Tensor tokens = at::randint(config.vocabSize, {2, 16}, gen, at::kLong);
+    const CalibrationSet calibration{tokens, "test"};
+    QuantScheme perChannel = presetScheme("W4A16");
+    QuantScheme grouped = presetScheme("W3A16-g128");
+    grouped.weight.groupSize = 32; // the tiny model's rows are 64 and 128 wide
+    grouped.layers.embeddings = true;
+    grouped.layers.lmHead = true;
+    int64_t cells = 0, placedTensors = 0;
+    for (const std::string &methodName : methodNames())
+      for (const QuantScheme &scheme : {perChannel, grouped}) {
+        std::unique_ptr<QuantMethod> method = createMethod(methodName);
+        const std::string cell =
+            methodName + " " + scheme.name + (scheme.layers.embeddings ? " with embeddings" : "");
+        try {
+          method->checkScheme(scheme);
+        } catch (const Error &) {
+          continue; // the method refuses this scheme; another test checks the refusal
+        }
+        test::QuickRun plain =
+            test::runQuick(config, tiny_.tensors, *method, methodName, scheme, calibration, quick);
+        std::map<std::string, at::Tensor> copy;
+        for (const auto &[name, t] : tiny_.tensors)
+          copy[name] = t.clone();
+        ModelWeights shapes = ModelWeights::fromHfTensors(config, copy);
+        WeightArena arena = weightArenaFor(config, shapes, scheme.layers);
+        test::QuickRun placed = test::runQuick(config, tiny_.tensors, *method, methodName, scheme,
+                                               calibration, quick, &arena);
+        ++cells;
+
+        const auto plainTensors = hfTensorsFromWeights(config, plain.model->weights());
+        const auto placedMap = hfTensorsFromWeights(config, placed.model->weights());
+        QCOMPARE(placedMap.size(), plainTensors.size());
+        for (size_t i = 0; i < plainTensors.size(); ++i) {
+          const auto &[name, t] = plainTensors[i];
+          QCOMPARE(placedMap[i].first, name);
+          QVERIFY2(at::equal(placedMap[i].second, t), (cell + ": " + name + " differs").c_str());
+        }
+        for (size_t b = 0; b < plain.model->weights().blocks.size(); ++b) {
+          const auto plainLinears = blockLinears(config, plain.model->weights().blocks[b]);
+          const auto placedLinears = blockLinears(config, placed.model->weights().blocks[b]);
+          for (size_t i = 0; i < plainLinears.size(); ++i) {
+            const Linear &p = *plainLinears[i].second, &q = *placedLinears[i].second;
+            const std::string where =
+                cell + ": block " + std::to_string(b) + " " + plainLinears[i].first;
+            QVERIFY2(arena.holds(q.weight), (where + " is not in the arena").c_str());
+            ++placedTensors;
+            QCOMPARE(q.lowRankA.defined(), p.lowRankA.defined());
+            if (p.lowRankA.defined()) {
+              QVERIFY2(at::equal(q.lowRankA, p.lowRankA), where.c_str());
+              QVERIFY2(at::equal(q.lowRankB, p.lowRankB), where.c_str());
+            }
+          }
+        }
+        if (scheme.layers.embeddings) {
+          QVERIFY2(arena.holds(placed.model->weights().tokenEmbedding),
+                   (cell + ": the embeddings are not in the arena").c_str());
+          ++placedTensors;
+        }
+        // Grids recorded for the exports are the same too.
+        QCOMPARE(placed.report.grids.size(), plain.report.grids.size());
+        for (const auto &[key, g] : plain.report.grids) {
+          const GridParams &h = placed.report.grids.at(key);
+          QVERIFY2(at::equal(h.scale, g.scale), (cell + ": " + key).c_str());
+          QCOMPARE(h.zeroPoint.defined(), g.zeroPoint.defined());
+          if (g.zeroPoint.defined())
+            QVERIFY2(at::equal(h.zeroPoint, g.zeroPoint), (cell + ": " + key).c_str());
+        }
+      }
+    // Every method ran at least at W4A16 (LR-QAT takes both schemes too).
+    QVERIFY2(cells >= int64_t(methodNames().size()), qPrintable(QString::number(cells)));
+    qInfo("%lld method and scheme cells, %lld weights placed", static_cast<long long>(cells),
+          static_cast<long long>(placedTensors));
+  }
+};
+
+QTEST_GUILESS_MAIN(TestWeightArena)
+#include "test_weight_arena.moc"
