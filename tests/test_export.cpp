@@ -30,6 +30,7 @@
 #include "core/quant/scheme.h"
 #include "decoder_test_models.h"
 #include "test_support.h"
+#include "tiny_llama.h"
 
 using namespace lrq;
 
@@ -353,13 +354,23 @@ private slots:
   // independent look at the loaded weights finds at most 2^bits distinct values
   // per row and group, and numpy's own dequantization of a layer equals Ŵ.
   void everyMethodPacksExactly() {
-    const ModelConfig &config = source_->config;
+    // A tiny seeded LLaMA: what is checked is exactness, for every method. Its
+    // widths (192, 320) end in a partial group of 64 at group size 128, as the
+    // default model's 576 does; token ids are the default text's modulo its
+    // vocabulary of 256.
+    const ModelConfig config = lrq::test::tinyLlamaConfig({256, 192, 320, 48, 256});
+    std::map<std::string, at::Tensor> fpTensors;
+    for (const auto &[n, t] : lrq::test::tinyLlamaTensors(config, 29))
+      fpTensors[n] = t;
+    const ModelWeights original = ModelWeights::fromHfTensors(config, fpTensors);
+    std::vector<int32_t> tokens;
+    for (const int32_t id : evalTokens_)
+      tokens.push_back(id % int32_t(config.vocabSize));
     quant::QuantScheme scheme = quant::presetScheme("W4A16-g128");
     scheme.layers.blocks = {0, 1};
     const int64_t group = scheme.weight.groupSize;
-    const quant::CalibrationSet calib =
-        quant::makeCalibrationSet(evalTokens_, 2, 32, 7, "test-export");
-    std::vector<int64_t> probeIds(evalTokens_.begin() + 500, evalTokens_.begin() + 548);
+    const quant::CalibrationSet calib = quant::makeCalibrationSet(tokens, 2, 32, 7, "test-export");
+    std::vector<int64_t> probeIds(tokens.begin() + 500, tokens.begin() + 548);
     const at::Tensor probe = at::tensor(probeIds, at::kLong).reshape({1, 48});
     const std::map<std::string, nlohmann::json> tiny = {
         {"gptq", {{"block_size", 64}}},
@@ -374,7 +385,7 @@ private slots:
     for (const std::string &name : names) {
       // A deep copy: every method starts from the full-precision weights.
       std::map<std::string, at::Tensor> fp;
-      for (const auto &[n, t] : hfTensorsFromWeights(config, original_))
+      for (const auto &[n, t] : hfTensorsFromWeights(config, original))
         fp[n] = t.clone();
       DecoderModel model(config, ModelWeights::fromHfTensors(config, fp));
       std::unique_ptr<quant::QuantMethod> method = quant::createMethod(name);
@@ -397,7 +408,7 @@ private slots:
       // (LR-QAT's reference grid is symmetric).
       const quant::QuantScheme used = quant::resolveReferenceGrid(*method, scheme);
       quant::PackStats stats;
-      PackedModelContents contents = quant::packQuantizedModel(config, model.weights(), original_,
+      PackedModelContents contents = quant::packQuantizedModel(config, model.weights(), original,
                                                                used, name, &report.grids, &stats);
       QCOMPARE(stats.layers, int64_t(14));
       QVERIFY2(stats.maxDeviation == 0.0, name.c_str());
@@ -495,7 +506,7 @@ private slots:
     // GPTQ with act-order on a per-group grid has no [rows, groups] grid (its
     // groups run over permuted columns): the export is refused, naming the layer.
     std::map<std::string, at::Tensor> fp;
-    for (const auto &[n, t] : hfTensorsFromWeights(config, original_))
+    for (const auto &[n, t] : hfTensorsFromWeights(config, original))
       fp[n] = t.clone();
     DecoderModel model(config, ModelWeights::fromHfTensors(config, fp));
     quant::QuantScheme one = scheme;
@@ -507,21 +518,21 @@ private slots:
     const quant::MethodReport report = gptq->run(ctx);
     QVERIFY(report.grids.empty());
     try {
-      quant::packQuantizedModel(config, model.weights(), original_, one, "gptq", &report.grids);
+      quant::packQuantizedModel(config, model.weights(), original, one, "gptq", &report.grids);
       QFAIL("packing GPTQ act-order per-group codes should fail");
     } catch (const Error &e) {
       QVERIFY2(QString(e.what()).contains("model.layers.0.self_attn.q_proj"), e.what());
     }
     // A reported grid Ŵ is not on is refused too.
     quant::QuantScheme rtnScheme = one;
-    ModelWeights q = original_;
+    ModelWeights q = original;
     std::map<std::string, quant::GridParams> grids;
     quant::quantizeModelRtn(q, config, rtnScheme, nullptr, nullptr, &grids);
     QCOMPARE(int(grids.size()), 7);
-    quant::packQuantizedModel(config, q, original_, rtnScheme, "rtn", &grids);
+    quant::packQuantizedModel(config, q, original, rtnScheme, "rtn", &grids);
     grids.at("model.layers.0.mlp.up_proj").scale *= 1.01;
     QVERIFY_THROWS_EXCEPTION(
-        Error, quant::packQuantizedModel(config, q, original_, rtnScheme, "rtn", &grids));
+        Error, quant::packQuantizedModel(config, q, original, rtnScheme, "rtn", &grids));
   }
 
   // recoverLearnedGrid (for reconstruction blocks restored from a checkpoint)
