@@ -17,6 +17,7 @@
 #include "core/io/export.h"
 #include "core/model/weight_arena.h"
 #include "core/quant/method.h"
+#include "core/quant/rtn.h"
 #include "core/quant/scheme.h"
 #include "decoder_test_models.h"
 #include "quick_method_run.h"
@@ -124,7 +125,7 @@ private slots:
     grouped.weight.groupSize = 32; // the tiny model's rows are 64 and 128 wide
     grouped.layers.embeddings = true;
     grouped.layers.lmHead = true;
-    int64_t cells = 0, placedTensors = 0;
+    int64_t cells = 0, placedTensors = 0, embeddingCells = 0;
     for (const std::string &methodName : methodNames())
       for (const QuantScheme &scheme : {perChannel, grouped}) {
         std::unique_ptr<QuantMethod> method = createMethod(methodName);
@@ -174,6 +175,18 @@ private slots:
           QVERIFY2(arena.holds(placed.model->weights().tokenEmbedding),
                    (cell + ": the embeddings are not in the arena").c_str());
           ++placedTensors;
+          // Every method rounds the embeddings and LM head to nearest: what
+          // quantizeModelRtn makes of them, to the bit.
+          std::map<std::string, at::Tensor> fresh;
+          for (const auto &[name, t] : tiny_.tensors)
+            fresh[name] = t.clone();
+          ModelWeights rtn = ModelWeights::fromHfTensors(config, fresh);
+          quantizeModelRtn(rtn, config, scheme);
+          QVERIFY2(at::equal(plain.model->weights().tokenEmbedding, rtn.tokenEmbedding),
+                   (cell + ": embeddings differ from RTN's").c_str());
+          QVERIFY2(at::equal(plain.model->weights().lmHead, rtn.lmHead),
+                   (cell + ": LM head differs from RTN's").c_str());
+          ++embeddingCells;
         }
         // Grids recorded for the exports are the same too.
         QCOMPARE(placed.report.grids.size(), plain.report.grids.size());
@@ -187,7 +200,9 @@ private slots:
       }
     // Every method ran at least at W4A16 (LR-QAT takes both schemes too).
     QVERIFY2(cells >= int64_t(methodNames().size()), qPrintable(QString::number(cells)));
-    qInfo("%lld method and scheme cells, %lld weights placed", static_cast<long long>(cells),
+    QVERIFY2(embeddingCells >= 6, qPrintable(QString::number(embeddingCells)));
+    qInfo("%lld method and scheme cells (%lld with embeddings), %lld weights placed",
+          static_cast<long long>(cells), static_cast<long long>(embeddingCells),
           static_cast<long long>(placedTensors));
   }
 };

@@ -20,6 +20,7 @@
 
 #include "core/common/error.h"
 #include "core/quant/calibration_runner.h"
+#include "core/quant/embedding_rounding.h"
 #include "core/quant/method.h"
 #include "core/quant/transform_capture.h"
 
@@ -318,7 +319,7 @@ public:
     ProgressObserver *obs = ctx.observer;
     if (obs)
       obs->started("gptq", lastSelected + 1);
-    quantizeEmbeddings(ctx, report);
+    roundEmbeddingsAndHead(ctx, report);
     CalibrationStates states(model, ctx.calibration, 4);
     nlohmann::json blockTimes = nlohmann::json::array();
     nlohmann::json layerErrors = nlohmann::json::array();
@@ -403,35 +404,6 @@ public:
     if (obs)
       obs->finished();
     return report;
-  }
-
-private:
-  // Embeddings / LM head, when the scheme asks: no inputs to compensate
-  // against (an embedding is a lookup), so round-to-nearest.
-  static void quantizeEmbeddings(MethodContext &ctx, MethodReport &report) {
-    ModelWeights &w = ctx.model.weights();
-    const LayerSelection &sel = ctx.scheme.layers;
-    const bool tied =
-        w.lmHead.defined() && w.tokenEmbedding.defined() && w.lmHead.is_same(w.tokenEmbedding);
-    auto rtn = [&](at::Tensor &t, const char *name) {
-      const at::Tensor original = t.to(at::kFloat);
-      const GridSpec &grid = ctx.scheme.weightFor(original.size(1));
-      const GridParams params = computeGridParams(original, grid);
-      const at::Tensor q = fakeQuantizeWeight(original, params, grid).contiguous();
-      report.grids[gridKey(ctx.model.config(), -1, name)] = params;
-      LayerErrorStats s = weightErrorStats(original, q);
-      s.layer = name;
-      report.layers.push_back({s, 0});
-      reportLayer(ctx.observer, s);
-      t = placeWeight(ctx.arena, q.to(t.scalar_type()));
-    };
-    if (sel.embeddings && w.tokenEmbedding.defined()) {
-      rtn(w.tokenEmbedding, "embeddings");
-      if (tied && sel.lmHead)
-        w.lmHead = w.tokenEmbedding;
-    }
-    if (sel.lmHead && w.lmHead.defined() && !(tied && sel.embeddings))
-      rtn(w.lmHead, "lm_head");
   }
 };
 

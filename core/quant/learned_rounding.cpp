@@ -11,6 +11,7 @@
 
 #include "core/analysis/tensor_analysis.h"
 #include "core/common/error.h"
+#include "core/quant/embedding_rounding.h"
 #include "core/quant/rtn.h"
 
 namespace lrq::quant {
@@ -340,32 +341,7 @@ MethodReport runReconstructionMethod(MethodContext &ctx, const QuantMethod &meth
 
   // Embeddings and LM head, when the scheme asks: round-to-nearest (the
   // reconstruction keeps them full precision, as the reference does).
-  at::NoGradGuard noGrad;
-  const bool tied = weights.lmHead.defined() && weights.tokenEmbedding.defined() &&
-                    weights.lmHead.is_same(weights.tokenEmbedding);
-  auto rtn = [&](at::Tensor &t, const std::string &name) {
-    try {
-      checkWeightForGrid(t, scheme.weightFor(t.size(-1)));
-    } catch (const Error &e) {
-      throw Error(name + ": " + e.what());
-    }
-    const at::Tensor original = t.to(at::kFloat);
-    const GridSpec &grid = scheme.weightFor(original.size(1));
-    const GridParams params = computeGridParams(original, grid);
-    const at::Tensor quantized = fakeQuantizeWeight(original, params, grid).contiguous();
-    report.grids[gridKey(config, -1, name)] = params;
-    LayerErrorStats s = weightErrorStats(original, quantized);
-    s.layer = name;
-    report.layers.push_back({s, 0});
-    t = placeWeight(ctx.arena, quantized);
-  };
-  if (sel.embeddings && weights.tokenEmbedding.defined()) {
-    rtn(weights.tokenEmbedding, "embeddings");
-    if (tied && sel.lmHead)
-      weights.lmHead = weights.tokenEmbedding;
-  }
-  if (sel.lmHead && weights.lmHead.defined() && !(tied && sel.embeddings))
-    rtn(weights.lmHead, "lm_head");
+  roundEmbeddingsAndHead(ctx, report);
 
   double trainSeconds = 0;
   int64_t iterations = 0;

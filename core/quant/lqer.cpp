@@ -14,6 +14,7 @@
 
 #include "core/common/error.h"
 #include "core/quant/activation_stats.h"
+#include "core/quant/embedding_rounding.h"
 #include "core/quant/grid.h"
 #include "core/quant/method.h"
 
@@ -270,27 +271,7 @@ public:
     }
 
     // Embeddings / LM head, when the scheme asks: plain round-to-nearest.
-    const bool tied = weights.lmHead.defined() && weights.tokenEmbedding.defined() &&
-                      weights.lmHead.is_same(weights.tokenEmbedding);
-    auto roundTensor = [&](at::Tensor &tensor, const std::string &layer) {
-      const at::Tensor w = tensor.detach().to(at::kFloat);
-      const GridParams grid = computeGridParams(w, scheme.weightFor(w.size(1)));
-      const at::Tensor q = fakeQuantizeWeight(w, grid, scheme.weightFor(w.size(1)));
-      report.grids[gridKey(ctx.model.config(), -1, layer)] = grid;
-      LayerErrorStats es = weightErrorStats(w, q);
-      es.layer = layer;
-      report.layers.push_back({es, 0});
-      reportLayer(ctx.observer, es);
-      tensor = placeWeight(ctx.arena, q.to(tensor.scalar_type()).contiguous());
-    };
-    if (sel.embeddings && weights.tokenEmbedding.defined())
-      roundTensor(weights.tokenEmbedding, "embeddings");
-    if (sel.lmHead && weights.lmHead.defined()) {
-      if (tied && sel.embeddings)
-        weights.lmHead = weights.tokenEmbedding;
-      else
-        roundTensor(weights.lmHead, "lm_head");
-    }
+    roundEmbeddingsAndHead(ctx, report);
 
     report.extra = {{"rank", rank},
                     {"factor_bits", factorBits},
