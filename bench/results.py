@@ -4,8 +4,12 @@ every named scheme on the default model, on two texts, by running `lrq quantize`
 
 usage: bench/results.py [--lrq build/app/lrq] [--methods rtn,gptq,...]
                         [--schemes W4A16,...] [--preset demo] [--seeds 0,1,2]
-                        [--lr METHOD=RATE,...] [--eval-windows N]
-                        [--out docs/RESULTS.md] [--store FILE]
+                        [--lr METHOD=RATE,...] [--lr-from docs/LR_SWEEP.json]
+                        [--eval-windows N] [--out docs/RESULTS.md] [--store FILE]
+
+--lr-from takes each method's rate from bench/lr_sweep.py's choices for the same preset:
+the sweep of the same scheme where there is one, else the sweep of that method at another
+scheme of the preset (the table's lr column shows the rate used). --lr overrides it.
 
 Rows are kept in docs/RESULTS.json beside the table, keyed by (preset, scheme, method,
 seed, settings): a run of a subset replaces those rows and keeps the others, so the
@@ -56,6 +60,25 @@ def final_event(stdout):
     return {}
 
 
+def block_ratios(lrq, run_id, store):
+    """Means over the blocks of final / initial reconstruction loss, on the training and
+    on the held-out samples: scale-free, so blocks whose outputs carry a few very large
+    activations do not dominate them as they dominate the mean losses."""
+    if not run_id:
+        return None, None
+    proc = subprocess.run([lrq, "runs", "show", run_id, "--json"] + store, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        return None, None
+    records = json.loads(proc.stdout).get("block_records") or []
+    def ratio(final, initial):
+        values = [r[final] / r[initial] for r in records
+                  if r.get(final) is not None and r.get(initial)]
+        return sum(values) / len(values) if values else None
+    return (ratio("final_loss", "initial_loss"),
+            ratio("heldout_final_loss", "heldout_initial_loss"))
+
+
 def mean_sd(values):
     values = [v for v in values if v is not None]
     if not values:
@@ -82,6 +105,8 @@ def main():
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--lr", default="", help="per-method learning rates, e.g. lrq=1e-2,flexround=3e-3")
+    ap.add_argument("--lr-from", default="",
+                    help="rates chosen by bench/lr_sweep.py (docs/LR_SWEEP.json)")
     ap.add_argument("--extra", default="", help="more quantize options, e.g. '--rank 64'")
     ap.add_argument("--eval-windows", type=int, default=0, help="0 = the whole texts")
     ap.add_argument("--eval-seq-len", type=int, default=512)
@@ -93,29 +118,20 @@ def main():
     if args.eval_windows:
         evalopts += ["--eval-windows", str(args.eval_windows)]
     rates = dict(kv.split("=") for kv in args.lr.split(",") if kv)
+    sweep = {}
+    if args.lr_from:
+        with open(args.lr_from, encoding="utf-8") as f:
+            sweep = json.load(f)
 
-    fresh = []
-    for scheme in args.schemes.split(","):
-        for method in args.methods.split(","):
-            for seed in args.seeds.split(","):
-                cmd = [args.lrq, "quantize", "default", "--method", method, "--scheme", scheme,
-                       "--preset", args.preset, "--seed", seed, "--json", "--quiet",
-                       "--no-spectra"] + evalopts + store + args.extra.split()
-                if method in rates:
-                    cmd += ["--lr", rates[method]]
-                if scheme in SMOOTHQUANT:
-                    cmd.append("--smoothquant")
-                out, secs, err = run(cmd)
-                done = final_event(out) if out else {}
-                metrics = done.get("metrics", {})
-                row = {"preset": args.preset, "scheme": scheme, "method": method,
-                       "seed": int(seed), "lr": rates.get(method, "preset"),
-                       "extra": args.extra, "smoothquant": scheme in SMOOTHQUANT,
-                       "run_id": done.get("run_id"), "seconds": secs, "error": err}
-                row.update({f: metrics.get(f) for f in FIELDS})
-                fresh.append(row)
-                print(f"{args.preset} {scheme} {method} seed {seed}: KL {metrics.get('kl')} "
-                      f"ood KL {metrics.get('ood_kl')} ({secs:.0f} s) {err}", file=sys.stderr)
+    def rate_for(scheme, method):
+        if method in rates:
+            return rates[method]
+        chosen = sweep.get(f"{args.preset}/{scheme}/{method}", {}).get("best")
+        if chosen is None:
+            others = sorted(k for k, v in sweep.items() if v.get("best") is not None
+                            and k.startswith(args.preset + "/") and k.endswith("/" + method))
+            chosen = sweep[others[0]]["best"] if others else None
+        return None if chosen is None else format(chosen, "g")
 
     sidecar = os.path.splitext(args.out)[0] + ".json"
     settings = {"eval_windows": args.eval_windows, "eval_seq_len": args.eval_seq_len}
@@ -127,12 +143,46 @@ def main():
         if old.get("settings") == settings and old.get("format") == 2:
             for r in old.get("rows", []):
                 rows[key(r)] = r
-    for r in fresh:
-        rows[key(r)] = r
-    with open(sidecar, "w", encoding="utf-8") as f:
-        json.dump({"format": 2, "settings": settings, "rows": list(rows.values())}, f, indent=1)
 
-    write_markdown(args, settings, list(rows.values()))
+    # Each row is written as soon as its run ends, so that stopping a long
+    # regeneration keeps the rows already measured.
+    for scheme in args.schemes.split(","):
+        for method in args.methods.split(","):
+            for seed in args.seeds.split(","):
+                cmd = [args.lrq, "quantize", "default", "--method", method, "--scheme", scheme,
+                       "--preset", args.preset, "--seed", seed, "--json", "--quiet",
+                       "--no-spectra"] + evalopts + store + args.extra.split()
+                lr = rate_for(scheme, method)
+                if lr is not None:
+                    cmd += ["--lr", lr]
+                if scheme in SMOOTHQUANT:
+                    cmd.append("--smoothquant")
+                out, secs, err = run(cmd)
+                done = final_event(out) if out else {}
+                metrics = done.get("metrics", {})
+                row = {"preset": args.preset, "scheme": scheme, "method": method,
+                       "seed": int(seed), "lr": lr or "preset",
+                       "extra": args.extra, "smoothquant": scheme in SMOOTHQUANT,
+                       "run_id": done.get("run_id"), "seconds": secs, "error": err}
+                row.update({f: metrics.get(f) for f in FIELDS})
+                row["recon_train_ratio"], row["recon_heldout_ratio"] = block_ratios(
+                    args.lrq, done.get("run_id"), store)
+                rows[key(row)] = row
+                print(f"{args.preset} {scheme} {method} seed {seed}: KL {metrics.get('kl')} "
+                      f"ood KL {metrics.get('ood_kl')} ({secs:.0f} s) {err}", file=sys.stderr)
+                with open(sidecar, "w", encoding="utf-8") as f:
+                    json.dump({"format": 2, "settings": settings, "rows": list(rows.values())},
+                              f, indent=1)
+                write_markdown(args, settings, list(rows.values()))
+
+
+# The block-wise reconstructions, whose block records hold reconstruction losses (other
+# methods record per-block figures of their own, not comparable with these).
+RECONSTRUCTIONS = {"flexround", "lrq", "rtn-learned-step"}
+
+
+def recon(rs, field):
+    return cell([r.get(field) for r in rs], 3) if rs[0]["method"] in RECONSTRUCTIONS else "-"
 
 
 # Sections written by hand or by other benches (bench/llama_cpp_compare.py), kept
@@ -169,13 +219,22 @@ def write_markdown(args, settings, rows):
         "the text. **top-1** is the share of positions where both models' argmax agree.",
         "- **bits/w**: storage of the quantized linears per weight (codes, 16-bit steps, zero "
         "points, kept low-rank factors at their stored precision).",
-        "- **recon held-out**: mean over blocks of the block reconstruction loss on "
-        "calibration sequences never trained on (block-wise methods only); **held-out / "
-        "train**: its ratio to the same mean on the training sequences (overfitting shows "
-        "as a ratio well above 1).",
+        "- **recon train** and **recon held-out**: each block's reconstruction loss at the "
+        "end of its training divided by the loss it started from (round-to-nearest with the "
+        "method's initial grid), averaged over the blocks; on the training samples and on "
+        "calibration samples never trained on (block-wise methods only). Below 1 is a gain; "
+        "a held-out figure well above the training one is overfitting. Ratios, because the "
+        "losses themselves range from about 40 in block 0 to 7,000-100,000 from block 11 on "
+        "(this model's later blocks carry a few very large activations), and a mean of the "
+        "losses would be those blocks alone.",
         "- Seconds are the whole `lrq quantize` run (load, calibration, method, both "
         "evaluations) without spectra; peak RSS is the process's. W8A8 rows use "
         "SmoothQuant (alpha 0.5, all groups).",
+        "- **lr** is the learning rate the run used: `preset` is the preset's own; a number "
+        "was chosen on calibration data only by `bench/lr_sweep.py` (docs/LR_SWEEP.md: the "
+        "rate with the lowest KL on a validation split of the calibration part), from the "
+        "sweep of the same preset and scheme, or of another scheme of that preset where that "
+        "scheme was not swept.",
         "- With several seeds a cell is mean ± sample standard deviation (n in the seeds "
         "column); a difference smaller than that spread is not a win.",
         "- LRQ rows use the `fixed` rank rule at the default rank min(out, in) / 4 (144 and 48 "
@@ -196,7 +255,7 @@ def write_markdown(args, settings, rows):
     for (preset, extra), cells in sorted(groups.items()):
         lines += [f"## Preset `{preset}`" + (f", `{extra}`" if extra else ""), "",
                   "| scheme | method | lr | seeds | bits/w | KL in | KL ood | top-1 in | "
-                  "top-1 ood | ppl in | ppl ood | recon held-out | held-out / train | seconds | "
+                  "top-1 ood | ppl in | ppl ood | recon train | recon held-out | seconds | "
                   "peak RSS MiB | note |",
                   "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for (scheme, method, lr), rs in sorted(
@@ -204,15 +263,13 @@ def write_markdown(args, settings, rows):
                                                method_order.get(kv[0][1], 99), kv[0][2])):
             col = lambda f: [r.get(f) for r in rs]
             name = method + (" + SmoothQuant" if rs[0]["smoothquant"] else "")
-            ratios = [h / t if h is not None and t else None
-                      for h, t in zip(col("recon_heldout_loss_mean"), col("recon_train_loss_mean"))]
             errors = "; ".join(sorted({r["error"] for r in rs if r["error"]}))
             lines.append(
                 f"| {scheme} | {name} | {lr} | {len(rs)} | {cell(col('bits_per_weight'), 3)} | "
                 f"{cell(col('kl'), 4)} | {cell(col('ood_kl'), 4)} | "
                 f"{cell(col('top1'), 1, 100)} | {cell(col('ood_top1'), 1, 100)} | "
                 f"{cell(col('perplexity'), 2)} | {cell(col('ood_perplexity'), 2)} | "
-                f"{cell(col('recon_heldout_loss_mean'), 4)} | {cell(ratios, 3)} | "
+                f"{recon(rs, 'recon_train_ratio')} | {recon(rs, 'recon_heldout_ratio')} | "
                 f"{cell(col('seconds'), 0)} | "
                 f"{cell(col('peak_rss_mib'), 0)} | {errors} |")
         lines.append("")
