@@ -6,6 +6,7 @@ usage: bench/results.py [--lrq build/app/lrq] [--methods rtn,gptq,...]
                         [--schemes W4A16,...] [--preset demo] [--seeds 0,1,2]
                         [--lr METHOD=RATE,...] [--lr-from docs/LR_SWEEP.json]
                         [--eval-windows N] [--out docs/RESULTS.md] [--store FILE]
+                        [--report-only]
 
 --lr-from takes each method's rate from bench/lr_sweep.py's choices for the same preset:
 the sweep of the same scheme where there is one, else the sweep of that method at another
@@ -112,6 +113,8 @@ def main():
     ap.add_argument("--eval-seq-len", type=int, default=512)
     ap.add_argument("--out", default="docs/RESULTS.md")
     ap.add_argument("--store", default="")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite the markdown from the .json beside it, running nothing")
     args = ap.parse_args()
     store = ["--store", args.store] if args.store else []
     evalopts = ["--eval-seq-len", str(args.eval_seq_len)]
@@ -143,6 +146,12 @@ def main():
         if old.get("settings") == settings and old.get("format") == 2:
             for r in old.get("rows", []):
                 rows[key(r)] = r
+
+    if args.report_only:  # the sidecar's own settings and rows, whatever the options say
+        with open(sidecar, encoding="utf-8") as f:
+            old = json.load(f)
+        write_markdown(args, old["settings"], old["rows"])
+        return
 
     # Each row is written as soon as its run ends, so that stopping a long
     # regeneration keeps the rows already measured.
