@@ -137,21 +137,19 @@ def main():
         return None if chosen is None else format(chosen, "g")
 
     sidecar = os.path.splitext(args.out)[0] + ".json"
-    settings = {"eval_windows": args.eval_windows, "eval_seq_len": args.eval_seq_len}
-    rows = {}
-    key = lambda r: (r["preset"], r["scheme"], r["method"], r["seed"], r["lr"], r["extra"])
+    old = {}
     if os.path.exists(sidecar):
         with open(sidecar, encoding="utf-8") as f:
             old = json.load(f)
-        if old.get("settings") == settings and old.get("format") == 2:
-            for r in old.get("rows", []):
-                rows[key(r)] = r
-
     if args.report_only:  # the sidecar's own settings and rows, whatever the options say
-        with open(sidecar, encoding="utf-8") as f:
-            old = json.load(f)
         write_markdown(args, old["settings"], old["rows"])
         return
+    settings = {"eval_windows": args.eval_windows, "eval_seq_len": args.eval_seq_len}
+    rows = {}
+    key = lambda r: (r["preset"], r["scheme"], r["method"], r["seed"], r["lr"], r["extra"])
+    if old.get("settings") == settings and old.get("format") == 2:
+        for r in old.get("rows", []):
+            rows[key(r)] = r
 
     # Each row is written as soon as its run ends, so that stopping a long
     # regeneration keeps the rows already measured.
