@@ -4,11 +4,15 @@
 //     count (the model's own shapes),
 //   - the seconds of one LRQ (or FlexRound) iteration at batch 2 x 512 on block
 //     0 of the default model, its FLOP count (counted below) and GFLOP/s,
-//   - the ratio of the two (the goal: >= 85 %).
+//   - the ratio of the two (the goal: >= 85 %),
+//   - the same iteration with the learned-rounding quantizer and Adam as plain
+//     tensor ops under autograd ("tensor ops"), and how much faster the fused
+//     path is; the two alternate, best of --rounds runs each. --paths fused or
+//     tensor-ops times one of them alone (peak RSS then belongs to that path).
 // Prints figures; never fails on time.
 //
 // usage: bench_recon [--method lrq|flexround] [--iters N] [--seq-len N] [--batch N]
-//                    [--threads 1,2]
+//                    [--threads 1,2] [--rounds 2] [--paths both|fused|tensor-ops]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -23,7 +27,9 @@
 #include "core/data/default_assets.h"
 #include "core/io/model_loader.h"
 #include "core/model/decoder.h"
+#include "core/quant/learned_rounding.h"
 #include "core/quant/method.h"
+#include "core/recon/adam.h"
 
 namespace {
 
@@ -73,6 +79,8 @@ public:
 int main(int argc, char **argv) {
   std::string method = "lrq", threadList = "1,2";
   int64_t iters = 12, seqLen = 512, batch = 2;
+  int rounds = 2;
+  std::string paths = "both";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string arg = argv[i];
     if (arg == "--method")
@@ -85,6 +93,14 @@ int main(int argc, char **argv) {
       batch = std::atoll(argv[i + 1]);
     else if (arg == "--threads")
       threadList = argv[i + 1];
+    else if (arg == "--paths")
+      paths = argv[i + 1];
+    else if (arg == "--rounds")
+      rounds = std::max(1, std::atoi(argv[i + 1]));
+  }
+  if (paths != "both" && paths != "fused" && paths != "tensor-ops") {
+    std::fprintf(stderr, "bench_recon: --paths must be both, fused or tensor-ops\n");
+    return 2;
   }
   if (method != "lrq" && method != "flexround") {
     std::fprintf(stderr, "bench_recon: --method must be lrq or flexround\n");
@@ -130,8 +146,8 @@ int main(int argc, char **argv) {
   std::printf("FLOP       %.2f G per iteration (linears %.2f, attention %.2f, scale product "
               "%.2f)\n",
               flop / 1e9, linear / 1e9, attention / 1e9, scaleProduct / 1e9);
-  std::printf("%-8s %14s %14s %14s %8s\n", "threads", "GEMM GFLOP/s", "s/iteration", "iter GFLOP/s",
-              "ratio");
+  std::printf("%-8s %14s %14s %14s %8s %12s %9s\n", "threads", "GEMM GFLOP/s", "s/iteration",
+              "iter GFLOP/s", "ratio", "tensor ops", "speedup");
 
   std::stringstream list(threadList);
   std::string item;
@@ -145,29 +161,55 @@ int main(int argc, char **argv) {
       c10::InferenceMode inference;
       gemm = blockGemmGflops(shapes, T);
     }
-    lrq::DecoderModel model(c, lrq::ModelWeights::fromHfTensors(c, loaded.tensors));
-    lrq::quant::QuantScheme scheme = lrq::quant::presetScheme("W3A16-g128");
-    scheme.layers.blocks = {0};
-    std::unique_ptr<lrq::quant::QuantMethod> m = lrq::quant::createMethod(method);
-    nlohmann::json hyper = m->defaults();
-    hyper["iters"] = iters;
-    hyper["batch_size"] = batch;
-    IterationClock clock;
-    lrq::quant::MethodContext ctx{model, scheme, calib, hyper, 0, &clock, nullptr, ""};
-    ctx.spectra = false;
-    m->run(ctx);
-    if (clock.stamps.size() < 3) {
-      std::fprintf(stderr, "bench_recon: the method reported %zu iterations\n",
-                   clock.stamps.size());
-      return 1;
-    }
-    // From the second iteration on: the first one also warms up the allocator.
-    const double seconds =
-        std::chrono::duration<double>(clock.stamps.back() - clock.stamps[1]).count() /
-        double(clock.stamps.size() - 2);
-    const double achieved = flop / seconds / 1e9;
-    std::printf("%-8d %14.1f %14.3f %14.1f %7.0f%%\n", threads, gemm, seconds, achieved,
-                100.0 * achieved / gemm);
+    // One timed run of the method on block 0: seconds per iteration.
+    auto timeIteration = [&]() -> double {
+      lrq::DecoderModel model(c, lrq::ModelWeights::fromHfTensors(c, loaded.tensors));
+      lrq::quant::QuantScheme scheme = lrq::quant::presetScheme("W3A16-g128");
+      scheme.layers.blocks = {0};
+      std::unique_ptr<lrq::quant::QuantMethod> m = lrq::quant::createMethod(method);
+      nlohmann::json hyper = m->defaults();
+      hyper["iters"] = iters;
+      hyper["batch_size"] = batch;
+      IterationClock clock;
+      lrq::quant::MethodContext ctx{model, scheme, calib, hyper, 0, &clock, nullptr, ""};
+      ctx.spectra = false;
+      m->run(ctx);
+      if (clock.stamps.size() < 3)
+        return -1.0;
+      // From the second iteration on: the first one also warms up the allocator.
+      return std::chrono::duration<double>(clock.stamps.back() - clock.stamps[1]).count() /
+             double(clock.stamps.size() - 2);
+    };
+    // The fused path (one-pass quantizer, fused Adam) against tensor ops under
+    // autograd, alternating, best of `rounds` each.
+    double fused = 1e30, tensorOps = 1e30;
+    std::vector<bool> modes;
+    if (paths != "fused")
+      modes.push_back(false);
+    if (paths != "tensor-ops")
+      modes.push_back(true);
+    for (int round = 0; round < rounds; ++round)
+      for (const bool onePass : modes) {
+        lrq::quant::setLearnedRoundingOnePass(onePass);
+        lrq::recon::setAdamFused(onePass);
+        const double seconds = timeIteration();
+        if (seconds < 0) {
+          std::fprintf(stderr, "bench_recon: the method reported too few iterations\n");
+          return 1;
+        }
+        (onePass ? fused : tensorOps) = std::min(onePass ? fused : tensorOps, seconds);
+      }
+    lrq::quant::setLearnedRoundingOnePass(true);
+    lrq::recon::setAdamFused(true);
+    if (paths == "tensor-ops") // the tensor path in the main columns, nothing to compare
+      fused = tensorOps;
+    const double achieved = flop / fused / 1e9;
+    if (paths == "both")
+      std::printf("%-8d %14.1f %14.3f %14.1f %7.0f%% %12.3f %8.2fx\n", threads, gemm, fused,
+                  achieved, 100.0 * achieved / gemm, tensorOps, tensorOps / fused);
+    else
+      std::printf("%-8d %14.1f %14.3f %14.1f %7.0f%%\n", threads, gemm, fused, achieved,
+                  100.0 * achieved / gemm);
   }
   std::printf("peak RSS   %.0f MiB\n", lrq::peakRssMiB());
   return 0;

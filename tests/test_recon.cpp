@@ -6,6 +6,7 @@
 // -lr·sign(g) of an independently computed gradient.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <torch/csrc/autograd/function.h>
 
 #include <QDir>
 #include <QElapsedTimer>
@@ -271,6 +272,70 @@ private slots:
                  qPrintable(what));
         QVERIFY2(close(param(lrq, "c3").grad(), dE.sum(0, true)), qPrintable(what));
         QVERIFY2(close(param(lrq, "r3").grad(), dE.sum(1, true)), qPrintable(what));
+      }
+    }
+  }
+
+  // Away from the start (random S2, r3, L2, U2, c3 and δ; codes pushed off the
+  // grid on both sides), FlexRound's and LRQ's Ŵ and gradients against the
+  // header's formula written here as tensor ops under autograd:
+  //   Ŵ = s1 (clamp(roundSte(W / (s1 e^E)) + z, qmin, qmax) − z),  s1 = s0 e^δ.
+  // Ŵ must be the same bits, the gradients equal to float rounding. The layers
+  // take the one-pass kernel on the CPU (checked by their autograd node).
+  void onePassWeightMatchesAutogradFormula() {
+    at::Generator gen = at::detail::createCPUGenerator(23);
+    GridSpec halfSteps = makeSpec(4, false, Granularity::PerGroup, 32);
+    halfSteps.stepFormat = StepFormat::Fp16;
+    const std::vector<GridSpec> specs = {
+        makeSpec(3, false, Granularity::PerChannel, 0),
+        makeSpec(4, true, Granularity::PerChannel, 0),
+        makeSpec(4, false, Granularity::PerGroup, 32), // 100 = 3 x 32 + a ragged 4
+        makeSpec(2, false, Granularity::PerGroup, 16, StepInit::ClippingSearch),
+        makeSpec(8, true, Granularity::PerTensor, 0),
+        halfSteps};
+    const at::Tensor w = at::randn({40, 100}, gen) * 0.05;
+    const at::Tensor upstream = at::randn({40, 100}, gen); // dL/dŴ
+    for (const GridSpec &spec : specs) {
+      std::vector<std::unique_ptr<LearnedRoundingLayer>> layers;
+      layers.push_back(makeFlexRoundLayer(w, spec));
+      layers.push_back(makeLrqLayer(w, spec, 6, 3));
+      for (const auto &layer : layers) {
+        const QString what = QString::fromStdString(spec.describe()) +
+                             (layer->parameters().size() == 3 ? " flexround" : " lrq");
+        std::map<std::string, at::Tensor> leaf; // the reference's own copies
+        for (const auto &[name, p] : layer->parameters()) {
+          setParam(*layer, name, at::randn(p.sizes(), gen) * (name == "log_s1" ? 0.1 : 0.5));
+          leaf[name] = p.detach().clone().requires_grad_(true);
+        }
+        const at::Tensor fused = layer->weight();
+        QVERIFY2(fused.grad_fn() &&
+                     fused.grad_fn()->name().find("ScaledRounding") != std::string::npos,
+                 qPrintable(what));
+        (fused * upstream).sum().backward();
+
+        const GridParams p0 = computeGridParams(w, spec);
+        const at::Tensor s1 =
+            expandToWeight(applyStepFormat(p0.scale * at::exp(leaf["log_s1"]), spec), spec, 100);
+        const at::Tensor z = expandToWeight(p0.zeroPoint, spec, 100);
+        const at::Tensor e = leaf.count("S2")
+                                 ? leaf["S2"] + leaf["r3"]
+                                 : at::mm(leaf["L2"], leaf["U2"]) + leaf["r3"] + leaf["c3"];
+        const at::Tensor t = w / (s1 * at::exp(e));
+        const at::Tensor x = t + (at::round(t) - t).detach() + z;
+        const at::Tensor reference = (x.clamp(double(spec.qmin()), double(spec.qmax())) - z) * s1;
+        (reference * upstream).sum().backward();
+        QVERIFY2(at::equal(fused.detach(), reference.detach()), qPrintable(what));
+        // Both edges of the grid are reached, and most codes lie inside.
+        const at::Tensor codes = x.detach();
+        const int64_t below = (codes < double(spec.qmin())).sum().item<int64_t>();
+        const int64_t above = (codes > double(spec.qmax())).sum().item<int64_t>();
+        QVERIFY2(below > 0 && above > 0 && below + above < codes.numel() / 2, qPrintable(what));
+        for (const auto &[name, p] : layer->parameters()) {
+          const at::Tensor expect = leaf[name].grad();
+          const double tolerance = 1e-5 * expect.abs().max().item<double>();
+          QVERIFY2(at::allclose(p.grad(), expect, 1e-4, tolerance),
+                   qPrintable(what + " " + QString::fromStdString(name)));
+        }
       }
     }
   }

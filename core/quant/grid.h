@@ -170,6 +170,29 @@ GridParams gridParamsForFraction(const at::Tensor &weight, const GridSpec &spec,
 // Differentiable (no in-place ops).
 at::Tensor expandToWeight(const at::Tensor &param, const GridSpec &spec, int64_t in);
 
+// Index of the quantization unit of element (row, col) in a row-major
+// [rows, groups] parameter tensor (a ragged last group has index col / g like
+// the others), for loops over raw elements.
+struct UnitIndex {
+  Granularity granularity;
+  int64_t groups, groupSize;
+  int64_t operator()(int64_t row, int64_t col) const {
+    switch (granularity) {
+    case Granularity::PerTensor:
+      return 0;
+    case Granularity::PerChannel:
+      return row;
+    case Granularity::PerGroup:
+      return row * groups + col / groupSize;
+    }
+    return 0;
+  }
+};
+// The index into params ([rows, groups] as computeGridParams lays them out).
+inline UnitIndex unitIndex(const GridSpec &spec, const at::Tensor &params) {
+  return {spec.granularity, params.size(1), spec.groupSize};
+}
+
 // Elementwise grid math on tensors that broadcast together; the lowest level,
 // for methods that build their own divisor (FlexRound, LRQ, LR-QAT).
 //   codes:       clamp(round(x / s) + z, qmin, qmax)   (no gradient, float tensor)

@@ -2,8 +2,12 @@
 #include "core/quant/learned_rounding.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <limits>
 #include <map>
 #include <set>
@@ -13,6 +17,7 @@
 #include "core/common/error.h"
 #include "core/quant/embedding_rounding.h"
 #include "core/quant/rtn.h"
+#include "core/recon/elementwise_kernels.h"
 
 namespace lrq::quant {
 
@@ -33,7 +38,115 @@ std::string where(int64_t block, const std::string &layer) {
   return block >= 0 ? "block " + std::to_string(block) + " " + layer : layer;
 }
 
+// Ŵ = s (clamp(round(W / (s · e^E)) + z, qmin, qmax) − z) in one pass over
+// float32 CPU tensors: W and E [out, in], s and z [rows, groups] as grid.h lays
+// them out. The forward takes e^E from at::exp and then does the tensor path's
+// float operations in its order (s · e^E, W / that, round, + z, clamp, − z, · s),
+// so Ŵ is the same bits. The backward is the straight-through gradient in closed
+// form: with t = W / (s · e^E) and inside = (round(t) + z within [qmin, qmax]),
+//   dŴ/dE = −inside · s · t,   dŴ/ds = (q − z) − inside · t,
+// summed over each unit for s (in double). It recomputes t from the saved e^E
+// instead of keeping autograd's chain of [out, in] intermediates; the results
+// agree with autograd's to float rounding.
+class ScaledRoundingFunction : public torch::autograd::Function<ScaledRoundingFunction> {
+public:
+  static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &w,
+                            const at::Tensor &step, const at::Tensor &zero,
+                            const at::Tensor &exponent, int64_t granularity, int64_t groupSize,
+                            int64_t qmin, int64_t qmax) {
+    const at::Tensor scale = at::exp(exponent).contiguous();
+    const Loop loop(w, step, zero, scale, granularity, groupSize, qmin, qmax);
+    at::Tensor out = at::empty_like(loop.w);
+    float *o = out.data_ptr<float>();
+    loop.units([&](int64_t, int64_t, int64_t begin, int64_t end, float s, float z) {
+      recon::scaledRoundingForward(loop.wp + begin, loop.ep + begin, s, z, loop.lo, loop.hi,
+                                   o + begin, end - begin);
+    });
+    ctx->save_for_backward({loop.w, loop.step, loop.zero, scale});
+    ctx->saved_data["granularity"] = granularity;
+    ctx->saved_data["group_size"] = groupSize;
+    ctx->saved_data["qmin"] = qmin;
+    ctx->saved_data["qmax"] = qmax;
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
+                                                 torch::autograd::variable_list gradOutputs) {
+    const std::vector<at::Tensor> saved = ctx->get_saved_variables();
+    const Loop loop(saved[0], saved[1], saved[2], saved[3], ctx->saved_data["granularity"].toInt(),
+                    ctx->saved_data["group_size"].toInt(), ctx->saved_data["qmin"].toInt(),
+                    ctx->saved_data["qmax"].toInt());
+    const at::Tensor grad = gradOutputs[0].to(at::kFloat).contiguous();
+    const float *g = grad.data_ptr<float>();
+    at::Tensor gradExponent = at::empty_like(loop.w);
+    float *ge = gradExponent.data_ptr<float>();
+    // Per-unit sums of dL/ds; per-tensor grids sum per row here and over rows below.
+    const bool perTensor = loop.unit.granularity == Granularity::PerTensor;
+    at::Tensor partial =
+        at::zeros({perTensor ? loop.w.size(0) : loop.step.size(0), loop.step.size(1)},
+                  loop.w.options().dtype(at::kDouble));
+    double *pp = partial.data_ptr<double>();
+    loop.units([&](int64_t row, int64_t unit, int64_t begin, int64_t end, float s, float z) {
+      pp[perTensor ? row : unit] +=
+          recon::scaledRoundingBackward(loop.wp + begin, loop.ep + begin, g + begin, s, z, loop.lo,
+                                        loop.hi, ge + begin, end - begin);
+    });
+    at::Tensor gradStep = (perTensor ? partial.sum().view({1, 1}) : partial).to(at::kFloat);
+    return {at::Tensor(), gradStep,     at::Tensor(), gradExponent,
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+
+private:
+  // The tensors as float pointers, and the walk over rows in parallel.
+  struct Loop {
+    at::Tensor w, step, zero, scale;
+    const float *wp, *sp, *zp, *ep;
+    UnitIndex unit;
+    int64_t out, in;
+    float lo, hi;
+    Loop(const at::Tensor &w_, const at::Tensor &step_, const at::Tensor &zero_,
+         const at::Tensor &scale_, int64_t granularity, int64_t groupSize, int64_t qmin,
+         int64_t qmax)
+        : w(w_.contiguous()), step(step_.contiguous()), zero(zero_.contiguous()),
+          scale(scale_.contiguous()), wp(w.data_ptr<float>()), sp(step.data_ptr<float>()),
+          zp(zero.data_ptr<float>()),
+          ep(scale.data_ptr<float>()), unit{Granularity(granularity), step.size(1), groupSize},
+          out(w.size(0)), in(w.size(1)), lo(float(qmin)), hi(float(qmax)) {}
+    // f(row, unit, first, end, s, z) for each run of a row's elements [first, end)
+    // (flat indices) that share one unit; rows split between threads.
+    template <typename F> void units(const F &f) const {
+      const int64_t span = unit.granularity == Granularity::PerGroup ? unit.groupSize : in;
+      at::parallel_for(0, out, std::max<int64_t>(1, 32768 / in), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = 0; c < in; c += span) {
+            const int64_t u = unit(r, c);
+            f(r, u, r * in + c, r * in + std::min(in, c + span), sp[u], zp[u]);
+          }
+      });
+    }
+  };
+};
+
+std::atomic<bool> onePassEnabled{true};
+
+// Whether weight() may take ScaledRoundingFunction: float32 CPU tensors, an
+// integer zero point (not the offset form) and a full [out, in] exponent.
+bool scaledRoundingApplies(const at::Tensor &w, const at::Tensor &step, const at::Tensor &zero,
+                           const at::Tensor &exponent, const GridSpec &spec) {
+  if (!onePassEnabled.load() || spec.offsetForm() || !exponent.defined() ||
+      exponent.sizes() != w.sizes())
+    return false;
+  for (const at::Tensor *t : {&w, &step, &zero, &exponent})
+    if (!t->device().is_cpu() || t->scalar_type() != at::kFloat)
+      return false;
+  return true;
+}
+
 } // namespace
+
+bool setLearnedRoundingOnePass(bool enabled) {
+  return onePassEnabled.exchange(enabled);
+}
 
 LearnedRoundingLayer::LearnedRoundingLayer(const at::Tensor &weight, const GridSpec &spec)
     : spec_(spec) {
@@ -74,9 +187,12 @@ GridParams LearnedRoundingLayer::grid() const {
 
 at::Tensor LearnedRoundingLayer::weight() const {
   // Straight through the step format: training sees the steps the grid will store.
-  const at::Tensor s1 =
-      expandToWeight(applyStepFormat(step0_ * at::exp(logStep_), spec_), spec_, w_.size(1));
+  const at::Tensor step = applyStepFormat(step0_ * at::exp(logStep_), spec_);
   const at::Tensor e = exponent();
+  if (scaledRoundingApplies(w_, step, zeroParam_, e, spec_))
+    return ScaledRoundingFunction::apply(w_, step, zeroParam_, e, int64_t(spec_.granularity),
+                                         spec_.groupSize, spec_.qmin(), spec_.qmax());
+  const at::Tensor s1 = expandToWeight(step, spec_, w_.size(1));
   const at::Tensor divisor = e.defined() ? s1 * at::exp(e) : s1;
   if (spec_.offsetForm()) {
     // The offset follows the step (M1 = M0 s1 / s0, as a frozen integer zero

@@ -70,6 +70,12 @@ protected:
   at::Tensor logStep_;   // δ: log s1 - log s0, learnable
 };
 
+// Whether weight() takes a one-pass kernel with a closed-form backward where it
+// applies (float32 CPU tensors, integer zero point; the default), or tensor ops
+// under autograd everywhere (benches compare the two). Ŵ is the same bits
+// either way. Returns the previous value.
+bool setLearnedRoundingOnePass(bool enabled);
+
 // The per-layer quantizers of the methods (declared here for tests and tools).
 std::unique_ptr<LearnedRoundingLayer> makeFlexRoundLayer(const at::Tensor &weight,
                                                          const GridSpec &spec);

@@ -161,26 +161,8 @@ at::Tensor lrqatMergedWeight(const LrqatLayer &layer) {
 
 namespace {
 
-// Index of the quantization unit of element (row, col) in the [rows, groups]
-// parameter tensors (a ragged last group has index col / g like the others).
-struct UnitIndex {
-  Granularity granularity;
-  int64_t groups, groupSize;
-  int64_t operator()(int64_t row, int64_t col) const {
-    switch (granularity) {
-    case Granularity::PerTensor:
-      return 0;
-    case Granularity::PerChannel:
-      return row;
-    case Granularity::PerGroup:
-      return row * groups + col / groupSize;
-    }
-    return 0;
-  }
-};
-
 UnitIndex unitIndex(const LrqatLayer &l) {
-  return {l.spec.granularity, l.scale.size(1), l.spec.groupSize};
+  return unitIndex(l.spec, l.scale);
 }
 
 // The fused loops serve float32 CPU tensors; anything else takes tensor ops.
