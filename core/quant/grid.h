@@ -84,7 +84,9 @@
 // All step arithmetic is float32, so an independent float32 implementation
 // (tests/reference/quant_reference.py) reproduces codes bit for bit.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "core/quant/quant_spec.h"
@@ -191,6 +193,19 @@ struct UnitIndex {
 // The index into params ([rows, groups] as computeGridParams lays them out).
 inline UnitIndex unitIndex(const GridSpec &spec, const at::Tensor &params) {
   return {spec.granularity, params.size(1), spec.groupSize};
+}
+// f(row, unit, begin, end) for each run [begin, end) of flat (row-major)
+// indices of an [out, in] weight whose elements share one unit; rows are split
+// between threads (at::parallel_for), each run belongs to one of them.
+template <typename F>
+void forEachUnitRun(const UnitIndex &unit, int64_t out, int64_t in, const F &f) {
+  const int64_t span = unit.granularity == Granularity::PerGroup ? unit.groupSize : in;
+  at::parallel_for(0, out, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, in)),
+                   [&](int64_t r0, int64_t r1) {
+                     for (int64_t r = r0; r < r1; ++r)
+                       for (int64_t c = 0; c < in; c += span)
+                         f(r, unit(r, c), r * in + c, r * in + std::min(in, c + span));
+                   });
 }
 
 // Elementwise grid math on tensors that broadcast together; the lowest level,

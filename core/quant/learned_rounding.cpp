@@ -112,16 +112,10 @@ private:
           zp(zero.data_ptr<float>()),
           ep(scale.data_ptr<float>()), unit{Granularity(granularity), step.size(1), groupSize},
           out(w.size(0)), in(w.size(1)), lo(float(qmin)), hi(float(qmax)) {}
-    // f(row, unit, first, end, s, z) for each run of a row's elements [first, end)
-    // (flat indices) that share one unit; rows split between threads.
+    // f(row, unit, begin, end, s, z) for each run of elements sharing a unit.
     template <typename F> void units(const F &f) const {
-      const int64_t span = unit.granularity == Granularity::PerGroup ? unit.groupSize : in;
-      at::parallel_for(0, out, std::max<int64_t>(1, 32768 / in), [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r)
-          for (int64_t c = 0; c < in; c += span) {
-            const int64_t u = unit(r, c);
-            f(r, u, r * in + c, r * in + std::min(in, c + span), sp[u], zp[u]);
-          }
+      forEachUnitRun(unit, out, in, [&](int64_t r, int64_t u, int64_t begin, int64_t end) {
+        f(r, u, begin, end, sp[u], zp[u]);
       });
     }
   };

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/common/error.h"
+#include "core/recon/elementwise_kernels.h"
 
 namespace lrq::quant {
 
@@ -171,6 +172,19 @@ bool fusable(const LrqatLayer &l) {
          l.zeroPoint.scalar_type() == at::kFloat && l.a.scalar_type() == at::kFloat;
 }
 
+// The constants of the fused loops that every unit shares (s and z are set per unit).
+recon::LrqatUnit unitConstants(const GridSpec &spec) {
+  recon::LrqatUnit c{};
+  c.inv = float(1.0 / std::ldexp(1.0, lrqatFractionalBits(spec)));
+  c.offset = float(storageOffset(spec));
+  c.lo = float(spec.qmin());
+  c.hi = float(spec.qmax());
+  c.zero = spec.offsetForm()   ? recon::CodeZero::Offset
+           : integerZero(spec) ? recon::CodeZero::Integer
+                               : recon::CodeZero::None;
+  return c;
+}
+
 // Sums P [out, in] over each quantization unit: [rows, groups].
 at::Tensor sumUnits(const at::Tensor &p, const GridSpec &spec) {
   const int64_t out = p.size(0), in = p.size(1);
@@ -246,29 +260,12 @@ LrqatForward lrqatForward(const LrqatLayer &layer, LrqatScratch *scratch) {
   const float *zp = zero.data_ptr<float>();
   float *w = f.weight.data_ptr<float>();
   int16_t *codes = f.codes.data_ptr<int16_t>();
-  const float inv = float(1.0 / std::ldexp(1.0, lrqatFractionalBits(spec)));
-  const float offset = float(storageOffset(spec));
-  const bool sym = spec.symmetric, offsets = spec.offsetForm(), zInt = integerZero(spec);
-  const UnitIndex unit = unitIndex(layer);
-  at::parallel_for(0, out, 16, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r)
-      for (int64_t c = 0; c < in; ++c) {
-        const int64_t k = r * in + c, u = unit(r, c);
-        float phi = float(v[k]) * inv;
-        if (offsets)
-          phi = phi + offset;
-        else if (!sym)
-          phi = phi - (zp[u] - offset);
-        float q = std::nearbyint(phi + abp[k]); // halves to even, as at::round
-        if (zInt)
-          q = q + zp[u];
-        codes[k] =
-            std::isfinite(q) ? int16_t(std::min(std::max(q, -32768.0f), 32767.0f)) : int16_t(0);
-        const float qc = std::min(std::max(q, qmin), qmax);
-        // Offset form: fl(s q − M) in two roundings, as dequantizeOffset (no FMA: ISO C++
-        // mode keeps -ffp-contract off).
-        w[k] = offsets ? qc * sp[u] - zp[u] : zInt ? (qc - zp[u]) * sp[u] : qc * sp[u];
-      }
+  const recon::LrqatUnit constants = unitConstants(spec);
+  forEachUnitRun(unitIndex(layer), out, in, [&](int64_t, int64_t u, int64_t begin, int64_t end) {
+    recon::LrqatUnit c = constants;
+    c.s = sp[u];
+    c.z = zp[u];
+    recon::lrqatWeight(v + begin, abp + begin, c, w + begin, codes + begin, end - begin);
   });
   return f;
 }
@@ -304,20 +301,17 @@ LrqatGradients lrqatBackward(const LrqatLayer &layer, const at::Tensor &codes,
     const int16_t *qp = q.data_ptr<int16_t>();
     float *dup = du.data_ptr<float>();
     double *pp = partial.data_ptr<double>();
-    const bool zInt = integerZero(spec);
-    const UnitIndex unit = unitIndex(layer);
-    at::parallel_for(0, out, 16, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t c = 0; c < in; ++c) {
-          const int64_t k = r * in + c, u = unit(r, c);
-          const float qv = float(qp[k]);
-          const bool inside = qv >= qmin && qv <= qmax;
-          dup[k] = inside ? gp[k] * sp[u] : 0.0f;
-          const float qc = std::min(std::max(qv, qmin), qmax);
-          pp[r * groups + (perGroup ? c / spec.groupSize : 0)] +=
-              double(gp[k]) * double(zInt ? qc - zp[u] : qc);
-        }
-    });
+    const recon::LrqatUnit constants = unitConstants(spec);
+    // Per-tensor grids sum per row here (partial is [out, 1]) and over rows below.
+    const bool perTensor = spec.granularity == Granularity::PerTensor;
+    forEachUnitRun(unitIndex(layer), out, in,
+                   [&](int64_t r, int64_t u, int64_t begin, int64_t end) {
+                     recon::LrqatUnit c = constants;
+                     c.s = sp[u];
+                     c.z = zp[u];
+                     pp[perTensor ? r : u] +=
+                         recon::lrqatGradients(qp + begin, gp + begin, c, dup + begin, end - begin);
+                   });
     switch (spec.granularity) {
     case Granularity::PerTensor:
       ds = partial.sum().view({1, 1});

@@ -31,6 +31,31 @@ inline float roundHalfEvenForGrid(float x) {
   return a < kExact ? r : x;
 }
 
+// Σ terms[0..n) in double: eight lanes, then the lanes in order (the same
+// order whatever the vector width).
+class LaneSum {
+public:
+  template <typename T> void add(const T *terms, int64_t n) {
+    int64_t k = 0;
+    for (; k + kLanes <= n; k += kLanes)
+      for (int64_t l = 0; l < kLanes; ++l)
+        lanes_[l] += double(terms[k + l]);
+    for (; k < n; ++k)
+      lanes_[0] += double(terms[k]);
+  }
+  double total() const {
+    double sum = 0.0;
+    for (int64_t l = 0; l < kLanes; ++l)
+      sum += lanes_[l];
+    return sum;
+  }
+  static constexpr int64_t kChunk = 256; // terms buffered before add()
+
+private:
+  static constexpr int64_t kLanes = 8;
+  double lanes_[kLanes] = {};
+};
+
 } // namespace
 
 LRQ_VECTOR_CLONES
@@ -47,13 +72,10 @@ LRQ_VECTOR_CLONES
 double scaledRoundingBackward(const float *__restrict w, const float *__restrict expE,
                               const float *__restrict grad, float s, float z, float lo, float hi,
                               float *__restrict gradE, int64_t n) {
-  // Per-element terms in chunks, summed into eight double lanes (a fixed order
-  // whatever the vector width).
-  constexpr int64_t kChunk = 256, kLanes = 8;
-  float terms[kChunk];
-  double lanes[kLanes] = {};
-  for (int64_t begin = 0; begin < n; begin += kChunk) {
-    const int64_t m = std::min(kChunk, n - begin);
+  float terms[LaneSum::kChunk];
+  LaneSum sum;
+  for (int64_t begin = 0; begin < n; begin += LaneSum::kChunk) {
+    const int64_t m = std::min(LaneSum::kChunk, n - begin);
     const float *wc = w + begin, *ec = expE + begin, *gc = grad + begin;
     float *gec = gradE + begin;
     for (int64_t k = 0; k < m; ++k) {
@@ -65,17 +87,9 @@ double scaledRoundingBackward(const float *__restrict w, const float *__restrict
       gec[k] = inside ? exponentGrad : 0.0f;
       terms[k] = gc[k] * (inside ? (q - z) - t : q - z);
     }
-    int64_t k = 0;
-    for (; k + kLanes <= m; k += kLanes)
-      for (int64_t l = 0; l < kLanes; ++l)
-        lanes[l] += double(terms[k + l]);
-    for (; k < m; ++k)
-      lanes[0] += double(terms[k]);
+    sum.add(terms, m);
   }
-  double sum = 0.0;
-  for (int64_t l = 0; l < kLanes; ++l)
-    sum += lanes[l];
-  return sum;
+  return sum.total();
 }
 
 LRQ_VECTOR_CLONES
@@ -91,6 +105,54 @@ void adamUpdate(float *__restrict p, float *__restrict m, float *__restrict v,
     v[k] = vk;
     p[k] -= stepSize * (mk / (std::sqrt(vk) / sqrtBc2 + eps));
   }
+}
+
+LRQ_VECTOR_CLONES
+void lrqatWeight(const int8_t *__restrict v, const float *__restrict ab, const LrqatUnit &unit,
+                 float *__restrict w, int16_t *__restrict codes, int64_t n) {
+  const LrqatUnit u = unit; // by value: stores to w and codes cannot change it
+  const CodeZero zero = u.zero;
+  for (int64_t k = 0; k < n; ++k) {
+    float phi = float(v[k]) * u.inv;
+    if (zero == CodeZero::Offset)
+      phi = phi + u.offset;
+    else if (zero == CodeZero::Integer)
+      phi = phi - (u.z - u.offset);
+    float q = roundHalfEvenForGrid(phi + ab[k]);
+    if (zero == CodeZero::Integer)
+      q = q + u.z;
+    const float bounded = std::min(std::max(q, -32768.0f), 32767.0f);
+    codes[k] = std::isfinite(q) ? int16_t(bounded) : int16_t(0);
+    const float qc = std::min(std::max(q, u.lo), u.hi);
+    w[k] = zero == CodeZero::Offset    ? qc * u.s - u.z
+           : zero == CodeZero::Integer ? (qc - u.z) * u.s
+                                       : qc * u.s;
+  }
+}
+
+LRQ_VECTOR_CLONES
+double lrqatGradients(const int16_t *__restrict codes, const float *__restrict grad,
+                      const LrqatUnit &unit, float *__restrict du, int64_t n) {
+  const LrqatUnit u = unit;
+  const bool integerZero = u.zero == CodeZero::Integer;
+  double terms[LaneSum::kChunk];
+  LaneSum sum;
+  for (int64_t begin = 0; begin < n; begin += LaneSum::kChunk) {
+    const int64_t m = std::min(LaneSum::kChunk, n - begin);
+    const int16_t *qc16 = codes + begin;
+    const float *gc = grad + begin;
+    float *duc = du + begin;
+    for (int64_t k = 0; k < m; ++k) {
+      const float q = float(qc16[k]);
+      const bool inside = q >= u.lo && q <= u.hi;
+      const float stepGrad = gc[k] * u.s;
+      duc[k] = inside ? stepGrad : 0.0f;
+      const float qc = std::min(std::max(q, u.lo), u.hi);
+      terms[k] = double(gc[k]) * double(integerZero ? qc - u.z : qc);
+    }
+    sum.add(terms, m);
+  }
+  return sum.total();
 }
 
 } // namespace lrq::recon

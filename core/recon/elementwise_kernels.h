@@ -33,4 +33,28 @@ double scaledRoundingBackward(const float *w, const float *expE, const float *gr
 void adamUpdate(float *p, float *m, float *v, const float *g, double beta1, double beta2,
                 float stepSize, float sqrtBc2, float eps, int64_t n);
 
+// LR-QAT's codes and Ŵ (core/quant/lrqat_layer.cpp) for n elements that share
+// one unit. The zero point's role depends on the grid.
+enum class CodeZero {
+  None,    // symmetric: Ŵ = clamp(q) · s
+  Integer, // asymmetric: codes carry z, Ŵ = (clamp(q) − z) · s
+  Offset   // offset form: z holds the value offset M, Ŵ = clamp(q) · s − M
+};
+struct LrqatUnit {
+  float s, z;        // step, and zero point or offset M
+  float inv, offset; // 2^−f (Φ0's fraction) and the storage offset c
+  float lo, hi;      // qmin, qmax
+  CodeZero zero;
+};
+// φ = v[k] · inv, + c (offset form) or − (z − c) (integer zero);
+// q = round(φ + ab[k]) (halves to even), + z (integer zero);
+// codes[k] = q clamped to int16 (0 when q is not finite); Ŵ[k] from clamp(q, lo, hi).
+void lrqatWeight(const int8_t *v, const float *ab, const LrqatUnit &u, float *w, int16_t *codes,
+                 int64_t n);
+// du[k] = grad[k] · s where lo <= codes[k] <= hi, else 0; returns
+// Σ grad[k] · (clamp(codes[k], lo, hi) − z) (without − z unless the zero is an
+// integer one), summed in double in a fixed order.
+double lrqatGradients(const int16_t *codes, const float *grad, const LrqatUnit &u, float *du,
+                      int64_t n);
+
 } // namespace lrq::recon
