@@ -25,6 +25,8 @@
 #include "core/common/error.h"
 #include "core/common/json_limits.h"
 #include "core/io/export.h"
+#include "core/io/gguf.h"
+#include "core/io/gguf_model.h"
 #include "core/io/hf_config.h"
 #include "core/io/model_loader.h"
 #include "core/io/safetensors.h"
@@ -86,8 +88,9 @@ std::string nested(const std::string &open, const std::string &inner, const std:
 using lrq::test::put;
 using lrq::test::putString;
 
-// A LLaMA GGUF with the given block count and only a token embedding.
-std::string ggufWithBlockCount(uint32_t blocks) {
+// A LLaMA GGUF with the given block count and only a token embedding of
+// `vocabulary` rows.
+std::string ggufWithBlockCount(uint32_t blocks, uint64_t vocabulary = 10) {
   std::string kv;
   int count = 0;
   auto u32 = [&](const std::string &key, uint32_t v) {
@@ -116,12 +119,12 @@ std::string ggufWithBlockCount(uint32_t blocks) {
   out += kv;
   putString(out, "token_embd.weight");
   put<uint32_t>(out, 2);
-  put<uint64_t>(out, 8);  // embedding length
-  put<uint64_t>(out, 10); // vocabulary
-  put<uint32_t>(out, 0);  // F32
+  put<uint64_t>(out, 8); // embedding length
+  put<uint64_t>(out, vocabulary);
+  put<uint32_t>(out, 0); // F32
   put<uint64_t>(out, 0);
   out.append((32 - out.size() % 32) % 32, '\0');
-  out.append(8 * 10 * 4, '\0');
+  out.append(size_t(8 * vocabulary * 4), '\0');
   return out;
 }
 
@@ -213,6 +216,26 @@ private slots:
     QVERIFY2(e.startsWith("error: ") && e.contains("declares 2147483648 layers") &&
                  e.contains("1 tensors"),
              qPrintable(e));
+  }
+
+  // A token embedding with no rows (a vocabulary of 0; found by fuzz_gguf_model) is
+  // refused when the hyperparameters are read, not passed on as vocabSize 0.
+  void ggufEmptyVocabularyRefused() {
+    const QString file = path("empty-vocabulary.gguf");
+    writeBytes(file, ggufWithBlockCount(1, 0));
+    const std::string p = file.toStdString();
+    const QString e = runInChild([p] {
+      GgufReader g(p);
+      modelConfigFromGguf(g);
+    });
+    QVERIFY2(e.startsWith("error: ") && e.contains("token_embd.weight: no rows"), qPrintable(e));
+    writeBytes(file, ggufWithBlockCount(1, 10));
+    QCOMPARE(runInChild([p] {
+               GgufReader g(p);
+               if (modelConfigFromGguf(g).vocabSize != 10)
+                 throw Error("vocabulary is not 10");
+             }),
+             QString("no error"));
   }
 
   void configNumHiddenLayersOf2To31_data() {

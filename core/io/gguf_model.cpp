@@ -139,6 +139,9 @@ ModelConfig modelConfigFromGguf(const GgufReader &g) {
     fail(g, "tensor token_embd.weight: shape does not match the embedding length " +
                 std::to_string(c.hiddenSize));
   const auto embdRows = static_cast<int64_t>(embd->dims[1]);
+  // The vocabulary is the embedding's row count: an empty (or absurd) one is no model.
+  if (embdRows < 1)
+    fail(g, "tensor token_embd.weight: no rows (an empty vocabulary)");
   if (g.has(p + "vocab_size")) {
     c.vocabSize = positiveInt(g, p + "vocab_size", true, 0);
     if (c.vocabSize != embdRows)
