@@ -32,6 +32,7 @@
 #include "core/quant/method.h"
 #include "core/quant/rtn.h"
 #include "core/quant/scheme.h"
+#include "core/recon/adam.h"
 #include "core/recon/block_reconstructor.h"
 #include "decoder_test_models.h"
 #include "test_support.h"
@@ -820,6 +821,30 @@ private slots:
     QVERIFY(!c.extra.at("blocks").at(0).contains("heldout_final_loss"));
     QVERIFY(c.extra.at("blocks").at(1).contains("heldout_final_loss"));
     QVERIFY(!c.extra.contains("recon_heldout_loss_mean")); // not every block has one
+  }
+
+  // The fused Adam update against the tensor-op update over several steps with
+  // varying gradients: the same parameters to float rounding.
+  void fusedAdamMatchesTensorOps() {
+    at::Generator gen = at::detail::createCPUGenerator(31);
+    const at::Tensor start = at::randn({37, 53}, gen);
+    std::vector<at::Tensor> grads;
+    for (int k = 0; k < 6; ++k)
+      grads.push_back(at::randn({37, 53}, gen) * (k + 1));
+    auto train = [&](bool fused) {
+      const bool previous = recon::setAdamFused(fused);
+      at::Tensor p = start.clone().requires_grad_(true);
+      recon::Adam adam({p});
+      for (const at::Tensor &g : grads) {
+        p.mutable_grad() = g.clone();
+        adam.step(1e-2);
+      }
+      recon::setAdamFused(previous);
+      return p.detach();
+    };
+    const at::Tensor fused = train(true), tensorOps = train(false);
+    QVERIFY(!at::equal(fused, start));
+    QVERIFY(at::allclose(fused, tensorOps, 1e-5, 1e-6));
   }
 
   // Adam's first step moves every parameter by -lr·sign(g) (the cosine factor
