@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -72,7 +73,7 @@ Commands:
   text [--part evaluation|calibration|out-of-domain]
                                  print the default text's held-out or calibration part, or
                                  the out-of-domain evaluation text
-  quantize MODEL --method M --scheme S [--preset demo|thorough] [options]
+  quantize MODEL --method M --scheme S [--preset demo|extended|thorough] [options]
                                  quantize, evaluate and record a run; prints the run id
                                  (lrq quantize --help lists every option)
   quantize --resume RUN_ID       go on with an interrupted flexround / lrq / rtn-learned-step
@@ -454,6 +455,14 @@ int run(int argc, char **argv, std::ostream &out, std::ostream &err) {
     args = parseArguments(argc, argv);
     if (has(args, "version")) {
       out << "lrq " << kVersion << "\n";
+      // What the launcher (app/launcher.cpp) or the user chose for LibTorch's OpenMP.
+      const char *policy = std::getenv("OMP_WAIT_POLICY");
+      const char *spin = std::getenv("GOMP_SPINCOUNT");
+      out << "OpenMP idle threads: "
+          << (policy != nullptr ? std::string("OMP_WAIT_POLICY=") + printableText(policy)
+              : spin != nullptr ? std::string("GOMP_SPINCOUNT=") + printableText(spin)
+                                : std::string("spin (OMP_WAIT_POLICY unset)"))
+          << "\n";
       return 0;
     }
     if (has(args, "help") && args.command == "quantize") {

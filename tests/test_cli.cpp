@@ -55,6 +55,45 @@ private slots:
     QVERIFY(h.out.contains("dequantized from Q4_1"));
   }
 
+  // `lrq` is a launcher (app/launcher.cpp): it makes LibTorch's idle OpenMP workers sleep
+  // instead of spin unless the user chose otherwise, then runs the engine in its place.
+  void launcherChoosesOpenMpWaiting() {
+    QProcessEnvironment env = QProcessEnvironment::systemEnvironment();
+    env.remove(QStringLiteral("OMP_WAIT_POLICY"));
+    env.remove(QStringLiteral("GOMP_SPINCOUNT"));
+    const QString app = QDir(QStringLiteral(LRQ_BINARY_DIR)).filePath(QStringLiteral("app"));
+    const QString launcher = QDir(app).filePath(QStringLiteral("lrq"));
+    Result engine =
+        lrq::test::runProgram(QDir(app).filePath(QStringLiteral("lrq-engine")), {"--version"}, env);
+    QCOMPARE(engine.exitCode, 0);
+    QVERIFY2(engine.out.contains("spin (OMP_WAIT_POLICY unset)"), engine.out.constData());
+    Result passive = lrq::test::runProgram(launcher, {"--version"}, env);
+    QCOMPARE(passive.exitCode, 0);
+    QVERIFY2(passive.out.contains("OMP_WAIT_POLICY=PASSIVE"), passive.out.constData());
+    QProcessEnvironment chosen = env;
+    chosen.insert(QStringLiteral("OMP_WAIT_POLICY"), QStringLiteral("active"));
+    Result active = lrq::test::runProgram(launcher, {"--version"}, chosen);
+    QVERIFY2(active.out.contains("OMP_WAIT_POLICY=active"), active.out.constData());
+    QProcessEnvironment spin = env;
+    spin.insert(QStringLiteral("GOMP_SPINCOUNT"), QStringLiteral("1000"));
+    Result spinCount = lrq::test::runProgram(launcher, {"--version"}, spin);
+    QVERIFY2(spinCount.out.contains("GOMP_SPINCOUNT=1000"), spinCount.out.constData());
+    // Arguments reach the engine unchanged, exit codes come back.
+    Result usage = lrq::test::runProgram(launcher, {"eval"}, env);
+    QCOMPARE(usage.exitCode, 2);
+    QVERIFY2(usage.err.startsWith("lrq: "), qPrintable(usage.err));
+    // A launcher without its engine says which file it looked for.
+    QTemporaryDir alone;
+    QVERIFY(alone.isValid());
+    const QString copy = alone.filePath(QStringLiteral("lrq"));
+    QVERIFY(QFile::copy(launcher, copy));
+    Result missing = lrq::test::runProgram(copy, {"--version"}, env);
+    QCOMPARE(missing.exitCode, 127);
+    QVERIFY2(missing.err.contains("cannot start its engine") &&
+                 missing.err.contains(alone.filePath(QStringLiteral("lrq-engine"))),
+             qPrintable(missing.err));
+  }
+
   void usageErrorsExitTwo() {
     const QList<QStringList> commands{
         {"eval"},

@@ -58,9 +58,13 @@ struct Result {
   QString err;
 };
 
-inline Result runLrq(const QStringList &args, int timeoutMs = 1200000) {
+// `program` with `args`, in `environment` (empty: this process's own).
+inline Result runProgram(const QString &program, const QStringList &args,
+                         const QProcessEnvironment &environment = {}, int timeoutMs = 1200000) {
   QProcess proc;
-  proc.start(QDir(QStringLiteral(LRQ_BINARY_DIR)).filePath("app/lrq"), args);
+  if (!environment.isEmpty())
+    proc.setProcessEnvironment(environment);
+  proc.start(program, args);
   Result r;
   if (!proc.waitForFinished(timeoutMs)) {
     proc.kill();
@@ -72,6 +76,10 @@ inline Result runLrq(const QStringList &args, int timeoutMs = 1200000) {
   r.out = proc.readAllStandardOutput();
   r.err = QString::fromUtf8(proc.readAllStandardError());
   return r;
+}
+
+inline Result runLrq(const QStringList &args, int timeoutMs = 1200000) {
+  return runProgram(QDir(QStringLiteral(LRQ_BINARY_DIR)).filePath("app/lrq"), args, {}, timeoutMs);
 }
 
 inline QJsonObject parseJson(const Result &r) {
