@@ -52,6 +52,9 @@ def main():
     ap.add_argument("--schemes", default="W3A16-g128")
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--rates", default="", help="override, e.g. lrq=1e-2:2e-2")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="intra-op threads per run (0: all cores); 1 lets two sweeps share "
+                         "2 cores")
     ap.add_argument("--store", default=os.path.join(tempfile.gettempdir(), "lr_sweep.sqlite"))
     ap.add_argument("--out", default="docs/LR_SWEEP.md")
     ap.add_argument("--report-only", action="store_true",
@@ -77,7 +80,9 @@ def main():
         for method in args.methods.split(","):
             tried = []
             for lr in rates[method]:
-                cmd = [args.lrq, "quantize", "default", "--method", method, "--scheme", scheme,
+                threads = ["--threads", str(args.threads)] if args.threads else []
+                cmd = [args.lrq] + threads + [
+                       "quantize", "default", "--method", method, "--scheme", scheme,
                        "--preset", args.preset, "--lr", repr(lr), "--calib", calib, "--text",
                        valid, "--eval-windows", "16", "--no-ood-eval", "--no-spectra", "--json",
                        "--quiet", "--store", args.store]
@@ -118,8 +123,11 @@ def write_report(out, results):
              "against the full-precision model, 16 windows of 512 tokens). Neither evaluation "
              "text is used. Every run: `lrq quantize default --preset PRESET --scheme SCHEME "
              "--method METHOD --lr RATE` with that calibration text, seed 0.", "",
-             "Reproduce (about 3 minutes a run on 2 cores): `bench/lr_sweep.py --preset demo "
-             "--schemes W3A16-g128` (its default rates are the ones below).", "",
+             "Reproduce: `bench/lr_sweep.py --preset demo --schemes W3A16-g128` (about 3 "
+             "minutes a run on 2 cores; its default rates are the ones below). The extended "
+             "rows: `bench/lr_sweep.py --preset extended --methods flexround,lrq --rates "
+             "flexround=3e-3:1e-2,lrq=1e-3:3e-3:1e-2 --threads 1`, run as two sweeps side by "
+             "side (about 30–35 minutes a run at one thread each).", "",
              "| preset | scheme | method | rate: validation KL | chosen |",
              "|---|---|---|---|---:|"]
     for key in sorted(results):
@@ -128,8 +136,13 @@ def write_report(out, results):
         tried = ", ".join(f"{t['lr']:g}: " + (f"{t['validation_kl']:.4f}"
                                               if t["validation_kl"] is not None else "failed")
                           for t in r["tried"])
+        rates = [t["lr"] for t in r["tried"]]
+        # A best rate at the edge of the rates tried may not be the best rate at all.
+        edge = ("" if r["best"] is None or len(rates) < 2 else
+                " (highest tried)" if r["best"] == max(rates) else
+                " (lowest tried)" if r["best"] == min(rates) else "")
         lines.append(f"| {preset} | {scheme} | {method} | {tried} | "
-                     f"{'-' if r['best'] is None else format(r['best'], 'g')} |")
+                     f"{'-' if r['best'] is None else format(r['best'], 'g')}{edge} |")
     with open(out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     print(f"wrote {out}", file=sys.stderr)
