@@ -126,7 +126,7 @@ def write_report(out, results):
              "Reproduce: `bench/lr_sweep.py --preset demo --schemes W3A16-g128` (about 3 "
              "minutes a run on 2 cores; its default rates are the ones below). The extended "
              "rows: `bench/lr_sweep.py --preset extended --methods flexround,lrq --rates "
-             "flexround=3e-3:1e-2,lrq=1e-3:3e-3:1e-2 --threads 1`, run as two sweeps side by "
+             "flexround=3e-3:1e-2:2e-2,lrq=1e-3:3e-3:1e-2:2e-2 --threads 1`, run as two sweeps side by "
              "side (about 30–35 minutes a run at one thread each).", "",
              "| preset | scheme | method | rate: validation KL | chosen |",
              "|---|---|---|---|---:|"]
