@@ -13,6 +13,9 @@
 #include <QtTest>
 
 #include <cmath>
+#include <map>
+#include <string>
+#include <vector>
 
 #include "core/common/error.h"
 #include "core/data/default_assets.h"
@@ -63,6 +66,16 @@ bool writeRawModel(const QString &dir, const QString &name, const QJsonObject &c
   return true;
 }
 
+// Every tiny model decoder_test_models.h writes, read back (none, with *error
+// set, when they cannot be written).
+std::vector<lrq::test::TinyModel> allTinyModels(QString *error) {
+  QTemporaryDir dir;
+  std::vector<lrq::test::TinyModel> out;
+  for (const QString &name : lrq::test::writeTinyModels(dir.path(), error))
+    out.push_back(lrq::test::readTinyModel(dir.path(), name));
+  return out;
+}
+
 } // namespace
 
 class TestCompareEval : public QObject {
@@ -72,12 +85,10 @@ private slots:
   void initTestCase() { at::manual_seed(3); }
 
   void identicalModelsAgree() {
-    QTemporaryDir dir;
     QString error;
-    const QStringList names = lrq::test::writeTinyModels(dir.path(), &error);
-    QVERIFY2(!names.isEmpty(), qPrintable(error));
-    for (const QString &name : names) {
-      const auto tiny = lrq::test::readTinyModel(dir.path(), name);
+    const std::vector<lrq::test::TinyModel> tinies = allTinyModels(&error);
+    QVERIFY2(!tinies.empty(), qPrintable(error));
+    for (const auto &tiny : tinies) {
       const DecoderModel a(tiny.config, ModelWeights::fromHfTensors(tiny.config, tiny.tensors));
       const DecoderModel b(tiny.config, ModelWeights::fromHfTensors(tiny.config, tiny.tensors));
       const auto tokens = seededTokens(70, tiny.config.vocabSize, 11);
@@ -91,6 +102,69 @@ private slots:
       // The same windows as perplexity.
       const PerplexityResult p = evaluatePerplexity(b, tokens, 16);
       QVERIFY(std::abs(p.meanNll - r.referenceMeanNll) < 1e-9 * std::max(1.0, p.meanNll));
+    }
+  }
+
+  // The reference run block by block over every window, each block's linears
+  // present only while it runs, gives the window-by-window figures to the bit.
+  void referenceStreamedBlockByBlockGivesTheSameFigures() {
+    QString error;
+    const std::vector<lrq::test::TinyModel> tinies = allTinyModels(&error);
+    QVERIFY2(!tinies.empty(), qPrintable(error));
+    for (const auto &tiny : tinies) {
+      std::map<std::string, at::Tensor> perturbed;
+      for (const auto &[n, t] : tiny.tensors)
+        perturbed[n] = t * (1 + 0.05 * at::randn(t.sizes()));
+      const DecoderModel model(tiny.config, ModelWeights::fromHfTensors(tiny.config, perturbed));
+      DecoderModel reference(tiny.config, ModelWeights::fromHfTensors(tiny.config, tiny.tensors));
+      const auto tokens = seededTokens(90, tiny.config.vocabSize, 5);
+      const CompareResult whole = compareToReference(model, reference, tokens, 16);
+
+      // Takes every block's linears out and puts back only the one asked for.
+      struct Aside : ReferenceBlockLoader {
+        const ModelConfig &config;
+        ModelWeights &w;
+        std::map<std::pair<int64_t, std::string>, at::Tensor> held;
+        std::vector<int64_t> loads;
+        bool othersPresent = false;
+        Aside(const ModelConfig &c, ModelWeights &weights) : config(c), w(weights) {
+          for (int64_t b = 0; b < int64_t(w.blocks.size()); ++b)
+            for (auto &[role, l] : blockLinears(config, w.blocks[size_t(b)])) {
+              held[{b, role}] = l->weight;
+              l->weight = at::Tensor();
+            }
+        }
+        void load(int64_t block) override {
+          loads.push_back(block);
+          for (int64_t b = 0; b < int64_t(w.blocks.size()); ++b)
+            for (auto &[role, l] : blockLinears(config, w.blocks[size_t(b)])) {
+              othersPresent = othersPresent || l->weight.defined();
+              if (b == block)
+                l->weight = held.at({b, role});
+            }
+        }
+        void unload(int64_t block) override {
+          for (auto &[role, l] : blockLinears(config, w.blocks[size_t(block)]))
+            l->weight = at::Tensor();
+        }
+      } aside(tiny.config, reference.weights());
+      const CompareResult streamed =
+          compareToReference(model, reference, tokens, 16, nullptr, nullptr, 0, &aside);
+      std::vector<int64_t> each(size_t(tiny.config.numLayers));
+      for (size_t b = 0; b < each.size(); ++b)
+        each[b] = int64_t(b);
+      QCOMPARE(aside.loads, each); // every block once, in order
+      QVERIFY(!aside.othersPresent);
+      QVERIFY2(whole.meanKl > 1e-4, qPrintable(QString::number(whole.meanKl)));
+      QCOMPARE(streamed.windows, whole.windows);
+      QVERIFY2(
+          streamed.meanKl == whole.meanKl,
+          qPrintable(
+              QString("%1 vs %2").arg(streamed.meanKl, 0, 'g', 17).arg(whole.meanKl, 0, 'g', 17)));
+      QVERIFY(streamed.maxKl == whole.maxKl);
+      QVERIFY(streamed.perplexity == whole.perplexity);
+      QVERIFY(streamed.referencePerplexity == whole.referencePerplexity);
+      QVERIFY(streamed.top1Agreement == whole.top1Agreement);
     }
   }
 

@@ -52,6 +52,37 @@ struct MethodCase {
   bool lowRank = false; // LQER: factors folded into the HF export
 };
 
+std::vector<MethodCase> methodCases() {
+  return {
+      {"rtn", "rtn", {}},
+      {"gptq", "gptq", {}},
+      {"flexround", "flexround", {{"iters", int64_t(3)}}},
+      {"lrq", "lrq", {{"iters", int64_t(3)}}},
+      {"lrq-reference", "lrq", {{"iters", int64_t(3)}, {"rank_rule", std::string("reference")}}},
+      {"rtn-learned-step", "rtn-learned-step", {{"iters", int64_t(3)}}},
+      {"lqer", "lqer", {{"rank", int64_t(4)}}, false, true},
+      {"l2qer", "l2qer", {{"rank", int64_t(4)}}, false, true},
+      {"lrqat", "lrqat", {{"steps", int64_t(3)}, {"rank", int64_t(4)}}},
+      {"smoothquant-rtn", "rtn", {}, true},
+  };
+}
+
+// Keeps the job's log lines.
+struct LogLines : ProgressObserver {
+  std::vector<std::string> lines;
+  bool referenceStreamed = false; // the evaluation's reference pass went block by block
+  void log(LogLevel, const std::string &message) override { lines.push_back(message); }
+  void progress(int64_t, int64_t, const std::string &detail) override {
+    referenceStreamed = referenceStreamed || detail.rfind("reference, block", 0) == 0;
+  }
+  bool has(const std::string &part) const {
+    for (const std::string &l : lines)
+      if (l.find(part) != std::string::npos)
+        return true;
+    return false;
+  }
+};
+
 } // namespace
 
 class TestSourceDtype : public QObject {
@@ -70,7 +101,9 @@ class TestSourceDtype : public QObject {
       tensors.emplace_back(name, t.to(type));
     writeSafetensors(dir.toStdString() + "/model.safetensors", tensors);
     writeHfConfig(dir.toStdString() + "/config.json", config,
-                  type == at::kBFloat16 ? "bfloat16" : "float16");
+                  type == at::kBFloat16 ? "bfloat16"
+                  : type == at::kHalf   ? "float16"
+                                        : "float32");
     writeFile(dir + "/tokenizer.json", byteTokenizerJson());
     return dir;
   }
@@ -96,6 +129,39 @@ class TestSourceDtype : public QObject {
     return r;
   }
 
+  std::vector<int32_t> evaluationTokens(const LoadedModel &source) {
+    QFile evalFile(evaluation_);
+    if (!evalFile.open(QIODevice::ReadOnly))
+      return {};
+    return source.tokenizer->encode(evalFile.readAll().toStdString(), true);
+  }
+
+  // The model the run evaluated, rebuilt from an export (the HF one, or for
+  // LQER, whose HF export folds the factors, the packed one with its factors)
+  // and compared with the reference window by window: the run's figures to the bit.
+  void checkExportEvaluatesAsTheRun(const LoadedModel &source, const DecoderModel &reference,
+                                    const std::vector<int32_t> &evalTokens,
+                                    const QuantizeRequest &r, const MethodCase &m,
+                                    const QuantizeOutcome &outcome, const QString &tag,
+                                    const LoadedModel &hf, const PackedModel &packed) {
+    ModelWeights evaluated =
+        m.lowRank ? ModelWeights::fromHfTensors(packed.model.config, packed.model.tensors)
+                  : ModelWeights::fromHfTensors(hf.config, hf.tensors);
+    if (m.lowRank) {
+      QVERIFY2(!packed.lowRank.empty(), qPrintable(tag));
+      installLowRank(packed.model.config, evaluated, packed.lowRank);
+    }
+    const DecoderModel again(source.config, evaluated);
+    const CompareResult c = compareToReference(again, reference, evalTokens, r.evalSeqLen, nullptr,
+                                               nullptr, r.evalMaxWindows);
+    QVERIFY2(c.perplexity == outcome.metrics.at("perplexity"),
+             qPrintable(tag + QStringLiteral(": perplexity %1 evaluated, %2 from the export")
+                                  .arg(outcome.metrics.at("perplexity"), 0, 'g', 17)
+                                  .arg(c.perplexity, 0, 'g', 17)));
+    QVERIFY2(c.meanKl == outcome.metrics.at("kl"), qPrintable(tag + ": kl"));
+    QVERIFY2(c.top1Agreement == outcome.metrics.at("top1"), qPrintable(tag + ": top1"));
+  }
+
 private slots:
   void initTestCase() {
     QVERIFY(tmp_.isValid());
@@ -119,24 +185,10 @@ private slots:
       QCOMPARE(s.sourceType, std::string(stName(dtype)));
     const DecoderModel reference(source.config,
                                  ModelWeights::fromHfTensors(source.config, source.tensors));
-    QFile evalFile(evaluation_);
-    QVERIFY(evalFile.open(QIODevice::ReadOnly));
-    const std::vector<int32_t> evalTokens =
-        source.tokenizer->encode(evalFile.readAll().toStdString(), true);
+    const std::vector<int32_t> evalTokens = evaluationTokens(source);
+    QVERIFY(!evalTokens.empty());
 
-    const std::vector<MethodCase> cases = {
-        {"rtn", "rtn", {}},
-        {"gptq", "gptq", {}},
-        {"flexround", "flexround", {{"iters", int64_t(3)}}},
-        {"lrq", "lrq", {{"iters", int64_t(3)}}},
-        {"lrq-reference", "lrq", {{"iters", int64_t(3)}, {"rank_rule", std::string("reference")}}},
-        {"rtn-learned-step", "rtn-learned-step", {{"iters", int64_t(3)}}},
-        {"lqer", "lqer", {{"rank", int64_t(4)}}, false, true},
-        {"l2qer", "l2qer", {{"rank", int64_t(4)}}, false, true},
-        {"lrqat", "lrqat", {{"steps", int64_t(3)}, {"rank", int64_t(4)}}},
-        {"smoothquant-rtn", "rtn", {}, true},
-    };
-    for (const MethodCase &m : cases) {
+    for (const MethodCase &m : methodCases()) {
       const QString tag =
           QString::fromLatin1(stName(dtype)) + "-" + QString::fromStdString(m.label);
       const QuantizeRequest r = request(modelDir, m, tag);
@@ -176,24 +228,9 @@ private slots:
 
       const LoadedModel hf = loadModel(r.exportDir);
       PackedModel packed = loadPackedModel(r.packedPath, nullptr, nullptr, /*foldLowRank=*/false);
-      // The model the run evaluated, rebuilt from an export: the HF one, or for
-      // LQER (whose HF export folds the factors) the packed one with its factors.
-      ModelWeights evaluated =
-          m.lowRank ? ModelWeights::fromHfTensors(packed.model.config, packed.model.tensors)
-                    : ModelWeights::fromHfTensors(hf.config, hf.tensors);
-      if (m.lowRank) {
-        QVERIFY2(!packed.lowRank.empty(), qPrintable(tag));
-        installLowRank(packed.model.config, evaluated, packed.lowRank);
-      }
-      const DecoderModel again(source.config, evaluated);
-      const CompareResult c = compareToReference(again, reference, evalTokens, r.evalSeqLen,
-                                                 nullptr, nullptr, r.evalMaxWindows);
-      QVERIFY2(c.perplexity == outcome.metrics.at("perplexity"),
-               qPrintable(tag + QStringLiteral(": perplexity %1 evaluated, %2 from the export")
-                                    .arg(outcome.metrics.at("perplexity"), 0, 'g', 17)
-                                    .arg(c.perplexity, 0, 'g', 17)));
-      QVERIFY2(c.meanKl == outcome.metrics.at("kl"), qPrintable(tag + ": kl"));
-      QVERIFY2(c.top1Agreement == outcome.metrics.at("top1"), qPrintable(tag + ": top1"));
+      checkExportEvaluatesAsTheRun(source, reference, evalTokens, r, m, outcome, tag, hf, packed);
+      if (QTest::currentTestFailed())
+        return;
 
       // The packed export decodes to the HF export's values (LQER: Ŵ + (A B)ᵀ
       // rounded once to the source type is what the HF export holds).
@@ -234,6 +271,39 @@ private slots:
       else
         QVERIFY(!at::equal(hf.tensors.at("model.layers.0.input_layernorm.weight"),
                            source.tensors.at("model.layers.0.input_layernorm.weight")));
+    }
+  }
+
+  // A float32 model: the run sets aside the reference's linears its method
+  // replaced, and its evaluation brings them back one block at a time; every
+  // method's figures are still those of its export against the reference,
+  // evaluated here with the whole reference in memory.
+  void float32RunEvaluatesFromTheSpill() {
+    const QString modelDir = writeModel(at::kFloat);
+    const LoadedModel source = loadModel(modelDir.toStdString());
+    const DecoderModel reference(source.config,
+                                 ModelWeights::fromHfTensors(source.config, source.tensors));
+    const std::vector<int32_t> evalTokens = evaluationTokens(source);
+    QVERIFY(!evalTokens.empty());
+    for (const MethodCase &m : methodCases()) {
+      const QString tag = "F32-" + QString::fromStdString(m.label);
+      const QuantizeRequest r = request(modelDir, m, tag);
+      LogLines log;
+      QuantizeOutcome outcome;
+      try {
+        outcome = runQuantizeJob(r, &log);
+      } catch (const std::exception &e) {
+        QFAIL(qPrintable(tag + ": " + e.what()));
+      }
+      QVERIFY2(log.has("full-precision linears the method replaced set aside on disk"),
+               qPrintable(tag));
+      QVERIFY2(log.referenceStreamed, qPrintable(tag));
+      const LoadedModel hf = loadModel(r.exportDir);
+      const PackedModel packed =
+          loadPackedModel(r.packedPath, nullptr, nullptr, /*foldLowRank=*/false);
+      checkExportEvaluatesAsTheRun(source, reference, evalTokens, r, m, outcome, tag, hf, packed);
+      if (QTest::currentTestFailed())
+        return;
     }
   }
 

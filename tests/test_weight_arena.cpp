@@ -1,13 +1,17 @@
 // The weight arena (core/model/weight_arena.h): where a method's Ŵ are placed
 // changes nothing of their values. Every method, run with and without an
 // arena on a tiny model, must give the same weights to the bit, and with one
-// every weight it replaced must lie in the arena.
+// every weight it replaced must lie in the arena. The tensor spill
+// (core/model/tensor_spill.h) gives back what it was given, bit for bit.
 #include <ATen/ATen.h>
 
+#include <QDir>
 #include <QTemporaryDir>
 #include <QtTest>
 
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -15,6 +19,7 @@
 
 #include "core/common/error.h"
 #include "core/io/export.h"
+#include "core/model/tensor_spill.h"
 #include "core/model/weight_arena.h"
 #include "core/quant/method.h"
 #include "core/quant/rtn.h"
@@ -44,6 +49,62 @@ private slots:
     QVERIFY(dir_.isValid());
     test::writeAndReadTinyModel(dir_.path(), "llama_gqa", tiny_);
     QVERIFY(!tiny_.tensors.empty());
+  }
+
+  // Values of every kind (NaN payloads, -0, subnormals, a transposed view,
+  // integer and half types) come back to the bit, in any order, and the file
+  // never shows up in its folder.
+  void spillGivesBackTheSameBits() {
+    QTemporaryDir folder;
+    QVERIFY(folder.isValid());
+    TensorSpill spill(folder.path().toStdString());
+    QCOMPARE(QDir(folder.path())
+                 .entryList(QDir::AllEntries | QDir::NoDotAndDotDot | QDir::Hidden)
+                 .size(),
+             0);
+    at::Tensor special = at::randn({5, 7});
+    const float odd[] = {-0.0f, 1e-40f, std::numeric_limits<float>::quiet_NaN(),
+                         std::numeric_limits<float>::infinity()};
+    for (int i = 0; i < 4; ++i)
+      special.view(-1)[i] = odd[i];
+    const std::vector<at::Tensor> given = {
+        special,
+        at::randn({64, 48}).t(), // not contiguous
+        at::randint(-128, 127, {3, 1000}, at::kChar),
+        at::randn({17}).to(at::kHalf),
+        at::randn({4, 9}).to(at::kBFloat16),
+        at::randn({2, 3, 4}, at::kDouble),
+        at::empty({0, 5}),
+    };
+    std::vector<size_t> handles;
+    int64_t bytes = 0;
+    for (const at::Tensor &t : given) {
+      handles.push_back(spill.put(t));
+      bytes += int64_t(t.numel()) * int64_t(t.element_size());
+    }
+    QCOMPARE(spill.bytes(), bytes);
+    for (size_t k = given.size(); k-- > 0;) { // backwards: order does not matter
+      const at::Tensor back = spill.get(handles[k]);
+      const at::Tensor want = given[k].contiguous();
+      QCOMPARE(back.scalar_type(), want.scalar_type());
+      QCOMPARE(back.sizes().vec(), want.sizes().vec());
+      QVERIFY(back.is_contiguous());
+      QVERIFY2(std::memcmp(back.data_ptr(), want.data_ptr(),
+                           size_t(want.numel()) * want.element_size()) == 0,
+               qPrintable(QString("tensor %1").arg(k)));
+    }
+    QVERIFY_EXCEPTION_THROWN(spill.get(handles.size()), Error);
+    QCOMPARE(QDir(folder.path())
+                 .entryList(QDir::AllEntries | QDir::NoDotAndDotDot | QDir::Hidden)
+                 .size(),
+             0);
+    // A folder that is not there is named in the error.
+    try {
+      TensorSpill nowhere(folder.filePath("missing/deeper").toStdString());
+      QFAIL("a spill in a missing folder was made");
+    } catch (const FileError &e) {
+      QVERIFY2(QString(e.what()).contains("missing/deeper"), e.what());
+    }
   }
 
   void placesCopiesSideBySideAligned() {

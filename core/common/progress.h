@@ -38,6 +38,64 @@ public:
   virtual void failed(const std::string & /*message*/) {}
 };
 
+// Passes every event on to another observer (or none); decorators override
+// the events they act on and call through.
+class ForwardingObserver : public ProgressObserver {
+public:
+  explicit ForwardingObserver(ProgressObserver *forward) : forward_(forward) {}
+  void started(const std::string &task, int64_t total) override {
+    if (forward_)
+      forward_->started(task, total);
+  }
+  void progress(int64_t done, int64_t total, const std::string &detail) override {
+    if (forward_)
+      forward_->progress(done, total, detail);
+  }
+  void runStarted(const std::string &runId, const std::string &storePath) override {
+    if (forward_)
+      forward_->runStarted(runId, storePath);
+  }
+  void blockStarted(int block, int blockCount) override {
+    if (forward_)
+      forward_->blockStarted(block, blockCount);
+  }
+  void iterationLoss(int block, int iteration, double loss) override {
+    if (forward_)
+      forward_->iterationLoss(block, iteration, loss);
+  }
+  void blockFinished(int block, double initialLoss, double finalLoss, double seconds) override {
+    if (forward_)
+      forward_->blockFinished(block, initialLoss, finalLoss, seconds);
+  }
+  void blockHeldOut(int block, double initialLoss, double finalLoss) override {
+    if (forward_)
+      forward_->blockHeldOut(block, initialLoss, finalLoss);
+  }
+  void layerFinished(int block, const std::string &role, double mse, double sqnrDb) override {
+    if (forward_)
+      forward_->layerFinished(block, role, mse, sqnrDb);
+  }
+  void metric(const std::string &name, double value) override {
+    if (forward_)
+      forward_->metric(name, value);
+  }
+  void log(LogLevel level, const std::string &message) override {
+    if (forward_)
+      forward_->log(level, message);
+  }
+  void finished() override {
+    if (forward_)
+      forward_->finished();
+  }
+  void failed(const std::string &message) override {
+    if (forward_)
+      forward_->failed(message);
+  }
+
+private:
+  ProgressObserver *forward_;
+};
+
 // Shared flag checked by long loops between units of work.
 class CancelToken {
 public:

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "core/common/error.h"
 
@@ -32,11 +33,14 @@ struct WindowSums {
   int64_t agree = 0;
 };
 
+// hRefAll: the reference's final hidden states of this window when already
+// computed, else undefined.
 WindowSums compareWindow(const DecoderModel &model, const DecoderModel &reference,
-                         const at::Tensor &ids) {
+                         const at::Tensor &ids, const at::Tensor &hRefAll) {
   const int64_t predicted = ids.size(0) - 1;
   const at::Tensor h = finalHidden(model, ids).narrow(1, 0, predicted);
-  const at::Tensor hRef = finalHidden(reference, ids).narrow(1, 0, predicted);
+  const at::Tensor hRef =
+      (hRefAll.defined() ? hRefAll : finalHidden(reference, ids)).narrow(1, 0, predicted);
   const at::Tensor targets = ids.narrow(0, 1, predicted);
   const auto dopt = h.options().dtype(at::kDouble);
   at::Tensor nll = at::zeros({}, dopt), refNll = at::zeros({}, dopt), kl = at::zeros({}, dopt);
@@ -66,12 +70,39 @@ WindowSums compareWindow(const DecoderModel &model, const DecoderModel &referenc
   return w;
 }
 
+// The reference's final hidden states of every window, block by block.
+std::vector<at::Tensor> streamReference(const DecoderModel &reference, const at::Tensor &all,
+                                        int64_t windows, int64_t seqLen,
+                                        ReferenceBlockLoader &loader, ProgressObserver *observer,
+                                        const CancelToken *cancel) {
+  std::vector<at::Tensor> h(static_cast<size_t>(windows));
+  for (int64_t w = 0; w < windows; ++w)
+    h[size_t(w)] = reference.embed(all.narrow(0, w * seqLen, seqLen).unsqueeze(0), 0);
+  const int64_t blocks = reference.numBlocks();
+  for (int64_t b = 0; b < blocks; ++b) {
+    loader.load(b);
+    for (int64_t w = 0; w < windows; ++w) {
+      if (cancel)
+        cancel->throwIfCancelled();
+      h[size_t(w)] = reference.runBlock(b, h[size_t(w)], 0);
+    }
+    loader.unload(b);
+    if (observer) {
+      // The reference's pass is the first half of the work.
+      const std::string detail = "reference, block " + std::to_string(b + 1) + "/" +
+                                 std::to_string(blocks) + " over every window";
+      observer->progress((b + 1) * windows * seqLen / (2 * blocks), windows * seqLen, detail);
+    }
+  }
+  return h;
+}
+
 } // namespace
 
 CompareResult compareToReference(const DecoderModel &model, const DecoderModel &reference,
                                  const std::vector<int32_t> &tokens, int64_t seqLen,
                                  ProgressObserver *observer, const CancelToken *cancel,
-                                 int64_t maxWindows) {
+                                 int64_t maxWindows, ReferenceBlockLoader *loader) {
   if (seqLen < 2)
     throw Error("comparison: window length must be at least 2 tokens, got " +
                 std::to_string(seqLen));
@@ -88,13 +119,22 @@ CompareResult compareToReference(const DecoderModel &model, const DecoderModel &
   if (observer)
     observer->started("compare", windows * seqLen);
 
+  std::vector<at::Tensor> refHidden;
+  if (loader)
+    refHidden = streamReference(reference, all, windows, seqLen, *loader, observer, cancel);
+  // With the reference done first, the model's windows are the second half.
+  const auto shown = [&](int64_t w) { return loader ? (windows + w) * seqLen / 2 : w * seqLen; };
+
   double nll = 0, refNll = 0, kl = 0, maxKl = 0;
   int64_t agree = 0;
   const int64_t predictedPerWindow = seqLen - 1;
   for (int64_t w = 0; w < windows; ++w) {
     if (cancel)
       cancel->throwIfCancelled();
-    const WindowSums s = compareWindow(model, reference, all.narrow(0, w * seqLen, seqLen));
+    const WindowSums s = compareWindow(model, reference, all.narrow(0, w * seqLen, seqLen),
+                                       loader ? refHidden[size_t(w)] : at::Tensor());
+    if (loader)
+      refHidden[size_t(w)] = at::Tensor();
     nll += s.nll;
     refNll += s.refNll;
     kl += s.kl;
@@ -106,7 +146,7 @@ CompareResult compareToReference(const DecoderModel &model, const DecoderModel &
       std::snprintf(detail, sizeof detail, "window %lld/%lld, KL so far %.4g, top-1 %.4f",
                     static_cast<long long>(w + 1), static_cast<long long>(windows), kl / done,
                     double(agree) / done);
-      observer->progress((w + 1) * seqLen, windows * seqLen, detail);
+      observer->progress(shown(w + 1), windows * seqLen, detail);
     }
   }
 

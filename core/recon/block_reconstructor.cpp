@@ -19,11 +19,8 @@
 
 #include "core/common/error.h"
 #include "core/common/file_write.h"
+#include "core/common/memory.h"
 #include "core/recon/hidden_state_store.h"
-
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
 
 namespace lrq::recon {
 
@@ -85,15 +82,6 @@ bool allFinite(const at::Tensor &t) {
 // (pred - target)^2 summed over the hidden dimension, mean over the rest.
 at::Tensor reconstructionLoss(const at::Tensor &pred, const at::Tensor &target) {
   return (pred - target).pow(2).sum(-1).mean();
-}
-
-// glibc keeps freed memory of the block's training temporaries (autograd
-// graphs, Adam moments, batches) in its arenas; trimming after each block hands
-// it back to the system, so the run's resident size follows its live data.
-void releaseFreeMemory() {
-#if defined(__GLIBC__)
-  malloc_trim(0);
-#endif
 }
 
 nlohmann::json optionalNumber(const std::optional<double> &v) {

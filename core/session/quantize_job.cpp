@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <sstream>
 #include <utility>
@@ -25,6 +26,7 @@
 #include "core/io/gguf_export.h"
 #include "core/io/model_loader.h"
 #include "core/model/decoder.h"
+#include "core/model/tensor_spill.h"
 #include "core/quant/activation_install.h"
 #include "core/quant/compressed_tensors.h"
 #include "core/quant/export_glue.h"
@@ -87,14 +89,141 @@ public:
   }
   void check(const char *stage) const {
     for (const auto &[tensor, version] : seen_)
-      if (int64_t(tensor._version()) != version)
-        throw Error(std::string("internal error: the full-precision reference was modified "
-                                "in place during ") +
-                    stage + "; the run is stopped rather than compared against a changed model");
+      checkOne(tensor, version, stage);
   }
+  // Stops watching t (checked first): it is about to be set aside.
+  void forget(const at::Tensor &t, const char *stage) {
+    for (auto it = seen_.begin(); it != seen_.end(); ++it)
+      if (it->first.is_same(t)) {
+        checkOne(it->first, it->second, stage);
+        seen_.erase(it);
+        return;
+      }
+  }
+  void watch(const at::Tensor &t) { seen_.emplace_back(t, int64_t(t._version())); }
 
 private:
   std::vector<std::pair<at::Tensor, int64_t>> seen_;
+
+  static void checkOne(const at::Tensor &tensor, int64_t version, const char *stage) {
+    if (int64_t(tensor._version()) != version)
+      throw Error(std::string("internal error: the full-precision reference was modified "
+                              "in place during ") +
+                  stage + "; the run is stopped rather than compared against a changed model");
+  }
+};
+
+// The reference's block linears that the method has replaced in the quantized
+// copy, set aside on disk (TensorSpill) as each block or layer is finished, and
+// read back for what needs them: the reference's pass of the evaluation one
+// block at a time, the spectra and the exports all at once. Without this a run
+// holds two whole sets of linears (W and Ŵ) from the last blocks on. Only a
+// reference the job loaded itself is spilled: the desktop's session keeps its
+// model whole for its own views.
+class ReferenceSpill : public ReferenceBlockLoader {
+public:
+  // warn: told once when the disk refuses (the run then keeps what is left in memory).
+  ReferenceSpill(const ModelConfig &config, ModelWeights &reference, ModelWeights &model,
+                 ReferenceGuard &guard, const std::string &dir,
+                 std::function<void(const std::string &)> warn)
+      : config_(config), reference_(reference), model_(model), guard_(guard), spill_(dir),
+        warn_(std::move(warn)) {}
+
+  // Sets aside block b's reference linears that the model no longer shares.
+  void releaseBlock(int64_t b) {
+    if (refused_ || b < 0 || b >= int64_t(reference_.blocks.size()))
+      return;
+    try {
+      releaseLinears(b);
+    } catch (const FileError &e) {
+      refused_ = true;
+      warn_(std::string(e.what()) + "; the full-precision weights stay in memory");
+    }
+  }
+  void releaseAll() {
+    for (int64_t b = 0; b < int64_t(reference_.blocks.size()); ++b)
+      releaseBlock(b);
+  }
+  // Block b's spilled linears back for one pass (ReferenceBlockLoader).
+  void load(int64_t b) override {
+    for (auto &[key, handle] : handles_)
+      if (key.first == b)
+        if (Linear *l = linear(key))
+          l->weight = spill_.get(handle);
+  }
+  void unload(int64_t b) override {
+    for (auto &[key, handle] : handles_)
+      if (key.first == b)
+        if (Linear *l = linear(key))
+          l->weight = at::Tensor(); // its values are still in the spill
+  }
+  // Every spilled linear back for good, watched by the guard again.
+  void restoreAll() {
+    for (auto &[key, handle] : handles_)
+      if (Linear *l = linear(key)) {
+        l->weight = spill_.get(handle);
+        guard_.watch(l->weight);
+      }
+    handles_.clear();
+  }
+  int64_t spilledBytes() const { return handles_.empty() ? 0 : spill_.bytes(); }
+  size_t spilledTensors() const { return handles_.size(); }
+
+private:
+  const ModelConfig &config_;
+  ModelWeights &reference_;
+  ModelWeights &model_;
+  ReferenceGuard &guard_;
+  TensorSpill spill_;
+  std::function<void(const std::string &)> warn_;
+  bool refused_ = false;
+  std::map<std::pair<int64_t, std::string>, size_t> handles_; // (block, role) -> spill handle
+
+  void releaseLinears(int64_t b) {
+    bool released = false;
+    const auto ref = blockLinears(config_, reference_.blocks[size_t(b)]);
+    const auto mod = blockLinears(config_, model_.blocks[size_t(b)]);
+    for (size_t i = 0; i < ref.size(); ++i) {
+      at::Tensor &w = ref[i].second->weight;
+      const at::Tensor &replacing = mod[i].second->weight;
+      if (!w.defined() || !w.device().is_cpu() || !replacing.defined() || replacing.is_same(w) ||
+          handles_.count({b, ref[i].first}))
+        continue;
+      const size_t handle = spill_.put(w);
+      guard_.forget(w, "the method");
+      handles_[{b, ref[i].first}] = handle;
+      w = at::Tensor();
+      released = true;
+    }
+    if (released)
+      releaseFreeMemory();
+  }
+
+  Linear *linear(const std::pair<int64_t, std::string> &key) {
+    for (const auto &[role, l] : blockLinears(config_, reference_.blocks[size_t(key.first)]))
+      if (role == key.second)
+        return l;
+    return nullptr;
+  }
+};
+
+// Passes the method's events on and sets aside the reference's linears of
+// each block or layer the method reports finished.
+class ReleasingObserver : public ForwardingObserver {
+public:
+  ReleasingObserver(ProgressObserver *forward, ReferenceSpill &spill)
+      : ForwardingObserver(forward), spill_(spill) {}
+  void blockFinished(int block, double initialLoss, double finalLoss, double seconds) override {
+    ForwardingObserver::blockFinished(block, initialLoss, finalLoss, seconds);
+    spill_.releaseBlock(block);
+  }
+  void layerFinished(int block, const std::string &role, double mse, double sqnrDb) override {
+    ForwardingObserver::layerFinished(block, role, mse, sqnrDb);
+    spill_.releaseBlock(block);
+  }
+
+private:
+  ReferenceSpill &spill_;
 };
 
 // Per-layer spectra. Layers are named as in MethodReport: a block linear by
@@ -197,70 +326,45 @@ std::vector<SpectrumRecord> layerSpectra(const quant::MethodReport &report,
 // Passes every event on to the front end and keeps the run's heartbeat fresh,
 // recording nothing else: for the stages whose results the job records itself
 // (evaluation, export, activation calibration, SmoothQuant).
-class HeartbeatRelay : public ProgressObserver {
+class HeartbeatRelay : public ForwardingObserver {
 public:
   HeartbeatRelay(RunRecorder &recorder, ProgressObserver *forward)
-      : recorder_(recorder), forward_(forward) {}
+      : ForwardingObserver(forward), recorder_(recorder) {}
   void started(const std::string &task, int64_t total) override {
     recorder_.heartbeat();
-    if (forward_)
-      forward_->started(task, total);
+    ForwardingObserver::started(task, total);
   }
   void progress(int64_t done, int64_t total, const std::string &detail) override {
     recorder_.heartbeat();
-    if (forward_)
-      forward_->progress(done, total, detail);
-  }
-  void runStarted(const std::string &runId, const std::string &storePath) override {
-    if (forward_)
-      forward_->runStarted(runId, storePath);
+    ForwardingObserver::progress(done, total, detail);
   }
   void blockStarted(int block, int blockCount) override {
     recorder_.heartbeat();
-    if (forward_)
-      forward_->blockStarted(block, blockCount);
+    ForwardingObserver::blockStarted(block, blockCount);
   }
   void iterationLoss(int block, int iteration, double loss) override {
     recorder_.heartbeat();
-    if (forward_)
-      forward_->iterationLoss(block, iteration, loss);
+    ForwardingObserver::iterationLoss(block, iteration, loss);
   }
   void blockFinished(int block, double initialLoss, double finalLoss, double seconds) override {
     recorder_.heartbeat();
-    if (forward_)
-      forward_->blockFinished(block, initialLoss, finalLoss, seconds);
-  }
-  void blockHeldOut(int block, double initialLoss, double finalLoss) override {
-    if (forward_)
-      forward_->blockHeldOut(block, initialLoss, finalLoss);
+    ForwardingObserver::blockFinished(block, initialLoss, finalLoss, seconds);
   }
   void layerFinished(int block, const std::string &role, double mse, double sqnrDb) override {
     recorder_.heartbeat();
-    if (forward_)
-      forward_->layerFinished(block, role, mse, sqnrDb);
+    ForwardingObserver::layerFinished(block, role, mse, sqnrDb);
   }
   void metric(const std::string &name, double value) override {
     recorder_.heartbeat();
-    if (forward_)
-      forward_->metric(name, value);
+    ForwardingObserver::metric(name, value);
   }
   void log(LogLevel level, const std::string &message) override {
     recorder_.heartbeat();
-    if (forward_)
-      forward_->log(level, message);
-  }
-  void finished() override {
-    if (forward_)
-      forward_->finished();
-  }
-  void failed(const std::string &message) override {
-    if (forward_)
-      forward_->failed(message);
+    ForwardingObserver::log(level, message);
   }
 
 private:
   RunRecorder &recorder_;
-  ProgressObserver *forward_;
 };
 
 // Everything one run carries from stage to stage.
@@ -286,6 +390,7 @@ struct Job {
   DecoderModel *reference = nullptr;   // full precision, never modified
   std::unique_ptr<DecoderModel> model; // the copy that is quantized
   std::unique_ptr<ReferenceGuard> guard;
+  std::unique_ptr<ReferenceSpill> spill; // the reference's replaced linears, on disk
 
   TextSplit split;
   EvaluationText outOfDomain; // read before the run is recorded
@@ -361,6 +466,7 @@ void loadStage(Job &job) {
   job.ownReference = std::make_unique<DecoderModel>(
       job.ownLoaded.config,
       ModelWeights::fromHfTensors(job.ownLoaded.config, job.ownLoaded.tensors));
+  job.ownLoaded.tensors.clear(); // the reference holds them, and alone may set them aside
   job.reference = job.ownReference.get();
 }
 
@@ -542,10 +648,38 @@ void smoothQuantStage(Job &job) {
         copySelectedLinears(job.loaded->config, job.model->weights(), job.scheme.layers);
 }
 
+// A reference the job loaded itself sets aside what the method replaces, in
+// an unlinked file beside the run store; the disk refusing costs memory, not the run.
+void makeSpill(Job &job) {
+  if (!job.ownReference)
+    return;
+  try {
+    const fs::path dir = fs::absolute(fs::path(job.store->path())).parent_path();
+    job.spill = std::make_unique<ReferenceSpill>(
+        job.loaded->config, job.reference->weights(), job.model->weights(), *job.guard,
+        dir.string(), [&job](const std::string &message) { job.warn(message); });
+  } catch (const FileError &e) {
+    job.warn(std::string(e.what()) + "; the full-precision weights stay in memory");
+  }
+}
+
+// Every spilled linear back, for the stages that read the whole reference.
+void restoreReference(Job &job) {
+  if (job.spill)
+    job.spill->restoreAll();
+}
+
 void methodStage(Job &job) {
+  makeSpill(job);
+  std::unique_ptr<ReleasingObserver> releasing;
+  ProgressObserver *observer = job.recorder.get();
+  if (job.spill) {
+    releasing = std::make_unique<ReleasingObserver>(observer, *job.spill);
+    observer = releasing.get();
+  }
   quant::MethodContext ctx{
-      *job.model,         job.scheme, job.calibration, job.hyper, uint64_t(job.request.seed),
-      job.recorder.get(), job.cancel, job.workDir};
+      *job.model, job.scheme, job.calibration, job.hyper, uint64_t(job.request.seed),
+      observer,   job.cancel, job.workDir};
   WeightArena arena =
       quant::weightArenaFor(job.loaded->config, job.model->weights(), job.scheme.layers);
   ctx.arena = &arena;
@@ -554,6 +688,17 @@ void methodStage(Job &job) {
   // or exports resumes without redoing the reconstruction.
   ctx.keepCheckpoint = job.checkpoints;
   job.report = job.method->run(ctx);
+  if (job.spill) {
+    job.guard->check("the method");
+    job.spill->releaseAll(); // methods that report no block or layer as it finishes
+    char line[160];
+    std::snprintf(line, sizeof line,
+                  "%zu full-precision linears the method replaced set aside on disk (%.0f MiB) "
+                  "until the evaluation and exports need them",
+                  job.spill->spilledTensors(), double(job.spill->spilledBytes()) / (1 << 20));
+    if (job.spill->spilledTensors() > 0)
+      job.say(line);
+  }
   // Reconstruction losses over the blocks (training and held-out samples), with
   // the run's other figures.
   for (const char *name : {"recon_train_loss_mean", "recon_heldout_loss_mean"})
@@ -583,6 +728,8 @@ void sourceTypeStage(Job &job) {
     }
   if (counts.empty() || (counts.size() == 1 && counts.begin()->first == at::kFloat))
     return; // a float32 model: nothing to round
+  // What is untouched is told by identity with the reference.
+  restoreReference(job);
 
   const ModelConfig &config = job.loaded->config;
   std::map<std::string, at::Tensor> reference;
@@ -679,6 +826,7 @@ void layerRecordStage(Job &job) {
 void spectraStage(Job &job) {
   if (!job.request.spectra)
     return;
+  restoreReference(job);
   const auto spectraStart = Clock::now();
   const std::vector<SpectrumRecord> spectra =
       layerSpectra(job.report, job.loaded->config, job.reference->weights(), job.model->weights(),
@@ -702,8 +850,22 @@ void evaluateOn(Job &job, const std::string &text, const std::string &what,
           (job.loaded->baselineNote.empty() ? std::string("weights as stored")
                                             : job.loaded->baselineNote) +
           ")");
+  // The reference's spilled blocks come back one at a time while the windows'
+  // hidden states are smaller than what stays on disk; else all at once.
+  ReferenceBlockLoader *loader = nullptr;
+  if (job.spill && job.spill->spilledTensors() > 0) {
+    int64_t windows = int64_t(tokens.size()) / std::max<int64_t>(1, r.evalSeqLen);
+    if (r.evalMaxWindows > 0)
+      windows = std::min(windows, r.evalMaxWindows);
+    const int64_t hiddenBytes =
+        windows * r.evalSeqLen * job.loaded->config.hiddenSize * int64_t(sizeof(float));
+    if (hiddenBytes <= job.spill->spilledBytes())
+      loader = job.spill.get();
+    else
+      restoreReference(job);
+  }
   CompareResult c = compareToReference(*job.model, *job.reference, tokens, r.evalSeqLen,
-                                       job.beating(), job.cancel, r.evalMaxWindows);
+                                       job.beating(), job.cancel, r.evalMaxWindows, loader);
   auto &m = job.outcome.metrics;
   m[prefix + "perplexity"] = c.perplexity;
   m[prefix + "reference_perplexity"] = c.referencePerplexity;
@@ -771,6 +933,7 @@ void exportStage(Job &job) {
   if (r.exportDir.empty() && r.packedPath.empty() && r.ggufPath.empty() &&
       r.compressedTensorsDir.empty())
     return;
+  restoreReference(job);
   const std::string metadata = nlohmann::json{
       {"method", job.method->name()},
       {"hyperparameters", job.recordedHyper},
@@ -864,8 +1027,8 @@ QuantizeOutcome runRecordedStages(Job &job) {
     sourceTypeStage(job);
     activationStage(job);
     layerRecordStage(job);
+    evaluateStage(job); // before the spectra, which bring the whole reference back
     spectraStage(job);
-    evaluateStage(job);
     exportStage(job);
     job.guard->check("evaluation and export");
     recordFinishStage(job);
