@@ -17,6 +17,7 @@
 #include <cmath>
 #include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/eval/compare.h"
@@ -27,6 +28,7 @@
 #include "core/model/decoder.h"
 #include "core/quant/grid.h"
 #include "core/quant/scheme.h"
+#include "core/session/model_session.h"
 #include "core/session/quantize_job.h"
 #include "core/session/quantize_request.h"
 #include "test_support.h"
@@ -71,7 +73,11 @@ std::vector<MethodCase> methodCases() {
 struct LogLines : ProgressObserver {
   std::vector<std::string> lines;
   bool referenceStreamed = false; // the evaluation's reference pass went block by block
+  std::vector<std::tuple<int, std::string, double, double>> layers; // block, role, mse, SQNR
   void log(LogLevel, const std::string &message) override { lines.push_back(message); }
+  void layerFinished(int block, const std::string &role, double mse, double sqnrDb) override {
+    layers.emplace_back(block, role, mse, sqnrDb);
+  }
   void progress(int64_t, int64_t, const std::string &detail) override {
     referenceStreamed = referenceStreamed || detail.rfind("reference, block", 0) == 0;
   }
@@ -304,6 +310,44 @@ private slots:
       checkExportEvaluatesAsTheRun(source, reference, evalTokens, r, m, outcome, tag, hf, packed);
       if (QTest::currentTestFailed())
         return;
+    }
+  }
+
+  // The same request on the model the job loads (reference set aside on disk,
+  // LR-QAT's W0 in the stash while it trains) and on an open session (all in
+  // memory): every layer's error, every figure and every exported tensor agree
+  // to the bit.
+  void spilledAndWholeRunsAgree() {
+    const QString modelDir = writeModel(at::kFloat);
+    const auto session = ModelSession::open(modelDir.toStdString());
+    for (const MethodCase &m : methodCases()) {
+      const QString tag = "agree-" + QString::fromStdString(m.label);
+      QuantizeRequest spilled = request(modelDir, m, tag + "-spilled");
+      spilled.spectra = true; // the spectra read the whole reference back
+      QuantizeRequest whole = request(modelDir, m, tag + "-whole");
+      whole.spectra = true;
+      LogLines a, b;
+      QuantizeOutcome x, y;
+      try {
+        x = runQuantizeJob(spilled, &a);
+        y = runQuantizeJob(whole, *session, &b);
+      } catch (const std::exception &e) {
+        QFAIL(qPrintable(tag + ": " + e.what()));
+      }
+      QVERIFY2(a.has("set aside on disk") && !b.has("set aside on disk"), qPrintable(tag));
+      if (m.method == "lrqat")
+        QVERIFY2(a.has("set aside while the steps run") && !b.has("set aside while the steps run"),
+                 qPrintable(tag));
+      QVERIFY2(!a.layers.empty(), qPrintable(tag));
+      QVERIFY2(a.layers == b.layers, qPrintable(tag + ": layer errors differ"));
+      for (const char *metric : {"perplexity", "kl", "max_kl", "top1", "bits_per_weight"})
+        QVERIFY2(x.metrics.count(metric) && x.metrics.at(metric) == y.metrics.at(metric),
+                 qPrintable(tag + " " + metric));
+      const LoadedModel ex = loadModel(spilled.exportDir), ey = loadModel(whole.exportDir);
+      QCOMPARE(ex.tensors.size(), ey.tensors.size());
+      for (const auto &[name, t] : ex.tensors)
+        QVERIFY2(at::equal(t, ey.tensors.at(name)),
+                 qPrintable(tag + " " + QString::fromStdString(name)));
     }
   }
 

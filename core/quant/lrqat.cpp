@@ -19,7 +19,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <malloc.h>
 #include <memory>
 #include <random>
 #include <set>
@@ -40,7 +39,13 @@ struct Target {
   int64_t block;
   std::string role;
   Linear *linear;
-  at::Tensor original; // W0, restored if the run fails or is cancelled
+  at::Tensor original; // W0, restored if the run fails or is cancelled; undefined while stashed
+  WeightStash *stash = nullptr; // holds W0 while the steps run, when set
+  at::ScalarType dtype = at::kFloat;
+  int64_t slotElements = 0; // WeightArena::slotElements(W0)
+
+  // W0, from memory or from the stash.
+  at::Tensor w0() const { return original.defined() ? original : stash->bringBack(block, role); }
 };
 
 std::string where(const Target &t) {
@@ -145,8 +150,13 @@ public:
   ~RestoreGuard() {
     for (Target &t : targets_) {
       t.linear->kernel.reset();
-      if (armed_)
-        t.linear->weight = t.original;
+      if (!armed_)
+        continue;
+      try {
+        t.linear->weight = t.w0();
+      } catch (const std::exception &) {
+        // The disk failed it: the weight stays undefined, and the run has failed anyway.
+      }
     }
   }
   void dismiss() { armed_ = false; }
@@ -308,7 +318,8 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
       continue;
     for (auto &[role, linear] : blockLinears(ctx.model.config(), weights.blocks[size_t(b)]))
       if (sel.selectsLinear(role) && linear->weight.defined())
-        targets.push_back({b, role, linear, linear->weight});
+        targets.push_back({b, role, linear, linear->weight, nullptr, linear->weight.scalar_type(),
+                           WeightArena::slotElements(linear->weight)});
   }
   for (const Target &t : targets) {
     try {
@@ -355,14 +366,23 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
   LrqatScratch scratch;
   std::vector<LrqatLinearState> states(layers.size());
   for (size_t i = 0; i < layers.size(); ++i) {
-    states[i] = {&layers[i],
-                 targets[i].linear->bias,
-                 targets[i].original.scalar_type(),
-                 &grads[i],
-                 &scratch,
-                 &secForwardWeights,
-                 &secBackward};
+    states[i] = {&layers[i], targets[i].linear->bias, targets[i].dtype, &grads[i],
+                 &scratch,   &secForwardWeights,      &secBackward};
     targets[i].linear->kernel = makeLrqatKernel(&states[i]);
+  }
+  // The steps compute from Φ0, A, B and s alone: W0 goes to the stash until the
+  // merge measures each layer's error against it (or a failure restores it).
+  if (ctx.stash) {
+    int64_t aside = 0;
+    for (Target &t : targets)
+      if (ctx.stash->setAside(t.block, t.role)) {
+        t.original = at::Tensor();
+        t.stash = ctx.stash;
+        ++aside;
+      }
+    if (aside > 0)
+      log(LogLevel::Info, "lrqat: the full-precision weights of " + std::to_string(aside) +
+                              " linears set aside while the steps run");
   }
   const int64_t warmup = int64_t(std::llround(warmupFraction * double(steps)));
   auto lrFactor = [&](int64_t step) { // step counts from 0
@@ -482,7 +502,7 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
   for (Target &t : targets) // the states the kernels point to end with this function
     t.linear->kernel.reset();
   scratch = LrqatScratch();
-  malloc_trim(0); // the steps' activations and temporaries, before the merged weights
+  releaseFreeMemory(); // the steps' activations and temporaries, before the merged weights
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const int64_t clippedSteps = std::count_if(
@@ -504,8 +524,8 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
     if (!ctx.arena) {
       int64_t elements = 0;
       for (const Target &t : targets)
-        elements += WeightArena::slotElements(t.original);
-      ownArena.emplace(elements, targets.front().original.options());
+        elements += t.slotElements;
+      ownArena.emplace(elements, layers.front().a.options().dtype(targets.front().dtype));
     }
     WeightArena &arena = ctx.arena ? *ctx.arena : *ownArena;
     for (size_t i = 0; i < layers.size(); ++i) {
@@ -517,8 +537,7 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
       start.a = at::zeros_like(l.a);
       moved += (codes != lrqatMergedCodes(start)).sum().item<int64_t>();
       total += codes.numel();
-      const at::Tensor merged =
-          arena.place(lrqatMergedWeight(l).to(targets[i].original.scalar_type()));
+      const at::Tensor merged = arena.place(lrqatMergedWeight(l).to(targets[i].dtype));
       Linear &lin = *targets[i].linear;
       lin.weight = merged;
       lin.lowRankA = at::Tensor();
@@ -533,15 +552,17 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
       grid.zeroPoint = l.zeroPoint.detach().clone();
       report.grids[gridKey(ctx.model.config(), targets[i].block, targets[i].role)] = grid;
       LayerReport lr;
-      lr.error = weightErrorStats(targets[i].original, merged);
+      lr.error = weightErrorStats(targets[i].w0(), merged);
       lr.error.block = targets[i].block;
       lr.error.layer = targets[i].role;
       lr.learnableParams = l.learnableParams();
       report.layers.push_back(lr);
       reportLayer(ctx.observer, lr.error);
-      // Its training state is spent: freed as the merged weights take its place.
+      // Its training state is spent: freed as the merged weights take its place,
+      // and handed back, so Φ0 and the merged weights are not resident together.
       adam[3 * i] = adam[3 * i + 1] = adam[3 * i + 2] = AdamState();
       layers[i] = LrqatLayer();
+      releaseFreeMemory();
     }
   }
   restore.dismiss();

@@ -24,6 +24,19 @@
 
 namespace lrq::quant {
 
+// Where a method may set aside the full-precision weights of linears it will
+// not read for a long while (LR-QAT, whose steps compute from its own state):
+// the run writes them to disk and gives them back on request, bit for bit.
+class WeightStash {
+public:
+  virtual ~WeightStash() = default;
+  // Sets aside the weight block b's linear `role` holds now, leaving that
+  // Linear::weight undefined. False when it could not: the weight then stays.
+  virtual bool setAside(int64_t block, const std::string &role) = 0;
+  // What was set aside, as a new tensor. Throws lrq::FileError when the disk fails it.
+  virtual at::Tensor bringBack(int64_t block, const std::string &role) = 0;
+};
+
 // Calibration token windows, [samples, seqLen] int64 on the CPU.
 struct CalibrationSet {
   at::Tensor tokens;
@@ -61,6 +74,8 @@ struct MethodContext {
   // Where the Ŵ the method keeps are placed (placeWeight), or none: see
   // weight_arena.h. Only where the weights go changes, never their values.
   WeightArena *arena = nullptr;
+  // Where weights the method will not read for a while may go (none: they stay).
+  WeightStash *stash = nullptr;
 };
 
 // Per-layer outcome; LayerErrorStats (rtn.h) plus what the method learned.

@@ -120,7 +120,7 @@ private:
 // holds two whole sets of linears (W and Ŵ) from the last blocks on. Only a
 // reference the job loaded itself is spilled: the desktop's session keeps its
 // model whole for its own views.
-class ReferenceSpill : public ReferenceBlockLoader {
+class ReferenceSpill : public ReferenceBlockLoader, public quant::WeightStash {
 public:
   // warn: told once when the disk refuses (the run then keeps what is left in memory).
   ReferenceSpill(const ModelConfig &config, ModelWeights &reference, ModelWeights &model,
@@ -166,6 +166,41 @@ public:
       }
     handles_.clear();
   }
+  // The method's own weights (WeightStash): the model's Linear::weight goes to
+  // disk, and the reference's too where it is the same tensor.
+  bool setAside(int64_t b, const std::string &role) override {
+    if (refused_ || b < 0 || b >= int64_t(model_.blocks.size()))
+      return false;
+    const std::pair<int64_t, std::string> key{b, role};
+    Linear *m = linearOf(model_, key);
+    if (!m || !m->weight.defined() || !m->weight.device().is_cpu() || stashed_.count(key))
+      return false;
+    size_t handle = 0;
+    try {
+      handle = spill_.put(m->weight);
+    } catch (const FileError &e) {
+      refused_ = true;
+      warn_(std::string(e.what()) + "; the full-precision weights stay in memory");
+      return false;
+    }
+    stashed_[key] = handle;
+    Linear *r = linearOf(reference_, key);
+    if (r && r->weight.is_same(m->weight) && !handles_.count(key)) {
+      guard_.forget(r->weight, "the method");
+      handles_[key] = handle;
+      r->weight = at::Tensor();
+    }
+    m->weight = at::Tensor();
+    releaseFreeMemory();
+    return true;
+  }
+  at::Tensor bringBack(int64_t b, const std::string &role) override {
+    const auto it = stashed_.find({b, role});
+    if (it == stashed_.end())
+      throw Error("internal error: block " + std::to_string(b) + " " + role + " was not set aside");
+    return spill_.get(it->second);
+  }
+
   int64_t spilledBytes() const { return handles_.empty() ? 0 : spill_.bytes(); }
   size_t spilledTensors() const { return handles_.size(); }
 
@@ -178,6 +213,7 @@ private:
   std::function<void(const std::string &)> warn_;
   bool refused_ = false;
   std::map<std::pair<int64_t, std::string>, size_t> handles_; // (block, role) -> spill handle
+  std::map<std::pair<int64_t, std::string>, size_t> stashed_; // the method's, by (block, role)
 
   void releaseLinears(int64_t b) {
     bool released = false;
@@ -199,12 +235,13 @@ private:
       releaseFreeMemory();
   }
 
-  Linear *linear(const std::pair<int64_t, std::string> &key) {
-    for (const auto &[role, l] : blockLinears(config_, reference_.blocks[size_t(key.first)]))
+  Linear *linearOf(ModelWeights &w, const std::pair<int64_t, std::string> &key) {
+    for (const auto &[role, l] : blockLinears(config_, w.blocks[size_t(key.first)]))
       if (role == key.second)
         return l;
     return nullptr;
   }
+  Linear *linear(const std::pair<int64_t, std::string> &key) { return linearOf(reference_, key); }
 };
 
 // Passes the method's events on and sets aside the reference's linears of
@@ -683,6 +720,7 @@ void methodStage(Job &job) {
   WeightArena arena =
       quant::weightArenaFor(job.loaded->config, job.model->weights(), job.scheme.layers);
   ctx.arena = &arena;
+  ctx.stash = job.spill.get();
   ctx.spectra = job.request.spectra;
   // The checkpoint outlives the method: a run interrupted while it evaluates
   // or exports resumes without redoing the reconstruction.
@@ -691,6 +729,7 @@ void methodStage(Job &job) {
   if (job.spill) {
     job.guard->check("the method");
     job.spill->releaseAll(); // methods that report no block or layer as it finishes
+    releaseFreeMemory();     // and what the method's own state and temporaries held
     char line[160];
     std::snprintf(line, sizeof line,
                   "%zu full-precision linears the method replaced set aside on disk (%.0f MiB) "
