@@ -1,7 +1,7 @@
 // Disks that fill up. Every writer of the workbench (the GGUF, packed and HF
-// exports, the reconstruction checkpoint, the hidden-state spill and the run
-// store) must fail with an lrq::Error naming the path, keep what was there
-// before and leave no partial or temporary file.
+// exports, the reconstruction checkpoint, the hidden-state spill, the tensor
+// spill of the reference and the run store) must fail with an lrq::Error naming the path, keep what
+// was there before and leave no partial or temporary file.
 //
 // A full disk without root or a mount: RLIMIT_FSIZE, lowered for this process
 // while the writer runs (SIGXFSZ ignored), makes every write past the limit
@@ -30,6 +30,7 @@
 #include "core/io/export.h"
 #include "core/io/gguf_export.h"
 #include "core/model/decoder.h"
+#include "core/model/tensor_spill.h"
 #include "core/quant/method.h"
 #include "core/quant/scheme.h"
 #include "core/recon/hidden_state_store.h"
@@ -272,6 +273,30 @@ private slots:
     qInfo("spill: %s", qPrintable(message.mid(dir.size() + 1)));
     store.set(1, second); // room again
     QVERIFY(at::equal(store.get(1), second));
+  }
+
+  // The reference's tensor spill: a tensor that does not fit is refused naming
+  // the folder, what was set aside before still reads back, and once there is
+  // room again the next tensor goes where the failed one would have.
+  void tensorSpill() {
+    const QString dir = path("tensor-spill");
+    QVERIFY(QDir().mkpath(dir));
+    at::Generator gen = at::detail::createCPUGenerator(4);
+    const at::Tensor first = at::randn({16, 16}, gen), big = at::randn({32, 32}, gen);
+    TensorSpill spill(dir.toStdString());
+    const size_t a = spill.put(first); // 1 KB
+    // The file may grow to 2 KB: the 4 KB tensor is written in part, then refused.
+    const QString message = errorUnderLimit(2048, [&] { spill.put(big); });
+    QVERIFY2(message.startsWith(dir + ": cannot set 4096 bytes aside"), qPrintable(message));
+    QVERIFY2(message.contains(kTooLarge), qPrintable(message));
+    QCOMPARE(spill.bytes(), int64_t(1024));
+    QVERIFY(at::equal(spill.get(a), first));
+    QVERIFY(filesBelow(dir).isEmpty()); // the file has no name
+    const size_t b = spill.put(big);
+    QCOMPARE(spill.bytes(), int64_t(1024 + 4096));
+    QVERIFY(at::equal(spill.get(b), big));
+    QVERIFY(at::equal(spill.get(a), first));
+    qInfo("tensor spill: %s", qPrintable(message.mid(dir.size() + 2)));
   }
 
   // The run store: a write that does not fit is refused naming the store, the
