@@ -13,6 +13,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <utility>
 #include <vector>
@@ -133,12 +134,24 @@ public:
   void releaseBlock(int64_t b) {
     if (refused_ || b < 0 || b >= int64_t(reference_.blocks.size()))
       return;
-    try {
-      releaseLinears(b);
-    } catch (const FileError &e) {
-      refused_ = true;
-      warn_(std::string(e.what()) + "; the full-precision weights stay in memory");
+    bool released = false;
+    const auto ref = blockLinears(config_, reference_.blocks[size_t(b)]);
+    const auto mod = blockLinears(config_, model_.blocks[size_t(b)]);
+    for (size_t i = 0; i < ref.size(); ++i) {
+      const at::Tensor &w = ref[i].second->weight;
+      const at::Tensor &replacing = mod[i].second->weight;
+      const std::pair<int64_t, std::string> key{b, ref[i].first};
+      if (!w.defined() || !w.device().is_cpu() || !replacing.defined() || replacing.is_same(w) ||
+          handles_.count(key))
+        continue;
+      const std::optional<size_t> handle = put(w);
+      if (!handle)
+        return;
+      dropReference(key, *handle);
+      released = true;
     }
+    if (released)
+      releaseFreeMemory();
   }
   void releaseAll() {
     for (int64_t b = 0; b < int64_t(reference_.blocks.size()); ++b)
@@ -175,21 +188,13 @@ public:
     Linear *m = linearOf(model_, key);
     if (!m || !m->weight.defined() || !m->weight.device().is_cpu() || stashed_.count(key))
       return false;
-    size_t handle = 0;
-    try {
-      handle = spill_.put(m->weight);
-    } catch (const FileError &e) {
-      refused_ = true;
-      warn_(std::string(e.what()) + "; the full-precision weights stay in memory");
+    const std::optional<size_t> handle = put(m->weight);
+    if (!handle)
       return false;
-    }
-    stashed_[key] = handle;
+    stashed_[key] = *handle;
     Linear *r = linearOf(reference_, key);
-    if (r && r->weight.is_same(m->weight) && !handles_.count(key)) {
-      guard_.forget(r->weight, "the method");
-      handles_[key] = handle;
-      r->weight = at::Tensor();
-    }
+    if (r && r->weight.is_same(m->weight) && !handles_.count(key))
+      dropReference(key, *handle);
     m->weight = at::Tensor();
     releaseFreeMemory();
     return true;
@@ -215,24 +220,23 @@ private:
   std::map<std::pair<int64_t, std::string>, size_t> handles_; // (block, role) -> spill handle
   std::map<std::pair<int64_t, std::string>, size_t> stashed_; // the method's, by (block, role)
 
-  void releaseLinears(int64_t b) {
-    bool released = false;
-    const auto ref = blockLinears(config_, reference_.blocks[size_t(b)]);
-    const auto mod = blockLinears(config_, model_.blocks[size_t(b)]);
-    for (size_t i = 0; i < ref.size(); ++i) {
-      at::Tensor &w = ref[i].second->weight;
-      const at::Tensor &replacing = mod[i].second->weight;
-      if (!w.defined() || !w.device().is_cpu() || !replacing.defined() || replacing.is_same(w) ||
-          handles_.count({b, ref[i].first}))
-        continue;
-      const size_t handle = spill_.put(w);
-      guard_.forget(w, "the method");
-      handles_[{b, ref[i].first}] = handle;
-      w = at::Tensor();
-      released = true;
+  // t written to the spill; none, said once, when the disk refuses (the run
+  // then keeps what is left in memory).
+  std::optional<size_t> put(const at::Tensor &t) {
+    try {
+      return spill_.put(t);
+    } catch (const FileError &e) {
+      refused_ = true;
+      warn_(std::string(e.what()) + "; the full-precision weights stay in memory");
+      return std::nullopt;
     }
-    if (released)
-      releaseFreeMemory();
+  }
+  // The reference's linear at key now lives in the spill only.
+  void dropReference(const std::pair<int64_t, std::string> &key, size_t handle) {
+    Linear *r = linear(key);
+    guard_.forget(r->weight, "the method");
+    handles_[key] = handle;
+    r->weight = at::Tensor();
   }
 
   Linear *linearOf(ModelWeights &w, const std::pair<int64_t, std::string> &key) {
