@@ -25,6 +25,7 @@
 #include "core/io/model_loader.h"
 #include "core/model/decoder.h"
 #include "core/quant/activation_install.h"
+#include "core/quant/block_checkpoint.h"
 #include "core/quant/grid.h"
 #include "core/quant/lrqat_layer.h"
 #include "core/quant/method.h"
@@ -521,6 +522,101 @@ private slots:
     }
   }
 
+  // Recomputing each block in the backward (core/quant/block_checkpoint.h)
+  // against keeping every block's activations, on the tiny model with the
+  // training kernels and with Ŵ as an autograd leaf: the same loss and the
+  // same gradients of A, B and s (kernels) or of Ŵ (leaves), to the bit.
+  void recomputedBlocksGiveTheSameGradients() {
+    std::unique_ptr<DecoderModel> model = tinyModel();
+    const GridSpec spec = makeSpec(3, false, Granularity::PerGroup, 16);
+    std::vector<LrqatLayer> layers;
+    std::vector<Linear *> linears;
+    for (auto &b : model->weights().blocks)
+      for (auto &[role, lin] : blockLinears(model->config(), b)) {
+        (void)role;
+        layers.push_back(initLrqatLayer(lin->weight, spec, 4, 4.0, 29 + layers.size()));
+        at::NoGradGuard noGrad;
+        layers.back().a.copy_(at::randn_like(layers.back().a) * 0.3);
+        linears.push_back(lin);
+      }
+    const at::Tensor tokens = tiny_.longTokens.narrow(1, 0, 32).reshape({2, 16});
+    auto lossOf = [&](bool recompute) {
+      const at::Tensor logits = recompute
+                                    ? forwardRecomputingBlocks(*model, tokens, layers[0].scale)
+                                    : model->forward(tokens);
+      if (!logits.requires_grad())
+        throw Error("the logits need no gradient");
+      const at::Tensor loss =
+          at::nll_loss(at::log_softmax(logits.narrow(1, 0, 15).reshape({30, -1}), -1),
+                       tokens.narrow(1, 1, 15).reshape({-1}));
+      loss.backward();
+      return loss.item<double>();
+    };
+
+    // Kernels: gradients delivered through the states.
+    LrqatScratch scratch;
+    std::vector<LrqatLinearState> states(layers.size());
+    std::vector<LrqatGradients> kept(layers.size()), recomputed(layers.size());
+    for (size_t i = 0; i < layers.size(); ++i) {
+      states[i].layer = &layers[i];
+      states[i].scratch = &scratch;
+      linears[i]->kernel = makeLrqatKernel(&states[i]);
+    }
+    for (size_t i = 0; i < layers.size(); ++i)
+      states[i].grads = &kept[i];
+    const double keptLoss = lossOf(false);
+    for (size_t i = 0; i < layers.size(); ++i)
+      states[i].grads = &recomputed[i];
+    QVERIFY(lossOf(true) == keptLoss);
+    for (size_t i = 0; i < layers.size(); ++i) {
+      const QByteArray where = QByteArray::number(qulonglong(i));
+      QVERIFY2(kept[i].a.defined() && recomputed[i].a.defined(), where);
+      QVERIFY2(at::equal(kept[i].a, recomputed[i].a), where);
+      QVERIFY2(at::equal(kept[i].b, recomputed[i].b), where);
+      QVERIFY2(at::equal(kept[i].scale, recomputed[i].scale), where);
+      QVERIFY2(!layers[i].scale.grad().defined(), where); // the anchor gets nothing
+      linears[i]->kernel.reset();
+    }
+
+    // Leaves: Ŵ as a tensor requiring grad, its .grad accumulated by the
+    // recomputed graph as by the kept one.
+    std::vector<at::Tensor> keptGrads;
+    for (size_t i = 0; i < layers.size(); ++i) {
+      at::NoGradGuard noGrad;
+      linears[i]->weight = lrqatFakeWeight(layers[i]).requires_grad_(true);
+    }
+    const double leafLoss = lossOf(false);
+    for (Linear *l : linears) {
+      keptGrads.push_back(l->weight.grad().clone());
+      l->weight.mutable_grad() = at::Tensor();
+    }
+    QVERIFY(lossOf(true) == leafLoss);
+    for (size_t i = 0; i < linears.size(); ++i)
+      QVERIFY2(at::equal(linears[i]->weight.grad(), keptGrads[i]),
+               QByteArray::number(qulonglong(i)));
+
+    // A layer sees recomputingForBackward() only while its block runs again
+    // for the backward (where the LR-QAT kernel keeps Ŵ for it).
+    struct Probe : LinearKernel {
+      const Linear *linear = nullptr;
+      mutable std::vector<bool> seen;
+      at::Tensor apply(const at::Tensor &x2d) const override {
+        seen.push_back(recomputingForBackward());
+        return at::mm(x2d, linear->weight.t());
+      }
+    };
+    auto probe = std::make_shared<Probe>();
+    probe->linear = linears.back();
+    linears.back()->kernel = probe;
+    lossOf(false);
+    QCOMPARE(probe->seen, std::vector<bool>({false}));
+    probe->seen.clear();
+    lossOf(true);
+    QCOMPARE(probe->seen, std::vector<bool>({false, true}));
+    QVERIFY(!recomputingForBackward());
+    linears.back()->kernel.reset();
+  }
+
   // Training on the tiny model: the loss on the training windows falls, events
   // arrive, the merge leaves plain weights on the grid, same seed -> same bits.
   void trainsMergesAndReproducesOnTinyModel() {
@@ -577,10 +673,21 @@ private slots:
         }
       QVERIFY(!m1->weights().blocks[0].q.weight.is_same(q0));
 
-      // Same seed: identical losses and weights; another seed: different.
+      // Same seed: identical losses and weights, though this run keeps every
+      // block's activations where the first ran each block again in the
+      // backward; another seed: different.
+      auto recomputes = [](const LossRecorder &r) {
+        return std::any_of(r.logs.begin(), r.logs.end(), [](const std::string &m) {
+          return m.find("each block run again in the backward") != std::string::npos;
+        });
+      };
+      QVERIFY(recomputes(rec));
       std::unique_ptr<DecoderModel> m2 = tinyModel();
       LossRecorder rec2;
-      runLrqat(*m2, scheme, calib, hyper, &rec2);
+      nlohmann::json keeping = hyper;
+      keeping["recompute_blocks"] = false;
+      runLrqat(*m2, scheme, calib, keeping, &rec2);
+      QVERIFY(!recomputes(rec2));
       QVERIFY(rec2.losses == rec.losses);
       for (int64_t b = 0; b < m1->numBlocks(); ++b)
         for (const auto &[a, bb] : {std::make_pair(&m1->weights().blocks[size_t(b)].down,

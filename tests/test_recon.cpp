@@ -993,22 +993,26 @@ private slots:
   void spillingGivesIdenticalResults() {
     const QuantScheme scheme = weightOnly(makeSpec(3, false, Granularity::PerChannel, 0));
     const at::Tensor tokens = tinyTokens(6, 24);
-    DecoderModel inMemory = tinyModel(), spilled = tinyModel();
-    const MethodReport a =
-        runMethod("lrq", inMemory, scheme, tokens, {{"iters", 10}}, dir("mem").toStdString());
+    DecoderModel inMemory = tinyModel(), spilled = tinyModel(), noFolder = tinyModel();
+    const MethodReport a = runMethod("lrq", inMemory, scheme, tokens,
+                                     {{"iters", 10}, {"cache_mb", 2048}}, dir("mem").toStdString());
     Recorder rec;
     int spillFiles = -1;
     rec.onIteration = [&](int block, int it) {
       if (block == 1 && it == 0)
         spillFiles = int(QDir(dir("spill") + "/recon/cache").entryList(QDir::Files).size());
     };
-    const MethodReport b =
-        runMethod("lrq", spilled, scheme, tokens, {{"iters", 10}, {"cache_mb", 0}},
-                  dir("spill").toStdString(), &rec);
+    // The default (cache_mb -1) spills every sample where there is a work
+    // folder, and keeps them all where there is none.
+    const MethodReport b = runMethod("lrq", spilled, scheme, tokens, {{"iters", 10}},
+                                     dir("spill").toStdString(), &rec);
+    const MethodReport c = runMethod("lrq", noFolder, scheme, tokens, {{"iters", 10}});
     QCOMPARE(spillFiles, 12); // 6 samples x 2 streams
     QCOMPARE(a.extra.at("spilled_samples").get<int>(), 0);
     QCOMPARE(b.extra.at("spilled_samples").get<int>(), 6);
+    QCOMPARE(c.extra.at("spilled_samples").get<int>(), 0);
     QVERIFY(sameWeights(linearWeights(inMemory), linearWeights(spilled)));
+    QVERIFY(sameWeights(linearWeights(inMemory), linearWeights(noFolder)));
     for (size_t i = 0; i < 2; ++i)
       for (const char *key : {"initial_loss", "final_loss"})
         QCOMPARE(a.extra.at("blocks").at(i).at(key).get<double>(),

@@ -294,8 +294,10 @@ std::vector<HyperparameterSpec> reconstructionHyperparameters(double lr) {
       {"iters", ValueType::Integer, int64_t(200), 1, 1e7, "Adam iterations per block"},
       {"lr", ValueType::Number, lr, 1e-8, 1.0, "Adam learning rate (cosine decay to 0)"},
       {"batch_size", ValueType::Integer, int64_t(2), 1, 4096, "calibration windows per iteration"},
-      {"cache_mb", ValueType::Integer, int64_t(2048), 0, 1 << 24,
-       "MiB of block inputs and targets kept in memory; the rest spills to the work folder"},
+      {"cache_mb", ValueType::Integer, int64_t(-1), -1, 1 << 24,
+       "MiB of block inputs and targets kept in memory, the rest spilled to the work folder "
+       "(read back from the page cache); -1 = spill them all when the run has a work folder, "
+       "else keep them all"},
   };
 }
 

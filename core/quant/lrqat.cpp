@@ -28,6 +28,7 @@
 #include "core/common/error.h"
 #include "core/common/memory.h"
 #include "core/quant/activation_install.h"
+#include "core/quant/block_checkpoint.h"
 #include "core/quant/grid.h"
 #include "core/quant/lrqat_layer.h"
 #include "core/quant/method.h"
@@ -205,6 +206,10 @@ public:
             {"quantize_activations", ValueType::Flag, true, 0, 0,
              "train with the scheme's activation quantization on (per token, and KV8), as the "
              "evaluation sees it; false = full-precision activations in training"},
+            {"recompute_blocks", ValueType::Flag, true, 0, 0,
+             "keep only each block's input through a step and run the block again in the "
+             "backward (activation memory of one block instead of all, about one more forward "
+             "per step; the same gradients); false = keep every block's activations"},
             {"seed", ValueType::Integer, int64_t(-1), -1, 9.2e18,
              "seed of the adapters' initialisation; -1 = the run's seed"}};
   }
@@ -269,6 +274,8 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
   const double beta1 = num("beta1"), beta2 = num("beta2"), gradClip = num("grad_clip");
   const bool quantizeActivations =
       h.contains("quantize_activations") ? h.at("quantize_activations").get<bool>() : true;
+  const bool recomputeBlocks =
+      h.contains("recompute_blocks") ? h.at("recompute_blocks").get<bool>() : true;
   const int64_t seedHyper = integer("seed");
   const uint64_t seed = seedHyper >= 0 ? uint64_t(seedHyper) : ctx.seed;
   if (rank < 1)
@@ -337,22 +344,32 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
       obs->log(level, message);
   };
 
-  // State of every layer: Φ0 downcast, A = 0, B seeded, s = s0.
+  // State of every layer: Φ0 downcast, A = 0, B seeded, s = s0. The steps
+  // compute from Φ0, A, B and s alone: each W0 goes to the stash as soon as its
+  // state is made, until the merge measures the layer's error against it (or a
+  // failure restores it).
+  RestoreGuard restore(targets);
   std::vector<LrqatLayer> layers;
   layers.reserve(targets.size());
-  int64_t learnable = 0;
+  int64_t learnable = 0, aside = 0;
   for (size_t i = 0; i < targets.size(); ++i) {
+    Target &t = targets[i];
     try {
-      layers.push_back(initLrqatLayer(targets[i].original,
-                                      scheme.weightFor(targets[i].original.size(1)), rank, alpha,
-                                      seed * 1000003ULL + uint64_t(i)));
+      layers.push_back(initLrqatLayer(t.original, scheme.weightFor(t.original.size(1)), rank,
+                                      alpha, seed * 1000003ULL + uint64_t(i)));
     } catch (const Error &e) {
-      throw Error(where(targets[i]) + ": " + e.what());
+      throw Error(where(t) + ": " + e.what());
     }
     learnable += layers.back().learnableParams();
+    if (ctx.stash && ctx.stash->setAside(t.block, t.role)) {
+      t.original = at::Tensor();
+      t.stash = ctx.stash;
+      ++aside;
+    }
   }
-
-  RestoreGuard restore(targets);
+  if (aside > 0)
+    log(LogLevel::Info, "lrqat: the full-precision weights of " + std::to_string(aside) +
+                            " linears set aside while the steps run");
   std::vector<Linear *> trained;
   for (const Target &t : targets)
     trained.push_back(t.linear);
@@ -369,20 +386,6 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
     states[i] = {&layers[i], targets[i].linear->bias, targets[i].dtype, &grads[i],
                  &scratch,   &secForwardWeights,      &secBackward};
     targets[i].linear->kernel = makeLrqatKernel(&states[i]);
-  }
-  // The steps compute from Φ0, A, B and s alone: W0 goes to the stash until the
-  // merge measures each layer's error against it (or a failure restores it).
-  if (ctx.stash) {
-    int64_t aside = 0;
-    for (Target &t : targets)
-      if (ctx.stash->setAside(t.block, t.role)) {
-        t.original = at::Tensor();
-        t.stash = ctx.stash;
-        ++aside;
-      }
-    if (aside > 0)
-      log(LogLevel::Info, "lrqat: the full-precision weights of " + std::to_string(aside) +
-                              " linears set aside while the steps run");
   }
   const int64_t warmup = int64_t(std::llround(warmupFraction * double(steps)));
   auto lrFactor = [&](int64_t step) { // step counts from 0
@@ -422,7 +425,8 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
           (activations && (activations->inputs() || activations->outputs())
                ? ", activations quantized in training (" + std::to_string(activations->inputs()) +
                      " inputs per token, " + std::to_string(activations->outputs()) + " KV outputs)"
-               : std::string()));
+               : std::string()) +
+          (recomputeBlocks ? ", each block run again in the backward" : ""));
   if (obs) {
     obs->started("lrqat", steps);
     obs->blockStarted(0, 1); // the whole model is trained as one unit
@@ -452,7 +456,9 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
     double lossValue = 0.0;
     {
       at::AutoGradMode grad(true);
-      const at::Tensor logits = ctx.model.forward(tokens);
+      const at::Tensor logits = recomputeBlocks
+                                    ? forwardRecomputingBlocks(ctx.model, tokens, layers[0].scale)
+                                    : ctx.model.forward(tokens);
       const int64_t vocab = logits.size(-1), T = tokens.size(1);
       const at::Tensor predicted = logits.narrow(1, 0, T - 1).reshape({-1, vocab});
       const at::Tensor target = tokens.narrow(1, 1, T - 1).reshape({-1});

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/common/error.h"
+#include "core/quant/block_checkpoint.h"
 #include "core/recon/elementwise_kernels.h"
 
 namespace lrq::quant {
@@ -357,12 +358,20 @@ public:
     (void)token;
     const auto &st = *reinterpret_cast<const LrqatLinearState *>(statePointer);
     const auto start = std::chrono::steady_clock::now();
-    const at::Tensor w = weightFor(st).weight;
+    LrqatForward f = weightFor(st);
     if (st.forwardSeconds)
       *st.forwardSeconds += secondsSince(start);
     ctx->save_for_backward({x});
     ctx->saved_data["state"] = statePointer;
-    return st.bias.defined() ? at::addmm(st.bias, x, w.t()) : at::mm(x, w.t());
+    const at::Tensor y =
+        st.bias.defined() ? at::addmm(st.bias, x, f.weight.t()) : at::mm(x, f.weight.t());
+    // A block run again for its backward: that backward comes next, so Ŵ and
+    // its codes are kept for it (copies: the scratch serves the next layer).
+    if (recomputingForBackward()) {
+      ctx->saved_data["weight"] = f.weight.clone();
+      ctx->saved_data["codes"] = f.codes.clone();
+    }
+    return y;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
@@ -371,7 +380,15 @@ public:
     const auto start = std::chrono::steady_clock::now();
     const at::Tensor x = ctx->get_saved_variables()[0];
     const at::Tensor &dy = gradOutputs[0];
-    LrqatForward f = weightFor(st);
+    LrqatForward f;
+    if (ctx->saved_data.count("weight")) {
+      f.weight = ctx->saved_data["weight"].toTensor();
+      f.codes = ctx->saved_data["codes"].toTensor();
+      ctx->saved_data.erase("weight");
+      ctx->saved_data.erase("codes");
+    } else {
+      f = weightFor(st);
+    }
     at::Tensor dx;
     if (ctx->needs_input_grad(0))
       dx = at::mm(dy, f.weight);

@@ -207,8 +207,9 @@ BlockReconstructor::BlockReconstructor(DecoderModel &model, at::Tensor calibrati
     throw Error("reconstruction: lr must be a positive number");
   if (options_.batchSize < 1)
     throw Error("reconstruction: batch_size must be >= 1");
-  if (options_.cacheMb < 0)
-    throw Error("reconstruction: cache_mb must be >= 0");
+  if (options_.cacheMb < -1)
+    throw Error("reconstruction: cache_mb must be >= 0, or -1 (spill all where there is a work "
+                "folder)");
 }
 
 std::string BlockReconstructor::checkpointDir(const std::string &workDir) {
@@ -294,7 +295,9 @@ ReconSummary BlockReconstructor::run(const LayerFactory &factory,
   }
 
   // Both streams start at the embeddings.
-  const int64_t budget = options_.cacheMb * 1024 * 1024;
+  const int64_t budget = options_.cacheMb >= 0      ? options_.cacheMb * 1024 * 1024
+                         : options_.workDir.empty() ? std::numeric_limits<int64_t>::max()
+                                                    : 0;
   const std::string spillDir = options_.workDir.empty() ? "" : (fs::path(ckDir) / "cache").string();
   HiddenStateStore fpStream("fp", samples, {seqLen, hidden}, dtype, budget / 2, spillDir);
   HiddenStateStore qStream("q", samples, {seqLen, hidden}, dtype, budget - budget / 2, spillDir);

@@ -72,7 +72,9 @@ struct ReconOptions {
   int64_t iters = 200;
   double lr = 1e-3;
   int64_t batchSize = 2;
-  int64_t cacheMb = 2048; // both streams together
+  // MiB of both streams together kept in memory; -1 = none when there is a
+  // work directory to spill to, else all.
+  int64_t cacheMb = -1;
   bool resume = false;
   uint64_t seed = 0;
   // Blocks whose linears are offered to the factory; empty = all. Blocks after
