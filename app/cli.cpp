@@ -198,14 +198,33 @@ std::string notExportedNote(const std::vector<std::string> &missing) {
          ") are not applied, so the figures are those of the weights alone, not the run's";
 }
 
-int evalAgainstReference(const Arguments &args, std::ostream &out, TerminalProgress &progress,
-                         const ModelSession &session, const std::string &text,
-                         const std::string &textSource, long long seqLen, long long maxWindows) {
-  auto reference = ModelSession::open(stringOption(args, "reference", ""), &progress);
+// The reference of `lrq eval --reference`, opened before the model and its
+// block weights set aside on disk, so that the two are never whole in memory
+// together (the comparison reads each reference block back once).
+std::unique_ptr<ModelSession> openAsideReference(const std::string &path,
+                                                 TerminalProgress &progress) {
+  auto reference = ModelSession::open(path, &progress);
+  const std::string dir = cacheDirectory();
+  try {
+    std::filesystem::create_directories(dir);
+    const int64_t bytes = reference->setBlocksAside(dir);
+    spdlog::info("the reference's block weights ({} MiB) are set aside on disk in {} until the "
+                 "comparison reads them",
+                 bytes >> 20, dir);
+  } catch (const std::exception &e) {
+    spdlog::warn("keeping the reference whole in memory: {}", e.what());
+  }
+  return reference;
+}
+
+int evalAgainstReference(const Arguments &args, std::ostream &out, const ModelSession &session,
+                         const ModelSession &reference, const std::string &text,
+                         const std::string &textSource, long long seqLen, long long maxWindows,
+                         TerminalProgress &progress) {
   ComparisonReport c =
-      session.compare(*reference, text, seqLen, &progress, &interruptToken(), maxWindows);
+      session.compare(reference, text, seqLen, &progress, &interruptToken(), maxWindows);
   const ModelSummary &s = session.summary();
-  const ModelSummary &ref = reference->summary();
+  const ModelSummary &ref = reference.summary();
   if (has(args, "json")) {
     nlohmann::json j = {{"model", s.path},
                         {"reference", ref.path},
@@ -254,6 +273,9 @@ int commandEval(const Arguments &args, std::ostream &out, TerminalProgress &prog
     text = split.evaluation;
     textSource = split.source;
   }
+  std::unique_ptr<ModelSession> reference;
+  if (has(args, "reference"))
+    reference = openAsideReference(stringOption(args, "reference", ""), progress);
   auto session = ModelSession::open(model, &progress);
   if (seqLen > session->summary().maxPositions)
     throw UsageError("--seq-len " + std::to_string(seqLen) + " exceeds the model's context of " +
@@ -261,9 +283,9 @@ int commandEval(const Arguments &args, std::ostream &out, TerminalProgress &prog
   const std::vector<std::string> missing = notExportedOf(model);
   if (!missing.empty())
     spdlog::warn("{}", notExportedNote(missing));
-  if (has(args, "reference"))
-    return evalAgainstReference(args, out, progress, *session, text, textSource, seqLen,
-                                maxWindows);
+  if (reference)
+    return evalAgainstReference(args, out, *session, *reference, text, textSource, seqLen,
+                                maxWindows, progress);
   PerplexityReport r =
       session->perplexity(text, seqLen, &progress, &interruptToken(), maxWindows, scored);
   const ModelSummary &s = session->summary();

@@ -353,6 +353,68 @@ private slots:
 
   // The packed file says which type its Ŵ was rounded to; a type the reader
   // does not know is refused, naming the file and the layer, not guessed.
+  // `lrq eval --reference`: the reference session's block weights set aside
+  // on disk (ModelSession::setBlocksAside) give the comparison of a whole one
+  // to the bit, read block by block where the windows' hidden states weigh
+  // less than what is on disk and whole otherwise; the session then serves
+  // only as a reference; a folder that refuses the file leaves it whole.
+  void referenceSetAsideComparesAsTheWholeOne() {
+    const auto model = ModelSession::open(writeModel(at::kBFloat16).toStdString());
+    const std::string refPath = writeModel(at::kFloat).toStdString();
+    const auto whole = ModelSession::open(refPath);
+    const auto aside = ModelSession::open(refPath);
+    QFile evalFile(evaluation_);
+    QVERIFY(evalFile.open(QIODevice::ReadOnly));
+    const std::string text = evalFile.readAll().toStdString();
+
+    QTemporaryDir spillDir;
+    QVERIFY(spillDir.isValid());
+    int64_t linearBytes = 0;
+    for (const auto &[name, t] : loadModel(refPath).tensors)
+      if (name.find(".layers.") != std::string::npos && t.dim() == 2)
+        linearBytes += t.numel() * 4;
+    const int64_t bytes = aside->setBlocksAside(spillDir.path().toStdString());
+    QCOMPARE(bytes, linearBytes);
+    QVERIFY(QDir(spillDir.path()).entryList(QDir::Files | QDir::Hidden).isEmpty());
+    // Streamed where the windows' hidden states weigh at most what is on disk
+    // (2 windows of 16 tokens), held whole for the pass otherwise (every window).
+    const int64_t tokens = int64_t(model->tokenize(text).size());
+    const int64_t hidden = whole->summary().hiddenSize;
+    QVERIFY(2 * 16 * hidden * 4 <= bytes);
+    QVERIFY(tokens / 16 * 16 * hidden * 4 > bytes);
+    for (const auto &[windows, streamed] : {std::make_tuple(2, true), std::make_tuple(0, false)}) {
+      const int seqLen = 16;
+      LogLines a, b;
+      const ComparisonReport x = model->compare(*whole, text, seqLen, &a, nullptr, windows);
+      const ComparisonReport y = model->compare(*aside, text, seqLen, &b, nullptr, windows);
+      QCOMPARE(b.referenceStreamed, streamed);
+      QVERIFY(!a.referenceStreamed);
+      QVERIFY(x.meanKl > 0);
+      QVERIFY(x.meanKl == y.meanKl && x.maxKl == y.maxKl && x.top1Agreement == y.top1Agreement);
+      QVERIFY(x.model.perplexity == y.model.perplexity);
+      QVERIFY(x.referencePerplexity == y.referencePerplexity);
+      QCOMPARE(y.model.windows, x.model.windows);
+    }
+    for (const std::function<void()> &use :
+         {std::function<void()>([&] { aside->perplexity(text, 16, nullptr, nullptr, 1); }),
+          std::function<void()>(
+              [&] { aside->singularValues("model.layers.0.mlp.up_proj.weight"); }),
+          std::function<void()>([&] { aside->compare(*whole, text, 16, nullptr, nullptr, 1); })}) {
+      try {
+        use();
+        QFAIL("expected lrq::Error");
+      } catch (const Error &e) {
+        QVERIFY2(QString(e.what()).contains("set aside"), e.what());
+      }
+    }
+
+    const auto refused = ModelSession::open(refPath);
+    QVERIFY_THROWS_EXCEPTION(FileError,
+                             refused->setBlocksAside(tmp_.filePath("no-such-dir").toStdString()));
+    QVERIFY(refused->perplexity(text, 16, nullptr, nullptr, 2).perplexity ==
+            whole->perplexity(text, 16, nullptr, nullptr, 2).perplexity);
+  }
+
   void packedFileRecordsTheRounding() {
     const QString path = tmp_.filePath("packed-BF16-rtn.safetensors");
     QVERIFY(QFile::exists(path));

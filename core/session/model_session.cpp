@@ -20,6 +20,7 @@
 #include "core/analysis/tensor_analysis.h"
 #include "core/common/error.h"
 #include "core/common/json_limits.h"
+#include "core/common/memory.h"
 #include "core/data/default_assets.h"
 #include "core/eval/compare.h"
 #include "core/eval/generate.h"
@@ -28,6 +29,7 @@
 #include "core/io/model_loader.h"
 #include "core/io/safetensors.h"
 #include "core/model/decoder.h"
+#include "core/model/tensor_spill.h"
 #include "core/quant/scheme.h"
 #include "core/session/model_session_access.h"
 
@@ -168,12 +170,83 @@ void lowerComputePriority() {
 #endif
 }
 
+namespace {
+
+// A session's block linears on disk (setBlocksAside), read back one block at a
+// time for a comparison's reference pass.
+class AsideBlocks : public ReferenceBlockLoader {
+public:
+  AsideBlocks(const ModelConfig &config, ModelWeights &weights,
+              std::map<std::string, at::Tensor> &tensors, const std::string &dir)
+      : spill_(dir) {
+    try {
+      for (int64_t b = 0; b < int64_t(weights.blocks.size()); ++b)
+        for (auto &[role, linear] : blockLinears(config, weights.blocks[size_t(b)])) {
+          (void)role;
+          if (!linear->weight.defined() || !linear->weight.device().is_cpu())
+            continue;
+          Entry e{b, linear, spill_.put(linear->weight), {}};
+          for (auto it = tensors.begin(); it != tensors.end();)
+            if (it->second.is_same(linear->weight)) {
+              e.names.push_back(it->first);
+              it = tensors.erase(it);
+            } else {
+              ++it;
+            }
+          linear->weight = at::Tensor();
+          entries_.push_back(std::move(e));
+        }
+    } catch (...) { // what was set aside comes back: the session stays whole
+      for (const Entry &e : entries_) {
+        e.linear->weight = spill_.get(e.handle);
+        for (const std::string &name : e.names)
+          tensors[name] = e.linear->weight;
+      }
+      throw;
+    }
+    releaseFreeMemory();
+  }
+  void load(int64_t block) override {
+    for (const Entry &e : entries_)
+      if (e.block == block)
+        e.linear->weight = spill_.get(e.handle);
+  }
+  void unload(int64_t block) override {
+    for (const Entry &e : entries_)
+      if (e.block == block)
+        e.linear->weight = at::Tensor();
+    releaseFreeMemory();
+  }
+  int64_t bytes() const { return spill_.bytes(); }
+
+private:
+  struct Entry {
+    int64_t block;
+    Linear *linear;
+    size_t handle;
+    std::vector<std::string> names; // the loaded tensors that were this weight
+  };
+  TensorSpill spill_;
+  std::vector<Entry> entries_;
+};
+
+} // namespace
+
 struct ModelSession::Impl {
   LoadedModel loaded;
   std::unique_ptr<DecoderModel> model;
   ModelSummary summary;
+  std::unique_ptr<AsideBlocks> aside; // setBlocksAside: only compare()'s reference now
+
+  void requireWhole() const {
+    if (aside)
+      throw Error(loaded.path +
+                  ": this session's block weights are set aside on disk; it serves only as a "
+                  "comparison's reference");
+  }
 
   const at::Tensor &tensor(const std::string &name) const {
+    requireWhole();
     auto it = loaded.tensors.find(name);
     if (it == loaded.tensors.end())
       throw Error("no tensor named '" + name + "' in " + loaded.path +
@@ -253,7 +326,15 @@ const LoadedModel &ModelSessionAccess::loaded(const ModelSession &session) {
 }
 
 DecoderModel &ModelSessionAccess::decoder(const ModelSession &session) {
+  session.impl_->requireWhole();
   return *session.impl_->model;
+}
+
+int64_t ModelSession::setBlocksAside(const std::string &dir) {
+  if (!impl_->aside)
+    impl_->aside = std::make_unique<AsideBlocks>(impl_->loaded.config, impl_->model->weights(),
+                                                 impl_->loaded.tensors, dir);
+  return impl_->aside->bytes();
 }
 ModelSession::~ModelSession() = default;
 
@@ -339,6 +420,7 @@ PerplexityReport ModelSession::perplexity(const std::string &text, int64_t seqLe
     if (tokenizer.spec().addBos)
       scoring.windowBos = tokenizer.bosId();
   }
+  impl_->requireWhole();
   PerplexityResult r =
       evaluatePerplexity(*impl_->model, tokens, seqLen, observer, cancel, maxWindows, scoring);
   PerplexityReport out;
@@ -369,9 +451,27 @@ ComparisonReport ModelSession::compare(const ModelSession &reference, const std:
           impl_->tokenizer().encode(text.substr(0, 2000), true))
     throw Error("cannot compare " + a.path + " with " + b.path +
                 ": their tokenizers split the text differently");
+  impl_->requireWhole();
   c10::InferenceMode guard;
+  // A reference set aside runs block by block over every window, holding the
+  // windows' hidden states meanwhile; where those would outweigh what is on
+  // disk, it is read back whole for the pass instead.
+  AsideBlocks *aside = reference.impl_->aside.get();
+  const int64_t fullWindows = int64_t(tokens.size()) / std::max<int64_t>(seqLen, 1);
+  const int64_t windows = maxWindows > 0 ? std::min(maxWindows, fullWindows) : fullWindows;
+  const bool stream = aside && windows * seqLen * b.hiddenSize * 4 <= aside->bytes();
+  struct WholeForThePass {
+    AsideBlocks *aside;
+    int64_t blocks;
+    ~WholeForThePass() {
+      for (int64_t i = 0; aside && i < blocks; ++i)
+        aside->unload(i);
+    }
+  } whole{stream ? nullptr : aside, b.numLayers};
+  for (int64_t i = 0; whole.aside && i < whole.blocks; ++i)
+    whole.aside->load(i);
   CompareResult c = compareToReference(*impl_->model, *reference.impl_->model, tokens, seqLen,
-                                       observer, cancel, maxWindows);
+                                       observer, cancel, maxWindows, stream ? aside : nullptr);
   ComparisonReport out;
   out.model.perplexity = c.perplexity;
   out.model.meanNll = c.meanNll;
@@ -413,6 +513,7 @@ std::string ModelSession::generate(const std::string &prompt, const GenerationOp
       emitted = complete;
     }
   };
+  impl_->requireWhole();
   generateTokens(*impl_->model, promptIds, sampling, onToken, cancel);
   if (onText && text.size() > emitted)
     onText(text.substr(emitted));

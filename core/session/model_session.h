@@ -160,6 +160,15 @@ public:
                            ProgressObserver *observer = nullptr,
                            const CancelToken *cancel = nullptr, int64_t maxWindows = 0) const;
 
+  // Moves every block linear's weights to an unlinked file in dir (read back
+  // bit for bit, one block at a time, when this session is compare()'s
+  // reference), so that a comparison holds one model and the reference's
+  // embeddings, norms and head. After it the session serves only as a
+  // reference: every other use throws lrq::Error. Returns the bytes set aside.
+  // Throws lrq::FileError when dir refuses the file or the bytes (the weights
+  // not yet written stay in memory, and the session stays usable as before).
+  int64_t setBlocksAside(const std::string &dir);
+
   // Continues prompt; onText receives decoded text pieces as they are produced.
   std::string generate(const std::string &prompt, const GenerationOptions &options,
                        const std::function<void(const std::string &)> &onText = {},
