@@ -18,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/common/error.h"
@@ -151,6 +152,26 @@ class TestLrqat : public QObject {
     std::unique_ptr<QuantMethod> m = createMethod("lrqat");
     MethodContext ctx{model, scheme, calib, mergeHyperparameters(*m, user), seed, obs, cancel, ""};
     return m->run(ctx);
+  }
+
+  // An LR-QAT state (rank 4, alpha 4) for every linear of the model, A moved
+  // away from zero so that every term of the gradient counts; the linears and
+  // their weights W0.
+  static std::tuple<std::vector<LrqatLayer>, std::vector<Linear *>, std::vector<at::Tensor>>
+  statesAwayFromZero(DecoderModel &model, const GridSpec &spec, uint64_t seed) {
+    std::vector<LrqatLayer> layers;
+    std::vector<Linear *> linears;
+    std::vector<at::Tensor> originals;
+    for (auto &b : model.weights().blocks)
+      for (auto &[role, lin] : blockLinears(model.config(), b)) {
+        (void)role;
+        layers.push_back(initLrqatLayer(lin->weight, spec, 4, 4.0, seed + layers.size()));
+        at::NoGradGuard noGrad;
+        layers.back().a.copy_(at::randn_like(layers.back().a) * 0.3);
+        linears.push_back(lin);
+        originals.push_back(lin->weight);
+      }
+    return {std::move(layers), std::move(linears), std::move(originals)};
   }
 
 private slots:
@@ -469,19 +490,11 @@ private slots:
   // layers share one set of scratch buffers.
   void kernelsGiveAutogradsGradients() {
     std::unique_ptr<DecoderModel> model = tinyModel();
-    const GridSpec spec = makeSpec(3, false, Granularity::PerGroup, 16);
     std::vector<LrqatLayer> layers;
     std::vector<Linear *> linears;
     std::vector<at::Tensor> originals;
-    for (auto &b : model->weights().blocks)
-      for (auto &[role, lin] : blockLinears(model->config(), b)) {
-        (void)role;
-        layers.push_back(initLrqatLayer(lin->weight, spec, 4, 4.0, 11 + layers.size()));
-        at::NoGradGuard noGrad;
-        layers.back().a.copy_(at::randn_like(layers.back().a) * 0.3);
-        linears.push_back(lin);
-        originals.push_back(lin->weight);
-      }
+    std::tie(layers, linears, originals) =
+        statesAwayFromZero(*model, makeSpec(3, false, Granularity::PerGroup, 16), 11);
     const at::Tensor tokens = tiny_.longTokens.narrow(1, 0, 32);
     auto lossOf = [&] {
       const at::Tensor logits = model->forward(tokens);
@@ -528,17 +541,11 @@ private slots:
   // same gradients of A, B and s (kernels) or of Ŵ (leaves), to the bit.
   void recomputedBlocksGiveTheSameGradients() {
     std::unique_ptr<DecoderModel> model = tinyModel();
-    const GridSpec spec = makeSpec(3, false, Granularity::PerGroup, 16);
     std::vector<LrqatLayer> layers;
     std::vector<Linear *> linears;
-    for (auto &b : model->weights().blocks)
-      for (auto &[role, lin] : blockLinears(model->config(), b)) {
-        (void)role;
-        layers.push_back(initLrqatLayer(lin->weight, spec, 4, 4.0, 29 + layers.size()));
-        at::NoGradGuard noGrad;
-        layers.back().a.copy_(at::randn_like(layers.back().a) * 0.3);
-        linears.push_back(lin);
-      }
+    std::vector<at::Tensor> originals;
+    std::tie(layers, linears, originals) =
+        statesAwayFromZero(*model, makeSpec(3, false, Granularity::PerGroup, 16), 29);
     const at::Tensor tokens = tiny_.longTokens.narrow(1, 0, 32).reshape({2, 16});
     auto lossOf = [&](bool recompute) {
       const at::Tensor logits = recompute

@@ -355,8 +355,8 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
   for (size_t i = 0; i < targets.size(); ++i) {
     Target &t = targets[i];
     try {
-      layers.push_back(initLrqatLayer(t.original, scheme.weightFor(t.original.size(1)), rank,
-                                      alpha, seed * 1000003ULL + uint64_t(i)));
+      layers.push_back(initLrqatLayer(t.original, scheme.weightFor(t.original.size(1)), rank, alpha,
+                                      seed * 1000003ULL + uint64_t(i)));
     } catch (const Error &e) {
       throw Error(where(t) + ": " + e.what());
     }
