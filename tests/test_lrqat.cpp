@@ -148,9 +148,11 @@ class TestLrqat : public QObject {
 
   MethodReport runLrqat(DecoderModel &model, const QuantScheme &scheme, const CalibrationSet &calib,
                         const nlohmann::json &user, ProgressObserver *obs = nullptr,
-                        const CancelToken *cancel = nullptr, uint64_t seed = 7) {
+                        const CancelToken *cancel = nullptr, uint64_t seed = 7,
+                        WeightStash *stash = nullptr) {
     std::unique_ptr<QuantMethod> m = createMethod("lrqat");
     MethodContext ctx{model, scheme, calib, mergeHyperparameters(*m, user), seed, obs, cancel, ""};
+    ctx.stash = stash;
     return m->run(ctx);
   }
 
@@ -788,6 +790,86 @@ private slots:
       at::NoGradGuard noGrad;
       QVERIFY(at::equal(lrqatMergedWeight(l), lrqatFakeWeight(l)));
     }
+  }
+
+  // W0 handed to the run's stash as each layer's state is made: a run with a
+  // stash trains to the same bits as one without, and a run that fails in its
+  // steps (NaN) or is cancelled before them gives every linear its W0 back from
+  // the stash, bit for bit.
+  void stashedWeightsComeBackAfterAFailure() {
+    struct MapStash : WeightStash {
+      DecoderModel *model = nullptr;
+      std::map<std::pair<int64_t, std::string>, at::Tensor> kept;
+      int broughtBack = 0;
+      bool setAside(int64_t block, const std::string &role) override {
+        for (auto &[r, lin] : blockLinears(model->config(), model->weights().blocks[size_t(block)]))
+          if (r == role) {
+            kept[{block, role}] = lin->weight.clone();
+            lin->weight = at::Tensor();
+            return true;
+          }
+        return false;
+      }
+      at::Tensor bringBack(int64_t block, const std::string &role) override {
+        ++broughtBack;
+        return kept.at({block, role}).clone();
+      }
+    };
+    std::vector<int32_t> stream;
+    for (int64_t i = 0; i < tiny_.longTokens.size(1); ++i)
+      stream.push_back(int32_t(tiny_.longTokens[0][i].item<int64_t>()));
+    const CalibrationSet calib = makeCalibrationSet(stream, 2, 32, 1, "tiny");
+    const QuantScheme scheme = schemeFor(makeSpec(4, true, Granularity::PerChannel));
+    const nlohmann::json hyper = {{"steps", 3}, {"rank", 4}, {"lr", 1e-2}};
+    auto weightsOf = [](DecoderModel &m) {
+      std::vector<at::Tensor> out;
+      for (auto &b : m.weights().blocks)
+        for (auto &[role, lin] : blockLinears(m.config(), b)) {
+          (void)role;
+          out.push_back(lin->weight.defined() ? lin->weight.clone() : at::Tensor());
+        }
+      return out;
+    };
+    auto same = [](const std::vector<at::Tensor> &a, const std::vector<at::Tensor> &b) {
+      if (a.size() != b.size())
+        return false;
+      for (size_t i = 0; i < a.size(); ++i)
+        if (!a[i].defined() || !b[i].defined() || !at::equal(a[i], b[i]))
+          return false;
+      return true;
+    };
+
+    std::unique_ptr<DecoderModel> plain = tinyModel(), stashed = tinyModel();
+    const std::vector<at::Tensor> w0 = weightsOf(*plain);
+    LossRecorder a, b;
+    runLrqat(*plain, scheme, calib, hyper, &a);
+    MapStash stash;
+    stash.model = stashed.get();
+    runLrqat(*stashed, scheme, calib, hyper, &b, nullptr, 7, &stash);
+    QCOMPARE(int(stash.kept.size()), int(w0.size()));
+    QCOMPARE(stash.broughtBack, int(w0.size())); // the merge's error figures
+    QVERIFY(a.losses == b.losses);
+    QVERIFY(same(weightsOf(*plain), weightsOf(*stashed)));
+    QVERIFY(!same(weightsOf(*plain), w0));
+
+    // Failures: every W0 back from the stash.
+    std::unique_ptr<DecoderModel> failing = tinyModel();
+    CancelToken cancel;
+    cancel.cancel();
+    MapStash cancelled;
+    cancelled.model = failing.get();
+    QVERIFY_THROWS_EXCEPTION(
+        Cancelled, runLrqat(*failing, scheme, calib, hyper, nullptr, &cancel, 7, &cancelled));
+    QCOMPARE(int(cancelled.kept.size()), int(w0.size()));
+    QVERIFY(same(weightsOf(*failing), w0));
+    failing->weights().blocks[0].attnNorm.weight[0] = std::nan("");
+    MapStash nan;
+    nan.model = failing.get();
+    QVERIFY_THROWS_EXCEPTION(Error,
+                             runLrqat(*failing, scheme, calib, hyper, nullptr, nullptr, 7, &nan));
+    QCOMPARE(int(nan.kept.size()), int(w0.size()));
+    QCOMPARE(nan.broughtBack, int(w0.size()));
+    QVERIFY(same(weightsOf(*failing), w0));
   }
 
   void cancelAndNanLeaveTheModelIntact() {
