@@ -274,8 +274,14 @@ int commandEval(const Arguments &args, std::ostream &out, TerminalProgress &prog
     textSource = split.source;
   }
   std::unique_ptr<ModelSession> reference;
-  if (has(args, "reference"))
+  if (has(args, "reference")) {
+    // The reference loads first: a model path that cannot be read is said
+    // before that wait, not after.
+    std::error_code ec;
+    if (model != "default" && !std::filesystem::exists(model, ec))
+      throw FileError(model, "no such file or directory");
     reference = openAsideReference(stringOption(args, "reference", ""), progress);
+  }
   auto session = ModelSession::open(model, &progress);
   if (seqLen > session->summary().maxPositions)
     throw UsageError("--seq-len " + std::to_string(seqLen) + " exceeds the model's context of " +

@@ -143,6 +143,13 @@ private slots:
     QCOMPARE(missing.exitCode, 1);
     QVERIFY2(missing.err.startsWith("lrq: error: "), qPrintable(missing.err));
     QVERIFY(missing.err.contains("/nonexistent/model.gguf"));
+    // With --reference (which loads first), the missing model is said before
+    // the reference is read: one line, nothing about the reference.
+    Result missingWithReference =
+        runLrq({"eval", "/nonexistent/model.gguf", "--reference", "default"});
+    QCOMPARE(missingWithReference.exitCode, 1);
+    QCOMPARE(missingWithReference.err,
+             QString("lrq: error: /nonexistent/model.gguf: no such file or directory\n"));
 
     QTemporaryDir dir;
     const QString bad = dir.filePath("corrupt.gguf");
