@@ -150,12 +150,31 @@ public:
       dropReference(key, *handle);
       released = true;
     }
-    if (released)
+    // Set aside ahead (SmoothQuant), the reference is on disk already: what the
+    // method has just dropped is the model's own smoothed weight, trimmed here.
+    if (released || aheadOfTheMethod_)
       releaseFreeMemory();
   }
   void releaseAll() {
     for (int64_t b = 0; b < int64_t(reference_.blocks.size()); ++b)
       releaseBlock(b);
+  }
+  // Every reference linear to disk now, shared with the model or not: before
+  // SmoothQuant, which gives the model new linears group by group, so that the
+  // reference's and the smoothed ones are never all in memory together.
+  void setAsideAhead() {
+    for (int64_t b = 0; b < int64_t(reference_.blocks.size()) && !refused_; ++b)
+      for (const auto &[role, l] : blockLinears(config_, reference_.blocks[size_t(b)])) {
+        const std::pair<int64_t, std::string> key{b, role};
+        if (!l->weight.defined() || !l->weight.device().is_cpu() || handles_.count(key))
+          continue;
+        const std::optional<size_t> handle = put(l->weight);
+        if (!handle)
+          break;
+        dropReference(key, *handle);
+      }
+    aheadOfTheMethod_ = true;
+    releaseFreeMemory();
   }
   // Block b's spilled linears back for one pass (ReferenceBlockLoader).
   void load(int64_t b) override {
@@ -217,6 +236,7 @@ private:
   TensorSpill spill_;
   std::function<void(const std::string &)> warn_;
   bool refused_ = false;
+  bool aheadOfTheMethod_ = false;                             // setAsideAhead ran
   std::map<std::pair<int64_t, std::string>, size_t> handles_; // (block, role) -> spill handle
   std::map<std::pair<int64_t, std::string>, size_t> stashed_; // the method's, by (block, role)
 
@@ -678,6 +698,8 @@ void recordStartStage(Job &job) {
 void smoothQuantStage(Job &job) {
   if (!job.request.smoothQuant)
     return;
+  if (job.spill)
+    job.spill->setAsideAhead();
   quant::SmoothQuantReport sq = quant::applySmoothQuant(
       *job.model, job.calibration, job.smoothOptions, job.scheme.layers, job.beating(), job.cancel);
   job.say("SmoothQuant (alpha " + std::to_string(job.request.smoothQuantAlpha) + ", groups " +
@@ -711,7 +733,6 @@ void restoreReference(Job &job) {
 }
 
 void methodStage(Job &job) {
-  makeSpill(job);
   std::unique_ptr<ReleasingObserver> releasing;
   ProgressObserver *observer = job.recorder.get();
   if (job.spill) {
@@ -1064,6 +1085,7 @@ void recordFinishStage(Job &job) {
 QuantizeOutcome runRecordedStages(Job &job) {
   recordStartStage(job);
   try {
+    makeSpill(job);
     smoothQuantStage(job);
     methodStage(job);
     job.guard->check("the method");
