@@ -28,6 +28,7 @@
 #include "core/model/decoder.h"
 #include "core/quant/grid.h"
 #include "core/quant/scheme.h"
+#include "core/runs/run_store.h"
 #include "core/session/model_session.h"
 #include "core/session/quantize_job.h"
 #include "core/session/quantize_request.h"
@@ -323,7 +324,7 @@ private slots:
     for (const MethodCase &m : methodCases()) {
       const QString tag = "agree-" + QString::fromStdString(m.label);
       QuantizeRequest spilled = request(modelDir, m, tag + "-spilled");
-      spilled.spectra = true; // the spectra read the whole reference back
+      spilled.spectra = true; // the spectra read each reference layer from the spill
       QuantizeRequest whole = request(modelDir, m, tag + "-whole");
       whole.spectra = true;
       LogLines a, b;
@@ -343,6 +344,18 @@ private slots:
       for (const char *metric : {"perplexity", "kl", "max_kl", "top1", "bits_per_weight"})
         QVERIFY2(x.metrics.count(metric) && x.metrics.at(metric) == y.metrics.at(metric),
                  qPrintable(tag + " " + metric));
+      // The spectra, each layer's reference weight read from the spill on one
+      // side and from memory on the other: the same values.
+      const RunStore store = RunStore::open(spilled.storePath);
+      const RunRecord rx = store.getRun(x.runId), ry = store.getRun(y.runId);
+      QVERIFY2(!rx.spectra.empty(), qPrintable(tag));
+      QCOMPARE(rx.spectra.size(), ry.spectra.size());
+      for (size_t i = 0; i < rx.spectra.size(); ++i)
+        QVERIFY2(rx.spectra[i].block == ry.spectra[i].block &&
+                     rx.spectra[i].role == ry.spectra[i].role &&
+                     rx.spectra[i].kind == ry.spectra[i].kind &&
+                     rx.spectra[i].values == ry.spectra[i].values,
+                 qPrintable(tag + " spectrum " + QString::fromStdString(rx.spectra[i].role)));
       const LoadedModel ex = loadModel(spilled.exportDir), ey = loadModel(whole.exportDir);
       QCOMPARE(ex.tensors.size(), ey.tensors.size());
       for (const auto &[name, t] : ex.tensors)

@@ -225,6 +225,14 @@ public:
     return spill_.get(it->second);
   }
 
+  // The reference's weight of block b's linear `role` as set aside (read back
+  // for the caller), or undefined where it was not. Safe to call from several
+  // threads at once.
+  at::Tensor weightOf(int64_t b, const std::string &role) const {
+    const auto it = handles_.find({b, role});
+    return it == handles_.end() ? at::Tensor() : spill_.get(it->second);
+  }
+
   int64_t spilledBytes() const { return handles_.empty() ? 0 : spill_.bytes(); }
   size_t spilledTensors() const { return handles_.size(); }
 
@@ -346,11 +354,11 @@ std::map<LayerKey, at::Tensor> copySelectedLinears(const ModelConfig &config, Mo
 // for every layer the method reports. Layers are spread over the intra-op
 // threads, each computing alone: the eigensolver's many small steps would
 // otherwise wait on each other's threads at every one of them.
-std::vector<SpectrumRecord> layerSpectra(const quant::MethodReport &report,
-                                         const ModelConfig &config, ModelWeights &fpWeights,
-                                         ModelWeights &quantized,
-                                         const std::map<LayerKey, at::Tensor> &startWeights,
-                                         const CancelToken *cancel) {
+std::vector<SpectrumRecord>
+layerSpectra(const quant::MethodReport &report, const ModelConfig &config,
+             const std::function<at::Tensor(int64_t, const std::string &)> &fpWeight,
+             ModelWeights &quantized, const std::map<LayerKey, at::Tensor> &startWeights,
+             const CancelToken *cancel) {
   const int64_t count = int64_t(report.layers.size());
   std::vector<std::vector<SpectrumRecord>> perLayer(report.layers.size());
   at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
@@ -362,8 +370,7 @@ std::vector<SpectrumRecord> layerSpectra(const quant::MethodReport &report,
       const int64_t block = l.error.block;
       const std::string &role = l.error.layer;
       const auto start = startWeights.find({block, role});
-      at::Tensor w =
-          start != startWeights.end() ? start->second : layerWeight(config, fpWeights, block, role);
+      at::Tensor w = start != startWeights.end() ? start->second : fpWeight(block, role);
       const at::Tensor q = effectiveWeight(config, quantized, block, role);
       if (!w.defined() || !q.defined() || w.sizes() != q.sizes())
         continue;
@@ -890,11 +897,22 @@ void layerRecordStage(Job &job) {
 void spectraStage(Job &job) {
   if (!job.request.spectra)
     return;
-  restoreReference(job);
   const auto spectraStart = Clock::now();
-  const std::vector<SpectrumRecord> spectra =
-      layerSpectra(job.report, job.loaded->config, job.reference->weights(), job.model->weights(),
-                   job.spectraStartWeights, job.cancel);
+  // Each layer's reference weight as the layer's spectra need it: from the
+  // spill where it was set aside, so the whole reference never comes back.
+  const ModelConfig &config = job.loaded->config;
+  ModelWeights &reference = job.reference->weights();
+  ReferenceSpill *spill = job.spill.get();
+  const auto fpWeight = [&](int64_t block, const std::string &role) {
+    if (spill) {
+      const at::Tensor w = spill->weightOf(block, role);
+      if (w.defined())
+        return w;
+    }
+    return layerWeight(config, reference, block, role);
+  };
+  const std::vector<SpectrumRecord> spectra = layerSpectra(
+      job.report, config, fpWeight, job.model->weights(), job.spectraStartWeights, job.cancel);
   job.spectraStartWeights.clear();
   job.store->appendSpectra(job.outcome.runId, spectra);
   char line[128];
@@ -997,7 +1015,10 @@ void exportStage(Job &job) {
   if (r.exportDir.empty() && r.packedPath.empty() && r.ggufPath.empty() &&
       r.compressedTensorsDir.empty())
     return;
-  restoreReference(job);
+  // The packed, GGUF and compressed-tensors writers read the reference (the HF
+  // folder holds the model's weights alone).
+  if (!r.packedPath.empty() || !r.ggufPath.empty() || !r.compressedTensorsDir.empty())
+    restoreReference(job);
   const std::string metadata = nlohmann::json{
       {"method", job.method->name()},
       {"hyperparameters", job.recordedHyper},
