@@ -25,6 +25,7 @@
 #include <limits>
 
 #include "core/common/error.h"
+#include "core/common/memory.h"
 #include "core/quant/calibration_runner.h"
 #include "core/quant/transform_capture.h"
 
@@ -255,6 +256,9 @@ SmoothQuantReport applySmoothQuant(DecoderModel &model, const CalibrationSet &ca
     }
     if (options.groups == SmoothGroups::All)
       smoothLinearPairs(model, b, stats[size_t(b)], alpha, report);
+    // The block's old weights, where nothing else holds them (a reference set
+    // aside), go back to the system before the next block's new ones are made.
+    releaseFreeMemory();
     if (observer)
       observer->progress(b + 1, model.numBlocks(), "block " + std::to_string(b));
   }

@@ -225,6 +225,10 @@ public:
     return spill_.get(it->second);
   }
 
+  // Any tensor to the spill (false where the disk refuses: said once), and back.
+  std::optional<size_t> keep(const at::Tensor &t) { return refused_ ? std::nullopt : put(t); }
+  at::Tensor read(size_t handle) const { return spill_.get(handle); }
+
   // The reference's weight of block b's linear `role` as set aside (read back
   // for the caller), or undefined where it was not. Safe to call from several
   // threads at once.
@@ -334,31 +338,31 @@ at::Tensor effectiveWeight(const ModelConfig &config, ModelWeights &w, int64_t b
   return out;
 }
 
-// Copies of the selected block linears as they are now (after SmoothQuant,
-// before the method): the W of the spectra when it is not the full-precision one.
-std::map<LayerKey, at::Tensor> copySelectedLinears(const ModelConfig &config, ModelWeights &w,
-                                                   const quant::LayerSelection &sel) {
+// The selected block linears' weights as they are now (after SmoothQuant,
+// before the method; the tensors themselves, not copies): the W of the spectra
+// when it is not the full-precision one.
+std::map<LayerKey, at::Tensor> selectedLinears(const ModelConfig &config, ModelWeights &w,
+                                               const quant::LayerSelection &sel) {
   std::map<LayerKey, at::Tensor> out;
   for (int64_t b = 0; b < int64_t(w.blocks.size()); ++b) {
     if (!sel.selectsBlock(b))
       continue;
     for (const auto &[role, linear] : blockLinears(config, w.blocks[size_t(b)]))
       if (sel.selectsLinear(role) && linear->weight.defined())
-        out[{b, role}] = linear->weight.detach().clone();
+        out[{b, role}] = linear->weight.detach();
   }
   return out;
 }
 
-// "W" (startWeights where given, else the full-precision weight), "E" = W - Ŵ
+// "W" (startWeight: the weight the method started from), "E" = W - Ŵ
 // with Ŵ the quantized model's effective weight, then the method's own spectra,
 // for every layer the method reports. Layers are spread over the intra-op
 // threads, each computing alone: the eigensolver's many small steps would
 // otherwise wait on each other's threads at every one of them.
 std::vector<SpectrumRecord>
 layerSpectra(const quant::MethodReport &report, const ModelConfig &config,
-             const std::function<at::Tensor(int64_t, const std::string &)> &fpWeight,
-             ModelWeights &quantized, const std::map<LayerKey, at::Tensor> &startWeights,
-             const CancelToken *cancel) {
+             const std::function<at::Tensor(int64_t, const std::string &)> &startWeight,
+             ModelWeights &quantized, const CancelToken *cancel) {
   const int64_t count = int64_t(report.layers.size());
   std::vector<std::vector<SpectrumRecord>> perLayer(report.layers.size());
   at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
@@ -369,8 +373,7 @@ layerSpectra(const quant::MethodReport &report, const ModelConfig &config,
       const quant::LayerReport &l = report.layers[size_t(i)];
       const int64_t block = l.error.block;
       const std::string &role = l.error.layer;
-      const auto start = startWeights.find({block, role});
-      at::Tensor w = start != startWeights.end() ? start->second : fpWeight(block, role);
+      at::Tensor w = startWeight(block, role);
       const at::Tensor q = effectiveWeight(config, quantized, block, role);
       if (!w.defined() || !q.defined() || w.sizes() != q.sizes())
         continue;
@@ -474,6 +477,9 @@ struct Job {
   double earlierSeconds = 0; // a resumed run's time before the interruption
   std::string workDir, requestFile;
 
+  // W of the spectra where it is not the reference's (after SmoothQuant): in
+  // the spill by handle, or in memory where the spill refused it.
+  std::map<LayerKey, size_t> spectraStartHandles;
   std::map<LayerKey, at::Tensor> spectraStartWeights;
   quant::MethodReport report;
   // The source's float type of each tensor by HF name, and the HF export's
@@ -712,10 +718,18 @@ void smoothQuantStage(Job &job) {
   job.say("SmoothQuant (alpha " + std::to_string(job.request.smoothQuantAlpha) + ", groups " +
           quant::smoothGroupsName(job.smoothOptions.groups) + ") applied to " +
           std::to_string(sq.groups.size()) + " groups");
-  // W of the spectra: what SmoothQuant made of the full-precision weights.
-  if (job.request.spectra)
-    job.spectraStartWeights =
-        copySelectedLinears(job.loaded->config, job.model->weights(), job.scheme.layers);
+  // W of the spectra: what SmoothQuant made of the full-precision weights, set
+  // aside on disk until the spectra (a copy in memory where the disk refuses).
+  if (!job.request.spectra)
+    return;
+  for (auto &[key, weight] :
+       selectedLinears(job.loaded->config, job.model->weights(), job.scheme.layers)) {
+    const std::optional<size_t> handle = job.spill ? job.spill->keep(weight) : std::nullopt;
+    if (handle)
+      job.spectraStartHandles[key] = *handle;
+    else
+      job.spectraStartWeights[key] = weight.clone();
+  }
 }
 
 // A reference the job loaded itself sets aside what the method replaces, in
@@ -903,7 +917,13 @@ void spectraStage(Job &job) {
   const ModelConfig &config = job.loaded->config;
   ModelWeights &reference = job.reference->weights();
   ReferenceSpill *spill = job.spill.get();
-  const auto fpWeight = [&](int64_t block, const std::string &role) {
+  const auto startWeight = [&](int64_t block, const std::string &role) {
+    if (const auto h = job.spectraStartHandles.find({block, role});
+        h != job.spectraStartHandles.end())
+      return spill->read(h->second);
+    if (const auto w = job.spectraStartWeights.find({block, role});
+        w != job.spectraStartWeights.end())
+      return w->second;
     if (spill) {
       const at::Tensor w = spill->weightOf(block, role);
       if (w.defined())
@@ -911,9 +931,10 @@ void spectraStage(Job &job) {
     }
     return layerWeight(config, reference, block, role);
   };
-  const std::vector<SpectrumRecord> spectra = layerSpectra(
-      job.report, config, fpWeight, job.model->weights(), job.spectraStartWeights, job.cancel);
+  const std::vector<SpectrumRecord> spectra =
+      layerSpectra(job.report, config, startWeight, job.model->weights(), job.cancel);
   job.spectraStartWeights.clear();
+  job.spectraStartHandles.clear();
   job.store->appendSpectra(job.outcome.runId, spectra);
   char line[128];
   std::snprintf(line, sizeof line, "spectra: %zu recorded in %.2f s", spectra.size(),
