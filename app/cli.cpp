@@ -208,9 +208,10 @@ std::unique_ptr<ModelSession> openAsideReference(const std::string &path,
   try {
     std::filesystem::create_directories(dir);
     const int64_t bytes = reference->setBlocksAside(dir);
-    spdlog::info("the reference's block weights ({} MiB) are set aside on disk in {} until the "
-                 "comparison reads them",
-                 bytes >> 20, dir);
+    if (bytes > 0)
+      spdlog::info("the reference's block weights ({} MiB) are set aside on disk in {} until the "
+                   "comparison reads them",
+                   bytes >> 20, dir);
   } catch (const std::exception &e) {
     spdlog::warn("keeping the reference whole in memory: {}", e.what());
   }

@@ -364,8 +364,41 @@ private slots:
     }
   }
 
-  // The packed file says which type its Ŵ was rounded to; a type the reader
-  // does not know is refused, naming the file and the layer, not guessed.
+  // SmoothQuant on block 0 only: the job sets every reference linear aside
+  // before smoothing, and those SmoothQuant and the method leave alone (the
+  // other blocks) are shared with the model again afterwards, not copies: the
+  // run reports only block 0's linears on disk, and its figures and export
+  // equal those of the run that keeps everything in memory.
+  void smoothQuantOnOneBlockSharesTheRest() {
+    const QString modelDir = writeModel(at::kFloat);
+    const auto session = ModelSession::open(modelDir.toStdString());
+    quant::QuantScheme scheme = quant::presetScheme("W8A8");
+    scheme.layers.blocks = {0};
+    const QString schemeFile = tmp_.filePath("w8a8-block0.json");
+    writeFile(schemeFile, scheme.toJson());
+    MethodCase m{"smoothquant-block0", "rtn", {}, true};
+    QuantizeRequest spilled = request(modelDir, m, "block0-spilled");
+    QuantizeRequest whole = request(modelDir, m, "block0-whole");
+    spilled.scheme = whole.scheme = schemeFile.toStdString();
+    LogLines a, b;
+    const QuantizeOutcome x = runQuantizeJob(spilled, &a);
+    const QuantizeOutcome y = runQuantizeJob(whole, *session, &b);
+    const int perBlock =
+        int(blockLinears(tinyLlamaConfig(),
+                         ModelWeights::fromHfTensors(tinyLlamaConfig(),
+                                                     loadModel(modelDir.toStdString()).tensors)
+                             .blocks[0])
+                .size());
+    QVERIFY2(
+        a.has(std::to_string(perBlock) + " full-precision linears the method replaced set aside"),
+        qPrintable(QString::fromStdString(a.lines.empty() ? "" : a.lines.back())));
+    for (const char *metric : {"perplexity", "kl", "top1"})
+      QVERIFY2(x.metrics.at(metric) == y.metrics.at(metric), metric);
+    const LoadedModel ex = loadModel(spilled.exportDir), ey = loadModel(whole.exportDir);
+    for (const auto &[name, t] : ex.tensors)
+      QVERIFY2(at::equal(t, ey.tensors.at(name)), name.c_str());
+  }
+
   // `lrq eval --reference`: the reference session's block weights set aside
   // on disk (ModelSession::setBlocksAside) give the comparison of a whole one
   // to the bit, read block by block where the windows' hidden states weigh
@@ -428,6 +461,8 @@ private slots:
             whole->perplexity(text, 16, nullptr, nullptr, 2).perplexity);
   }
 
+  // The packed file says which type its Ŵ was rounded to; a type the reader
+  // does not know is refused, naming the file and the layer, not guessed.
   void packedFileRecordsTheRounding() {
     const QString path = tmp_.filePath("packed-BF16-rtn.safetensors");
     QVERIFY(QFile::exists(path));

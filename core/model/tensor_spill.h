@@ -29,6 +29,10 @@ public:
   at::Tensor get(size_t handle) const;
   // Bytes written so far.
   int64_t bytes() const { return end_; }
+  // Bytes of one tensor put (0 for a handle never returned).
+  int64_t bytesOf(size_t handle) const {
+    return handle < entries_.size() ? entries_[handle].nbytes : 0;
+  }
   const std::string &directory() const { return dir_; }
 
 private:

@@ -179,28 +179,33 @@ public:
   AsideBlocks(const ModelConfig &config, ModelWeights &weights,
               std::map<std::string, at::Tensor> &tensors, const std::string &dir)
       : spill_(dir) {
+    entries_.reserve(weights.blocks.size() * 8);
     try {
       for (int64_t b = 0; b < int64_t(weights.blocks.size()); ++b)
         for (auto &[role, linear] : blockLinears(config, weights.blocks[size_t(b)])) {
           (void)role;
           if (!linear->weight.defined() || !linear->weight.device().is_cpu())
             continue;
-          Entry e{b, linear, spill_.put(linear->weight), {}};
-          for (auto it = tensors.begin(); it != tensors.end();)
-            if (it->second.is_same(linear->weight)) {
-              e.names.push_back(it->first);
-              it = tensors.erase(it);
-            } else {
-              ++it;
-            }
+          // Recorded before anything changes, so that a failure restores it.
+          entries_.push_back({b, linear, spill_.put(linear->weight), linear->weight, {}});
+          Entry &e = entries_.back();
+          for (const auto &[name, t] : tensors)
+            if (t.is_same(linear->weight))
+              e.names.push_back(name);
+          for (const std::string &name : e.names)
+            tensors.erase(name);
           linear->weight = at::Tensor();
-          entries_.push_back(std::move(e));
+          e.kept = at::Tensor();
         }
     } catch (...) { // what was set aside comes back: the session stays whole
-      for (const Entry &e : entries_) {
-        e.linear->weight = spill_.get(e.handle);
-        for (const std::string &name : e.names)
-          tensors[name] = e.linear->weight;
+      for (Entry &e : entries_) {
+        try {
+          if (!e.linear->weight.defined())
+            e.linear->weight = e.kept.defined() ? e.kept : spill_.get(e.handle);
+          for (const std::string &name : e.names)
+            tensors[name] = e.linear->weight;
+        } catch (...) { // the disk refuses the read too: that linear stays undefined
+        }
       }
       throw;
     }
@@ -224,6 +229,7 @@ private:
     int64_t block;
     Linear *linear;
     size_t handle;
+    at::Tensor kept;                // the weight itself until it is dropped from memory
     std::vector<std::string> names; // the loaded tensors that were this weight
   };
   TensorSpill spill_;
@@ -331,10 +337,13 @@ DecoderModel &ModelSessionAccess::decoder(const ModelSession &session) {
 }
 
 int64_t ModelSession::setBlocksAside(const std::string &dir) {
-  if (!impl_->aside)
+  if (!impl_->aside) {
     impl_->aside = std::make_unique<AsideBlocks>(impl_->loaded.config, impl_->model->weights(),
                                                  impl_->loaded.tensors, dir);
-  return impl_->aside->bytes();
+    if (impl_->aside->bytes() == 0) // nothing on the CPU to set aside (a GPU model)
+      impl_->aside.reset();
+  }
+  return impl_->aside ? impl_->aside->bytes() : 0;
 }
 ModelSession::~ModelSession() = default;
 

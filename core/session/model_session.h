@@ -164,7 +164,8 @@ public:
   // bit for bit, one block at a time, when this session is compare()'s
   // reference), so that a comparison holds one model and the reference's
   // embeddings, norms and head. After it the session serves only as a
-  // reference: every other use throws lrq::Error. Returns the bytes set aside.
+  // reference: every other use throws lrq::Error. Returns the bytes set aside
+  // (0, the session left whole, when no block weight is on the CPU).
   // Throws lrq::FileError when dir refuses the file or the bytes (the weights
   // not yet written stay in memory, and the session stays usable as before).
   int64_t setBlocksAside(const std::string &dir);

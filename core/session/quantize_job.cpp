@@ -171,10 +171,27 @@ public:
         const std::optional<size_t> handle = put(l->weight);
         if (!handle)
           break;
+        ahead_.emplace(key, WeakTensor(l->weight.getIntrusivePtr()));
         dropReference(key, *handle);
       }
     aheadOfTheMethod_ = true;
     releaseFreeMemory();
+  }
+  // After SmoothQuant: a linear it left as it was is again one tensor that the
+  // model and the reference share in memory (the copy on disk is forgotten),
+  // as it would be without setAsideAhead.
+  void reshareUnchanged() {
+    for (const auto &[key, weak] : ahead_) {
+      Linear *m = linearOf(model_, key), *r = linear(key);
+      const auto alive = weak.lock();
+      if (m && r && alive && m->weight.defined() && !r->weight.defined() &&
+          alive.get() == m->weight.unsafeGetTensorImpl()) {
+        r->weight = m->weight;
+        guard_.watch(r->weight);
+        handles_.erase(key);
+      }
+    }
+    ahead_.clear();
   }
   // Block b's spilled linears back for one pass (ReferenceBlockLoader).
   void load(int64_t b) override {
@@ -237,7 +254,14 @@ public:
     return it == handles_.end() ? at::Tensor() : spill_.get(it->second);
   }
 
-  int64_t spilledBytes() const { return handles_.empty() ? 0 : spill_.bytes(); }
+  // Bytes of the reference on disk (the spill file may hold more: the stash,
+  // the spectra's start weights).
+  int64_t spilledBytes() const {
+    int64_t bytes = 0;
+    for (const auto &[key, handle] : handles_)
+      bytes += spill_.bytesOf(handle);
+    return bytes;
+  }
   size_t spilledTensors() const { return handles_.size(); }
 
 private:
@@ -248,7 +272,10 @@ private:
   TensorSpill spill_;
   std::function<void(const std::string &)> warn_;
   bool refused_ = false;
-  bool aheadOfTheMethod_ = false;                             // setAsideAhead ran
+  bool aheadOfTheMethod_ = false; // setAsideAhead ran
+  // What setAsideAhead took from the reference, to tell which the model still holds.
+  using WeakTensor = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
+  std::map<std::pair<int64_t, std::string>, WeakTensor> ahead_;
   std::map<std::pair<int64_t, std::string>, size_t> handles_; // (block, role) -> spill handle
   std::map<std::pair<int64_t, std::string>, size_t> stashed_; // the method's, by (block, role)
 
@@ -715,6 +742,8 @@ void smoothQuantStage(Job &job) {
     job.spill->setAsideAhead();
   quant::SmoothQuantReport sq = quant::applySmoothQuant(
       *job.model, job.calibration, job.smoothOptions, job.scheme.layers, job.beating(), job.cancel);
+  if (job.spill)
+    job.spill->reshareUnchanged();
   job.say("SmoothQuant (alpha " + std::to_string(job.request.smoothQuantAlpha) + ", groups " +
           quant::smoothGroupsName(job.smoothOptions.groups) + ") applied to " +
           std::to_string(sq.groups.size()) + " groups");
@@ -1134,7 +1163,7 @@ QuantizeOutcome runRecordedStages(Job &job) {
     sourceTypeStage(job);
     activationStage(job);
     layerRecordStage(job);
-    evaluateStage(job); // before the spectra, which bring the whole reference back
+    evaluateStage(job); // before the spectra, which read the reference layer by layer
     spectraStage(job);
     exportStage(job);
     job.guard->check("evaluation and export");
