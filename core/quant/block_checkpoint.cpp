@@ -38,14 +38,11 @@ public:
     at::Tensor y;
     {
       at::AutoGradMode recording(true);
-      recomputing = true;
-      try {
-        y = model.runBlock(block, x);
-      } catch (...) {
-        recomputing = false;
-        throw;
-      }
-      recomputing = false;
+      struct Recomputing { // the flag is down again however the block ends
+        Recomputing() { recomputing = true; }
+        ~Recomputing() { recomputing = false; }
+      } flag;
+      y = model.runBlock(block, x);
     }
     // The block's trained layers take their gradients in their own backwards
     // (or as leaves' .grad); the input's comes back to the outer graph.

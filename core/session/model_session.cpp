@@ -187,7 +187,7 @@ public:
           if (!linear->weight.defined() || !linear->weight.device().is_cpu())
             continue;
           // Recorded before anything changes, so that a failure restores it.
-          entries_.push_back({b, linear, spill_.put(linear->weight), linear->weight, {}});
+          entries_.push_back({b, linear, spill_.put(linear->weight), {}});
           Entry &e = entries_.back();
           for (const auto &[name, t] : tensors)
             if (t.is_same(linear->weight))
@@ -195,13 +195,12 @@ public:
           for (const std::string &name : e.names)
             tensors.erase(name);
           linear->weight = at::Tensor();
-          e.kept = at::Tensor();
         }
     } catch (...) { // what was set aside comes back: the session stays whole
       for (Entry &e : entries_) {
         try {
-          if (!e.linear->weight.defined())
-            e.linear->weight = e.kept.defined() ? e.kept : spill_.get(e.handle);
+          if (!e.linear->weight.defined()) // dropped: only the disk has it
+            e.linear->weight = spill_.get(e.handle);
           for (const std::string &name : e.names)
             tensors[name] = e.linear->weight;
         } catch (...) { // the disk refuses the read too: that linear stays undefined
@@ -229,7 +228,6 @@ private:
     int64_t block;
     Linear *linear;
     size_t handle;
-    at::Tensor kept;                // the weight itself until it is dropped from memory
     std::vector<std::string> names; // the loaded tensors that were this weight
   };
   TensorSpill spill_;
