@@ -64,6 +64,8 @@ Commands:
       [--score all|second-half]  positions scored: all (default), or llama.cpp's
                                  llama-perplexity rule (second half of each window)
       [--reference REF]          also KL divergence and top-1 agreement against REF
+      [--in-memory]              hold the models whole in memory instead of reading each
+                                 block's weights back from the cache folder
   generate MODEL --prompt TEXT   continue a prompt
       [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
   spectrum MODEL --tensor NAME   singular values of a weight (CSV: index,value)
@@ -198,24 +200,18 @@ std::string notExportedNote(const std::vector<std::string> &missing) {
          ") are not applied, so the figures are those of the weights alone, not the run's";
 }
 
-// The reference of `lrq eval --reference`, opened before the model and its
-// block weights set aside on disk, so that the two are never whole in memory
-// together (the comparison reads each reference block back once).
-std::unique_ptr<ModelSession> openAsideReference(const std::string &path,
-                                                 TerminalProgress &progress) {
-  auto reference = ModelSession::open(path, &progress);
+// A model `lrq eval` reads: its block weights go to the cache folder as they
+// load and come back one block at a time for each pass, so that neither the
+// model nor a reference is ever whole in memory (a folder that refuses them
+// leaves them in memory, with a warning).
+std::unique_ptr<ModelSession> openForEval(const std::string &path, bool inMemory,
+                                          TerminalProgress &progress) {
+  if (inMemory)
+    return ModelSession::open(path, &progress);
   const std::string dir = cacheDirectory();
-  try {
-    std::filesystem::create_directories(dir);
-    const int64_t bytes = reference->setBlocksAside(dir);
-    if (bytes > 0)
-      spdlog::info("the reference's block weights ({} MiB) are set aside on disk in {} until the "
-                   "comparison reads them",
-                   bytes >> 20, dir);
-  } catch (const std::exception &e) {
-    spdlog::warn("keeping the reference whole in memory: {}", e.what());
-  }
-  return reference;
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  return ModelSession::openBlocksAside(path, dir, &progress);
 }
 
 int evalAgainstReference(const Arguments &args, std::ostream &out, const ModelSession &session,
@@ -281,9 +277,9 @@ int commandEval(const Arguments &args, std::ostream &out, TerminalProgress &prog
     std::error_code ec;
     if (model != "default" && !std::filesystem::exists(model, ec))
       throw FileError(model, "no such file or directory");
-    reference = openAsideReference(stringOption(args, "reference", ""), progress);
+    reference = openForEval(stringOption(args, "reference", ""), has(args, "in-memory"), progress);
   }
-  auto session = ModelSession::open(model, &progress);
+  auto session = openForEval(model, has(args, "in-memory"), progress);
   if (seqLen > session->summary().maxPositions)
     throw UsageError("--seq-len " + std::to_string(seqLen) + " exceeds the model's context of " +
                      std::to_string(session->summary().maxPositions) + " tokens");

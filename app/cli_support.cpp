@@ -24,7 +24,8 @@ const std::map<std::string, bool> &knownOptions() {
         {"tensor", true},       {"part", true},           {"spectra", false},
         {"reference", true},    {"model", true},          {"limit", true},
         {"differences", false}, {"store", true},          {"dry-run", false},
-        {"status", true},       {"ids", false},           {"score", true}};
+        {"status", true},       {"ids", false},           {"score", true},
+        {"in-memory", false}};
     for (const RequestOption &r : quantizeRequestOptions())
       if (!r.flag.empty())
         o[r.flag] = r.type != ValueType::Flag;

@@ -164,11 +164,14 @@ private slots:
   }
 
   void evalJsonReportsPerplexity() {
-    // Both scorings at once: two independent processes.
+    // Both scorings at once: two independent processes; the first again with
+    // the model whole in memory instead of its blocks read back from disk.
     const QList<Result> both = lrq::test::runLrqTogether(
         {{"eval", "default", "--seq-len", "128", "--max-windows", "2", "--json", "--threads", "2"},
          {"eval", "default", "--seq-len", "128", "--max-windows", "2", "--json", "--threads", "2",
-          "--score", "second-half"}});
+          "--score", "second-half"},
+         {"eval", "default", "--seq-len", "128", "--max-windows", "2", "--json", "--threads", "2",
+          "--in-memory"}});
     const Result &r = both[0];
     QVERIFY2(r.exitCode == 0, qPrintable(r.err));
     QJsonObject j = parseJson(r);
@@ -182,6 +185,11 @@ private slots:
     QVERIFY(j["full_precision_reference"].toString().contains("dequantized from Q4_1"));
     QCOMPARE(j["score"].toString(), QString("all"));
     QCOMPARE(j["first_scored"].toInt(), 0);
+    QVERIFY2(r.err.contains("set aside on disk"), qPrintable(r.err));
+    const Result &inMemory = both[2];
+    QVERIFY2(inMemory.exitCode == 0, qPrintable(inMemory.err));
+    QVERIFY(!inMemory.err.contains("set aside on disk"));
+    QVERIFY(parseJson(inMemory)["mean_nll"].toDouble() == j["mean_nll"].toDouble()); // to the bit
 
     // llama-perplexity's rule: the same windows, positions 64..126 of each scored.
     const Result &half = both[1];

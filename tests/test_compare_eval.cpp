@@ -13,6 +13,7 @@
 #include <QtTest>
 
 #include <cmath>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -78,6 +79,55 @@ std::vector<lrq::test::TinyModel> allTinyModels(QString *error) {
 
 } // namespace
 
+// Takes every block's linears out of a model and puts back only the block
+// asked for; restore() gives every one back.
+struct AsideLoader : BlockLoader {
+  const ModelConfig &config;
+  ModelWeights &w;
+  int64_t budget;
+  std::map<std::pair<int64_t, std::string>, at::Tensor> held;
+  std::vector<int64_t> loads;
+  bool othersPresent = false; // another block's linear present when one loads
+  std::function<void(int64_t)> onLoad;
+  AsideLoader(const ModelConfig &c, ModelWeights &weights, int64_t budgetBytes)
+      : config(c), w(weights), budget(budgetBytes) {
+    for (int64_t b = 0; b < int64_t(w.blocks.size()); ++b)
+      for (auto &[role, l] : blockLinears(config, w.blocks[size_t(b)])) {
+        held[{b, role}] = l->weight;
+        l->weight = at::Tensor();
+      }
+  }
+  void load(int64_t block) override {
+    loads.push_back(block);
+    for (int64_t b = 0; b < int64_t(w.blocks.size()); ++b)
+      for (auto &[role, l] : blockLinears(config, w.blocks[size_t(b)])) {
+        othersPresent = othersPresent || l->weight.defined();
+        if (b == block)
+          l->weight = held.at({b, role});
+      }
+    if (onLoad)
+      onLoad(block);
+  }
+  void unload(int64_t block) override {
+    for (auto &[role, l] : blockLinears(config, w.blocks[size_t(block)]))
+      l->weight = at::Tensor();
+  }
+  int64_t hiddenBudgetBytes() const override { return budget; }
+  bool noneLoaded() {
+    for (auto &block : w.blocks)
+      for (auto &[role, l] : blockLinears(config, block))
+        if (l->weight.defined())
+          return false;
+    return true;
+  }
+  void restore() {
+    for (const auto &[key, t] : held)
+      for (auto &[role, l] : blockLinears(config, w.blocks[size_t(key.first)]))
+        if (role == key.second)
+          l->weight = t;
+  }
+};
+
 class TestCompareEval : public QObject {
   Q_OBJECT
 
@@ -105,9 +155,10 @@ private slots:
     }
   }
 
-  // The reference run block by block over every window, each block's linears
-  // present only while it runs, gives the window-by-window figures to the bit.
-  void referenceStreamedBlockByBlockGivesTheSameFigures() {
+  // A model run block by block (the reference, the model or both), each
+  // block's linears present only while it runs, gives the window-by-window
+  // figures to the bit: over every window at once, and in groups of windows.
+  void streamedBlockByBlockGivesTheSameFigures() {
     QString error;
     const std::vector<lrq::test::TinyModel> tinies = allTinyModels(&error);
     QVERIFY2(!tinies.empty(), qPrintable(error));
@@ -115,56 +166,99 @@ private slots:
       std::map<std::string, at::Tensor> perturbed;
       for (const auto &[n, t] : tiny.tensors)
         perturbed[n] = t * (1 + 0.05 * at::randn(t.sizes()));
-      const DecoderModel model(tiny.config, ModelWeights::fromHfTensors(tiny.config, perturbed));
+      DecoderModel model(tiny.config, ModelWeights::fromHfTensors(tiny.config, perturbed));
       DecoderModel reference(tiny.config, ModelWeights::fromHfTensors(tiny.config, tiny.tensors));
-      const auto tokens = seededTokens(90, tiny.config.vocabSize, 5);
+      const auto tokens = seededTokens(90, tiny.config.vocabSize, 5); // 5 windows of 16
       const CompareResult whole = compareToReference(model, reference, tokens, 16);
-
-      // Takes every block's linears out and puts back only the one asked for.
-      struct Aside : ReferenceBlockLoader {
-        const ModelConfig &config;
-        ModelWeights &w;
-        std::map<std::pair<int64_t, std::string>, at::Tensor> held;
-        std::vector<int64_t> loads;
-        bool othersPresent = false;
-        Aside(const ModelConfig &c, ModelWeights &weights) : config(c), w(weights) {
-          for (int64_t b = 0; b < int64_t(w.blocks.size()); ++b)
-            for (auto &[role, l] : blockLinears(config, w.blocks[size_t(b)])) {
-              held[{b, role}] = l->weight;
-              l->weight = at::Tensor();
-            }
-        }
-        void load(int64_t block) override {
-          loads.push_back(block);
-          for (int64_t b = 0; b < int64_t(w.blocks.size()); ++b)
-            for (auto &[role, l] : blockLinears(config, w.blocks[size_t(b)])) {
-              othersPresent = othersPresent || l->weight.defined();
-              if (b == block)
-                l->weight = held.at({b, role});
-            }
-        }
-        void unload(int64_t block) override {
-          for (auto &[role, l] : blockLinears(config, w.blocks[size_t(block)]))
-            l->weight = at::Tensor();
-        }
-      } aside(tiny.config, reference.weights());
-      const CompareResult streamed =
-          compareToReference(model, reference, tokens, 16, nullptr, nullptr, 0, &aside);
-      std::vector<int64_t> each(size_t(tiny.config.numLayers));
-      for (size_t b = 0; b < each.size(); ++b)
-        each[b] = int64_t(b);
-      QCOMPARE(aside.loads, each); // every block once, in order
-      QVERIFY(!aside.othersPresent);
       QVERIFY2(whole.meanKl > 1e-4, qPrintable(QString::number(whole.meanKl)));
-      QCOMPARE(streamed.windows, whole.windows);
-      QVERIFY2(
-          streamed.meanKl == whole.meanKl,
-          qPrintable(
-              QString("%1 vs %2").arg(streamed.meanKl, 0, 'g', 17).arg(whole.meanKl, 0, 'g', 17)));
-      QVERIFY(streamed.maxKl == whole.maxKl);
-      QVERIFY(streamed.perplexity == whole.perplexity);
-      QVERIFY(streamed.referencePerplexity == whole.referencePerplexity);
-      QVERIFY(streamed.top1Agreement == whole.top1Agreement);
+      const int64_t windowBytes = 16 * tiny.config.hiddenSize * 4;
+      const int64_t blocks = tiny.config.numLayers;
+      // {stream the reference, stream the model, windows per group}
+      for (const auto &[ref, mod, group] :
+           {std::make_tuple(true, false, 5), std::make_tuple(true, false, 2),
+            std::make_tuple(false, true, 2), std::make_tuple(true, true, 2),
+            std::make_tuple(true, true, 1)}) {
+        const QString tag =
+            QString("%1 ref %2 model %3 group %4").arg(tiny.name).arg(ref).arg(mod).arg(group);
+        // Both streams count against the budget: groups of `group` windows.
+        const int64_t budget = group * windowBytes * ((ref ? 1 : 0) + (mod ? 1 : 0));
+        AsideLoader refAside(tiny.config, reference.weights(), budget);
+        AsideLoader modelAside(tiny.config, model.weights(), budget);
+        if (!ref)
+          refAside.restore();
+        if (!mod)
+          modelAside.restore();
+        const CompareResult streamed =
+            compareToReference(model, reference, tokens, 16, nullptr, nullptr, 0,
+                               ref ? &refAside : nullptr, mod ? &modelAside : nullptr);
+        // Every block once per group, in order.
+        std::vector<int64_t> each;
+        for (int64_t g = 0; g < (5 + group - 1) / group; ++g)
+          for (int64_t b = 0; b < blocks; ++b)
+            each.push_back(b);
+        QCOMPARE(refAside.loads, ref ? each : std::vector<int64_t>());
+        QCOMPARE(modelAside.loads, mod ? each : std::vector<int64_t>());
+        QVERIFY2(!refAside.othersPresent && !modelAside.othersPresent, qPrintable(tag));
+        QCOMPARE(streamed.windows, whole.windows);
+        QVERIFY2(streamed.meanKl == whole.meanKl,
+                 qPrintable(tag + QString(": %1 vs %2")
+                                      .arg(streamed.meanKl, 0, 'g', 17)
+                                      .arg(whole.meanKl, 0, 'g', 17)));
+        QVERIFY2(streamed.maxKl == whole.maxKl, qPrintable(tag));
+        QVERIFY2(streamed.perplexity == whole.perplexity, qPrintable(tag));
+        QVERIFY2(streamed.referencePerplexity == whole.referencePerplexity, qPrintable(tag));
+        QVERIFY2(streamed.top1Agreement == whole.top1Agreement, qPrintable(tag));
+        refAside.restore();
+        modelAside.restore();
+      }
+    }
+  }
+
+  // Perplexity block by block, in groups of windows, with llama-perplexity's
+  // scoring too: the window-by-window figures to the bit. A cancelled pass
+  // leaves no block loaded.
+  void perplexityBlockByBlockGivesTheSameFigures() {
+    QString error;
+    const std::vector<lrq::test::TinyModel> tinies = allTinyModels(&error);
+    QVERIFY2(!tinies.empty(), qPrintable(error));
+    for (const auto &tiny : tinies) {
+      DecoderModel model(tiny.config, ModelWeights::fromHfTensors(tiny.config, tiny.tensors));
+      const auto tokens = seededTokens(90, tiny.config.vocabSize, 7);
+      const int64_t windowBytes = 16 * tiny.config.hiddenSize * 4;
+      PerplexityScoring secondHalf;
+      secondHalf.firstScored = 8;
+      secondHalf.windowBos = 1;
+      for (const PerplexityScoring &scoring : {PerplexityScoring{}, secondHalf}) {
+        const PerplexityResult whole =
+            evaluatePerplexity(model, tokens, 16, nullptr, nullptr, 0, scoring);
+        for (int64_t group : {5, 2, 1}) {
+          AsideLoader aside(tiny.config, model.weights(), group * windowBytes);
+          const PerplexityResult streamed =
+              evaluatePerplexity(model, tokens, 16, nullptr, nullptr, 0, scoring, &aside);
+          QCOMPARE(int64_t(aside.loads.size()), tiny.config.numLayers * ((5 + group - 1) / group));
+          QVERIFY(!aside.othersPresent);
+          QVERIFY2(streamed.meanNll == whole.meanNll,
+                   qPrintable(QString("%1 group %2: %3 vs %4")
+                                  .arg(tiny.name)
+                                  .arg(group)
+                                  .arg(streamed.meanNll, 0, 'g', 17)
+                                  .arg(whole.meanNll, 0, 'g', 17)));
+          QCOMPARE(streamed.tokens, whole.tokens);
+          aside.restore();
+        }
+      }
+      // Cancelled during block 1's pass: nothing is left loaded.
+      AsideLoader aside(tiny.config, model.weights(), 5 * windowBytes);
+      CancelToken cancel;
+      aside.onLoad = [&](int64_t b) {
+        if (b == 1)
+          cancel.cancel();
+      };
+      QVERIFY_THROWS_EXCEPTION(
+          Cancelled, evaluatePerplexity(model, tokens, 16, nullptr, &cancel, 0, {}, &aside));
+      QCOMPARE(int64_t(aside.loads.size()), int64_t(2));
+      QVERIFY(aside.noneLoaded());
+      aside.restore();
     }
   }
 

@@ -424,18 +424,13 @@ private slots:
     const int64_t bytes = aside->setBlocksAside(spillDir.path().toStdString());
     QCOMPARE(bytes, linearBytes);
     QVERIFY(QDir(spillDir.path()).entryList(QDir::Files | QDir::Hidden).isEmpty());
-    // Streamed where the windows' hidden states weigh at most what is on disk
-    // (2 windows of 16 tokens), held whole for the pass otherwise (every window).
-    const int64_t tokens = int64_t(model->tokenize(text).size());
-    const int64_t hidden = whole->summary().hiddenSize;
-    QVERIFY(2 * 16 * hidden * 4 <= bytes);
-    QVERIFY(tokens / 16 * 16 * hidden * 4 > bytes);
-    for (const auto &[windows, streamed] : {std::make_tuple(2, true), std::make_tuple(0, false)}) {
+    // Streamed block by block, on 2 windows and on every one.
+    for (const int windows : {2, 0}) {
       const int seqLen = 16;
       LogLines a, b;
       const ComparisonReport x = model->compare(*whole, text, seqLen, &a, nullptr, windows);
       const ComparisonReport y = model->compare(*aside, text, seqLen, &b, nullptr, windows);
-      QCOMPARE(b.referenceStreamed, streamed);
+      QVERIFY(b.referenceStreamed);
       QVERIFY(!a.referenceStreamed);
       QVERIFY(x.meanKl > 0);
       QVERIFY(x.meanKl == y.meanKl && x.maxKl == y.maxKl && x.top1Agreement == y.top1Agreement);
@@ -443,11 +438,18 @@ private slots:
       QVERIFY(x.referencePerplexity == y.referencePerplexity);
       QCOMPARE(y.model.windows, x.model.windows);
     }
+    // Perplexity and comparisons as the model run block by block too; every
+    // other use is refused.
+    QVERIFY(aside->perplexity(text, 16, nullptr, nullptr, 3).meanNll ==
+            whole->perplexity(text, 16, nullptr, nullptr, 3).meanNll);
+    const ComparisonReport asModel = aside->compare(*model, text, 16, nullptr, nullptr, 2);
+    const ComparisonReport wholeAsModel = whole->compare(*model, text, 16, nullptr, nullptr, 2);
+    QVERIFY(asModel.meanKl > 0 && asModel.meanKl == wholeAsModel.meanKl);
     for (const std::function<void()> &use :
-         {std::function<void()>([&] { aside->perplexity(text, 16, nullptr, nullptr, 1); }),
-          std::function<void()>(
+         {std::function<void()>(
               [&] { aside->singularValues("model.layers.0.mlp.up_proj.weight"); }),
-          std::function<void()>([&] { aside->compare(*whole, text, 16, nullptr, nullptr, 1); })}) {
+          std::function<void()>([&] { aside->statistics("model.norm.weight"); }),
+          std::function<void()>([&] { aside->generate("a", GenerationOptions{}); })}) {
       try {
         use();
         QFAIL("expected lrq::Error");
@@ -461,6 +463,63 @@ private slots:
                              refused->setBlocksAside(tmp_.filePath("no-such-dir").toStdString()));
     QVERIFY(refused->perplexity(text, 16, nullptr, nullptr, 2).perplexity ==
             whole->perplexity(text, 16, nullptr, nullptr, 2).perplexity);
+  }
+
+  // A session opened with its block weights aside never holds them whole: each
+  // linear goes to disk as it loads (safetensors, the packed format), and
+  // perplexity and comparisons give the whole session's figures to the bit,
+  // either side. A folder that refuses the file leaves the session whole.
+  void openedWithBlocksAsideEvaluatesAsTheWholeOne() {
+    const std::string bf16 = writeModel(at::kBFloat16).toStdString();
+    const std::string f32 = writeModel(at::kFloat).toStdString();
+    // A packed file with low-rank factors, which the reader folds into Ŵ.
+    const QuantizeRequest lqer = request(QString::fromStdString(bf16), methodCases()[6], "aside");
+    QCOMPARE(lqer.method, std::string("lqer"));
+    runQuantizeJob(lqer);
+    const std::string packed = lqer.packedPath;
+    QFile evalFile(evaluation_);
+    QVERIFY(evalFile.open(QIODevice::ReadOnly));
+    const std::string text = evalFile.readAll().toStdString();
+    QTemporaryDir spillDir;
+    QVERIFY(spillDir.isValid());
+    const std::string dir = spillDir.path().toStdString();
+    const auto reference = ModelSession::open(f32);
+    for (const std::string &path : {bf16, f32, packed}) {
+      const auto whole = ModelSession::open(path);
+      const auto aside = ModelSession::openBlocksAside(path, dir);
+      int64_t linearBytes = 0;
+      for (const auto &[name, t] : loadModel(path).tensors)
+        if (name.find(".layers.") != std::string::npos && t.dim() == 2)
+          linearBytes += t.numel() * 4;
+      // The loader hands every tensor to the sink as it loads and keeps what it returns.
+      int64_t sunk = 0;
+      const LoadedModel viaSink =
+          loadModel(path, nullptr, nullptr, [&](const std::string &name, at::Tensor t) {
+            if (name.find(".layers.") == std::string::npos || t.dim() != 2)
+              return t;
+            sunk += t.numel() * 4;
+            return at::empty(t.sizes(), t.options().device(at::kMeta));
+          });
+      QCOMPARE(sunk, linearBytes);
+      QVERIFY(viaSink.tensors.at("model.layers.1.self_attn.k_proj.weight").is_meta());
+      QCOMPARE(aside->setBlocksAside(dir), linearBytes); // already aside: what is there
+      QVERIFY(QDir(spillDir.path()).entryList(QDir::Files | QDir::Hidden).isEmpty());
+      QVERIFY2(aside->perplexity(text, 16, nullptr, nullptr, 3).meanNll ==
+                   whole->perplexity(text, 16, nullptr, nullptr, 3).meanNll,
+               path.c_str());
+      const ComparisonReport x = whole->compare(*reference, text, 16, nullptr, nullptr, 3);
+      const ComparisonReport y = aside->compare(*reference, text, 16, nullptr, nullptr, 3);
+      const ComparisonReport z = reference->compare(*aside, text, 16, nullptr, nullptr, 3);
+      const ComparisonReport zWhole = reference->compare(*whole, text, 16, nullptr, nullptr, 3);
+      QVERIFY2(x.meanKl == y.meanKl && x.model.perplexity == y.model.perplexity, path.c_str());
+      QVERIFY2(z.meanKl == zWhole.meanKl && z.top1Agreement == zWhole.top1Agreement, path.c_str());
+      QVERIFY_THROWS_EXCEPTION(Error, aside->singularValues("model.layers.0.mlp.up_proj.weight"));
+      QCOMPARE(aside->summary().parameters, whole->summary().parameters);
+    }
+    const auto refusedFolder =
+        ModelSession::openBlocksAside(f32, tmp_.filePath("no-such-dir").toStdString());
+    QCOMPARE(refusedFolder->singularValues("model.layers.0.mlp.up_proj.weight"),
+             reference->singularValues("model.layers.0.mlp.up_proj.weight"));
   }
 
   // The packed file says which type its Ŵ was rounded to; a type the reader

@@ -95,6 +95,25 @@ private slots:
                qPrintable(QString("tensor %1").arg(k)));
     }
     QVERIFY_EXCEPTION_THROWN(spill.get(handles.size()), Error);
+    // getInto: into the buffer given when it fits (same storage, no new one),
+    // else into a new tensor; the same bits either way.
+    for (size_t k = 0; k < given.size(); ++k) {
+      const at::Tensor want = given[k].contiguous();
+      const at::Tensor fits = at::full(want.sizes(), 7, want.options());
+      const at::Tensor wrongShape = at::empty({want.numel() + 1}, want.options());
+      const at::Tensor wrongType = at::empty(
+          want.sizes(),
+          want.options().dtype(want.scalar_type() == at::kFloat ? at::kDouble : at::kFloat));
+      for (const at::Tensor &buffer : {fits, wrongShape, wrongType, at::Tensor()}) {
+        const at::Tensor back = spill.getInto(handles[k], buffer);
+        QCOMPARE(back.is_same(buffer), buffer.is_same(fits));
+        QCOMPARE(back.scalar_type(), want.scalar_type());
+        QCOMPARE(back.sizes().vec(), want.sizes().vec());
+        QVERIFY2(want.numel() == 0 || std::memcmp(back.data_ptr(), want.data_ptr(),
+                                                  size_t(want.numel()) * want.element_size()) == 0,
+                 qPrintable(QString("getInto, tensor %1").arg(k)));
+      }
+    }
     QCOMPARE(QDir(folder.path())
                  .entryList(QDir::AllEntries | QDir::NoDotAndDotDot | QDir::Hidden)
                  .size(),

@@ -33,12 +33,14 @@ struct WindowSums {
   int64_t agree = 0;
 };
 
-// hRefAll: the reference's final hidden states of this window when already
-// computed, else undefined.
+// hModelAll / hRefAll: the model's / the reference's final hidden states of
+// this window when already computed (block by block), else undefined.
 WindowSums compareWindow(const DecoderModel &model, const DecoderModel &reference,
-                         const at::Tensor &ids, const at::Tensor &hRefAll) {
+                         const at::Tensor &ids, const at::Tensor &hModelAll,
+                         const at::Tensor &hRefAll) {
   const int64_t predicted = ids.size(0) - 1;
-  const at::Tensor h = finalHidden(model, ids).narrow(1, 0, predicted);
+  const at::Tensor h =
+      (hModelAll.defined() ? hModelAll : finalHidden(model, ids)).narrow(1, 0, predicted);
   const at::Tensor hRef =
       (hRefAll.defined() ? hRefAll : finalHidden(reference, ids)).narrow(1, 0, predicted);
   const at::Tensor targets = ids.narrow(0, 1, predicted);
@@ -70,39 +72,13 @@ WindowSums compareWindow(const DecoderModel &model, const DecoderModel &referenc
   return w;
 }
 
-// The reference's final hidden states of every window, block by block.
-std::vector<at::Tensor> streamReference(const DecoderModel &reference, const at::Tensor &all,
-                                        int64_t windows, int64_t seqLen,
-                                        ReferenceBlockLoader &loader, ProgressObserver *observer,
-                                        const CancelToken *cancel) {
-  std::vector<at::Tensor> h(static_cast<size_t>(windows));
-  for (int64_t w = 0; w < windows; ++w)
-    h[size_t(w)] = reference.embed(all.narrow(0, w * seqLen, seqLen).unsqueeze(0), 0);
-  const int64_t blocks = reference.numBlocks();
-  for (int64_t b = 0; b < blocks; ++b) {
-    loader.load(b);
-    for (int64_t w = 0; w < windows; ++w) {
-      if (cancel)
-        cancel->throwIfCancelled();
-      h[size_t(w)] = reference.runBlock(b, h[size_t(w)], 0);
-    }
-    loader.unload(b);
-    if (observer) {
-      // The reference's pass is the first half of the work.
-      const std::string detail = "reference, block " + std::to_string(b + 1) + "/" +
-                                 std::to_string(blocks) + " over every window";
-      observer->progress((b + 1) * windows * seqLen / (2 * blocks), windows * seqLen, detail);
-    }
-  }
-  return h;
-}
-
 } // namespace
 
 CompareResult compareToReference(const DecoderModel &model, const DecoderModel &reference,
                                  const std::vector<int32_t> &tokens, int64_t seqLen,
                                  ProgressObserver *observer, const CancelToken *cancel,
-                                 int64_t maxWindows, ReferenceBlockLoader *loader) {
+                                 int64_t maxWindows, BlockLoader *referenceLoader,
+                                 BlockLoader *modelLoader) {
   if (seqLen < 2)
     throw Error("comparison: window length must be at least 2 tokens, got " +
                 std::to_string(seqLen));
@@ -119,34 +95,61 @@ CompareResult compareToReference(const DecoderModel &model, const DecoderModel &
   if (observer)
     observer->started("compare", windows * seqLen);
 
-  std::vector<at::Tensor> refHidden;
-  if (loader)
-    refHidden = streamReference(reference, all, windows, seqLen, *loader, observer, cancel);
-  // With the reference done first, the model's windows are the second half.
-  const auto shown = [&](int64_t w) { return loader ? (windows + w) * seqLen / 2 : w * seqLen; };
-
+  // Streamed models run block by block over a group of windows at a time,
+  // then the heads compare that group's windows one by one. Progress counts
+  // passes: each streamed model's is one per window, the heads' (with any
+  // model not streamed) another.
+  const int64_t streams = (referenceLoader ? 1 : 0) + (modelLoader ? 1 : 0);
+  const int64_t group = streams == 0
+                            ? windows
+                            : windowsPerGroup(referenceLoader ? *referenceLoader : *modelLoader,
+                                              seqLen, model.config().hiddenSize, streams);
+  const int64_t blocks = model.numBlocks();
+  const auto report = [&](double windowPasses, const std::string &detail) {
+    if (observer)
+      observer->progress(int64_t(windowPasses * double(seqLen) / double(streams + 1)),
+                         windows * seqLen, detail);
+  };
   double nll = 0, refNll = 0, kl = 0, maxKl = 0;
   int64_t agree = 0;
   const int64_t predictedPerWindow = seqLen - 1;
-  for (int64_t w = 0; w < windows; ++w) {
-    if (cancel)
-      cancel->throwIfCancelled();
-    const WindowSums s = compareWindow(model, reference, all.narrow(0, w * seqLen, seqLen),
-                                       loader ? refHidden[size_t(w)] : at::Tensor());
-    if (loader)
-      refHidden[size_t(w)] = at::Tensor();
-    nll += s.nll;
-    refNll += s.refNll;
-    kl += s.kl;
-    maxKl = std::max(maxKl, s.maxKl);
-    agree += s.agree;
-    if (observer) {
+  for (int64_t g0 = 0; g0 < windows; g0 += group) {
+    const int64_t n = std::min(group, windows - g0);
+    std::vector<at::Tensor> ids;
+    for (int64_t w = g0; w < g0 + n; ++w)
+      ids.push_back(all.narrow(0, w * seqLen, seqLen));
+    const auto stream = [&](const DecoderModel &m, BlockLoader *loader, int64_t pass,
+                            const char *who) {
+      if (!loader)
+        return std::vector<at::Tensor>(size_t(n));
+      return finalHiddenBlockByBlock(m, ids, *loader, cancel, [&](int64_t b) {
+        report(double(g0 * (streams + 1) + pass * n) + double(n * (b + 1)) / double(blocks),
+               std::string(who) + ", block " + std::to_string(b + 1) + "/" +
+                   std::to_string(blocks) + " over windows " + std::to_string(g0 + 1) + ".." +
+                   std::to_string(g0 + n));
+      });
+    };
+    std::vector<at::Tensor> refHidden = stream(reference, referenceLoader, 0, "reference");
+    std::vector<at::Tensor> modelHidden =
+        stream(model, modelLoader, referenceLoader ? 1 : 0, "model");
+    for (int64_t i = 0; i < n; ++i) {
+      if (cancel)
+        cancel->throwIfCancelled();
+      const WindowSums s = compareWindow(model, reference, ids[size_t(i)], modelHidden[size_t(i)],
+                                         refHidden[size_t(i)]);
+      modelHidden[size_t(i)] = refHidden[size_t(i)] = at::Tensor();
+      nll += s.nll;
+      refNll += s.refNll;
+      kl += s.kl;
+      maxKl = std::max(maxKl, s.maxKl);
+      agree += s.agree;
+      const int64_t w = g0 + i;
       const double done = double((w + 1) * predictedPerWindow);
       char detail[128];
       std::snprintf(detail, sizeof detail, "window %lld/%lld, KL so far %.4g, top-1 %.4f",
                     static_cast<long long>(w + 1), static_cast<long long>(windows), kl / done,
                     double(agree) / done);
-      observer->progress(shown(w + 1), windows * seqLen, detail);
+      report(double(g0 * (streams + 1) + streams * n + i + 1), detail);
     }
   }
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/common/progress.h"
+#include "core/eval/block_stream.h"
 #include "core/model/decoder.h"
 
 namespace lrq {
@@ -28,29 +29,21 @@ struct CompareResult {
   double seconds = 0;
 };
 
-// Brings the reference's blocks in and out when they are not all held in
-// memory (a quantize run sets aside the weights its method replaced).
-class ReferenceBlockLoader {
-public:
-  virtual ~ReferenceBlockLoader() = default;
-  virtual void load(int64_t block) = 0;   // before block runs
-  virtual void unload(int64_t block) = 0; // after it has run on every window
-};
-
 // Same windows as evaluatePerplexity (non-overlapping, trailing partial window
 // dropped, at most maxWindows when > 0). The LM heads are applied to a slice of
 // positions at a time, log-softmax in float32 and sums in float64, so a window
 // never holds [seqLen, vocab] logits in full. Both models must share the vocab
 // size and device. Throws lrq::Error when there is no full window or the
 // models do not match; lrq::Cancelled between windows.
-// With a loader, the reference runs first, block by block over every window,
-// each block loaded once, and holds the windows' hidden states (windows x
-// seqLen x hidden floats) until the model's pass; the figures are the same to
-// the bit, as every window goes through the same operations either way.
+// With a loader, that model runs block by block (block_stream.h) over a group
+// of windows at a time before the heads compare the group's windows; the
+// figures are the same to the bit, as every window goes through the same
+// operations either way.
 CompareResult compareToReference(const DecoderModel &model, const DecoderModel &reference,
                                  const std::vector<int32_t> &tokens, int64_t seqLen,
                                  ProgressObserver *observer = nullptr,
                                  const CancelToken *cancel = nullptr, int64_t maxWindows = 0,
-                                 ReferenceBlockLoader *loader = nullptr);
+                                 BlockLoader *referenceLoader = nullptr,
+                                 BlockLoader *modelLoader = nullptr);
 
 } // namespace lrq

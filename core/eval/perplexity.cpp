@@ -39,7 +39,7 @@ at::Tensor summedNll(const DecoderModel &model, const at::Tensor &hidden,
 PerplexityResult evaluatePerplexity(const DecoderModel &model, const std::vector<int32_t> &tokens,
                                     int64_t seqLen, ProgressObserver *observer,
                                     const CancelToken *cancel, int64_t maxWindows,
-                                    const PerplexityScoring &scoring) {
+                                    const PerplexityScoring &scoring, BlockLoader *loader) {
   c10::InferenceMode guard;
   const int64_t first = scoring.firstScored;
   if (first < 0 || first > seqLen - 2)
@@ -57,28 +57,57 @@ PerplexityResult evaluatePerplexity(const DecoderModel &model, const std::vector
 
   double nllSum = 0;
   const int64_t predictedPerWindow = seqLen - 1 - first;
-  for (int64_t w = 0; w < windows; ++w) {
-    if (cancel)
-      cancel->throwIfCancelled();
-    at::Tensor ids = all.narrow(0, w * seqLen, seqLen);
-    if (scoring.windowBos >= 0) {
-      ids = ids.clone();
-      ids.narrow(0, 0, 1).fill_(int64_t(scoring.windowBos));
+  const int64_t blocks = model.numBlocks();
+  // Without a loader one group of every window, each run through all blocks
+  // on its own; with one, the group's windows go block by block together.
+  const int64_t group =
+      loader ? windowsPerGroup(*loader, seqLen, model.config().hiddenSize) : windows;
+  for (int64_t g0 = 0; g0 < windows; g0 += group) {
+    const int64_t n = std::min(group, windows - g0);
+    std::vector<at::Tensor> ids;
+    for (int64_t w = g0; w < g0 + n; ++w) {
+      ids.push_back(all.narrow(0, w * seqLen, seqLen));
+      if (scoring.windowBos >= 0) {
+        ids.back() = ids.back().clone();
+        ids.back().narrow(0, 0, 1).fill_(int64_t(scoring.windowBos));
+      }
     }
-    at::Tensor h = model.embed(ids.unsqueeze(0), 0);
-    for (int64_t b = 0; b < model.numBlocks(); ++b)
-      h = model.runBlock(b, h, 0);
-    // Position i predicts token i+1; the last position predicts nothing. Positions
-    // before `first` are context only: the LM head never sees them.
-    nllSum += summedNll(model, h.narrow(1, first, predictedPerWindow),
-                        ids.narrow(0, first + 1, predictedPerWindow))
-                  .item<double>();
-    if (observer) {
-      const double running = std::exp(nllSum / double((w + 1) * predictedPerWindow));
-      char detail[96];
-      std::snprintf(detail, sizeof detail, "window %lld/%lld, perplexity so far %.4g",
-                    static_cast<long long>(w + 1), static_cast<long long>(windows), running);
-      observer->progress((w + 1) * seqLen, windows * seqLen, detail);
+    std::vector<at::Tensor> hidden;
+    if (loader)
+      hidden = finalHiddenBlockByBlock(model, ids, *loader, cancel, [&](int64_t b) {
+        if (observer)
+          observer->progress(g0 * seqLen + n * seqLen * (b + 1) / (2 * blocks), windows * seqLen,
+                             "block " + std::to_string(b + 1) + "/" + std::to_string(blocks) +
+                                 " over windows " + std::to_string(g0 + 1) + ".." +
+                                 std::to_string(g0 + n));
+      });
+    for (int64_t i = 0; i < n; ++i) {
+      if (cancel)
+        cancel->throwIfCancelled();
+      at::Tensor h;
+      if (loader) {
+        h = hidden[size_t(i)];
+        hidden[size_t(i)] = at::Tensor();
+      } else {
+        h = model.embed(ids[size_t(i)].unsqueeze(0), 0);
+        for (int64_t b = 0; b < blocks; ++b)
+          h = model.runBlock(b, h, 0);
+      }
+      // Position i predicts token i+1; the last position predicts nothing. Positions
+      // before `first` are context only: the LM head never sees them.
+      nllSum += summedNll(model, h.narrow(1, first, predictedPerWindow),
+                          ids[size_t(i)].narrow(0, first + 1, predictedPerWindow))
+                    .item<double>();
+      const int64_t w = g0 + i;
+      if (observer) {
+        const double running = std::exp(nllSum / double((w + 1) * predictedPerWindow));
+        char detail[96];
+        std::snprintf(detail, sizeof detail, "window %lld/%lld, perplexity so far %.4g",
+                      static_cast<long long>(w + 1), static_cast<long long>(windows), running);
+        // With a loader the group's block pass was the first half of its share.
+        observer->progress(loader ? g0 * seqLen + (n + i + 1) * seqLen / 2 : (w + 1) * seqLen,
+                           windows * seqLen, detail);
+      }
     }
   }
 

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "core/common/progress.h"
+#include "core/eval/block_stream.h"
 #include "core/model/decoder.h"
 
 namespace lrq {
@@ -35,9 +36,12 @@ struct PerplexityResult {
 // NLL over all predicted positions of all windows (or those scoring selects),
 // ppl = exp(mean). Throws lrq::Error if there is not a single full window, or if
 // scoring leaves no position of a window to score.
+// With a loader, the model runs block by block (block_stream.h) over a group of
+// windows at a time, each block loaded once per group; same figures to the bit.
 PerplexityResult evaluatePerplexity(const DecoderModel &model, const std::vector<int32_t> &tokens,
                                     int64_t seqLen, ProgressObserver *observer = nullptr,
                                     const CancelToken *cancel = nullptr, int64_t maxWindows = 0,
-                                    const PerplexityScoring &scoring = {});
+                                    const PerplexityScoring &scoring = {},
+                                    BlockLoader *loader = nullptr);
 
 } // namespace lrq

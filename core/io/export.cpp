@@ -790,7 +790,8 @@ ExportResult writePackedModel(const std::string &path, const PackedModelContents
 }
 
 PackedModel loadPackedModel(const std::string &path, ProgressObserver *observer,
-                            const CancelToken *cancel, bool foldLowRank) {
+                            const CancelToken *cancel, bool foldLowRank,
+                            const LoadedTensorSink &sink) {
   SafetensorsReader reader(path);
   // Everything the header declares is checked here, before any data is read.
   const PackedHeader header = readPackedHeader(reader);
@@ -814,7 +815,7 @@ PackedModel loadPackedModel(const std::string &path, ProgressObserver *observer,
       continue;
     if (cancel)
       cancel->throwIfCancelled();
-    m.tensors[info.name] = reader.load(info);
+    m.tensors[info.name] = sink ? sink(info.name, reader.load(info)) : reader.load(info);
     m.sources.push_back({info.name, info.name, info.dtype, info.shape});
     if (observer)
       observer->progress(++done, total, info.name);
@@ -860,7 +861,7 @@ PackedModel loadPackedModel(const std::string &path, ProgressObserver *observer,
       }
     }
     const std::string weightName = name + ".weight";
-    m.tensors[weightName] = w;
+    m.tensors[weightName] = sink ? sink(weightName, std::move(w)) : w;
     m.sources.push_back({weightName,
                          name + ".qweight",
                          "W" + std::to_string(layer.bits) + (layer.qmin < 0 ? " sym" : " asym") +

@@ -185,9 +185,11 @@ struct PackedModel {
 // Reads a packed file. With foldLowRank, W + (A B)^T goes into model.tensors
 // and lowRank stays empty (what loadModel does, so evaluation sees the
 // correction); without, the factors come back in lowRank (installLowRank puts
-// them on the linears). Throws lrq::FileError naming the file and the problem.
+// them on the linears). sink: as loadModel's. Throws lrq::FileError naming the
+// file and the problem.
 PackedModel loadPackedModel(const std::string &path, ProgressObserver *observer = nullptr,
-                            const CancelToken *cancel = nullptr, bool foldLowRank = false);
+                            const CancelToken *cancel = nullptr, bool foldLowRank = false,
+                            const LoadedTensorSink &sink = {});
 // Sets Linear::lowRankA/B of weights from a PackedModel's factors.
 void installLowRank(const ModelConfig &config, ModelWeights &weights,
                     const std::map<std::string, std::pair<at::Tensor, at::Tensor>> &lowRank);

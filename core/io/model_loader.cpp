@@ -207,8 +207,8 @@ std::vector<std::string> ggufFilesIn(const std::string &dir) {
 
 // --- GGUF -----------------------------------------------------------------------
 
-LoadedModel loadGguf(const std::string &path, ProgressObserver *observer,
-                     const CancelToken *cancel) {
+LoadedModel loadGguf(const std::string &path, ProgressObserver *observer, const CancelToken *cancel,
+                     const LoadedTensorSink &sink) {
   GgufReader g(path);
   LoadedModel m;
   m.path = path;
@@ -278,8 +278,8 @@ LoadedModel loadGguf(const std::string &path, ProgressObserver *observer,
       throw FileError(path, "tensor " + info->name + ": " + e.what());
     }
     g.releasePages(*info);
-    m.tensors[hf] = t;
     m.sources.push_back({hf, info->name, info->typeName(), t.sizes().vec()});
+    m.tensors[hf] = sink ? sink(hf, std::move(t)) : t;
     progress.step(hf);
   }
 
@@ -302,7 +302,7 @@ struct Shard {
 LoadedModel loadSafetensors(const std::string &givenPath, const std::string &dir,
                             const std::vector<std::string> &shardPaths,
                             const SafetensorsIndex *index, ProgressObserver *observer,
-                            const CancelToken *cancel) {
+                            const CancelToken *cancel, const LoadedTensorSink &sink) {
   LoadedModel m;
   m.path = givenPath;
   m.format = "safetensors";
@@ -370,7 +370,7 @@ LoadedModel loadSafetensors(const std::string &givenPath, const std::string &dir
       at::Tensor t = shard.reader->load(*info);
       shard.reader->releasePages(*info);
       const std::string name = canonicalName(m.config, info->name);
-      m.tensors[name] = t;
+      m.tensors[name] = sink ? sink(name, std::move(t)) : t;
       m.sources.push_back({name, info->name, info->dtype, info->shape});
       progress.step(name);
     }
@@ -389,7 +389,8 @@ LoadedModel loadSafetensors(const std::string &givenPath, const std::string &dir
 }
 
 LoadedModel loadSafetensorsIndex(const std::string &givenPath, const std::string &indexPath,
-                                 ProgressObserver *observer, const CancelToken *cancel) {
+                                 ProgressObserver *observer, const CancelToken *cancel,
+                                 const LoadedTensorSink &sink) {
   const SafetensorsIndex index = readSafetensorsIndex(indexPath);
   const std::string dir = parentDirectory(indexPath);
   std::vector<std::string> shardPaths;
@@ -399,21 +400,21 @@ LoadedModel loadSafetensorsIndex(const std::string &givenPath, const std::string
       throw FileError(p, problem + " (a shard listed in " + indexPath + ")");
     shardPaths.push_back(p);
   }
-  return loadSafetensors(givenPath, dir, shardPaths, &index, observer, cancel);
+  return loadSafetensors(givenPath, dir, shardPaths, &index, observer, cancel, sink);
 }
 
 LoadedModel loadModelUnnamed(const std::string &path, ProgressObserver *observer,
-                             const CancelToken *cancel) {
+                             const CancelToken *cancel, const LoadedTensorSink &sink) {
   if (directoryExists(path)) {
     const std::string index = joinPath(path, "model.safetensors.index.json");
     if (optionalRegularFile(index))
-      return loadSafetensorsIndex(path, index, observer, cancel);
+      return loadSafetensorsIndex(path, index, observer, cancel, sink);
     const std::string single = joinPath(path, "model.safetensors");
     if (optionalRegularFile(single))
-      return loadSafetensors(path, path, {single}, nullptr, observer, cancel);
+      return loadSafetensors(path, path, {single}, nullptr, observer, cancel, sink);
     const std::vector<std::string> ggufs = ggufFilesIn(path);
     if (ggufs.size() == 1)
-      return loadGguf(ggufs.front(), observer, cancel);
+      return loadGguf(ggufs.front(), observer, cancel, sink);
     if (ggufs.size() > 1)
       throw FileError(path, "holds " + std::to_string(ggufs.size()) +
                                 " .gguf files; name the one to load");
@@ -423,17 +424,17 @@ LoadedModel loadModelUnnamed(const std::string &path, ProgressObserver *observer
   if (const std::string problem = regularFileProblem(path); !problem.empty())
     throw FileError(path, problem == "no such file" ? "no such file or directory" : problem);
   if (hasGgufMagic(path))
-    return loadGguf(path, observer, cancel);
+    return loadGguf(path, observer, cancel, sink);
   if (endsWith(path, ".gguf"))
-    return loadGguf(path, observer, cancel); // reports the bad magic
+    return loadGguf(path, observer, cancel, sink); // reports the bad magic
   if (endsWith(path, ".index.json"))
-    return loadSafetensorsIndex(path, path, observer, cancel);
+    return loadSafetensorsIndex(path, path, observer, cancel, sink);
   if (endsWith(path, ".safetensors") && isPackedModelFile(path)) // LRQ packed export
-    return std::move(loadPackedModel(path, observer, cancel, /*foldLowRank=*/true).model);
+    return std::move(loadPackedModel(path, observer, cancel, /*foldLowRank=*/true, sink).model);
   if (endsWith(path, ".safetensors"))
-    return loadSafetensors(path, parentDirectory(path), {path}, nullptr, observer, cancel);
+    return loadSafetensors(path, parentDirectory(path), {path}, nullptr, observer, cancel, sink);
   if (endsWith(path, "config.json"))
-    return loadModel(parentDirectory(path), observer, cancel);
+    return loadModel(parentDirectory(path), observer, cancel, sink);
   throw FileError(path, "is neither a GGUF file nor a safetensors model (expected .gguf, "
                         ".safetensors, model.safetensors.index.json or a model directory)");
 }
@@ -458,9 +459,9 @@ std::map<std::string, at::ScalarType> sourceFloatTypes(const LoadedModel &model)
 // Every failure names the file: LibTorch's own errors (a storage size that
 // overflows, ...) are reported as problems of the file being loaded.
 LoadedModel loadModel(const std::string &path, ProgressObserver *observer,
-                      const CancelToken *cancel) {
+                      const CancelToken *cancel, const LoadedTensorSink &sink) {
   try {
-    return loadModelUnnamed(path, observer, cancel);
+    return loadModelUnnamed(path, observer, cancel, sink);
   } catch (const c10::Error &e) {
     throw FileError(path, std::string("cannot load: ") + e.what_without_backtrace());
   }

@@ -5,6 +5,7 @@
 // float32 on the CPU.
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -42,9 +43,15 @@ at::ScalarType floatTypeOfSource(const std::string &sourceType);
 // floatTypeOfSource of each tensor of a loaded model, by HF name.
 std::map<std::string, at::ScalarType> sourceFloatTypes(const LoadedModel &model);
 
+// Sees each tensor as it is loaded (HF name, float32 on the CPU) and returns
+// what LoadedModel::tensors keeps of it: the tensor itself, or a stand-in of
+// the same shape and dtype once the caller has put its values elsewhere, so
+// that the whole model is never in memory at once.
+using LoadedTensorSink = std::function<at::Tensor(const std::string &name, at::Tensor tensor)>;
+
 // Throws lrq::FileError naming the file and the problem. Reports bytes or
 // tensors read through observer->progress and checks cancel between tensors.
 LoadedModel loadModel(const std::string &path, ProgressObserver *observer = nullptr,
-                      const CancelToken *cancel = nullptr);
+                      const CancelToken *cancel = nullptr, const LoadedTensorSink &sink = {});
 
 } // namespace lrq

@@ -69,11 +69,17 @@ size_t TensorSpill::put(const at::Tensor &t) {
 }
 
 at::Tensor TensorSpill::get(size_t handle) const {
+  return getInto(handle, at::Tensor());
+}
+
+at::Tensor TensorSpill::getInto(size_t handle, at::Tensor buffer) const {
   if (handle >= entries_.size())
     throw Error("internal error: no spilled tensor " + std::to_string(handle));
   const Entry &e = entries_[handle];
-  at::Tensor t = at::empty(e.sizes, at::TensorOptions().dtype(e.dtype));
-  char *p = static_cast<char *>(t.data_ptr());
+  if (!buffer.defined() || !buffer.device().is_cpu() || !buffer.is_contiguous() ||
+      buffer.scalar_type() != e.dtype || buffer.sizes() != at::IntArrayRef(e.sizes))
+    buffer = at::empty(e.sizes, at::TensorOptions().dtype(e.dtype));
+  char *p = static_cast<char *>(buffer.data_ptr());
   int64_t done = 0;
   while (done < e.nbytes) {
     const ssize_t n = ::pread(fd_, p + done, size_t(e.nbytes - done), off_t(e.offset + done));
@@ -84,7 +90,7 @@ at::Tensor TensorSpill::get(size_t handle) const {
                                 (n < 0 ? errnoText() : std::string("the spill file is short")));
     done += n;
   }
-  return t;
+  return buffer;
 }
 
 } // namespace lrq

@@ -27,6 +27,10 @@ public:
   size_t put(const at::Tensor &t);
   // A new contiguous CPU tensor with the values, shape and dtype put.
   at::Tensor get(size_t handle) const;
+  // The same values read into buffer when it is a contiguous CPU tensor of
+  // that shape and dtype (no allocation, no fresh pages), else into a new one;
+  // returns the tensor read into.
+  at::Tensor getInto(size_t handle, at::Tensor buffer) const;
   // Bytes written so far.
   int64_t bytes() const { return end_; }
   // Bytes of one tensor put (0 for a handle never returned).

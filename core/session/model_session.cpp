@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #ifdef __linux__
@@ -172,22 +173,22 @@ void lowerComputePriority() {
 
 namespace {
 
-// A session's block linears on disk (setBlocksAside), read back one block at a
-// time for a comparison's reference pass.
-class AsideBlocks : public ReferenceBlockLoader {
+// A session's block linears on disk, read back one block at a time for a
+// pass over a group of windows (block_stream.h).
+class AsideBlocks : public BlockLoader {
 public:
+  // Sets the block linears of a whole session aside (setBlocksAside).
   AsideBlocks(const ModelConfig &config, ModelWeights &weights,
               std::map<std::string, at::Tensor> &tensors, const std::string &dir)
-      : spill_(dir) {
+      : spill_(std::make_unique<TensorSpill>(dir)) {
     entries_.reserve(weights.blocks.size() * 8);
     try {
       for (int64_t b = 0; b < int64_t(weights.blocks.size()); ++b)
         for (auto &[role, linear] : blockLinears(config, weights.blocks[size_t(b)])) {
-          (void)role;
           if (!linear->weight.defined() || !linear->weight.device().is_cpu())
             continue;
           // Recorded before anything changes, so that a failure restores it.
-          entries_.push_back({b, linear, spill_.put(linear->weight), {}});
+          entries_.push_back({b, role, linear, spill_->put(linear->weight), {}});
           Entry &e = entries_.back();
           for (const auto &[name, t] : tensors)
             if (t.is_same(linear->weight))
@@ -200,7 +201,7 @@ public:
       for (Entry &e : entries_) {
         try {
           if (!e.linear->weight.defined()) // dropped: only the disk has it
-            e.linear->weight = spill_.get(e.handle);
+            e.linear->weight = spill_->get(e.handle);
           for (const std::string &name : e.names)
             tensors[name] = e.linear->weight;
         } catch (...) { // the disk refuses the read too: that linear stays undefined
@@ -210,29 +211,63 @@ public:
     }
     releaseFreeMemory();
   }
+  // Adopts the linears a load put in spill (openBlocksAside): handles maps each
+  // one's HF name to its handle, and tensors holds its stand-in there, which
+  // the model's linear also holds until now.
+  AsideBlocks(const ModelConfig &config, ModelWeights &weights,
+              std::map<std::string, at::Tensor> &tensors, std::unique_ptr<TensorSpill> spill,
+              const std::map<std::string, size_t> &handles)
+      : spill_(std::move(spill)) {
+    std::map<const void *, Entry> byStandIn;
+    for (int64_t b = 0; b < int64_t(weights.blocks.size()); ++b)
+      for (auto &[role, linear] : blockLinears(config, weights.blocks[size_t(b)]))
+        if (linear->weight.defined())
+          byStandIn[linear->weight.unsafeGetTensorImpl()] = {b, role, linear, 0, {}};
+    for (const auto &[name, handle] : handles) {
+      auto it = byStandIn.find(tensors.at(name).unsafeGetTensorImpl());
+      if (it == byStandIn.end())
+        throw Error("loading with block weights aside: " + name + " is not a block linear");
+      entries_.push_back(it->second);
+      entries_.back().handle = handle;
+      tensors.erase(name);
+    }
+    for (const Entry &e : entries_)
+      e.linear->weight = at::Tensor();
+  }
+  // Each role's weight is read into the buffer the role's last load used
+  // (a block is done with it by then): no allocation, no fresh pages.
   void load(int64_t block) override {
     for (const Entry &e : entries_)
       if (e.block == block)
-        e.linear->weight = spill_.get(e.handle);
+        e.linear->weight = buffers_[e.role] = spill_->getInto(e.handle, buffers_[e.role]);
   }
   void unload(int64_t block) override {
     for (const Entry &e : entries_)
       if (e.block == block)
         e.linear->weight = at::Tensor();
-    releaseFreeMemory();
   }
-  int64_t bytes() const { return spill_.bytes(); }
+  int64_t bytes() const { return spill_->bytes(); }
 
 private:
   struct Entry {
     int64_t block;
+    std::string role;
     Linear *linear;
     size_t handle;
     std::vector<std::string> names; // the loaded tensors that were this weight
   };
-  TensorSpill spill_;
+  std::unique_ptr<TensorSpill> spill_;
   std::vector<Entry> entries_;
+  std::map<std::string, at::Tensor> buffers_; // by role
 };
+
+// "model.layers.3.mlp.up_proj.weight", "model.decoder.layers.0.fc1.weight": a
+// 2-D weight inside a block is one of its linears in every layout read here.
+bool isBlockLinearWeight(const std::string &name, const at::Tensor &t) {
+  const size_t at = name.find("layers.");
+  return t.dim() == 2 && at != std::string::npos && at + 7 < name.size() &&
+         std::isdigit(static_cast<unsigned char>(name[at + 7])) && endsWith(name, ".weight");
+}
 
 } // namespace
 
@@ -240,13 +275,14 @@ struct ModelSession::Impl {
   LoadedModel loaded;
   std::unique_ptr<DecoderModel> model;
   ModelSummary summary;
-  std::unique_ptr<AsideBlocks> aside; // setBlocksAside: only compare()'s reference now
+  std::unique_ptr<AsideBlocks>
+      aside; // openBlocksAside / setBlocksAside: perplexity and compare only
 
   void requireWhole() const {
     if (aside)
       throw Error(loaded.path +
-                  ": this session's block weights are set aside on disk; it serves only as a "
-                  "comparison's reference");
+                  ": this session's block weights are set aside on disk; it serves only for "
+                  "perplexity and comparisons");
   }
 
   const at::Tensor &tensor(const std::string &name) const {
@@ -326,6 +362,7 @@ struct ModelSession::Impl {
 ModelSession::ModelSession(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 const LoadedModel &ModelSessionAccess::loaded(const ModelSession &session) {
+  session.impl_->requireWhole();
   return session.impl_->loaded;
 }
 
@@ -348,22 +385,79 @@ ModelSession::~ModelSession() = default;
 std::unique_ptr<ModelSession> ModelSession::open(const std::string &pathOrDefault,
                                                  ProgressObserver *observer,
                                                  const CancelToken *cancel) {
+  return openWith(pathOrDefault, "", observer, cancel);
+}
+
+std::unique_ptr<ModelSession> ModelSession::openBlocksAside(const std::string &pathOrDefault,
+                                                            const std::string &dir,
+                                                            ProgressObserver *observer,
+                                                            const CancelToken *cancel) {
+  return openWith(pathOrDefault, currentDevice().type() == at::kCPU ? dir : "", observer, cancel);
+}
+
+std::unique_ptr<ModelSession> ModelSession::openWith(const std::string &pathOrDefault,
+                                                     const std::string &asideDir,
+                                                     ProgressObserver *observer,
+                                                     const CancelToken *cancel) {
   std::string path = pathOrDefault == "default" ? ensureDefaultModel(observer) : pathOrDefault;
   auto start = std::chrono::steady_clock::now();
   auto impl = std::make_unique<Impl>();
-  impl->loaded = loadModel(path, observer, cancel);
+  // Block linears straight to disk as they load, a stand-in (no storage) left
+  // in their place until the session adopts them.
+  std::unique_ptr<TensorSpill> spill;
+  std::map<std::string, size_t> handles;
+  bool refused = false;
+  int64_t untrimmed = 0;
+  LoadedTensorSink sink;
+  if (!asideDir.empty()) {
+    try {
+      spill = std::make_unique<TensorSpill>(asideDir);
+    } catch (const FileError &e) {
+      spdlog::warn("loading {} whole into memory: {}", path, e.what());
+    }
+  }
+  if (spill)
+    sink = [&](const std::string &name, at::Tensor t) {
+      if (refused || !isBlockLinearWeight(name, t))
+        return t;
+      try {
+        handles[name] = spill->put(t);
+      } catch (const FileError &e) { // a full disk: what is still to load stays in memory
+        spdlog::warn("keeping the rest of {} in memory: {}", path, e.what());
+        refused = true;
+        return t;
+      }
+      at::Tensor standIn = at::empty(t.sizes(), t.options().device(at::kMeta));
+      // The heap keeps what the loaded tensors held unless told to give it
+      // back (every 32 MiB: once per tensor costs the load 60 %).
+      untrimmed += t.nbytes();
+      t = at::Tensor();
+      if (untrimmed >= (int64_t(32) << 20)) {
+        releaseFreeMemory();
+        untrimmed = 0;
+      }
+      return standIn;
+    };
+  impl->loaded = loadModel(path, observer, cancel, sink);
   impl->model = std::make_unique<DecoderModel>(
       impl->loaded.config, ModelWeights::fromHfTensors(impl->loaded.config, impl->loaded.tensors));
+  if (spill && !handles.empty()) {
+    impl->aside = std::make_unique<AsideBlocks>(impl->loaded.config, impl->model->weights(),
+                                                impl->loaded.tensors, std::move(spill), handles);
+    releaseFreeMemory();
+  }
   const at::Device device = currentDevice();
   if (device.type() != at::kCPU)
     impl->model->to(device);
   impl->buildSummary();
   impl->summary.quantization = quantizationOf(path);
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  spdlog::info("loaded {} ({}, {} parameters{}) in {:.2f} s", path, impl->summary.architecture,
+  spdlog::info("loaded {} ({}, {} parameters{}) in {:.2f} s{}", path, impl->summary.architecture,
                impl->summary.parameters,
-               impl->summary.baselineNote.empty() ? "" : ", " + impl->summary.baselineNote,
-               seconds);
+               impl->summary.baselineNote.empty() ? "" : ", " + impl->summary.baselineNote, seconds,
+               impl->aside ? fmt::format(", block weights ({} MiB) set aside on disk in {}",
+                                         impl->aside->bytes() >> 20, asideDir)
+                           : std::string());
   return std::unique_ptr<ModelSession>(new ModelSession(std::move(impl)));
 }
 
@@ -427,9 +521,8 @@ PerplexityReport ModelSession::perplexity(const std::string &text, int64_t seqLe
     if (tokenizer.spec().addBos)
       scoring.windowBos = tokenizer.bosId();
   }
-  impl_->requireWhole();
-  PerplexityResult r =
-      evaluatePerplexity(*impl_->model, tokens, seqLen, observer, cancel, maxWindows, scoring);
+  PerplexityResult r = evaluatePerplexity(*impl_->model, tokens, seqLen, observer, cancel,
+                                          maxWindows, scoring, impl_->aside.get());
   PerplexityReport out;
   out.perplexity = r.perplexity;
   out.meanNll = r.meanNll;
@@ -458,27 +551,12 @@ ComparisonReport ModelSession::compare(const ModelSession &reference, const std:
           impl_->tokenizer().encode(text.substr(0, 2000), true))
     throw Error("cannot compare " + a.path + " with " + b.path +
                 ": their tokenizers split the text differently");
-  impl_->requireWhole();
   c10::InferenceMode guard;
-  // A reference set aside runs block by block over every window, holding the
-  // windows' hidden states meanwhile; where those would outweigh what is on
-  // disk, it is read back whole for the pass instead.
-  AsideBlocks *aside = reference.impl_->aside.get();
-  const int64_t fullWindows = int64_t(tokens.size()) / std::max<int64_t>(seqLen, 1);
-  const int64_t windows = maxWindows > 0 ? std::min(maxWindows, fullWindows) : fullWindows;
-  const bool stream = aside && windows * seqLen * b.hiddenSize * 4 <= aside->bytes();
-  struct WholeForThePass {
-    AsideBlocks *aside;
-    int64_t blocks;
-    ~WholeForThePass() {
-      for (int64_t i = 0; aside && i < blocks; ++i)
-        aside->unload(i);
-    }
-  } whole{stream ? nullptr : aside, b.numLayers};
-  for (int64_t i = 0; whole.aside && i < whole.blocks; ++i)
-    whole.aside->load(i);
-  CompareResult c = compareToReference(*impl_->model, *reference.impl_->model, tokens, seqLen,
-                                       observer, cancel, maxWindows, stream ? aside : nullptr);
+  // A model or reference set aside runs block by block over a group of
+  // windows at a time.
+  CompareResult c =
+      compareToReference(*impl_->model, *reference.impl_->model, tokens, seqLen, observer, cancel,
+                         maxWindows, reference.impl_->aside.get(), impl_->aside.get());
   ComparisonReport out;
   out.model.perplexity = c.perplexity;
   out.model.meanNll = c.meanNll;

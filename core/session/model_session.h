@@ -132,6 +132,17 @@ public:
   static std::unique_ptr<ModelSession> open(const std::string &pathOrDefault,
                                             ProgressObserver *observer = nullptr,
                                             const CancelToken *cancel = nullptr);
+  // Like open(), but every block linear goes to an unlinked file in dir as it
+  // loads, so that the model is never whole in memory: each is read back for
+  // one pass over a group of windows (block by block) when perplexity() or
+  // compare() runs, with the same figures to the bit. Every other use throws
+  // lrq::Error, as after setBlocksAside. On a GPU device the session loads
+  // whole; where dir refuses the file or the bytes, what is not yet on disk
+  // stays in memory (a warning in the log says so).
+  static std::unique_ptr<ModelSession> openBlocksAside(const std::string &pathOrDefault,
+                                                       const std::string &dir,
+                                                       ProgressObserver *observer = nullptr,
+                                                       const CancelToken *cancel = nullptr);
   ~ModelSession();
   ModelSession(const ModelSession &) = delete;
   ModelSession &operator=(const ModelSession &) = delete;
@@ -161,10 +172,10 @@ public:
                            const CancelToken *cancel = nullptr, int64_t maxWindows = 0) const;
 
   // Moves every block linear's weights to an unlinked file in dir (read back
-  // bit for bit, one block at a time, when this session is compare()'s
-  // reference), so that a comparison holds one model and the reference's
-  // embeddings, norms and head. After it the session serves only as a
-  // reference: every other use throws lrq::Error. Returns the bytes set aside
+  // bit for bit, one block at a time, for a pass of perplexity() or compare(),
+  // on either side), so that a comparison holds one model and the reference's
+  // embeddings, norms and head. After it the session serves only for those
+  // two: every other use throws lrq::Error. Returns the bytes set aside
   // (0, the session left whole, when no block weight is on the CPU).
   // Throws lrq::FileError when dir refuses the file or the bytes (the weights
   // not yet written stay in memory, and the session stays usable as before).
@@ -178,6 +189,11 @@ public:
 private:
   friend struct ModelSessionAccess; // core's own jobs (model_session_access.h)
   struct Impl;
+  // asideDir empty: whole.
+  static std::unique_ptr<ModelSession> openWith(const std::string &pathOrDefault,
+                                                const std::string &asideDir,
+                                                ProgressObserver *observer,
+                                                const CancelToken *cancel);
   explicit ModelSession(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

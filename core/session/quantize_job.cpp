@@ -121,7 +121,7 @@ private:
 // holds two whole sets of linears (W and Ŵ) from the last blocks on. Only a
 // reference the job loaded itself is spilled: the desktop's session keeps its
 // model whole for its own views.
-class ReferenceSpill : public ReferenceBlockLoader, public quant::WeightStash {
+class ReferenceSpill : public BlockLoader, public quant::WeightStash {
 public:
   // warn: told once when the disk refuses (the run then keeps what is left in memory).
   ReferenceSpill(const ModelConfig &config, ModelWeights &reference, ModelWeights &model,
@@ -193,7 +193,7 @@ public:
     }
     ahead_.clear();
   }
-  // Block b's spilled linears back for one pass (ReferenceBlockLoader).
+  // Block b's spilled linears back for one pass (BlockLoader).
   void load(int64_t b) override {
     for (auto &[key, handle] : handles_)
       if (key.first == b)
@@ -982,20 +982,9 @@ void evaluateOn(Job &job, const std::string &text, const std::string &what,
           (job.loaded->baselineNote.empty() ? std::string("weights as stored")
                                             : job.loaded->baselineNote) +
           ")");
-  // The reference's spilled blocks come back one at a time while the windows'
-  // hidden states are smaller than what stays on disk; else all at once.
-  ReferenceBlockLoader *loader = nullptr;
-  if (job.spill && job.spill->spilledTensors() > 0) {
-    int64_t windows = int64_t(tokens.size()) / std::max<int64_t>(1, r.evalSeqLen);
-    if (r.evalMaxWindows > 0)
-      windows = std::min(windows, r.evalMaxWindows);
-    const int64_t hiddenBytes =
-        windows * r.evalSeqLen * job.loaded->config.hiddenSize * int64_t(sizeof(float));
-    if (hiddenBytes <= job.spill->spilledBytes())
-      loader = job.spill.get();
-    else
-      restoreReference(job);
-  }
+  // The reference's spilled blocks come back one at a time for each group of
+  // windows (block_stream.h): never all at once.
+  BlockLoader *loader = job.spill && job.spill->spilledTensors() > 0 ? job.spill.get() : nullptr;
   CompareResult c = compareToReference(*job.model, *job.reference, tokens, r.evalSeqLen,
                                        job.beating(), job.cancel, r.evalMaxWindows, loader);
   auto &m = job.outcome.metrics;

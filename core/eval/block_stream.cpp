@@ -1,0 +1,43 @@
+#include "core/eval/block_stream.h"
+
+#include <algorithm>
+
+namespace lrq {
+
+int64_t windowsPerGroup(const BlockLoader &loader, int64_t seqLen, int64_t hiddenSize,
+                        int64_t streams) {
+  const int64_t perWindow = std::max<int64_t>(1, seqLen * hiddenSize * int64_t(sizeof(float)) *
+                                                     std::max<int64_t>(1, streams));
+  return std::max<int64_t>(1, loader.hiddenBudgetBytes() / perWindow);
+}
+
+std::vector<at::Tensor> finalHiddenBlockByBlock(const DecoderModel &model,
+                                                const std::vector<at::Tensor> &windowIds,
+                                                BlockLoader &loader, const CancelToken *cancel,
+                                                const std::function<void(int64_t)> &onBlock) {
+  std::vector<at::Tensor> h;
+  h.reserve(windowIds.size());
+  for (const at::Tensor &ids : windowIds)
+    h.push_back(model.embed(ids.unsqueeze(0), 0));
+  for (int64_t b = 0; b < model.numBlocks(); ++b) {
+    struct Loaded {
+      BlockLoader &loader;
+      int64_t block;
+      ~Loaded() { loader.unload(block); }
+    };
+    {
+      const Loaded loaded{loader, b}; // set before load: a load that fails midway is undone too
+      loader.load(b);
+      for (at::Tensor &hidden : h) {
+        if (cancel)
+          cancel->throwIfCancelled();
+        hidden = model.runBlock(b, hidden, 0);
+      }
+    }
+    if (onBlock)
+      onBlock(b);
+  }
+  return h;
+}
+
+} // namespace lrq

@@ -1,0 +1,46 @@
+#pragma once
+// Evaluation of a model whose block weights are not all in memory: every
+// window of a group goes through block 0, then block 1, ..., each block's
+// weights brought in once for the group and let go after it. Each window sees
+// the same operations on the same shapes as in a window-by-window pass, so the
+// figures are the same to the bit.
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "core/common/progress.h"
+#include "core/model/decoder.h"
+
+namespace lrq {
+
+// Brings a model's block weights in and out (a quantize run's reference with
+// the weights its method replaced on disk; a session whose blocks were set
+// aside while loading).
+class BlockLoader {
+public:
+  virtual ~BlockLoader() = default;
+  virtual void load(int64_t block) = 0;   // before block runs
+  virtual void unload(int64_t block) = 0; // after it has run on every window of a group
+  // Hidden states a pass may hold at once (windows x seqLen x hidden float32
+  // for each model streamed): more windows than fit are taken in groups, each
+  // group loading every block again.
+  virtual int64_t hiddenBudgetBytes() const { return int64_t(64) << 20; }
+};
+
+// Windows of seqLen tokens a group holds within loader's budget for `streams`
+// models streamed at once; at least 1.
+int64_t windowsPerGroup(const BlockLoader &loader, int64_t seqLen, int64_t hiddenSize,
+                        int64_t streams = 1);
+
+// The hidden states after the last block (what DecoderModel::head takes) of
+// each window ([seqLen] token ids each), block by block. Cancel is checked
+// before every window; onBlock(b) is called once block b has run on every
+// window. A block loaded is unloaded again whatever happens.
+std::vector<at::Tensor> finalHiddenBlockByBlock(const DecoderModel &model,
+                                                const std::vector<at::Tensor> &windowIds,
+                                                BlockLoader &loader, const CancelToken *cancel,
+                                                const std::function<void(int64_t)> &onBlock = {});
+
+} // namespace lrq
