@@ -309,6 +309,9 @@ private slots:
       PackedModelContents contents =
           quant::packQuantizedModel(source_->config, q, original_, s, "rtn+lqer");
       QCOMPARE(int(contents.quantized.size()), 7);
+      // Codes held in one byte until written: unsigned for asymmetric grids.
+      for (const PackedTensor &t : contents.quantized)
+        QCOMPARE(t.codes.scalar_type(), c.symmetric ? at::kChar : at::kByte);
       const QString path = work_.filePath(
           QStringLiteral("b0-w%1-%2-g%3.safetensors").arg(c.bits).arg(c.symmetric).arg(c.group));
       const ExportResult r = writePackedModel(path.toStdString(), contents);
@@ -339,6 +342,43 @@ private slots:
           q.blocks[0].up.weight + at::matmul(q.blocks[0].up.lowRankA, q.blocks[0].up.lowRankB).t();
       QVERIFY(at::allclose(folded.tensors.at("model.layers.0.mlp.up_proj.weight"), want, 0, 1e-7));
       QVERIFY(QFile::remove(path));
+    }
+    // The original is read only for a tensor whose grid the method did not
+    // report: with every grid reported, an original without block linears does.
+    {
+      quant::QuantScheme s = quant::presetScheme("W4A16");
+      s.layers.blocks = {0};
+      std::map<std::string, quant::GridParams> grids;
+      ModelWeights q = original_;
+      quant::quantizeModelRtn(q, source_->config, s, nullptr, nullptr, &grids);
+      QCOMPARE(int(grids.size()), 7);
+      QVERIFY(!quant::packNeedsOriginal(source_->config, s, &grids, true));
+      QVERIFY(quant::packNeedsOriginal(source_->config, s, nullptr, true));
+      ModelWeights bare = original_;
+      for (auto &block : bare.blocks)
+        for (auto &[role, l] : blockLinears(source_->config, block))
+          l->weight = at::Tensor();
+      const PackedModelContents withGrids =
+          quant::packQuantizedModel(source_->config, q, bare, s, "rtn", &grids);
+      const PackedModelContents fromOriginal =
+          quant::packQuantizedModel(source_->config, q, original_, s, "rtn");
+      QCOMPARE(withGrids.quantized.size(), fromOriginal.quantized.size());
+      for (size_t i = 0; i < withGrids.quantized.size(); ++i)
+        QVERIFY(at::equal(withGrids.quantized[i].codes, fromOriginal.quantized[i].codes));
+      QVERIFY_THROWS_EXCEPTION(Error,
+                               quant::packQuantizedModel(source_->config, q, bare, s, "rtn"));
+      const auto missing = grids.extract("model.layers.0.mlp.down_proj");
+      QVERIFY(!missing.empty());
+      QVERIFY(quant::packNeedsOriginal(source_->config, s, &grids, true));
+      // The embeddings selected: their grid too (the tied head is the same tensor).
+      s.layers.embeddings = true;
+      grids.insert({missing.key(), missing.mapped()});
+      QVERIFY(quant::packNeedsOriginal(source_->config, s, &grids, true));
+      grids["model.embed_tokens"] = grids.at("model.layers.0.mlp.down_proj");
+      QVERIFY(!quant::packNeedsOriginal(source_->config, s, &grids, true));
+      s.layers.lmHead = true;
+      QVERIFY(!quant::packNeedsOriginal(source_->config, s, &grids, true));
+      QVERIFY(quant::packNeedsOriginal(source_->config, s, &grids, false));
     }
     // A weight that is not on the grid of its original's steps is refused.
     ModelWeights off = quantized_;

@@ -363,6 +363,20 @@ private slots:
       for (const auto &[name, t] : ex.tensors)
         QVERIFY2(at::equal(t, ey.tensors.at(name)),
                  qPrintable(tag + " " + QString::fromStdString(name)));
+      // The packed export takes every step from the grid the method reported:
+      // the reference stays on disk, and the file holds the same tensors.
+      QVERIFY2(!a.has("set aside back into memory"), qPrintable(tag));
+      const PackedModel px = loadPackedModel(spilled.packedPath, nullptr, nullptr, false);
+      const PackedModel py = loadPackedModel(whole.packedPath, nullptr, nullptr, false);
+      QCOMPARE(px.model.tensors.size(), py.model.tensors.size());
+      for (const auto &[name, t] : px.model.tensors)
+        QVERIFY2(at::equal(t, py.model.tensors.at(name)),
+                 qPrintable(tag + " packed " + QString::fromStdString(name)));
+      QCOMPARE(px.lowRank.size(), py.lowRank.size());
+      for (const auto &[name, f] : px.lowRank)
+        QVERIFY2(at::equal(f.first, py.lowRank.at(name).first) &&
+                     at::equal(f.second, py.lowRank.at(name).second),
+                 qPrintable(tag + " factors " + QString::fromStdString(name)));
     }
   }
 

@@ -16,6 +16,7 @@
 
 #include "core/common/error.h"
 #include "core/common/json_limits.h"
+#include "core/common/memory.h"
 #include "core/common/text_escape.h"
 #include "core/io/file_util.h"
 #include "core/io/hf_config.h"
@@ -737,6 +738,7 @@ ExportResult writePackedModel(const std::string &path, const PackedModelContents
                   " is on a k-superblock-offset grid (values s q - M, GGUF Q4_K), which the "
                   "packed file's s (q - z) layout cannot hold; export GGUF (--gguf) instead");
     tensors.push_back({p.name + ".qweight", packCodes(p.codes, p.bits, p.qmin), at::kByte});
+    releaseFreeMemory(); // packCodes' 8-byte copy of the codes: back to the system, not a hole
     tensors.push_back({p.name + ".scales", p.scales, at::kFloat});
     tensors.push_back({p.name + ".zero_points", p.zeroPoints, at::kFloat});
     json layer = {{"bits", p.bits},

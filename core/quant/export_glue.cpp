@@ -1,9 +1,11 @@
 #include "core/quant/export_glue.h"
 
 #include <set>
+#include <tuple>
 #include <vector>
 
 #include "core/common/error.h"
+#include "core/common/memory.h"
 #include "core/quant/method.h"
 
 namespace lrq::quant {
@@ -43,7 +45,51 @@ std::vector<int64_t> gridShape(const GridSpec &spec, int64_t out, int64_t in) {
   return {};
 }
 
+// Codes in one byte where [qmin, qmax] fits (int32 for every layer of a model
+// at once is 4 bytes per weight held until the file is written).
+at::Tensor narrowCodes(const at::Tensor &codes, int64_t qmin, int64_t qmax) {
+  if (qmin >= 0 && qmax <= 255)
+    return codes.to(at::kByte);
+  if (qmin >= -128 && qmax <= 127)
+    return codes.to(at::kChar);
+  if (qmin >= -32768 && qmax <= 32767)
+    return codes.to(at::kShort);
+  return codes;
+}
+
+std::string embeddingName(const ModelConfig &config) {
+  return config.arch == Architecture::Opt ? "model.decoder.embed_tokens" : "model.embed_tokens";
+}
+
+// The grid keys of the block linears the scheme selects, in block order.
+std::vector<std::tuple<size_t, size_t, std::string>>
+selectedLinears(const ModelConfig &config, ModelWeights &weights, const QuantScheme &scheme) {
+  std::vector<std::tuple<size_t, size_t, std::string>> out; // block, index in blockLinears, key
+  for (size_t b = 0; b < weights.blocks.size(); ++b) {
+    if (!scheme.layers.selectsBlock(int64_t(b)))
+      continue;
+    const auto linears = blockLinears(config, weights.blocks[b]);
+    for (size_t i = 0; i < linears.size(); ++i)
+      if (scheme.layers.selectsLinear(linears[i].first))
+        out.emplace_back(b, i, gridKey(config, int64_t(b), linears[i].first));
+  }
+  return out;
+}
+
 } // namespace
+
+bool packNeedsOriginal(const ModelConfig &config, const QuantScheme &scheme,
+                       const std::map<std::string, GridParams> *params, bool tiedEmbeddings) {
+  const auto missing = [&](const std::string &key) { return !params || !params->count(key); };
+  // Only the block count and roles matter here: empty blocks of the right number.
+  ModelWeights shape;
+  shape.blocks.resize(size_t(config.numLayers));
+  for (const auto &[b, i, key] : selectedLinears(config, shape, scheme))
+    if (missing(key))
+      return true;
+  return (scheme.layers.embeddings && missing(embeddingName(config))) ||
+         (scheme.layers.lmHead && !tiedEmbeddings && missing("lm_head"));
+}
 
 PackedModelContents packQuantizedModel(const ModelConfig &config, const ModelWeights &quantized,
                                        const ModelWeights &original, const QuantScheme &scheme,
@@ -99,7 +145,8 @@ PackedModelContents packQuantizedModel(const ModelConfig &config, const ModelWei
       throw Error("pack " + prefix + ": a zero point is not an integer within [" +
                   std::to_string(spec.qmin()) + ", " + std::to_string(spec.qmax()) + "]");
     }
-    t.codes = quantizeWeight(w, {t.scales, t.zeroPoints, at::Tensor()}, spec);
+    t.codes = narrowCodes(quantizeWeight(w, {t.scales, t.zeroPoints, at::Tensor()}, spec),
+                          spec.qmin(), spec.qmax());
     t.bits = spec.bits;
     t.qmin = spec.qmin();
     t.groupSize = spec.granularity == Granularity::PerGroup ? spec.groupSize : 0;
@@ -131,6 +178,9 @@ PackedModelContents packQuantizedModel(const ModelConfig &config, const ModelWei
       t.lowRankB = linear->lowRankB.to(at::kCPU, at::kFloat);
     }
     c.quantized.push_back(std::move(t));
+    // The checks' float copies of the layer go back to the system, not to
+    // holes between the codes kept (else about 180 MiB more for this model).
+    releaseFreeMemory();
   };
 
   // blockLinears needs non-const blocks: work on shallow copies (tensors are shared).
@@ -138,24 +188,16 @@ PackedModelContents packQuantizedModel(const ModelConfig &config, const ModelWei
   if (q.blocks.size() != o.blocks.size())
     throw Error("pack: the quantized model and the original have different block counts");
   std::set<std::string> packedWeights;
-  for (size_t b = 0; b < q.blocks.size(); ++b) {
-    if (!scheme.layers.selectsBlock(int64_t(b)))
-      continue;
-    const auto ql = blockLinears(config, q.blocks[b]);
-    const auto ol = blockLinears(config, o.blocks[b]);
-    for (size_t i = 0; i < ql.size(); ++i) {
-      if (!scheme.layers.selectsLinear(ql[i].first))
-        continue;
-      const std::string prefix = gridKey(config, int64_t(b), ql[i].first);
-      pack(prefix, ql[i].second->weight, ol[i].second->weight, ql[i].second);
-      packedWeights.insert(prefix + ".weight");
-    }
+  for (const auto &[b, i, prefix] : selectedLinears(config, q, scheme)) {
+    const Linear *ql = blockLinears(config, q.blocks[b])[i].second;
+    const Linear *ol = blockLinears(config, o.blocks[b])[i].second;
+    pack(prefix, ql->weight, ol->weight, ql);
+    packedWeights.insert(prefix + ".weight");
   }
   bool tied = false;
   auto named = hfTensorsFromWeights(config, quantized, &tied);
   c.config.tieEmbeddings = tied;
-  const std::string embedName =
-      config.arch == Architecture::Opt ? "model.decoder.embed_tokens" : "model.embed_tokens";
+  const std::string embedName = embeddingName(config);
   if (scheme.layers.embeddings) {
     pack(embedName, quantized.tokenEmbedding, original.tokenEmbedding, nullptr);
     packedWeights.insert(embedName + ".weight");

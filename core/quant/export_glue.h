@@ -29,7 +29,9 @@ struct PackStats {
 // qmax]. The codes are quantizeWeight(Ŵ, grid), within [qmin, qmax]; they
 // must dequantize back to Ŵ within 1e-6 of each element's step, else
 // lrq::Error names the layer: its Ŵ is not on that grid, and no file is
-// written from it. Low-rank factors are carried along.
+// written from it. The codes are kept in the narrowest integer type that holds
+// [qmin, qmax] (one byte for every grid of up to 8 bits). Low-rank factors are
+// carried along.
 // valueDtypes (by HF weight name, "...q_proj.weight"): a Ŵ that was rounded
 // to kHalf / kBFloat16 (a model stored in that type) is compared with its
 // codes' s (q - z) rounded the same way, and the packed layer records the type
@@ -40,5 +42,10 @@ PackedModelContents packQuantizedModel(
     const QuantScheme &scheme, const std::string &method,
     const std::map<std::string, GridParams> *params = nullptr, PackStats *stats = nullptr,
     const std::map<std::string, at::ScalarType> *valueDtypes = nullptr);
+
+// Whether packQuantizedModel would read a weight of original: some tensor it
+// packs has no grid in params (an export can then leave the original on disk).
+bool packNeedsOriginal(const ModelConfig &config, const QuantScheme &scheme,
+                       const std::map<std::string, GridParams> *params, bool tiedEmbeddings);
 
 } // namespace lrq::quant

@@ -778,8 +778,12 @@ void makeSpill(Job &job) {
 
 // Every spilled linear back, for the stages that read the whole reference.
 void restoreReference(Job &job) {
-  if (job.spill)
+  if (job.spill && job.spill->spilledTensors() > 0) {
+    job.say("reading the " + std::to_string(job.spill->spilledTensors()) +
+            " full-precision linears set aside back into memory (" +
+            std::to_string(job.spill->spilledBytes() >> 20) + " MiB)");
     job.spill->restoreAll();
+  }
 }
 
 void methodStage(Job &job) {
@@ -1054,9 +1058,15 @@ void exportStage(Job &job) {
   if (r.exportDir.empty() && r.packedPath.empty() && r.ggufPath.empty() &&
       r.compressedTensorsDir.empty())
     return;
-  // The packed, GGUF and compressed-tensors writers read the reference (the HF
+  // The packed, GGUF and compressed-tensors writers take each tensor's steps
+  // from the grid the method reported; only one without a grid needs the
+  // reference's weight, and then the reference comes back whole (the HF
   // folder holds the model's weights alone).
-  if (!r.packedPath.empty() || !r.ggufPath.empty() || !r.compressedTensorsDir.empty())
+  const ModelWeights &quantized = job.model->weights();
+  if ((!r.packedPath.empty() || !r.ggufPath.empty() || !r.compressedTensorsDir.empty()) &&
+      quant::packNeedsOriginal(job.loaded->config, job.scheme,
+                               job.report.grids.empty() ? nullptr : &job.report.grids,
+                               quantized.lmHead.is_same(quantized.tokenEmbedding)))
     restoreReference(job);
   const std::string metadata = nlohmann::json{
       {"method", job.method->name()},
