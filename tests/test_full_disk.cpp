@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,7 @@
 #include "core/quant/scheme.h"
 #include "core/recon/hidden_state_store.h"
 #include "core/runs/run_store.h"
+#include "core/session/model_session.h"
 #include "tiny_model_files.h"
 
 using namespace lrq;
@@ -297,6 +299,52 @@ private slots:
     QVERIFY(at::equal(spill.get(b), big));
     QVERIFY(at::equal(spill.get(a), first));
     qInfo("tensor spill: %s", qPrintable(message.mid(dir.size() + 2)));
+  }
+
+  // A session's block weights set aside on a disk that fills: opened with them
+  // aside, the linears that do not fit stay in memory (a warning) and the
+  // session evaluates as a whole one; set aside from a whole session, the
+  // failure leaves it whole.
+  void sessionBlocksAside() {
+    const QString modelDir = path("session-model");
+    const std::map<std::string, at::Tensor> tensors = test::writeTinyHfDirectory(modelDir, false);
+    int64_t linearBytes = 0;
+    for (const auto &[name, t] : tensors)
+      if (name.find(".layers.") != std::string::npos && t.dim() == 2)
+        linearBytes += t.numel() * 4;
+    const QString spillDir = path("session-spill");
+    QVERIFY(QDir().mkpath(spillDir));
+    std::string text;
+    for (int i = 0; i < 12; ++i)
+      text += "A disk that fills up halfway through the weights. ";
+    const auto whole = ModelSession::open(modelDir.toStdString());
+    const double wholeNll = whole->perplexity(text, 16, nullptr, nullptr, 4).meanNll;
+    const rlim_t limit = rlim_t(linearBytes / 2);
+
+    std::unique_ptr<ModelSession> opened;
+    QCOMPARE(errorUnderLimit(limit,
+                             [&] {
+                               opened = ModelSession::openBlocksAside(modelDir.toStdString(),
+                                                                      spillDir.toStdString());
+                             }),
+             QString());
+    QVERIFY(opened);
+    const int64_t onDisk = opened->setBlocksAside(spillDir.toStdString()); // what is there
+    QVERIFY2(onDisk > 0 && onDisk <= int64_t(limit),
+             qPrintable(QString("%1 of %2 bytes").arg(onDisk).arg(linearBytes)));
+    QVERIFY(opened->perplexity(text, 16, nullptr, nullptr, 4).meanNll == wholeNll);
+
+    const auto session = ModelSession::open(modelDir.toStdString());
+    const QString message =
+        errorUnderLimit(limit, [&] { session->setBlocksAside(spillDir.toStdString()); });
+    QVERIFY2(message.startsWith(spillDir + ": cannot set"), qPrintable(message));
+    QVERIFY2(message.contains(kTooLarge), qPrintable(message));
+    QCOMPARE(session->singularValues("model.layers.1.mlp.up_proj.weight"),
+             whole->singularValues("model.layers.1.mlp.up_proj.weight"));
+    QVERIFY(session->perplexity(text, 16, nullptr, nullptr, 4).meanNll == wholeNll);
+    QVERIFY(filesBelow(spillDir).isEmpty());
+    qInfo("session set aside: %lld of %lld bytes on disk, then %s", (long long)onDisk,
+          (long long)linearBytes, qPrintable(message.mid(spillDir.size() + 2)));
   }
 
   // The run store: a write that does not fit is refused naming the store, the
