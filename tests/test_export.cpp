@@ -352,8 +352,8 @@ private slots:
       ModelWeights q = original_;
       quant::quantizeModelRtn(q, source_->config, s, nullptr, nullptr, &grids);
       QCOMPARE(int(grids.size()), 7);
-      QVERIFY(!quant::packNeedsOriginal(source_->config, s, &grids, true));
-      QVERIFY(quant::packNeedsOriginal(source_->config, s, nullptr, true));
+      QVERIFY(!quant::packNeedsOriginalLinears(source_->config, s, &grids));
+      QVERIFY(quant::packNeedsOriginalLinears(source_->config, s, nullptr));
       ModelWeights bare = original_;
       for (auto &block : bare.blocks)
         for (auto &[role, l] : blockLinears(source_->config, block))
@@ -367,18 +367,16 @@ private slots:
         QVERIFY(at::equal(withGrids.quantized[i].codes, fromOriginal.quantized[i].codes));
       QVERIFY_THROWS_EXCEPTION(Error,
                                quant::packQuantizedModel(source_->config, q, bare, s, "rtn"));
-      const auto missing = grids.extract("model.layers.0.mlp.down_proj");
-      QVERIFY(!missing.empty());
-      QVERIFY(quant::packNeedsOriginal(source_->config, s, &grids, true));
-      // The embeddings selected: their grid too (the tied head is the same tensor).
-      s.layers.embeddings = true;
-      grids.insert({missing.key(), missing.mapped()});
-      QVERIFY(quant::packNeedsOriginal(source_->config, s, &grids, true));
-      grids["model.embed_tokens"] = grids.at("model.layers.0.mlp.down_proj");
-      QVERIFY(!quant::packNeedsOriginal(source_->config, s, &grids, true));
-      s.layers.lmHead = true;
-      QVERIFY(!quant::packNeedsOriginal(source_->config, s, &grids, true));
-      QVERIFY(quant::packNeedsOriginal(source_->config, s, &grids, false));
+      grids.erase("model.layers.0.mlp.down_proj");
+      QVERIFY(quant::packNeedsOriginalLinears(source_->config, s, &grids));
+      // Only the selected blocks count.
+      s.layers.blocks = {1};
+      QVERIFY(quant::packNeedsOriginalLinears(source_->config, s, &grids));
+      std::map<std::string, quant::GridParams> none;
+      s.layers.blocks = {0};
+      s.layers.linears = {"q_proj"};
+      QVERIFY(!quant::packNeedsOriginalLinears(source_->config, s, &grids));
+      QVERIFY(quant::packNeedsOriginalLinears(source_->config, s, &none));
     }
     // A weight that is not on the grid of its original's steps is refused.
     ModelWeights off = quantized_;

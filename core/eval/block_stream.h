@@ -23,6 +23,7 @@ public:
   virtual ~BlockLoader() = default;
   virtual void load(int64_t block) = 0;   // before block runs
   virtual void unload(int64_t block) = 0; // after it has run on every window of a group
+  // (The passes here load one block at a time.)
   // Hidden states a pass may hold at once (windows x seqLen x hidden float32
   // for each model streamed): more windows than fit are taken in groups, each
   // group loading every block again.

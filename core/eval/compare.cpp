@@ -100,11 +100,14 @@ CompareResult compareToReference(const DecoderModel &model, const DecoderModel &
   // passes: each streamed model's is one per window, the heads' (with any
   // model not streamed) another.
   const int64_t streams = (referenceLoader ? 1 : 0) + (modelLoader ? 1 : 0);
-  const int64_t group = streams == 0
-                            ? windows
-                            : windowsPerGroup(referenceLoader ? *referenceLoader : *modelLoader,
-                                              seqLen, model.config().hiddenSize, streams);
-  const int64_t blocks = model.numBlocks();
+  // Sized by the wider of the two hidden states (the models may differ in
+  // size; only the vocabulary must match).
+  const int64_t group =
+      streams == 0
+          ? windows
+          : windowsPerGroup(referenceLoader ? *referenceLoader : *modelLoader, seqLen,
+                            std::max(model.config().hiddenSize, reference.config().hiddenSize),
+                            streams);
   const auto report = [&](double windowPasses, const std::string &detail) {
     if (observer)
       observer->progress(int64_t(windowPasses * double(seqLen) / double(streams + 1)),
@@ -122,6 +125,7 @@ CompareResult compareToReference(const DecoderModel &model, const DecoderModel &
                             const char *who) {
       if (!loader)
         return std::vector<at::Tensor>(size_t(n));
+      const int64_t blocks = m.numBlocks();
       return finalHiddenBlockByBlock(m, ids, *loader, cancel, [&](int64_t b) {
         report(double(g0 * (streams + 1) + pass * n) + double(n * (b + 1)) / double(blocks),
                std::string(who) + ", block " + std::to_string(b + 1) + "/" +

@@ -78,17 +78,15 @@ selectedLinears(const ModelConfig &config, ModelWeights &weights, const QuantSch
 
 } // namespace
 
-bool packNeedsOriginal(const ModelConfig &config, const QuantScheme &scheme,
-                       const std::map<std::string, GridParams> *params, bool tiedEmbeddings) {
-  const auto missing = [&](const std::string &key) { return !params || !params->count(key); };
+bool packNeedsOriginalLinears(const ModelConfig &config, const QuantScheme &scheme,
+                              const std::map<std::string, GridParams> *params) {
   // Only the block count and roles matter here: empty blocks of the right number.
   ModelWeights shape;
   shape.blocks.resize(size_t(config.numLayers));
   for (const auto &[b, i, key] : selectedLinears(config, shape, scheme))
-    if (missing(key))
+    if (!params || !params->count(key))
       return true;
-  return (scheme.layers.embeddings && missing(embeddingName(config))) ||
-         (scheme.layers.lmHead && !tiedEmbeddings && missing("lm_head"));
+  return false;
 }
 
 PackedModelContents packQuantizedModel(const ModelConfig &config, const ModelWeights &quantized,

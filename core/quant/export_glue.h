@@ -43,9 +43,10 @@ PackedModelContents packQuantizedModel(
     const std::map<std::string, GridParams> *params = nullptr, PackStats *stats = nullptr,
     const std::map<std::string, at::ScalarType> *valueDtypes = nullptr);
 
-// Whether packQuantizedModel would read a weight of original: some tensor it
-// packs has no grid in params (an export can then leave the original on disk).
-bool packNeedsOriginal(const ModelConfig &config, const QuantScheme &scheme,
-                       const std::map<std::string, GridParams> *params, bool tiedEmbeddings);
+// Whether packQuantizedModel would read a block linear of original: some
+// linear it packs has no grid in params (the only weights a quantize run sets
+// aside on disk; the embeddings and head always stay in memory).
+bool packNeedsOriginalLinears(const ModelConfig &config, const QuantScheme &scheme,
+                              const std::map<std::string, GridParams> *params);
 
 } // namespace lrq::quant

@@ -238,8 +238,12 @@ public:
   // (a block is done with it by then): no allocation, no fresh pages.
   void load(int64_t block) override {
     for (const Entry &e : entries_)
-      if (e.block == block)
-        e.linear->weight = buffers_[e.role] = spill_->getInto(e.handle, buffers_[e.role]);
+      if (e.block == block) {
+        at::Tensor &buffer = buffers_[e.role];
+        if (buffer.defined() && buffer.use_count() > 1) // another block still holds it
+          buffer = at::Tensor();
+        e.linear->weight = buffer = spill_->getInto(e.handle, buffer);
+      }
   }
   void unload(int64_t block) override {
     for (const Entry &e : entries_)
@@ -247,6 +251,11 @@ public:
         e.linear->weight = at::Tensor();
   }
   int64_t bytes() const { return spill_->bytes(); }
+  // A pass may hold a quarter of what is on disk in hidden states (at least
+  // the default): groups of windows grow with the model.
+  int64_t hiddenBudgetBytes() const override {
+    return std::max(BlockLoader::hiddenBudgetBytes(), bytes() / 4);
+  }
 
 private:
   struct Entry {
@@ -425,6 +434,7 @@ std::unique_ptr<ModelSession> ModelSession::openWith(const std::string &pathOrDe
       } catch (const FileError &e) { // a full disk: what is still to load stays in memory
         spdlog::warn("keeping the rest of {} in memory: {}", path, e.what());
         refused = true;
+        handles.erase(name); // a name met twice: the copy kept is this one
         return t;
       }
       at::Tensor standIn = at::empty(t.sizes(), t.options().device(at::kMeta));

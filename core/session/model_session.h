@@ -138,7 +138,9 @@ public:
   // compare() runs, with the same figures to the bit. Every other use throws
   // lrq::Error, as after setBlocksAside. On a GPU device the session loads
   // whole; where dir refuses the file or the bytes, what is not yet on disk
-  // stays in memory (a warning in the log says so).
+  // stays in memory (a warning in the log says so). A session set aside reads
+  // its blocks into buffers of its own during a pass: one pass at a time (no
+  // concurrent perplexity() / compare() calls on it).
   static std::unique_ptr<ModelSession> openBlocksAside(const std::string &pathOrDefault,
                                                        const std::string &dir,
                                                        ProgressObserver *observer = nullptr,
@@ -175,7 +177,9 @@ public:
   // bit for bit, one block at a time, for a pass of perplexity() or compare(),
   // on either side), so that a comparison holds one model and the reference's
   // embeddings, norms and head. After it the session serves only for those
-  // two: every other use throws lrq::Error. Returns the bytes set aside
+  // two: every other use throws lrq::Error. On a session already set aside
+  // (by this or openBlocksAside, which a full disk may have cut short) it sets
+  // nothing more aside and returns what is on disk. Returns the bytes set aside
   // (0, the session left whole, when no block weight is on the CPU).
   // Throws lrq::FileError when dir refuses the file or the bytes (the weights
   // not yet written stay in memory, and the session stays usable as before).

@@ -117,7 +117,9 @@ private:
 // The reference's block linears that the method has replaced in the quantized
 // copy, set aside on disk (TensorSpill) as each block or layer is finished, and
 // read back for what needs them: the reference's pass of the evaluation one
-// block at a time, the spectra and the exports all at once. Without this a run
+// block at a time, the spectra one layer at a time, and all at once only for a
+// stage that needs the whole reference (an export with a tensor whose grid the
+// method did not report; rounding a bf16 / f16 model's untouched tensors). Without this a run
 // holds two whole sets of linears (W and Ŵ) from the last blocks on. Only a
 // reference the job loaded itself is spilled: the desktop's session keeps its
 // model whole for its own views.
@@ -263,6 +265,11 @@ public:
     return bytes;
   }
   size_t spilledTensors() const { return handles_.size(); }
+  // A pass may hold a quarter of what is on disk in hidden states (at least
+  // the default): groups of windows grow with the model.
+  int64_t hiddenBudgetBytes() const override {
+    return std::max(BlockLoader::hiddenBudgetBytes(), spilledBytes() / 4);
+  }
 
 private:
   const ModelConfig &config_;
@@ -1059,14 +1066,12 @@ void exportStage(Job &job) {
       r.compressedTensorsDir.empty())
     return;
   // The packed, GGUF and compressed-tensors writers take each tensor's steps
-  // from the grid the method reported; only one without a grid needs the
+  // from the grid the method reported; only a linear without a grid needs the
   // reference's weight, and then the reference comes back whole (the HF
   // folder holds the model's weights alone).
-  const ModelWeights &quantized = job.model->weights();
   if ((!r.packedPath.empty() || !r.ggufPath.empty() || !r.compressedTensorsDir.empty()) &&
-      quant::packNeedsOriginal(job.loaded->config, job.scheme,
-                               job.report.grids.empty() ? nullptr : &job.report.grids,
-                               quantized.lmHead.is_same(quantized.tokenEmbedding)))
+      quant::packNeedsOriginalLinears(job.loaded->config, job.scheme,
+                                      job.report.grids.empty() ? nullptr : &job.report.grids))
     restoreReference(job);
   const std::string metadata = nlohmann::json{
       {"method", job.method->name()},
