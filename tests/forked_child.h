@@ -19,7 +19,8 @@
 namespace lrq::test {
 
 // "error: <what()>" for an lrq::Error, "no error", "bad_alloc", "other: <what()>",
-// "crashed (signal N)" or "hung (killed after N s)".
+// "crashed (signal N)", "exited with status N" (ended without a word, e.g. by
+// a sanitizer's report) or "hung (killed after N s)".
 template <typename F> QString runInForkedChild(F f, int timeoutSeconds = 60) {
   int fds[2];
   if (::pipe(fds) != 0)
@@ -85,6 +86,8 @@ template <typename F> QString runInForkedChild(F f, int timeoutSeconds = 60) {
     return QString("hung (killed after %1 s)").arg(timeoutSeconds);
   if (WIFSIGNALED(status))
     return QString("crashed (signal %1)").arg(WTERMSIG(status));
+  if (out.isEmpty() && WIFEXITED(status) && WEXITSTATUS(status) != 0)
+    return QString("exited with status %1").arg(WEXITSTATUS(status));
   return QString::fromUtf8(out);
 }
 
