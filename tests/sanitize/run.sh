@@ -9,7 +9,8 @@
 #   MODE address: AddressSanitizer + UndefinedBehaviorSanitizer, into
 #                 build-asan/. Without TESTS: the whole suite.
 # Environment: LRQ_SANITIZE_BUILD_DIR (the build dir), LRQ_SANITIZE_JOBS
-# (parallel compile jobs, default nproc), LRQ_PYTHON (the reference venv).
+# (parallel compile jobs, default nproc), LRQ_PYTHON (the reference venv),
+# LRQ_SANITIZE_EACH=1 (build and run one test at a time, results as they come).
 # Exits non-zero when a build fails, a test fails or a sanitizer reports.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -50,12 +51,6 @@ command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
 cmake -S "$ROOT" -B "$BUILD_DIR" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DLRQ_SANITIZE="$MODE" -DLRQ_BUILD_BENCH=OFF -DLRQ_PYTHON="$LRQ_PYTHON" >/dev/null
 
-# Without TESTS (address mode) everything is built and every test runs.
-targets=()
-[ "${#TESTS[@]}" -gt 0 ] && targets=(--target "${TESTS[@]}")
-echo "== building ${TESTS[*]:-everything}"
-cmake --build "$BUILD_DIR" -j "${LRQ_SANITIZE_JOBS:-$(nproc)}" "${targets[@]}"
-
 if [ "$MODE" = thread ]; then
   # history_size: enough memory access history to show both stacks of a race.
   # A report makes the test exit 66, so CTest fails it.
@@ -78,6 +73,39 @@ if [ "${#TESTS[@]}" -gt 0 ]; then
     echo "${TESTS[*]}"
   ))\$"
 fi
+jobs="${LRQ_SANITIZE_JOBS:-$(nproc)}"
+if [ "${LRQ_SANITIZE_EACH:-0}" = 1 ]; then
+  # One test at a time: build its target, run it, go on, so that results come
+  # while the (long) build goes on. test_fuzz has its own sanitized build.
+  if [ "${#TESTS[@]}" -eq 0 ]; then
+    mapfile -t TESTS < <(cd "$BUILD_DIR" && ctest -N | awk '/Test +#/ {print $3}' | grep -vx test_fuzz)
+  fi
+  echo "== building the command-line tools the tests run"
+  cmake --build "$BUILD_DIR" -j "$jobs" --target lrq lrq-engine
+  failed=()
+  for t in "${TESTS[@]}"; do
+    echo "== $t"
+    if ! cmake --build "$BUILD_DIR" -j "$jobs" --target "$t"; then
+      failed+=("$t (build)")
+      continue
+    fi
+    (cd "$BUILD_DIR" && QT_QPA_PLATFORM=offscreen ctest --output-on-failure -R "^$t\$") ||
+      failed+=("$t")
+  done
+  if [ "${#failed[@]}" -gt 0 ]; then
+    echo "sanitize: failed: ${failed[*]}" >&2
+    exit 1
+  fi
+  echo "== all ${#TESTS[@]} tests passed under $MODE sanitizer"
+  exit 0
+fi
+
+# Without TESTS (address mode) everything is built and every test runs.
+targets=()
+[ "${#TESTS[@]}" -gt 0 ] && targets=(--target "${TESTS[@]}")
+echo "== building ${TESTS[*]:-everything}"
+cmake --build "$BUILD_DIR" -j "$jobs" "${targets[@]}"
+
 echo "== running ${TESTS[*]:-every test} under $MODE sanitizer"
 cd "$BUILD_DIR"
 ctest_args=(--output-on-failure)
