@@ -11,6 +11,13 @@ int64_t windowsPerGroup(const BlockLoader &loader, int64_t seqLen, int64_t hidde
   return std::max<int64_t>(1, loader.hiddenBudgetBytes() / perWindow);
 }
 
+at::Tensor finalHidden(const DecoderModel &model, const at::Tensor &ids) {
+  at::Tensor h = model.embed(ids.unsqueeze(0), 0);
+  for (int64_t b = 0; b < model.numBlocks(); ++b)
+    h = model.runBlock(b, h, 0);
+  return h;
+}
+
 std::vector<at::Tensor> finalHiddenBlockByBlock(const DecoderModel &model,
                                                 const std::vector<at::Tensor> &windowIds,
                                                 BlockLoader &loader, const CancelToken *cancel,

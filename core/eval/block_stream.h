@@ -6,6 +6,7 @@
 // figures are the same to the bit.
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <vector>
@@ -24,16 +25,25 @@ public:
   virtual void load(int64_t block) = 0;   // before block runs
   virtual void unload(int64_t block) = 0; // after it has run on every window of a group
   // (The passes here load one block at a time.)
+  // Bytes of block weights this loader keeps out of memory (0: unknown).
+  virtual int64_t bytesAside() const { return 0; }
   // Hidden states a pass may hold at once (windows x seqLen x hidden float32
   // for each model streamed): more windows than fit are taken in groups, each
-  // group loading every block again.
-  virtual int64_t hiddenBudgetBytes() const { return int64_t(64) << 20; }
+  // group loading every block again. A quarter of what is aside, at least
+  // 64 MiB: groups grow with the model.
+  virtual int64_t hiddenBudgetBytes() const {
+    return std::max(int64_t(64) << 20, bytesAside() / 4);
+  }
 };
 
 // Windows of seqLen tokens a group holds within loader's budget for `streams`
 // models streamed at once; at least 1.
 int64_t windowsPerGroup(const BlockLoader &loader, int64_t seqLen, int64_t hiddenSize,
                         int64_t streams = 1);
+
+// One window ([seqLen] token ids) through every block, all weights in memory:
+// the hidden states DecoderModel::head takes.
+at::Tensor finalHidden(const DecoderModel &model, const at::Tensor &ids);
 
 // The hidden states after the last block (what DecoderModel::head takes) of
 // each window ([seqLen] token ids each), block by block. Cancel is checked

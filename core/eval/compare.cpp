@@ -21,13 +21,6 @@ namespace {
 // the desktop's peak while it holds two models).
 constexpr int64_t kHeadChunk = 32;
 
-at::Tensor finalHidden(const DecoderModel &model, const at::Tensor &ids) {
-  at::Tensor h = model.embed(ids.unsqueeze(0), 0);
-  for (int64_t b = 0; b < model.numBlocks(); ++b)
-    h = model.runBlock(b, h, 0);
-  return h;
-}
-
 struct WindowSums {
   double nll = 0, refNll = 0, kl = 0, maxKl = 0;
   int64_t agree = 0;

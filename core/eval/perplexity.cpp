@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <utility>
 
 #include "core/common/error.h"
 
@@ -84,15 +85,8 @@ PerplexityResult evaluatePerplexity(const DecoderModel &model, const std::vector
     for (int64_t i = 0; i < n; ++i) {
       if (cancel)
         cancel->throwIfCancelled();
-      at::Tensor h;
-      if (loader) {
-        h = hidden[size_t(i)];
-        hidden[size_t(i)] = at::Tensor();
-      } else {
-        h = model.embed(ids[size_t(i)].unsqueeze(0), 0);
-        for (int64_t b = 0; b < blocks; ++b)
-          h = model.runBlock(b, h, 0);
-      }
+      const at::Tensor h = loader ? std::exchange(hidden[size_t(i)], at::Tensor())
+                                  : finalHidden(model, ids[size_t(i)]);
       // Position i predicts token i+1; the last position predicts nothing. Positions
       // before `first` are context only: the LM head never sees them.
       nllSum += summedNll(model, h.narrow(1, first, predictedPerWindow),

@@ -251,11 +251,7 @@ public:
         e.linear->weight = at::Tensor();
   }
   int64_t bytes() const { return spill_->bytes(); }
-  // A pass may hold a quarter of what is on disk in hidden states (at least
-  // the default): groups of windows grow with the model.
-  int64_t hiddenBudgetBytes() const override {
-    return std::max(BlockLoader::hiddenBudgetBytes(), bytes() / 4);
-  }
+  int64_t bytesAside() const override { return bytes(); }
 
 private:
   struct Entry {

@@ -265,11 +265,7 @@ public:
     return bytes;
   }
   size_t spilledTensors() const { return handles_.size(); }
-  // A pass may hold a quarter of what is on disk in hidden states (at least
-  // the default): groups of windows grow with the model.
-  int64_t hiddenBudgetBytes() const override {
-    return std::max(BlockLoader::hiddenBudgetBytes(), spilledBytes() / 4);
-  }
+  int64_t bytesAside() const override { return spilledBytes(); }
 
 private:
   const ModelConfig &config_;
