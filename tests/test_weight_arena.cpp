@@ -2,7 +2,8 @@
 // changes nothing of their values. Every method, run with and without an
 // arena on a tiny model, must give the same weights to the bit, and with one
 // every weight it replaced must lie in the arena. The tensor spill
-// (core/model/tensor_spill.h) gives back what it was given, bit for bit.
+// (core/model/tensor_spill.h) gives back what it was given, bit for bit, and
+// SpilledBlockLinears brings a model's linears back from it block by block.
 #include <ATen/ATen.h>
 
 #include <QDir>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "core/common/error.h"
+#include "core/eval/block_stream.h"
 #include "core/io/export.h"
 #include "core/model/tensor_spill.h"
 #include "core/model/weight_arena.h"
@@ -125,6 +127,78 @@ private slots:
     } catch (const FileError &e) {
       QVERIFY2(QString(e.what()).contains("missing/deeper"), e.what());
     }
+  }
+
+  // Block b's linears, and only those, come back on load and go on unload; a
+  // role's weight is read into the same storage at each load while nothing
+  // else holds it, into new storage when something does; restoreAll gives
+  // each linear a tensor of its own.
+  void spilledBlockLinearsComeBackBlockByBlock() {
+    QTemporaryDir folder;
+    QVERIFY(folder.isValid());
+    TensorSpill spill(folder.path().toStdString());
+    SpilledBlockLinears blocks(spill);
+    at::Generator gen = at::detail::createCPUGenerator(5);
+    constexpr int64_t n = 3;
+    std::vector<Linear> q(n), k(n);
+    std::vector<at::Tensor> wq, wk;
+    for (size_t b = 0; b < size_t(n); ++b) {
+      wq.push_back(at::randn({4, 6}, gen));
+      wk.push_back(at::randn({2, 6}, gen));
+      blocks.add(int64_t(b), "q", &q[b], spill.put(wq[b]));
+      blocks.add(int64_t(b), "k", &k[b], spill.put(wk[b]));
+    }
+    QCOMPARE(blocks.size(), size_t(2 * n));
+    QCOMPARE(blocks.bytesAside(), int64_t(n * (24 + 12) * 4));
+    QVERIFY(blocks.handleOf(1, "k"));
+    QVERIFY(!blocks.handleOf(n, "q"));
+    QVERIFY(!blocks.handleOf(0, "v"));
+    const void *storage = nullptr;
+    for (size_t b = 0; b < size_t(n); ++b) {
+      blocks.load(int64_t(b));
+      for (size_t other = 0; other < size_t(n); ++other) {
+        QCOMPARE(q[other].weight.defined(), other == b);
+        QCOMPARE(k[other].weight.defined(), other == b);
+      }
+      QVERIFY(at::equal(q[b].weight, wq[b]));
+      QVERIFY(at::equal(k[b].weight, wk[b]));
+      if (storage)
+        QCOMPARE(static_cast<const void *>(q[b].weight.data_ptr()), storage);
+      storage = q[b].weight.data_ptr();
+      blocks.unload(int64_t(b));
+      QVERIFY(!q[b].weight.defined());
+      QVERIFY(!k[b].weight.defined());
+    }
+    // Block 0's weight still held elsewhere: block 1's load must not write over it.
+    blocks.load(0);
+    const at::Tensor held = q[0].weight;
+    blocks.unload(0);
+    blocks.load(1);
+    QVERIFY(q[1].weight.data_ptr() != held.data_ptr());
+    QVERIFY(at::equal(held, wq[0]));
+    QVERIFY(at::equal(q[1].weight, wq[1]));
+    blocks.unload(1);
+    // A linear forgotten is no longer brought back.
+    blocks.forget(2, "k");
+    QVERIFY(!blocks.handleOf(2, "k"));
+    QCOMPARE(blocks.bytesAside(), int64_t((n * (24 + 12) - 12) * 4));
+    blocks.load(2);
+    QVERIFY(!k[2].weight.defined());
+    QVERIFY(at::equal(q[2].weight, wq[2]));
+    blocks.unload(2);
+    int restored = 0;
+    blocks.restoreAll([&](Linear &l) {
+      QVERIFY(l.weight.defined());
+      ++restored;
+    });
+    QCOMPARE(restored, int(2 * n - 1));
+    QCOMPARE(blocks.size(), size_t(0));
+    for (size_t b = 0; b < size_t(n); ++b) {
+      QVERIFY(at::equal(q[b].weight, wq[b]));
+      for (size_t other = 0; other < b; ++other)
+        QVERIFY(q[b].weight.data_ptr() != q[other].weight.data_ptr());
+    }
+    QVERIFY(!k[2].weight.defined());
   }
 
   void placesCopiesSideBySideAligned() {

@@ -9,10 +9,15 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "core/common/progress.h"
 #include "core/model/decoder.h"
+#include "core/model/tensor_spill.h"
 
 namespace lrq {
 
@@ -34,6 +39,39 @@ public:
   virtual int64_t hiddenBudgetBytes() const {
     return std::max(int64_t(64) << 20, bytesAside() / 4);
   }
+};
+
+// Block linears whose weights live in a TensorSpill, their Linear::weight left
+// undefined between passes, brought back one block at a time. Each role's
+// weight is read into the buffer that role's last load used (the block before
+// is done with it by then): a pass allocates nothing and touches no fresh pages.
+// Serves one pass at a time.
+class SpilledBlockLinears : public BlockLoader {
+public:
+  explicit SpilledBlockLinears(const TensorSpill &spill) : spill_(spill) {}
+  // Block b's linear `role` is now kept in the spill under handle (the caller
+  // drops linear->weight).
+  void add(int64_t block, const std::string &role, Linear *linear, size_t handle);
+  // Its handle, or none where it was not added.
+  std::optional<size_t> handleOf(int64_t block, const std::string &role) const;
+  void forget(int64_t block, const std::string &role) { entries_.erase({block, role}); }
+  // Every linear's weight back for good, each a tensor of its own; onEach(linear)
+  // after each; then none is kept.
+  void restoreAll(const std::function<void(Linear &)> &onEach = {});
+  size_t size() const { return entries_.size(); }
+
+  void load(int64_t block) override;
+  void unload(int64_t block) override;
+  int64_t bytesAside() const override; // of the linears added
+
+private:
+  struct Entry {
+    Linear *linear;
+    size_t handle;
+  };
+  const TensorSpill &spill_;
+  std::map<std::pair<int64_t, std::string>, Entry> entries_; // by (block, role)
+  std::map<std::string, at::Tensor> buffers_;                // by role
 };
 
 // Windows of seqLen tokens a group holds within loader's budget for `streams`

@@ -180,25 +180,32 @@ public:
   // Sets the block linears of a whole session aside (setBlocksAside).
   AsideBlocks(const ModelConfig &config, ModelWeights &weights,
               std::map<std::string, at::Tensor> &tensors, const std::string &dir)
-      : spill_(std::make_unique<TensorSpill>(dir)) {
-    entries_.reserve(weights.blocks.size() * 8);
+      : spill_(std::make_unique<TensorSpill>(dir)), blocks_(*spill_) {
+    struct Taken { // to give back should the disk refuse midway
+      Linear *linear;
+      size_t handle;
+      std::vector<std::string> names; // the loaded tensors that were this weight
+    };
+    std::vector<Taken> taken;
+    taken.reserve(weights.blocks.size() * 8);
     try {
       for (int64_t b = 0; b < int64_t(weights.blocks.size()); ++b)
         for (auto &[role, linear] : blockLinears(config, weights.blocks[size_t(b)])) {
           if (!linear->weight.defined() || !linear->weight.device().is_cpu())
             continue;
           // Recorded before anything changes, so that a failure restores it.
-          entries_.push_back({b, role, linear, spill_->put(linear->weight), {}});
-          Entry &e = entries_.back();
+          taken.push_back({linear, spill_->put(linear->weight), {}});
+          Taken &e = taken.back();
           for (const auto &[name, t] : tensors)
             if (t.is_same(linear->weight))
               e.names.push_back(name);
           for (const std::string &name : e.names)
             tensors.erase(name);
+          blocks_.add(b, role, linear, e.handle);
           linear->weight = at::Tensor();
         }
     } catch (...) { // what was set aside comes back: the session stays whole
-      for (Entry &e : entries_) {
+      for (Taken &e : taken) {
         try {
           if (!e.linear->weight.defined()) // dropped: only the disk has it
             e.linear->weight = spill_->get(e.handle);
@@ -217,53 +224,37 @@ public:
   AsideBlocks(const ModelConfig &config, ModelWeights &weights,
               std::map<std::string, at::Tensor> &tensors, std::unique_ptr<TensorSpill> spill,
               const std::map<std::string, size_t> &handles)
-      : spill_(std::move(spill)) {
-    std::map<const void *, Entry> byStandIn;
+      : spill_(std::move(spill)), blocks_(*spill_) {
+    struct Found {
+      int64_t block;
+      std::string role;
+      Linear *linear;
+    };
+    std::map<const void *, Found> byStandIn;
     for (int64_t b = 0; b < int64_t(weights.blocks.size()); ++b)
       for (auto &[role, linear] : blockLinears(config, weights.blocks[size_t(b)]))
         if (linear->weight.defined())
-          byStandIn[linear->weight.unsafeGetTensorImpl()] = {b, role, linear, 0, {}};
+          byStandIn[linear->weight.unsafeGetTensorImpl()] = {b, role, linear};
+    std::vector<Linear *> adopted;
     for (const auto &[name, handle] : handles) {
       auto it = byStandIn.find(tensors.at(name).unsafeGetTensorImpl());
       if (it == byStandIn.end())
         throw Error("loading with block weights aside: " + name + " is not a block linear");
-      entries_.push_back(it->second);
-      entries_.back().handle = handle;
+      blocks_.add(it->second.block, it->second.role, it->second.linear, handle);
+      adopted.push_back(it->second.linear);
       tensors.erase(name);
     }
-    for (const Entry &e : entries_)
-      e.linear->weight = at::Tensor();
+    for (Linear *linear : adopted)
+      linear->weight = at::Tensor();
   }
-  // Each role's weight is read into the buffer the role's last load used
-  // (a block is done with it by then): no allocation, no fresh pages.
-  void load(int64_t block) override {
-    for (const Entry &e : entries_)
-      if (e.block == block) {
-        at::Tensor &buffer = buffers_[e.role];
-        if (buffer.defined() && buffer.use_count() > 1) // another block still holds it
-          buffer = at::Tensor();
-        e.linear->weight = buffer = spill_->getInto(e.handle, buffer);
-      }
-  }
-  void unload(int64_t block) override {
-    for (const Entry &e : entries_)
-      if (e.block == block)
-        e.linear->weight = at::Tensor();
-  }
+  void load(int64_t block) override { blocks_.load(block); }
+  void unload(int64_t block) override { blocks_.unload(block); }
   int64_t bytes() const { return spill_->bytes(); }
   int64_t bytesAside() const override { return bytes(); }
 
 private:
-  struct Entry {
-    int64_t block;
-    std::string role;
-    Linear *linear;
-    size_t handle;
-    std::vector<std::string> names; // the loaded tensors that were this weight
-  };
   std::unique_ptr<TensorSpill> spill_;
-  std::vector<Entry> entries_;
-  std::map<std::string, at::Tensor> buffers_; // by role
+  SpilledBlockLinears blocks_; // every block linear, in spill_
 };
 
 // "model.layers.3.mlp.up_proj.weight", "model.decoder.layers.0.fc1.weight": a

@@ -123,14 +123,14 @@ private:
 // holds two whole sets of linears (W and Ŵ) from the last blocks on. Only a
 // reference the job loaded itself is spilled: the desktop's session keeps its
 // model whole for its own views.
-class ReferenceSpill : public BlockLoader, public quant::WeightStash {
+class ReferenceSpill : public quant::WeightStash {
 public:
   // warn: told once when the disk refuses (the run then keeps what is left in memory).
   ReferenceSpill(const ModelConfig &config, ModelWeights &reference, ModelWeights &model,
                  ReferenceGuard &guard, const std::string &dir,
                  std::function<void(const std::string &)> warn)
       : config_(config), reference_(reference), model_(model), guard_(guard), spill_(dir),
-        warn_(std::move(warn)) {}
+        blocks_(spill_), warn_(std::move(warn)) {}
 
   // Sets aside block b's reference linears that the model no longer shares.
   void releaseBlock(int64_t b) {
@@ -144,7 +144,7 @@ public:
       const at::Tensor &replacing = mod[i].second->weight;
       const std::pair<int64_t, std::string> key{b, ref[i].first};
       if (!w.defined() || !w.device().is_cpu() || !replacing.defined() || replacing.is_same(w) ||
-          handles_.count(key))
+          blocks_.handleOf(b, ref[i].first))
         continue;
       const std::optional<size_t> handle = put(w);
       if (!handle)
@@ -168,7 +168,7 @@ public:
     for (int64_t b = 0; b < int64_t(reference_.blocks.size()) && !refused_; ++b)
       for (const auto &[role, l] : blockLinears(config_, reference_.blocks[size_t(b)])) {
         const std::pair<int64_t, std::string> key{b, role};
-        if (!l->weight.defined() || !l->weight.device().is_cpu() || handles_.count(key))
+        if (!l->weight.defined() || !l->weight.device().is_cpu() || blocks_.handleOf(b, role))
           continue;
         const std::optional<size_t> handle = put(l->weight);
         if (!handle)
@@ -190,32 +190,16 @@ public:
           alive.get() == m->weight.unsafeGetTensorImpl()) {
         r->weight = m->weight;
         guard_.watch(r->weight);
-        handles_.erase(key);
+        blocks_.forget(key.first, key.second);
       }
     }
     ahead_.clear();
   }
-  // Block b's spilled linears back for one pass (BlockLoader).
-  void load(int64_t b) override {
-    for (auto &[key, handle] : handles_)
-      if (key.first == b)
-        if (Linear *l = linear(key))
-          l->weight = spill_.get(handle);
-  }
-  void unload(int64_t b) override {
-    for (auto &[key, handle] : handles_)
-      if (key.first == b)
-        if (Linear *l = linear(key))
-          l->weight = at::Tensor(); // its values are still in the spill
-  }
+  // The spilled linears, brought back one block at a time for a pass.
+  BlockLoader &blocks() { return blocks_; }
   // Every spilled linear back for good, watched by the guard again.
   void restoreAll() {
-    for (auto &[key, handle] : handles_)
-      if (Linear *l = linear(key)) {
-        l->weight = spill_.get(handle);
-        guard_.watch(l->weight);
-      }
-    handles_.clear();
+    blocks_.restoreAll([this](Linear &l) { guard_.watch(l.weight); });
   }
   // The method's own weights (WeightStash): the model's Linear::weight goes to
   // disk, and the reference's too where it is the same tensor.
@@ -231,7 +215,7 @@ public:
       return false;
     stashed_[key] = *handle;
     Linear *r = linearOf(reference_, key);
-    if (r && r->weight.is_same(m->weight) && !handles_.count(key))
+    if (r && r->weight.is_same(m->weight) && !blocks_.handleOf(b, role))
       dropReference(key, *handle);
     m->weight = at::Tensor();
     releaseFreeMemory();
@@ -252,20 +236,14 @@ public:
   // for the caller), or undefined where it was not. Safe to call from several
   // threads at once.
   at::Tensor weightOf(int64_t b, const std::string &role) const {
-    const auto it = handles_.find({b, role});
-    return it == handles_.end() ? at::Tensor() : spill_.get(it->second);
+    const std::optional<size_t> handle = blocks_.handleOf(b, role);
+    return handle ? spill_.get(*handle) : at::Tensor();
   }
 
   // Bytes of the reference on disk (the spill file may hold more: the stash,
   // the spectra's start weights).
-  int64_t spilledBytes() const {
-    int64_t bytes = 0;
-    for (const auto &[key, handle] : handles_)
-      bytes += spill_.bytesOf(handle);
-    return bytes;
-  }
-  size_t spilledTensors() const { return handles_.size(); }
-  int64_t bytesAside() const override { return spilledBytes(); }
+  int64_t spilledBytes() const { return blocks_.bytesAside(); }
+  size_t spilledTensors() const { return blocks_.size(); }
 
 private:
   const ModelConfig &config_;
@@ -273,13 +251,13 @@ private:
   ModelWeights &model_;
   ReferenceGuard &guard_;
   TensorSpill spill_;
+  SpilledBlockLinears blocks_; // the reference's linears in spill_
   std::function<void(const std::string &)> warn_;
   bool refused_ = false;
   bool aheadOfTheMethod_ = false; // setAsideAhead ran
   // What setAsideAhead took from the reference, to tell which the model still holds.
   using WeakTensor = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
   std::map<std::pair<int64_t, std::string>, WeakTensor> ahead_;
-  std::map<std::pair<int64_t, std::string>, size_t> handles_; // (block, role) -> spill handle
   std::map<std::pair<int64_t, std::string>, size_t> stashed_; // the method's, by (block, role)
 
   // t written to the spill; none, said once, when the disk refuses (the run
@@ -297,7 +275,7 @@ private:
   void dropReference(const std::pair<int64_t, std::string> &key, size_t handle) {
     Linear *r = linear(key);
     guard_.forget(r->weight, "the method");
-    handles_[key] = handle;
+    blocks_.add(key.first, key.second, r, handle);
     r->weight = at::Tensor();
   }
 
@@ -991,7 +969,8 @@ void evaluateOn(Job &job, const std::string &text, const std::string &what,
           ")");
   // The reference's spilled blocks come back one at a time for each group of
   // windows (block_stream.h): never all at once.
-  BlockLoader *loader = job.spill && job.spill->spilledTensors() > 0 ? job.spill.get() : nullptr;
+  BlockLoader *loader =
+      job.spill && job.spill->spilledTensors() > 0 ? &job.spill->blocks() : nullptr;
   CompareResult c = compareToReference(*job.model, *job.reference, tokens, r.evalSeqLen,
                                        job.beating(), job.cancel, r.evalMaxWindows, loader);
   auto &m = job.outcome.metrics;
