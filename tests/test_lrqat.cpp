@@ -549,10 +549,10 @@ private slots:
     std::tie(layers, linears, originals) =
         statesAwayFromZero(*model, makeSpec(3, false, Granularity::PerGroup, 16), 29);
     const at::Tensor tokens = tiny_.longTokens.narrow(1, 0, 32).reshape({2, 16});
-    auto lossOf = [&](bool recompute) {
-      const at::Tensor logits = recompute
-                                    ? forwardRecomputingBlocks(*model, tokens, layers[0].scale)
-                                    : model->forward(tokens);
+    auto lossOf = [&](bool recompute, int64_t firstTrained = 0) {
+      const at::Tensor logits =
+          recompute ? forwardRecomputingBlocks(*model, tokens, layers[0].scale, firstTrained)
+                    : model->forward(tokens);
       if (!logits.requires_grad())
         throw Error("the logits need no gradient");
       const at::Tensor loss =
@@ -624,6 +624,32 @@ private slots:
     QCOMPARE(probe->seen, std::vector<bool>({false, true}));
     QVERIFY(!recomputingForBackward());
     linears.back()->kernel.reset();
+
+    // Blocks before the first trained one run once and are not run again; the
+    // gradients are the same bits either way.
+    QVERIFY(model->numBlocks() >= 2);
+    const size_t perBlock = blockLinears(model->config(), model->weights().blocks.front()).size();
+    for (size_t i = 0; i < perBlock; ++i)
+      linears[i]->weight = originals[i]; // nothing trained in block 0
+    for (Linear *l : linears)
+      l->weight.mutable_grad() = at::Tensor();
+    auto blockZero = std::make_shared<Probe>();
+    blockZero->linear = linears.front();
+    linears.front()->kernel = blockZero;
+    const double everyBlock = lossOf(true, 0);
+    QCOMPARE(blockZero->seen, std::vector<bool>({false, true}));
+    std::vector<at::Tensor> everyBlockGrads;
+    for (size_t i = perBlock; i < linears.size(); ++i) {
+      everyBlockGrads.push_back(linears[i]->weight.grad().clone());
+      linears[i]->weight.mutable_grad() = at::Tensor();
+    }
+    blockZero->seen.clear();
+    QVERIFY(lossOf(true, 1) == everyBlock);
+    QCOMPARE(blockZero->seen, std::vector<bool>({false}));
+    for (size_t i = perBlock; i < linears.size(); ++i)
+      QVERIFY2(at::equal(linears[i]->weight.grad(), everyBlockGrads[i - perBlock]),
+               QByteArray::number(qulonglong(i)));
+    linears.front()->kernel.reset();
   }
 
   // Training on the tiny model: the loss on the training windows falls, events
@@ -704,6 +730,27 @@ private slots:
                                     std::make_pair(&m1->weights().blocks[size_t(b)].q,
                                                    &m2->weights().blocks[size_t(b)].q)})
           QVERIFY(at::equal(a->weight, bb->weight));
+      // Training the last block only (the blocks before it are not run again
+      // in the backward): the same bits as keeping the activations.
+      QuantScheme last = scheme;
+      last.layers.blocks = {m1->numBlocks() - 1};
+      std::vector<std::vector<double>> lastLosses;
+      std::vector<std::unique_ptr<DecoderModel>> lastModels;
+      for (bool recompute : {true, false}) {
+        lastModels.push_back(tinyModel());
+        LossRecorder r;
+        nlohmann::json h = hyper;
+        h["recompute_blocks"] = recompute;
+        runLrqat(*lastModels.back(), last, calib, h, &r);
+        QCOMPARE(recomputes(r), recompute);
+        lastLosses.push_back(r.losses);
+      }
+      QVERIFY(!lastLosses[0].empty());
+      QVERIFY(lastLosses[0] == lastLosses[1]);
+      QVERIFY(lastLosses[0] != rec.losses);
+      for (Linear BlockWeights::*w : {&BlockWeights::q, &BlockWeights::down})
+        QVERIFY(at::equal((lastModels[0]->weights().blocks.back().*w).weight,
+                          (lastModels[1]->weights().blocks.back().*w).weight));
       std::unique_ptr<DecoderModel> m3 = tinyModel();
       LossRecorder rec3;
       runLrqat(*m3, scheme, calib, hyper, &rec3, nullptr, 8);

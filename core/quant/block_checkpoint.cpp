@@ -4,6 +4,8 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
+
 namespace lrq::quant {
 
 namespace {
@@ -59,10 +61,18 @@ bool recomputingForBackward() {
 }
 
 at::Tensor forwardRecomputingBlocks(const DecoderModel &model, const at::Tensor &tokens,
-                                    const at::Tensor &anchor) {
+                                    const at::Tensor &anchor, int64_t firstTrained) {
   at::Tensor h = model.embed(tokens);
+  int64_t b = 0;
+  {
+    // The recording path, as a recomputed block's forward runs it (same bits);
+    // nothing here needs a gradient, so nothing is recorded.
+    at::AutoGradMode recording(true);
+    for (; b < std::min(firstTrained, model.numBlocks()); ++b)
+      h = model.runBlock(b, h);
+  }
   const auto modelPointer = reinterpret_cast<int64_t>(&model);
-  for (int64_t b = 0; b < model.numBlocks(); ++b)
+  for (; b < model.numBlocks(); ++b)
     h = RecomputedBlock::apply(h, anchor, modelPointer, b);
   return model.head(h);
 }

@@ -13,11 +13,13 @@ namespace lrq::quant {
 
 // tokens [B, T] -> logits [B, T, vocab], differentiable. `anchor` is a tensor
 // that requires grad (e.g. a trained parameter): it makes each block's node be
-// recorded when the block's input itself needs no gradient (the first block);
-// it receives no gradient through this path. Blocks must compute the same bits
-// when run twice (no state changed by a forward).
+// recorded when the block's input itself needs no gradient (the first block
+// recomputed); it receives no gradient through this path. Blocks before
+// firstTrained hold nothing that is trained: they run once, recording nothing,
+// and are not run again. Blocks must compute the same bits when run twice (no
+// state changed by a forward).
 at::Tensor forwardRecomputingBlocks(const DecoderModel &model, const at::Tensor &tokens,
-                                    const at::Tensor &anchor);
+                                    const at::Tensor &anchor, int64_t firstTrained = 0);
 
 // True on this thread while a block runs again inside its backward: its
 // layers' backwards follow at once, block by block, so a layer may keep what

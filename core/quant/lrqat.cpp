@@ -456,9 +456,10 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
     double lossValue = 0.0;
     {
       at::AutoGradMode grad(true);
-      const at::Tensor logits = recomputeBlocks
-                                    ? forwardRecomputingBlocks(ctx.model, tokens, layers[0].scale)
-                                    : ctx.model.forward(tokens);
+      const at::Tensor logits =
+          recomputeBlocks
+              ? forwardRecomputingBlocks(ctx.model, tokens, layers[0].scale, targets.front().block)
+              : ctx.model.forward(tokens);
       const int64_t vocab = logits.size(-1), T = tokens.size(1);
       const at::Tensor predicted = logits.narrow(1, 0, T - 1).reshape({-1, vocab});
       const at::Tensor target = tokens.narrow(1, 1, T - 1).reshape({-1});
