@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -537,6 +538,38 @@ private slots:
     }
   }
 
+  // The loss over chunks of positions is the loss over all of them at once,
+  // and so is the gradient it sends back, for any chunk size; a loss that is
+  // not finite is returned and sends nothing back.
+  void chunkedLossMatchesTheWholeOne() {
+    std::unique_ptr<DecoderModel> model = tinyModel();
+    const at::Tensor tokens = tiny_.longTokens.narrow(1, 0, 32).reshape({2, 16});
+    at::Generator gen = at::detail::createCPUGenerator(41);
+    const at::Tensor values = at::randn({2, 16, model->config().hiddenSize}, gen);
+    at::AutoGradMode grad(true);
+    const at::Tensor whole = values.clone().requires_grad_(true);
+    const at::Tensor logits = model->head(whole);
+    const at::Tensor loss =
+        at::nll_loss(at::log_softmax(logits.narrow(1, 0, 15).reshape({30, -1}), -1),
+                     tokens.narrow(1, 1, 15).reshape({-1}));
+    loss.backward();
+    for (int64_t chunk : {1, 7, 30, 1000}) {
+      const at::Tensor chunked = values.clone().requires_grad_(true);
+      const double value = nextTokenLossBackward(*model, chunked, tokens, chunk);
+      const QByteArray where = QByteArray::number(qlonglong(chunk));
+      QVERIFY2(std::abs(value - loss.item<double>()) <= 1e-5 * std::abs(loss.item<double>()),
+               where);
+      QVERIFY2(chunked.grad().defined(), where);
+      QVERIFY2(at::allclose(chunked.grad(), whole.grad(), 1e-4, 1e-7), where);
+      QVERIFY2(at::all(chunked.grad().select(1, 15) == 0).item<bool>(), where); // predicts nothing
+    }
+    const at::Tensor broken = values.clone();
+    broken[1][3][0] = std::numeric_limits<float>::quiet_NaN();
+    broken.requires_grad_(true);
+    QVERIFY(std::isnan(nextTokenLossBackward(*model, broken, tokens, 7)));
+    QVERIFY(!broken.grad().defined());
+  }
+
   // Recomputing each block in the backward (core/quant/block_checkpoint.h)
   // against keeping every block's activations, on the tiny model with the
   // training kernels and with Ŵ as an autograd leaf: the same loss and the
@@ -551,8 +584,9 @@ private slots:
     const at::Tensor tokens = tiny_.longTokens.narrow(1, 0, 32).reshape({2, 16});
     auto lossOf = [&](bool recompute, int64_t firstTrained = 0) {
       const at::Tensor logits =
-          recompute ? forwardRecomputingBlocks(*model, tokens, layers[0].scale, firstTrained)
-                    : model->forward(tokens);
+          recompute
+              ? model->head(hiddenRecomputingBlocks(*model, tokens, layers[0].scale, firstTrained))
+              : model->forward(tokens);
       if (!logits.requires_grad())
         throw Error("the logits need no gradient");
       const at::Tensor loss =

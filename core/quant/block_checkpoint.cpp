@@ -5,6 +5,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <cmath>
 
 namespace lrq::quant {
 
@@ -60,8 +61,8 @@ bool recomputingForBackward() {
   return recomputing;
 }
 
-at::Tensor forwardRecomputingBlocks(const DecoderModel &model, const at::Tensor &tokens,
-                                    const at::Tensor &anchor, int64_t firstTrained) {
+at::Tensor hiddenRecomputingBlocks(const DecoderModel &model, const at::Tensor &tokens,
+                                   const at::Tensor &anchor, int64_t firstTrained) {
   at::Tensor h = model.embed(tokens);
   int64_t b = 0;
   {
@@ -74,7 +75,37 @@ at::Tensor forwardRecomputingBlocks(const DecoderModel &model, const at::Tensor 
   const auto modelPointer = reinterpret_cast<int64_t>(&model);
   for (; b < model.numBlocks(); ++b)
     h = RecomputedBlock::apply(h, anchor, modelPointer, b);
-  return model.head(h);
+  return h;
+}
+
+double nextTokenLossBackward(const DecoderModel &model, const at::Tensor &hidden,
+                             const at::Tensor &tokens, int64_t rowsPerChunk) {
+  const int64_t T = tokens.size(1);
+  if (T < 2)
+    return 0.0;
+  // Each chunk runs on rows cut from the graph; the gradients of all of them
+  // then go back through the blocks at once.
+  const at::Tensor rows = hidden.narrow(1, 0, T - 1).reshape({-1, hidden.size(-1)});
+  const at::Tensor targets = tokens.narrow(1, 1, T - 1).reshape({-1});
+  const int64_t n = rows.size(0);
+  const int64_t chunk = std::max<int64_t>(1, rowsPerChunk);
+  double loss = 0.0;
+  at::Tensor rowsGrad = at::zeros_like(rows);
+  for (int64_t start = 0; start < n; start += chunk) {
+    const int64_t len = std::min(chunk, n - start);
+    const at::Tensor part = rows.narrow(0, start, len).detach().requires_grad_(true);
+    const at::Tensor logits = model.head(part).to(at::kFloat);
+    const at::Tensor sum = at::nll_loss(at::log_softmax(logits, -1), targets.narrow(0, start, len),
+                                        {}, at::Reduction::Sum);
+    const at::Tensor mean = sum / double(n);
+    loss += mean.item<double>();
+    mean.backward();
+    rowsGrad.narrow(0, start, len).copy_(part.grad());
+  }
+  if (!std::isfinite(loss))
+    return loss;
+  rows.backward(rowsGrad);
+  return loss;
 }
 
 } // namespace lrq::quant

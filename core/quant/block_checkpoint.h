@@ -11,15 +11,26 @@
 
 namespace lrq::quant {
 
-// tokens [B, T] -> logits [B, T, vocab], differentiable. `anchor` is a tensor
-// that requires grad (e.g. a trained parameter): it makes each block's node be
+// tokens [B, T] -> the last block's output [B, T, hidden] (what
+// DecoderModel::head takes), differentiable. `anchor` is a tensor that
+// requires grad (e.g. a trained parameter): it makes each block's node be
 // recorded when the block's input itself needs no gradient (the first block
 // recomputed); it receives no gradient through this path. Blocks before
 // firstTrained hold nothing that is trained: they run once, recording nothing,
 // and are not run again. Blocks must compute the same bits when run twice (no
 // state changed by a forward).
-at::Tensor forwardRecomputingBlocks(const DecoderModel &model, const at::Tensor &tokens,
-                                    const at::Tensor &anchor, int64_t firstTrained = 0);
+at::Tensor hiddenRecomputingBlocks(const DecoderModel &model, const at::Tensor &tokens,
+                                   const at::Tensor &anchor, int64_t firstTrained = 0);
+
+// The mean next-token loss (nats per predicted position) of tokens [B, T]
+// given the last block's output hidden [B, T, hidden], and its gradient sent
+// back through hidden's graph (unless the loss is not finite: then nothing is
+// sent). The head and the loss run on at most rowsPerChunk positions at a
+// time, each chunk's logits, log-probabilities and their gradients freed
+// before the next: a [B x T, vocab] block of each is never held (at 512
+// tokens and a 49k vocabulary, 100 MB apiece).
+double nextTokenLossBackward(const DecoderModel &model, const at::Tensor &hidden,
+                             const at::Tensor &tokens, int64_t rowsPerChunk = 128);
 
 // True on this thread while a block runs again inside its backward: its
 // layers' backwards follow at once, block by block, so a layer may keep what

@@ -456,20 +456,19 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
     double lossValue = 0.0;
     {
       at::AutoGradMode grad(true);
-      const at::Tensor logits =
-          recomputeBlocks
-              ? forwardRecomputingBlocks(ctx.model, tokens, layers[0].scale, targets.front().block)
-              : ctx.model.forward(tokens);
-      const int64_t vocab = logits.size(-1), T = tokens.size(1);
-      const at::Tensor predicted = logits.narrow(1, 0, T - 1).reshape({-1, vocab});
-      const at::Tensor target = tokens.narrow(1, 1, T - 1).reshape({-1});
-      const at::Tensor loss = at::nll_loss(at::log_softmax(predicted.to(at::kFloat), -1), target);
-      lossValue = loss.item<double>();
+      at::Tensor hidden;
+      if (recomputeBlocks) {
+        hidden = hiddenRecomputingBlocks(ctx.model, tokens, layers[0].scale, targets.front().block);
+      } else {
+        hidden = ctx.model.embed(tokens);
+        for (int64_t b = 0; b < ctx.model.numBlocks(); ++b)
+          hidden = ctx.model.runBlock(b, hidden);
+      }
+      lossValue = nextTokenLossBackward(ctx.model, hidden, tokens);
       if (!std::isfinite(lossValue))
         throw Error("lrqat: step " + std::to_string(step + 1) + ": the loss is " +
                     (std::isnan(lossValue) ? "NaN" : "infinite") +
                     " (try a smaller lr or lr_scale)");
-      loss.backward();
     }
     secModel += since(phase) - secForwardWeights - secBackward;
     secWeights += secForwardWeights;
