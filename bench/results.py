@@ -197,6 +197,17 @@ def recon(rs, field):
 KEPT_SECTIONS = ("## Conclusions", "## llama.cpp comparison")
 
 
+def run_time(rs):
+    """When the row's runs started, from their run ids (YYYYMMDD-HHMMSS-xxxx): the first
+    and, with several, the last, so a reader can tell which engine measured the seconds
+    and peak RSS."""
+    stamps = sorted(r["run_id"][:13] for r in rs if r.get("run_id"))
+    if not stamps:
+        return "-"
+    show = lambda s: f"{s[4:6]}-{s[6:8]} {s[9:11]}:{s[11:13]}"
+    return show(stamps[0]) + ("" if len(stamps) == 1 else " to " + show(stamps[-1]))
+
+
 def write_markdown(args, settings, rows):
     conclusions = ""
     if os.path.exists(args.out):
@@ -236,7 +247,9 @@ def write_markdown(args, settings, rows):
         "losses would be those blocks alone.",
         "- Seconds are the whole `lrq quantize` run (load, calibration, method, both "
         "evaluations) without spectra; peak RSS is the process's. W8A8 rows use "
-        "SmoothQuant (alpha 0.5, all groups).",
+        "SmoothQuant (alpha 0.5, all groups). **run** is when the row's runs started "
+        "(month-day hour:minute, UTC): seconds and peak RSS are those of the engine of that "
+        "day (the Conclusions say which rows predate which memory work).",
         "- **lr** is the learning rate the run used: `preset` is the preset's own; a number "
         "was chosen on calibration data only by `bench/lr_sweep.py` (docs/LR_SWEEP.md: the "
         "rate with the lowest KL on a validation split of the calibration part), from the "
@@ -263,8 +276,8 @@ def write_markdown(args, settings, rows):
         lines += [f"## Preset `{preset}`" + (f", `{extra}`" if extra else ""), "",
                   "| scheme | method | lr | seeds | bits/w | KL in | KL ood | top-1 in | "
                   "top-1 ood | ppl in | ppl ood | recon train | recon held-out | seconds | "
-                  "peak RSS MiB | note |",
-                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+                  "peak RSS MiB | run (UTC) | note |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
         for (scheme, method, lr), rs in sorted(
                 cells.items(), key=lambda kv: (scheme_order.get(kv[0][0], 99),
                                                method_order.get(kv[0][1], 99), kv[0][2])):
@@ -278,7 +291,7 @@ def write_markdown(args, settings, rows):
                 f"{cell(col('perplexity'), 2)} | {cell(col('ood_perplexity'), 2)} | "
                 f"{recon(rs, 'recon_train_ratio')} | {recon(rs, 'recon_heldout_ratio')} | "
                 f"{cell(col('seconds'), 0)} | "
-                f"{cell(col('peak_rss_mib'), 0)} | {errors} |")
+                f"{cell(col('peak_rss_mib'), 0)} | {run_time(rs)} | {errors} |")
         lines.append("")
     text = "\n".join(lines)
     if conclusions:
