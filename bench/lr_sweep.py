@@ -22,6 +22,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from results import SMOOTHQUANT  # noqa: E402  (the W8A8 rows run with SmoothQuant: so does their sweep)
+
 # The rates tried at the demo budget: each grid reaches past its best rate on both sides
 # (a best rate at the edge of a grid was followed until it was not).
 RATES = {
@@ -72,10 +75,7 @@ def main():
 
     folder = tempfile.mkdtemp(prefix="lr-sweep-")
     calib, valid = split_calibration(args.lrq, folder)
-    results = {}
-    if os.path.exists(sidecar):
-        with open(sidecar, encoding="utf-8") as f:
-            results = json.load(f)
+    ours = {}
     for scheme in args.schemes.split(","):
         for method in args.methods.split(","):
             tried = []
@@ -86,6 +86,8 @@ def main():
                        "--preset", args.preset, "--lr", repr(lr), "--calib", calib, "--text",
                        valid, "--eval-windows", "16", "--no-ood-eval", "--no-spectra", "--json",
                        "--quiet", "--store", args.store]
+                if scheme in SMOOTHQUANT:
+                    cmd.append("--smoothquant")
                 start = time.time()
                 p = subprocess.run(cmd, capture_output=True, text=True)
                 kl = None
@@ -101,17 +103,25 @@ def main():
                               "error": err})
                 print(f"{args.preset} {scheme} {method} lr {lr:g}: validation KL {kl} {err}",
                       file=sys.stderr)
-            # Rates tried by an earlier sweep of the same preset, scheme and method
-            # count too (a rate tried again replaces its earlier figure).
-            key = f"{args.preset}/{scheme}/{method}"
-            again = {t["lr"] for t in tried}
-            tried = sorted([t for t in results.get(key, {}).get("tried", [])
-                            if t["lr"] not in again] + tried, key=lambda t: t["lr"])
-            ok = [t for t in tried if t["validation_kl"] is not None]
-            best = min(ok, key=lambda t: t["validation_kl"])["lr"] if ok else None
-            results[key] = {"best": best, "tried": tried}
-    with open(sidecar, "w", encoding="utf-8") as f:
+            ours[f"{args.preset}/{scheme}/{method}"] = tried
+    # Read the sidecar again now, not at the start: a sweep of another method that ran
+    # beside this one may have written it meanwhile, and its figures must stay.
+    results = {}
+    if os.path.exists(sidecar):
+        with open(sidecar, encoding="utf-8") as f:
+            results = json.load(f)
+    for key, tried in ours.items():
+        # Rates tried by an earlier sweep of the same preset, scheme and method count too
+        # (a rate tried again replaces its earlier figure).
+        again = {t["lr"] for t in tried}
+        tried = sorted([t for t in results.get(key, {}).get("tried", [])
+                        if t["lr"] not in again] + tried, key=lambda t: t["lr"])
+        ok = [t for t in tried if t["validation_kl"] is not None]
+        best = min(ok, key=lambda t: t["validation_kl"])["lr"] if ok else None
+        results[key] = {"best": best, "tried": tried}
+    with open(sidecar + ".tmp", "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1, sort_keys=True)
+    os.replace(sidecar + ".tmp", sidecar)
 
     write_report(args.out, results)
 
@@ -122,7 +132,8 @@ def write_report(out, results):
              "of the calibration part's paragraphs calibrate, the last 10 % validate (KL "
              "against the full-precision model, 16 windows of 512 tokens). Neither evaluation "
              "text is used. Every run: `lrq quantize default --preset PRESET --scheme SCHEME "
-             "--method METHOD --lr RATE` with that calibration text, seed 0.", "",
+             "--method METHOD --lr RATE` with that calibration text, seed 0 (at W8A8 with "
+             "`--smoothquant`, as the W8A8 result rows).", "",
              "Reproduce: `bench/lr_sweep.py --preset demo --schemes W3A16-g128` (about 3 "
              "minutes a run on 2 cores; its default rates are the ones below). The extended "
              "rows: `bench/lr_sweep.py --preset extended --methods flexround,lrq --rates "

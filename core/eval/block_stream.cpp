@@ -56,10 +56,7 @@ int64_t SpilledBlockLinears::bytesAside() const {
 }
 
 at::Tensor finalHidden(const DecoderModel &model, const at::Tensor &ids) {
-  at::Tensor h = model.embed(ids.unsqueeze(0), 0);
-  for (int64_t b = 0; b < model.numBlocks(); ++b)
-    h = model.runBlock(b, h, 0);
-  return h;
+  return model.lastHidden(ids.unsqueeze(0));
 }
 
 std::vector<at::Tensor> finalHiddenBlockByBlock(const DecoderModel &model,

@@ -333,12 +333,16 @@ at::Tensor DecoderModel::head(const at::Tensor &hidden) const {
   return at::mm(x, weights_.lmHead.t()).view(outShape);
 }
 
-at::Tensor DecoderModel::forward(const at::Tensor &tokens, KvCache *cache) const {
+at::Tensor DecoderModel::lastHidden(const at::Tensor &tokens, KvCache *cache) const {
   const int64_t start = cache ? cache->length() : 0;
   at::Tensor h = embed(tokens, start);
   for (int64_t i = 0; i < numBlocks(); ++i)
     h = runBlock(i, h, start, cache);
-  return head(h);
+  return h;
+}
+
+at::Tensor DecoderModel::forward(const at::Tensor &tokens, KvCache *cache) const {
+  return head(lastHidden(tokens, cache));
 }
 
 } // namespace lrq

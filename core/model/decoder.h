@@ -45,6 +45,8 @@ public:
                       KvCache *cache = nullptr) const;
   // Final norm + LM head: hidden [B, T, hidden] -> logits [B, T, vocab].
   at::Tensor head(const at::Tensor &hidden) const;
+  // Every block, no head: tokens [B, T] -> the last block's hidden states [B, T, hidden].
+  at::Tensor lastHidden(const at::Tensor &tokens, KvCache *cache = nullptr) const;
   // Whole model: tokens [B, T] -> logits [B, T, vocab].
   at::Tensor forward(const at::Tensor &tokens, KvCache *cache = nullptr) const;
 

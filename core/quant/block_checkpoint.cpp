@@ -99,11 +99,11 @@ double nextTokenLossBackward(const DecoderModel &model, const at::Tensor &hidden
                                         {}, at::Reduction::Sum);
     const at::Tensor mean = sum / double(n);
     loss += mean.item<double>();
+    if (!std::isfinite(loss))
+      return loss; // nothing goes back: the caller stops the step
     mean.backward();
     rowsGrad.narrow(0, start, len).copy_(part.grad());
   }
-  if (!std::isfinite(loss))
-    return loss;
   rows.backward(rowsGrad);
   return loss;
 }

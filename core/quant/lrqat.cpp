@@ -456,14 +456,10 @@ MethodReport LrqatMethod::run(MethodContext &ctx) {
     double lossValue = 0.0;
     {
       at::AutoGradMode grad(true);
-      at::Tensor hidden;
-      if (recomputeBlocks) {
-        hidden = hiddenRecomputingBlocks(ctx.model, tokens, layers[0].scale, targets.front().block);
-      } else {
-        hidden = ctx.model.embed(tokens);
-        for (int64_t b = 0; b < ctx.model.numBlocks(); ++b)
-          hidden = ctx.model.runBlock(b, hidden);
-      }
+      const at::Tensor hidden =
+          recomputeBlocks
+              ? hiddenRecomputingBlocks(ctx.model, tokens, layers[0].scale, targets.front().block)
+              : ctx.model.lastHidden(tokens);
       lossValue = nextTokenLossBackward(ctx.model, hidden, tokens);
       if (!std::isfinite(lossValue))
         throw Error("lrqat: step " + std::to_string(step + 1) + ": the loss is " +
