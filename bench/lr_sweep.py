@@ -119,9 +119,12 @@ def main():
         ok = [t for t in tried if t["validation_kl"] is not None]
         best = min(ok, key=lambda t: t["validation_kl"])["lr"] if ok else None
         results[key] = {"best": best, "tried": tried}
-    with open(sidecar + ".tmp", "w", encoding="utf-8") as f:
+    # Written beside it under this process's own name, then renamed over it: a reader
+    # (or a sweep beside this one) never sees half a file.
+    partial = f"{sidecar}.{os.getpid()}.tmp"
+    with open(partial, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1, sort_keys=True)
-    os.replace(sidecar + ".tmp", sidecar)
+    os.replace(partial, sidecar)
 
     write_report(args.out, results)
 
